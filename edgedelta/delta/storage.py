@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import IntegrityError, ModelLoadError
@@ -51,8 +51,11 @@ def compressed_state(model: torch.nn.Module, spec: SharingSpec) -> dict[str, tor
 
 def save_compressed(loaded_or_model, out_dir, *, tokenizer=None, manifest_facts: dict[str, Any] | None = None, force: bool = False) -> Path:
     """Write a compressed model directory atomically. Returns the path."""
-    model = getattr(loaded_or_model, "model", loaded_or_model)
-    tokenizer = tokenizer or getattr(loaded_or_model, "tokenizer", None)
+    from ..models.loading import LoadedModel
+
+    is_loaded = isinstance(loaded_or_model, LoadedModel)
+    model = loaded_or_model.model if is_loaded else loaded_or_model
+    tokenizer = tokenizer or (loaded_or_model.tokenizer if is_loaded else None)
     spec = get_spec(model)
     if spec is None:
         raise ValueError("model is not compressed (no edgedelta sharing spec)")
@@ -84,6 +87,7 @@ def build_compressed_skeleton(config, spec: SharingSpec, dtype=torch.float32) ->
 
     with no_init_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()  # tied lm_head is stored once, as the embedding
     apply_sharing(model, spec)
     model.edgedelta_spec = spec
     return model.eval()
@@ -110,7 +114,7 @@ def load_compressed(path, dtype=torch.float32, verify: bool = True):
     model = build_compressed_skeleton(config, spec, torch.float32)
     try:
         state = load_file(path / WEIGHTS)
-    except (SafetensorsError, OSError) as e:
+    except (SafetensorError, OSError) as e:
         raise IntegrityError(f"cannot read '{path / WEIGHTS}': {e}") from None
     _copy_state(model, spec, state, path)
     model.to(dtype)

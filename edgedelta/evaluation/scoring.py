@@ -39,6 +39,12 @@ class Scorer(Protocol):
         """For each request, (sum of log-probs of the continuation tokens, greedy match)."""
         ...
 
+    def nll_on_ids(self, ids: torch.Tensor, progress: bool = False) -> tuple[float, int]:
+        """Perplexity support: ids (n, T) token windows -> (summed next-token NLL, tokens scored)."""
+        ...
+
+    tokenizer: object  # the model's tokenizer (used to encode requests and perplexity text)
+
 
 # --- tokenisation (shared by all scorers) ------------------------------------------------
 
@@ -130,6 +136,13 @@ class TorchScorer:
         bar.close()
         return out  # type: ignore[return-value]
 
+    def nll_on_ids(self, ids: torch.Tensor, progress: bool = False) -> tuple[float, int]:
+        from .perplexity import perplexity_on_ids
+
+        bs = max(1, self.batch_tokens // ids.shape[1])
+        r = perplexity_on_ids(self.model, ids, batch_size=bs, progress=progress)
+        return r["nll"] * r["tokens"], r["tokens"]
+
     def _score_batch(self, batch: list[_Pack]):
         device = next(self.model.parameters()).device
         T = max(p.length for p in batch) - 1  # the final token of the row is never an input
@@ -210,6 +223,18 @@ class LogitsScorer:
     def __init__(self, logits_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], tokenizer, max_length: int = 2048, batch_size: int = 8):
         self.logits_fn, self.tokenizer = logits_fn, tokenizer
         self.max_length, self.batch_size = max_length, batch_size
+
+    def nll_on_ids(self, ids: torch.Tensor, progress: bool = False) -> tuple[float, int]:
+        total, n = 0.0, 0
+        for s in tqdm(range(0, ids.shape[0], self.batch_size), desc="ppl", disable=not progress, leave=False):
+            x = ids[s : s + self.batch_size].numpy().astype(np.int64)
+            lg = np.asarray(self.logits_fn(x, np.ones_like(x)), dtype=np.float64)[:, :-1]  # (B, T-1, V)
+            lg = lg - lg.max(-1, keepdims=True)
+            lp = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
+            tgt = x[:, 1:]
+            total -= float(np.take_along_axis(lp, tgt[..., None], -1).sum())
+            n += tgt.size
+        return total, n
 
     def loglikelihood(self, requests: Sequence[Request], progress: bool = False, desc: str = "") -> list[tuple[float, bool]]:
         encoded = [encode_pair(self.tokenizer, r.context, r.continuation) for r in requests]

@@ -1,0 +1,141 @@
+"""compress(model, CompressConfig) → a shared-plus-delta copy of the model.
+
+Two phases: choose the structure (explicit groups, or the budget planner), then compute
+values (init.py) from the ORIGINAL weights and calibration covariances. The input model is
+never modified."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from ..models.adapters import ModelAdapter, adapter_for
+from .accounting import count_parameters
+from .calibration import input_covariances
+from .config import CompressConfig
+from .init import init_group
+from .structure import SharingSpec, apply_sharing, merge_model  # noqa: F401  (merge_model re-exported)
+
+GATED_PROJECTIONS = ("o", "down")  # the last projection of each sub-layer: gate = sub-layer scale
+
+
+@dataclass
+class CompressResult:
+    model: torch.nn.Module
+    spec: SharingSpec
+    plan: dict
+    report: dict = field(default_factory=dict)
+
+
+def build_spec(cfg: CompressConfig, adapter: ModelAdapter, groups: list[list[int]], model, ranks: dict[str, int] | None = None) -> SharingSpec:
+    projections = list(cfg.shared_projections(adapter))
+    layer0 = adapter.decoder_layers(model)[0]
+    ranks = dict(ranks) if ranks else {p: cfg.rank_for(p, adapter.kinds[p]) for p in projections}
+    for p in projections:
+        out_f, in_f = adapter.get_linear(layer0, p).weight.shape
+        if ranks[p] > min(out_f, in_f):
+            raise ConfigError(f"rank {ranks[p]} for projection '{p}' exceeds what a {out_f}x{in_f} matrix allows (max {min(out_f, in_f)})")
+    gates = [p for p in projections if p in GATED_PROJECTIONS] if cfg.gates else []
+    return SharingSpec(groups=groups, projections=projections, ranks=ranks, gates=gates)
+
+
+def group_savings(model, adapter: ModelAdapter, group_len: int, projections, ranks: dict[str, int], gates) -> int:
+    """Unique parameters saved by sharing one group of `group_len` layers."""
+    layer0 = adapter.decoder_layers(model)[0]
+    saved = 0
+    for p in projections:
+        out_f, in_f = adapter.get_linear(layer0, p).weight.shape
+        saved += (group_len - 1) * out_f * in_f - group_len * ranks[p] * (out_f + in_f) - (group_len if p in gates else 0)
+    return saved
+
+
+def _calibration(cfg: CompressConfig, tokenizer, calib_ids):
+    if calib_ids is not None:
+        return calib_ids
+    if tokenizer is None:
+        raise ConfigError(f"init '{cfg.init}' / gates / budget planning need calibration text: pass a tokenizer or calib_ids")
+    from ..data.text import calibration_batches
+
+    return calibration_batches(tokenizer, cfg.calib_samples, cfg.calib_seq_len, cfg.seed)
+
+
+@torch.no_grad()
+def fill_group(student, original_weight, adapter: ModelAdapter, spec: SharingSpec, gi: int, cfg: CompressConfig, covs) -> dict:
+    """Compute and write the values of group `gi` into `student` (structure already applied).
+    original_weight(layer, proj) -> the uncompressed (out, in) weight."""
+    dst_layers = adapter.decoder_layers(student)
+    group = spec.groups[gi]
+    out = {}
+    for proj in spec.projections:
+        ws = [original_weight(li, proj) for li in group]
+        cs = [covs[(li, proj)] for li in group] if covs is not None else None
+        res = init_group(ws, cs, spec.ranks[proj], cfg.base, cfg.init, proj in spec.gates, cfg.base_iters, cfg.damping)
+        dls = [adapter.get_linear(dst_layers[li], proj) for li in group]
+        dls[0].weight.copy_(res.base.to(dls[0].weight.dtype))  # the one shared Parameter
+        for k, dl in enumerate(dls):
+            b, a = res.deltas[k]
+            dl.delta_B.copy_(b.to(dl.delta_B.dtype))
+            dl.delta_A.copy_(a.to(dl.delta_A.dtype))
+            if dl.gate is not None:
+                dl.gate.fill_(res.gates[k])
+        out[proj] = {"rel_error": [round(e, 4) for e in res.rel_errors], **({"gate": [round(g, 4) for g in res.gates]} if res.gates else {})}
+    return out
+
+
+def compress(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch.Tensor | None = None, progress: bool = True) -> CompressResult:
+    """Return a compressed copy of `model` (which is left untouched) and the plan chosen."""
+    adapter = adapter_for(model.config)
+    num_layers = len(adapter.decoder_layers(model))
+    projections = cfg.shared_projections(adapter)
+    needs_data = cfg.init == "asvd" or cfg.gates or cfg.base == "alternating" or cfg.target_params is not None
+    calib = _calibration(cfg, tokenizer, calib_ids) if needs_data else None
+    original = count_parameters(model)["total"]
+
+    if cfg.target_params is not None:
+        from .plan import plan_budget
+
+        covs = input_covariances(model, adapter, range(num_layers), projections, calib, progress=progress) if needs_data else None
+        groups, ranks, plan = plan_budget(model, cfg, adapter, covs, calib, progress=progress)
+        spec = build_spec(cfg, adapter, groups, model, ranks)
+    else:
+        groups = cfg.resolve_groups(num_layers)
+        spec = build_spec(cfg, adapter, groups, model)
+        layers_used = sorted({li for g in groups for li in g})
+        covs = input_covariances(model, adapter, layers_used, projections, calib, progress=progress) if needs_data else None
+        plan = {"mode": "explicit", "groups": groups}
+
+    student = copy.deepcopy(model)
+    apply_sharing(student, spec, adapter)
+    student.edgedelta_spec = spec
+    src_layers = adapter.decoder_layers(model)
+    init_report = {}
+    for gi in tqdm(range(len(spec.groups)), desc="init groups", disable=not progress, leave=False):
+        init_report[f"g{gi}:{spec.groups[gi]}"] = fill_group(
+            student, lambda li, p: adapter.get_linear(src_layers[li], p).weight, adapter, spec, gi, cfg, covs)
+    counts = count_parameters(student)
+    plan.update({
+        "groups": spec.groups, "projections": spec.projections, "ranks": spec.ranks, "gates": spec.gates,
+        "original_params": original, "compressed_params": counts["total"], "ratio": counts["total"] / original,
+    })
+    return CompressResult(student, spec, plan, {"init": init_report, "parameters": counts})
+
+
+def format_plan(plan: dict) -> str:
+    """A few human-readable lines describing the plan."""
+    lines = [f"groups ({len(plan['groups'])}): " + " ".join("[" + ",".join(map(str, g)) + "]" for g in plan["groups"]),
+             f"shared projections: {', '.join(plan['projections'])}; ranks: " + ", ".join(f"{k}={v}" for k, v in plan["ranks"].items()),
+             f"gates: {', '.join(plan['gates']) or 'none'}",
+             f"unique parameters: {plan['compressed_params']:,} of {plan['original_params']:,} ({plan['ratio']:.2%})"]
+    if "sensitivity" in plan:
+        worst = sorted(plan["sensitivity"].items(), key=lambda kv: -kv[1])[:3]
+        lines.append("most sensitive candidates (Δnll): " + ", ".join(f"{k} {v:+.3f}" for k, v in worst))
+    return "\n".join(lines)
+
+
+def _warn(msg: str) -> None:
+    print(f"edgedelta: {msg}", file=sys.stderr)

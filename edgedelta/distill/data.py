@@ -1,0 +1,79 @@
+"""Training data for recovery: packed fixed-length sequences and a deterministic order.
+
+The order is a pure function of (seed, step): epoch e is a permutation drawn from a
+generator seeded with (seed, e); step s takes the next `batch_size` rows of the endless
+concatenation of epochs. A resumed run therefore sees exactly the rows the uninterrupted
+run would have seen, and DDP processes split each global batch without talking."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from ..data.text import DATASETS, EVAL_DATASETS, pack, read_user_texts, tokenize_stream, dataset_texts
+from ..errors import ConfigError
+
+
+def load_texts(data: str) -> list[str]:
+    """A package text set by name, or a user's file/folder. Evaluation sets are refused."""
+    if data in EVAL_DATASETS:
+        raise ConfigError(f"'{data}' is an evaluation text set and is never trained on; use sotu-train or a path")
+    if data in DATASETS:
+        return dataset_texts(data)
+    p = Path(data).expanduser()
+    if not p.exists():
+        raise ConfigError(f"training data '{data}' is neither a known text set ({', '.join(d for d in DATASETS if d not in EVAL_DATASETS)}) nor an existing path")
+    return read_user_texts(p)  # raises ConfigError when there is no text
+
+
+def fingerprint(rows: torch.Tensor) -> str:
+    """sha256 (first 16 hex) of the packed token ids: a resumed run must see the same data."""
+    return hashlib.sha256(rows.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+class TrainData:
+    """rows: (n, seq_len) token ids. `global_rows(step, B)` -> (B,) row indices."""
+
+    def __init__(self, rows: torch.Tensor, seed: int = 0):
+        if rows.ndim != 2 or rows.shape[0] < 1:
+            raise ConfigError(f"training data must be (n, seq_len) with n >= 1, got {tuple(rows.shape)}")
+        self.rows, self.seed = rows, seed
+        self._perms: dict[int, torch.Tensor] = {}
+
+    @classmethod
+    def from_texts(cls, tokenizer, texts: list[str], seq_len: int, seed: int = 0) -> "TrainData":
+        return cls(pack(tokenize_stream(tokenizer, texts), seq_len), seed)
+
+    @property
+    def num_rows(self) -> int:
+        return self.rows.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.rows.shape[1]
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            self._perms = {epoch: torch.randperm(self.num_rows, generator=g)}  # keep one epoch
+        return self._perms[epoch]
+
+    def global_rows(self, step: int, batch_size: int) -> torch.Tensor:
+        """Row indices of the global batch of optimizer step `step`, (batch_size,)."""
+        out = []
+        for k in range(step * batch_size, (step + 1) * batch_size):
+            epoch, pos = divmod(k, self.num_rows)
+            out.append(int(self._perm(epoch)[pos]))
+        return torch.tensor(out, dtype=torch.long)
+
+    def micro_batches(self, step: int, batch_size: int, grad_accum: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
+        """This process's micro-batches of step `step`: grad_accum tensors of
+        (batch_size / (world * grad_accum), seq_len) token ids."""
+        per = batch_size // (world * grad_accum)
+        if per < 1 or batch_size % (world * grad_accum):
+            raise ConfigError(f"batch_size {batch_size} cannot be split over {world} process(es) x {grad_accum} accumulation steps")
+        idx = self.global_rows(step, batch_size)
+        mine = idx[rank * per * grad_accum:(rank + 1) * per * grad_accum]
+        return [self.rows[mine[a * per:(a + 1) * per]] for a in range(grad_accum)]

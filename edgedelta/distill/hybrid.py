@@ -1,0 +1,152 @@
+"""The hybrid model of progressive module replacement, built from one pure primitive,
+`replace(model, name, module)`.
+
+The student (the compressed model) is the hybrid: for every compressed decoder layer it
+holds two candidates, the teacher's original layer (frozen, the very same module object as
+in the teacher, so no copy) and its own compressed layer (whose shared base is one
+Parameter for the whole group). `set_active(mask)` swaps the chosen candidate into the
+decoder stack; the training loop only calls it with the schedule's sample.
+
+Reusing the teacher: layers before the first *active* compressed layer compute exactly what
+the teacher computed (same weights, same input), so the hybrid replaces them by a constant
+module returning the teacher's recorded output of the last of them (`teacher_prefix`)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ..models.adapters import ModelAdapter, adapter_for
+
+
+def replace(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    """Put `module` at the dotted submodule path `name` of `model`; return the old module."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = parent[int(attr)] if attr.isdigit() and isinstance(parent, (nn.ModuleList, nn.Sequential)) else getattr(parent, attr)
+    if attr.isdigit() and isinstance(parent, (nn.ModuleList, nn.Sequential)):
+        parent[int(attr)] = module
+    else:
+        setattr(parent, attr, module)
+    return old
+
+
+def layer_names(model: nn.Module, adapter: ModelAdapter | None = None) -> list[str]:
+    """Dotted names of the decoder layers inside `model`, e.g. 'model.layers.3'."""
+    adapter = adapter or adapter_for(model.config)
+    stack = adapter.decoder_layers(model)
+    for name, mod in model.named_modules():
+        if mod is stack:
+            return [f"{name}.{i}" for i in range(len(stack))]
+    raise ValueError("decoder layer stack not found in the model")
+
+
+def hidden_of(output: Any) -> torch.Tensor:
+    """The hidden-state tensor of a decoder layer's output (a tensor, or a tuple in older
+    transformers / other architectures)."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+class _Constant(nn.Module):
+    """Stands in for a decoder layer: ignores its input, returns a recorded layer output."""
+
+    def __init__(self, value: Any):
+        super().__init__()
+        self.value = value
+
+    def forward(self, *args, **kwargs):
+        return self.value
+
+
+class LayerRecorder:
+    """Forward hooks recording decoder layers' outputs by reference: {layer index: output}."""
+
+    def __init__(self, layers: Sequence[nn.Module], indices: Sequence[int] | None = None):
+        self.outputs: dict[int, Any] = {}
+        idx = range(len(layers)) if indices is None else indices
+        self._handles = [layers[i].register_forward_hook(self._hook(i)) for i in idx]
+
+    def _hook(self, i: int):
+        def hook(_mod, _args, output):
+            self.outputs[i] = output
+        return hook
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> "LayerRecorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class HybridModel:
+    """Progressive-replacement view of a compressed student.
+
+    student: the compressed model (trained in place; saved at the end)
+    teacher: the original model (frozen); its layers at `layers` are the originals
+    layers: indices of the compressed decoder layers (every layer of every sharing group)"""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, layers: Sequence[int]):
+        self.student = student
+        adapter = adapter_for(student.config)
+        self.names = layer_names(student, adapter)
+        s_layers, t_layers = adapter.decoder_layers(student), adapter.decoder_layers(teacher)
+        if len(s_layers) != len(t_layers):
+            raise ValueError(f"student has {len(s_layers)} layers, teacher {len(t_layers)}")
+        self.layers = sorted(int(i) for i in layers)
+        self.compressed = {i: s_layers[i] for i in self.layers}
+        self.original = {i: t_layers[i] for i in self.layers}
+        self.active = torch.ones(len(self.layers), dtype=torch.bool)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.names)
+
+    def set_active(self, mask: torch.Tensor) -> None:
+        """mask[j] True -> compressed layer self.layers[j] is in the stack, else the original."""
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        for j, i in enumerate(self.layers):
+            replace(self.student, self.names[i], self.compressed[i] if mask[j] else self.original[i])
+        self.active = mask.clone()
+
+    @contextlib.contextmanager
+    def all_compressed(self) -> Iterator[nn.Module]:
+        """The pure student (e.g. to save or evaluate it); restores the current mask after."""
+        mask = self.active
+        self.set_active(torch.ones(len(self.layers), dtype=torch.bool))
+        try:
+            yield self.student
+        finally:
+            self.set_active(mask)
+
+    def active_layers(self) -> list[int]:
+        return [i for j, i in enumerate(self.layers) if self.active[j]]
+
+    def first_active(self) -> int | None:
+        act = self.active_layers()
+        return act[0] if act else None
+
+    @contextlib.contextmanager
+    def teacher_prefix(self, teacher_outputs: dict[int, Any]) -> Iterator[int]:
+        """Replace the layers before the first active compressed layer by the teacher's
+        recorded output (exact reuse). Yields the cut index (0 = nothing reused)."""
+        cut = self.first_active()
+        if cut is None:
+            cut = self.num_layers
+        if cut == 0 or (cut - 1) not in teacher_outputs:
+            yield 0
+            return
+        const = _Constant(teacher_outputs[cut - 1])
+        old = [replace(self.student, self.names[i], const) for i in range(cut)]
+        try:
+            yield cut
+        finally:
+            for i, mod in enumerate(old):
+                replace(self.student, self.names[i], mod)

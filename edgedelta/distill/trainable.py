@@ -1,0 +1,107 @@
+"""Which student parameters train, by kind, each tagged with its sharing group (the
+reconstruction stage fits one group at a time).
+
+Kinds: deltas (A, B of every DeltaLinear), gates, norms (of the compressed layers only, so
+unshared layers stay bit-identical to the teacher's and the teacher prefix can be reused),
+shared (the group bases themselves), lora (a low-rank update of each shared base, shared by
+the whole group, merged into the base at the end so the saved model keeps its structure)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..delta.layer import DeltaLinear
+from ..delta.structure import SharingSpec
+from ..models.adapters import adapter_for
+
+
+@dataclass
+class TrainableParam:
+    name: str  # stable name (checkpoint key)
+    param: nn.Parameter
+    kind: str
+    group: int  # sharing-group index
+
+
+class SharedLoRA(nn.Module):
+    """Parametrization W -> W + B·A for a group's shared base. A: (r, in), B: (out, r);
+    B starts at zero so the model is unchanged at step 0."""
+
+    def __init__(self, out_features: int, in_features: int, rank: int, generator: torch.Generator, like: torch.Tensor):
+        super().__init__()
+        a = torch.randn(rank, in_features, generator=generator) / math.sqrt(in_features)
+        self.A = nn.Parameter(a.to(dtype=like.dtype, device=like.device))
+        self.B = nn.Parameter(torch.zeros(out_features, rank, dtype=like.dtype, device=like.device))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:  # (out, in)
+        return weight + self.B @ self.A
+
+
+def select_trainable(student: nn.Module, spec: SharingSpec, kinds: list[str], lora_rank: int = 8, seed: int = 0) -> list[TrainableParam]:
+    """Freeze the student, then enable (and return) the chosen parameters. With 'lora',
+    registers a SharedLoRA on every DeltaLinear of each group (one module per group/proj)."""
+    adapter = adapter_for(student.config)
+    layers = adapter.decoder_layers(student)
+    for p in student.parameters():
+        p.requires_grad_(False)
+    names = {id(p): n for n, p in student.named_parameters(remove_duplicate=True)}
+    out: list[TrainableParam] = []
+    seen: set[int] = set()
+
+    def add(name, p, kind, gi):
+        if id(p) not in seen:
+            seen.add(id(p))
+            p.requires_grad_(True)
+            out.append(TrainableParam(name, p, kind, gi))
+
+    g = torch.Generator().manual_seed(seed)
+    for gi, group in enumerate(spec.groups):
+        for proj in spec.projections:
+            mods = [adapter.get_linear(layers[li], proj) for li in group]
+            for dl in mods:
+                if not isinstance(dl, DeltaLinear):
+                    raise TypeError(f"layer projection '{proj}' of group {gi} is {type(dl).__name__}, not DeltaLinear")
+                if "deltas" in kinds and dl.rank:
+                    add(names[id(dl.delta_A)], dl.delta_A, "deltas", gi)
+                    add(names[id(dl.delta_B)], dl.delta_B, "deltas", gi)
+                if "gates" in kinds and dl.gate is not None:
+                    add(names[id(dl.gate)], dl.gate, "gates", gi)
+            if "shared" in kinds:
+                add(spec.shared_name(gi, proj), mods[0].weight, "shared", gi)
+            if "lora" in kinds:
+                w = mods[0].weight
+                lora = SharedLoRA(w.shape[0], w.shape[1], lora_rank, g, w)
+                for dl in mods:
+                    parametrize.register_parametrization(dl, "weight", lora)
+                add(f"lora.g{gi}.{proj}.A", lora.A, "lora", gi)
+                add(f"lora.g{gi}.{proj}.B", lora.B, "lora", gi)
+        if "norms" in kinds:
+            for li in group:
+                for n, p in layers[li].named_parameters():
+                    if "norm" in n and id(p) in names:
+                        add(names[id(p)], p, "norms", gi)
+    return out
+
+
+@torch.no_grad()
+def merge_lora(student: nn.Module, spec: SharingSpec) -> None:
+    """Fold every SharedLoRA into its shared base (W += B·A once per group) and remove the
+    parametrizations, so each group's DeltaLinears hold the one shared Parameter again."""
+    adapter = adapter_for(student.config)
+    layers = adapter.decoder_layers(student)
+    for group in spec.groups:
+        for proj in spec.projections:
+            mods = [adapter.get_linear(layers[li], proj) for li in group]
+            if not parametrize.is_parametrized(mods[0], "weight"):
+                continue
+            plist = mods[0].parametrizations.weight
+            base, lora = plist.original, plist[0]
+            base.add_(lora.B @ lora.A)  # (out, r) @ (r, in)
+            for dl in mods:
+                parametrize.remove_parametrizations(dl, "weight", leave_parametrized=False)
+                assert dl.weight is base  # sharing survives the merge

@@ -1,0 +1,56 @@
+"""Tiny random models of every supported architecture (build in milliseconds)."""
+
+from __future__ import annotations
+
+import torch
+
+ARCHS = ("llama", "mistral", "qwen2", "phi3", "gemma")
+
+
+def tiny_config(arch: str = "llama", layers: int = 4, vocab: int = 128):
+    from transformers import AutoConfig
+
+    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=256, tie_word_embeddings=True)
+    if arch == "gemma":
+        common.update(head_dim=8)
+    if arch == "phi3":
+        common.update(pad_token_id=0, tie_word_embeddings=False)
+    return AutoConfig.for_model(arch, **common)
+
+
+def tiny_model(arch: str = "llama", layers: int = 4, seed: int = 0, vocab: int = 128):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, layers, vocab), dtype=torch.float32)
+    # norms are 1 (or 0 for gemma) at init: randomise so tests see per-layer differences
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def tiny_ids(n: int = 4, seq: int = 16, vocab: int = 128, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (n, seq), generator=g)
+
+
+def tiny_tokenizer(vocab: int = 128):
+    """A character-level fast tokenizer with `vocab` ids: 0 <|endoftext|>, 1 <|im_start|>,
+    2 <|im_end|> (eos/pad), then printable ASCII; has a chat template."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    chars = [chr(c) for c in range(32, 127)] + ["\n"]
+    table = {t: i for i, t in enumerate((specials + chars)[:vocab])}
+    tok = Tokenizer(models.BPE(vocab=table, merges=[], unk_token="<|endoftext|>"))
+    tok.add_special_tokens(specials)
+    tok.decoder = decoders.Fuse()  # characters join without spaces
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<|endoftext|>", eos_token="<|im_end|>",
+                                   pad_token="<|im_end|>", bos_token="<|im_start|>")
+    fast.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    return fast
