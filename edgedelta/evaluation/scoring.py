@@ -226,9 +226,10 @@ class LogitsScorer:
 
     def nll_on_ids(self, ids: torch.Tensor, progress: bool = False) -> tuple[float, int]:
         total, n = 0.0, 0
-        for s in tqdm(range(0, ids.shape[0], self.batch_size), desc="ppl", disable=not progress, leave=False):
-            x = ids[s : s + self.batch_size].numpy().astype(np.int64)
-            lg = np.asarray(self.logits_fn(x, np.ones_like(x)), dtype=np.float64)[:, :-1]  # (B, T-1, V)
+        # one window a call: (1, T, V) fp32 logits are already ~100 MB for T=512, V=49k
+        for s in tqdm(range(ids.shape[0]), desc="ppl", disable=not progress, leave=False):
+            x = ids[s : s + 1].numpy().astype(np.int64)
+            lg = np.asarray(self.logits_fn(x, np.ones_like(x)), dtype=np.float32)[:, :-1]  # (1, T-1, V)
             lg = lg - lg.max(-1, keepdims=True)
             lp = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
             tgt = x[:, 1:]
