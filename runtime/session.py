@@ -1,0 +1,241 @@
+"""An ONNX Runtime session over a verified artifact, with a KV cache that never reallocates.
+
+Loading: the manifest's checksums are verified first; the graph is opened by *path* so ONNX
+Runtime reads model.onnx.data itself (no Python-side copy of the weights).
+
+Edge memory settings (CPU), measured in bench/results/runtime.md: the CPU arena is off
+(`enable_cpu_mem_arena=False`) so freed activations go back to the allocator instead of an
+arena that only grows, and memory patterns are off (`enable_mem_pattern=False`: shapes change
+every step, a pattern is never reused). The KV cache lives in buffers this class owns:
+two flat buffers per K/V tensor sized for the whole generation; step t reads past from one
+and ONNX Runtime writes `present` straight into the other (IO binding with our pointers), so
+the decode loop allocates no KV memory and copies nothing in Python.
+
+CUDA: the same IO binding over device buffers (OrtValue on 'cuda'); logits come back into a
+host numpy buffer. Requires the `onnxruntime-gpu` package (extra `edgedelta[cuda]`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgedelta.errors import ConfigError, ModelLoadError
+
+from .artifact import Artifact
+
+PROVIDERS = ("auto", "cpu", "cuda")
+_ORT_NAME = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+_announced_fallback = False  # 'auto' says once per process that it fell back to CPU
+
+
+def _cuda_unavailable_reason(ort) -> str | None:
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return (f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (install the 'cuda' extra: "
+                "pip uninstall onnxruntime && pip install onnxruntime-gpu)")
+    return None
+
+
+def resolve_provider(provider: str) -> str:
+    """'cpu' or 'cuda'. 'cuda' when unavailable is a ConfigError; 'auto' prefers CUDA and
+    falls back to CPU, saying so on stderr once per process."""
+    global _announced_fallback
+    import onnxruntime as ort
+
+    if provider not in PROVIDERS:
+        raise ConfigError(f"unknown provider '{provider}'; allowed: {', '.join(PROVIDERS)}")
+    if provider == "cpu":
+        return "cpu"
+    reason = _cuda_unavailable_reason(ort)
+    if provider == "cuda":
+        if reason:
+            raise ConfigError(f"provider 'cuda' is not available: {reason}")
+        return "cuda"
+    if reason is None:
+        return "cuda"
+    if not _announced_fallback:
+        print("edgedelta: CUDA not available, running on CPU (provider 'auto')", file=sys.stderr)
+        _announced_fallback = True
+    return "cpu"
+
+
+def session_options(threads: int | None, arena: bool):
+    """SessionOptions for edge use (see module docstring)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.enable_cpu_mem_arena = arena
+    so.enable_mem_pattern = False
+    so.log_severity_level = 3
+    if threads:
+        if threads < 1:
+            raise ConfigError(f"threads must be ≥ 1, got {threads}")
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    return so
+
+
+@dataclass
+class KVCache:
+    """Double-buffered KV storage for `batch` rows and up to `capacity` positions.
+
+    bufs[name] = (A, B): two flat buffers of batch*kv_heads*capacity*head_dim elements;
+    `length` positions are valid in bufs[name][parity]. Memory: 2 × KVSpec.bytes(capacity)."""
+
+    batch: int
+    capacity: int
+    bufs: dict[str, tuple[Any, Any]]
+    length: int = 0
+    parity: int = 0
+
+    def nbytes(self) -> int:
+        total = 0
+        for a, b in self.bufs.values():
+            for x in (a, b):
+                total += x.nbytes if hasattr(x, "nbytes") else x.tensor_size_in_bytes()
+        return total
+
+
+class Session:
+    """A loaded artifact: `Session.from_dir(path)`, then `generate`/`stream` (see generate.py)
+    or the low-level `new_cache` + `forward`."""
+
+    def __init__(self, artifact: Artifact, ort_session, provider: str, tokenizer, load_seconds: float):
+        self.artifact = artifact
+        self.ort = ort_session
+        self.provider = provider
+        self.tokenizer = tokenizer
+        self.load_seconds = load_seconds
+        self.kv = artifact.kv
+        self._inputs = {i.name for i in ort_session.get_inputs()}
+        self._past_names = [(f"past_key_values.{i}.key", f"past_key_values.{i}.value") for i in range(self.kv.num_layers)]
+        self._present_names = [(f"present.{i}.key", f"present.{i}.value") for i in range(self.kv.num_layers)]
+        self._np_dtype = np.dtype(self.kv.dtype) if self.kv.dtype != "bfloat16" else None
+        if self._np_dtype is None:
+            raise ModelLoadError("bfloat16 KV caches are not supported by the numpy runtime; export with float32/float16")
+        self._logits_buf = np.empty(0, dtype=np.float32)
+        self._io = ort_session.io_binding()
+
+    # ---- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike, provider: str = "auto", threads: int | None = None,
+                 arena: bool = False, verify: bool = True, tokenizer: bool = True) -> "Session":
+        """Verify the artifact's checksums, then load it on `provider` ('auto'|'cpu'|'cuda')."""
+        import onnxruntime as ort
+
+        t0 = time.perf_counter()
+        art = Artifact.open(path, verify=verify)
+        art.graph_facts  # interface check before the (slower) session build
+        prov = resolve_provider(provider)
+        so = session_options(threads, arena)
+        providers: list[Any] = [_ORT_NAME["cpu"]]
+        if prov == "cuda":
+            providers = [(_ORT_NAME["cuda"], {"arena_extend_strategy": "kSameAsRequested"}), _ORT_NAME["cpu"]]
+        try:
+            sess = ort.InferenceSession(str(art.model_file), sess_options=so, providers=providers)
+        except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+            raise ModelLoadError(f"ONNX Runtime cannot load '{art.model_file}': {type(e).__name__}: {e}") from None
+        if prov == "cuda" and sess.get_providers()[0] != _ORT_NAME["cuda"]:
+            if provider == "cuda":
+                raise ConfigError("provider 'cuda' is not available: ONNX Runtime could not create a CUDA session (no GPU or CUDA libraries)")
+            print("edgedelta: CUDA session failed, running on CPU (provider 'auto')", file=sys.stderr)
+            prov = "cpu"
+        tok = load_artifact_tokenizer(art.path) if tokenizer else None
+        return cls(art, sess, prov, tok, time.perf_counter() - t0)
+
+    # ---- KV cache ----------------------------------------------------------------------------
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        """Allocate the double-buffered KV cache for `batch` rows and `capacity` positions."""
+        n = batch * self.kv.kv_heads * capacity * self.kv.head_dim
+        bufs = {}
+        for names in self._past_names:
+            for name in names:
+                if self.provider == "cuda":
+                    import onnxruntime as ort
+
+                    mk = lambda: ort.OrtValue.ortvalue_from_shape_and_type([max(n, 1)], self._np_dtype, "cuda", 0)  # noqa: E731
+                else:
+                    mk = lambda: np.empty(max(n, 1), dtype=self._np_dtype)  # noqa: E731
+                bufs[name] = (mk(), mk())
+        return KVCache(batch, capacity, bufs)
+
+    @staticmethod
+    def _ptr(buf) -> int:
+        return buf.ctypes.data if isinstance(buf, np.ndarray) else buf.data_ptr()
+
+    # ---- one forward step ------------------------------------------------------------------------
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Run S new tokens per row. input_ids/position_ids: int64 [B, S]; attention_mask:
+        int64 [B, past+S]. Appends S positions to `cache`; returns last-position logits [B, V]
+        (a view into a reused buffer: copy it if you keep it past the next call)."""
+        b, s = input_ids.shape
+        past = cache.length
+        total = past + s
+        if total > cache.capacity:
+            raise ConfigError(f"KV cache capacity {cache.capacity} exceeded ({total} positions)")
+        io, dev = self._io, ("cuda" if self.provider == "cuda" else "cpu")
+        io.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
+        io.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
+        if "position_ids" in self._inputs:
+            io.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
+        kvh, hd = self.kv.kv_heads, self.kv.head_dim
+        src, dst = cache.parity, 1 - cache.parity
+        for past_pair, pres_pair in zip(self._past_names, self._present_names):
+            for pname, oname in zip(past_pair, pres_pair):
+                bufs = cache.bufs[pname]
+                # past: [B, kvh, past, hd] at the start of buffer `src`; present written into `dst`
+                io.bind_input(pname, dev, 0, self._np_dtype, [b, kvh, past, hd], self._ptr(bufs[src]))
+                io.bind_output(oname, dev, 0, self._np_dtype, [b, kvh, total, hd], self._ptr(bufs[dst]))
+        # logits [B, S, V] into a reused host buffer (grown only for longer prefills)
+        v = self.artifact.vocab_size
+        need = b * s * v
+        if self._logits_buf.size < need:
+            self._logits_buf = np.empty(need, dtype=np.float32)
+        logits = self._logits_buf[:need].reshape(b, s, v)
+        io.bind_output("logits", "cpu", 0, np.float32, [b, s, v], logits.ctypes.data)
+        if dev == "cuda":
+            io.synchronize_inputs()
+        self.ort.run_with_iobinding(io)
+        if dev == "cuda":
+            io.synchronize_outputs()
+        cache.length, cache.parity = total, dst
+        return logits[:, -1, :]
+
+    def release_prefill_buffer(self, keep_tokens: int = 1, batch: int = 1) -> None:
+        """Shrink the logits buffer after a long prefill ([B, S, V] fp32 can be 100+ MB)."""
+        need = batch * keep_tokens * self.artifact.vocab_size
+        if self._logits_buf.size > need:
+            self._logits_buf = np.empty(need, dtype=np.float32)
+
+    # ---- text generation (generate.py) ------------------------------------------------------------
+    def generate(self, prompts, config=None, **kwargs):
+        """Generate for one prompt (str -> GenerationResult) or a list (-> list). See generate.py."""
+        from .generate import generate
+
+        return generate(self, prompts, config, **kwargs)
+
+    def stream(self, prompt: str, config=None, **kwargs):
+        """Iterator of text pieces for one prompt; joined they equal generate(prompt).text."""
+        from .generate import stream
+
+        return stream(self, prompt, config, **kwargs)
+
+
+def load_artifact_tokenizer(path: Path):
+    """The tokenizer saved beside the graph (tokenizer.json etc.); never fetched from a hub."""
+    from transformers import AutoTokenizer
+
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise ModelLoadError(f"artifact '{path}' has no tokenizer (tokenizer.json, tokenizer.model or vocab.json)")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:
+        raise ModelLoadError(f"cannot load the tokenizer in '{path}': {type(e).__name__}: {e}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
