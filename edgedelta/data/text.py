@@ -100,9 +100,21 @@ def pack(stream: torch.Tensor, seq_len: int, max_tokens: int | None = None) -> t
 
 
 def calibration_batches(tokenizer, num_samples: int, seq_len: int, seed: int = 0, source: str = "sotu-train") -> torch.Tensor:
-    """`num_samples` random windows of `seq_len` tokens from training text, (n, seq_len)."""
-    stream = tokenize_stream(tokenizer, dataset_texts(source))
+    """`num_samples` random windows of `seq_len` tokens from training text, (n, seq_len).
+    Documents are drawn in a seeded random order and tokenized only until enough tokens are
+    in hand (tokenizing all 2.4M training tokens would dominate a small calibration)."""
+    texts = dataset_texts(source)
     g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(texts), generator=g).tolist()
+    want = 4 * num_samples * seq_len
+    chunks, have = [], 0
+    for i in order:
+        ids = tokenize_stream(tokenizer, [texts[i]])
+        chunks.append(ids)
+        have += ids.numel()
+        if have >= want:
+            break
+    stream = torch.cat(chunks)
     hi = stream.numel() - seq_len
     if hi <= 0:
         raise ConfigError(f"'{source}' has too few tokens for seq_len {seq_len}")

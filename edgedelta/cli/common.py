@@ -1,0 +1,77 @@
+"""Argument types and helpers shared by subcommands: every bad value is a one-line error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
+def fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction strictly between 0 and 1, got {v}")
+    return v
+
+
+def int_list(text: str) -> list[int]:
+    """'512,2048' -> [512, 2048] (each > 0)."""
+    try:
+        vals = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
+    if not vals or any(v <= 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"values must be > 0, got '{text}'")
+    return vals
+
+
+def groups_arg(text: str) -> list[list[int]]:
+    """'2-3,5-7' -> [[2,3],[5,6,7]]."""
+    groups = []
+    for part in text.split(","):
+        try:
+            a, b = (int(x) for x in part.split("-"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"group '{part}' is not of the form START-END (e.g. 2-3)") from None
+        if b <= a:
+            raise argparse.ArgumentTypeError(f"group '{part}' must span at least 2 layers (END > START)")
+        groups.append(list(range(a, b + 1)))
+    return groups
+
+
+def model_arg(p: argparse.ArgumentParser, default: str | None = "default") -> None:
+    p.add_argument("--model", default=default, help="'default' (embedded SmolLM2-135M-Instruct), a model directory, or a .gguf file")
+
+
+def out_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--out", type=Path, required=required, help="output directory (written atomically)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+
+
+def write_json_out(path: Path | None, obj) -> None:
+    if path is not None:
+        from ..fsutil import write_json_atomic
+
+        write_json_atomic(path, obj)
+
+
+def info(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, indent=2, default=str)
