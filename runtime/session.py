@@ -169,10 +169,12 @@ class Session:
         return buf.ctypes.data if isinstance(buf, np.ndarray) else buf.data_ptr()
 
     # ---- one forward step ------------------------------------------------------------------------
-    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, cache: KVCache) -> np.ndarray:
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, cache: KVCache,
+                all_logits: bool = False) -> np.ndarray:
         """Run S new tokens per row. input_ids/position_ids: int64 [B, S]; attention_mask:
-        int64 [B, past+S]. Appends S positions to `cache`; returns last-position logits [B, V]
-        (a view into a reused buffer: copy it if you keep it past the next call)."""
+        int64 [B, past+S]. Appends S positions to `cache`; returns last-position logits [B, V],
+        or [B, S, V] with all_logits=True (a view into a reused buffer: copy it if you keep it
+        past the next call)."""
         b, s = input_ids.shape
         past = cache.length
         total = past + s
@@ -204,7 +206,7 @@ class Session:
         if dev == "cuda":
             io.synchronize_outputs()
         cache.length, cache.parity = total, dst
-        return logits[:, -1, :]
+        return logits if all_logits else logits[:, -1, :]
 
     def release_prefill_buffer(self, keep_tokens: int = 1, batch: int = 1) -> None:
         """Shrink the logits buffer after a long prefill ([B, S, V] fp32 can be 100+ MB)."""

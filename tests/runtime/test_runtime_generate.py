@@ -1,0 +1,119 @@
+"""Generation on a tiny artifact equals PyTorch's greedy generate; streaming equals
+non-streaming; sampling is seeded; batches with left padding equal single prompts."""
+
+import numpy as np
+import pytest
+import torch
+
+from edgedelta.errors import ConfigError
+from edgedelta.runtime import GenerationConfig, Session, generate_ids
+
+PROMPTS = ["The pump on line three", "Hello", "Check the pressure valve before restarting"]
+
+
+@pytest.fixture(scope="module")
+def session(tiny_artifact):
+    return Session.from_dir(tiny_artifact[1], provider="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def torch_model(tiny_artifact):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_artifact[0], dtype=torch.float32).eval()
+
+
+def torch_greedy(model, tok, prompts, n):
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id)
+    return out[:, enc["input_ids"].shape[1]:].tolist()
+
+
+def test_greedy_equals_pytorch(session, torch_model):
+    ref = torch_greedy(torch_model, session.tokenizer, PROMPTS[:1], 24)[0]
+    got = session.generate(PROMPTS[0], max_new_tokens=24, eos=False)
+    assert got.token_ids == ref
+    assert got.finish_reason == "length" and len(got.token_ids) == 24
+
+
+def test_batch_left_padding_equals_pytorch_and_single(session, torch_model):
+    ref = torch_greedy(torch_model, session.tokenizer, PROMPTS, 12)
+    got = session.generate(PROMPTS, max_new_tokens=12, eos=False)
+    assert [g.token_ids for g in got] == ref
+    singles = [session.generate(p, max_new_tokens=12, eos=False).token_ids for p in PROMPTS]
+    assert singles == ref
+
+
+def test_stream_equals_generate(session):
+    full = session.generate(PROMPTS[0], max_new_tokens=30, eos=False)
+    st = session.stream(PROMPTS[0], max_new_tokens=30, eos=False)
+    pieces = list(st)
+    assert "".join(pieces) == full.text
+    assert st.result.token_ids == full.token_ids
+    seen = []
+    session.generate(PROMPTS[0], max_new_tokens=30, eos=False, on_text=lambda r, p: seen.append(p))
+    assert "".join(seen) == full.text
+
+
+def test_stop_string_truncates_and_stream_agrees(session):
+    full = session.generate(PROMPTS[0], max_new_tokens=30, eos=False).text
+    stop = full[5:8]
+    assert stop and full.find(stop) >= 0
+    cut = session.generate(PROMPTS[0], max_new_tokens=30, eos=False, stop=[stop])
+    assert cut.finish_reason == "stop" and cut.text == full[: full.find(stop)]
+    assert "".join(session.stream(PROMPTS[0], max_new_tokens=30, eos=False, stop=[stop])) == cut.text
+
+
+def test_eos_stops(session):
+    eos = session.tokenizer.eos_token_id
+    first = session.generate(PROMPTS[1], max_new_tokens=1).token_ids[0]
+    # pretend the first greedy token is EOS: generation ends after one token, reason eos
+    session.artifact.generation_config["eos_token_id"] = [eos, first]
+    try:
+        r = session.generate(PROMPTS[1], max_new_tokens=10)
+    finally:
+        session.artifact.generation_config["eos_token_id"] = eos
+    assert r.token_ids == [first] and r.finish_reason == "eos" and r.text == ""
+
+
+def test_sampling_seeded_and_topk1_is_greedy(session):
+    cfg = GenerationConfig(max_new_tokens=16, do_sample=True, temperature=1.3, top_k=20, top_p=0.9, seed=7, eos=False)
+    a, b = session.generate(PROMPTS[0], cfg), session.generate(PROMPTS[0], cfg)
+    assert a.token_ids == b.token_ids
+    g = session.generate(PROMPTS[0], max_new_tokens=16, eos=False)
+    k1 = session.generate(PROMPTS[0], max_new_tokens=16, eos=False, do_sample=True, top_k=1, seed=3)
+    assert k1.token_ids == g.token_ids
+
+
+def test_chat_template_applied(session):
+    r = session.generate("hi", chat=True, max_new_tokens=4, eos=False)
+    tok = session.tokenizer
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert r.prompt_tokens == len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def test_generate_ids_and_all_logits(session, torch_model):
+    ids = session.tokenizer(PROMPTS[2])["input_ids"]
+    r = generate_ids(session, [ids], max_new_tokens=5, eos=False)[0]
+    assert r.token_ids == session.generate(PROMPTS[2], max_new_tokens=5, eos=False).token_ids
+    cache = session.new_cache(1, len(ids))
+    x = np.array([ids])
+    full = session.forward(x, np.ones_like(x), np.arange(len(ids))[None], cache, all_logits=True).copy()
+    with torch.no_grad():
+        ref = torch_model(torch.tensor(x)).logits.numpy()
+    assert np.abs(full - ref).max() < 1e-4
+
+
+@pytest.mark.parametrize("kw", [dict(max_new_tokens=0), dict(temperature=0.0), dict(top_p=0.0), dict(top_k=-1), dict(stop=[""])])
+def test_bad_config(kw):
+    with pytest.raises(ConfigError):
+        GenerationConfig(**kw)
+
+
+def test_bad_prompts(session):
+    with pytest.raises(ConfigError, match="empty"):
+        session.generate("   ")
+    with pytest.raises(ConfigError, match="maximum of 256 positions"):
+        session.generate("hello", max_new_tokens=1000)

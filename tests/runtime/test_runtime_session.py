@@ -1,0 +1,66 @@
+"""Loading: checksums verified first (tampering refused naming the file), providers resolved
+with clear errors, graph facts read without the weights."""
+
+import json
+
+import pytest
+
+from edgedelta.errors import ConfigError, IntegrityError, ModelLoadError
+from edgedelta.runtime import Artifact, Session, resolve_provider
+
+
+def test_tampered_weights_refused(artifact_copy):
+    data = artifact_copy / "model.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[100] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match="model.onnx.data"):
+        Session.from_dir(artifact_copy, provider="cpu")
+
+
+def test_truncated_and_missing_refused(artifact_copy):
+    (artifact_copy / "tokenizer.json").write_text("{}")
+    with pytest.raises(IntegrityError, match="tokenizer.json"):
+        Session.from_dir(artifact_copy, provider="cpu")
+    (artifact_copy / "tokenizer.json").unlink()
+    with pytest.raises(IntegrityError, match="missing"):
+        Artifact.open(artifact_copy)
+
+
+def test_missing_artifact(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        Session.from_dir(tmp_path / "nope")
+    with pytest.raises(ModelLoadError, match="manifest"):
+        Session.from_dir(tmp_path)
+
+
+def test_providers(monkeypatch):
+    import onnxruntime as ort
+
+    with pytest.raises(ConfigError, match="allowed: auto, cpu, cuda"):
+        resolve_provider("tpu")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ConfigError, match="'cuda' is not available"):
+        resolve_provider("cuda")
+    assert resolve_provider("auto") == "cpu"
+    assert resolve_provider("cpu") == "cpu"
+
+
+def test_graph_facts(tiny_artifact):
+    art = Artifact.open(tiny_artifact[1])
+    cfg = json.loads((tiny_artifact[0] / "config.json").read_text())
+    kv = art.kv
+    assert (kv.num_layers, kv.kv_heads, kv.head_dim) == (4, 2, 8)
+    assert kv.bytes(10) == 2 * 4 * 2 * 10 * 8 * 4
+    assert art.vocab_size == cfg["vocab_size"] and art.max_positions == 256
+    # tied embedding: stored once, read as a full matrix by lm_head plus one row by the lookup
+    emb = cfg["vocab_size"] * 32 * 4
+    assert art.unique_weight_bytes == (tiny_artifact[1] / "model.onnx.data").stat().st_size
+    assert art.weight_bytes_read_per_token > emb
+    assert art.graph_facts["unique_initializer_bytes"] >= art.unique_weight_bytes
+
+
+def test_kv_cache_buffers(tiny_artifact):
+    s = Session.from_dir(tiny_artifact[1], provider="cpu")
+    c = s.new_cache(2, 50)
+    assert c.nbytes() == 2 * s.kv.bytes(50, batch=2)  # double-buffered
