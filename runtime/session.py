@@ -124,8 +124,10 @@ class Session:
     # ---- construction ----------------------------------------------------------------------
     @classmethod
     def from_dir(cls, path: str | os.PathLike, provider: str = "auto", threads: int | None = None,
-                 arena: bool = False, verify: bool = True, tokenizer: bool = True) -> "Session":
-        """Verify the artifact's checksums, then load it on `provider` ('auto'|'cpu'|'cuda')."""
+                 arena: bool = False, verify: bool = True, tokenizer: str | None = "light") -> "Session":
+        """Verify the artifact's checksums, then load it on `provider` ('auto'|'cpu'|'cuda').
+        tokenizer: 'light' (tokenizer.json without transformers; falls back to 'hf' when the
+        artifact has no tokenizer.json), 'hf' (transformers.AutoTokenizer) or None."""
         import onnxruntime as ort
 
         t0 = time.perf_counter()
@@ -145,7 +147,7 @@ class Session:
                 raise ConfigError("provider 'cuda' is not available: ONNX Runtime could not create a CUDA session (no GPU or CUDA libraries)")
             print("edgedelta: CUDA session failed, running on CPU (provider 'auto')", file=sys.stderr)
             prov = "cpu"
-        tok = load_artifact_tokenizer(art.path) if tokenizer else None
+        tok = load_artifact_tokenizer(art.path, tokenizer) if tokenizer else None
         return cls(art, sess, prov, tok, time.perf_counter() - t0)
 
     # ---- KV cache ----------------------------------------------------------------------------
@@ -228,8 +230,14 @@ class Session:
         return stream(self, prompt, config, **kwargs)
 
 
-def load_artifact_tokenizer(path: Path):
+def load_artifact_tokenizer(path: Path, kind: str = "light"):
     """The tokenizer saved beside the graph (tokenizer.json etc.); never fetched from a hub."""
+    if kind not in ("light", "hf"):
+        raise ConfigError(f"unknown tokenizer kind '{kind}'; allowed: light, hf")
+    if kind == "light" and (path / "tokenizer.json").is_file():
+        from .tokenizer import LightTokenizer
+
+        return LightTokenizer(path)
     from transformers import AutoTokenizer
 
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):

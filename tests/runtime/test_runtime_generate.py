@@ -23,7 +23,10 @@ def torch_model(tiny_artifact):
     return AutoModelForCausalLM.from_pretrained(tiny_artifact[0], dtype=torch.float32).eval()
 
 
-def torch_greedy(model, tok, prompts, n):
+def torch_greedy(model, _tok, prompts, n):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model.name_or_path)
     tok.padding_side = "left"
     enc = tok(prompts, return_tensors="pt", padding=True)
     with torch.no_grad():
