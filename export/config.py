@@ -1,0 +1,78 @@
+"""ExportConfig: how a model becomes an ONNX artifact (dtype, weight-only quantization,
+validation). Validated on construction; written into the artifact's manifest as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgedelta.errors import ConfigError
+
+DTYPES = ("fp32", "fp16")
+QUANTIZE = ("none", "int8", "int4")
+# (dtype, quantize) pairs that are built and tested. fp16 activations with MatMulNBits
+# have no fp16 CPU kernel in ONNX Runtime's default build, so weight-only quantization
+# is exported with fp32 activations only.
+SUPPORTED_PAIRS = {("fp32", "none"), ("fp16", "none"), ("fp32", "int8"), ("fp32", "int4")}
+# Logit tolerance = abs + rel * max|reference logit|, per export dtype. fp16 rounds every
+# activation to 11 bits, so its tolerance scales with the logits' magnitude.
+DEFAULT_TOLERANCE = {"fp32": (1e-3, 0.0), "fp16": (2e-2, 1e-2)}
+CONFIG_VERSION = 1
+
+
+@dataclass
+class ExportConfig:
+    dtype: str = field(default="fp32", metadata={"help": f"weight and activation dtype: one of {DTYPES}"})
+    quantize: str = field(default="none", metadata={"help": f"weight-only quantization of projection weights: one of {QUANTIZE}"})
+    block_size: int = field(default=32, metadata={"help": "quantization block size along the input dimension (16..256, power of 2)"})
+    opset: int = field(default=21, metadata={"help": "ONNX default-domain opset"})
+    validate: bool = field(default=True, metadata={"help": "run the parity checks after export (ONNX checker and audit always run)"})
+    decode_tokens: int = field(default=32, metadata={"help": "greedy tokens compared with PyTorch"})
+    prompt_tokens: int = field(default=12, metadata={"help": "prompt length of the parity inputs"})
+    abs_tol: float | None = field(default=None, metadata={"help": "logit tolerance, absolute part (default per dtype)"})
+    rel_tol: float | None = field(default=None, metadata={"help": "logit tolerance, part relative to max |reference logit| (default per dtype)"})
+    seed: int = field(default=0, metadata={"help": "seed of the random parity prompts"})
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype '{self.dtype}' is not supported; allowed: {', '.join(DTYPES)}")
+        if self.quantize not in QUANTIZE:
+            raise ConfigError(f"quantize '{self.quantize}' is not supported; allowed: {', '.join(QUANTIZE)}")
+        if (self.dtype, self.quantize) not in SUPPORTED_PAIRS:
+            pairs = ", ".join(f"{d}/{q}" for d, q in sorted(SUPPORTED_PAIRS))
+            raise ConfigError(f"dtype {self.dtype} with quantize {self.quantize} is not supported; supported pairs: {pairs}")
+        bs = int(self.block_size)
+        if bs < 16 or bs > 256 or bs & (bs - 1):
+            raise ConfigError(f"block_size must be a power of 2 in 16..256, got {self.block_size}")
+        if not 18 <= int(self.opset) <= 23:
+            raise ConfigError(f"opset must be in 18..23, got {self.opset}")
+        if self.decode_tokens < 1 or self.prompt_tokens < 2:
+            raise ConfigError(f"decode_tokens must be >= 1 and prompt_tokens >= 2, got {self.decode_tokens}, {self.prompt_tokens}")
+        for name in ("abs_tol", "rel_tol"):
+            v = getattr(self, name)
+            if v is not None and not (v >= 0):
+                raise ConfigError(f"{name} must be >= 0, got {v}")
+        if self.version != CONFIG_VERSION:
+            raise ConfigError(f"ExportConfig version {self.version} is not supported (this edgedelta reads {CONFIG_VERSION})")
+
+    def tolerance(self, ref_max_abs: float) -> float:
+        """Allowed max |logit difference| for reference logits of magnitude `ref_max_abs`."""
+        a, r = DEFAULT_TOLERANCE[self.dtype]
+        a = a if self.abs_tol is None else self.abs_tol
+        r = r if self.rel_tol is None else self.rel_tol
+        return a + r * ref_max_abs
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ExportConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"an export config must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown export config field(s) {unknown}; allowed: {', '.join(sorted(known))}")
+        return cls(**d)

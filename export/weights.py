@@ -1,0 +1,160 @@
+"""Model parameters → named initializers, each distinct tensor exactly once.
+
+Identity decides sharing: a Parameter object seen again (a group's shared base, a tied
+embedding) maps to the initializer already made for it. Names are stable and readable:
+
+    shared.g3.mlp.up_proj.weight      a group's shared base (every layer of group 3 reads it)
+    layers.7.mlp.up_proj.weight       an unshared projection
+    layers.7.mlp.up_proj.delta_A      (in, r)   layer 7's delta, stored as Aᵀ
+    layers.7.mlp.up_proj.delta_B      (r, out)  stored as Bᵀ
+    layers.7.mlp.down_proj.gate       scalar output gate
+    embed_tokens.weight               (vocab, hidden), also lm_head when tied
+
+Layouts are the ones the consuming op reads, so no Transpose ever touches a weight:
+float projections are stored (in, out) for MatMul; quantized ones in MatMulNBits' (out,
+in-blocks) layout; the tied embedding (vocab, hidden) feeds Gather and a Gemm with transB."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgedelta.delta.layer import DeltaLinear
+from edgedelta.delta.structure import get_spec
+from edgedelta.models.adapters import ModelAdapter
+
+from .config import ExportConfig
+from .graph import GraphBuilder
+from .quantize import BITS, QuantizedWeight, quantize_blockwise
+
+
+@dataclass
+class LinearRef:
+    """How one layer's projection is computed: y = gate·(x·W + (x·Aᵀ)·Bᵀ) + bias."""
+
+    weight: str  # initializer name: float (in, out), or the packed MatMulNBits tensor
+    in_features: int
+    out_features: int
+    quant: QuantizedWeight | None = None  # set when `weight` is MatMulNBits-packed
+    delta_A: str | None = None
+    delta_B: str | None = None
+    bias: str | None = None
+    gate: str | None = None
+
+
+@dataclass
+class LayerWeights:
+    linears: dict[str, LinearRef]  # projection short name -> ref
+    input_norm: str
+    post_attention_norm: str
+
+
+@dataclass
+class ModelWeights:
+    embed: str  # (vocab, hidden)
+    lm_head: LinearRef | None  # None when tied to `embed`
+    final_norm: str
+    layers: list[LayerWeights]
+    kinds: dict[str, str] = field(default_factory=dict)  # initializer -> shared|projection|delta|gate|bias|norm|embedding|lm_head
+    params: dict[str, int] = field(default_factory=dict)  # initializer -> model parameters it stores
+    dequantized: dict[int, np.ndarray] = field(default_factory=dict)  # id(Parameter) -> (out, in) weights as the kernel sees them
+
+
+def _np(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    return t.detach().to(torch.float32).cpu().numpy().astype(dtype)
+
+
+class WeightCollector:
+    """Adds every parameter of `model` to `builder` once; returns ModelWeights."""
+
+    def __init__(self, model: nn.Module, adapter: ModelAdapter, cfg: ExportConfig, builder: GraphBuilder):
+        self.model, self.adapter, self.cfg, self.b = model, adapter, cfg, builder
+        self.dtype = np.dtype(np.float16 if cfg.dtype == "fp16" else np.float32)
+        self.by_id: dict[int, LinearRef | str] = {}  # id(Parameter) -> what was made for it
+        self.out = None
+
+    # --- entry ----------------------------------------------------------------------
+    def collect(self) -> ModelWeights:
+        model, ad = self.model, self.adapter
+        layers = ad.decoder_layers(model)
+        shared_names = self._shared_names(layers)
+        embed = ad.embed_tokens(model).weight  # (vocab, hidden)
+        self.out = ModelWeights(embed="", lm_head=None, final_norm="", layers=[])
+        self.out.embed = self._float("embed_tokens.weight", embed, "embedding")
+        for i, layer in enumerate(layers):
+            linears = {}
+            for proj, path in ad.projections.items():
+                mod = ad.get_linear(layer, proj)
+                base = shared_names.get(id(mod.weight), f"layers.{i}.{path}.weight")
+                linears[proj] = self._linear(mod, base, f"layers.{i}.{path}")
+            self.out.layers.append(LayerWeights(
+                linears,
+                self._norm(f"layers.{i}.{ad.input_norm}.weight", layer.get_submodule(ad.input_norm).weight),
+                self._norm(f"layers.{i}.{ad.post_attention_norm}.weight", layer.get_submodule(ad.post_attention_norm).weight),
+            ))
+        self.out.final_norm = self._norm("norm.weight", ad.final_norm(model).weight)
+        lm = model.get_output_embeddings()
+        if lm.weight is not embed:  # untied: an ordinary projection
+            self.out.lm_head = self._linear(lm, "lm_head.weight", "lm_head", kind="lm_head")
+        return self.out
+
+    def _shared_names(self, layers) -> dict[int, str]:
+        """id(shared Parameter) -> 'shared.g{i}.{attribute path}.weight'."""
+        spec = get_spec(self.model)
+        names = {}
+        if spec is None:
+            return names
+        for gi, group in enumerate(spec.groups):
+            for proj in spec.projections:
+                w = self.adapter.get_linear(layers[group[0]], proj).weight
+                names[id(w)] = f"shared.g{gi}.{self.adapter.projections[proj]}.weight"
+        return names
+
+    # --- pieces ------------------------------------------------------------------------
+    def _add(self, name: str, arr: np.ndarray, kind: str, params: int) -> str:
+        self.b.initializer(name, arr)
+        self.out.kinds[name], self.out.params[name] = kind, params
+        return name
+
+    def _float(self, name: str, p: torch.Tensor, kind: str, transpose: bool = False) -> str:
+        if id(p) in self.by_id:
+            return self.by_id[id(p)]
+        t = p.detach().T if transpose else p.detach()
+        self.by_id[id(p)] = self._add(name, _np(t, self.dtype), kind, p.numel())
+        return self.by_id[id(p)]
+
+    def _norm(self, name: str, w: torch.Tensor) -> str:
+        # Gemma's RMSNorm multiplies by (1 + w): the offset is folded in once here.
+        off = self.adapter.norm_weight_offset
+        return self._add(name, _np(w.detach().float() + off, self.dtype), "norm", w.numel())
+
+    def _linear(self, mod: nn.Module, base: str, prefix: str, kind: str | None = None) -> LinearRef:
+        w = mod.weight  # (out, in)
+        shared = isinstance(mod, DeltaLinear)
+        kind = kind or ("shared" if shared else "projection")
+        ref = LinearRef(base, w.shape[1], w.shape[0])
+        if id(w) in self.by_id:  # a group's base seen before: reuse its initializers
+            first = self.by_id[id(w)]
+            ref.weight, ref.quant = first.weight, first.quant
+        elif self.cfg.quantize != "none":
+            q = quantize_blockwise(_np(w, np.float32), BITS[self.cfg.quantize], self.cfg.block_size)
+            self._add(base, q.packed, kind, w.numel())
+            self._add(base + ".scales", q.scales, kind, 0)
+            self._add(base + ".zero_points", q.zero_points, kind, 0)
+            ref.quant = q
+            self.out.dequantized[id(w)] = q.dequantize()
+            self.by_id[id(w)] = ref
+        else:
+            self._add(base, _np(w.T, self.dtype), kind, w.numel())  # (in, out) for MatMul
+            self.by_id[id(w)] = ref
+        if shared and mod.rank:
+            ref.delta_A = self._add(f"{prefix}.delta_A", _np(mod.delta_A.T, self.dtype), "delta", mod.delta_A.numel())  # (in, r)
+            ref.delta_B = self._add(f"{prefix}.delta_B", _np(mod.delta_B.T, self.dtype), "delta", mod.delta_B.numel())  # (r, out)
+        if shared and mod.gate is not None:
+            ref.gate = self._add(f"{prefix}.gate", _np(mod.gate.reshape(()), self.dtype), "gate", 1)
+        if getattr(mod, "bias", None) is not None:
+            ref.bias = self._add(f"{prefix}.bias", _np(mod.bias, self.dtype), "bias", mod.bias.numel())
+        return ref
