@@ -49,8 +49,11 @@ def compressed_state(model: torch.nn.Module, spec: SharingSpec) -> dict[str, tor
     return out
 
 
-def save_compressed(loaded_or_model, out_dir, *, tokenizer=None, manifest_facts: dict[str, Any] | None = None, force: bool = False) -> Path:
-    """Write a compressed model directory atomically. Returns the path."""
+def save_compressed(loaded_or_model, out_dir, *, tokenizer=None, manifest_facts: dict[str, Any] | None = None, force: bool = False,
+                    extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write a compressed model directory atomically. Returns the path. `extra_files`
+    ({relative name: bytes}, e.g. a training log) are written beside the weights and listed
+    in the manifest."""
     from ..models.loading import LoadedModel
 
     is_loaded = isinstance(loaded_or_model, LoadedModel)
@@ -73,6 +76,9 @@ def save_compressed(loaded_or_model, out_dir, *, tokenizer=None, manifest_facts:
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
             (tmp / "tokenizer.model").unlink(missing_ok=True)
+        for rel, data in (extra_files or {}).items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_bytes(data)
         facts = dict(manifest_facts or {})
         facts["sharing"] = spec.to_dict()
         facts["parameters"] = {**counts, "bytes_fp32": parameter_bytes(counts["total"], "fp32")}

@@ -62,12 +62,12 @@ class _Constant(nn.Module):
 
 
 class LayerRecorder:
-    """Forward hooks recording decoder layers' outputs by reference: {layer index: output}."""
+    """Forward hooks recording decoder layers' outputs by reference: {layer index: output}.
+    `modules` maps a layer index to the module to watch."""
 
-    def __init__(self, layers: Sequence[nn.Module], indices: Sequence[int] | None = None):
+    def __init__(self, modules: dict[int, nn.Module]):
         self.outputs: dict[int, Any] = {}
-        idx = range(len(layers)) if indices is None else indices
-        self._handles = [layers[i].register_forward_hook(self._hook(i)) for i in idx]
+        self._handles = [m.register_forward_hook(self._hook(i)) for i, m in modules.items()]
 
     def _hook(self, i: int):
         def hook(_mod, _args, output):
