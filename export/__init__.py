@@ -1,1 +1,12 @@
-"""edgedelta.export"""
+"""edgedelta.export: a model directory (plain or DeltaLLM-compressed) → an ONNX artifact
+whose shared weights are stored once on disk and read once into RAM.
+
+    from edgedelta.export import ExportConfig, export_onnx, audit
+    export_onnx("compressed/", ExportConfig(dtype="fp16"), "artifact/")
+"""
+
+from .audit import audit, format_table
+from .config import ExportConfig
+from .exporter import ARTIFACT_FORMAT, SESSION_CONFIG, ExportError, build_graph, export_onnx
+
+__all__ = ["ARTIFACT_FORMAT", "SESSION_CONFIG", "ExportConfig", "ExportError", "audit", "build_graph", "export_onnx", "format_table"]

@@ -1,0 +1,165 @@
+"""export_onnx: a model directory (plain or edgedelta-compressed) → a validated ONNX artifact.
+
+    out/
+      model.onnx, model.onnx.data   decoder with KV cache; every distinct weight stored once
+      config.json                   the transformers config (no edgedelta section: the
+                                    artifact is a plain optimum-loadable decoder)
+      generation_config.json, tokenizer files
+      manifest.json                 ExportConfig, sharing spec / CompressConfig, parameter and
+                                    byte accounting, audit, parity report, versions, sha256s
+
+Built in a temporary folder and renamed into place only after the checker, the audit and
+the parity checks pass; the input directory and model are never modified."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edgedelta.delta.accounting import DTYPE_BYTES, count_parameters
+from edgedelta.delta.structure import get_spec
+from edgedelta.errors import EdgeDeltaError, IntegrityError, ModelLoadError
+from edgedelta.fsutil import atomic_dir, check_output_path
+from edgedelta.manifest import read_manifest, write_manifest
+from edgedelta.models.adapters import adapter_for
+
+from .audit import MODEL_FILE, audit, audit_problems
+from .config import ExportConfig
+from .decoder import ArchFacts, DecoderGraph
+from .graph import GraphBuilder
+from .weights import ModelWeights, WeightCollector
+
+ARTIFACT_FORMAT = "edgedelta-onnx"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
+# ONNX Runtime's CPU MatMul/Gemm "prepack" a constant weight into a private blocked copy
+# per consuming node, so a weight read by k layers would exist k+1 times in RAM (measured:
+# one 16.8 MB weight read by 8 MatMuls: +101 MB RSS with prepacking, +0 without). Sharing
+# only saves RAM with prepacking off; loaders should apply these entries (manifest
+# "ort_session_config"; edgedelta.runtime does).
+SESSION_CONFIG = {"session.disable_prepacking": "1"}
+
+
+class ExportError(EdgeDeltaError):
+    """The exported graph failed a structural check (checker or sharing audit)."""
+
+
+def build_graph(model, cfg: ExportConfig) -> tuple[GraphBuilder, ModelWeights, ArchFacts]:
+    """Emit `model` (read only) as an ONNX decoder graph into a GraphBuilder."""
+    adapter = adapter_for(model.config)
+    builder = GraphBuilder("edgedelta_decoder", cfg.opset)
+    weights = WeightCollector(model, adapter, cfg, builder).collect()
+    facts = ArchFacts.from_model(model, adapter)
+    DecoderGraph(builder, facts, weights, cfg.dtype).build()
+    return builder, weights, facts
+
+
+def _load(model_dir):
+    from edgedelta.models.loading import load_model
+
+    path = Path(str(model_dir)).expanduser()
+    if str(model_dir) != "default" and not path.exists():
+        raise ModelLoadError(f"model directory '{model_dir}' does not exist")
+    if str(model_dir) != "default" and path.is_file():
+        raise ModelLoadError(f"'{model_dir}' is a file, not a model directory")
+    return load_model(model_dir)
+
+
+def _source_facts(path: Path) -> dict[str, Any]:
+    """What the source directory's manifest says about how it was made (if it has one)."""
+    try:
+        m = read_manifest(path)
+    except (ModelLoadError, IntegrityError):
+        return {}
+    keep = ("compress_config", "config", "plan", "source", "sharing", "parameters", "distill_config")
+    return {k: m[k] for k in keep if k in m} | {"format": m.get("format")}
+
+
+def _copy_side_files(src: Path, dst: Path, model, tokenizer) -> list[str]:
+    """config.json (plain transformers), generation_config.json, tokenizer files."""
+    cfg = json.loads(model.config.to_json_string(use_diff=False))
+    cfg.pop("edgedelta", None)
+    cfg["use_cache"] = True
+    (dst / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(dst)
+    copied = [f for f in TOKENIZER_FILES if (src / f).is_file()]
+    for f in copied:
+        shutil.copyfile(src / f, dst / f)
+    if not copied and tokenizer is not None:
+        tokenizer.save_pretrained(dst)
+        (dst / "tokenizer.model").unlink(missing_ok=True)
+    return copied
+
+
+def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, force: bool = False, progress=None) -> Path:
+    """Export `model_dir` ('default', an HF directory or an edgedelta compressed directory)
+    to an ONNX artifact in `out_dir`; validates it and returns the path.
+
+    Raises OutputExistsError (out exists, no force), ModelLoadError (bad input),
+    ParityError / ExportError (failed validation: nothing is left in out_dir)."""
+    cfg = cfg or ExportConfig()
+    if out_dir is None:
+        raise ModelLoadError("an output directory is required")
+    check_output_path(out_dir, force)  # fail before the (slow) model load
+    say = progress or (lambda msg: None)
+    t0 = time.perf_counter()
+    loaded = _load(model_dir)
+    model = loaded.model.eval()
+    t_load = time.perf_counter() - t0
+    say(f"loaded {loaded.path} ({t_load:.1f} s)")
+    with atomic_dir(out_dir, force=force) as tmp:
+        t1 = time.perf_counter()
+        builder, weights, facts = build_graph(model, cfg)
+        builder.save(tmp, MODEL_FILE, metadata={"edgedelta.format": ARTIFACT_FORMAT,
+                                                "edgedelta.ort_session_config": json.dumps(SESSION_CONFIG, sort_keys=True)})
+        del builder
+        t_build = time.perf_counter() - t1
+        say(f"graph written ({t_build:.1f} s)")
+        try:
+            onnx.checker.check_model(str(tmp / MODEL_FILE), full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise ExportError(f"ONNX checker rejected the exported graph: {str(e).splitlines()[0]}") from None
+        report = audit(tmp)
+        problems = audit_problems(report)
+        if problems:
+            raise ExportError("sharing audit failed: " + "; ".join(problems))
+        parity = None
+        if cfg.validate:
+            from .validate import check_parity
+
+            parity = check_parity(model, tmp / MODEL_FILE, facts, cfg, weights.dequantized)
+            say("parity: " + ", ".join(f"{k} {v.get('max_abs_diff', 0):.2e}" for k, v in parity.items()))
+        side = _copy_side_files(Path(loaded.path), tmp, model, loaded.tokenizer)
+        counts = count_parameters(model)
+        spec = get_spec(model)
+        unique_bytes = int(counts["total"] * DTYPE_BYTES[cfg.dtype])
+        facts_out = {
+            "export_config": cfg.to_dict(),
+            "source": {**loaded.source, "path": str(Path(loaded.path).resolve()), "manifest": _source_facts(Path(loaded.path))},
+            "sharing": spec.to_dict() if spec else None,
+            "architecture": {"model_type": model.config.model_type, "num_layers": facts.num_layers, "hidden": facts.hidden,
+                             "heads": facts.heads, "kv_heads": facts.kv_heads, "head_dim": facts.head_dim, "vocab": facts.vocab},
+            "io": {"inputs": ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key|value"],
+                   "outputs": ["logits", "present.{i}.key|value"],
+                   "kv_dtype": "float16" if cfg.dtype == "fp16" else "float32"},
+            "layouts": {"projection": "(in, out) for MatMul", "delta_A": "(in, r) = Aᵀ", "delta_B": "(r, out) = Bᵀ",
+                        "quantized": "MatMulNBits (out, in/block, block*bits/8) uint8 + scales + zero_points",
+                        "tied_embedding": "(vocab, hidden) read by Gather and by Gemm(transB=1)"},
+            "parameters": {**counts, "unique_bytes_at_dtype": unique_bytes},
+            "bytes": {"data_file": report["data_file_bytes"], "model_file": report["model_file_bytes"],
+                      "initializers": report["initializer_bytes"],
+                      "data_file_over_unique_param_bytes": report["data_file_bytes"] / unique_bytes if unique_bytes else None},
+            "audit": {k: v for k, v in report.items() if k != "initializers"},
+            "parity": parity,
+            "ort_session_config": SESSION_CONFIG,
+            "tokenizer_files": side,
+            "timing_s": {"load": round(t_load, 2), "build_and_write": round(t_build, 2), "total": round(time.perf_counter() - t0, 2)},
+        }
+        write_manifest(tmp, ARTIFACT_FORMAT, facts_out)
+    return Path(out_dir)

@@ -1,0 +1,149 @@
+"""Parity of an exported graph with the PyTorch model it came from.
+
+Three checks, each raising ParityError naming the output and the largest difference:
+  logits            full prompt, no past (a batch of 2, the second row left-padded)
+  logits_with_past  the same prompt fed as a prefix + a 4-token chunk through the KV cache
+  greedy_decode     `decode_tokens` greedy steps through the cache; tokens must be identical
+                    (a divergence is accepted only at a near-tie of the reference, where
+                    the two candidates' reference logits differ by less than the tolerance)
+
+The reference is the fp32 PyTorch model; for weight-only quantization it is a copy whose
+projection weights are the dequantized values the kernel uses, so the check isolates the
+export (the quality cost of quantization is measured separately, by perplexity)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgedelta.errors import ParityError
+
+from .config import ExportConfig
+from .decoder import ArchFacts
+
+
+def session_options():
+    """ORT options the artifact is meant to run with (see SESSION_CONFIG in exporter)."""
+    import onnxruntime as ort
+
+    from .exporter import SESSION_CONFIG
+
+    so = ort.SessionOptions()
+    for k, v in SESSION_CONFIG.items():
+        so.add_session_config_entry(k, v)
+    so.log_severity_level = 3
+    return so
+
+
+def reference_model(model: torch.nn.Module, dequantized: dict[int, np.ndarray]) -> torch.nn.Module:
+    """The model itself, or (for quantized exports) a deep copy with the kernel's weights.
+    The input model is never modified."""
+    if not dequantized:
+        return model
+    ref = copy.deepcopy(model)  # deepcopy keeps a shared Parameter shared in the copy
+    originals = dict(model.named_parameters(remove_duplicate=False))
+    copies = dict(ref.named_parameters(remove_duplicate=False))
+    done = set()
+    with torch.no_grad():
+        for name, p in originals.items():
+            if id(p) in dequantized and id(copies[name]) not in done:
+                copies[name].copy_(torch.from_numpy(dequantized[id(p)]).to(copies[name].dtype))
+                done.add(id(copies[name]))
+    return ref.eval()
+
+
+class _OrtDecoder:
+    def __init__(self, path, facts: ArchFacts, np_dtype):
+        import onnxruntime as ort
+
+        self.sess = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+        self.f, self.dtype = facts, np_dtype
+        self.out_names = [o.name for o in self.sess.get_outputs()]
+
+    def empty_past(self, batch: int) -> list[np.ndarray]:
+        shape = (batch, self.f.kv_heads, 0, self.f.head_dim)
+        return [np.zeros(shape, self.dtype) for _ in range(2 * self.f.num_layers)]
+
+    def __call__(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray, past: list[np.ndarray]):
+        feed = {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
+        for i in range(self.f.num_layers):
+            feed[f"past_key_values.{i}.key"], feed[f"past_key_values.{i}.value"] = past[2 * i], past[2 * i + 1]
+        out = self.sess.run(None, feed)
+        return out[0].astype(np.float32), out[1:]
+
+
+def _positions(mask: np.ndarray) -> np.ndarray:
+    pos = np.cumsum(mask, axis=1) - 1
+    return np.where(mask == 0, 1, pos).astype(np.int64)  # HF/optimum convention for pads
+
+
+def _check(name: str, got: np.ndarray, ref: np.ndarray, valid: np.ndarray, cfg: ExportConfig, report: dict) -> None:
+    diff = float(np.abs(got - ref)[valid].max())
+    tol = cfg.tolerance(float(np.abs(ref[valid]).max()))
+    report[name] = {"max_abs_diff": diff, "tolerance": tol}
+    if not diff <= tol:  # also catches NaN
+        raise ParityError(name, diff, tol)
+
+
+@torch.no_grad()
+def check_parity(model: torch.nn.Module, onnx_path, facts: ArchFacts, cfg: ExportConfig, dequantized: dict | None = None) -> dict[str, Any]:
+    """Run the three checks; returns {check: {max_abs_diff, tolerance, ...}}."""
+    ref_model = reference_model(model, dequantized or {})
+    dec = _OrtDecoder(onnx_path, facts, np.float16 if cfg.dtype == "fp16" else np.float32)
+    rng = np.random.default_rng(cfg.seed)
+    n, pad = cfg.prompt_tokens, min(3, cfg.prompt_tokens - 1)
+    ids = rng.integers(0, facts.vocab, size=(2, n), dtype=np.int64)
+    mask = np.ones((2, n), np.int64)
+    mask[1, :pad] = 0  # left padding
+    pos = _positions(mask)
+    report: dict[str, Any] = {}
+
+    # 1. whole prompt, no past
+    ref = ref_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                    position_ids=torch.from_numpy(pos)).logits.float().numpy()  # (2, n, V)
+    valid = np.broadcast_to((mask == 1)[..., None], ref.shape)
+    got, _ = dec(ids, mask, pos, dec.empty_past(2))
+    _check("logits", got, ref, valid, cfg, report)
+
+    # 2. prefix, then a chunk of up to 4 tokens through the cache
+    cut = max(1, n - 4)
+    _, present = dec(ids[:, :cut], mask[:, :cut], pos[:, :cut], dec.empty_past(2))
+    got2, _ = dec(ids[:, cut:], mask, pos[:, cut:], present)
+    _check("logits_with_past", got2, ref[:, cut:], valid[:, cut:], cfg, report)
+
+    # 3. greedy decode of row 0 through the cache, token by token
+    report["greedy_decode"] = _greedy(ref_model, dec, ids[:1], cfg)
+    return report
+
+
+def _greedy(ref_model, dec: _OrtDecoder, prompt: np.ndarray, cfg: ExportConfig) -> dict[str, Any]:
+    from transformers import DynamicCache
+
+    n = prompt.shape[1]
+    cache = DynamicCache()
+    past = dec.empty_past(1)
+    t_ids, o_ids = prompt, prompt
+    ref_tokens, onnx_tokens, max_diff = [], [], 0.0
+    for step in range(cfg.decode_tokens):
+        total = n + step
+        mask = np.ones((1, total), np.int64)
+        pos = np.arange(total - t_ids.shape[1], total, dtype=np.int64)[None]
+        r = ref_model(input_ids=torch.from_numpy(t_ids), attention_mask=torch.from_numpy(mask), position_ids=torch.from_numpy(pos),
+                      past_key_values=cache, use_cache=True).logits[0, -1].float().numpy()  # (V,)
+        g, past = dec(o_ids, mask, pos, past)
+        g = g[0, -1]
+        max_diff = max(max_diff, float(np.abs(g - r).max()))
+        rt, ot = int(r.argmax()), int(g.argmax())
+        ref_tokens.append(rt)
+        onnx_tokens.append(ot)
+        if rt != ot:
+            margin, tol = float(r[rt] - r[ot]), cfg.tolerance(float(np.abs(r).max()))
+            if margin > tol:
+                raise ParityError("greedy_decode", margin, tol,
+                                  f"step {step}: PyTorch chose token {rt}, ONNX chose {ot}; reference logit margin {margin:.3g}")
+            return {"steps": step + 1, "identical": False, "near_tie_at": step, "margin": margin, "max_abs_diff": max_diff}
+        t_ids = o_ids = np.array([[rt]], np.int64)
+    return {"steps": cfg.decode_tokens, "identical": True, "max_abs_diff": max_diff, "tokens": onnx_tokens}
