@@ -101,9 +101,21 @@ class Artifact:
         return str(self.manifest.get("name") or self.manifest.get("source", {}).get("name") or self.path.name)
 
     @property
+    def ort_session_config(self) -> dict[str, str]:
+        """Session config entries the exporter asks loaders to apply (e.g. disable prepacking,
+        which would otherwise copy a shared weight once per consuming MatMul)."""
+        v = self.manifest.get("ort_session_config")
+        if not isinstance(v, dict):
+            return {}
+        return {str(k): str(x) for k, x in v.items() if str(k).startswith("session.")}
+
+    @property
     def is_compressed(self) -> bool:
         """True when the artifact came from a DeltaLLM-compressed model (config has an edgedelta section)."""
-        return "edgedelta" in self.config or bool(self.manifest.get("compressed"))
+        if "edgedelta" in self.config or self.manifest.get("compressed") or self.manifest.get("sharing"):
+            return True
+        src = self.manifest.get("source")
+        return isinstance(src, dict) and src.get("kind") == "compressed"
 
     # ---- graph facts (parsed once) ----------------------------------------------------------
     @cached_property
@@ -118,7 +130,11 @@ class Artifact:
     @property
     def unique_weight_bytes(self) -> int:
         """Bytes of weights stored (each shared tensor once): the manifest's accounting when it
-        has one, else the graph's initializers (inline + external), else model.onnx.data's size."""
+        has one (edgedelta.export: bytes.initializers), else the graph's initializers (inline +
+        external), else model.onnx.data's size."""
+        b = self.manifest.get("bytes")
+        if isinstance(b, dict) and isinstance(b.get("initializers"), int) and b["initializers"] > 0:
+            return int(b["initializers"])
         for key in ("unique_weight_bytes", "weight_bytes"):
             v = _dig(self.manifest, key)
             if isinstance(v, (int, float)) and v > 0:
@@ -229,6 +245,7 @@ def graph_facts(model_file: Path) -> dict[str, Any]:
     if logits is None:
         raise ModelLoadError(f"'{model_file}' has no 'logits' output")
     vocab = logits.type.tensor_type.shape.dim[-1].dim_value or None
+    logits_dtype = _ONNX_DTYPE_NAME.get(logits.type.tensor_type.elem_type, "float32")
     return {
         "inputs": [i.name for i in g.input],
         "outputs": [o.name for o in g.output],
@@ -237,6 +254,7 @@ def graph_facts(model_file: Path) -> dict[str, Any]:
         "head_dim": int(shape[3]),
         "kv_dtype": _ONNX_DTYPE_NAME.get(past[0].type.tensor_type.elem_type, "float32"),
         "vocab_size": vocab,
+        "logits_dtype": logits_dtype,
         "unique_initializer_bytes": unique,
         "bytes_read_per_token": read,
         "shared_initializers": shared,

@@ -64,8 +64,8 @@ def resolve_provider(provider: str) -> str:
     return "cpu"
 
 
-def session_options(threads: int | None, arena: bool):
-    """SessionOptions for edge use (see module docstring)."""
+def session_options(threads: int | None, arena: bool, config: dict[str, str] | None = None):
+    """SessionOptions for edge use (see module docstring) + the artifact's session config entries."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -77,6 +77,8 @@ def session_options(threads: int | None, arena: bool):
             raise ConfigError(f"threads must be ≥ 1, got {threads}")
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+    for k, v in (config or {}).items():
+        so.add_session_config_entry(k, v)
     return so
 
 
@@ -118,7 +120,8 @@ class Session:
         self._np_dtype = np.dtype(self.kv.dtype) if self.kv.dtype != "bfloat16" else None
         if self._np_dtype is None:
             raise ModelLoadError("bfloat16 KV caches are not supported by the numpy runtime; export with float32/float16")
-        self._logits_buf = np.empty(0, dtype=np.float32)
+        self._logits_dtype = np.dtype(artifact.graph_facts.get("logits_dtype", "float32"))
+        self._logits_buf = np.empty(0, dtype=self._logits_dtype)
         self._io = ort_session.io_binding()
 
     # ---- construction ----------------------------------------------------------------------
@@ -134,7 +137,7 @@ class Session:
         art = Artifact.open(path, verify=verify)
         art.graph_facts  # interface check before the (slower) session build
         prov = resolve_provider(provider)
-        so = session_options(threads, arena)
+        so = session_options(threads, arena, art.ort_session_config)
         providers: list[Any] = [_ORT_NAME["cpu"]]
         if prov == "cuda":
             providers = [(_ORT_NAME["cuda"], {"arena_extend_strategy": "kSameAsRequested"}), _ORT_NAME["cpu"]]
@@ -199,9 +202,9 @@ class Session:
         v = self.artifact.vocab_size
         need = b * s * v
         if self._logits_buf.size < need:
-            self._logits_buf = np.empty(need, dtype=np.float32)
+            self._logits_buf = np.empty(need, dtype=self._logits_dtype)
         logits = self._logits_buf[:need].reshape(b, s, v)
-        io.bind_output("logits", "cpu", 0, np.float32, [b, s, v], logits.ctypes.data)
+        io.bind_output("logits", "cpu", 0, self._logits_dtype, [b, s, v], logits.ctypes.data)
         if dev == "cuda":
             io.synchronize_inputs()
         self.ort.run_with_iobinding(io)
@@ -214,7 +217,7 @@ class Session:
         """Shrink the logits buffer after a long prefill ([B, S, V] fp32 can be 100+ MB)."""
         need = batch * keep_tokens * self.artifact.vocab_size
         if self._logits_buf.size > need:
-            self._logits_buf = np.empty(need, dtype=np.float32)
+            self._logits_buf = np.empty(need, dtype=self._logits_dtype)
 
     # ---- text generation (generate.py) ------------------------------------------------------------
     def generate(self, prompts, config=None, **kwargs):

@@ -100,19 +100,28 @@ def export_with_optimum(model_dir: Path, out_dir: Path, name: str | None = None)
     return out_dir
 
 
-def export_artifact(model_dir: Path, out_dir: Path) -> Path:
-    """edgedelta.export.export_onnx when available, else the optimum fallback."""
-    try:
-        from edgedelta.export import ExportConfig, export_onnx  # type: ignore[attr-defined]
-    except ImportError:
+def export_artifact(model_dir: Path, out_dir: Path, exporter: str = "auto") -> Path:
+    """exporter 'edgedelta' (edgedelta.export.export_onnx), 'optimum' (the fallback above), or
+    'auto' (edgedelta when importable)."""
+    if exporter not in ("auto", "edgedelta", "optimum"):
+        raise ValueError(f"unknown exporter '{exporter}'; allowed: auto, edgedelta, optimum")
+    if exporter == "auto":
+        try:
+            from edgedelta.export import export_onnx  # noqa: F401
+            exporter = "edgedelta"
+        except ImportError:
+            exporter = "optimum"
+    if exporter == "optimum":
         return export_with_optimum(model_dir, out_dir)
+    from edgedelta.export import ExportConfig, export_onnx
+
     export_onnx(model_dir, ExportConfig(), out_dir)
     return Path(out_dir)
 
 
-def build_tiny_artifact(root: Path, **model_kwargs) -> tuple[Path, Path]:
+def build_tiny_artifact(root: Path, exporter: str = "auto", **model_kwargs) -> tuple[Path, Path]:
     """(model_dir, artifact_dir) of a fresh tiny model under root."""
     root = Path(root)
     model_dir = build_tiny_model_dir(root / "tiny-model", **model_kwargs)
-    art = export_artifact(model_dir, root / "tiny-onnx")
+    art = export_artifact(model_dir, root / "tiny-onnx", exporter)
     return model_dir, art

@@ -5,12 +5,13 @@ import shutil
 import pytest
 
 
-@pytest.fixture(scope="session")
-def tiny_artifact(tmp_path_factory):
-    """(model_dir, artifact_dir) of a 4-layer hidden-32 Llama with a BPE tokenizer and chat template."""
+@pytest.fixture(scope="session", params=["edgedelta", "optimum"])
+def tiny_artifact(request, tmp_path_factory):
+    """(model_dir, artifact_dir) of a 4-layer hidden-32 Llama with a BPE tokenizer and chat
+    template, exported by edgedelta.export and by optimum's exporter (the runtime takes both)."""
     from edgedelta.runtime.tiny import build_tiny_artifact
 
-    return build_tiny_artifact(tmp_path_factory.mktemp("tiny"))
+    return build_tiny_artifact(tmp_path_factory.mktemp("tiny"), exporter=request.param)
 
 
 @pytest.fixture

@@ -1,0 +1,183 @@
+"""Will it fit, and how fast can it decode? Arithmetic over an artifact's facts and a Device.
+
+    predicted peak = weights (unique bytes: a shared tensor once)
+                   + KV cache (2 x per-layer K/V for `context` positions: edgedelta's runtime
+                     double-buffers past/present; the KV cache is never shared between layers)
+                   + activations (prefill of the whole context in one step: logits [B,S,V] fp32,
+                     one layer's attention scores+probabilities [B,H,S,S] fp32, hidden states)
+                   + runtime overhead (interpreter, ONNX Runtime, tokenizer, allocator slack;
+                     calibrated from a measured peak RSS on the host, see calibrate())
+
+    decode ceiling (tokens/s) = bandwidth / bytes read per token, where bytes read per token =
+    weight bytes streamed per token (a shared matrix counts once per layer that uses it: sharing
+    saves RAM and storage, not memory traffic) + the KV cache read at that context.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edgedelta.errors import ConfigError
+from edgedelta.fsutil import write_json_atomic
+
+from .profile import Device
+
+CALIBRATION_FORMAT = "edgedelta-runtime-calibration"
+# Used when no calibration exists: Python + numpy + onnxruntime + tokenizers with the light
+# tokenizer, measured on this project's host at ~80 MiB; rounded up.
+DEFAULT_OVERHEAD_BYTES = 100 << 20
+TIGHT_FRACTION = 0.10  # a margin under 10% of the prediction is reported as 'tight'
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Runtime overhead = measured peak RSS - (weights + KV + activations) at one context."""
+
+    overhead_bytes: int
+    measured_peak_rss: int | None = None
+    context: int | None = None
+    host: str = ""
+    provider: str = "cpu"
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "Calibration":
+        try:
+            obj = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"calibration file '{path}' cannot be read: {e}") from None
+        if obj.get("format") != CALIBRATION_FORMAT or not isinstance(obj.get("overhead_bytes"), int):
+            raise ConfigError(f"calibration file '{path}' is not an {CALIBRATION_FORMAT} file with an integer 'overhead_bytes'")
+        return cls(obj["overhead_bytes"], obj.get("measured_peak_rss"), obj.get("context"), obj.get("host", ""), obj.get("provider", "cpu"))
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        write_json_atomic(path, {"format": CALIBRATION_FORMAT, **asdict(self)})
+
+
+def calibration_path(artifact_dir: str | os.PathLike) -> Path:
+    """Beside the artifact, not inside it (the artifact stays as its manifest describes it)."""
+    p = Path(artifact_dir).resolve()
+    return p.with_name(p.name + ".calibration.json")
+
+
+def load_calibration(artifact_dir) -> Calibration | None:
+    p = calibration_path(artifact_dir)
+    return Calibration.from_json(p) if p.is_file() else None
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the planner needs from an artifact (from `facts_of(Artifact)` or written by hand)."""
+
+    name: str
+    weight_bytes: int  # unique bytes stored (shared tensors once)
+    weight_bytes_read_per_token: int  # shared tensors once per consumer
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    kv_itemsize: int
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    max_positions: int | None
+    compressed: bool = False
+
+    def kv_bytes(self, tokens: int, batch: int = 1) -> int:
+        """K and V of every layer for `tokens` positions: [B, kv_heads, tokens, head_dim] x 2 x layers."""
+        return 2 * self.num_layers * batch * self.kv_heads * tokens * self.head_dim * self.kv_itemsize
+
+    def activation_bytes(self, tokens: int, batch: int = 1) -> int:
+        """Prefill of `tokens` positions in one step (fp32 activations)."""
+        logits = batch * tokens * self.vocab_size * 4  # [B, S, V]
+        attn = 2 * batch * self.num_heads * tokens * tokens * 4  # scores + probabilities [B, H, S, S]
+        hidden = batch * tokens * (4 * self.hidden_size + 3 * self.intermediate_size) * 4  # q/k/v/o + gate/up/act
+        return logits + attn + hidden
+
+
+def facts_of(artifact) -> ModelFacts:
+    """ModelFacts from an opened edgedelta.runtime.Artifact."""
+    c, kv = artifact.config, artifact.kv
+    hidden = int(c.get("hidden_size") or kv.kv_heads * kv.head_dim)
+    heads = int(c.get("num_attention_heads") or kv.kv_heads)
+    return ModelFacts(
+        name=artifact.name, weight_bytes=artifact.unique_weight_bytes,
+        weight_bytes_read_per_token=artifact.weight_bytes_read_per_token, num_layers=kv.num_layers,
+        kv_heads=kv.kv_heads, head_dim=kv.head_dim, kv_itemsize=kv.itemsize, vocab_size=artifact.vocab_size,
+        hidden_size=hidden, intermediate_size=int(c.get("intermediate_size") or 4 * hidden), num_heads=heads,
+        max_positions=artifact.max_positions, compressed=artifact.is_compressed,
+    )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The planner's answer for one (model, device, context)."""
+
+    model: str
+    device: str
+    context: int
+    batch: int
+    weights_bytes: int
+    kv_bytes: int
+    activation_bytes: int
+    overhead_bytes: int
+    overhead_calibrated: bool
+    predicted_peak_bytes: int
+    available_bytes: int
+    margin_bytes: int
+    verdict: str  # "fits" | "tight" | "does not fit"
+    bytes_read_per_token: int
+    decode_ceiling_tok_s: float
+
+    @property
+    def fits(self) -> bool:
+        return self.verdict != "does not fit"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "fits": self.fits}
+
+
+def check_context(context: int, max_positions: int | None) -> None:
+    if not isinstance(context, int) or isinstance(context, bool) or context <= 0:
+        raise ConfigError(f"context length must be a positive integer, got {context!r}")
+    if max_positions and context > max_positions:
+        raise ConfigError(f"context length {context} exceeds the model's maximum of {max_positions} positions")
+
+
+def plan_facts(m: ModelFacts, device: Device, context: int, batch: int = 1, calibration: Calibration | None = None,
+               prefill: int | None = None) -> Plan:
+    """The arithmetic of the module docstring, on ModelFacts. `prefill`: prompt length run in
+    one step (default: the whole context, the worst case)."""
+    check_context(context, m.max_positions)
+    kv = 2 * m.kv_bytes(context, batch)  # past + present buffers
+    act = m.activation_bytes(prefill or context, batch)
+    over = calibration.overhead_bytes if calibration else DEFAULT_OVERHEAD_BYTES
+    peak = m.weight_bytes + kv + act + over
+    avail = device.available_bytes
+    margin = avail - peak
+    verdict = "does not fit" if margin < 0 else ("tight" if margin < TIGHT_FRACTION * peak else "fits")
+    read = m.weight_bytes_read_per_token + m.kv_bytes(context, batch)
+    ceiling = device.bandwidth_gbps * 1e9 / read * batch
+    return Plan(m.name, device.name, context, batch, m.weight_bytes, kv, act, over, calibration is not None, peak,
+                avail, margin, verdict, read, ceiling)
+
+
+def plan(artifact, device: Device, context: int, batch: int = 1, calibration: Calibration | None = None) -> Plan:
+    """Plan an artifact (a folder or an opened Artifact) on a device. The calibration defaults to
+    the one saved beside the artifact by `edgedelta profile`, else DEFAULT_OVERHEAD_BYTES."""
+    from edgedelta.runtime.artifact import Artifact
+
+    art = artifact if isinstance(artifact, Artifact) else Artifact.open(artifact)
+    if calibration is None:
+        calibration = load_calibration(art.path)
+    return plan_facts(facts_of(art), device, context, batch, calibration)
+
+
+def calibrate(m: ModelFacts, measured_peak_rss: int, context: int, host: str = "", provider: str = "cpu", batch: int = 1,
+              prefill: int | None = None) -> Calibration:
+    """The overhead that makes the prediction equal a measured peak RSS at `context`."""
+    modelled = m.weight_bytes + 2 * m.kv_bytes(context, batch) + m.activation_bytes(prefill or context, batch)
+    return Calibration(int(measured_peak_rss - modelled), int(measured_peak_rss), context, host, provider)
