@@ -126,6 +126,10 @@ class HybridModel:
         finally:
             self.set_active(mask)
 
+    def watch(self, layers: list[int]) -> dict[int, nn.Module]:
+        """The active compressed modules at `layers` (for hidden-state losses)."""
+        return {i: self.compressed[i] for i in layers}
+
     def active_layers(self) -> list[int]:
         return [i for j, i in enumerate(self.layers) if self.active[j]]
 
@@ -150,3 +154,34 @@ class HybridModel:
         finally:
             for i, mod in enumerate(old):
                 replace(self.student, self.names[i], mod)
+
+
+class WholeStudent:
+    """The HybridModel interface for a student with nothing to swap (e.g. a layer-removal
+    baseline being healed): always 'active', no teacher prefix, no hidden-state targets."""
+
+    layers = [0]
+
+    def __init__(self, student: nn.Module):
+        self.student = student
+        self.active = torch.ones(1, dtype=torch.bool)
+
+    def set_active(self, mask: torch.Tensor) -> None:
+        pass
+
+    def active_layers(self) -> list[int]:
+        return [0]
+
+    def first_active(self) -> int:
+        return 0
+
+    def watch(self, layers: list[int]) -> dict[int, nn.Module]:
+        return {}
+
+    @contextlib.contextmanager
+    def teacher_prefix(self, teacher_outputs) -> Iterator[int]:
+        yield 0
+
+    @contextlib.contextmanager
+    def all_compressed(self) -> Iterator[nn.Module]:
+        yield self.student

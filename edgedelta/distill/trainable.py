@@ -105,3 +105,40 @@ def merge_lora(student: nn.Module, spec: SharingSpec) -> None:
             for dl in mods:
                 parametrize.remove_parametrizations(dl, "weight", leave_parametrized=False)
                 assert dl.weight is base  # sharing survives the merge
+
+
+def add_dense_lora(model: nn.Module, rank: int, projections: list[str] | None = None, seed: int = 0,
+                   norms: bool = True) -> list[TrainableParam]:
+    """LoRA (W + B·A, B = 0 at start) on the plain nn.Linear projections of every decoder
+    layer, plus optionally the norms: the healing recipe for a layer-removal baseline. Merged
+    by `merge_dense_lora`, it adds no parameters. Freezes everything else."""
+    adapter = adapter_for(model.config)
+    layers = adapter.decoder_layers(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    out: list[TrainableParam] = []
+    for li, layer in enumerate(layers):
+        for proj in projections or list(adapter.projections):
+            try:
+                lin = adapter.get_linear(layer, proj)
+            except AttributeError:  # a removed sub-layer
+                continue
+            if not isinstance(lin, nn.Linear):
+                continue
+            lora = SharedLoRA(lin.out_features, lin.in_features, rank, g, lin.weight)
+            parametrize.register_parametrization(lin, "weight", lora)
+            out += [TrainableParam(f"lora.l{li}.{proj}.A", lora.A, "lora", li), TrainableParam(f"lora.l{li}.{proj}.B", lora.B, "lora", li)]
+        if norms:
+            for n, p in layer.named_parameters():
+                if "norm" in n:
+                    p.requires_grad_(True)
+                    out.append(TrainableParam(f"layers.{li}.{n}", p, "norms", li))
+    return out
+
+
+@torch.no_grad()
+def merge_dense_lora(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Linear) and parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)

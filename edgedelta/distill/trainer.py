@@ -89,13 +89,15 @@ def _micro_loss(hybrid: HybridModel, teacher: nn.Module, t_layers, x: torch.Tens
     cut = active[0]
     want = {cut - 1} if cut > 0 else set()
     if cfg.hidden_weight > 0:
+        if not hybrid.watch(active):
+            raise ValueError("hidden_weight > 0 needs a hybrid with compressed layers to compare")
         want |= set(active)
     amp = torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=ctx.use_autocast)
     with torch.no_grad(), amp, LayerRecorder({i: t_layers[i] for i in sorted(want)}) as trec:
         t_logits = teacher(input_ids=x, use_cache=False).logits  # (b, T, V)
     # the recorder is closed before the student runs: the hybrid's original layers ARE the
     # teacher's modules and would otherwise overwrite the teacher's records
-    with amp, hybrid.teacher_prefix(trec.outputs), LayerRecorder({i: hybrid.compressed[i] for i in active}) as srec:
+    with amp, hybrid.teacher_prefix(trec.outputs), LayerRecorder(hybrid.watch(active)) as srec:
         s_logits = hybrid.student(input_ids=x, use_cache=False).logits  # (b, T, V)
     parts: dict[str, torch.Tensor] = {}
     if cfg.kl_weight > 0:

@@ -37,3 +37,19 @@ def rows(n: int = 64, seq: int = 16, vocab: int = 128, seed: int = 0) -> torch.T
     motifs = torch.randint(0, vocab, (8, 4), generator=g)
     pick = torch.randint(0, 8, (n, seq // 4), generator=g)
     return motifs[pick].reshape(n, seq)
+
+
+def make_tokenizer(vocab: int = 128):
+    """A word-level tokenizer over 'w0'..'w<vocab-2>' + <eos>, built in memory."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<eos>": 0, **{f"w{i}": i + 1 for i in range(vocab - 1)}}
+    tk = Tokenizer(models.WordLevel(words, unk_token="<eos>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>", pad_token="<eos>")
+
+
+def make_text(n_words: int = 4000, vocab: int = 128, seed: int = 0) -> str:
+    ids = rows(n_words // 16, 16, vocab - 1, seed).reshape(-1)
+    return " ".join(f"w{i}" for i in ids.tolist())

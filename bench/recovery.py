@@ -1,0 +1,306 @@
+"""Recovery benchmark: how fast does distillation bring a 12%-compressed SmolLM2-135M back,
+compared with ShortGPT layer removal at the same parameters healed with the same tokens?
+
+Arms (same training text: sotu-train; evaluation: python-docs and sotu-recent, never trained on)
+  init      best compress() init: budget planner, activation-whitened SVD, least-squares gates
+  recon-*   + per-group reconstruction (teacher inputs / student inputs), the better one kept
+  a         best init + progressive module replacement (linear schedule) + logit KL
+  b         best init + plain distillation (all layers compressed from step 0)
+  c         ShortGPT removal at equal unique parameters + LoRA (merged, no extra params) + norms,
+            healed with the same KL, tokens, batch and schedule
+Each arm trains for --tokens and is evaluated at every --eval-at point (perplexity on capped
+token counts and KL(teacher || model) per token). Results are written after every point to
+<out>/recovery.json, so an interrupted run still reports what it measured; recovery.md and
+recovery_loss.png are regenerated from the JSON (--report-only does just that).
+
+  python bench/recovery.py                       # CPU defaults (about an hour on 2 cores)
+  python bench/recovery.py --tokens 200000 --eval-at 50000,200000
+  python bench/recovery.py --device cuda --tokens 10000000 --target 0.75   # see gpu_recovery.sh
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edgedelta.data.text import dataset_texts, pack, tokenize_stream  # noqa: E402
+from edgedelta.delta.accounting import count_parameters  # noqa: E402
+from edgedelta.distill.config import DistillConfig  # noqa: E402
+from edgedelta.distill.data import TrainData, load_texts  # noqa: E402
+from edgedelta.distill.distributed import setup  # noqa: E402
+from edgedelta.distill.hybrid import HybridModel, WholeStudent  # noqa: E402
+from edgedelta.distill.logs import JsonlLog, loss_curve_png  # noqa: E402
+from edgedelta.distill.reconstruct import reconstruct_groups  # noqa: E402
+from edgedelta.distill.trainable import add_dense_lora, merge_dense_lora, select_trainable  # noqa: E402
+from edgedelta.distill.trainer import LoopState, TrainingInterrupted, train_loop  # noqa: E402
+
+EVAL_SETS = ("python-docs", "sotu-recent")
+
+
+# --- evaluation --------------------------------------------------------------------------
+
+class Evaluator:
+    """Perplexity and KL(teacher || model) on fixed windows of the evaluation texts. The
+    teacher's logits are computed once and kept in fp16 (V=49k: ~0.4 GB per 4k tokens)."""
+
+    def __init__(self, teacher, tok, tokens: int, seq_len: int, device, batch: int = 4):
+        self.device, self.batch = device, batch
+        self.ids = {n: pack(tokenize_stream(tok, dataset_texts(n)), seq_len, tokens) for n in EVAL_SETS}
+        self.t_logits = {n: self._logits(teacher, ids).half() for n, ids in self.ids.items()}
+
+    @torch.no_grad()
+    def _logits(self, model, ids):
+        model.eval()
+        amp = torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        outs = []
+        for s in range(0, ids.shape[0], self.batch):
+            with amp:
+                outs.append(model(input_ids=ids[s:s + self.batch].to(self.device), use_cache=False).logits.float().cpu())
+        return torch.cat(outs)  # (n, T, V)
+
+    @torch.no_grad()
+    def __call__(self, model) -> dict:
+        out = {}
+        t0 = time.time()
+        for n, ids in self.ids.items():
+            nll = kl = 0.0
+            for s in range(0, ids.shape[0], self.batch):
+                x = ids[s:s + self.batch]
+                amp = torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+                with amp:
+                    lg = model(input_ids=x.to(self.device), use_cache=False).logits.float().cpu()  # (b, T, V)
+                nll += F.cross_entropy(lg[:, :-1].reshape(-1, lg.shape[-1]), x[:, 1:].reshape(-1), reduction="sum").item()
+                lt = F.log_softmax(self.t_logits[n][s:s + self.batch].float(), -1)
+                kl += (lt.exp() * (lt - F.log_softmax(lg, -1))).sum().item()
+            out[n] = {"ppl": round(math.exp(nll / (ids.shape[0] * (ids.shape[1] - 1))), 3),
+                      "kl": round(kl / ids.numel(), 4), "tokens": ids.numel()}
+        out["eval_seconds"] = round(time.time() - t0, 1)
+        model.train()
+        return out
+
+
+# --- results file ------------------------------------------------------------------------
+
+class Results:
+    def __init__(self, path: Path, meta: dict):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() and meta.get("append") else {"meta": meta, "points": [], "arms": {}}
+        self.data["meta"].update({k: v for k, v in meta.items() if k != "append"})
+
+    def point(self, arm: str, tokens: int, metrics: dict, **extra) -> None:
+        row = {"arm": arm, "tokens": tokens, **metrics, **extra}
+        self.data["points"].append(row)
+        print(f"[{time.strftime('%H:%M:%S')}] {arm} @ {tokens} tokens: " +
+              ", ".join(f"{n} ppl {metrics[n]['ppl']} kl {metrics[n]['kl']}" for n in EVAL_SETS), flush=True)
+        self.save()
+
+    def arm(self, arm: str, info: dict) -> None:
+        self.data["arms"].setdefault(arm, {}).update(info)
+        self.save()
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+        os.replace(tmp, self.path)
+
+
+# --- arms --------------------------------------------------------------------------------
+
+def run_arm(name: str, view, teacher, params, data: TrainData, cfg: DistillConfig, ctx, evaluate, results: Results,
+            eval_at: list[int], after_train=None) -> None:
+    """Train `view.student` for cfg.tokens, evaluating at each eval_at token count (the loop
+    stops via stop_after and continues with the same optimizer and state)."""
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    state, log = LoopState(), JsonlLog(None)
+    steps_at = sorted({min(cfg.total_steps, max(1, round(t / cfg.tokens_per_step))) for t in eval_at})
+    t0 = time.time()
+    for target in steps_at:
+        try:
+            train_loop(view, teacher, params, opt, data, cfg, ctx, state, log, lambda s: None,
+                       progress=True, stop_after=target - state.step)
+        except TrainingInterrupted:
+            pass
+        with view.all_compressed() as model:  # evaluate the pure student, never a hybrid mask
+            if after_train is not None:
+                model = after_train(model)
+            metrics = evaluate(model)
+        results.point(name, state.tokens, metrics, train_seconds=round(state.seconds, 1),
+                      train_tok_s=round(state.tokens / max(state.seconds, 1e-9), 1))
+        results.arm(name, {"log": log.lines, "config": cfg.to_dict(), "wall_seconds": round(time.time() - t0, 1)})
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench/results", help="folder for recovery.json / .md / _loss.png")
+    ap.add_argument("--target", type=float, default=0.88, help="fraction of unique parameters kept")
+    ap.add_argument("--tokens", type=int, default=50_000, help="training tokens per arm")
+    ap.add_argument("--eval-at", default="25000,50000", help="token counts at which each arm is evaluated")
+    ap.add_argument("--eval-tokens", type=int, default=4096, help="tokens per evaluation text")
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--heal-lr", type=float, default=1e-3, help="learning rate of the LoRA healing of arm c")
+    ap.add_argument("--recon-tokens", type=int, default=16_384)
+    ap.add_argument("--recon-epochs", type=int, default=4)
+    ap.add_argument("--recon-lr", type=float, default=1e-3)
+    ap.add_argument("--arms", default="a,c,b", help="arms to train, in order (a, b, c)")
+    ap.add_argument("--recon-variants", default="teacher,student", help="reconstruction inputs to try (best kept)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--work", default="bench/_work", help="cache of the compressed init (gitignored)")
+    ap.add_argument("--report-only", action="store_true", help="rewrite recovery.md / png from recovery.json")
+    ap.add_argument("--tag", default="recovery", help="file name stem of the results")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        write_report(out, args.tag)
+        return 0
+
+    from edgedelta.baselines import shortgpt
+    from edgedelta.data.text import calibration_batches
+    from edgedelta.delta.compress import compress
+    from edgedelta.delta.config import CompressConfig
+    from edgedelta.models.loading import load_model
+
+    ctx = setup(args.device)
+    t_start = time.time()
+    lm = load_model("default")
+    teacher, tok = lm.model.to(ctx.device).eval().requires_grad_(False), lm.tokenizer
+    meta = {"model": "SmolLM2-135M-Instruct (default)", "target_params": args.target, "train_text": "sotu-train (SOTU <= 1999)",
+            "eval_texts": list(EVAL_SETS), "eval_tokens_per_text": args.eval_tokens, "seq_len": args.seq_len,
+            "batch": args.batch, "device": str(ctx.device), "threads": torch.get_num_threads(), "host": platform.node(),
+            "torch": torch.__version__, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    results = Results(out / f"{args.tag}.json", meta)
+    evaluate = Evaluator(teacher, tok, args.eval_tokens, args.seq_len, ctx.device)
+    results.point("teacher", 0, evaluate(teacher))
+    teacher.eval()
+    data = TrainData.from_texts(tok, load_texts("sotu-train"), args.seq_len, seed=0)
+    eval_at = [int(t) for t in args.eval_at.split(",") if t]
+
+    # --- best init: budget planner + whitened SVD + gates, then per-group reconstruction -------
+    t0 = time.time()
+    cache = Path(args.work) / f"init-{args.target}"
+    if cache.is_dir():  # the compressed init is deterministic: reuse it between bench runs
+        from edgedelta.delta.storage import load_compressed
+        from edgedelta.manifest import read_manifest
+
+        student, plan = load_compressed(cache).model, read_manifest(cache)["plan"]
+    else:
+        from edgedelta.delta.storage import save_compressed
+
+        res = compress(teacher, CompressConfig(target_params=args.target), tokenizer=tok, progress=True)
+        student, plan = res.model, res.plan
+        save_compressed(student, cache, tokenizer=tok, manifest_facts={"plan": plan, "source": lm.source}, force=True)
+    student = student.to(ctx.device)
+    spec = student.edgedelta_spec
+    n_student = count_parameters(student)["total"]
+    results.arm("init", {"plan": {k: v for k, v in plan.items() if k != "sensitivity"}, "seconds": round(time.time() - t0, 1),
+                         "params": n_student, "teacher_params": count_parameters(teacher)["total"]})
+    results.point("init", 0, evaluate(student))
+    recon_rows = data.rows[torch.randperm(data.num_rows, generator=torch.Generator().manual_seed(1))[: -(-args.recon_tokens // args.seq_len)]]
+    best, best_score = student, None
+    for variant in [v for v in args.recon_variants.split(",") if v]:
+        cand = copy.deepcopy(student)
+        tps = select_trainable(cand, spec, ["deltas", "gates", "norms"])
+        t0 = time.time()
+        rep = reconstruct_groups(cand, teacher, spec, tps, recon_rows, lr=args.recon_lr, epochs=args.recon_epochs,
+                                 batch=args.batch, inputs=variant, device=ctx.device, autocast=ctx.use_autocast)
+        secs = time.time() - t0
+        m = evaluate(cand)
+        results.point(f"recon-{variant}", 0, m, recon_tokens=int(recon_rows.numel()), recon_epochs=args.recon_epochs,
+                      recon_seconds=round(secs, 1))
+        results.arm(f"recon-{variant}", {"groups": rep, "seconds": round(secs, 1)})
+        score = sum(m[n]["kl"] for n in EVAL_SETS)
+        if best_score is None or score < best_score:
+            best, best_score = cand, score
+    results.arm("init", {"best_recon": None if best is student else "kept (lowest KL)"})
+
+    base_cfg = dict(tokens=args.tokens, seq_len=args.seq_len, batch_size=args.batch, lr=args.lr, checkpoint_every=0,
+                    trainable=["deltas", "gates", "norms"])
+    for arm in [a for a in args.arms.split(",") if a]:
+        if arm in ("a", "b"):
+            s = copy.deepcopy(best)
+            cfg = DistillConfig(**base_cfg, schedule="linear" if arm == "a" else "plain")
+            tps = select_trainable(s, spec, cfg.trainable)
+            view = HybridModel(s, teacher, [li for g in spec.groups for li in g])
+            results.arm(arm, {"what": "best init + " + ("progressive replacement (linear, p0 0.5, ramp 50%)" if arm == "a" else "plain distillation"),
+                              "trainable_params": sum(tp.param.numel() for tp in tps)})
+            run_arm(arm, view, teacher, [tp.param for tp in tps], data, cfg, ctx, evaluate, results, eval_at)
+        elif arm == "c":
+            calib = calibration_batches(tok, 32, args.seq_len, 0)
+            base = shortgpt.build(teacher, n_student, calib)
+            s = base.model.to(ctx.device)
+            results.point("c", 0, evaluate(s))
+            trainable_a = sum(p.numel() for n, p in student.named_parameters() if "delta_" in n or n.endswith(".gate"))
+            per_rank = sum(lin.in_features + lin.out_features for lin in s.modules() if isinstance(lin, torch.nn.Linear)
+                           and lin is not s.get_output_embeddings())
+            rank = max(1, round(trainable_a / per_rank))
+            tps = add_dense_lora(s, rank, norms=True)
+            cfg = DistillConfig(**{**base_cfg, "lr": args.heal_lr, "trainable": ["lora", "norms"]}, schedule="plain")
+            results.arm("c", {"what": f"ShortGPT removal ({base.report.get('detail', base.report)}) + LoRA r={rank} merged + norms",
+                              "params": count_parameters(s)["total"], "lora_rank": rank, "report": base.report,
+                              "trainable_params": sum(tp.param.numel() for tp in tps)})
+            run_arm("c", WholeStudent(s), teacher, [tp.param for tp in tps], data, cfg, ctx, evaluate, results, eval_at,
+                    after_train=lambda m: _merged_copy(m))
+    results.data["meta"]["total_seconds"] = round(time.time() - t_start, 1)
+    results.save()
+    write_report(out, args.tag)
+    return 0
+
+
+def _merged_copy(model):
+    m = copy.deepcopy(model)
+    merge_dense_lora(m)
+    return m
+
+
+# --- report ------------------------------------------------------------------------------
+
+def write_report(out: Path, tag: str) -> None:
+    data = json.loads((out / f"{tag}.json").read_text())
+    meta, pts, arms = data["meta"], data["points"], data.get("arms", {})
+    teacher = next((p for p in pts if p["arm"] == "teacher"), None)
+    lines = [f"# Recovery benchmark ({tag})", "",
+             f"Model {meta.get('model')}, keep {meta.get('target_params')} of unique parameters; device {meta.get('device')} "
+             f"({meta.get('threads')} threads), seq {meta.get('seq_len')}, batch {meta.get('batch')}. Training text: "
+             f"{meta.get('train_text')}. Evaluation: {', '.join(meta.get('eval_texts', []))}, first {meta.get('eval_tokens_per_text')} "
+             "tokens of each (never trained on). KL = KL(teacher || model) per token, nats.", "",
+             "| arm | tokens | ppl python-docs | ppl sotu-recent | KL python-docs | KL sotu-recent | ppl / teacher (mean) | train tok/s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in pts:
+        ratio = ""
+        if teacher:
+            ratio = f"{sum(p[n]['ppl'] / teacher[n]['ppl'] for n in EVAL_SETS) / len(EVAL_SETS):.2f}x"
+        lines.append(f"| {p['arm']} | {p['tokens']:,} | {p['python-docs']['ppl']} | {p['sotu-recent']['ppl']} | {p['python-docs']['kl']} | "
+                     f"{p['sotu-recent']['kl']} | {ratio} | {p.get('train_tok_s', '')} |")
+    lines += ["", "## Arms", ""]
+    for name, info in arms.items():
+        short = {k: v for k, v in info.items() if k not in ("log", "config", "groups", "report", "plan")}
+        lines.append(f"- **{name}**: {json.dumps(short)}")
+        if "groups" in info:
+            for g in info["groups"]:
+                lines.append(f"  - group {g['group']}: normalised MSE {g['mse_before']:.4f} -> {g['mse_after']:.4f} "
+                             f"({g['tokens_processed']:,} tokens processed, {g['seconds']} s)")
+        if "plan" in info:
+            lines.append(f"  - plan: {json.dumps(info['plan'])}")
+    lines += ["", f"Started {meta.get('started')}; total {meta.get('total_seconds', 'unfinished')} s. Loss curves: {tag}_loss.png.", ""]
+    (out / f"{tag}.md").write_text("\n".join(lines))
+    curves = {k: v["log"] for k, v in arms.items() if v.get("log")}
+    if curves:
+        (out / f"{tag}_loss.png").write_bytes(loss_curve_png([], title="recovery: training loss", curves=curves))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
