@@ -1,0 +1,65 @@
+"""Planner arithmetic checked by hand on a small case, verdicts, context validation, and a
+plan of a real (tiny) artifact."""
+
+import pytest
+
+from edgedelta.devices import Calibration, ModelFacts, calibrate, device_from_dict, plan, plan_facts
+from edgedelta.devices.planner import DEFAULT_OVERHEAD_BYTES, calibration_path, load_calibration
+from edgedelta.errors import ConfigError
+
+MIB = 1 << 20
+# 2 layers, 1 KV head of dim 4, fp32; vocab 10, hidden 8, MLP 16, 2 heads
+M = ModelFacts(name="toy", weight_bytes=1000, weight_bytes_read_per_token=1500, num_layers=2, kv_heads=1, head_dim=4,
+               kv_itemsize=4, vocab_size=10, hidden_size=8, intermediate_size=16, num_heads=2, max_positions=64)
+DEV = device_from_dict(dict(name="toy-dev", display_name="toy", kind="cpu", memory_gib=1, os_reserved_gib=0.5,
+                            bandwidth_gbps=1.0, bandwidth_source="by hand", cpu_cores=1, providers=["cpu"], dtypes=["fp32"]), "toy")
+
+
+def test_arithmetic_by_hand():
+    p = plan_facts(M, DEV, context=3, calibration=Calibration(overhead_bytes=100))
+    kv_one = 2 * 2 * 1 * 1 * 3 * 4 * 4  # K and V x layers x batch x kv_heads x tokens x head_dim x 4 bytes = 192
+    assert p.kv_bytes == 2 * kv_one == 384  # past + present buffers
+    logits = 3 * 10 * 4  # [1, 3, 10] fp32 = 120
+    attn = 2 * 2 * 3 * 3 * 4  # scores + probs [1, 2, 3, 3] fp32 = 144
+    hidden = 3 * (4 * 8 + 3 * 16) * 4  # = 960
+    assert p.activation_bytes == logits + attn + hidden == 1224
+    assert p.predicted_peak_bytes == 1000 + 384 + 1224 + 100 == 2708
+    assert p.available_bytes == 512 * MIB and p.margin_bytes == 512 * MIB - 2708 and p.verdict == "fits"
+    assert p.bytes_read_per_token == 1500 + kv_one == 1692
+    assert p.decode_ceiling_tok_s == pytest.approx(1e9 / 1692)
+    assert p.overhead_calibrated
+
+
+def test_default_overhead_and_verdicts():
+    p = plan_facts(M, DEV, context=8)
+    assert p.overhead_bytes == DEFAULT_OVERHEAD_BYTES and not p.overhead_calibrated
+    big = ModelFacts(**{**M.__dict__, "weight_bytes": 400 * MIB})
+    p = plan_facts(big, DEV, 8)  # 512 MiB available, ~500 MiB predicted: margin under 10%
+    assert p.verdict == "tight" and 0 < p.margin_bytes < 0.1 * p.predicted_peak_bytes
+    huge = ModelFacts(**{**M.__dict__, "weight_bytes": 600 * MIB})
+    p = plan_facts(huge, DEV, 8)
+    assert p.verdict == "does not fit" and p.margin_bytes < 0 and not p.fits
+
+
+def test_calibrate_roundtrip(tmp_path):
+    cal = calibrate(M, measured_peak_rss=5000, context=3)
+    assert cal.overhead_bytes == 5000 - (1000 + 384 + 1224)
+    assert plan_facts(M, DEV, 3, calibration=cal).predicted_peak_bytes == 5000
+    cal.to_json(tmp_path / "c.json")
+    assert Calibration.from_json(tmp_path / "c.json") == cal
+
+
+@pytest.mark.parametrize("ctx", [0, -5, 65, 1.5])
+def test_bad_context(ctx):
+    with pytest.raises(ConfigError, match="context length"):
+        plan_facts(M, DEV, ctx)
+
+
+def test_plan_tiny_artifact(tiny_artifact, tmp_path):
+    art = tiny_artifact[1]
+    p = plan(art, DEV, 100)
+    assert p.weights_bytes > 0 and p.kv_bytes == 2 * (2 * 4 * 2 * 100 * 8 * 4)
+    assert p.bytes_read_per_token > p.weights_bytes * 0.5
+    with pytest.raises(ConfigError, match="maximum of 256"):
+        plan(art, DEV, 1000)
+    assert calibration_path(art).parent == art.parent and load_calibration(art) is None
