@@ -32,7 +32,7 @@ from .hybrid import HybridModel
 from .logs import JsonlLog, loss_curve_png
 from .reconstruct import reconstruct_groups
 from .trainable import merge_lora, select_trainable
-from .trainer import LoopState, train_loop
+from .trainer import LoopState, TrainingInterrupted, train_loop
 
 RUN_SUFFIX = ".run"
 _RESERVED = {"format", "manifest_version", "versions", "files", "sharing", "parameters", "distill"}
@@ -201,8 +201,12 @@ def distill(student, config: DistillConfig, out_dir=None, *, teacher: nn.Module 
         if ctx.is_main:
             save(state)  # the reconstruction is not repeated on --resume
 
-    state = train_loop(hybrid, teacher, params, optimizer, data, cfg, ctx, state, log, save,
-                       progress=progress, stop_after=stop_after)
+    try:
+        state = train_loop(hybrid, teacher, params, optimizer, data, cfg, ctx, state, log, save,
+                           progress=progress, stop_after=stop_after)
+    except TrainingInterrupted as e:
+        where = f" in '{run}'" if run is not None else " (no run folder: nothing saved)"
+        raise TrainingInterrupted(str(e).replace("checkpoint saved", "checkpoint saved" + where)) from None
     final = log.lines[-1]["loss"] if log.lines else None
     result = DistillResult(out, state.step, state.tokens, state.seconds, state.tokens / max(state.seconds, 1e-9) if state.step else 0.0,
                            final, recon, log.lines)
