@@ -13,10 +13,13 @@ from ..models.adapters import ModelAdapter
 @torch.no_grad()
 def input_covariances(model, adapter: ModelAdapter, layer_indices, projections, calib_ids: torch.Tensor,
                       batch_size: int = 4, progress: bool = False) -> dict[tuple[int, str], torch.Tensor]:
-    """{(layer, proj): C (in, in) float64} over all tokens of calib_ids (n, seq_len)."""
+    """{(layer, proj): C (in, in) float64} over all tokens of calib_ids (n, seq_len).
+    Projections that read the same input (q/k/v, gate/up) get the same tensor object, and it
+    is gathered once."""
     layers = adapter.decoder_layers(model)
     covs: dict[tuple[int, str], torch.Tensor] = {}
     hooks = []
+    readers = input_readers(adapter, projections)
 
     def make_hook(key):
         def hook(_module, args):
@@ -26,7 +29,7 @@ def input_covariances(model, adapter: ModelAdapter, layer_indices, projections, 
         return hook
 
     for li in layer_indices:
-        for proj in projections:
+        for proj in readers:
             hooks.append(adapter.get_linear(layers[li], proj).register_forward_pre_hook(make_hook((li, proj))))
     try:
         model.eval()
@@ -36,7 +39,37 @@ def input_covariances(model, adapter: ModelAdapter, layer_indices, projections, 
     finally:
         for h in hooks:
             h.remove()
+    for li in layer_indices:
+        for proj in projections:
+            covs[(li, proj)] = covs[(li, readers_of(adapter, proj, readers))]
     return covs
+
+
+def input_readers(adapter: ModelAdapter, projections) -> list[str]:
+    """One projection per distinct input: the first of each sub-layer's input readers
+    (everything but o/down reads the normed sub-layer input) plus o and down."""
+    return sorted({readers_of(adapter, p) for p in projections}, key=list(adapter.projections).index)
+
+
+def readers_of(adapter: ModelAdapter, proj: str, _=None) -> str:
+    """The projection whose input `proj` shares (itself for o/down/fused ones)."""
+    if proj in ("o", "down") or proj in adapter.fused:
+        return proj
+    kind = adapter.kinds[proj]
+    return next(p for p in adapter.projections if adapter.kinds[p] == kind and p not in ("o", "down"))
+
+
+class WhiteningCache:
+    """Whitening factors computed once per distinct covariance tensor."""
+
+    def __init__(self, damping: float):
+        self.damping, self._s = damping, {}
+
+    def __call__(self, cov: torch.Tensor) -> torch.Tensor:
+        key = id(cov)
+        if key not in self._s:
+            self._s[key] = (cov, whitening_factor(cov, self.damping))  # keep cov alive: ids stay unique
+        return self._s[key][1]
 
 
 def whitening_factor(cov: torch.Tensor, damping: float) -> torch.Tensor:

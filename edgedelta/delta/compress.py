@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from ..models.adapters import ModelAdapter, adapter_for
 from .accounting import count_parameters
-from .calibration import input_covariances
+from .calibration import WhiteningCache, input_covariances
 from .config import CompressConfig
 from .init import init_group
 from .structure import SharingSpec, apply_sharing, merge_model  # noqa: F401  (merge_model re-exported)
@@ -65,7 +65,8 @@ def _calibration(cfg: CompressConfig, tokenizer, calib_ids):
 
 
 @torch.no_grad()
-def fill_group(student, original_weight, adapter: ModelAdapter, spec: SharingSpec, gi: int, cfg: CompressConfig, covs) -> dict:
+def fill_group(student, original_weight, adapter: ModelAdapter, spec: SharingSpec, gi: int, cfg: CompressConfig, covs,
+               whiten: WhiteningCache | None = None, base_iters: int | None = None) -> dict:
     """Compute and write the values of group `gi` into `student` (structure already applied).
     original_weight(layer, proj) -> the uncompressed (out, in) weight."""
     dst_layers = adapter.decoder_layers(student)
@@ -74,7 +75,8 @@ def fill_group(student, original_weight, adapter: ModelAdapter, spec: SharingSpe
     for proj in spec.projections:
         ws = [original_weight(li, proj) for li in group]
         cs = [covs[(li, proj)] for li in group] if covs is not None else None
-        res = init_group(ws, cs, spec.ranks[proj], cfg.base, cfg.init, proj in spec.gates, cfg.base_iters, cfg.damping)
+        iters = cfg.base_iters if base_iters is None else base_iters
+        res = init_group(ws, cs, spec.ranks[proj], cfg.base, cfg.init, proj in spec.gates, iters, cfg.damping, whiten)
         dls = [adapter.get_linear(dst_layers[li], proj) for li in group]
         dls[0].weight.copy_(res.base.to(dls[0].weight.dtype))  # the one shared Parameter
         for k, dl in enumerate(dls):
@@ -100,7 +102,8 @@ def compress(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch.Tensor
         from .plan import plan_budget
 
         covs = input_covariances(model, adapter, range(num_layers), projections, calib, progress=progress) if needs_data else None
-        groups, ranks, plan = plan_budget(model, cfg, adapter, covs, calib, progress=progress)
+        whiten = WhiteningCache(cfg.damping)
+        groups, ranks, plan = plan_budget(model, cfg, adapter, covs, calib, progress=progress, whiten=whiten)
         spec = build_spec(cfg, adapter, groups, model, ranks)
     else:
         groups = cfg.resolve_groups(num_layers)
@@ -108,6 +111,7 @@ def compress(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch.Tensor
         layers_used = sorted({li for g in groups for li in g})
         covs = input_covariances(model, adapter, layers_used, projections, calib, progress=progress) if needs_data else None
         plan = {"mode": "explicit", "groups": groups}
+        whiten = WhiteningCache(cfg.damping)
 
     student = copy.deepcopy(model)
     apply_sharing(student, spec, adapter)
@@ -116,7 +120,7 @@ def compress(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch.Tensor
     init_report = {}
     for gi in tqdm(range(len(spec.groups)), desc="init groups", disable=not progress, leave=False):
         init_report[f"g{gi}:{spec.groups[gi]}"] = fill_group(
-            student, lambda li, p: adapter.get_linear(src_layers[li], p).weight, adapter, spec, gi, cfg, covs)
+            student, lambda li, p: adapter.get_linear(src_layers[li], p).weight, adapter, spec, gi, cfg, covs, whiten)
     counts = count_parameters(student)
     plan.update({
         "groups": spec.groups, "projections": spec.projections, "ranks": spec.ranks, "gates": spec.gates,

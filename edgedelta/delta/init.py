@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .calibration import whitening_factor
+from .calibration import WhiteningCache
 
 
 @dataclass
@@ -34,23 +34,26 @@ def _low_rank(resid: torch.Tensor, s: torch.Tensor | None, rank: int) -> tuple[t
     if rank == 0:
         return resid.new_zeros(out_f, 0), resid.new_zeros(0, in_f)
     target = resid @ s if s is not None else resid
-    u, sig, vh = torch.linalg.svd(target, full_matrices=False)
-    root = sig[:rank].sqrt()
-    b = u[:, :rank] * root  # (out, r)
-    a = root[:, None] * vh[:rank]  # (r, in)
+    # float32 SVD: ~4x faster than float64 and far more precise than the approximation needs
+    u, sig, vh = torch.linalg.svd(target.float(), full_matrices=False)
+    root = sig[:rank].sqrt().double()
+    b = u[:, :rank].double() * root  # (out, r)
+    a = root[:, None] * vh[:rank].double()  # (r, in)
     if s is not None:
         a = torch.linalg.solve_triangular(s, a, upper=False, left=False)  # a · S⁻¹
     return b, a
 
 
 def init_group(weights: list[torch.Tensor], covs: list[torch.Tensor] | None, rank: int, base: str,
-               init: str, gates: bool, iters: int = 3, damping: float = 0.01) -> GroupInit:
-    """Compute base, deltas (and gates) for one projection of one group. All math in float64."""
+               init: str, gates: bool, iters: int = 3, damping: float = 0.01,
+               whiten: WhiteningCache | None = None) -> GroupInit:
+    """Compute base, deltas (and gates) for one projection of one group (float64, SVD in float32)."""
     ws = [w.detach().double() for w in weights]
     data_aware = init == "asvd"
     if (data_aware or gates or base == "alternating") and covs is None:
         raise ValueError(f"init '{init}' / gates / alternating base need calibration covariances")
-    ss = [whitening_factor(c, damping) for c in covs] if covs is not None else None
+    whiten = whiten or WhiteningCache(damping)
+    ss = [whiten(c) for c in covs] if covs is not None else None
     s_for_fit = ss if data_aware else [None] * len(ws)
 
     if base == "first":

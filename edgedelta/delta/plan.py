@@ -23,7 +23,7 @@ def _nll(model, ids: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def group_sensitivity(model, adapter, spec: SharingSpec, cfg, covs, ids: torch.Tensor) -> float:
+def group_sensitivity(model, adapter, spec: SharingSpec, cfg, covs, ids: torch.Tensor, whiten=None) -> float:
     """NLL on ids with spec's single group shared, then the model is restored exactly."""
     from .compress import fill_group
 
@@ -31,14 +31,15 @@ def group_sensitivity(model, adapter, spec: SharingSpec, cfg, covs, ids: torch.T
     saved = {(li, p): adapter.get_linear(layers[li], p) for li in spec.groups[0] for p in spec.projections}
     try:
         apply_sharing(model, spec, adapter)
-        fill_group(model, lambda li, p: saved[(li, p)].weight, adapter, spec, 0, cfg, covs)
+        # one alternating step is enough to rank candidates (the final init runs all of them)
+        fill_group(model, lambda li, p: saved[(li, p)].weight, adapter, spec, 0, cfg, covs, whiten, min(cfg.base_iters, 1))
         return _nll(model, ids)
     finally:
         for (li, p), lin in saved.items():
             adapter.set_linear(layers[li], p, lin)
 
 
-def plan_budget(model, cfg, adapter, covs, calib_ids: torch.Tensor, progress: bool = True):
+def plan_budget(model, cfg, adapter, covs, calib_ids: torch.Tensor, progress: bool = True, whiten=None):
     """Returns (groups, ranks, plan report)."""
     from .compress import build_spec, group_savings
 
@@ -57,13 +58,13 @@ def plan_budget(model, cfg, adapter, covs, calib_ids: torch.Tensor, progress: bo
             f"target_params {cfg.target_params} cannot be reached: sharing every layer in groups of {gs} at ranks "
             f"{base_spec.ranks} keeps at best {best:.3f} of the parameters (raise the target, lower ranks or enlarge group_size)")
 
-    ids = calib_ids[: min(4, calib_ids.shape[0])]
+    ids = calib_ids[: min(2, calib_ids.shape[0])]  # sensitivity ranks candidates; 2 sequences suffice
     base_nll = _nll(model, ids)
     candidates = [list(range(s, s + gs)) for s in range(0, num_layers - gs + 1)]
     sens: dict[str, float] = {}
     for g in tqdm(candidates, desc="sensitivity", disable=not progress, leave=False):
         spec = SharingSpec([g], base_spec.projections, base_spec.ranks, base_spec.gates)
-        sens[",".join(map(str, g))] = group_sensitivity(model, adapter, spec, cfg, covs, ids) - base_nll
+        sens[",".join(map(str, g))] = group_sensitivity(model, adapter, spec, cfg, covs, ids, whiten) - base_nll
 
     chosen, used = [], set()
     for key, _ in sorted(sens.items(), key=lambda kv: kv[1]):
