@@ -57,24 +57,28 @@ def setup(device: str = "auto") -> DistContext:
 
 
 def average_gradients(params: list[torch.nn.Parameter], ctx: DistContext, extra: list[float]) -> list[float]:
-    """Average the gradients of `params` over processes (missing grads count as 0) and sum
-    the `extra` scalars (e.g. a stop request, loss sums) in the same all-reduce."""
+    """Average the gradients of `params` over processes and sum the `extra` scalars (e.g. a
+    stop request, loss sums) in the same all-reduce. A parameter that received no gradient on
+    any process keeps grad None, so AdamW skips it exactly as a single process would."""
     if ctx.world == 1:
         return extra
     device = params[0].device if params else ctx.device
+    has = [float(p.grad is not None) for p in params]
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params]
-                     + [torch.tensor(extra, dtype=torch.float32, device=device)])
+                     + [torch.tensor(has + list(extra), dtype=torch.float32, device=device)])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     off = 0
-    for p in params:
+    flags = flat[flat.numel() - len(extra) - len(params):flat.numel() - len(extra)]
+    for i, p in enumerate(params):
         n = p.numel()
-        g = (flat[off:off + n] / ctx.world).view_as(p).to(p.dtype)
-        if p.grad is None:
-            p.grad = g.clone()
-        else:
-            p.grad.copy_(g)
+        if flags[i] > 0:
+            g = (flat[off:off + n] / ctx.world).view_as(p).to(p.dtype)
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.copy_(g)
         off += n
-    return flat[off:].tolist()
+    return flat[flat.numel() - len(extra):].tolist()
 
 
 def reduce_sum(values: list[float], ctx: DistContext) -> list[float]:
