@@ -1,0 +1,93 @@
+"""Every supported architecture, plain and compressed, fp32/fp16/int8/int4: the export
+validates against PyTorch (logits without and with past, greedy decode) and the audit
+finds each shared weight once with one consumer per layer of its group."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgedelta.export import ExportConfig, audit, build_graph, export_onnx
+from tests.tiny import ARCHS
+from tests.tiny_compressed import tiny_compressed_dir, tiny_compressed_model, tiny_model_dir
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_compressed_export_matches_pytorch_and_shares(arch, tmp_path):
+    src = tiny_compressed_dir(tmp_path / "src", arch)
+    out = export_onnx(src, ExportConfig(), tmp_path / "art")
+    m = json.loads((out / "manifest.json").read_text())
+    for check in ("logits", "logits_with_past"):
+        assert m["parity"][check]["max_abs_diff"] <= 1e-3
+    assert m["parity"]["greedy_decode"]["identical"] and m["parity"]["greedy_decode"]["steps"] == 32
+    rep = audit(out)
+    assert rep["ok"] and rep["duplicates"] == [] and rep["weights_through_copy_ops"] == []
+    n_proj = len(m["sharing"]["projections"])
+    assert len(rep["shared"]) == 2 * n_proj  # 2 groups x every projection, once each
+    assert all(s["consumers"] == 2 for s in rep["shared"].values())  # both layers of the group
+    deltas = [r for r in rep["initializers"] if r["kind"] == "delta"]
+    assert len(deltas) == 2 * 4 * n_proj and all(r["consumers"] == 1 for r in deltas)  # A and B per layer
+    # the data file holds the unique parameters once (+ page-alignment padding only)
+    assert rep["external_bytes"] <= m["parameters"]["unique_bytes_at_dtype"]
+    assert rep["data_padding_bytes"] < 4096 * rep["num_initializers"]
+
+
+def test_plain_export_ties_embedding_once(tiny_dirs, tmp_path):
+    out = export_onnx(tiny_dirs["plain"], ExportConfig(), tmp_path / "art")
+    rep = audit(out)
+    emb = [r for r in rep["initializers"] if r["kind"] == "embedding"]
+    assert len(emb) == 1 and set(emb[0]["consumer_ops"]) == {"Gather", "Gemm"}
+    assert rep["tied_embedding"] == "embed_tokens.weight" and not rep["shared"]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["sharing"] is None and m["parameters"]["unique_bytes_at_dtype"] == rep["initializer_bytes"]
+
+
+def test_fp16_export_within_dtype_tolerance(tmp_path):
+    src = tiny_compressed_dir(tmp_path / "src", "qwen2")
+    out = export_onnx(src, ExportConfig(dtype="fp16"), tmp_path / "art")
+    m = json.loads((out / "manifest.json").read_text())
+    assert 0 < m["parity"]["logits"]["max_abs_diff"] <= m["parity"]["logits"]["tolerance"] < 0.05
+    rep = audit(out)
+    assert {r["dtype"] for r in rep["initializers"] if r["kind"] != "other"} == {"float16"}
+    assert m["parameters"]["unique_bytes_at_dtype"] == 2 * m["parameters"]["total"]
+
+
+@pytest.mark.parametrize("quant,bits", [("int8", 8), ("int4", 4)])
+def test_quantized_shared_weight_quantized_once(quant, bits, tmp_path):
+    src = tiny_compressed_dir(tmp_path / "src", "llama")
+    out = export_onnx(src, ExportConfig(quantize=quant, block_size=16), tmp_path / "art")
+    rep = audit(out)
+    assert rep["ok"]
+    rows = {r["name"]: r for r in rep["initializers"]}
+    w = rows["shared.g0.mlp.up_proj.weight"]  # up: (64, 32) -> (N=64, 2 blocks, 16*bits/8) uint8
+    assert w["dtype"] == "uint8" and w["shape"] == [64, 2, 16 * bits // 8]
+    assert w["consumers"] == 2 and w["consumer_ops"] == ["MatMulNBits"]
+    assert rows["shared.g0.mlp.up_proj.weight.scales"]["consumers"] == 2
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["parity"]["greedy_decode"]["identical"]
+
+
+def test_build_graph_does_not_mutate_model():
+    model = tiny_compressed_model("phi3")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    shared_ids = {id(p) for p in model.parameters()}
+    build_graph(model, ExportConfig(quantize="int4", block_size=16))
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert {id(p) for p in model.parameters()} == shared_ids and model.edgedelta_spec is not None
+
+
+def test_sliding_window_mask_matches_pytorch(tmp_path):
+    """Mistral with a window shorter than the parity prompt exercises the window mask."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.tiny import tiny_config, tiny_tokenizer
+
+    torch.manual_seed(0)
+    cfg = tiny_config("mistral")
+    cfg.sliding_window = 5
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "src")
+    tiny_tokenizer().save_pretrained(tmp_path / "src")
+    m = json.loads((export_onnx(tmp_path / "src", ExportConfig(), tmp_path / "art") / "manifest.json").read_text())
+    assert m["parity"]["logits"]["max_abs_diff"] <= 1e-3 and m["parity"]["greedy_decode"]["identical"]
