@@ -29,8 +29,8 @@ def markdown_single(res: dict, title: str = "") -> str:
 
 def retention(res: dict, reference: dict) -> float | None:
     """Average primary score as a fraction of the reference model's, over the same tasks."""
-    if not res.get("average") or not reference.get("average"):
-        return None
+    if res.get("average") is None or not reference.get("average"):
+        return None  # undefined when the reference scores 0
     return res["average"] / reference["average"]
 
 

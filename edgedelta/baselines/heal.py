@@ -1,0 +1,106 @@
+"""Equal-token healing for the baselines: logit-KL distillation from the original model into a
+LoRA on every remaining linear projection, merged back afterwards (so the unique-parameter
+count is unchanged). The DeltaLLM model is healed by `edgedelta.distill` with the same number
+of tokens; this gives the pruned baselines the same chance (DESIGN.md: "removal healed with a
+matched LoRA").
+
+Rank: chosen so the LoRA's trainable parameters are close to a given count (the delta
+model's trainable deltas), capped by the matrix sizes."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from ..models.adapters import adapter_for
+
+
+class LoRALinear(nn.Module):
+    """y = base(x) + (x A^T) B^T · (alpha / r); A: (r, in), B: (out, r) starts at zero."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None):
+        super().__init__()
+        self.base = base
+        self.rank = rank
+        self.scaling = (alpha or rank) / rank
+        self.lora_A = nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x):
+        return self.base(x) + (x @ self.lora_A.T) @ self.lora_B.T * self.scaling
+
+    @torch.no_grad()
+    def merged(self) -> nn.Linear:
+        w = self.base.weight + (self.lora_B @ self.lora_A) * self.scaling
+        if not torch.isfinite(w).all():
+            raise ConfigError("LoRA merge produced non-finite weights")
+        self.base.weight.copy_(w)
+        return self.base
+
+
+def _linears(model: nn.Module):
+    adapter = adapter_for(model.config)
+    for layer in adapter.decoder_layers(model):
+        for proj in adapter.projections:
+            try:
+                lin = adapter.get_linear(layer, proj)
+            except AttributeError:  # a dropped sub-layer (JointDrop)
+                continue
+            if isinstance(lin, nn.Linear):
+                yield adapter, layer, proj, lin
+
+
+def rank_for_budget(model: nn.Module, trainable_params: int) -> int:
+    """The LoRA rank whose parameter count is closest to `trainable_params` (>= 1)."""
+    per_rank = sum(lin.in_features + lin.out_features for *_, lin in _linears(model))
+    return max(1, round(trainable_params / max(per_rank, 1)))
+
+
+def heal(student: nn.Module, teacher: nn.Module, rows: torch.Tensor, rank: int = 8, lr: float = 3e-4,
+         batch_size: int = 4, temperature: float = 1.0, progress: bool = True) -> dict:
+    """In place: train LoRA adapters on `student` to match `teacher`'s logits on `rows`
+    ((n, seq_len) token ids, the same rows every method gets), then merge them.
+    Returns {tokens, steps, seconds, final_kl, rank, trainable_params}."""
+    if rows.ndim != 2 or rows.shape[0] < 1:
+        raise ConfigError(f"healing rows must be (n, seq_len) token ids, got shape {tuple(rows.shape)}")
+    device = next(student.parameters()).device
+    for p in student.parameters():
+        p.requires_grad_(False)
+    wrapped = []
+    for adapter, layer, proj, lin in list(_linears(student)):
+        lw = LoRALinear(lin, min(rank, lin.in_features, lin.out_features)).to(device)
+        adapter.set_linear(layer, proj, lw)
+        wrapped.append((adapter, layer, proj, lw))
+    params = [p for *_, lw in wrapped for p in (lw.lora_A, lw.lora_B)]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    steps = math.ceil(rows.shape[0] / batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
+    teacher.eval()
+    student.train()
+    t0, kl = time.time(), float("nan")
+    for s in tqdm(range(steps), desc="heal", disable=not progress, leave=False):
+        x = rows[s * batch_size : (s + 1) * batch_size].to(device)
+        with torch.no_grad():
+            t_logits = teacher(input_ids=x).logits.float() / temperature  # (B, T, V)
+        s_logits = student(input_ids=x, use_cache=False).logits.float() / temperature
+        loss = F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1), log_target=True, reduction="batchmean") / x.shape[1]
+        loss = loss * temperature**2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        kl = float(loss.detach())
+    student.eval()
+    for adapter, layer, proj, lw in wrapped:
+        adapter.set_linear(layer, proj, lw.merged())
+    for p in student.parameters():
+        p.requires_grad_(False)
+    return {"tokens": int(rows.numel()), "steps": steps, "seconds": round(time.time() - t0, 1), "final_kl": kl,
+            "rank": rank, "trainable_params": sum(p.numel() for p in params)}

@@ -1,0 +1,177 @@
+"""`compare(...)`: DeltaLLM against the structured-pruning baselines at the same unique-parameter
+count, optionally each healed with the same distillation tokens, all evaluated on the same
+items. Writes results.json, results.md and retention.png (% of the original's average).
+
+Fairness rules: the delta model is built first and its actual unique-parameter count becomes
+every baseline's target (so all sit at the same budget, within each method's granularity,
+reported); calibration rows (for planning/importance) and healing rows come from training
+text (sotu-train), disjoint from the evaluation items and held-out perplexity text; healing
+uses the same rows for every method (DeltaLLM: edgedelta.distill, deltas+gates; baselines: a
+LoRA with a matched trainable-parameter count, merged after)."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, EdgeDeltaError
+from .api import EvalConfig, evaluate
+
+METHODS = ("deltallm", "shortgpt", "laco", "jointdrop")
+
+
+@dataclass
+class CompareConfig:
+    target_params: float = 0.88  # fraction of the original's unique parameters to keep
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    heal_tokens: int = 0  # distillation tokens per method (0 = no healing)
+    heal_seq_len: int = 256
+    calib_samples: int = 16  # calibration rows for planning / importance scores
+    calib_seq_len: int = 256
+    seed: int = 0
+    compress: dict = field(default_factory=dict)  # extra CompressConfig fields for DeltaLLM (e.g. ranks)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        if not 0 < float(self.target_params) < 1:
+            raise ConfigError(f"target_params must be a fraction in (0, 1), got {self.target_params}")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ConfigError(f"unknown method(s) {bad}; known: {', '.join(METHODS)}")
+        if self.heal_tokens < 0:
+            raise ConfigError(f"heal tokens must be >= 0, got {self.heal_tokens}")
+        if 0 < self.heal_tokens < self.heal_seq_len:
+            raise ConfigError(f"heal tokens ({self.heal_tokens}) must be at least one sequence ({self.heal_seq_len})")
+
+
+def _log(msg: str) -> None:
+    print(f"edgedelta compare: {msg}", file=sys.stderr, flush=True)
+
+
+def _build(method: str, model, tok, target, calib, progress: bool, compress_kw: dict):
+    """(model, report) for one method at `target` (fraction or absolute unique params)."""
+    if method == "deltallm":
+        try:
+            from ..delta.compress import compress
+        except ImportError as e:
+            raise ConfigError(f"DeltaLLM is unavailable (edgedelta.delta.compress: {e})") from None
+        from ..delta.config import CompressConfig
+
+        ccfg = CompressConfig(**{"calib_samples": calib.shape[0], "calib_seq_len": calib.shape[1], **compress_kw,
+                                 "target_params": float(target)})
+        res = compress(model, ccfg, tokenizer=tok, calib_ids=calib, progress=progress)
+        return res.model, {"method": "deltallm", "plan": res.plan, "params": res.plan["compressed_params"]}
+    from ..baselines import jointdrop, laco, shortgpt
+
+    mod = {"shortgpt": shortgpt, "laco": laco, "jointdrop": jointdrop}[method]
+    # LaCo evaluates every candidate merge on the calibration set: a few rows suffice (paper: few-shot sentences)
+    r = mod.build(model, target, calib[:4] if method == "laco" else calib)
+    return r.model, r.report
+
+
+def _trainable_delta_params(model) -> int:
+    from ..delta.accounting import count_parameters
+
+    comp = count_parameters(model)["by_component"]
+    return comp.get("delta", 0) + comp.get("gate", 0)
+
+
+def _heal(method: str, student, teacher, tok, rows, lora_params: int, progress: bool) -> dict:
+    if method == "deltallm":
+        from ..distill.api import distill
+        from ..distill.config import DistillConfig
+
+        cfg = DistillConfig(tokens=int(rows.numel()), seq_len=rows.shape[1], batch_size=4, checkpoint_every=0)
+        with tempfile.TemporaryDirectory(prefix="edgedelta-heal-") as run:
+            r = distill(student, cfg, None, teacher=teacher, tokenizer=tok, train_rows=rows, run_dir=Path(run) / "run",
+                        progress=progress, device="cpu" if not torch.cuda.is_available() else "auto")
+        return {"tokens": r.tokens, "seconds": round(r.seconds, 1), "final_loss": r.final_loss, "how": "edgedelta.distill (deltas+gates)"}
+    from ..baselines.heal import heal, rank_for_budget
+
+    rank = rank_for_budget(student, lora_params) if lora_params else 8
+    out = heal(student, teacher, rows, rank=rank, progress=progress)
+    out["how"] = f"LoRA rank {rank} (matched to the delta model's trainable parameters), merged"
+    return out
+
+
+def compare(model, tokenizer, config: CompareConfig, source: dict | None = None, progress: bool = True) -> dict:
+    """Build, (heal,) evaluate every method; returns the results dict (see write_results)."""
+    from ..data.text import calibration_batches
+    from ..delta.accounting import count_parameters
+
+    t0 = time.time()
+    original = count_parameters(model)["total"]
+    calib = calibration_batches(tokenizer, config.calib_samples, config.calib_seq_len, seed=config.seed)
+    heal_rows = None
+    if config.heal_tokens:
+        heal_rows = calibration_batches(tokenizer, config.heal_tokens // config.heal_seq_len, config.heal_seq_len, seed=config.seed + 1)
+    _log(f"evaluating the original ({original / 1e6:.1f}M unique parameters)")
+    rows = [{"method": "original", "stage": "original", "params": original, "params_fraction": 1.0,
+             "eval": evaluate(model, tokenizer, config.eval, progress=progress)}]
+    target: float | int = config.target_params
+    lora_params = 0
+    methods = sorted(config.methods, key=lambda m: m != "deltallm")  # deltallm first: it sets the budget
+    for method in methods:
+        _log(f"building {method} at {target if isinstance(target, int) else f'{100 * target:.0f}%'}")
+        try:
+            student, report = _build(method, model, tokenizer, target, calib, progress, config.compress)
+        except EdgeDeltaError as e:
+            _log(f"{method} failed: {e}")
+            rows.append({"method": method, "stage": "built", "error": str(e)})
+            continue
+        params = count_parameters(student)["total"]
+        report["params"] = params
+        if method == "deltallm":
+            target, lora_params = params, _trainable_delta_params(student)
+        stages = [("built", None)]
+        rows.append({"method": method, "stage": "built", "params": params, "params_fraction": params / original,
+                     "report": report, "eval": evaluate(student, tokenizer, config.eval, progress=progress)})
+        if heal_rows is not None:
+            _log(f"healing {method} on {heal_rows.numel()} tokens")
+            h = _heal(method, student, model, tokenizer, heal_rows, lora_params, progress)
+            params = count_parameters(student)["total"]
+            rows.append({"method": method, "stage": "healed", "params": params, "params_fraction": params / original,
+                         "report": report, "heal": h, "eval": evaluate(student, tokenizer, config.eval, progress=progress)})
+        del student, stages
+        gc.collect()
+    return {"config": {**asdict(config), "eval": asdict(config.eval)}, "source": source or {}, "original_params": original,
+            "budget_params": target if isinstance(target, int) else round(original * target), "rows": rows,
+            "seconds": round(time.time() - t0, 1), "eval_text": _texts_note(config)}
+
+
+def _texts_note(config: CompareConfig) -> str:
+    return (f"calibration and healing: sotu-train (State of the Union addresses <= 1999); perplexity: "
+            f"{', '.join(config.eval.ppl_texts)}; tasks: {', '.join(t for t in config.eval.tasks if t != 'ppl')} "
+            f"({'all items' if config.eval.limit is None else f'{config.eval.limit} items each, seed {config.eval.seed}'})")
+
+
+def write_results(res: dict, out_dir: Path, title: str) -> None:
+    """results.json, results.md, retention.png into out_dir (already a fresh folder)."""
+    from ..fsutil import write_json_atomic
+    from .report import markdown_compare, retention, retention_chart
+
+    write_json_atomic(out_dir / "results.json", res)
+    ok = [r for r in res["rows"] if "eval" in r]
+    ref = ok[0]
+    md = [f"# {title}", "", res["eval_text"], ""]
+    for stage in ("built", "healed"):
+        sel = [ref] + [r for r in ok if r["stage"] == stage]
+        if len(sel) > 1:
+            md += [f"## {'without healing' if stage == 'built' else 'healed with equal tokens'}", "", markdown_compare(sel), ""]
+    failed = [r for r in res["rows"] if "error" in r]
+    if failed:
+        md += ["## not built", ""] + [f"- {r['method']}: {r['error']}" for r in failed] + [""]
+    (out_dir / "results.md").write_text("\n".join(md))
+    groups: dict[str, dict[str, float]] = {}
+    for r in ok[1:]:
+        ret = retention(r["eval"], ref["eval"])
+        if ret is not None:
+            groups.setdefault("healed" if r["stage"] == "healed" else "no healing", {})[r["method"]] = 100 * ret
+    if groups:
+        retention_chart(groups, out_dir / "retention.png", title)

@@ -1,0 +1,59 @@
+"""`compare` end to end on a tiny random model: every method built at the delta model's
+budget, healed with the same rows, evaluated, and written (json, md, png)."""
+
+import json
+
+import pytest
+
+from edgedelta.evaluation.api import EvalConfig
+from edgedelta.evaluation.compare import CompareConfig, compare, write_results
+from edgedelta.errors import ConfigError
+
+from conftest import make_model
+
+
+@pytest.fixture()
+def files(tmp_path):
+    tf = tmp_path / "items.jsonl"
+    tf.write_text("\n".join(json.dumps(o) for o in [
+        {"question": "Which pump runs at 1450 rpm?", "choices": ["line three", "line four"], "answer": 0},
+        {"context": "The valve is", "choices": ["open", "closed", "broken"], "answer": 2},
+    ]) + "\n")
+    txt = tmp_path / "manual.txt"
+    txt.write_text("Check the pressure valve before restarting the conveyor belt. " * 40)
+    return tf, txt
+
+
+def test_compare_tiny_end_to_end(tiny_tok, files, tmp_path):
+    tf, txt = files
+    model = make_model(len(tiny_tok), layers=6)
+    cfg = CompareConfig(target_params=0.8, methods=["deltallm", "shortgpt"], heal_tokens=32, heal_seq_len=32,
+                        calib_samples=4, calib_seq_len=32, compress={"rank_attn": 2, "rank_mlp": 2},
+                        eval=EvalConfig(tasks=["ppl"], task_file=str(tf), ppl_texts=[str(txt)], ppl_tokens=128, ppl_seq_len=64))
+    res = compare(model, tiny_tok, cfg, progress=False)
+    rows = {(r["method"], r["stage"]): r for r in res["rows"]}
+    assert ("original", "original") in rows
+    for m in ("deltallm", "shortgpt"):
+        for stage in ("built", "healed"):
+            r = rows[(m, stage)]
+            assert "error" not in r, r
+            assert 0 <= r["eval"]["average"] <= 1
+    # healing never changes the unique-parameter count
+    assert rows[("shortgpt", "built")]["params"] == rows[("shortgpt", "healed")]["params"]
+    assert res["budget_params"] == rows[("deltallm", "built")]["params"]  # the delta model sets the budget
+    res["rows"][0]["eval"]["average"] = 0.5  # a random model may score 0: retention needs a reference > 0
+    out = tmp_path / "out"
+    out.mkdir()
+    write_results(res, out, "tiny")
+    assert (out / "retention.png").stat().st_size > 1000
+    md = (out / "results.md").read_text()
+    assert "shortgpt" in md and "retention" in md
+
+
+def test_compare_config_errors():
+    with pytest.raises(ConfigError, match="fraction"):
+        CompareConfig(target_params=1.2)
+    with pytest.raises(ConfigError, match="known"):
+        CompareConfig(methods=["slicegpt2"])
+    with pytest.raises(ConfigError):
+        CompareConfig(heal_tokens=-1)
