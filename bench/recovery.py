@@ -161,6 +161,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="bench/_work", help="cache of the compressed init (gitignored)")
     ap.add_argument("--report-only", action="store_true", help="rewrite recovery.md / png from recovery.json")
     ap.add_argument("--tag", default="recovery", help="file name stem of the results")
+    ap.add_argument("--append", action="store_true", help="keep the points already in <tag>.json (e.g. to add an arm)")
+    ap.add_argument("--skip-recon", action="store_true", help="no reconstruction stage (the init goes straight to the arms)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,10 +183,11 @@ def main(argv=None) -> int:
     meta = {"model": "SmolLM2-135M-Instruct (default)", "target_params": args.target, "train_text": "sotu-train (SOTU <= 1999)",
             "eval_texts": list(EVAL_SETS), "eval_tokens_per_text": args.eval_tokens, "seq_len": args.seq_len,
             "batch": args.batch, "device": str(ctx.device), "threads": torch.get_num_threads(), "host": platform.node(),
-            "torch": torch.__version__, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "torch": torch.__version__, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "append": args.append}
     results = Results(out / f"{args.tag}.json", meta)
     evaluate = Evaluator(teacher, tok, args.eval_tokens, args.seq_len, ctx.device)
-    results.point("teacher", 0, evaluate(teacher))
+    if not any(p["arm"] == "teacher" for p in results.data["points"]):
+        results.point("teacher", 0, evaluate(teacher))
     teacher.eval()
     data = TrainData.from_texts(tok, load_texts("sotu-train"), args.seq_len, seed=0)
     eval_at = [int(t) for t in args.eval_at.split(",") if t]
@@ -208,10 +211,11 @@ def main(argv=None) -> int:
     n_student = count_parameters(student)["total"]
     results.arm("init", {"plan": {k: v for k, v in plan.items() if k != "sensitivity"}, "seconds": round(time.time() - t0, 1),
                          "params": n_student, "teacher_params": count_parameters(teacher)["total"]})
-    results.point("init", 0, evaluate(student))
+    if not any(p["arm"] == "init" for p in results.data["points"]):
+        results.point("init", 0, evaluate(student))
     recon_rows = data.rows[torch.randperm(data.num_rows, generator=torch.Generator().manual_seed(1))[: -(-args.recon_tokens // args.seq_len)]]
     best, best_score = student, None
-    for variant in [v for v in args.recon_variants.split(",") if v]:
+    for variant in [v for v in args.recon_variants.split(",") if v and not args.skip_recon]:
         cand = copy.deepcopy(student)
         tps = select_trainable(cand, spec, ["deltas", "gates", "norms"])
         t0 = time.time()

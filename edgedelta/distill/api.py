@@ -31,6 +31,7 @@ from .distributed import DistContext, setup
 from .hybrid import HybridModel
 from .logs import JsonlLog, loss_curve_png
 from .reconstruct import reconstruct_groups
+from .teacher_cache import TopKCache, teacher_fingerprint
 from .trainable import merge_lora, select_trainable
 from .trainer import LoopState, TrainingInterrupted, train_loop
 
@@ -201,9 +202,18 @@ def distill(student, config: DistillConfig, out_dir=None, *, teacher: nn.Module 
         if ctx.is_main:
             save(state)  # the reconstruction is not repeated on --resume
 
+    cache = None
+    if cfg.teacher_cache is not None:
+        cache = TopKCache(cfg.teacher_cache, teacher_fingerprint(teacher), data_fp, cfg.teacher_topk)
+        if ctx.is_main:
+            cache.ensure(teacher, data.rows, data.rows_used(cfg.total_steps, cfg.batch_size), cfg.recon_batch, ctx.device,
+                         ctx.use_autocast, progress)
+        ctx.barrier()
+        if not ctx.is_main:
+            cache = TopKCache(cfg.teacher_cache, teacher_fingerprint(teacher), data_fp, cfg.teacher_topk)
     try:
         state = train_loop(hybrid, teacher, params, optimizer, data, cfg, ctx, state, log, save,
-                           progress=progress, stop_after=stop_after)
+                           progress=progress, stop_after=stop_after, topk_cache=cache)
     except TrainingInterrupted as e:
         where = f" in '{run}'" if run is not None else " (no run folder: nothing saved)"
         raise TrainingInterrupted(str(e).replace("checkpoint saved", "checkpoint saved" + where)) from None

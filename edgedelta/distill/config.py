@@ -18,7 +18,7 @@ CURRICULUM_ORDERS = ("deep-first", "shallow-first")
 RECON_INPUTS = ("teacher", "student")
 CONFIG_VERSION = 1
 # operational fields: changing them does not change the numbers a run produces
-RESUME_FREE = frozenset({"checkpoint_every", "keep_checkpoints", "log_every"})
+RESUME_FREE = frozenset({"checkpoint_every", "keep_checkpoints", "log_every", "teacher_cache"})
 
 
 def _f(default, help_: str, **kw):
@@ -46,6 +46,7 @@ class DistillConfig:
     hidden_weight: float = _f(0.0, "weight of the normalised hidden-state MSE on compressed layers' outputs")
     lm_weight: float = _f(0.0, "weight of the next-token cross-entropy on the data")
     teacher_topk: int = _f(0, "0 = full teacher logits; k > 0 = KL on the teacher's top-k tokens (cacheable)")
+    teacher_cache: str | None = _f(None, "folder caching the teacher's top-k logits across runs (needs teacher_topk > 0)")
     trainable: list[str] = _f(None, f"parameter kinds to train, subset of {TRAINABLE} (default deltas+gates)")
     lora_rank: int = _f(8, "rank of the LoRA on shared bases when 'lora' is trainable")
     recon_tokens: int = _f(0, "tokens for the per-group reconstruction stage before distillation (0 = skip)")
@@ -113,6 +114,8 @@ class DistillConfig:
             raise ConfigError("trainable has both 'shared' and 'lora': choose one way to adapt the shared bases")
         if "lora" in self.trainable and self.lora_rank < 1:
             raise ConfigError(f"lora_rank must be >= 1 when 'lora' is trainable, got {self.lora_rank}")
+        if self.teacher_cache is not None and self.teacher_topk < 1:
+            raise ConfigError("teacher_cache needs teacher_topk > 0 (the cache stores the teacher's top-k logits)")
         if self.version != CONFIG_VERSION:
             raise ConfigError(f"DistillConfig version {self.version} is not supported (this edgedelta reads {CONFIG_VERSION})")
 

@@ -68,12 +68,20 @@ class TrainData:
             out.append(int(self._perm(epoch)[pos]))
         return torch.tensor(out, dtype=torch.long)
 
-    def micro_batches(self, step: int, batch_size: int, grad_accum: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
-        """This process's micro-batches of step `step`: grad_accum tensors of
-        (batch_size / (world * grad_accum), seq_len) token ids."""
+    def micro_indices(self, step: int, batch_size: int, grad_accum: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
+        """Row indices of this process's micro-batches of step `step`: grad_accum tensors of
+        batch_size / (world * grad_accum) indices."""
         per = batch_size // (world * grad_accum)
         if per < 1 or batch_size % (world * grad_accum):
             raise ConfigError(f"batch_size {batch_size} cannot be split over {world} process(es) x {grad_accum} accumulation steps")
         idx = self.global_rows(step, batch_size)
         mine = idx[rank * per * grad_accum:(rank + 1) * per * grad_accum]
-        return [self.rows[mine[a * per:(a + 1) * per]] for a in range(grad_accum)]
+        return [mine[a * per:(a + 1) * per] for a in range(grad_accum)]
+
+    def micro_batches(self, step: int, batch_size: int, grad_accum: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
+        """Token ids of this process's micro-batches: grad_accum tensors (b, seq_len)."""
+        return [self.rows[i] for i in self.micro_indices(step, batch_size, grad_accum, rank, world)]
+
+    def rows_used(self, steps: int, batch_size: int) -> torch.Tensor:
+        """Sorted unique row indices that `steps` optimizer steps will read."""
+        return torch.unique(torch.cat([self.global_rows(s, batch_size) for s in range(steps)]))

@@ -29,6 +29,7 @@ from .hybrid import HybridModel, LayerRecorder, hidden_of
 from .logs import JsonlLog
 from .losses import hidden_mse, kl_logits, kl_topk, lm_loss
 from .schedule import ReplacementSchedule
+from .teacher_cache import TopKCache, topk_of
 
 
 class TrainingInterrupted(EdgeDeltaError):
@@ -80,34 +81,40 @@ class LoopState:
 
 
 def _micro_loss(hybrid: HybridModel, teacher: nn.Module, t_layers, x: torch.Tensor, cfg: DistillConfig,
-                ctx: DistContext) -> tuple[torch.Tensor | None, dict[str, float]]:
+                ctx: DistContext, cached_top=None) -> tuple[torch.Tensor | None, dict[str, float]]:
     """Loss of one micro-batch x (b, T); None when no compressed layer is active (the hybrid
-    then equals the teacher and has nothing to learn)."""
+    then equals the teacher and has nothing to learn). `cached_top`: the teacher's cached
+    top-k (values, ids) for these rows; with it (and no hidden loss) the teacher is not run."""
     active = hybrid.active_layers()
     if not active:
         return None, {"loss": 0.0, "kl": 0.0}
-    cut = active[0]
-    want = {cut - 1} if cut > 0 else set()
-    if cfg.hidden_weight > 0:
-        if not hybrid.watch(active):
-            raise ValueError("hidden_weight > 0 needs a hybrid with compressed layers to compare")
-        want |= set(active)
     amp = torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=ctx.use_autocast)
-    with torch.no_grad(), amp, LayerRecorder({i: t_layers[i] for i in sorted(want)}) as trec:
-        t_logits = teacher(input_ids=x, use_cache=False).logits  # (b, T, V)
-    # the recorder is closed before the student runs: the hybrid's original layers ARE the
-    # teacher's modules and would otherwise overwrite the teacher's records
-    with amp, hybrid.teacher_prefix(trec.outputs), LayerRecorder(hybrid.watch(active)) as srec:
+    skip_teacher = cached_top is not None and cfg.hidden_weight == 0
+    t_outputs: dict = {}
+    t_logits = None
+    if not skip_teacher:
+        cut = active[0]
+        want = {cut - 1} if cut > 0 else set()
+        if cfg.hidden_weight > 0:
+            if not hybrid.watch(active):
+                raise ValueError("hidden_weight > 0 needs a hybrid with compressed layers to compare")
+            want |= set(active)
+        with torch.no_grad(), amp, LayerRecorder({i: t_layers[i] for i in sorted(want)}) as trec:
+            t_logits = teacher(input_ids=x, use_cache=False).logits  # (b, T, V)
+        # the recorder is closed before the student runs: the hybrid's original layers ARE the
+        # teacher's modules and would otherwise overwrite the teacher's records
+        t_outputs = trec.outputs
+    with amp, hybrid.teacher_prefix(t_outputs), LayerRecorder(hybrid.watch(active)) as srec:
         s_logits = hybrid.student(input_ids=x, use_cache=False).logits  # (b, T, V)
     parts: dict[str, torch.Tensor] = {}
     if cfg.kl_weight > 0:
         if cfg.teacher_topk > 0:
-            top = t_logits.topk(cfg.teacher_topk, dim=-1)
-            parts["kl"] = kl_topk(top.values, top.indices, s_logits, cfg.temperature)
+            values, ids = cached_top if cached_top is not None else topk_of(t_logits, cfg.teacher_topk)
+            parts["kl"] = kl_topk(values.to(x.device), ids.to(x.device), s_logits, cfg.temperature)
         else:
             parts["kl"] = kl_logits(t_logits, s_logits, cfg.temperature)
     if cfg.hidden_weight > 0:
-        parts["hidden"] = torch.stack([hidden_mse(hidden_of(srec.outputs[i]), hidden_of(trec.outputs[i])) for i in active]).mean()
+        parts["hidden"] = torch.stack([hidden_mse(hidden_of(srec.outputs[i]), hidden_of(t_outputs[i])) for i in active]).mean()
     if cfg.lm_weight > 0:
         parts["lm"] = lm_loss(s_logits, x)
     weights = {"kl": cfg.kl_weight, "hidden": cfg.hidden_weight, "lm": cfg.lm_weight}
@@ -117,7 +124,8 @@ def _micro_loss(hybrid: HybridModel, teacher: nn.Module, t_layers, x: torch.Tens
 
 def train_loop(hybrid: HybridModel, teacher: nn.Module, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
                data: TrainData, cfg: DistillConfig, ctx: DistContext, state: LoopState, log: JsonlLog,
-               save: Callable[[LoopState], None], *, progress: bool = True, stop_after: int | None = None) -> LoopState:
+               save: Callable[[LoopState], None], *, progress: bool = True, stop_after: int | None = None,
+               topk_cache: TopKCache | None = None) -> LoopState:
     """Run optimizer steps state.step .. total_steps-1. `save(state)` writes a checkpoint
     (called on the main process only). Raises TrainingInterrupted after saving when asked to
     stop (signal, or `stop_after` steps in this call)."""
@@ -138,8 +146,9 @@ def train_loop(hybrid: HybridModel, teacher: nn.Module, params: list[nn.Paramete
             for grp in optimizer.param_groups:
                 grp["lr"] = lr
             sums = {"loss": 0.0, "kl": 0.0, "hidden": 0.0, "lm": 0.0}
-            for x in data.micro_batches(step, cfg.batch_size, cfg.grad_accum, ctx.rank, ctx.world):
-                loss, parts = _micro_loss(hybrid, teacher, t_layers, x.to(ctx.device), cfg, ctx)
+            for idx in data.micro_indices(step, cfg.batch_size, cfg.grad_accum, ctx.rank, ctx.world):
+                top = topk_cache.get(idx) if topk_cache is not None else None
+                loss, parts = _micro_loss(hybrid, teacher, t_layers, data.rows[idx].to(ctx.device), cfg, ctx, top)
                 if loss is not None and loss.requires_grad:
                     (loss / cfg.grad_accum).backward()
                 for k in sums:

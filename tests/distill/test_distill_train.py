@@ -109,3 +109,18 @@ def test_bad_inputs_write_nothing(tmp_path):
         distill(make_pair()[1], _cfg(), tmp_path / "o", teacher=teacher, train_rows=rows(), resume=True, progress=False)
     assert "\n" not in str(e.value)
     assert (ck / "params.safetensors").read_bytes() == b"garbage" and not (tmp_path / "o").exists()
+
+
+def test_teacher_topk_cache_matches_live_topk(tmp_path):
+    cfg_live = _cfg(tokens=16 * 4 * 4, schedule="plain", teacher_topk=8)
+    teacher, student = make_pair()
+    live = distill(student, cfg_live, None, teacher=teacher, train_rows=rows(), progress=False)
+    cached_cfg = DistillConfig.from_dict({**cfg_live.to_dict(), "teacher_cache": str(tmp_path / "cache")})
+    teacher, student = make_pair()
+    first = distill(student, cached_cfg, None, teacher=teacher, train_rows=rows(), progress=False)
+    assert len(list((tmp_path / "cache").glob("teacher-top8-*.safetensors"))) == 1
+    teacher, student = make_pair()
+    again = distill(student, cached_cfg, None, teacher=teacher, train_rows=rows(), progress=False)  # reads the file
+    ref = [r["loss"] for r in live.log]
+    for res in (first, again):
+        assert torch.allclose(torch.tensor([r["loss"] for r in res.log]), torch.tensor(ref), rtol=1e-5, atol=1e-8)
