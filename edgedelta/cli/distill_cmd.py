@@ -7,6 +7,7 @@ CLI and the Python API cannot drift apart; --config FILE supplies a JSON base.""
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 import typing
 from pathlib import Path
@@ -88,6 +89,8 @@ def run(args) -> int:
         teacher = load_model(args.teacher).model
     res = distill(src, cfg, out, teacher=teacher, resume=args.resume, force=args.force,
                   progress=not args.no_progress, device=args.device)
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun / accelerate: one report, from rank 0
+        return 0
     for g in res.reconstruction:
         print(f"reconstruction group {g['group']}: normalised MSE {g['mse_before']:.4f} -> {g['mse_after']:.4f}")
     loss = f"{res.final_loss:.4f}" if res.final_loss is not None else "n/a"

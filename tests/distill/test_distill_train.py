@@ -124,3 +124,23 @@ def test_teacher_topk_cache_matches_live_topk(tmp_path):
     ref = [r["loss"] for r in live.log]
     for res in (first, again):
         assert torch.allclose(torch.tensor([r["loss"] for r in res.log]), torch.tensor(ref), rtol=1e-5, atol=1e-8)
+
+
+def test_sigterm_saves_a_checkpoint_after_the_current_step(tmp_path):
+    import os
+    import signal
+
+    teacher, student = make_pair()
+    calls = []
+
+    def send_sigterm(_m, _a, _o):  # the 3rd student forward (step 3) receives SIGTERM
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    h = student.lm_head.register_forward_hook(send_sigterm)
+    with pytest.raises(TrainingInterrupted, match="after step 3/8"):
+        distill(student, _cfg(schedule="plain", checkpoint_every=0), tmp_path / "o", teacher=teacher, train_rows=rows(), progress=False)
+    h.remove()
+    assert latest_checkpoint(run_dir_for(tmp_path / "o")).name == "checkpoint-000003"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
