@@ -126,10 +126,10 @@ def distill(student, config: DistillConfig, out_dir=None, *, teacher: nn.Module 
         ckpt = latest_checkpoint(run)
         if ckpt is None:
             raise CheckpointError(f"nothing to resume: no checkpoint in '{run}'")
-    elif run is not None and run.exists() and any(run.iterdir()):
-        if not force:
-            raise ConfigError(f"run folder '{run}' exists from an earlier run: pass --resume to continue it (or --force to start over)")
-        shutil.rmtree(run)
+    elif run is not None and run.exists():
+        if latest_checkpoint(run) is not None and not force:
+            raise ConfigError(f"run folder '{run}' holds a checkpoint of an earlier run: pass --resume to continue it (or --force to start over)")
+        shutil.rmtree(run)  # no checkpoint in it (a run that failed before its first one) or --force
     ck_state = ck_params = ck_opt = ck_log = None
     if ckpt is not None:  # read and compare before any heavy work
         ck_state, ck_params, ck_opt, ck_log = load_checkpoint(ckpt)
