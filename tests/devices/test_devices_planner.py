@@ -55,8 +55,8 @@ def test_bad_context(ctx):
         plan_facts(M, DEV, ctx)
 
 
-def test_plan_tiny_artifact(tiny_artifact, tmp_path):
-    art = tiny_artifact[1]
+def test_plan_tiny_edgedelta(tiny_edgedelta, tmp_path):
+    art = tiny_edgedelta[1]
     p = plan(art, DEV, 100)
     assert p.weights_bytes > 0 and p.kv_bytes == 2 * (2 * 4 * 2 * 100 * 8 * 4)
     assert p.bytes_read_per_token > p.weights_bytes * 0.5

@@ -1,0 +1,60 @@
+"""Measure on the host, calibrate the planner, and plan every device: the data behind
+`edgedelta profile` and its report.
+
+For each artifact: a context sweep (each length in a fresh process), the planner's overhead
+calibrated from the smallest length's measured peak RSS, predicted vs measured peak at every
+length (the prediction error is the planner's accuracy check), then plans per device."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+from .planner import Calibration, calibrate, calibration_path, facts_of, load_calibration, plan_facts
+from .profile import Device
+
+
+def assess(artifacts: list[str | Path], contexts: list[int], devices: list[Device], new_tokens: int = 16,
+           provider: str = "cpu", threads: int | None = None, measure: bool = True, save_calibration: bool = True,
+           log=lambda msg: None) -> dict[str, Any]:
+    """Returns {"host", "contexts", "models": [{name, path, facts, calibration, runs}], "plans": [Plan...]}."""
+    from edgedelta.runtime.artifact import Artifact
+    from edgedelta.runtime.profiler import sweep
+
+    from .host import host_device
+
+    host = host_device()
+    out: dict[str, Any] = {"host": {**host.to_dict(), "platform": platform.platform(), "processor": platform.processor()},
+                           "contexts": contexts, "new_tokens": new_tokens, "models": [], "plans": []}
+    for path in artifacts:
+        art = Artifact.open(path)  # verified: a tampered artifact is refused here
+        m = facts_of(art)
+        for c in contexts:  # bad lengths fail before any measuring
+            from .planner import check_context
+
+            check_context(c, m.max_positions)
+        entry: dict[str, Any] = {"name": m.name, "path": str(Path(path).resolve()), "compressed": m.compressed,
+                                 "facts": m.__dict__.copy(), "runs": []}
+        cal: Calibration | None = load_calibration(art.path)
+        if measure:
+            log(f"profiling {m.name}: contexts {contexts} ({new_tokens} new tokens each, provider {provider})")
+            runs = sweep(art.path, contexts, new_tokens, provider, threads)
+            base = min(runs, key=lambda r: r["context"])
+            cal = calibrate(m, base["peak_rss_bytes"], base["context"], host=host.display_name, provider=provider,
+                            prefill=base["prompt_tokens"])
+            if save_calibration:
+                cal.to_json(calibration_path(art.path))
+            for r in runs:
+                pred = plan_facts(m, host, r["context"], calibration=cal, prefill=r["prompt_tokens"]).predicted_peak_bytes
+                r.update(model=m.name, predicted_peak_bytes=pred, prediction_error=pred / r["peak_rss_bytes"] - 1,
+                         weight_bandwidth_gbps=m.weight_bytes_read_per_token * r["decode_tok_s"] / 1e9)
+                log(f"  context {r['context']}: TTFT {r['ttft_s'] * 1000:.0f} ms, decode {r['decode_tok_s']:.1f} tok/s, "
+                    f"peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB (predicted {pred / 2**20:.0f})")
+            entry["runs"] = runs
+        entry["calibration"] = cal.__dict__ if cal else None
+        out["models"].append(entry)
+        for d in devices:
+            for c in contexts:
+                out["plans"].append(plan_facts(m, d, c, calibration=cal))
+    return out

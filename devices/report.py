@@ -1,0 +1,188 @@
+"""`--report DIR`: report.md and report.html with the tables and three PNG charts
+(matplotlib, Agg backend, no display needed):
+
+  memory_per_device.png  predicted peak memory per device, one bar per model (original vs
+                         compressed), the memory available to the model as a red line
+  context_memory.png     context length vs predicted peak per model, measured host peaks as
+                         points, KV-cache bytes dashed
+  host_measured.png      measured decode tokens/s and time to first token per context
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from .planner import Plan
+from .tables import GIB, MIB, devices_table, plan_breakdown_table, plans_table, runs_table
+
+_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def chart_memory_per_device(plans: list[Plan], devices: list, context: int, path: Path) -> None:
+    plt = _plt()
+    models = list(dict.fromkeys(p.model for p in plans))
+    names = [d.name for d in devices]
+    by = {(p.model, p.device): p for p in plans if p.context == context}
+    fig, ax = plt.subplots(figsize=(max(7, 1.0 * len(names) + 2), 4.8))
+    w = 0.8 / max(len(models), 1)
+    for i, m in enumerate(models):
+        xs = [j + (i - (len(models) - 1) / 2) * w for j in range(len(names))]
+        ys = [by[(m, n)].predicted_peak_bytes / GIB if (m, n) in by else 0 for n in names]
+        ax.bar(xs, ys, width=w, label=f"{m} (predicted peak)", color=_COLORS[i % len(_COLORS)])
+    for j, d in enumerate(devices):
+        avail = d.available_bytes / GIB
+        ax.hlines(avail, j - 0.45, j + 0.45, colors="#d62728", linewidth=2.5, label="memory for the model" if j == 0 else None)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("GiB (log scale)")
+    ax.set_title(f"Predicted peak memory at context {context} vs memory available on each device")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(axis="y", alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def chart_context_memory(models: list[dict], host, path: Path, contexts: list[int]) -> None:
+    from .planner import Calibration, ModelFacts, plan_facts
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    limit = min((m["facts"].get("max_positions") or max(contexts)) for m in models)
+    top = min(max(max(contexts) * 2, 4096), limit)
+    grid = sorted({int(top * k / 40) for k in range(1, 41)} | set(contexts))
+    for i, m in enumerate(models):
+        facts = ModelFacts(**m["facts"])
+        cal = Calibration(**m["calibration"]) if m.get("calibration") else None
+        col = _COLORS[i % len(_COLORS)]
+        ax.plot(grid, [plan_facts(facts, host, c, calibration=cal).predicted_peak_bytes / MIB for c in grid], color=col,
+                label=f"{m['name']}: predicted peak")
+        ax.plot(grid, [2 * facts.kv_bytes(c) / MIB for c in grid], color=col, linestyle="--", alpha=0.7,
+                label=f"{m['name']}: KV cache (2 buffers)")
+        runs = m.get("runs") or []
+        if runs:
+            ax.scatter([r["context"] for r in runs], [r["peak_rss_bytes"] / MIB for r in runs], color=col, marker="o",
+                       edgecolor="black", zorder=3, label=f"{m['name']}: measured peak RSS (host)")
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("MiB")
+    ax.set_title("Context length vs memory")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def chart_host_measured(models: list[dict], path: Path) -> bool:
+    plt = _plt()
+    with_runs = [m for m in models if m.get("runs")]
+    if not with_runs:
+        return False
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.2))
+    ctxs = sorted({r["context"] for m in with_runs for r in m["runs"]})
+    w = 0.8 / len(with_runs)
+    for i, m in enumerate(with_runs):
+        by = {r["context"]: r for r in m["runs"]}
+        xs = [j + (i - (len(with_runs) - 1) / 2) * w for j in range(len(ctxs))]
+        col = _COLORS[i % len(_COLORS)]
+        a1.bar(xs, [by[c]["decode_tok_s"] if c in by else 0 for c in ctxs], width=w, color=col, label=m["name"])
+        a2.bar(xs, [by[c]["ttft_s"] * 1000 if c in by else 0 for c in ctxs], width=w, color=col, label=m["name"])
+    for ax, title, unit in ((a1, "decode", "tokens/s"), (a2, "time to first token", "ms")):
+        ax.set_xticks(range(len(ctxs)))
+        ax.set_xticklabels([str(c) for c in ctxs])
+        ax.set_xlabel("context length")
+        ax.set_ylabel(unit)
+        ax.set_title(f"Measured on this host: {title}")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _md_to_html(md: str) -> str:
+    """The small Markdown subset report.md uses: #-headings, tables, images, paragraphs, lists."""
+    out, lines, i = [], md.splitlines(), 0
+    while i < len(lines):
+        ln = lines[i]
+        if ln.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                if not set(lines[i]) <= set("|-: "):
+                    rows.append([html.escape(c.strip()) for c in lines[i].strip("|").split("|")])
+                i += 1
+            out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in rows[0]) + "</tr>" +
+                       "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows[1:]) + "</table>")
+            continue
+        if ln.startswith("#"):
+            level = len(ln) - len(ln.lstrip("#"))
+            out.append(f"<h{level}>{html.escape(ln[level:].strip())}</h{level}>")
+        elif ln.startswith("![") and "](" in ln:
+            alt, src = ln[2:].split("](", 1)
+            out.append(f'<p><img src="{html.escape(src.rstrip(")"))}" alt="{html.escape(alt.rstrip("]"))}" style="max-width:100%"></p>')
+        elif ln.startswith("- "):
+            out.append(f"<ul><li>{html.escape(ln[2:])}</li></ul>")
+        elif ln.strip():
+            out.append(f"<p>{html.escape(ln)}</p>")
+        i += 1
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0;"
+             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>edgedelta report</title><style>{style}</style></head><body>\n" + \
+        "\n".join(out) + "\n</body></html>\n"
+
+
+def write_report(out_dir: str | Path, data: dict[str, Any], devices: list) -> Path:
+    """Write report.md, report.html, the PNGs and data.json into out_dir; returns report.md's path."""
+    from .host import host_device
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plans: list[Plan] = data["plans"]
+    ctx = max(data["contexts"])
+    models = data["models"]
+    chart_memory_per_device(plans, devices, ctx, out / "memory_per_device.png")
+    chart_context_memory(models, host_device(), out / "context_memory.png", data["contexts"])
+    has_runs = chart_host_measured(models, out / "host_measured.png")
+    runs = [r for m in models for r in m.get("runs") or []]
+    h = data["host"]
+    md = ["# edgedelta device report", "",
+          f"Models: {', '.join(m['name'] + (' (compressed)' if m['compressed'] else '') for m in models)}. "
+          f"Contexts: {', '.join(map(str, data['contexts']))}. Host: {h['display_name']}, {h['memory_gib']} GiB RAM, "
+          f"measured copy bandwidth {h['bandwidth_gbps']} GB/s.", "",
+          "## Fit and decode ceiling per device", "",
+          "Predicted peak = unique weight bytes + KV cache (every layer keeps its own K/V; two buffers) + activations of a "
+          "full-context prefill + runtime overhead calibrated on this host. Decode ceiling = device bandwidth / bytes read "
+          "per token: a weight shared by several layers is re-read by each of them, so sharing lowers memory, not this "
+          "ceiling. Verdict 'tight' = margin under 10% of the prediction.", "",
+          plans_table(plans, markdown=True), "",
+          f"![memory per device](memory_per_device.png)", "",
+          "## What the prediction is made of", "", plan_breakdown_table(plans, markdown=True), "",
+          "![context length vs memory](context_memory.png)", ""]
+    if has_runs:
+        md += ["## Measured on this host", "",
+               "Each context in a fresh process: prompt of (context - new tokens) random tokens, then greedy decode. "
+               "Peak RSS is the kernel's high-water mark per phase. 'error' = predicted / measured - 1 (the planner's "
+               "overhead is calibrated at the smallest context).", "", runs_table(runs, markdown=True), "",
+               "![measured on this host](host_measured.png)", ""]
+    md += ["## Devices", "", devices_table(devices, markdown=True), "",
+           "Bandwidth sources are cited in each device file (devices/profiles/*.json)."]
+    text = "\n".join(md) + "\n"
+    (out / "report.md").write_text(text)
+    (out / "report.html").write_text(_md_to_html(text))
+    serial = {**data, "plans": [p.to_dict() for p in plans]}
+    (out / "data.json").write_text(json.dumps(serial, indent=2, default=str) + "\n")
+    return out / "report.md"

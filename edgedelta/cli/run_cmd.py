@@ -1,0 +1,46 @@
+"""`edgedelta run ART --prompt TEXT`: generate with ONNX Runtime, streaming text to stdout as
+it is produced; time to first token and decode tokens/s go to stderr at the end."""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import ConfigError
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("run", help="generate text from an ONNX artifact (streams to stdout)", description=__doc__)
+    p.add_argument("artifact", help="artifact folder (model.onnx, config.json, tokenizer, manifest.json)")
+    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template as a user turn")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--provider", default="auto", help="auto|cpu|cuda (auto falls back to CPU)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: ONNX Runtime's choice)")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    return p
+
+
+def run(args) -> int:
+    from ..runtime import GenerationConfig, Session
+
+    if not args.prompt.strip():
+        raise ConfigError("the prompt is empty")
+    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
+                           top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=tuple(args.stop), chat=args.chat)
+    sess = Session.from_dir(args.artifact, provider=args.provider, threads=args.threads)
+    st = sess.stream(args.prompt, cfg)
+    for piece in st:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    r = st.result
+    n = len(r.token_ids)
+    sys.stderr.write(f"[{n} tokens ({r.finish_reason}), prompt {r.prompt_tokens} tokens, load {sess.load_seconds:.2f} s, "
+                     f"time to first token {r.ttft_s * 1000:.0f} ms, decode {r.decode_tokens_per_s:.1f} tok/s, "
+                     f"provider {sess.provider}]\n")
+    return 0
