@@ -175,6 +175,8 @@ class DecoderGraph:
                      K=q.k, N=q.n, bits=q.bits, block_size=q.block_size, accuracy_level=0)
         else:
             y = b.op("MatMul", [x, ref.weight])
+        if ref.base_scale is not None:
+            y = b.op("Mul", [y, ref.base_scale])
         if ref.delta_A is not None:
             d = b.op("MatMul", [b.op("MatMul", [x, ref.delta_A]), ref.delta_B])  # (..., r) -> (..., out)
             y = b.op("Add", [y, d])

@@ -20,7 +20,7 @@ BITS = {"int8": 8, "int4": 4}
 @dataclass
 class QuantizedWeight:
     packed: np.ndarray  # (N, n_blocks, block_size*bits/8) uint8
-    scales: np.ndarray  # (N * n_blocks,) float32
+    scales: np.ndarray  # (N * n_blocks,) float32, or float16 for fp16 activations
     zero_points: np.ndarray  # (N * ceil(n_blocks*bits/8),) uint8
     bits: int
     block_size: int
@@ -32,7 +32,7 @@ class QuantizedWeight:
         q = _unpack(self.packed, self.bits).astype(np.float32)  # (N, nb, bs)
         nb = q.shape[1]
         zp = _unpack_zp(self.zero_points, self.bits, self.n, nb).astype(np.float32)  # (N, nb)
-        w = (q - zp[..., None]) * self.scales.reshape(self.n, nb)[..., None]
+        w = (q - zp[..., None]) * self.scales.astype(np.float32).reshape(self.n, nb)[..., None]
         return w.reshape(self.n, -1)[:, : self.k]
 
 

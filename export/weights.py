@@ -33,7 +33,7 @@ from .quantize import BITS, QuantizedWeight, quantize_blockwise
 
 @dataclass
 class LinearRef:
-    """How one layer's projection is computed: y = gate·(x·W + (x·Aᵀ)·Bᵀ) + bias."""
+    """How one layer's projection is computed: y = gate·(α·x·W + (x·Aᵀ)·Bᵀ) + bias."""
 
     weight: str  # initializer name: float (in, out), or the packed MatMulNBits tensor
     in_features: int
@@ -43,6 +43,7 @@ class LinearRef:
     delta_B: str | None = None
     bias: str | None = None
     gate: str | None = None
+    base_scale: str | None = None  # per-layer scalar α on the shared base (DeltaLinear.base_scale)
 
 
 @dataclass
@@ -141,6 +142,7 @@ class WeightCollector:
             ref.weight, ref.quant = first.weight, first.quant
         elif self.cfg.quantize != "none":
             q = quantize_blockwise(_np(w, np.float32), BITS[self.cfg.quantize], self.cfg.block_size)
+            q.scales = q.scales.astype(self.dtype)  # MatMulNBits: scales in the activation dtype
             self._add(base, q.packed, kind, w.numel())
             self._add(base + ".scales", q.scales, kind, 0)
             self._add(base + ".zero_points", q.zero_points, kind, 0)
@@ -155,6 +157,8 @@ class WeightCollector:
             ref.delta_B = self._add(f"{prefix}.delta_B", _np(mod.delta_B.T, self.dtype), "delta", mod.delta_B.numel())  # (r, out)
         if shared and mod.gate is not None:
             ref.gate = self._add(f"{prefix}.gate", _np(mod.gate.reshape(()), self.dtype), "gate", 1)
+        if shared and getattr(mod, "base_scale", None) is not None:
+            ref.base_scale = self._add(f"{prefix}.base_scale", _np(mod.base_scale.reshape(()), self.dtype), "gate", 1)
         if getattr(mod, "bias", None) is not None:
             ref.bias = self._add(f"{prefix}.bias", _np(mod.bias, self.dtype), "bias", mod.bias.numel())
         return ref

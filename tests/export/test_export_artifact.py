@@ -83,8 +83,10 @@ def test_bad_inputs_give_clear_errors(tiny_dirs, tmp_path):
     (tmp_path / "taken").mkdir()
     with pytest.raises(OutputExistsError, match="--force"):
         export_onnx(tiny_dirs["plain"], ExportConfig(), tmp_path / "taken")
-    with pytest.raises(ConfigError, match="supported pairs"):
-        ExportConfig(dtype="fp16", quantize="int4")
+    with pytest.raises(ConfigError, match="allowed: none, int8, int4"):
+        ExportConfig(quantize="int3")
+    with pytest.raises(ConfigError, match="block_size"):
+        ExportConfig(quantize="int4", block_size=24)
     with pytest.raises(ConfigError, match="allowed: fp32, fp16"):
         ExportConfig(dtype="bf16")
     with pytest.raises(ConfigError, match="unknown export config field"):

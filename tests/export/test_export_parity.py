@@ -53,10 +53,10 @@ def test_fp16_export_within_dtype_tolerance(tmp_path):
     assert m["parameters"]["unique_bytes_at_dtype"] == 2 * m["parameters"]["total"]
 
 
-@pytest.mark.parametrize("quant,bits", [("int8", 8), ("int4", 4)])
-def test_quantized_shared_weight_quantized_once(quant, bits, tmp_path):
+@pytest.mark.parametrize("quant,bits,dtype", [("int8", 8, "fp32"), ("int4", 4, "fp32"), ("int4", 4, "fp16")])
+def test_quantized_shared_weight_quantized_once(quant, bits, dtype, tmp_path):
     src = tiny_compressed_dir(tmp_path / "src", "llama")
-    out = export_onnx(src, ExportConfig(quantize=quant, block_size=16), tmp_path / "art")
+    out = export_onnx(src, ExportConfig(dtype=dtype, quantize=quant, block_size=16), tmp_path / "art")
     rep = audit(out)
     assert rep["ok"]
     rows = {r["name"]: r for r in rep["initializers"]}
