@@ -20,7 +20,7 @@ _LAZY = {
     "merge_model": "edgedelta.delta.compress",
     "count_parameters": "edgedelta.delta.accounting",
     "DistillConfig": "edgedelta.distill.config",
-    "distill": "edgedelta.distill.train",
+    "distill": "edgedelta.distill.api",
     "evaluate": "edgedelta.evaluation.api",
 }
 
