@@ -170,3 +170,18 @@ def test_budget_planner_meets_target_and_prefers_insensitive_layers():
     # a target no plan can reach is a clear error
     with pytest.raises(ConfigError, match="cannot be reached"):
         compress(model, CompressConfig(target_params=0.05, rank_attn=2, rank_mlp=2), calib_ids=ids, progress=False)
+
+
+def test_base_scale_never_worse_than_plain_delta():
+    """α chosen by least squares is kept only when it lowers the output error."""
+    model = tiny_model("llama")
+    ids = tiny_ids(8, 32)
+    kw = dict(groups=[[1, 2]], rank_attn=4, rank_mlp=4, gates=False, base="mean", init="asvd")
+    plain = compress(model, CompressConfig(scale_base=False, **kw), calib_ids=ids, progress=False).report["init"]
+    scaled = compress(model, CompressConfig(scale_base=True, **kw), calib_ids=ids, progress=False)
+    for g, projs in scaled.report["init"].items():
+        for p, r in projs.items():
+            for e_s, e_p in zip(r["rel_error"], plain[g][p]["rel_error"]):
+                assert e_s <= e_p + 1e-4
+    alphas = [m.base_scale.item() for m in scaled.model.modules() if isinstance(m, DeltaLinear)]
+    assert alphas and any(abs(a - 1) > 1e-3 for a in alphas)

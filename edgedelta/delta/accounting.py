@@ -17,7 +17,7 @@ def unique_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 def count_parameters(model: nn.Module) -> dict:
     """{'total': unique params, 'by_component': {...}} with components:
-    embedding (incl. tied lm_head), lm_head (untied only), shared_base, delta, gate,
+    embedding (incl. tied lm_head), lm_head (untied only), shared_base, delta, gate (gates and base scales),
     attn, mlp (unshared projection weights/biases), norm, other."""
     shared_ids = {id(m.weight) for m in model.modules() if isinstance(m, DeltaLinear)}
     comp: dict[str, int] = {}
@@ -28,7 +28,7 @@ def count_parameters(model: nn.Module) -> dict:
             key = "shared_base"
         elif leaf in ("delta_A", "delta_B"):
             key = "delta"
-        elif leaf == "gate":
+        elif leaf in ("gate", "base_scale"):
             key = "gate"
         elif "embed" in name or name.startswith("lm_head"):
             key = "embedding" if "embed" in name else "lm_head"

@@ -41,16 +41,18 @@ def build_spec(cfg: CompressConfig, adapter: ModelAdapter, groups: list[list[int
         if ranks[p] > min(out_f, in_f):
             raise ConfigError(f"rank {ranks[p]} for projection '{p}' exceeds what a {out_f}x{in_f} matrix allows (max {min(out_f, in_f)})")
     gates = [p for p in projections if p in GATED_PROJECTIONS] if cfg.gates else []
-    return SharingSpec(groups=groups, projections=projections, ranks=ranks, gates=gates)
+    scaled = list(projections) if cfg.scale_base else []
+    return SharingSpec(groups=groups, projections=projections, ranks=ranks, gates=gates, scaled=scaled)
 
 
-def group_savings(model, adapter: ModelAdapter, group_len: int, projections, ranks: dict[str, int], gates) -> int:
+def group_savings(model, adapter: ModelAdapter, group_len: int, projections, ranks: dict[str, int], gates, scaled=()) -> int:
     """Unique parameters saved by sharing one group of `group_len` layers."""
     layer0 = adapter.decoder_layers(model)[0]
     saved = 0
     for p in projections:
         out_f, in_f = adapter.get_linear(layer0, p).weight.shape
         saved += (group_len - 1) * out_f * in_f - group_len * ranks[p] * (out_f + in_f) - (group_len if p in gates else 0)
+        saved -= group_len if p in scaled else 0
     return saved
 
 
@@ -76,7 +78,8 @@ def fill_group(student, original_weight, adapter: ModelAdapter, spec: SharingSpe
         ws = [original_weight(li, proj) for li in group]
         cs = [covs[(li, proj)] for li in group] if covs is not None else None
         iters = cfg.base_iters if base_iters is None else base_iters
-        res = init_group(ws, cs, spec.ranks[proj], cfg.base, cfg.init, proj in spec.gates, iters, cfg.damping, whiten)
+        res = init_group(ws, cs, spec.ranks[proj], cfg.base, cfg.init, proj in spec.gates, iters, cfg.damping, whiten,
+                         scale_base=proj in spec.scaled)
         dls = [adapter.get_linear(dst_layers[li], proj) for li in group]
         dls[0].weight.copy_(res.base.to(dls[0].weight.dtype))  # the one shared Parameter
         for k, dl in enumerate(dls):
@@ -85,7 +88,13 @@ def fill_group(student, original_weight, adapter: ModelAdapter, spec: SharingSpe
             dl.delta_A.copy_(a.to(dl.delta_A.dtype))
             if dl.gate is not None:
                 dl.gate.fill_(res.gates[k])
-        out[proj] = {"rel_error": [round(e, 4) for e in res.rel_errors], **({"gate": [round(g, 4) for g in res.gates]} if res.gates else {})}
+            if dl.base_scale is not None:
+                dl.base_scale.fill_(res.alphas[k])
+        out[proj] = {"rel_error": [round(e, 4) for e in res.rel_errors]}
+        if res.gates:
+            out[proj]["gate"] = [round(g, 4) for g in res.gates]
+        if res.alphas:
+            out[proj]["base_scale"] = [round(a, 4) for a in res.alphas]
     return out
 
 
@@ -123,7 +132,7 @@ def compress(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch.Tensor
             student, lambda li, p: adapter.get_linear(src_layers[li], p).weight, adapter, spec, gi, cfg, covs, whiten)
     counts = count_parameters(student)
     plan.update({
-        "groups": spec.groups, "projections": spec.projections, "ranks": spec.ranks, "gates": spec.gates,
+        "groups": spec.groups, "projections": spec.projections, "ranks": spec.ranks, "gates": spec.gates, "scaled": spec.scaled,
         "original_params": original, "compressed_params": counts["total"], "ratio": counts["total"] / original,
     })
     return CompressResult(student, spec, plan, {"init": init_report, "parameters": counts})

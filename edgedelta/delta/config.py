@@ -35,6 +35,7 @@ class CompressConfig:
     base: str = field(default="alternating", metadata={"help": f"shared base: one of {BASES}"})
     init: str = field(default="asvd", metadata={"help": f"delta init: one of {INITS} (asvd = whitened by calibration input covariance)"})
     gates: bool = field(default=True, metadata={"help": "per-layer output gates on shared o/down projections, least-squares initialised"})
+    scale_base: bool = field(default=True, metadata={"help": "per-layer least-squares scale α on the shared base (W_l ≈ α_l·W_shared + B_l·A_l)"})
     base_iters: int = field(default=3, metadata={"help": "alternating-base refinement iterations"})
     damping: float = field(default=0.01, metadata={"help": "covariance damping, fraction of the mean diagonal"})
     calib_samples: int = field(default=32, metadata={"help": "calibration sequences for asvd/gates/sensitivity"})

@@ -12,16 +12,20 @@ from torch import nn
 
 
 class DeltaLinear(nn.Module):
-    """y = gate · (x·Wᵀ + (x·Aᵀ)·Bᵀ) + bias
+    """y = gate · (α·x·Wᵀ + (x·Aᵀ)·Bᵀ) + bias
 
     weight: (out, in)  shared Parameter (same object across the group)
     delta_A: (r, in), delta_B: (out, r)  this layer's low-rank delta (r may be 0)
     bias: (out,) or None  this layer's own bias (never shared)
     gate: scalar or None  ReZero-style output gate; lets a poorly approximated layer start
           near "skipped" and grow in during recovery (exported as one Mul).
+    base_scale: scalar α or None  this layer's scale on the shared base. Adjacent layers are
+          nearly uncorrelated, so W_l − W_shared can be larger than W_l itself; a least-squares
+          α lets a layer use as much of the base as actually helps (α = 1 is plain DeltaLLM).
     """
 
-    def __init__(self, weight: nn.Parameter, rank: int, bias: torch.Tensor | None = None, gate: bool = False):
+    def __init__(self, weight: nn.Parameter, rank: int, bias: torch.Tensor | None = None, gate: bool = False,
+                 base_scale: bool = False):
         super().__init__()
         out_features, in_features = weight.shape
         if not 0 <= rank <= min(out_features, in_features):
@@ -33,11 +37,13 @@ class DeltaLinear(nn.Module):
         self.delta_B = nn.Parameter(torch.zeros(out_features, rank, **kw))
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
         self.gate = nn.Parameter(torch.ones((), **kw)) if gate else None
-        self.merged = False
+        self.base_scale = nn.Parameter(torch.ones((), **kw)) if base_scale else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in)
         y = F.linear(x, self.weight)  # (..., out)
-        if self.rank and not self.merged:
+        if self.base_scale is not None:
+            y = y * self.base_scale
+        if self.rank:
             y = y + F.linear(F.linear(x, self.delta_A), self.delta_B)  # (..., r) -> (..., out)
         if self.gate is not None:
             y = y * self.gate
@@ -51,7 +57,8 @@ class DeltaLinear(nn.Module):
 
     def effective_weight(self) -> torch.Tensor:
         """The full (out, in) weight this layer applies (gate folded in)."""
-        w = self.weight + (self.get_delta_weight() if self.rank else 0)
+        w = self.weight * self.base_scale if self.base_scale is not None else self.weight
+        w = w + (self.get_delta_weight() if self.rank else 0)
         return w * self.gate if self.gate is not None else w
 
     def to_linear(self) -> nn.Linear:
@@ -67,4 +74,5 @@ class DeltaLinear(nn.Module):
         return lin
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, gate={self.gate is not None}"
+        return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, gate={self.gate is not None}, "
+                f"base_scale={self.base_scale is not None}")

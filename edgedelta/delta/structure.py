@@ -24,6 +24,7 @@ class SharingSpec:
     projections: list[str]
     ranks: dict[str, int]  # projection -> delta rank
     gates: list[str] = field(default_factory=list)  # projections carrying an output gate
+    scaled: list[str] = field(default_factory=list)  # projections carrying a per-layer base scale α
     version: int = SPEC_VERSION
 
     def to_dict(self) -> dict:
@@ -65,7 +66,7 @@ def apply_sharing(model: nn.Module, spec: SharingSpec, adapter: ModelAdapter | N
                 lin = adapter.get_linear(layers[li], proj)
                 if lin.weight.shape != w.shape:
                     raise ConfigError(f"layer {li} '{proj}' has shape {tuple(lin.weight.shape)}, group base has {tuple(w.shape)}")
-                dl = DeltaLinear(w, rank, bias=lin.bias, gate=proj in spec.gates)
+                dl = DeltaLinear(w, rank, bias=lin.bias, gate=proj in spec.gates, base_scale=proj in spec.scaled)
                 adapter.set_linear(layers[li], proj, dl)
     return shared
 
