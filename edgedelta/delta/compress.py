@@ -98,8 +98,11 @@ def fill_group(student, original_weight, adapter: ModelAdapter, spec: SharingSpe
     return out
 
 
-def compress(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch.Tensor | None = None, progress: bool = True) -> CompressResult:
-    """Return a compressed copy of `model` (which is left untouched) and the plan chosen."""
+def compress(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch.Tensor | None = None, progress: bool = True,
+             covs: dict | None = None) -> CompressResult:
+    """Return a compressed copy of `model` (which is left untouched) and the plan chosen.
+    `covs` may pass precomputed input covariances (calibration.input_covariances over every
+    layer) so several configs can be compared on one calibration pass."""
     adapter = adapter_for(model.config)
     num_layers = len(adapter.decoder_layers(model))
     projections = cfg.shared_projections(adapter)
@@ -110,7 +113,8 @@ def compress(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch.Tensor
     if cfg.target_params is not None:
         from .plan import plan_budget
 
-        covs = input_covariances(model, adapter, range(num_layers), projections, calib, progress=progress) if needs_data else None
+        if covs is None and needs_data:
+            covs = input_covariances(model, adapter, range(num_layers), projections, calib, progress=progress)
         whiten = WhiteningCache(cfg.damping)
         groups, ranks, plan = plan_budget(model, cfg, adapter, covs, calib, progress=progress, whiten=whiten)
         spec = build_spec(cfg, adapter, groups, model, ranks)
@@ -118,7 +122,8 @@ def compress(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch.Tensor
         groups = cfg.resolve_groups(num_layers)
         spec = build_spec(cfg, adapter, groups, model)
         layers_used = sorted({li for g in groups for li in g})
-        covs = input_covariances(model, adapter, layers_used, projections, calib, progress=progress) if needs_data else None
+        if covs is None and needs_data:
+            covs = input_covariances(model, adapter, layers_used, projections, calib, progress=progress)
         plan = {"mode": "explicit", "groups": groups}
         whiten = WhiteningCache(cfg.damping)
 
