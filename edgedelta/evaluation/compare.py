@@ -100,8 +100,11 @@ def _heal(method: str, student, teacher, tok, rows, lora_params: int, progress: 
     return out
 
 
-def compare(model, tokenizer, config: CompareConfig, source: dict | None = None, progress: bool = True) -> dict:
-    """Build, (heal,) evaluate every method; returns the results dict (see write_results)."""
+def compare(model, tokenizer, config: CompareConfig, source: dict | None = None, progress: bool = True,
+            original_eval: dict | None = None, on_row=None) -> dict:
+    """Build, (heal,) evaluate every method; returns the results dict (see write_results).
+    `original_eval` reuses an evaluation of the original (same EvalConfig); `on_row(row)` is
+    called after each evaluated row (benchmarks save partial results with it)."""
     from ..data.text import calibration_batches
     from ..delta.accounting import count_parameters
 
@@ -111,34 +114,40 @@ def compare(model, tokenizer, config: CompareConfig, source: dict | None = None,
     heal_rows = None
     if config.heal_tokens:
         heal_rows = calibration_batches(tokenizer, config.heal_tokens // config.heal_seq_len, config.heal_seq_len, seed=config.seed + 1)
-    _log(f"evaluating the original ({original / 1e6:.1f}M unique parameters)")
-    rows = [{"method": "original", "stage": "original", "params": original, "params_fraction": 1.0,
-             "eval": evaluate(model, tokenizer, config.eval, progress=progress)}]
+    if original_eval is None:
+        _log(f"evaluating the original ({original / 1e6:.1f}M unique parameters)")
+        original_eval = evaluate(model, tokenizer, config.eval, progress=progress)
+    rows = [{"method": "original", "stage": "original", "params": original, "params_fraction": 1.0, "eval": original_eval}]
+    notify = on_row or (lambda row: None)
     target: float | int = config.target_params
     lora_params = 0
     methods = sorted(config.methods, key=lambda m: m != "deltallm")  # deltallm first: it sets the budget
     for method in methods:
         _log(f"building {method} at {target if isinstance(target, int) else f'{100 * target:.0f}%'}")
+        t_build = time.time()
         try:
             student, report = _build(method, model, tokenizer, target, calib, progress, config.compress)
         except EdgeDeltaError as e:
             _log(f"{method} failed: {e}")
             rows.append({"method": method, "stage": "built", "error": str(e)})
+            notify(rows[-1])
             continue
         params = count_parameters(student)["total"]
         report["params"] = params
+        report["build_seconds"] = round(time.time() - t_build, 1)
         if method == "deltallm":
             target, lora_params = params, _trainable_delta_params(student)
-        stages = [("built", None)]
         rows.append({"method": method, "stage": "built", "params": params, "params_fraction": params / original,
                      "report": report, "eval": evaluate(student, tokenizer, config.eval, progress=progress)})
+        notify(rows[-1])
         if heal_rows is not None:
             _log(f"healing {method} on {heal_rows.numel()} tokens")
             h = _heal(method, student, model, tokenizer, heal_rows, lora_params, progress)
             params = count_parameters(student)["total"]
             rows.append({"method": method, "stage": "healed", "params": params, "params_fraction": params / original,
                          "report": report, "heal": h, "eval": evaluate(student, tokenizer, config.eval, progress=progress)})
-        del student, stages
+            notify(rows[-1])
+        del student
         gc.collect()
     return {"config": {**asdict(config), "eval": asdict(config.eval)}, "source": source or {}, "original_params": original,
             "budget_params": target if isinstance(target, int) else round(original * target), "rows": rows,

@@ -1,0 +1,126 @@
+"""Quality benchmark: DeltaLLM vs ShortGPT, LaCo and JointDrop on the default model
+(SmolLM2-135M-Instruct) at 12% and 25% fewer unique parameters, every zero-shot task plus
+held-out perplexity, without and (with --heal-tokens) with equal-token healing.
+
+Everything is evaluated on the same items (--limit per task, fixed seed) and the same
+held-out text (python-docs, sotu-recent); calibration and healing text is sotu-train.
+The original is evaluated once. Results are rewritten after every evaluated model to
+bench/results/quality.json, so an interrupted run still reports what it measured;
+quality.md and quality.png (retention = % of the original's average) are regenerated from it
+(--report-only does just that).
+
+  python bench/quality.py                                  # CPU-sized defaults
+  python bench/quality.py --limit 500 --heal-tokens 200000 # closer to the paper (GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edgedelta.evaluation.api import EvalConfig, evaluate  # noqa: E402
+from edgedelta.evaluation.compare import METHODS, CompareConfig, _texts_note, compare  # noqa: E402
+from edgedelta.evaluation.report import markdown_compare, retention, retention_chart  # noqa: E402
+from edgedelta.fsutil import write_json_atomic  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="default")
+    p.add_argument("--budgets", default="0.88,0.75", help="fractions of unique parameters kept")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--tasks", default="ppl,arc_easy,arc_challenge,hellaswag,piqa,winogrande,boolq,lambada")
+    p.add_argument("--limit", type=int, default=60, help="items per task")
+    p.add_argument("--ppl-tokens", type=int, default=4096)
+    p.add_argument("--heal-tokens", type=int, default=0, help="equal healing tokens per method (0 = none)")
+    p.add_argument("--calib-samples", type=int, default=8)
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--report-only", action="store_true")
+    return p.parse_args(argv)
+
+
+def write_report(res: dict, out: Path) -> None:
+    md = ["# Quality: DeltaLLM vs pruning baselines at equal unique parameters", "",
+          f"Model: {res['model']}. {res['eval_text']}", "",
+          f"Machine: {res['machine']}. Wall time so far: {res['seconds'] / 60:.1f} min.", ""]
+    groups: dict[str, dict[str, float]] = {}
+    orig = res.get("original")
+    for b in res["budgets"]:
+        rows = b["rows"]
+        for stage in ("built", "healed"):
+            sel = [r for r in rows if r["stage"] == stage and "eval" in r]
+            if not sel or orig is None:
+                continue
+            label = f"{100 * (1 - b['target']):.0f}% fewer · {'healed' if stage == 'healed' else 'no healing'}"
+            md += [f"## {label}", "", markdown_compare([orig] + sel), ""]
+            for r in sel:
+                ret = retention(r["eval"], orig["eval"])
+                if ret is not None:
+                    groups.setdefault(label, {})[r["method"]] = 100 * ret
+            budget = [f"- {r['method']}: {r['params'] / 1e6:.3f}M ({100 * r['params_fraction']:.2f}%), "
+                      f"build {r['report'].get('build_seconds', '?')} s" for r in sel if "report" in r]
+            md += ["Unique parameters reached:", ""] + budget + [""]
+        for r in rows:
+            if "error" in r:
+                md.append(f"- {r['method']} at {b['target']}: not built: {r['error']}")
+    (out / "quality.md").write_text("\n".join(md) + "\n")
+    if groups:
+        retention_chart(groups, out / "quality.png", f"{res['model']}: retention of the original's average zero-shot score")
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jpath = out / "quality.json"
+    if a.report_only:
+        write_report(json.loads(jpath.read_text()), out)
+        return 0
+    import torch
+
+    from edgedelta.models.loading import load_model
+
+    t0 = time.time()
+    lm = load_model(a.model)
+    ev = EvalConfig(tasks=a.tasks, limit=a.limit, ppl_tokens=a.ppl_tokens)
+    res = {"model": lm.source.get("name", a.model), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+           "args": vars(a), "budgets": [], "original": None, "seconds": 0.0, "eval_text": ""}
+
+    def save():
+        res["seconds"] = round(time.time() - t0, 1)
+        write_json_atomic(jpath, res)
+        write_report(res, out)
+
+    print("evaluating the original", file=sys.stderr, flush=True)
+    orig_eval = evaluate(lm.model, lm.tokenizer, ev)
+    from edgedelta.delta.accounting import count_parameters
+
+    res["original"] = {"method": "original", "stage": "original", "params": count_parameters(lm.model)["total"],
+                       "params_fraction": 1.0, "eval": orig_eval}
+    for budget in [float(x) for x in a.budgets.split(",")]:
+        cfg = CompareConfig(target_params=budget, methods=a.methods.split(","), heal_tokens=a.heal_tokens,
+                            calib_samples=a.calib_samples, eval=ev)
+        entry = {"target": budget, "rows": []}
+        res["budgets"].append(entry)
+        res["eval_text"] = _texts_note(cfg)
+
+        def on_row(row, entry=entry):
+            entry["rows"].append(row)
+            save()
+
+        r = compare(lm.model, lm.tokenizer, cfg, source=lm.source, progress=False, original_eval=orig_eval, on_row=on_row)
+        entry["budget_params"] = r["budget_params"]
+        save()
+    save()
+    print((out / "quality.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
