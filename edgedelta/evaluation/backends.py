@@ -21,16 +21,13 @@ def is_onnx_artifact(spec: str) -> bool:
 
 def runtime_logits_fn(session):
     """logits_fn(ids (B, T), attention_mask (B, T)) -> logits (B, T, V) over a runtime Session:
-    one prefill with an empty KV cache sized T. Session.forward returns the last position's
-    logits; the full (B, T, V) block is in the session's reused logits buffer (copied out)."""
+    one prefill with an empty KV cache sized T, `forward(..., all_logits=True)`."""
 
     def fn(ids: np.ndarray, am: np.ndarray) -> np.ndarray:
         b, t = ids.shape
         cache = session.new_cache(b, t)
         pos = np.clip(np.cumsum(am, axis=1) - 1, 0, None).astype(np.int64)  # right padding: 0..len-1
-        session.forward(ids, am, pos, cache)
-        v = session.artifact.vocab_size
-        full = session._logits_buf[: b * t * v].reshape(b, t, v).copy()
+        full = np.array(session.forward(ids, am, pos, cache, all_logits=True), copy=True)  # the buffer is reused
         session.release_prefill_buffer()
         return full
 
