@@ -107,9 +107,10 @@ class GpuMemory:
 
 
 def measure(artifact: str | os.PathLike, context: int, new_tokens: int = 16, provider: str = "cpu",
-            threads: int | None = None, seed: int = 0) -> dict[str, Any]:
+            threads: int | None = None, seed: int = 0, **session_kw) -> dict[str, Any]:
     """Load the artifact, prefill `context - new_tokens` random tokens, decode `new_tokens`
-    (EOS ignored) so `context` positions are cached at the end. Returns one run's numbers."""
+    (EOS ignored) so `context` positions are cached at the end. Returns one run's numbers.
+    `session_kw` go to Session.from_dir (arena=, prepack=, spin=)."""
     from .generate import generate_ids
     from .session import Session
 
@@ -120,7 +121,7 @@ def measure(artifact: str | os.PathLike, context: int, new_tokens: int = 16, pro
     gpu_start = gpu.used()
     rss.reset()
     t = time.perf_counter()
-    s = Session.from_dir(artifact, provider=provider, threads=threads)
+    s = Session.from_dir(artifact, provider=provider, threads=threads, **session_kw)
     load_s = time.perf_counter() - t
     load_peak, gpu_load = rss.peak(), gpu.peak()
     max_pos = s.artifact.max_positions
@@ -133,7 +134,7 @@ def measure(artifact: str | os.PathLike, context: int, new_tokens: int = 16, pro
     gen_peak = rss.peak()
     return {
         "context": context, "prompt_tokens": context - new_tokens, "new_tokens": len(r.token_ids), "provider": s.provider,
-        "threads": threads, "load_s": load_s, "ttft_s": r.ttft_s, "prefill_tok_s": (context - new_tokens) / r.ttft_s,
+        "threads": threads, "session": session_kw, "load_s": load_s, "ttft_s": r.ttft_s, "prefill_tok_s": (context - new_tokens) / r.ttft_s,
         "decode_s": r.decode_s, "decode_tok_s": r.decode_tokens_per_s,
         "rss_start_bytes": rss_start,
         "peak_rss_load_bytes": load_peak, "peak_rss_generate_bytes": gen_peak, "peak_rss_bytes": max(load_peak, gen_peak),
@@ -143,9 +144,10 @@ def measure(artifact: str | os.PathLike, context: int, new_tokens: int = 16, pro
 
 
 def measure_isolated(artifact, context: int, new_tokens: int = 16, provider: str = "cpu", threads: int | None = None,
-                     timeout: float = 1800) -> dict[str, Any]:
+                     timeout: float = 1800, **session_kw) -> dict[str, Any]:
     """`measure` in a fresh Python process (clean peak RSS); errors come back as EdgeDeltaError."""
-    args = {"artifact": str(artifact), "context": context, "new_tokens": new_tokens, "provider": provider, "threads": threads}
+    args = {"artifact": str(artifact), "context": context, "new_tokens": new_tokens, "provider": provider, "threads": threads,
+            "session": session_kw}
     proc = subprocess.run([sys.executable, "-m", "edgedelta.runtime.profiler", json.dumps(args)],
                           capture_output=True, text=True, timeout=timeout)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
@@ -156,12 +158,12 @@ def measure_isolated(artifact, context: int, new_tokens: int = 16, provider: str
 
 
 def sweep(artifact, contexts: list[int], new_tokens: int = 16, provider: str = "cpu", threads: int | None = None,
-          isolate: bool = True) -> list[dict[str, Any]]:
+          isolate: bool = True, **session_kw) -> list[dict[str, Any]]:
     """One run per context length (each in its own process when `isolate`)."""
     runs = []
     for c in contexts:
-        runs.append(measure_isolated(artifact, c, new_tokens, provider, threads) if isolate
-                    else measure(artifact, c, new_tokens, provider, threads))
+        runs.append(measure_isolated(artifact, c, new_tokens, provider, threads, **session_kw) if isolate
+                    else measure(artifact, c, new_tokens, provider, threads, **session_kw))
     return runs
 
 
@@ -185,7 +187,8 @@ def parse_contexts(text: str) -> list[int]:
 def _worker(argv: list[str]) -> int:
     args = json.loads(argv[0])
     try:
-        result = measure(args["artifact"], args["context"], args["new_tokens"], args["provider"], args["threads"])
+        result = measure(args["artifact"], args["context"], args["new_tokens"], args["provider"], args["threads"],
+                         **args.get("session", {}))
     except EdgeDeltaError as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 2

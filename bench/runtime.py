@@ -1,0 +1,251 @@
+"""Runtime benchmark (issue 6 targets), default model SmolLM2-135M-Instruct, one run:
+
+  decode      tokens/s of edgedelta's runtime vs optimum's ORTModelForCausalLM (same artifact)
+              vs PyTorch eager generate, engines interleaved round by round (the host is shared,
+              so only same-round ratios are meaningful); compressed / original decode ratio;
+              with ORT weight prepacking as the artifact asks (off) and re-enabled.
+  bandwidth   achieved weight bandwidth (weight bytes read per token x tokens/s) as a fraction
+              of this machine's copy bandwidth (large numpy copy).
+  memory      the planner's predicted peak RSS vs the measured one across context lengths
+              (each length in a fresh process; overhead calibrated at the smallest), and the
+              CPU arena on vs off (the runtime's default is off).
+Writes bench/results/runtime.json, runtime.md and runtime_report/ (the device report).
+
+  python bench/runtime.py                       # ~15-25 min on 2 shared cores
+  python bench/runtime.py --rounds 5 --new-tokens 128 --contexts 256,1024,4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from runtime_artifacts import ensure_artifacts  # noqa: E402
+
+from edgedelta.fsutil import write_json_atomic  # noqa: E402
+
+PROMPT = ("The maintenance log for pump P-301 on line three reports rising bearing temperature and a faint "
+          "vibration at full load. Summarise what the technician should check first:")
+RESULTS = Path(__file__).parent / "results"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class OursEngine:
+    def __init__(self, art, **kw):
+        from edgedelta.runtime import Session
+
+        self.s = Session.from_dir(art, provider="cpu", **kw)
+        self.ids = self.s.tokenizer(PROMPT)["input_ids"]
+
+    def run(self, n: int) -> tuple[float, float, list[int]]:
+        from edgedelta.runtime import generate_ids
+
+        r = generate_ids(self.s, [self.ids], max_new_tokens=n + 1, eos=False)[0]
+        return r.ttft_s, r.decode_tokens_per_s, r.token_ids
+
+
+class HFEngine:
+    """optimum ORTModelForCausalLM or transformers eager: decode tok/s = n / (t(n+1 tokens) - t(1 token))."""
+
+    def __init__(self, model, ids):
+        self.m, self.ids = model, ids
+
+    def _gen(self, k: int):
+        import torch
+
+        with torch.no_grad():
+            t = time.perf_counter()
+            out = self.m.generate(input_ids=self.ids, attention_mask=torch.ones_like(self.ids), max_new_tokens=k,
+                                  min_new_tokens=k, do_sample=False, pad_token_id=0)
+            return time.perf_counter() - t, out[0, self.ids.shape[1]:].tolist()
+
+    def run(self, n: int):
+        t1, _ = self._gen(1)
+        tn, toks = self._gen(n + 1)
+        return t1, n / max(tn - t1, 1e-9), toks
+
+
+def speed(orig: Path, comp: Path | None, n: int, rounds: int, skip_torch: bool, skip_optimum: bool) -> dict:
+    import torch
+
+    engines: dict[str, object] = {}
+    engines["ours"] = OursEngine(orig)
+    engines["ours_prepack"] = OursEngine(orig, prepack=True)
+    if comp:
+        engines["ours_compressed"] = OursEngine(comp)
+        engines["ours_compressed_prepack"] = OursEngine(comp, prepack=True)
+    ids = torch.tensor([engines["ours"].ids])
+    if not skip_optimum:
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        engines["optimum"] = HFEngine(ORTModelForCausalLM.from_pretrained(str(orig), use_cache=True, use_io_binding=False,
+                                                                          provider="CPUExecutionProvider"), ids)
+    if not skip_torch:
+        from edgedelta.models.loading import load_model
+
+        engines["torch_eager"] = HFEngine(load_model("default").model.eval(), ids)
+    per: dict[str, list] = {k: [] for k in engines}
+    tokens: dict[str, list[int]] = {}
+    for rnd in range(rounds):
+        for name, e in engines.items():
+            ttft, tps, toks = e.run(n)
+            per[name].append({"ttft_s": ttft, "decode_tok_s": tps})
+            tokens[name] = toks
+            log(f"round {rnd + 1}/{rounds} {name}: TTFT {ttft * 1000:.0f} ms, decode {tps:.2f} tok/s")
+    med = {k: statistics.median(x["decode_tok_s"] for x in v) for k, v in per.items()}
+    best = {k: max(x["decode_tok_s"] for x in v) for k, v in per.items()}
+
+    def ratio(a, b):
+        if a not in per or b not in per:
+            return None
+        rs = [x["decode_tok_s"] / y["decode_tok_s"] for x, y in zip(per[a], per[b])]
+        return {"median_of_round_ratios": statistics.median(rs), "per_round": rs}
+
+    ref = tokens.get("ours")
+    agree = {k: next((i for i, (a, b) in enumerate(zip(ref, v)) if a != b), min(len(ref), len(v)))
+             for k, v in tokens.items() if k in ("optimum", "torch_eager", "ours_prepack")}
+    return {"new_tokens": n, "rounds": rounds, "prompt_tokens": len(engines["ours"].ids), "per_round": per,
+            "median_decode_tok_s": med, "best_decode_tok_s": best,
+            "ratios": {"ours/optimum": ratio("ours", "optimum"), "ours_prepack/optimum": ratio("ours_prepack", "optimum"),
+                       "ours/torch_eager": ratio("ours", "torch_eager"), "ours_prepack/torch_eager": ratio("ours_prepack", "torch_eager"),
+                       "compressed/original": ratio("ours_compressed", "ours"),
+                       "compressed/original (prepack)": ratio("ours_compressed_prepack", "ours_prepack")},
+            "greedy_tokens_identical_prefix": agree}
+
+
+def memory(arts: list[Path], contexts: list[int], new_tokens: int) -> dict:
+    from edgedelta.devices import all_devices
+    from edgedelta.devices.assess import assess
+    from edgedelta.runtime.profiler import measure_isolated
+
+    devs = list(all_devices().values())
+    data = assess(arts, contexts, devs, new_tokens=new_tokens, provider="cpu", log=log)
+    mid = sorted(contexts)[len(contexts) // 2]
+    settings = {}
+    for label, kw in (("default (arena off, prepack per manifest)", {}), ("arena on", {"arena": True}),
+                      ("prepack on", {"prepack": True})):
+        for a in arts:
+            r = measure_isolated(a, mid, new_tokens, "cpu", None, **kw)
+            settings.setdefault(label, {})[a.name] = {k: r[k] for k in ("context", "peak_rss_bytes", "peak_rss_load_bytes",
+                                                                           "decode_tok_s", "ttft_s", "load_s")}
+            log(f"{label} {a.name} @ {mid}: peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB, decode {r['decode_tok_s']:.2f} tok/s")
+    return {"assess": data, "session_settings": settings, "settings_context": mid, "devices": devs}
+
+
+def write_md(res: dict, path: Path) -> None:
+    from edgedelta.devices.tables import fmt_bytes, table
+
+    sp, bw, mem = res.get("speed"), res["host"]["bandwidth_gbps"], res.get("memory")
+    L = ["# Runtime benchmark", "",
+         f"{res['date']}; host {res['host']['cpus']} CPUs ({res['host']['platform']}), shared with other jobs during the run "
+         f"(load average at start {res['host']['loadavg_start']}); copy bandwidth {bw:.1f} GB/s. Default model "
+         "SmolLM2-135M-Instruct fp32; compressed = 6 pairs of layers sharing a base + rank-40 deltas (no recovery "
+         "training: speed and memory do not depend on it). Prompt: a fixed 30-token maintenance text; greedy; EOS ignored.", ""]
+    if sp:
+        L += ["## Decode speed (engines interleaved per round; medians)", "",
+              table(["engine", "median decode tok/s", "best", "median TTFT ms"],
+                    [[k, f"{v:.2f}", f"{sp['best_decode_tok_s'][k]:.2f}",
+                      f"{statistics.median(x['ttft_s'] for x in sp['per_round'][k]) * 1000:.0f}"]
+                     for k, v in sp["median_decode_tok_s"].items()], markdown=True), "",
+              "| ratio (median of same-round ratios) | value | target | met |", "|---|---|---|---|"]
+        targets = {"ours/optimum": 1.0, "ours_prepack/optimum": 1.0, "ours/torch_eager": 2.0, "ours_prepack/torch_eager": 2.0,
+                   "compressed/original": 0.95, "compressed/original (prepack)": 0.95}
+        for k, t in targets.items():
+            r = sp["ratios"].get(k)
+            if r:
+                v = r["median_of_round_ratios"]
+                L.append(f"| {k} | {v:.2f} | ≥ {t} | {'yes' if v >= t else 'NO'} |")
+        L += ["", f"Greedy tokens identical to ours for the first N positions: {sp['greedy_tokens_identical_prefix']} "
+              f"(of {sp['new_tokens'] + 1}).", ""]
+        if res.get("bandwidth"):
+            L += ["## Achieved weight bandwidth during decode", "",
+                  table(["engine", "weight bytes read / token", "tok/s", "GB/s", "fraction of copy bandwidth"],
+                        [[k, fmt_bytes(v["bytes_per_token"]), f"{v['tok_s']:.2f}", f"{v['gbps']:.2f}", f"{v['fraction']:.1%}"]
+                         for k, v in res["bandwidth"].items()], markdown=True), ""]
+    if mem:
+        runs = [r for m in mem["assess"]["models"] for r in m["runs"]]
+        L += ["## Planner: predicted vs measured peak RSS (overhead calibrated at the smallest context)", "",
+              table(["model", "context", "measured peak RSS", "predicted", "error", "KV (1 copy)", "TTFT ms", "decode tok/s"],
+                    [[r["model"], r["context"], fmt_bytes(r["peak_rss_bytes"]), fmt_bytes(r["predicted_peak_bytes"]),
+                      f"{r['prediction_error']:+.1%}", fmt_bytes(r["kv_bytes"]), f"{r['ttft_s'] * 1000:.0f}",
+                      f"{r['decode_tok_s']:.2f}"] for r in runs], markdown=True), "",
+              f"Worst |error|: {max(abs(r['prediction_error']) for r in runs):.1%} (target ≤ 10%).", "",
+              f"## Session settings at context {mem['settings_context']} (fresh process each)", "",
+              table(["setting", "model", "peak RSS", "RSS after load", "decode tok/s"],
+                    [[s, m, fmt_bytes(v["peak_rss_bytes"]), fmt_bytes(v["peak_rss_load_bytes"]), f"{v['decode_tok_s']:.2f}"]
+                     for s, d in mem["session_settings"].items() for m, v in d.items()], markdown=True), "",
+              "Device report (plans for every device, charts): [runtime_report/report.md](runtime_report/report.md)", ""]
+    if res.get("notes"):
+        L += ["## Notes", ""] + [f"- {n}" for n in res["notes"]] + [""]
+    path.write_text("\n".join(L))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default=str(Path(__file__).parent / "_work"))
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--contexts", default="256,512,1024,2048")
+    ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--skip-optimum", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS))
+    a = ap.parse_args()
+    from edgedelta.devices.host import measure_bandwidth
+    from edgedelta.runtime.artifact import Artifact
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    orig, comp, notes = ensure_artifacts(Path(a.work), log=log)
+    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "notes": [],
+                 "host": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_start": os.getloadavg()[0]},
+                 "artifacts": {"original": str(orig), "compressed": str(comp) if comp else None, **notes}}
+    if comp is None:
+        res["notes"].append(f"compressed artifact not built: {notes.get('compressed')}")
+    bw = measure_bandwidth()
+    res["host"]["bandwidth_gbps"] = bw
+    log(f"copy bandwidth {bw:.1f} GB/s")
+    arts = {"original": Artifact.open(orig)} | ({"compressed": Artifact.open(comp)} if comp else {})
+    res["accounting"] = {k: {"unique_weight_bytes": v.unique_weight_bytes, "weight_bytes_read_per_token": v.weight_bytes_read_per_token,
+                             "kv_bytes_per_token": v.kv.bytes(1)} for k, v in arts.items()}
+    if not a.skip_speed:
+        res["speed"] = sp = speed(orig, comp, a.new_tokens, a.rounds, a.skip_torch, a.skip_optimum)
+        ctx = sp["prompt_tokens"] + a.new_tokens // 2  # mean cached positions during decode
+        res["bandwidth"] = {}
+        for eng, key in (("ours", "original"), ("ours_prepack", "original"), ("ours_compressed", "compressed"),
+                         ("ours_compressed_prepack", "compressed")):
+            if eng in sp["median_decode_tok_s"]:
+                bpt = arts[key].weight_bytes_read_per_token + arts[key].kv.bytes(ctx)
+                tps = sp["median_decode_tok_s"][eng]
+                res["bandwidth"][eng] = {"bytes_per_token": bpt, "tok_s": tps, "gbps": bpt * tps / 1e9, "fraction": bpt * tps / 1e9 / bw}
+        write_json_atomic(out / "runtime.json", res)
+    if not a.skip_memory:
+        from edgedelta.devices.report import write_report
+        from edgedelta.runtime.profiler import parse_contexts
+
+        mem = memory([orig] + ([comp] if comp else []), parse_contexts(a.contexts), 16)
+        write_report(out / "runtime_report", mem["assess"], mem["devices"])
+        res["memory"] = {**mem, "assess": {**mem["assess"], "plans": [p.to_dict() for p in mem["assess"]["plans"]]},
+                         "devices": [d.name for d in mem["devices"]]}
+    res["host"]["loadavg_end"] = os.getloadavg()[0]
+    write_json_atomic(out / "runtime.json", res)
+    write_md(res, out / "runtime.md")
+    log(f"wrote {out / 'runtime.json'} and {out / 'runtime.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
