@@ -29,9 +29,16 @@ PREFILL = 512
 
 
 # --- measurement subprocess (no torch import: it alone costs ~290 MB RSS) ----------------
-def measure(art: str, model_file: str, prepack: bool, decode: int) -> dict:
-    import resource
+def _vm_hwm() -> int:
+    """Peak RSS of this process image in bytes. (getrusage's ru_maxrss is not used: after
+    fork+exec it still holds the parent's peak, ~2 GB here.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
+
+def measure(art: str, model_file: str, prepack: bool, decode: int) -> dict:
     import numpy as np
     import onnxruntime as ort
     import psutil
@@ -74,7 +81,7 @@ def measure(art: str, model_file: str, prepack: bool, decode: int) -> dict:
     t_decode = time.perf_counter() - t
     return {"load_s": round(t_load, 2), "prefill_s": round(t_prefill, 2), "decode_tok_s": round(decode / t_decode, 1) if decode else None,
             "rss_after_load_mb": round((rss_load - rss0) / 1e6, 1), "rss_after_prefill_mb": round((rss_prefill - rss0) / 1e6, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3, 1),
+            "peak_rss_mb": round(_vm_hwm() / 1e6, 1),
             "baseline_rss_mb": round(rss0 / 1e6, 1)}
 
 

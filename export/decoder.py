@@ -95,7 +95,7 @@ class DecoderGraph:
         self.fp16 = dtype == "fp16"
         self.T = TensorProto.FLOAT16 if self.fp16 else TensorProto.FLOAT
         self.np_t = np.float16 if self.fp16 else np.float32
-        self.presents: list[tuple[str, str]] = []
+        self.presents: list[str] = []
 
     def build(self) -> None:
         b, f = self.b, self.f
@@ -119,9 +119,9 @@ class DecoderGraph:
         with b.scope("final"):
             h = self._rms_norm(h, self.w.final_norm)
             logits = self._lm_head(h)
-        b.add_output(logits, "logits", self.T, [BATCH, SEQ, f.vocab])
-        for src, name in self.presents:  # after logits, in layer order (optimum's order)
-            b.add_output(src, name, self.T, [BATCH, f.kv_heads, TOTAL, f.head_dim])
+        b.add_output(logits, self.T, [BATCH, SEQ, f.vocab])
+        for name in self.presents:  # after logits, in layer order (optimum's order)
+            b.add_output(name, self.T, [BATCH, f.kv_heads, TOTAL, f.head_dim])
 
     # --- prelude --------------------------------------------------------------------------
     def _rope(self, pos: str) -> tuple[str, str]:
@@ -166,24 +166,27 @@ class DecoderGraph:
             y = b.op("Cast", [y], to=self.T)
         return b.op("Mul", [y, weight])
 
-    def _linear(self, x: str, ref: LinearRef) -> str:
-        """x (..., in) -> (..., out): base MatMul + separate low-rank delta, gate, bias."""
+    def _linear(self, x: str, ref: LinearRef, out: str | None = None) -> str:
+        """x (..., in) -> (..., out): base MatMul + separate low-rank delta, gate, bias.
+        `out` names the final output (for the graph output `logits`)."""
         b = self.b
+        last = [n for n, on in (("base", True), ("delta", ref.delta_A), ("gate", ref.gate), ("bias", ref.bias)) if on][-1]
+        name = lambda step: [out] if out and step == last else None  # noqa: E731
         if ref.quant is not None:
             q = ref.quant
             y = b.op("MatMulNBits", [x, ref.weight, ref.weight + ".scales", ref.weight + ".zero_points"], domain=MS_DOMAIN,
-                     K=q.k, N=q.n, bits=q.bits, block_size=q.block_size, accuracy_level=0)
+                     outputs=name("base"), K=q.k, N=q.n, bits=q.bits, block_size=q.block_size, accuracy_level=0)
         else:
-            y = b.op("MatMul", [x, ref.weight])
+            y = b.op("MatMul", [x, ref.weight], outputs=name("base"))
         if ref.base_scale is not None:
             y = b.op("Mul", [y, ref.base_scale])
         if ref.delta_A is not None:
             d = b.op("MatMul", [b.op("MatMul", [x, ref.delta_A]), ref.delta_B])  # (..., r) -> (..., out)
-            y = b.op("Add", [y, d])
+            y = b.op("Add", [y, d], outputs=name("delta"))
         if ref.gate is not None:
-            y = b.op("Mul", [y, ref.gate])
+            y = b.op("Mul", [y, ref.gate], outputs=name("gate"))
         if ref.bias is not None:
-            y = b.op("Add", [y, ref.bias])
+            y = b.op("Add", [y, ref.bias], outputs=name("bias"))
         return y
 
     def _heads(self, x: str, n: int) -> str:
@@ -210,9 +213,9 @@ class DecoderGraph:
         q = self._rotate(self._heads(q, f.heads), cos, sin)  # (B, nh, S, hd)
         k = self._rotate(self._heads(k, f.kv_heads), cos, sin)  # (B, kvh, S, hd)
         v = self._heads(v, f.kv_heads)
-        k = b.op("Concat", [past[0], k], axis=2)  # (B, kvh, P+S, hd)
-        v = b.op("Concat", [past[1], v], axis=2)
-        self.presents += [(k, f"present.{i}.key"), (v, f"present.{i}.value")]
+        k = b.op("Concat", [past[0], k], axis=2, outputs=[f"present.{i}.key"])  # (B, kvh, P+S, hd)
+        v = b.op("Concat", [past[1], v], axis=2, outputs=[f"present.{i}.value"])
+        self.presents += [k, v]
         # GQA without copying K/V: the `rep` query heads of a KV head become extra rows,
         # (B, nh, S, hd) -> (B, kvh, rep*S, hd); heads are ordered kv_head*rep + r as in HF.
         qg = b.op("Reshape", [q, b.const([0, f.kv_heads, -1, f.head_dim])])
@@ -259,8 +262,8 @@ class DecoderGraph:
         table itself, so the tensor exists once (a MatMul would need a transposed copy)."""
         b = self.b
         if self.w.lm_head is not None:
-            return self._linear(h, self.w.lm_head)
+            return self._linear(h, self.w.lm_head, out="logits")
         h2 = b.op("Reshape", [h, b.const([-1, self.f.hidden])])  # (B*S, H)
         logits = b.op("Gemm", [h2, self.w.embed], transB=1)  # (B*S, vocab)
         shape = b.op("Concat", [b.op("Shape", [h], end=2), b.const([self.f.vocab])], axis=0)
-        return b.op("Reshape", [logits, shape])
+        return b.op("Reshape", [logits, shape], outputs=["logits"])

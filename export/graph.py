@@ -76,10 +76,13 @@ class GraphBuilder:
             self._consts[key] = out
         return self._consts[key]
 
-    def op(self, op_type: str, inputs: Sequence[str], n_out: int = 1, domain: str = "", name: str | None = None, **attrs):
-        """Append a node; returns its output name (or a list of names when n_out > 1)."""
+    def op(self, op_type: str, inputs: Sequence[str], n_out: int = 1, domain: str = "", name: str | None = None,
+           outputs: Sequence[str] | None = None, **attrs):
+        """Append a node; returns its output name (or a list of names when n_out > 1).
+        `outputs` names the outputs (a graph output is produced by its node directly: an
+        Identity in between would cost a copy of e.g. the (B, S, vocab) logits)."""
         node_name = self._unique(name or op_type)
-        outs = [f"{node_name}/output_{i}" for i in range(n_out)]
+        outs = list(outputs) if outputs else [f"{node_name}/output_{i}" for i in range(n_out)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=node_name, domain=domain or None, **attrs))
         if domain == MS_DOMAIN:
             self.uses_ms_domain = True
@@ -89,9 +92,8 @@ class GraphBuilder:
         self.inputs.append(helper.make_tensor_value_info(name, elem_type, list(shape)))
         return name
 
-    def add_output(self, source: str, name: str, elem_type: int, shape: Sequence) -> None:
-        """Expose `source` as graph output `name` (via an Identity on an activation, never a weight)."""
-        self.nodes.append(helper.make_node("Identity", [source], [name], name=f"/output/{name}"))
+    def add_output(self, name: str, elem_type: int, shape: Sequence) -> None:
+        """Declare graph output `name` (a node must produce it: `op(..., outputs=[name])`)."""
         self.outputs.append(helper.make_tensor_value_info(name, elem_type, list(shape)))
 
     # --- serialisation -----------------------------------------------------------------

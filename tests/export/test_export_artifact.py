@@ -106,7 +106,8 @@ def test_audit_flags_duplicates_and_weight_copies(tmp_path):
     y = b.op("MatMul", [x, b.initializer("layers.0.mlp.up_proj.weight", w)])
     y = b.op("MatMul", [y, b.initializer("layers.1.mlp.up_proj.weight", w.copy())])  # same bytes again
     y = b.op("MatMul", [y, b.op("Transpose", [b.initializer("layers.2.mlp.up_proj.weight", w * 2)])])
-    b.add_output(y, "y", TensorProto.FLOAT, ["n", 32])
+    b.op("Relu", [y], outputs=["y"])
+    b.add_output("y", TensorProto.FLOAT, ["n", 32])
     b.save(tmp_path)
     rep = audit(tmp_path)
     assert not rep["ok"]

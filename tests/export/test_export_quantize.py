@@ -30,8 +30,8 @@ def test_ort_kernel_reads_our_layout(bits, tmp_path):
     x = b.add_input("x", TensorProto.FLOAT, ["n", 40])
     for name, arr in (("w", q.packed), ("w.scales", q.scales), ("w.zero_points", q.zero_points)):
         b.initializer(name, arr)
-    y = b.op("MatMulNBits", [x, "w", "w.scales", "w.zero_points"], domain=MS_DOMAIN, K=40, N=48, bits=bits, block_size=16)
-    b.add_output(y, "y", TensorProto.FLOAT, ["n", 48])
+    b.op("MatMulNBits", [x, "w", "w.scales", "w.zero_points"], domain=MS_DOMAIN, outputs=["y"], K=40, N=48, bits=bits, block_size=16)
+    b.add_output("y", TensorProto.FLOAT, ["n", 48])
     b.save(tmp_path)
     xs = rng.standard_normal((3, 40)).astype(np.float32)
     got = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": xs})[0]
