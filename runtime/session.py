@@ -128,15 +128,16 @@ class Session:
     @classmethod
     def from_dir(cls, path: str | os.PathLike, provider: str = "auto", threads: int | None = None,
                  arena: bool = False, verify: bool = True, tokenizer: str | None = "light",
-                 prepack: bool | None = None, spin: bool | None = None) -> "Session":
+                 prepack: bool | None = None, spin: bool = False) -> "Session":
         """Verify the artifact's checksums, then load it on `provider` ('auto'|'cpu'|'cuda').
         tokenizer: 'light' (tokenizer.json without transformers; falls back to 'hf' when the
         artifact has no tokenizer.json), 'hf' (transformers.AutoTokenizer) or None.
         prepack: None follows the artifact's manifest (edgedelta.export disables ORT's weight
         prepacking so a shared weight is not copied once per consumer); True re-enables it:
         faster MatMuls (measured ~1.4x decode on 2 cores) for more RAM when weights are shared.
-        spin: ORT worker threads spin-wait between ops (ORT default True: lowest latency on a
-        dedicated device; False is kinder when the CPU is shared with other work)."""
+        spin: ORT worker threads spin-wait between ops. Default False: on a CPU shared with
+        other work spinning threads starve each other (measured on 2 busy cores: 2 tok/s
+        spinning vs 5-12 tok/s not); True may gain a little on a dedicated device."""
         import onnxruntime as ort
 
         t0 = time.perf_counter()
@@ -146,8 +147,8 @@ class Session:
         config = dict(art.ort_session_config)
         if prepack is not None:
             config["session.disable_prepacking"] = "0" if prepack else "1"
-        if spin is not None:
-            config["session.intra_op.allow_spinning"] = "1" if spin else "0"
+        config["session.intra_op.allow_spinning"] = "1" if spin else "0"
+        config["session.inter_op.allow_spinning"] = "1" if spin else "0"
         so = session_options(threads, arena, config)
         providers: list[Any] = [_ORT_NAME["cpu"]]
         if prov == "cuda":
