@@ -48,7 +48,12 @@ def plan_budget(model, cfg, adapter, covs, calib_ids: torch.Tensor, progress: bo
     gs = cfg.group_size
     total = count_parameters(model)["total"]
     need = (1.0 - cfg.target_params) * total
-    base_spec = build_spec(cfg, adapter, [], model)
+    # budget mode chooses ranks: start from the configured ones, capped at an eighth of each
+    # matrix's smaller side (a delta near full rank saves nothing), then spend the slack below
+    layer0 = adapter.decoder_layers(model)[0]
+    start = {p: min(cfg.rank_for(p, adapter.kinds[p]), max(1, min(adapter.get_linear(layer0, p).weight.shape) // 8))
+             for p in cfg.shared_projections(adapter)}
+    base_spec = build_spec(cfg, adapter, [], model, start)
     per_group = group_savings(model, adapter, gs, base_spec.projections, base_spec.ranks, base_spec.gates, base_spec.scaled)
     if per_group <= 0:
         raise ConfigError(f"ranks {base_spec.ranks} are so high that sharing saves nothing; lower rank_attn/rank_mlp")

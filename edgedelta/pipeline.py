@@ -1,0 +1,266 @@
+"""The main job in one call: compress → distill → evaluate → export (original and compressed)
+→ sample generation from the artifact → profile and plan per device → one report folder.
+
+Every stage writes its output atomically and is recorded in `stages.json` with a key: the
+hash of its config and of its inputs' manifests. A re-run after a failure or an interrupt
+reuses each stage whose key is unchanged and whose output still verifies, so it resumes
+instead of starting over."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError, EdgeDeltaError
+from .fsutil import write_json_atomic
+from .manifest import MANIFEST, verify_manifest
+
+PIPELINE_VERSION = 1
+DISTILL_TOK_S_2CORES = 110  # measured distillation throughput on 2 cores (DESIGN.md), for time estimates
+
+
+@dataclass
+class PipelineConfig:
+    model: str = field(default="default", metadata={"help": "'default', a model directory or a .gguf file"})
+    target_params: float = field(default=0.88, metadata={"help": "fraction of unique parameters to keep"})
+    tokens: int = field(default=200_000, metadata={"help": "distillation tokens (0 = no training)"})
+    recon_tokens: int = field(default=32_768, metadata={"help": "per-group reconstruction tokens before distillation"})
+    devices: str = field(default="all", metadata={"help": "device names (comma-separated) or 'all'"})
+    contexts: list[int] = field(default_factory=lambda: [512, 2048], metadata={"help": "context lengths to plan for"})
+    tasks: list[str] = field(default_factory=lambda: ["ppl", "arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "boolq", "lambada"])
+    limit: int | None = field(default=500, metadata={"help": "items per zero-shot task"})
+    ppl_tokens: int = field(default=16384, metadata={"help": "tokens per held-out text for perplexity"})
+    calib_samples: int = field(default=32, metadata={"help": "calibration sequences for compression"})
+    prompt: str = field(default="What should I check first when a conveyor belt motor overheats?", metadata={"help": "sample generation prompt"})
+    quick: bool = False
+    version: int = PIPELINE_VERSION
+
+    def __post_init__(self):
+        if not 0 < self.target_params < 1:
+            raise ConfigError(f"target_params must be in (0, 1), got {self.target_params}")
+        if self.tokens < 0 or self.recon_tokens < 0:
+            raise ConfigError(f"tokens and recon_tokens must be >= 0, got {self.tokens}, {self.recon_tokens}")
+        if not self.contexts or any(c <= 0 for c in self.contexts):
+            raise ConfigError(f"context lengths must be > 0, got {self.contexts}")
+        if self.limit is not None and self.limit <= 0:
+            raise ConfigError(f"limit must be > 0, got {self.limit}")
+
+    @classmethod
+    def quick_config(cls, **overrides) -> "PipelineConfig":
+        """Budgets that finish in about 15 minutes on 2 cores: a real but small result."""
+        base = dict(tokens=8192, recon_tokens=8192, contexts=[256, 1024], tasks=["ppl", "arc_easy", "piqa"], limit=100,
+                    ppl_tokens=4096, calib_samples=8, quick=True)
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+    def expected_minutes(self) -> float:
+        """A rough wall-time estimate on 2 cores (printed before a long run starts)."""
+        train = (self.tokens + 2 * self.recon_tokens) / DISTILL_TOK_S_2CORES / 60
+        evaluation = 2 * (len(self.tasks) * (self.limit or 1000) * 4 * 60 / 400 / 60 + 2 * self.ppl_tokens / 400 / 60)
+        return round(3 + train + evaluation + 4, 1)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def manifest_digest(folder: Path) -> str:
+    """A folder's identity: the hash of its manifest (which holds every file's sha256)."""
+    return hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()[:16]
+
+
+class Stages:
+    """stages.json: which stage ran with which key and produced what."""
+
+    def __init__(self, out: Path, log: Callable[[str], None], total: int):
+        self.out, self.log, self.total, self.n = out, log, total, 0
+        self.path = out / "stages.json"
+        self.state: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def run(self, name: str, key_parts: Any, output: Path, fn: Callable[[], Any]) -> Any:
+        self.n += 1
+        key = _digest(key_parts)
+        rec = self.state.get(name)
+        if rec and rec.get("key") == key and _still_valid(output):
+            self.log(f"[{self.n}/{self.total}] {name}: unchanged, reusing {output.relative_to(self.out)}")
+            return rec.get("result")
+        self.log(f"[{self.n}/{self.total}] {name} ...")
+        t0 = time.time()
+        result = fn()
+        self.state[name] = {"key": key, "output": str(output.relative_to(self.out)), "seconds": round(time.time() - t0, 1), "result": result}
+        write_json_atomic(self.path, self.state)
+        self.log(f"[{self.n}/{self.total}] {name}: done in {time.time() - t0:.0f} s")
+        return result
+
+
+def _still_valid(output: Path) -> bool:
+    if output.is_dir():
+        try:
+            verify_manifest(output)
+            return True
+        except EdgeDeltaError:
+            return False
+    return output.is_file()
+
+
+def run_pipeline(cfg: PipelineConfig, out: Path, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> Path:
+    """Run (or resume) the whole job into `out`; returns the path of index.md."""
+    from .devices import select as select_devices
+
+    devices = select_devices(cfg.devices)  # bad device names fail before any work
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "pipeline_config.json", asdict(cfg))
+    stages = Stages(out, log, total=7)
+    if not cfg.quick:
+        log(f"edgedelta pipeline: full budgets, expect roughly {cfg.expected_minutes():.0f} min on 2 cores (use --quick for ~15 min)")
+    ctx = _Context(cfg)
+
+    comp_dir = out / "compressed"
+    stages.run("compress", [asdict(cfg), "compress"], comp_dir, lambda: ctx.compress(comp_dir))
+    final_dir = comp_dir
+    if cfg.tokens > 0:
+        final_dir = out / "distilled"
+        stages.run("distill", [manifest_digest(comp_dir), cfg.tokens, cfg.recon_tokens], final_dir, lambda: ctx.distill(comp_dir, final_dir))
+    else:
+        stages.n += 1
+    eval_path = out / "quality.json"
+    quality = stages.run("evaluate", [manifest_digest(final_dir), cfg.tasks, cfg.limit, cfg.ppl_tokens, cfg.model], eval_path,
+                         lambda: ctx.evaluate(final_dir, eval_path))
+    art_orig, art_comp = out / "artifacts" / "original", out / "artifacts" / "compressed"
+    stages.run("export original", [cfg.model, "fp32"], art_orig, lambda: ctx.export(cfg.model, art_orig))
+    stages.run("export compressed", [manifest_digest(final_dir), "fp32"], art_comp, lambda: ctx.export(str(final_dir), art_comp))
+    sample = stages.run("sample generation", [manifest_digest(art_comp), cfg.prompt], out / "sample.json",
+                        lambda: ctx.sample(art_comp, out / "sample.json"))
+    dev_dir = out / "devices"
+    stages.run("devices", [manifest_digest(art_orig), manifest_digest(art_comp), cfg.devices, cfg.contexts], dev_dir / "report.md",
+               lambda: ctx.devices(art_orig, art_comp, devices, dev_dir))
+    return write_index(out, cfg, stages.state, quality, sample)
+
+
+class _Context:
+    """Stage bodies; the original model is loaded once and kept for the stages that need it."""
+
+    def __init__(self, cfg: PipelineConfig):
+        self.cfg, self._orig = cfg, None
+
+    def original(self):
+        if self._orig is None:
+            from .models.loading import load_model
+
+            self._orig = load_model(self.cfg.model)
+        return self._orig
+
+    def compress(self, dest: Path) -> dict:
+        from .delta.compress import compress, format_plan
+        from .delta.config import CompressConfig
+        from .delta.storage import save_compressed
+
+        lm = self.original()
+        ccfg = CompressConfig(target_params=self.cfg.target_params, calib_samples=self.cfg.calib_samples)
+        res = compress(lm.model, ccfg, tokenizer=lm.tokenizer)
+        facts = {"compress_config": ccfg.to_dict(), "plan": res.plan, "init_report": res.report["init"], "source": dict(lm.source)}
+        save_compressed(res.model, dest, tokenizer=lm.tokenizer, manifest_facts=facts, force=True)
+        print(format_plan(res.plan), file=sys.stderr)
+        return {k: res.plan[k] for k in ("groups", "ranks", "original_params", "compressed_params", "ratio")}
+
+    def distill(self, src: Path, dest: Path) -> dict:
+        from .delta.storage import load_compressed
+        from .distill.api import distill, run_dir_for
+        from .distill.checkpoint import latest_checkpoint
+        from .distill.config import DistillConfig
+
+        lm = self.original()
+        dcfg = DistillConfig(tokens=self.cfg.tokens, recon_tokens=self.cfg.recon_tokens, checkpoint_every=20)
+        run = run_dir_for(dest)
+        resume = run.exists() and latest_checkpoint(run) is not None
+        res = distill(load_compressed(src), dcfg, dest, teacher=lm.model, tokenizer=lm.tokenizer, resume=resume, force=True)
+        return {"tokens": res.tokens, "seconds": round(res.seconds, 1), "tokens_per_s": round(res.tokens_per_s, 1), "final_loss": res.final_loss}
+
+    def evaluate(self, final_dir: Path, dest: Path) -> dict:
+        from .delta.accounting import count_parameters
+        from .evaluation.api import EvalConfig, evaluate
+        from .models.loading import load_model
+
+        ecfg = EvalConfig(tasks=self.cfg.tasks, limit=self.cfg.limit, ppl_tokens=self.cfg.ppl_tokens,
+                          ppl_seq_len=min(512, self.cfg.ppl_tokens))
+        lm = self.original()
+        comp = load_model(final_dir)
+        n0 = count_parameters(lm.model)["total"]
+        rows = []
+        for name, m in (("original", lm), ("compressed", comp)):
+            n = count_parameters(m.model)["total"]
+            rows.append({"method": name, "params": n, "params_fraction": n / n0, "eval": evaluate(m.model, m.tokenizer, ecfg, progress=True)})
+        write_json_atomic(dest, {"rows": rows, "model": self.cfg.model})
+        return {r["method"]: {"average": r["eval"]["average"], "ppl": {k: v["ppl"] for k, v in (r["eval"]["ppl"] or {}).items()}} for r in rows}
+
+    def export(self, model: str, dest: Path) -> dict:
+        from .export import ExportConfig, export_onnx
+
+        export_onnx(model, ExportConfig(), dest, force=True)
+        return {"path": str(dest)}
+
+    def sample(self, artifact: Path, dest: Path) -> dict:
+        from .runtime import Session
+
+        s = Session.from_dir(artifact, provider="cpu")
+        chat = getattr(s.tokenizer, "chat_template", None) is not None
+        res = s.generate(self.cfg.prompt, max_new_tokens=48, chat=chat) if chat else s.generate(self.cfg.prompt, max_new_tokens=48)
+        out = {"prompt": self.cfg.prompt, "text": res.text, "finish_reason": res.finish_reason}
+        write_json_atomic(dest, out)
+        return out
+
+    def devices(self, art_orig: Path, art_comp: Path, devices, dest: Path) -> dict:
+        from .devices.assess import assess
+        from .devices.report import write_report
+        from .fsutil import atomic_dir
+
+        data = assess([art_orig, art_comp], self.cfg.contexts, devices, log=lambda m: print(m, file=sys.stderr))
+        with atomic_dir(dest, force=True) as tmp:
+            write_report(tmp, data, devices)
+        return {"report": str(dest / "report.md")}
+
+
+def write_index(out: Path, cfg: PipelineConfig, state: dict, quality: dict, sample: dict) -> Path:
+    """index.md (+ index.html): plan, quality, artifact audit, device table, charts."""
+    from .evaluation.report import markdown_compare
+    from .export import audit, format_table
+
+    comp = state["compress"]["result"]
+    q = json.loads((out / "quality.json").read_text())
+    lines = ["# edgedelta pipeline report", "",
+             f"Model: `{cfg.model}`; target: keep {cfg.target_params:.0%} of unique parameters; "
+             f"distillation: {cfg.tokens:,} tokens (+{cfg.recon_tokens:,} reconstruction){' — quick mode' if cfg.quick else ''}.", "",
+             "## Compression plan", "",
+             f"Groups sharing one base per projection: {comp['groups']}; delta ranks {comp['ranks']}.",
+             f"Unique parameters: {comp['compressed_params']:,} of {comp['original_params']:,} ({comp['ratio']:.2%}).", "",
+             "## Quality (original vs compressed)", "",
+             "Perplexity on held-out text (never used for training or calibration): "
+             + ", ".join(q["rows"][0]["eval"].get("ppl") or {}) + f"; zero-shot tasks limited to {cfg.limit} items each.", "",
+             markdown_compare(q["rows"]), ""]
+    if "distill" in state:
+        d = state["distill"]["result"]
+        lines += [f"Distillation: {d['tokens']:,} tokens in {d['seconds']:.0f} s ({d['tokens_per_s']:.0f} tok/s); loss curve: "
+                  "[distilled/loss_curve.png](distilled/loss_curve.png)", ""]
+    lines += ["## Artifacts (sharing audit)", ""]
+    for name in ("original", "compressed"):
+        lines += [f"### {name}", "", "```", format_table(audit(out / "artifacts" / name)), "```", ""]
+    lines += ["## Sample generation (compressed artifact, ONNX Runtime CPU)", "", f"> {sample['prompt']}", "", "```",
+              sample["text"].strip(), "```", "",
+              "## Devices", "", "Full report: [devices/report.md](devices/report.md)", "",
+              "![memory per device](devices/memory_per_device.png)", "", "![context vs memory](devices/context_memory.png)", ""]
+    dev_md = (out / "devices" / "report.md").read_text()
+    table_start = dev_md.find("## Fit and decode ceiling per device")
+    if table_start >= 0:
+        section = dev_md[table_start:].split("\n## ", 2)
+        lines += [section[0].replace("## Fit and decode ceiling per device", "### Fit and decode ceiling per device"), ""]
+    md = "\n".join(lines) + "\n"
+    (out / "index.md").write_text(md)
+    from .devices.report import _md_to_html
+
+    (out / "index.html").write_text(_md_to_html(md))
+    return out / "index.md"

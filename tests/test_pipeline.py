@@ -1,0 +1,63 @@
+"""The main job end to end on a tiny model: every stage runs, the report is written, and a
+re-run reuses every stage."""
+
+import json
+
+import pytest
+
+from edgedelta.cli import main
+from edgedelta.pipeline import PipelineConfig, run_pipeline
+
+from .tiny import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny") / "model"
+    model = tiny_model("llama", layers=8)
+    model.save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    return d
+
+
+def _cfg(model_dir, **kw):
+    base = dict(model=str(model_dir), target_params=0.88, tokens=256, recon_tokens=0, devices="rpi5-8gb", contexts=[32, 64],
+                tasks=["ppl", "arc_easy"], limit=4, ppl_tokens=256, calib_samples=4)
+    base.update(kw)
+    return PipelineConfig(**base)
+
+
+def test_pipeline_end_to_end_and_resume(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    logs = []
+    index = run_pipeline(_cfg(tiny_dir), out, log=logs.append)
+    text = index.read_text()
+    for section in ("Compression plan", "Quality", "sharing audit", "Sample generation", "Devices"):
+        assert section in text
+    assert (out / "index.html").is_file() and (out / "devices" / "report.md").is_file()
+    state = json.loads((out / "stages.json").read_text())
+    assert set(state) == {"compress", "distill", "evaluate", "export original", "export compressed", "sample generation", "devices"}
+    assert state["compress"]["result"]["ratio"] <= 0.88
+    # unchanged inputs: every stage is reused
+    logs.clear()
+    run_pipeline(_cfg(tiny_dir), out, log=logs.append)
+    assert sum("unchanged, reusing" in m for m in logs) == 7
+    # a corrupted stage output is detected and only that stage and its dependants rerun
+    (out / "artifacts" / "compressed" / "model.onnx.data").write_bytes(b"corrupt")
+    logs.clear()
+    run_pipeline(_cfg(tiny_dir), out, log=logs.append)
+    rerun = [m for m in logs if m.endswith("...")]
+    assert any("export compressed" in m for m in rerun) and not any("compress ..." in m and "export" not in m for m in rerun)
+
+
+@pytest.mark.parametrize("argv", [
+    ["pipeline", "--target-params", "1.5"],
+    ["pipeline", "--tokens", "-3"],
+    ["pipeline", "--contexts", "0,512"],
+    ["pipeline", "--devices", "toaster-9000"],
+])
+def test_pipeline_bad_input_is_one_line(argv, tmp_path, capsys):
+    code = main(argv + ["--out", str(tmp_path / "o"), "--model", "does-not-matter"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "error" in err[0]
+    assert not (tmp_path / "o").exists()
