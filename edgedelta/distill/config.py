@@ -154,8 +154,10 @@ class DistillConfig:
                 return cls.from_dict(json.load(f))
         except FileNotFoundError:
             raise ConfigError(f"config file '{path}' does not exist") from None
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file '{path}' is not valid JSON: {e}") from None
+        except OSError as e:  # a folder, unreadable, ...
+            raise ConfigError(f"config file '{path}' cannot be read: {e.strerror or e}") from None
 
     def differences(self, other: "DistillConfig") -> list[str]:
         """Fields (outside RESUME_FREE) whose values differ, as 'name: a -> b'."""
