@@ -72,7 +72,7 @@ def session_options(threads: int | None, arena: bool, config: dict[str, str] | N
     so.enable_cpu_mem_arena = arena
     so.enable_mem_pattern = False
     so.log_severity_level = 3
-    if threads:
+    if threads is not None:  # 0 or less is a user error, not 'default'
         if threads < 1:
             raise ConfigError(f"threads must be ≥ 1, got {threads}")
         so.intra_op_num_threads = threads
