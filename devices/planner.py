@@ -47,9 +47,9 @@ class Calibration:
     def from_json(cls, path: str | os.PathLike) -> "Calibration":
         try:
             obj = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"calibration file '{path}' cannot be read: {e}") from None
-        if obj.get("format") != CALIBRATION_FORMAT or not isinstance(obj.get("overhead_bytes"), int):
+        if not isinstance(obj, dict) or obj.get("format") != CALIBRATION_FORMAT or not isinstance(obj.get("overhead_bytes"), int):
             raise ConfigError(f"calibration file '{path}' is not an {CALIBRATION_FORMAT} file with an integer 'overhead_bytes'")
         return cls(obj["overhead_bytes"], obj.get("measured_peak_rss"), obj.get("context"), obj.get("host", ""), obj.get("provider", "cpu"))
 
