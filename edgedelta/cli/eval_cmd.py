@@ -25,7 +25,7 @@ def add_parser(subparsers):
     p.add_argument("--ppl-tokens", type=int, default=16384, help="tokens per text set for ppl")
     p.add_argument("--task-file", default=None, help="your own multiple-choice items, JSONL (see docs/EVAL.md)")
     p.add_argument("--batch-tokens", type=int, default=2048, help="padded tokens per forward pass")
-    p.add_argument("--provider", default="auto", help="ONNX Runtime provider for artifacts: auto|cpu|cuda")
+    p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"], help="ONNX Runtime provider for artifacts: auto|cpu|cuda")
     p.add_argument("--json", dest="json_out", default=None, help="write results as JSON here")
     p.add_argument("--no-progress", action="store_true")
     return p
