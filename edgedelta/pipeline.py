@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ConfigError, EdgeDeltaError
+from .errors import ConfigError, EdgeDeltaError, ModelLoadError
 from .fsutil import write_json_atomic
 from .manifest import MANIFEST, verify_manifest
 
@@ -113,6 +113,7 @@ def run_pipeline(cfg: PipelineConfig, out: Path, log: Callable[[str], None] = la
     from .devices import select as select_devices
 
     devices = select_devices(cfg.devices)  # bad device names fail before any work
+    _check_inputs(cfg, out)  # a missing model or a file at --out: refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "pipeline_config.json", asdict(cfg))
     stages = Stages(out, log, total=7)
@@ -140,6 +141,16 @@ def run_pipeline(cfg: PipelineConfig, out: Path, log: Callable[[str], None] = la
     stages.run("devices", [manifest_digest(art_orig), manifest_digest(art_comp), cfg.devices, cfg.contexts], dev_dir / "report.md",
                lambda: ctx.devices(art_orig, art_comp, devices, dev_dir))
     return write_index(out, cfg, stages.state, quality, sample)
+
+
+def _check_inputs(cfg: PipelineConfig, out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' exists and is not a folder")
+    if cfg.model == "default":
+        return
+    p = Path(cfg.model).expanduser()
+    if not ((p.suffix == ".gguf" and p.is_file()) or (p / "config.json").is_file()):
+        raise ModelLoadError(f"model '{cfg.model}' is not 'default', a .gguf file or a model folder with config.json")
 
 
 class _Context:
