@@ -145,6 +145,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench/results", help="folder for recovery.json / .md / _loss.png")
     ap.add_argument("--target", type=float, default=0.88, help="fraction of unique parameters kept")
+    ap.add_argument("--groups", default=None, help="explicit sharing pairs instead of the budget planner, e.g. 4-5,8-9 (cheaper)")
+    ap.add_argument("--rank", type=int, default=40, help="delta rank with --groups")
+    ap.add_argument("--calib-samples", type=int, default=32, help="calibration sequences of compress()")
     ap.add_argument("--tokens", type=int, default=50_000, help="training tokens per arm")
     ap.add_argument("--eval-at", default="25000,50000", help="token counts at which each arm is evaluated")
     ap.add_argument("--eval-tokens", type=int, default=4096, help="tokens per evaluation text")
@@ -180,7 +183,7 @@ def main(argv=None) -> int:
     t_start = time.time()
     lm = load_model("default")
     teacher, tok = lm.model.to(ctx.device).eval().requires_grad_(False), lm.tokenizer
-    meta = {"model": "SmolLM2-135M-Instruct (default)", "target_params": args.target, "train_text": "sotu-train (SOTU <= 1999)",
+    meta = {"model": "SmolLM2-135M-Instruct (default)", "target_params": args.target if not args.groups else f"groups {args.groups} rank {args.rank}", "train_text": "sotu-train (SOTU <= 1999)",
             "eval_texts": list(EVAL_SETS), "eval_tokens_per_text": args.eval_tokens, "seq_len": args.seq_len,
             "batch": args.batch, "device": str(ctx.device), "threads": torch.get_num_threads(), "host": platform.node(),
             "torch": torch.__version__, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "append": args.append}
@@ -194,7 +197,13 @@ def main(argv=None) -> int:
 
     # --- best init: budget planner + whitened SVD + gates, then per-group reconstruction -------
     t0 = time.time()
-    cache = Path(args.work) / f"init-{args.target}"
+    if args.groups:
+        groups = [list(range(int(a), int(b) + 1)) for a, b in (g.split("-") for g in args.groups.split(","))]
+        ccfg = CompressConfig(groups=groups, rank_attn=args.rank, rank_mlp=args.rank, calib_samples=args.calib_samples)
+        cache = Path(args.work) / f"init-{args.groups}-r{args.rank}-c{args.calib_samples}"
+    else:
+        ccfg = CompressConfig(target_params=args.target, calib_samples=args.calib_samples)
+        cache = Path(args.work) / f"init-{args.target}-c{args.calib_samples}"
     if cache.is_dir():  # the compressed init is deterministic: reuse it between bench runs
         from edgedelta.delta.storage import load_compressed
         from edgedelta.manifest import read_manifest
@@ -203,7 +212,7 @@ def main(argv=None) -> int:
     else:
         from edgedelta.delta.storage import save_compressed
 
-        res = compress(teacher, CompressConfig(target_params=args.target), tokenizer=tok, progress=True)
+        res = compress(teacher, ccfg, tokenizer=tok, progress=True)
         student, plan = res.model, res.plan
         save_compressed(student, cache, tokenizer=tok, manifest_facts={"plan": plan, "source": lm.source}, force=True)
     student = student.to(ctx.device)
