@@ -122,7 +122,8 @@ def audit(artifact_dir: str | os.PathLike) -> dict[str, Any]:
             s = shared[_group_name(r["name"])]
             s["bytes"] += r["bytes"]
             s["consumers"] = max(s["consumers"], r["consumers"])
-    tied = [r["name"] for r in rows if r["kind"] == "embedding" and {"Gather", "Gemm"} <= set(r["consumer_ops"])]
+    tied = [r["name"] for r in rows if r["kind"] == "embedding" and "Gather" in r["consumer_ops"]
+            and {"Gemm", "FusedMatMul", "MatMul"} & set(r["consumer_ops"])]
     return {
         "initializers": rows,
         "num_initializers": len(rows),

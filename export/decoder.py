@@ -258,11 +258,14 @@ class DecoderGraph:
         return h
 
     def _lm_head(self, h: str) -> str:
-        """(B, S, H) -> (B, S, vocab). Tied: Gemm with transB reads the (vocab, H) embedding
-        table itself, so the tensor exists once (a MatMul would need a transposed copy)."""
+        """(B, S, H) -> (B, S, vocab). Tied: FusedMatMul (fp32) or Gemm (fp16, no fp32-only
+        contrib op) with transB reads the (vocab, H) embedding table itself, so the tensor
+        exists once (a plain MatMul would need a transposed copy)."""
         b = self.b
         if self.w.lm_head is not None:
             return self._linear(h, self.w.lm_head, out="logits")
+        if not self.fp16:  # fp32: one op straight into the output (no reshape copy of the logits)
+            return b.op("FusedMatMul", [h, self.w.embed], domain=MS_DOMAIN, outputs=["logits"], transB=1, alpha=1.0)
         h2 = b.op("Reshape", [h, b.const([-1, self.f.hidden])])  # (B*S, H)
         logits = b.op("Gemm", [h2, self.w.embed], transB=1)  # (B*S, vocab)
         shape = b.op("Concat", [b.op("Shape", [h], end=2), b.const([self.f.vocab])], axis=0)

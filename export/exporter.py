@@ -143,6 +143,7 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
             "export_config": cfg.to_dict(),
             "source": {**loaded.source, "path": str(Path(loaded.path).resolve()), "manifest": _source_facts(Path(loaded.path))},
             "sharing": spec.to_dict() if spec else None,
+            "aliases": weights.aliases,  # parameters stored under an identical tensor's initializer
             "architecture": {"model_type": model.config.model_type, "num_layers": facts.num_layers, "hidden": facts.hidden,
                              "heads": facts.heads, "kv_heads": facts.kv_heads, "head_dim": facts.head_dim, "vocab": facts.vocab},
             "io": {"inputs": ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key|value"],
@@ -150,7 +151,7 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
                    "kv_dtype": "float16" if cfg.dtype == "fp16" else "float32"},
             "layouts": {"projection": "(in, out) for MatMul", "delta_A": "(in, r) = Aᵀ", "delta_B": "(r, out) = Bᵀ",
                         "quantized": "MatMulNBits (out, in/block, block*bits/8) uint8 + scales + zero_points",
-                        "tied_embedding": "(vocab, hidden) read by Gather and by Gemm(transB=1)"},
+                        "tied_embedding": "(vocab, hidden) read by Gather and by FusedMatMul/Gemm with transB=1"},
             "parameters": {**counts, "unique_bytes_at_dtype": unique_bytes},
             "bytes": {"data_file": report["data_file_bytes"], "model_file": report["model_file_bytes"],
                       "initializers": report["initializer_bytes"],

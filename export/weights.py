@@ -16,6 +16,7 @@ in-blocks) layout; the tied embedding (vocab, hidden) feeds Gather and a Gemm wi
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,6 +62,7 @@ class ModelWeights:
     layers: list[LayerWeights]
     kinds: dict[str, str] = field(default_factory=dict)  # initializer -> shared|projection|delta|gate|bias|norm|embedding|lm_head
     params: dict[str, int] = field(default_factory=dict)  # initializer -> model parameters it stores
+    aliases: dict[str, str] = field(default_factory=dict)  # parameter name -> initializer holding identical bytes
     dequantized: dict[int, np.ndarray] = field(default_factory=dict)  # id(Parameter) -> (out, in) weights as the kernel sees them
 
 
@@ -75,6 +77,7 @@ class WeightCollector:
         self.model, self.adapter, self.cfg, self.b = model, adapter, cfg, builder
         self.dtype = np.dtype(np.float16 if cfg.dtype == "fp16" else np.float32)
         self.by_id: dict[int, LinearRef | str] = {}  # id(Parameter) -> what was made for it
+        self.by_content: dict[tuple, str] = {}  # (dtype, shape, sha256) -> initializer name
         self.out = None
 
     # --- entry ----------------------------------------------------------------------
@@ -116,6 +119,16 @@ class WeightCollector:
 
     # --- pieces ------------------------------------------------------------------------
     def _add(self, name: str, arr: np.ndarray, kind: str, params: int) -> str:
+        """Add a tensor; a tensor whose bytes equal an earlier one's (e.g. pair-mean deltas of
+        a 2-layer group, B₁A₁ = −B₂A₂, or untrained zero deltas) is not stored again: `name`
+        becomes an alias of the first (listed in ModelWeights.aliases)."""
+        key = (arr.dtype.str, arr.shape, hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest())
+        if key in self.by_content:
+            first = self.by_content[key]
+            self.out.aliases[name] = first
+            self.out.params[first] += params
+            return first
+        self.by_content[key] = name
         self.b.initializer(name, arr)
         self.out.kinds[name], self.out.params[name] = kind, params
         return name

@@ -37,7 +37,7 @@ def test_plain_export_ties_embedding_once(tiny_dirs, tmp_path):
     out = export_onnx(tiny_dirs["plain"], ExportConfig(), tmp_path / "art")
     rep = audit(out)
     emb = [r for r in rep["initializers"] if r["kind"] == "embedding"]
-    assert len(emb) == 1 and set(emb[0]["consumer_ops"]) == {"Gather", "Gemm"}
+    assert len(emb) == 1 and set(emb[0]["consumer_ops"]) == {"Gather", "FusedMatMul"}
     assert rep["tied_embedding"] == "embed_tokens.weight" and not rep["shared"]
     m = json.loads((out / "manifest.json").read_text())
     assert m["sharing"] is None and m["parameters"]["unique_bytes_at_dtype"] == rep["initializer_bytes"]
@@ -91,3 +91,24 @@ def test_sliding_window_mask_matches_pytorch(tmp_path):
     tiny_tokenizer().save_pretrained(tmp_path / "src")
     m = json.loads((export_onnx(tmp_path / "src", ExportConfig(), tmp_path / "art") / "manifest.json").read_text())
     assert m["parity"]["logits"]["max_abs_diff"] <= 1e-3 and m["parity"]["greedy_decode"]["identical"]
+
+
+def test_identical_tensors_stored_once(tmp_path):
+    """Untrained zero deltas (and pair-mean deltas, B₁A₁ = −B₂A₂) hold identical bytes:
+    stored once, consumed by every layer, listed as aliases."""
+    from edgedelta.delta.layer import DeltaLinear
+    from edgedelta.delta.storage import save_compressed
+    from tests.tiny import tiny_tokenizer
+
+    model = tiny_compressed_model("llama")
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, DeltaLinear):
+                m.delta_B.zero_()
+    save_compressed(model, tmp_path / "src", tokenizer=tiny_tokenizer())
+    out = export_onnx(tmp_path / "src", ExportConfig(), tmp_path / "art")
+    rep = audit(out)
+    assert rep["ok"] and rep["duplicates"] == [] and rep["constant_duplicates"] == []
+    m = json.loads((out / "manifest.json").read_text())
+    assert len(m["aliases"]) > 0 and all(v.endswith("delta_B") for v in m["aliases"].values())
+    assert rep["initializer_bytes"] < m["parameters"]["unique_bytes_at_dtype"]
