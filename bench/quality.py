@@ -41,6 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--heal-tokens", type=int, default=0, help="equal healing tokens per method (0 = none)")
     p.add_argument("--calib-samples", type=int, default=8)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 is fastest on an oversubscribed machine")
     p.add_argument("--report-only", action="store_true")
     return p.parse_args(argv)
 
@@ -85,6 +86,9 @@ def main(argv=None) -> int:
     import torch
 
     from edgedelta.models.loading import load_model
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
 
     t0 = time.time()
     lm = load_model(a.model)

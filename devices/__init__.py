@@ -6,8 +6,8 @@
     print(devices.plan("out/model-onnx", d, context=2048))
 """
 
-from .planner import Calibration, ModelFacts, Plan, calibrate, facts_of, plan, plan_facts
+from .planner import Calibration, ModelFacts, Plan, calibrate, calibrate_runs, facts_of, plan, plan_facts
 from .profile import Device, all_devices, device_from_dict, get, load_device_file, select
 
 __all__ = ["Device", "all_devices", "get", "select", "device_from_dict", "load_device_file", "Plan", "ModelFacts",
-           "Calibration", "plan", "plan_facts", "facts_of", "calibrate"]
+           "Calibration", "calibrate_runs", "plan", "plan_facts", "facts_of", "calibrate"]

@@ -11,14 +11,16 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from .planner import Calibration, calibrate, calibration_path, facts_of, load_calibration, plan_facts
+from .planner import Calibration, calibrate_runs, calibration_path, facts_of, load_calibration, plan_facts
 from .profile import Device
 
 
 def assess(artifacts: list[str | Path], contexts: list[int], devices: list[Device], new_tokens: int = 16,
            provider: str = "cpu", threads: int | None = None, measure: bool = True, save_calibration: bool = True,
-           log=lambda msg: None) -> dict[str, Any]:
-    """Returns {"host", "contexts", "models": [{name, path, facts, calibration, runs}], "plans": [Plan...]}."""
+           log=lambda msg: None, calibrate_on: int = 2) -> dict[str, Any]:
+    """Returns {"host", "contexts", "models": [{name, path, facts, calibration, runs}], "plans": [Plan...]}.
+    The planner is calibrated on the `calibrate_on` smallest contexts; errors at the others are
+    out-of-sample (each run says `calibration_point`)."""
     from edgedelta.runtime.artifact import Artifact
     from edgedelta.runtime.profiler import sweep
 
@@ -40,14 +42,14 @@ def assess(artifacts: list[str | Path], contexts: list[int], devices: list[Devic
         if measure:
             log(f"profiling {m.name}: contexts {contexts} ({new_tokens} new tokens each, provider {provider})")
             runs = sweep(art.path, contexts, new_tokens, provider, threads)
-            base = min(runs, key=lambda r: r["context"])
-            cal = calibrate(m, base["peak_rss_bytes"], base["context"], host=host.display_name, provider=provider,
-                            prefill=base["prompt_tokens"])
+            fit = sorted(runs, key=lambda r: r["context"])[:max(1, calibrate_on)]
+            cal = calibrate_runs(m, fit, host=host.display_name, provider=provider)
             if save_calibration:
                 cal.to_json(calibration_path(art.path))
             for r in runs:
                 pred = plan_facts(m, host, r["context"], calibration=cal, prefill=r["prompt_tokens"]).predicted_peak_bytes
                 r.update(model=m.name, predicted_peak_bytes=pred, prediction_error=pred / r["peak_rss_bytes"] - 1,
+                         calibration_point=r["context"] in cal.contexts,
                          weight_bandwidth_gbps=m.weight_bytes_read_per_token * r["decode_tok_s"] / 1e9)
                 log(f"  context {r['context']}: TTFT {r['ttft_s'] * 1000:.0f} ms, decode {r['decode_tok_s']:.1f} tok/s, "
                     f"peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB (predicted {pred / 2**20:.0f})")

@@ -42,6 +42,8 @@ class Calibration:
     context: int | None = None
     host: str = ""
     provider: str = "cpu"
+    attn_factor: float = 2.0  # live [B, H, S, S] fp32 attention tensors at the prefill peak (fitted from ≥ 2 lengths)
+    contexts: tuple[int, ...] = ()  # the context lengths it was fitted on
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "Calibration":
@@ -51,7 +53,8 @@ class Calibration:
             raise ConfigError(f"calibration file '{path}' cannot be read: {e}") from None
         if not isinstance(obj, dict) or obj.get("format") != CALIBRATION_FORMAT or not isinstance(obj.get("overhead_bytes"), int):
             raise ConfigError(f"calibration file '{path}' is not an {CALIBRATION_FORMAT} file with an integer 'overhead_bytes'")
-        return cls(obj["overhead_bytes"], obj.get("measured_peak_rss"), obj.get("context"), obj.get("host", ""), obj.get("provider", "cpu"))
+        return cls(obj["overhead_bytes"], obj.get("measured_peak_rss"), obj.get("context"), obj.get("host", ""),
+                   obj.get("provider", "cpu"), float(obj.get("attn_factor", 2.0)), tuple(obj.get("contexts", ())))
 
     def to_json(self, path: str | os.PathLike) -> None:
         write_json_atomic(path, {"format": CALIBRATION_FORMAT, **asdict(self)})
@@ -90,12 +93,16 @@ class ModelFacts:
         """K and V of every layer for `tokens` positions: [B, kv_heads, tokens, head_dim] x 2 x layers."""
         return 2 * self.num_layers * batch * self.kv_heads * tokens * self.head_dim * self.kv_itemsize
 
-    def activation_bytes(self, tokens: int, batch: int = 1) -> int:
-        """Prefill of `tokens` positions in one step (fp32 activations)."""
-        logits = batch * tokens * self.vocab_size * 4  # [B, S, V]
-        attn = 2 * batch * self.num_heads * tokens * tokens * 4  # scores + probabilities [B, H, S, S]
+    def attention_bytes(self, tokens: int, batch: int = 1) -> int:
+        """One [B, H, S, S] fp32 attention tensor (scores or probabilities)."""
+        return batch * self.num_heads * tokens * tokens * 4
+
+    def activation_bytes(self, tokens: int, batch: int = 1, attn_factor: float = 2.0) -> int:
+        """Prefill of `tokens` positions in one step (fp32 activations): logits [B, S, V] (the
+        runtime's buffer), `attn_factor` live attention tensors, hidden states."""
+        logits = batch * tokens * self.vocab_size * 4
         hidden = batch * tokens * (4 * self.hidden_size + 3 * self.intermediate_size) * 4  # q/k/v/o + gate/up/act
-        return logits + attn + hidden
+        return int(logits + attn_factor * self.attention_bytes(tokens, batch) + hidden)
 
 
 def facts_of(artifact) -> ModelFacts:
@@ -153,7 +160,7 @@ def plan_facts(m: ModelFacts, device: Device, context: int, batch: int = 1, cali
     one step (default: the whole context, the worst case)."""
     check_context(context, m.max_positions)
     kv = 2 * m.kv_bytes(context, batch)  # past + present buffers
-    act = m.activation_bytes(prefill or context, batch)
+    act = m.activation_bytes(prefill or context, batch, calibration.attn_factor if calibration else 2.0)
     over = calibration.overhead_bytes if calibration else DEFAULT_OVERHEAD_BYTES
     peak = m.weight_bytes + kv + act + over
     avail = device.available_bytes
@@ -180,4 +187,29 @@ def calibrate(m: ModelFacts, measured_peak_rss: int, context: int, host: str = "
               prefill: int | None = None) -> Calibration:
     """The overhead that makes the prediction equal a measured peak RSS at `context`."""
     modelled = m.weight_bytes + 2 * m.kv_bytes(context, batch) + m.activation_bytes(prefill or context, batch)
-    return Calibration(int(measured_peak_rss - modelled), int(measured_peak_rss), context, host, provider)
+    return Calibration(int(measured_peak_rss - modelled), int(measured_peak_rss), context, host, provider, 2.0, (context,))
+
+
+def calibrate_runs(m: ModelFacts, runs: list[dict], host: str = "", provider: str = "cpu") -> Calibration:
+    """Fit overhead and attn_factor to profiler runs ({context, prompt_tokens, peak_rss_bytes}) by
+    least squares: measured - (weights + KV + logits + hidden) = overhead + attn_factor x one
+    attention tensor. One run: attn_factor stays 2 and only the overhead is fitted."""
+    import numpy as np
+
+    if len(runs) == 1:
+        r = runs[0]
+        return calibrate(m, r["peak_rss_bytes"], r["context"], host, provider, prefill=r["prompt_tokens"])
+    y, x = [], []
+    for r in runs:
+        s = r["prompt_tokens"]
+        base = m.weight_bytes + 2 * m.kv_bytes(r["context"]) + m.activation_bytes(s, attn_factor=0.0)
+        y.append(r["peak_rss_bytes"] - base)
+        x.append(m.attention_bytes(s))
+    a = np.vstack([np.ones(len(x)), np.array(x, dtype=float)]).T
+    (over, k), *_ = np.linalg.lstsq(a, np.array(y, dtype=float), rcond=None)
+    if k < 1.0:  # at least the scores tensor is live; refit the overhead alone
+        k = 1.0
+        over = float(np.mean(np.array(y) - k * np.array(x)))
+    first = min(runs, key=lambda r: r["context"])
+    return Calibration(int(over), int(first["peak_rss_bytes"]), first["context"], host, provider, float(k),
+                       tuple(sorted(r["context"] for r in runs)))

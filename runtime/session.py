@@ -3,10 +3,13 @@
 Loading: the manifest's checksums are verified first; the graph is opened by *path* so ONNX
 Runtime reads model.onnx.data itself (no Python-side copy of the weights).
 
-Edge memory settings (CPU), measured in bench/results/runtime.md: the CPU arena is off
+Edge memory settings (CPU), measured in bench/results/runtime.md: the weights in
+model.onnx.data are memory-mapped by ONNX Runtime (RSS right after load: ~130 MiB for a
+513 MiB model; pages count once touched, never copied); the CPU arena is off
 (`enable_cpu_mem_arena=False`) so freed activations go back to the allocator instead of an
-arena that only grows, and memory patterns are off (`enable_mem_pattern=False`: shapes change
-every step, a pattern is never reused). The KV cache lives in buffers this class owns:
+arena that only grows; memory patterns are off (`enable_mem_pattern=False`: shapes change
+every step, a pattern is never reused); glibc's mmap threshold is fixed (memory.py) so the
+allocator returns prefill activations to the OS; ORT threads do not spin (`spin`). The KV cache lives in buffers this class owns:
 two flat buffers per K/V tensor sized for the whole generation; step t reads past from one
 and ONNX Runtime writes `present` straight into the other (IO binding with our pointers), so
 the decode loop allocates no KV memory and copies nothing in Python.
@@ -128,7 +131,7 @@ class Session:
     @classmethod
     def from_dir(cls, path: str | os.PathLike, provider: str = "auto", threads: int | None = None,
                  arena: bool = False, verify: bool = True, tokenizer: str | None = "light",
-                 prepack: bool | None = None, spin: bool = False) -> "Session":
+                 prepack: bool | None = None, spin: bool = False, tune_malloc: bool = True) -> "Session":
         """Verify the artifact's checksums, then load it on `provider` ('auto'|'cpu'|'cuda').
         tokenizer: 'light' (tokenizer.json without transformers; falls back to 'hf' when the
         artifact has no tokenizer.json), 'hf' (transformers.AutoTokenizer) or None.
@@ -137,10 +140,16 @@ class Session:
         faster MatMuls (measured ~1.4x decode on 2 cores) for more RAM when weights are shared.
         spin: ORT worker threads spin-wait between ops. Default False: on a CPU shared with
         other work spinning threads starve each other (measured on 2 busy cores: 2 tok/s
-        spinning vs 5-12 tok/s not); True may gain a little on a dedicated device."""
+        spinning vs 5-12 tok/s not); True may gain a little on a dedicated device.
+        tune_malloc: fix glibc's mmap threshold so freed prefill activations go back to the OS
+        (halved peak RSS; see memory.py). Process-wide; pass False to leave malloc alone."""
         import onnxruntime as ort
 
         t0 = time.perf_counter()
+        if tune_malloc:
+            from .memory import tune_malloc as _tune
+
+            _tune()
         art = Artifact.open(path, verify=verify)
         art.graph_facts  # interface check before the (slower) session build
         prov = resolve_provider(provider)

@@ -3,7 +3,7 @@ plan of a real (tiny) artifact."""
 
 import pytest
 
-from edgedelta.devices import Calibration, ModelFacts, calibrate, device_from_dict, plan, plan_facts
+from edgedelta.devices import Calibration, ModelFacts, calibrate, calibrate_runs, device_from_dict, plan, plan_facts
 from edgedelta.devices.planner import DEFAULT_OVERHEAD_BYTES, calibration_path, load_calibration
 from edgedelta.errors import ConfigError
 
@@ -63,3 +63,16 @@ def test_plan_tiny_edgedelta(tiny_edgedelta, tmp_path):
     with pytest.raises(ConfigError, match="maximum of 256"):
         plan(art, DEV, 1000)
     assert calibration_path(art).parent == art.parent and load_calibration(art) is None
+
+
+def test_calibrate_runs_recovers_overhead_and_attention_factor():
+    big = ModelFacts(**{**M.__dict__, "max_positions": 4096})
+    truth = Calibration(overhead_bytes=50 * MIB, attn_factor=6.0)
+    runs = [{"context": c, "prompt_tokens": c - 8,
+             "peak_rss_bytes": plan_facts(big, DEV, c, calibration=truth, prefill=c - 8).predicted_peak_bytes}
+            for c in (256, 1024, 2048)]
+    cal = calibrate_runs(big, runs)
+    assert cal.attn_factor == pytest.approx(6.0, rel=1e-6) and abs(cal.overhead_bytes - 50 * MIB) <= 2
+    assert cal.contexts == (256, 1024, 2048)
+    one = calibrate_runs(big, runs[:1])
+    assert one.attn_factor == 2.0 and plan_facts(big, DEV, 256, calibration=one, prefill=248).predicted_peak_bytes == runs[0]["peak_rss_bytes"]
