@@ -11,7 +11,6 @@ LoRA with a matched trainable-parameter count, merged after)."""
 
 from __future__ import annotations
 
-import gc
 import sys
 import tempfile
 import time
@@ -148,7 +147,6 @@ def compare(model, tokenizer, config: CompareConfig, source: dict | None = None,
                          "report": report, "heal": h, "eval": evaluate(student, tokenizer, config.eval, progress=progress)})
             notify(rows[-1])
         del student
-        gc.collect()
     return {"config": {**asdict(config), "eval": asdict(config.eval)}, "source": source or {}, "original_params": original,
             "budget_params": target if isinstance(target, int) else round(original * target), "rows": rows,
             "seconds": round(time.time() - t0, 1), "eval_text": _texts_note(config)}

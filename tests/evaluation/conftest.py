@@ -3,6 +3,9 @@
 import pytest
 import torch
 
+# tiny matrices: one thread is fastest, and the 2 cores are shared with other runs
+torch.set_num_threads(1)
+
 
 def make_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
