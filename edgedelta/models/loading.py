@@ -112,7 +112,7 @@ def _check_model_dir(path: Path) -> dict:
         raise ModelLoadError(f"'{path}' is not a model directory: no config.json")
     try:
         cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelLoadError(f"'{cfg_path}' is not valid JSON: {e}") from None
     weights = list(path.glob("*.safetensors"))
     pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
@@ -125,8 +125,11 @@ def _check_model_dir(path: Path) -> dict:
     if index.is_file():
         try:
             shards = set(json.loads(index.read_text())["weight_map"].values())
-        except (json.JSONDecodeError, KeyError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
             raise ModelLoadError(f"'{index}' is malformed: {e}") from None
+        outside = sorted(s for s in shards if path.resolve() not in (path / s).resolve().parents)
+        if outside:
+            raise ModelLoadError(f"'{index}' names weight shard(s) outside the folder: {', '.join(outside)}")
         missing = sorted(s for s in shards if not (path / s).is_file())
         if missing:
             raise ModelLoadError(f"'{path}' is missing weight shard(s): {', '.join(missing)}")
@@ -167,7 +170,7 @@ def load_hf_dir(path: Path, dtype=torch.float32):
 def is_compressed_dir(path: Path) -> bool:
     try:
         return "edgedelta" in json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # JSONDecodeError, UnicodeDecodeError
         return False
 
 
