@@ -76,6 +76,8 @@ def verify_manifest(folder: str | os.PathLike, manifest: dict[str, Any] | None =
     folder = Path(folder)
     manifest = manifest or read_manifest(folder)
     for rel, entry in manifest["files"].items():
+        if not isinstance(entry, dict):
+            raise IntegrityError(f"manifest of '{folder}' is malformed: entry for '{rel}' is not a {{bytes, sha256}} table")
         p = (folder / rel).resolve()
         if folder.resolve() not in p.parents:
             raise IntegrityError(f"manifest of '{folder}' names a path outside the folder: '{rel}'")
