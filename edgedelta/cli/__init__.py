@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except EdgeDeltaError as e:
-        sys.stderr.write(f"edgedelta {args.command}: error: {e}\n")
+        msg = " ".join(str(e).split())  # one line even when a library's message has several
+        sys.stderr.write(f"edgedelta {args.command}: error: {msg}\n")
         return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write(f"edgedelta {args.command}: interrupted\n")
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an unexpected bug: still one line, unless debugging
         if os.environ.get("EDGEDELTA_DEBUG"):
             raise
-        sys.stderr.write(f"edgedelta {args.command}: internal error: {type(e).__name__}: {e} (set EDGEDELTA_DEBUG=1 for a traceback)\n")
+        sys.stderr.write(f"edgedelta {args.command}: internal error: {type(e).__name__}: {' '.join(str(e).split())} (set EDGEDELTA_DEBUG=1 for a traceback)\n")
         return 1
 
 
