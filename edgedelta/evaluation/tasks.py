@@ -131,6 +131,10 @@ def load_task_file(path: str | Path) -> tuple[Item, ...]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"task file '{p}' does not exist")
+    try:  # a binary file is a user error, not a UnicodeDecodeError mid-loop
+        p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"task file '{p}' is not UTF-8 text: {e}") from None
     items = []
     with open(p, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
