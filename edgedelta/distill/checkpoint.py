@@ -85,8 +85,10 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
         return None
     try:
         name = json.loads(latest.read_text())["checkpoint"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"'{latest}' is corrupt ({e}); remove the run folder '{run_dir}' to start over") from None
+    if not isinstance(name, str) or (run_dir / name).resolve().parent != run_dir.resolve():
+        raise CheckpointError(f"'{latest}' names {name!r}, not a checkpoint folder inside '{run_dir}'; remove the run folder to start over")
     return run_dir / name
 
 
