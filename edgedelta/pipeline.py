@@ -80,7 +80,15 @@ class Stages:
     def __init__(self, out: Path, log: Callable[[str], None], total: int):
         self.out, self.log, self.total, self.n = out, log, total, 0
         self.path = out / "stages.json"
-        self.state: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.state: dict[str, Any] = {}
+        if self.path.is_file():
+            try:
+                self.state = json.loads(self.path.read_text())
+            except (ValueError, OSError) as e:  # JSONDecodeError, UnicodeDecodeError
+                log(f"stages.json is unreadable ({type(e).__name__}); running every stage again")
+            if not isinstance(self.state, dict):
+                log("stages.json is not a table; running every stage again")
+                self.state = {}
 
     def run(self, name: str, key_parts: Any, output: Path, fn: Callable[[], Any]) -> Any:
         self.n += 1
