@@ -54,6 +54,9 @@ def apply_sharing(model: nn.Module, spec: SharingSpec, adapter: ModelAdapter | N
     adapter = adapter or adapter_for(model.config)
     layers = adapter.decoder_layers(model)
     shared: dict[tuple[int, str], nn.Parameter] = {}
+    bad = [g for g in spec.groups if not g or any(not isinstance(li, int) or not 0 <= li < len(layers) for li in g)]
+    if bad:  # e.g. a config.json edited or written for another model
+        raise ConfigError(f"sharing spec names layers outside the model's 0..{len(layers) - 1}: {bad}")
     for gi, group in enumerate(spec.groups):
         for proj in spec.projections:
             first = adapter.get_linear(layers[group[0]], proj)
