@@ -43,3 +43,23 @@ def test_eval_cli_bad_input(model_dir, tmp_path, capsys, argv, msg):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--target-params", "1.5"], "fraction in (0, 1)"),
+    (["--methods", "shortgpt,slicegpt"], "unknown method(s) ['slicegpt']"),
+    (["--limit", "0"], "--limit must be a positive"),
+    (["--tasks", "mmlu"], "unknown task(s) mmlu"),
+    (["--model", "NOTAMODEL"], "not a model directory"),
+])
+def test_compare_cli_bad_input(tmp_path, capsys, extra, msg):
+    argv = ["compare", "--out", str(tmp_path / "out")] + [a.replace("NOTAMODEL", str(tmp_path)) for a in extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert msg in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_cli_refuses_existing_out(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    assert main(["compare", "--model", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert "--force" in capsys.readouterr().err
