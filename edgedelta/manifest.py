@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from .fsutil import sha256_file, write_json_atomic
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 def library_versions() -> dict[str, str]:
@@ -88,4 +90,8 @@ def verify_manifest(folder: str | os.PathLike, manifest: dict[str, Any] | None =
             raise IntegrityError(f"'{folder}': file '{rel}' has {size} bytes, manifest says {entry.get('bytes')} (truncated or modified)")
         if sha256_file(p) != entry.get("sha256"):
             raise IntegrityError(f"'{folder}': file '{rel}' does not match its sha256 in the manifest (modified or corrupt)")
+    # a pickle dropped into the folder is never read (weights come from safetensors / ONNX only): say so
+    stray = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES and p.name not in manifest["files"])
+    if stray:
+        print(f"edgedelta: ignoring {', '.join(stray)} in '{folder}': not listed in its manifest (pickles are never read)", file=sys.stderr)
     return manifest
