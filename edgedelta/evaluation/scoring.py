@@ -178,7 +178,11 @@ class TorchScorer:
                 mask[b, 0, t, t] = True
         rows = torch.cat([torch.full((len(t[1]),), t[0], dtype=torch.long) for t in targets])
         cols = torch.cat([torch.tensor(t[1], dtype=torch.long) for t in targets])
-        logits = self._logits_at(ids.to(device), pos.to(device), mask.to(device), rows.to(device), cols.to(device))  # (N, V)
+        # additive float mask (0 = attend, dtype min = blocked): eager attention adds it to the
+        # scores, SDPA accepts it as is (a bool mask would be added as 0/1 by eager)
+        dtype = next(self.model.parameters()).dtype
+        add_mask = torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, torch.finfo(dtype).min)
+        logits = self._logits_at(ids.to(device), pos.to(device), add_mask.to(device), rows.to(device), cols.to(device))  # (N, V)
         logp = torch.log_softmax(logits, dim=-1)
         greedy = logits.argmax(dim=-1).cpu()
         tok = torch.cat([torch.tensor(t[2], dtype=torch.long) for t in targets])

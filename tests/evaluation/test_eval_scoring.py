@@ -85,3 +85,13 @@ def test_greedy_flag_true_for_models_own_argmax(tiny_model, tiny_tok):
     if ids_cont == [nxt]:  # the decoded token re-encodes to itself (usual for BPE)
         (_, greedy), = TorchScorer(tiny_model, tiny_tok).loglikelihood([Request("The quick brown", cont_text)])
         assert greedy
+
+
+def test_packed_scorer_eager_attention(tiny_tok):
+    from conftest import make_model
+
+    m = make_model(len(tiny_tok))
+    m.config._attn_implementation = "eager"
+    ref = [reference_loglikelihood(m, tiny_tok, r.context, r.continuation) for r in REQS]
+    got = TorchScorer(m, tiny_tok).loglikelihood(REQS)
+    assert np.allclose([g[0] for g in got], [r[0] for r in ref], atol=1e-4)
