@@ -11,7 +11,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from .planner import Calibration, calibrate_runs, calibration_path, facts_of, load_calibration, plan_facts
+from .planner import Calibration, calibrate_joint, calibration_path, check_context, facts_of, load_calibration, plan_facts
 from .profile import Device
 
 
@@ -29,31 +29,35 @@ def assess(artifacts: list[str | Path], contexts: list[int], devices: list[Devic
     host = host_device()
     out: dict[str, Any] = {"host": {**host.to_dict(), "platform": platform.platform(), "processor": platform.processor()},
                            "contexts": contexts, "new_tokens": new_tokens, "models": [], "plans": []}
+    entries = []
     for path in artifacts:
         art = Artifact.open(path)  # verified: a tampered artifact is refused here
         m = facts_of(art)
         for c in contexts:  # bad lengths fail before any measuring
-            from .planner import check_context
-
             check_context(c, m.max_positions)
-        entry: dict[str, Any] = {"name": m.name, "path": str(Path(path).resolve()), "compressed": m.compressed,
-                                 "facts": m.__dict__.copy(), "runs": []}
-        cal: Calibration | None = load_calibration(art.path)
-        if measure:
+        entries.append((art, m, {"name": m.name, "path": str(Path(path).resolve()), "compressed": m.compressed,
+                                 "facts": m.__dict__.copy(), "runs": []}))
+    joint: Calibration | None = None
+    if measure:
+        pairs = []
+        for art, m, entry in entries:
             log(f"profiling {m.name}: contexts {contexts} ({new_tokens} new tokens each, provider {provider})")
-            runs = sweep(art.path, contexts, new_tokens, provider, threads)
-            fit = sorted(runs, key=lambda r: r["context"])[:max(1, calibrate_on)]
-            cal = calibrate_runs(m, fit, host=host.display_name, provider=provider)
-            if save_calibration:
-                cal.to_json(calibration_path(art.path))
-            for r in runs:
-                pred = plan_facts(m, host, r["context"], calibration=cal, prefill=r["prompt_tokens"]).predicted_peak_bytes
-                r.update(model=m.name, predicted_peak_bytes=pred, prediction_error=pred / r["peak_rss_bytes"] - 1,
-                         calibration_point=r["context"] in cal.contexts,
-                         weight_bandwidth_gbps=m.weight_bytes_read_per_token * r["decode_tok_s"] / 1e9)
-                log(f"  context {r['context']}: TTFT {r['ttft_s'] * 1000:.0f} ms, decode {r['decode_tok_s']:.1f} tok/s, "
-                    f"peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB (predicted {pred / 2**20:.0f})")
-            entry["runs"] = runs
+            entry["runs"] = sweep(art.path, contexts, new_tokens, provider, threads)
+            pairs += [(m, r) for r in sorted(entry["runs"], key=lambda r: r["context"])[:max(1, calibrate_on)]]
+        # one fit for all models: overhead and attention factor belong to the runtime
+        joint = calibrate_joint(pairs, host=host.display_name, provider=provider)
+        out["calibration"] = joint.__dict__
+    for art, m, entry in entries:
+        cal = joint or load_calibration(art.path)
+        if joint and save_calibration:
+            joint.to_json(calibration_path(art.path))
+        for r in entry["runs"]:
+            pred = plan_facts(m, host, r["context"], calibration=cal, prefill=r["prompt_tokens"]).predicted_peak_bytes
+            r.update(model=m.name, predicted_peak_bytes=pred, prediction_error=pred / r["peak_rss_bytes"] - 1,
+                     calibration_point=r["context"] in cal.contexts,
+                     weight_bandwidth_gbps=m.weight_bytes_read_per_token * r["decode_tok_s"] / 1e9)
+            log(f"  {m.name} context {r['context']}: TTFT {r['ttft_s'] * 1000:.0f} ms, decode {r['decode_tok_s']:.1f} tok/s, "
+                f"peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB (predicted {pred / 2**20:.0f})")
         entry["calibration"] = cal.__dict__ if cal else None
         out["models"].append(entry)
         for d in devices:

@@ -191,25 +191,32 @@ def calibrate(m: ModelFacts, measured_peak_rss: int, context: int, host: str = "
 
 
 def calibrate_runs(m: ModelFacts, runs: list[dict], host: str = "", provider: str = "cpu") -> Calibration:
-    """Fit overhead and attn_factor to profiler runs ({context, prompt_tokens, peak_rss_bytes}) by
-    least squares: measured - (weights + KV + logits + hidden) = overhead + attn_factor x one
-    attention tensor. One run: attn_factor stays 2 and only the overhead is fitted."""
+    """Fit overhead and attn_factor to one model's profiler runs (see calibrate_joint)."""
+    return calibrate_joint([(m, r) for r in runs], host, provider)
+
+
+def calibrate_joint(pairs: list[tuple[ModelFacts, dict]], host: str = "", provider: str = "cpu") -> Calibration:
+    """Fit the runtime's overhead and attn_factor to profiler runs ({context, prompt_tokens,
+    peak_rss_bytes}) of one or more models by least squares:
+        measured - (weights + KV + logits + hidden) = overhead + attn_factor x one attention tensor.
+    Both are properties of the runtime, not the model, so several models share one fit (this
+    keeps original-vs-compressed comparisons free of per-model fitting noise). With a single
+    context length attn_factor stays 2 and only the overhead is fitted."""
     import numpy as np
 
-    if len(runs) == 1:
-        r = runs[0]
-        return calibrate(m, r["peak_rss_bytes"], r["context"], host, provider, prefill=r["prompt_tokens"])
     y, x = [], []
-    for r in runs:
+    for m, r in pairs:
         s = r["prompt_tokens"]
         base = m.weight_bytes + 2 * m.kv_bytes(r["context"]) + m.activation_bytes(s, attn_factor=0.0)
         y.append(r["peak_rss_bytes"] - base)
         x.append(m.attention_bytes(s))
-    a = np.vstack([np.ones(len(x)), np.array(x, dtype=float)]).T
-    (over, k), *_ = np.linalg.lstsq(a, np.array(y, dtype=float), rcond=None)
-    if k < 1.0:  # at least the scores tensor is live; refit the overhead alone
+    ya, xa = np.array(y, dtype=float), np.array(x, dtype=float)
+    k = 2.0
+    if len({r["prompt_tokens"] for _, r in pairs}) > 1:
+        (over, k), *_ = np.linalg.lstsq(np.vstack([np.ones_like(xa), xa]).T, ya, rcond=None)
+    if k < 1.0:  # at least the scores tensor is live
         k = 1.0
-        over = float(np.mean(np.array(y) - k * np.array(x)))
-    first = min(runs, key=lambda r: r["context"])
-    return Calibration(int(over), int(first["peak_rss_bytes"]), first["context"], host, provider, float(k),
-                       tuple(sorted(r["context"] for r in runs)))
+    over = float(np.mean(ya - k * xa))
+    first = min((r for _, r in pairs), key=lambda r: r["context"])
+    return Calibration(int(round(over)), int(first["peak_rss_bytes"]), first["context"], host, provider, float(k),
+                       tuple(sorted({r["context"] for _, r in pairs})))

@@ -31,26 +31,41 @@ def _plt():
 
 
 def chart_memory_per_device(plans: list[Plan], devices: list, context: int, path: Path) -> None:
+    """Top: predicted peak per model (bars, log scale, labelled in MiB) and the memory available
+    on the device (red line). Bottom: the same as a share of that memory (linear), where the
+    original-vs-compressed gap is visible."""
     plt = _plt()
     models = list(dict.fromkeys(p.model for p in plans))
+    devices = sorted(devices, key=lambda d: d.available_bytes)
     names = [d.name for d in devices]
     by = {(p.model, p.device): p for p in plans if p.context == context}
-    fig, ax = plt.subplots(figsize=(max(7, 1.0 * len(names) + 2), 4.8))
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(max(8, 1.05 * len(names) + 2), 7.5), sharex=True,
+                                  gridspec_kw={"height_ratios": [3, 2]})
     w = 0.8 / max(len(models), 1)
     for i, m in enumerate(models):
         xs = [j + (i - (len(models) - 1) / 2) * w for j in range(len(names))]
-        ys = [by[(m, n)].predicted_peak_bytes / GIB if (m, n) in by else 0 for n in names]
-        ax.bar(xs, ys, width=w, label=f"{m} (predicted peak)", color=_COLORS[i % len(_COLORS)])
+        peaks = [by[(m, n)].predicted_peak_bytes if (m, n) in by else 0 for n in names]
+        col = _COLORS[i % len(_COLORS)]
+        bars = ax.bar(xs, [p / GIB for p in peaks], width=w, label=f"{m}", color=col)
+        for rect, p in zip(bars, peaks):
+            ax.annotate(f"{p / MIB:.0f}", (rect.get_x() + rect.get_width() / 2, rect.get_height()), ha="center",
+                        va="bottom", fontsize=6.5, rotation=90, xytext=(0, 2), textcoords="offset points")
+        share = [100 * p / d.available_bytes for p, d in zip(peaks, devices)]
+        ax2.bar(xs, share, width=w, color=col)
     for j, d in enumerate(devices):
-        avail = d.available_bytes / GIB
-        ax.hlines(avail, j - 0.45, j + 0.45, colors="#d62728", linewidth=2.5, label="memory for the model" if j == 0 else None)
+        ax.hlines(d.available_bytes / GIB, j - 0.45, j + 0.45, colors="#d62728", linewidth=2.5,
+                  label="memory available to the model" if j == 0 else None)
+    ax2.axhline(100, color="#d62728", linewidth=1.5)
     ax.set_yscale("log")
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("GiB (log scale)")
-    ax.set_title(f"Predicted peak memory at context {context} vs memory available on each device")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(f"Predicted peak memory at context {context} (bar labels in MiB) vs memory available")
+    ax.legend(fontsize=8, loc="upper left", framealpha=0.9)
     ax.grid(axis="y", alpha=0.3, which="both")
+    ax2.set_ylabel("% of available memory")
+    ax2.set_yscale("log")
+    ax2.grid(axis="y", alpha=0.3, which="both")
+    ax2.set_xticks(range(len(names)))
+    ax2.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -98,7 +98,8 @@ class Artifact:
 
     @property
     def name(self) -> str:
-        return str(self.manifest.get("name") or self.manifest.get("source", {}).get("name") or self.path.name)
+        """The manifest's "name", else the folder name (distinguishes original and compressed exports)."""
+        return str(self.manifest.get("name") or self.path.name)
 
     @property
     def ort_session_config(self) -> dict[str, str]:

@@ -4,6 +4,7 @@ plan of a real (tiny) artifact."""
 import pytest
 
 from edgedelta.devices import Calibration, ModelFacts, calibrate, calibrate_runs, device_from_dict, plan, plan_facts
+from edgedelta.devices.planner import calibrate_joint
 from edgedelta.devices.planner import DEFAULT_OVERHEAD_BYTES, calibration_path, load_calibration
 from edgedelta.errors import ConfigError
 
@@ -76,3 +77,14 @@ def test_calibrate_runs_recovers_overhead_and_attention_factor():
     assert cal.contexts == (256, 1024, 2048)
     one = calibrate_runs(big, runs[:1])
     assert one.attn_factor == 2.0 and plan_facts(big, DEV, 256, calibration=one, prefill=248).predicted_peak_bytes == runs[0]["peak_rss_bytes"]
+
+
+def test_joint_calibration_over_two_models():
+    a = ModelFacts(**{**M.__dict__, "max_positions": 4096})
+    b = ModelFacts(**{**a.__dict__, "weight_bytes": 700, "name": "toy-small"})
+    truth = Calibration(overhead_bytes=30 * MIB, attn_factor=3.0)
+    pairs = [(m, {"context": c, "prompt_tokens": c - 4,
+                  "peak_rss_bytes": plan_facts(m, DEV, c, calibration=truth, prefill=c - 4).predicted_peak_bytes})
+             for m in (a, b) for c in (128, 512)]
+    cal = calibrate_joint(pairs)
+    assert cal.attn_factor == pytest.approx(3.0, rel=1e-6) and abs(cal.overhead_bytes - 30 * MIB) <= 2
