@@ -84,6 +84,7 @@ def _copy_side_files(src: Path, dst: Path, model, tokenizer) -> list[str]:
     """config.json (plain transformers), generation_config.json, tokenizer files."""
     cfg = json.loads(model.config.to_json_string(use_diff=False))
     cfg.pop("edgedelta", None)
+    cfg.pop("_name_or_path", None)  # a local path: same model from another folder must give the same bytes (source is in the manifest)
     cfg["use_cache"] = True
     (dst / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     if getattr(model, "generation_config", None) is not None:
