@@ -77,9 +77,11 @@ def plan_breakdown_table(plans: list[Plan], markdown: bool = False) -> str:
 
 def runs_table(runs: list[dict[str, Any]], markdown: bool = False) -> str:
     rows = [[r.get("model", ""), r["context"], r["provider"], f"{r['load_s']:.2f}", f"{r['ttft_s'] * 1000:.0f}",
-             fmt_rate(r["decode_tok_s"]), fmt_bytes(r["peak_rss_bytes"]), fmt_bytes(r.get("predicted_peak_bytes")),
+             fmt_rate(r["decode_tok_s"]), fmt_bytes(r["peak_rss_bytes"]), fmt_bytes(r.get("peak_rss_decode_bytes")),
+             fmt_bytes(r.get("predicted_peak_bytes")),
              (f"{r['prediction_error']:+.1%}" + (" (fit)" if r.get("calibration_point") else ""))
              if r.get("prediction_error") is not None else "-", fmt_bytes(r["kv_bytes"]),
              fmt_bytes(r.get("gpu_peak_generate_bytes"))] for r in runs]
-    return table(["model", "context", "provider", "load s", "TTFT ms", "decode tok/s", "peak RSS", "predicted", "error", "KV",
+    return table(["model", "context", "provider", "load s", "TTFT ms", "decode tok/s", "peak RSS", "decode-phase peak",
+                  "predicted", "error", "KV",
                   "GPU mem"], rows, markdown)

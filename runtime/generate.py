@@ -103,8 +103,10 @@ def encode_prompts(session, prompts: list[str], config: GenerationConfig) -> lis
 class _Generation:
     """One batched generation. Iterate `events()` for (row, text piece); then read `results`."""
 
-    def __init__(self, session, ids: list[list[int]], config: GenerationConfig):
+    def __init__(self, session, ids: list[list[int]], config: GenerationConfig,
+                 on_first_token: Callable[[], None] | None = None):
         self.s, self.ids, self.c = session, ids, config
+        self.on_first_token = on_first_token  # called after prefill + first token (the profiler's phase boundary)
         tok = session.tokenizer
         self.eos = set(session.artifact.eos_token_ids) if config.eos else set()
         if config.eos and tok is not None and tok.eos_token_id is not None:
@@ -147,6 +149,8 @@ class _Generation:
                 ttft = t1 - t0
                 if p > 1:
                     s.release_prefill_buffer(1, b)
+                if self.on_first_token is not None:
+                    self.on_first_token()
             for r in range(b):
                 if done[r]:
                     continue
@@ -203,12 +207,14 @@ def generate(session, prompts, config: GenerationConfig | None = None,
     return g.results[0] if single else g.results
 
 
-def generate_ids(session, ids: list[list[int]], config: GenerationConfig | None = None, **kwargs) -> list[GenerationResult]:
-    """Like generate, from token ids (no tokenizer needed; text is empty without one)."""
+def generate_ids(session, ids: list[list[int]], config: GenerationConfig | None = None,
+                 on_first_token: Callable[[], None] | None = None, **kwargs) -> list[GenerationResult]:
+    """Like generate, from token ids (no tokenizer needed; text is empty without one).
+    `on_first_token()` is called once the prefill has produced the first token."""
     config = _config(config, kwargs)
     if not ids or any(len(x) == 0 for x in ids):
         raise ConfigError("every prompt needs at least one token")
-    g = _Generation(session, [list(map(int, x)) for x in ids], config)
+    g = _Generation(session, [list(map(int, x)) for x in ids], config, on_first_token)
     for _ in g.events():
         pass
     return g.results

@@ -130,16 +130,27 @@ def measure(artifact: str | os.PathLike, context: int, new_tokens: int = 16, pro
     prompt = np.random.default_rng(seed).integers(16, s.artifact.vocab_size, size=context - new_tokens).tolist()
     rss.reset()
     gpu.reset()
-    r = generate_ids(s, [prompt], max_new_tokens=new_tokens, eos=False)[0]
-    gen_peak = rss.peak()
+    phase: dict[str, Any] = {}
+
+    def prefill_done():  # phase boundary: peak of prefill, then measure decode alone
+        phase["rss"], phase["gpu"] = rss.peak(), gpu.peak()
+        rss.reset()
+        gpu.reset()
+
+    r = generate_ids(s, [prompt], max_new_tokens=new_tokens, eos=False, on_first_token=prefill_done)[0]
+    decode_peak = rss.peak()
+    gen_peak = max(phase.get("rss", 0), decode_peak)
     return {
         "context": context, "prompt_tokens": context - new_tokens, "new_tokens": len(r.token_ids), "provider": s.provider,
         "threads": threads, "session": session_kw, "load_s": load_s, "ttft_s": r.ttft_s, "prefill_tok_s": (context - new_tokens) / r.ttft_s,
         "decode_s": r.decode_s, "decode_tok_s": r.decode_tokens_per_s,
         "rss_start_bytes": rss_start,
-        "peak_rss_load_bytes": load_peak, "peak_rss_generate_bytes": gen_peak, "peak_rss_bytes": max(load_peak, gen_peak),
+        "peak_rss_load_bytes": load_peak, "peak_rss_prefill_bytes": phase.get("rss"), "peak_rss_decode_bytes": decode_peak,
+        "peak_rss_generate_bytes": gen_peak, "peak_rss_bytes": max(load_peak, gen_peak),
         "rss_exact": rss.exact, "kv_bytes": s.kv.bytes(context), "kv_buffer_bytes": 2 * s.kv.bytes(context),
-        "gpu_mem_start_bytes": gpu_start, "gpu_peak_load_bytes": gpu_load, "gpu_peak_generate_bytes": gpu.peak(),
+        "gpu_mem_start_bytes": gpu_start, "gpu_peak_load_bytes": gpu_load, "gpu_peak_prefill_bytes": phase.get("gpu"),
+        "gpu_peak_decode_bytes": gpu.peak(),
+        "gpu_peak_generate_bytes": max((x for x in (phase.get("gpu"), gpu.peak()) if x is not None), default=None),
     }
 
 
