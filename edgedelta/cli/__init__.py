@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 from ..errors import EdgeDeltaError
 
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    old_term = _term_as_interrupt()
     try:
         return int(args._run(args) or 0)
     except EdgeDeltaError as e:
@@ -74,6 +77,21 @@ def main(argv: list[str] | None = None) -> int:
             raise
         sys.stderr.write(f"edgedelta {args.command}: internal error: {type(e).__name__}: {' '.join(str(e).split())} (set EDGEDELTA_DEBUG=1 for a traceback)\n")
         return 1
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _term_as_interrupt():
+    """SIGTERM (a service manager stopping us, `kill`) unwinds like Ctrl-C, so atomic outputs
+    remove their temporary folders instead of leaving them behind. Returns the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":
