@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -278,8 +279,15 @@ def write_index(out: Path, cfg: PipelineConfig, state: dict, quality: dict, samp
         section = dev_md[table_start:].split("\n## ", 2)
         lines += [section[0].replace("## Fit and decode ceiling per device", "### Fit and decode ceiling per device"), ""]
     md = "\n".join(lines) + "\n"
-    (out / "index.md").write_text(md)
     from .devices.report import _md_to_html
 
-    (out / "index.html").write_text(_md_to_html(md))
+    _write_text_atomic(out / "index.html", _md_to_html(md))
+    _write_text_atomic(out / "index.md", md)  # last: its presence means the report is complete
     return out / "index.md"
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """An interrupted write never leaves a truncated report behind."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
