@@ -1,0 +1,32 @@
+"""Equal-token healing: a merged LoRA lowers the KL to the teacher and adds no parameters."""
+
+import torch
+import torch.nn.functional as F
+
+from edgedelta.baselines import shortgpt
+from edgedelta.baselines.heal import heal, rank_for_budget
+from edgedelta.delta.accounting import count_parameters
+
+from conftest import make_model
+
+
+def _kl(student, teacher, x):
+    with torch.no_grad():
+        s = F.log_softmax(student(x).logits, -1)
+        t = F.log_softmax(teacher(x).logits, -1)
+    return float(F.kl_div(s, t, log_target=True, reduction="batchmean"))
+
+
+def test_heal_lowers_kl_and_keeps_params():
+    teacher = make_model(300, layers=6)
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, 300, (8, 32), generator=g)
+    student = shortgpt.build(teacher, 0.8, rows[:2]).model
+    n = count_parameters(student)["total"]
+    before = _kl(student, teacher, rows)
+    info = heal(student, teacher, rows.repeat(6, 1), rank=4, lr=3e-3, progress=False)
+    assert count_parameters(student)["total"] == n
+    assert all(type(m).__name__ != "LoRALinear" for m in student.modules())
+    assert _kl(student, teacher, rows) < before
+    assert info["tokens"] == 48 * 32 and info["trainable_params"] > 0
+    assert rank_for_budget(student, info["trainable_params"]) == 4
