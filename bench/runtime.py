@@ -60,10 +60,21 @@ class OursEngine:
 class HFEngine:
     """optimum ORTModelForCausalLM or transformers eager: decode tok/s = n / (t(n+1 tokens) - t(1 token))."""
 
-    def __init__(self, model, ids):
-        self.m, self.ids = model, ids
+    def __init__(self, model, ids, torch_threads: int | None = None):
+        self.m, self.ids, self.threads = model, ids, torch_threads
 
     def _gen(self, k: int):
+        import torch
+
+        prev = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            return self._gen_inner(k)
+        finally:
+            torch.set_num_threads(prev)
+
+    def _gen_inner(self, k: int):
         import torch
 
         with torch.no_grad():
@@ -78,7 +89,10 @@ class HFEngine:
         return t1, n / max(tn - t1, 1e-9), toks
 
 
-def speed(orig: Path, comp: Path | None, n: int, rounds: int, skip_torch: bool, skip_optimum: bool) -> dict:
+def speed(orig: Path, comp: Path | None, n: int, rounds: int, skip_torch: bool, skip_optimum: bool,
+          extra: bool = False) -> dict:
+    """extra: also optimum with ORT thread spinning off (our setting) and 1-thread variants,
+    to separate the runtimes from their thread settings on a shared CPU."""
     import torch
 
     engines: dict[str, object] = {}
@@ -94,10 +108,23 @@ def speed(orig: Path, comp: Path | None, n: int, rounds: int, skip_torch: bool, 
 
         engines["optimum"] = HFEngine(ORTModelForCausalLM.from_pretrained(str(orig), use_cache=True, use_io_binding=False,
                                                                           provider="CPUExecutionProvider"), ids)
+        if extra:
+            import onnxruntime as ort
+
+            so = ort.SessionOptions()
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+            engines["optimum_nospin"] = HFEngine(ORTModelForCausalLM.from_pretrained(
+                str(orig), use_cache=True, use_io_binding=False, provider="CPUExecutionProvider", session_options=so), ids)
     if not skip_torch:
         from edgedelta.models.loading import load_model
 
-        engines["torch_eager"] = HFEngine(load_model("default").model.eval(), ids)
+        tm = load_model("default").model.eval()
+        engines["torch_eager"] = HFEngine(tm, ids)
+        if extra:
+            engines["torch_eager_1thread"] = HFEngine(tm, ids, torch_threads=1)
+    if extra:
+        engines["ours_1thread"] = OursEngine(orig, threads=1)
     per: dict[str, list] = {k: [] for k in engines}
     tokens: dict[str, list[int]] = {}
     for rnd in range(rounds):
@@ -117,11 +144,14 @@ def speed(orig: Path, comp: Path | None, n: int, rounds: int, skip_torch: bool, 
 
     ref = tokens.get("ours")
     agree = {k: next((i for i, (a, b) in enumerate(zip(ref, v)) if a != b), min(len(ref), len(v)))
-             for k, v in tokens.items() if k in ("optimum", "torch_eager", "ours_prepack")}
+             for k, v in tokens.items() if not k.startswith("ours_compressed") and k != "ours"}
     return {"new_tokens": n, "rounds": rounds, "prompt_tokens": len(engines["ours"].ids), "per_round": per,
             "median_decode_tok_s": med, "best_decode_tok_s": best,
             "ratios": {"ours/optimum": ratio("ours", "optimum"), "ours_spin/optimum": ratio("ours_spin", "optimum"), "ours_prepack/optimum": ratio("ours_prepack", "optimum"),
                        "ours/torch_eager": ratio("ours", "torch_eager"), "ours_prepack/torch_eager": ratio("ours_prepack", "torch_eager"),
+                       "ours/optimum_nospin": ratio("ours", "optimum_nospin"),
+                       "ours_prepack/optimum_nospin": ratio("ours_prepack", "optimum_nospin"),
+                       "ours_1thread/torch_eager_1thread": ratio("ours_1thread", "torch_eager_1thread"),
                        "compressed/original": ratio("ours_compressed", "ours"),
                        "compressed/original (prepack)": ratio("ours_compressed_prepack", "ours_prepack")},
             "greedy_tokens_identical_prefix": agree}
@@ -152,7 +182,9 @@ def write_md(res: dict, path: Path) -> None:
     sp, bw, mem = res.get("speed"), res["host"]["bandwidth_gbps"], res.get("memory")
     L = ["# Runtime benchmark", "",
          f"{res['date']}; host {res['host']['cpus']} CPUs ({res['host']['platform']}), shared with other jobs during the run "
-         f"(load average at start {res['host']['loadavg_start']}); copy bandwidth {bw:.1f} GB/s. Default model "
+         f"(load average {res['host']['loadavg_start']:.1f} at start, {res['host'].get('loadavg_end', float('nan')):.1f} at end: "
+         "absolute speeds are far below a quiet machine's, only same-round ratios mean much); "
+         f"copy bandwidth {bw:.1f} GB/s. Default model "
          "SmolLM2-135M-Instruct fp32; compressed = 6 pairs of layers sharing a base + rank-40 deltas (no recovery "
          "training: speed and memory do not depend on it). Prompt: a fixed 30-token maintenance text; greedy; EOS ignored.", ""]
     if sp:
@@ -162,7 +194,8 @@ def write_md(res: dict, path: Path) -> None:
                       f"{statistics.median(x['ttft_s'] for x in sp['per_round'][k]) * 1000:.0f}"]
                      for k, v in sp["median_decode_tok_s"].items()], markdown=True), "",
               "| ratio (median of same-round ratios) | value | target | met |", "|---|---|---|---|"]
-        targets = {"ours/optimum": 1.0, "ours_spin/optimum": 1.0, "ours_prepack/optimum": 1.0, "ours/torch_eager": 2.0, "ours_prepack/torch_eager": 2.0,
+        targets = {"ours/optimum": 1.0, "ours_spin/optimum": 1.0, "ours/optimum_nospin": 1.0, "ours_prepack/optimum_nospin": 1.0,
+                   "ours_1thread/torch_eager_1thread": 2.0, "ours_prepack/optimum": 1.0, "ours/torch_eager": 2.0, "ours_prepack/torch_eager": 2.0,
                    "compressed/original": 0.95, "compressed/original (prepack)": 0.95}
         for k, t in targets.items():
             r = sp["ratios"].get(k)
@@ -206,9 +239,18 @@ def main() -> int:
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--skip-optimum", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--extra-engines", action="store_true", help="also optimum without thread spinning and 1-thread variants")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--notes", action="append", default=[], help="add a note to the results (repeatable)")
+    ap.add_argument("--md-only", action="store_true", help="rewrite runtime.md from runtime.json (adding --notes)")
     a = ap.parse_args()
+    if a.md_only:
+        res = json.loads((Path(a.out) / "runtime.json").read_text())
+        res["notes"] = res.get("notes", []) + a.notes
+        write_json_atomic(Path(a.out) / "runtime.json", res)
+        write_md(res, Path(a.out) / "runtime.md")
+        return 0
     from edgedelta.devices.host import measure_bandwidth
     from edgedelta.runtime.artifact import Artifact
 
@@ -227,7 +269,7 @@ def main() -> int:
     res["accounting"] = {k: {"unique_weight_bytes": v.unique_weight_bytes, "weight_bytes_read_per_token": v.weight_bytes_read_per_token,
                              "kv_bytes_per_token": v.kv.bytes(1)} for k, v in arts.items()}
     if not a.skip_speed:
-        res["speed"] = sp = speed(orig, comp, a.new_tokens, a.rounds, a.skip_torch, a.skip_optimum)
+        res["speed"] = sp = speed(orig, comp, a.new_tokens, a.rounds, a.skip_torch, a.skip_optimum, a.extra_engines)
         ctx = sp["prompt_tokens"] + a.new_tokens // 2  # mean cached positions during decode
         res["bandwidth"] = {}
         for eng, key in (("ours", "original"), ("ours_prepack", "original"), ("ours_compressed", "compressed"),
