@@ -100,7 +100,8 @@ class Results:
         self.data["meta"].update({k: v for k, v in meta.items() if k != "append"})
 
     def point(self, arm: str, tokens: int, metrics: dict, **extra) -> None:
-        row = {"arm": arm, "tokens": tokens, **metrics, **extra}
+        row = {"arm": arm, "tokens": tokens, **metrics, **extra, "loadavg_1m": round(os.getloadavg()[0], 1),
+               "at": time.strftime("%H:%M:%S")}
         self.data["points"].append(row)
         print(f"[{time.strftime('%H:%M:%S')}] {arm} @ {tokens} tokens: " +
               ", ".join(f"{n} ppl {metrics[n]['ppl']} kl {metrics[n]['kl']}" for n in EVAL_SETS), flush=True)
