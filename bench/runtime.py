@@ -225,6 +225,11 @@ def write_md(res: dict, path: Path) -> None:
                     [[s, m, fmt_bytes(v["peak_rss_bytes"]), fmt_bytes(v["peak_rss_load_bytes"]), f"{v['decode_tok_s']:.2f}"]
                      for s, d in mem["session_settings"].items() for m, v in d.items()], markdown=True), "",
               "Device report (plans for every device, charts): [runtime_report/report.md](runtime_report/report.md)", ""]
+    if res.get("speed_previous_run"):
+        pr = res["speed_previous_run"]
+        L += [f"## Earlier speed run ({pr['date']}, same script without the extra engines)", "",
+              table(["engine", "median decode tok/s"], [[k, f"{v:.2f}"] for k, v in pr["median_decode_tok_s"].items()], markdown=True), "",
+              table(["ratio", "value"], [[k, f"{v:.2f}"] for k, v in pr["ratios"].items() if v], markdown=True), ""]
     if res.get("notes"):
         L += ["## Notes", ""] + [f"- {n}" for n in res["notes"]] + [""]
     path.write_text("\n".join(L))
@@ -268,6 +273,21 @@ def main() -> int:
     arts = {"original": Artifact.open(orig)} | ({"compressed": Artifact.open(comp)} if comp else {})
     res["accounting"] = {k: {"unique_weight_bytes": v.unique_weight_bytes, "weight_bytes_read_per_token": v.weight_bytes_read_per_token,
                              "kv_bytes_per_token": v.kv.bytes(1)} for k, v in arts.items()}
+    prev = out / "runtime.json"
+    if a.skip_speed and prev.is_file():  # keep the speed results of an earlier run (memory-only rerun)
+        old = json.loads(prev.read_text())
+        for k in ("speed", "bandwidth"):
+            if k in old:
+                res[k] = old[k]
+        res["host"]["speed_run"] = {k: old.get("host", {}).get(k) for k in ("loadavg_start", "bandwidth_gbps")} | {"date": old.get("date")}
+    if a.skip_memory and prev.is_file():  # keep the memory results of an earlier run (speed-only rerun)
+        old = json.loads(prev.read_text())
+        if "memory" in old:
+            res["memory"] = old["memory"]
+            res["host"]["memory_run"] = {"date": old.get("date"), "loadavg_start": old.get("host", {}).get("loadavg_start")}
+        if "speed" in old:
+            res["speed_previous_run"] = {"date": old.get("date"), "median_decode_tok_s": old["speed"]["median_decode_tok_s"],
+                                         "ratios": {k: v and v["median_of_round_ratios"] for k, v in old["speed"]["ratios"].items()}}
     if not a.skip_speed:
         res["speed"] = sp = speed(orig, comp, a.new_tokens, a.rounds, a.skip_torch, a.skip_optimum, a.extra_engines)
         ctx = sp["prompt_tokens"] + a.new_tokens // 2  # mean cached positions during decode
