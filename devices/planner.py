@@ -51,10 +51,19 @@ class Calibration:
             obj = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"calibration file '{path}' cannot be read: {e}") from None
-        if not isinstance(obj, dict) or obj.get("format") != CALIBRATION_FORMAT or not isinstance(obj.get("overhead_bytes"), int):
-            raise ConfigError(f"calibration file '{path}' is not an {CALIBRATION_FORMAT} file with an integer 'overhead_bytes'")
-        return cls(obj["overhead_bytes"], obj.get("measured_peak_rss"), obj.get("context"), obj.get("host", ""),
-                   obj.get("provider", "cpu"), float(obj.get("attn_factor", 2.0)), tuple(obj.get("contexts", ())))
+        if not isinstance(obj, dict) or obj.get("format") != CALIBRATION_FORMAT:
+            raise ConfigError(f"calibration file '{path}' is not an {CALIBRATION_FORMAT} JSON object")
+        over = obj.get("overhead_bytes")
+        if isinstance(over, bool) or not isinstance(over, int):
+            raise ConfigError(f"calibration file '{path}': field 'overhead_bytes' must be an integer, got {over!r}")
+        k = obj.get("attn_factor", 2.0)
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or not k >= 0:
+            raise ConfigError(f"calibration file '{path}': field 'attn_factor' must be a number ≥ 0, got {k!r}")
+        ctxs = obj.get("contexts", [])
+        if not isinstance(ctxs, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in ctxs):
+            raise ConfigError(f"calibration file '{path}': field 'contexts' must be a list of integers, got {ctxs!r}")
+        return cls(over, obj.get("measured_peak_rss"), obj.get("context"), str(obj.get("host", "")),
+                   str(obj.get("provider", "cpu")), float(k), tuple(ctxs))
 
     def to_json(self, path: str | os.PathLike) -> None:
         write_json_atomic(path, {"format": CALIBRATION_FORMAT, **asdict(self)})
