@@ -53,6 +53,21 @@ def check_output_path(out: str | os.PathLike, force: bool) -> Path:
     return out
 
 
+def _remove_stale_partials(out: Path) -> None:
+    """Temporary folders of earlier writes to `out` whose process is gone (killed with SIGKILL
+    or by a power cut, so it could not clean up): each can be as large as the output."""
+    for p in out.parent.glob(f".{out.name}.partial-*"):
+        pid = p.name[len(f".{out.name}.partial-"):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue  # an older edgedelta's folder (no pid) or our own: leave it
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `out`; on success it replaces `out` atomically
@@ -60,7 +75,8 @@ def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     On any error or interrupt the temporary folder is deleted and `out` is untouched."""
     out = check_output_path(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    _remove_stale_partials(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
         if out.exists():
