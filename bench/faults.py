@@ -256,11 +256,11 @@ def kill_loop(scenario: str, inp: dict, trials: int, rng: random.Random, log: Pa
             reused = text[text.rfind("$ edgedelta"):].count("unchanged, reusing")
         left_after = partials(out)
         rows.append({"trial": i, "signal": sig.name, "at_s": round(delay, 2), "killed": killed, "exit_after_signal": rc_killed,
-                     "complete_after_kill": bool(complete_after_kill), "temp_left_after_kill": left, "next_run": "resume" if resumed else "restart",
+                     "complete_after_kill": bool(complete_after_kill), "temp_left_after_kill": left, "next_run": "none (already complete)" if complete_after_kill and scenario != "pipeline" else "resume" if resumed else "restart",
                      "next_run_exit": rc2, "next_run_s": round(dt2, 1), "same_sha256_as_uninterrupted": same,
                      "pipeline_stages_reused": reused if scenario == "pipeline" else None, "temp_left_after_next_run": left_after,
                      "problems": problems})
-        print(f"[{scenario}] trial {i}: {sig.name} at {delay:.1f} s -> rc {rc_killed}; next run {'resume' if resumed else 'restart'} "
+        print(f"[{scenario}] trial {i}: {sig.name} at {delay:.1f} s -> rc {rc_killed}; next run {rows[-1]['next_run']} "
               f"rc {rc2}; {'OK' if not problems else problems}", file=sys.stderr, flush=True)
         shutil.rmtree(out, ignore_errors=True)
     return {"reference_s": round(ref_s, 1), "trials": rows}
@@ -319,15 +319,16 @@ def markdown(res: dict) -> str:
                   "A problem is: an output path that exists but does not verify, a checkpoint that does not load, a pipeline "
                   "stage recorded without a complete output, a truncated report, or a next run that fails / differs from the "
                   "uninterrupted run (compress, export).", "",
-                  "| command | reference run (s) | runs | SIGTERM | SIGKILL | killed before the end | next run resumed | same sha256 as uninterrupted | temp folders left after kill (SIGTERM / SIGKILL) | after next run | problems |",
-                  "|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|"]
+                  "| command | reference run (s) | runs | SIGTERM | SIGKILL | killed before the end | output complete when the signal landed | next run resumed | same sha256 as uninterrupted | temp folders left after kill (SIGTERM / SIGKILL) | after next run | problems |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|"]
         for name, v in res["kill"].items():
             t = v["trials"]
             same = [r["same_sha256_as_uninterrupted"] for r in t if r["same_sha256_as_uninterrupted"] is not None]
             lt = sum(len(r["temp_left_after_kill"]) > 0 for r in t if r["signal"] == "SIGTERM")
             lk = sum(len(r["temp_left_after_kill"]) > 0 for r in t if r["signal"] == "SIGKILL")
             lines.append(f"| {name} | {v['reference_s']} | {len(t)} | {sum(r['signal'] == 'SIGTERM' for r in t)} | "
-                         f"{sum(r['signal'] == 'SIGKILL' for r in t)} | {sum(r['killed'] for r in t)} | {sum(r['next_run'] == 'resume' for r in t)} | "
+                         f"{sum(r['signal'] == 'SIGKILL' for r in t)} | {sum(r['killed'] for r in t)} | {sum(r['complete_after_kill'] for r in t)} | "
+                         f"{sum(r['next_run'] == 'resume' for r in t)} | "
                          f"{sum(same)}/{len(same)} | {lt} / {lk} | {sum(len(r['temp_left_after_next_run']) > 0 for r in t)} | "
                          f"{sum(bool(r['problems']) for r in t)} |")
         probs = [(n, r) for n, v in res["kill"].items() for r in v["trials"] if r["problems"]]
@@ -361,7 +362,11 @@ def main() -> int:
     ap.add_argument("--default-artifact", default=None, help="the default model's artifact (edgedelta export default --out X) for the load test")
     ap.add_argument("--default-generations", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--report-only", action="store_true", help="rewrite faults.md from faults.json")
     args = ap.parse_args()
+    if args.report_only:
+        (RESULTS / "faults.md").write_text(markdown(json.loads((RESULTS / "faults.json").read_text())))
+        return 0
 
     import platform
 

@@ -1,7 +1,8 @@
 """Interruption, fast and representative (the random kill loop over compress / distill / export /
 pipeline is bench/faults.py): `edgedelta export` in a subprocess is killed while its output is
 half-built. SIGTERM unwinds and removes the temporary folder; SIGKILL cannot, but the output
-path stays absent (never half-written) and the next run completes cleanly."""
+path stays absent (never half-written) and the next run completes cleanly and removes the
+dead run's temporary folder."""
 
 from __future__ import annotations
 
@@ -53,8 +54,10 @@ def test_export_killed_mid_write_leaves_no_half_artifact(compressed_dir, tmp_pat
             assert _partials(out) == [], "SIGTERM must remove the temporary folder"
         else:
             assert proc.returncode == -signal.SIGKILL
+            assert _partials(out), "SIGKILL cannot clean up: its temporary folder stays (hidden, beside the output)"
     # the next run completes cleanly, whatever SIGKILL left behind
     proc = _cli("export", compressed_dir, "--out", out, "--no-validate")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     verify_manifest(out)
+    assert _partials(out) == [], "the next run removes the dead run's temporary folder"
