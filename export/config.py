@@ -25,6 +25,7 @@ CONFIG_VERSION = 1
 class ExportConfig:
     dtype: str = field(default="fp32", metadata={"help": f"weight and activation dtype: one of {DTYPES}"})
     quantize: str = field(default="none", metadata={"help": f"weight-only quantization of projection weights: one of {QUANTIZE}"})
+    quantize_deltas: bool = field(default=True, metadata={"help": "with int8/int4, quantize the delta A/B matrices too (off: export dtype)"})
     block_size: int = field(default=32, metadata={"help": "quantization block size along the input dimension (16..256, power of 2)"})
     opset: int = field(default=21, metadata={"help": "ONNX default-domain opset"})
     validate: bool = field(default=True, metadata={"help": "run the parity checks after export (ONNX checker and audit always run)"})

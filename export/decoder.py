@@ -166,22 +166,25 @@ class DecoderGraph:
             y = b.op("Cast", [y], to=self.T)
         return b.op("Mul", [y, weight])
 
+    def _matmul(self, x: str, weight: str, quant, outputs=None) -> str:
+        """x (..., K) times a stored weight: MatMul on (K, N) floats, or MatMulNBits."""
+        if quant is None:
+            return self.b.op("MatMul", [x, weight], outputs=outputs)
+        return self.b.op("MatMulNBits", [x, weight, weight + ".scales", weight + ".zero_points"], domain=MS_DOMAIN, outputs=outputs,
+                         K=quant.k, N=quant.n, bits=quant.bits, block_size=quant.block_size, accuracy_level=0)
+
     def _linear(self, x: str, ref: LinearRef, out: str | None = None) -> str:
-        """x (..., in) -> (..., out): base MatMul + separate low-rank delta, gate, bias.
-        `out` names the final output (for the graph output `logits`)."""
+        """x (..., in) -> (..., out): gate·(α·x·W + (x·Aᵀ)·Bᵀ) + bias, the base and the
+        low-rank delta as separate MatMuls. `out` names the final output (graph output `logits`)."""
         b = self.b
-        last = [n for n, on in (("base", True), ("delta", ref.delta_A), ("gate", ref.gate), ("bias", ref.bias)) if on][-1]
-        name = lambda step: [out] if out and step == last else None  # noqa: E731
-        if ref.quant is not None:
-            q = ref.quant
-            y = b.op("MatMulNBits", [x, ref.weight, ref.weight + ".scales", ref.weight + ".zero_points"], domain=MS_DOMAIN,
-                     outputs=name("base"), K=q.k, N=q.n, bits=q.bits, block_size=q.block_size, accuracy_level=0)
-        else:
-            y = b.op("MatMul", [x, ref.weight], outputs=name("base"))
+        steps = [s for s, on in (("base", True), ("scale", ref.base_scale), ("delta", ref.delta_A), ("gate", ref.gate), ("bias", ref.bias)) if on]
+        name = lambda step: [out] if out and step == steps[-1] else None  # noqa: E731
+        y = self._matmul(x, ref.weight, ref.quant, name("base"))
         if ref.base_scale is not None:
-            y = b.op("Mul", [y, ref.base_scale])
+            y = b.op("Mul", [y, ref.base_scale], outputs=name("scale"))
         if ref.delta_A is not None:
-            d = b.op("MatMul", [b.op("MatMul", [x, ref.delta_A]), ref.delta_B])  # (..., r) -> (..., out)
+            qa, qb = ref.delta_quant or (None, None)
+            d = self._matmul(self._matmul(x, ref.delta_A, qa), ref.delta_B, qb)  # (..., r) -> (..., out)
             y = b.op("Add", [y, d], outputs=name("delta"))
         if ref.gate is not None:
             y = b.op("Mul", [y, ref.gate], outputs=name("gate"))

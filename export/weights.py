@@ -40,8 +40,9 @@ class LinearRef:
     in_features: int
     out_features: int
     quant: QuantizedWeight | None = None  # set when `weight` is MatMulNBits-packed
-    delta_A: str | None = None
-    delta_B: str | None = None
+    delta_A: str | None = None  # float (in, r), or packed (r, in-blocks) when delta_quant is set
+    delta_B: str | None = None  # float (r, out), or packed (out, r-blocks)
+    delta_quant: tuple[QuantizedWeight, QuantizedWeight] | None = None
     bias: str | None = None
     gate: str | None = None
     base_scale: str | None = None  # per-layer scalar α on the shared base (DeltaLinear.base_scale)
@@ -133,6 +134,31 @@ class WeightCollector:
         self.out.kinds[name], self.out.params[name] = kind, params
         return name
 
+    def _quantized(self, name: str, w: torch.Tensor, kind: str) -> tuple[str, QuantizedWeight]:
+        """Quantize w (N=out, K=in) into three MatMulNBits tensors '{name}', '.scales',
+        '.zero_points'. An identical triple already stored is reused as a unit."""
+        k = w.shape[1]
+        block = self.cfg.block_size if k >= self.cfg.block_size else 16  # a short K (delta_B: K = rank) pads less
+        q = quantize_blockwise(_np(w, np.float32), BITS[self.cfg.quantize], block)
+        q.scales = q.scales.astype(self.dtype)  # MatMulNBits: scales in the activation dtype
+        self.out.dequantized[id(w)] = q.dequantize()
+        h = hashlib.sha256()
+        for a in (q.packed, q.scales, q.zero_points):
+            h.update(np.ascontiguousarray(a).tobytes())
+        key = ("nbits", q.bits, q.block_size, q.packed.shape, h.hexdigest())
+        if key in self.by_content:
+            first = self.by_content[key]
+            self.out.aliases[name] = first
+            self.out.params[first] += w.numel()
+            return first, q
+        self.by_content[key] = name
+        self.b.initializer(name, q.packed)
+        self.b.initializer(name + ".scales", q.scales)
+        self.b.initializer(name + ".zero_points", q.zero_points)
+        for n, params in ((name, w.numel()), (name + ".scales", 0), (name + ".zero_points", 0)):
+            self.out.kinds[n], self.out.params[n] = kind, params
+        return name, q
+
     def _float(self, name: str, p: torch.Tensor, kind: str, transpose: bool = False) -> str:
         if id(p) in self.by_id:
             return self.by_id[id(p)]
@@ -154,18 +180,17 @@ class WeightCollector:
             first = self.by_id[id(w)]
             ref.weight, ref.quant = first.weight, first.quant
         elif self.cfg.quantize != "none":
-            q = quantize_blockwise(_np(w, np.float32), BITS[self.cfg.quantize], self.cfg.block_size)
-            q.scales = q.scales.astype(self.dtype)  # MatMulNBits: scales in the activation dtype
-            self._add(base, q.packed, kind, w.numel())
-            self._add(base + ".scales", q.scales, kind, 0)
-            self._add(base + ".zero_points", q.zero_points, kind, 0)
-            ref.quant = q
-            self.out.dequantized[id(w)] = q.dequantize()
+            ref.weight, ref.quant = self._quantized(base, w, kind)
             self.by_id[id(w)] = ref
         else:
             self._add(base, _np(w.T, self.dtype), kind, w.numel())  # (in, out) for MatMul
             self.by_id[id(w)] = ref
-        if shared and mod.rank:
+        if shared and mod.rank and self.cfg.quantize != "none" and self.cfg.quantize_deltas:
+            # deltas quantized too: left in fp32 they would outweigh what int4 sharing saves
+            ref.delta_A, qa = self._quantized(f"{prefix}.delta_A", mod.delta_A, "delta")  # (N=r, K=in)
+            ref.delta_B, qb = self._quantized(f"{prefix}.delta_B", mod.delta_B, "delta")  # (N=out, K=r)
+            ref.delta_quant = (qa, qb)
+        elif shared and mod.rank:
             ref.delta_A = self._add(f"{prefix}.delta_A", _np(mod.delta_A.T, self.dtype), "delta", mod.delta_A.numel())  # (in, r)
             ref.delta_B = self._add(f"{prefix}.delta_B", _np(mod.delta_B.T, self.dtype), "delta", mod.delta_B.numel())  # (r, out)
         if shared and mod.gate is not None:

@@ -23,9 +23,9 @@ def tiny_model_dir(path: Path, arch: str = "llama", seed: int = 0, vocab: int = 
 
 
 def tiny_compressed_model(arch: str = "llama", seed: int = 0, vocab: int = 128, rank: int = 4,
-                          groups=((0, 1), (2, 3)), gates=("o", "down")):
+                          groups=((0, 1), (2, 3)), gates=("o", "down"), scaled=()):
     """A compressed model in memory: every projection shared within `groups`, random
-    non-zero deltas and gates (so a lost delta or gate changes the logits)."""
+    non-zero deltas, gates and base scales α on `scaled` (so losing any changes the logits)."""
     from edgedelta.delta.layer import DeltaLinear
     from edgedelta.delta.structure import SharingSpec, apply_sharing
     from edgedelta.models.adapters import adapter_for
@@ -34,7 +34,8 @@ def tiny_compressed_model(arch: str = "llama", seed: int = 0, vocab: int = 128, 
     adapter = adapter_for(model.config)
     projections = list(adapter.projections)
     spec = SharingSpec(groups=[list(g) for g in groups], projections=projections,
-                       ranks={p: rank for p in projections}, gates=[g for g in gates if g in projections])
+                       ranks={p: rank for p in projections}, gates=[g for g in gates if g in projections],
+                       scaled=[p for p in scaled if p in projections])
     apply_sharing(model, spec, adapter)
     model.edgedelta_spec = spec
     g = torch.Generator().manual_seed(seed + 1)
@@ -45,6 +46,8 @@ def tiny_compressed_model(arch: str = "llama", seed: int = 0, vocab: int = 128, 
                 m.delta_B.copy_(0.05 * torch.randn(m.delta_B.shape, generator=g))
                 if m.gate is not None:
                     m.gate.fill_(0.5 + torch.rand((), generator=g).item())
+                if getattr(m, "base_scale", None) is not None:
+                    m.base_scale.fill_(0.5 + torch.rand((), generator=g).item())
     return model.eval()
 
 

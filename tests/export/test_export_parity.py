@@ -15,9 +15,10 @@ from tests.tiny_compressed import tiny_compressed_dir, tiny_compressed_model, ti
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_compressed_export_matches_pytorch_and_shares(arch, tmp_path):
-    src = tiny_compressed_dir(tmp_path / "src", arch)
+    src = tiny_compressed_dir(tmp_path / "src", arch, scaled=("q", "up", "qkv", "gate_up"))
     out = export_onnx(src, ExportConfig(), tmp_path / "art")
     m = json.loads((out / "manifest.json").read_text())
+    assert m["sharing"]["scaled"]  # per-layer base scales α are exported (one Mul each)
     for check in ("logits", "logits_with_past"):
         assert m["parity"][check]["max_abs_diff"] <= 1e-3
     assert m["parity"]["greedy_decode"]["identical"] and m["parity"]["greedy_decode"]["steps"] == 32
@@ -64,6 +65,8 @@ def test_quantized_shared_weight_quantized_once(quant, bits, dtype, tmp_path):
     assert w["dtype"] == "uint8" and w["shape"] == [64, 2, 16 * bits // 8]
     assert w["consumers"] == 2 and w["consumer_ops"] == ["MatMulNBits"]
     assert rows["shared.g0.mlp.up_proj.weight.scales"]["consumers"] == 2
+    # deltas quantized too, each layer's own (consumed once)
+    assert rows["layers.1.mlp.up_proj.delta_A"]["consumer_ops"] == ["MatMulNBits"] and rows["layers.1.mlp.up_proj.delta_A"]["consumers"] == 1
     m = json.loads((out / "manifest.json").read_text())
     assert m["parity"]["greedy_decode"]["identical"]
 
