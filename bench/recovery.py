@@ -205,7 +205,18 @@ def main(argv=None) -> int:
     else:
         ccfg = CompressConfig(target_params=args.target, calib_samples=args.calib_samples)
         cache = Path(args.work) / f"init-{args.target}-c{args.calib_samples}"
-    if cache.is_dir():  # the compressed init is deterministic: reuse it between bench runs
+    only_c = [a for a in args.arms.split(",") if a] == ["c"]
+    if only_c and args.groups and not cache.is_dir():
+        # arm c needs only the compressed model's parameter count: build the structure, no init
+        from edgedelta.delta.compress import build_spec
+        from edgedelta.delta.structure import apply_sharing
+        from edgedelta.models.adapters import adapter_for
+
+        student = copy.deepcopy(teacher)
+        spec = build_spec(ccfg, adapter_for(teacher.config), groups, student)
+        apply_sharing(student, spec)
+        student.edgedelta_spec, plan = spec, {"mode": "structure only (arm c)"}
+    elif cache.is_dir():  # the compressed init is deterministic: reuse it between bench runs
         from edgedelta.delta.storage import load_compressed
         from edgedelta.manifest import read_manifest
 
@@ -221,11 +232,11 @@ def main(argv=None) -> int:
     n_student = count_parameters(student)["total"]
     results.arm("init", {"plan": {k: v for k, v in plan.items() if k != "sensitivity"}, "seconds": round(time.time() - t0, 1),
                          "params": n_student, "teacher_params": count_parameters(teacher)["total"]})
-    if not any(p["arm"] == "init" for p in results.data["points"]):
+    if not only_c and not any(p["arm"] == "init" for p in results.data["points"]):
         results.point("init", 0, evaluate(student))
     recon_rows = data.rows[torch.randperm(data.num_rows, generator=torch.Generator().manual_seed(1))[: -(-args.recon_tokens // args.seq_len)]]
     best, best_score = student, None
-    for variant in [v for v in args.recon_variants.split(",") if v and not args.skip_recon]:
+    for variant in [v for v in args.recon_variants.split(",") if v and not (args.skip_recon or only_c)]:
         cand = copy.deepcopy(student)
         tps = select_trainable(cand, spec, ["deltas", "gates", "norms"])
         t0 = time.time()
