@@ -103,7 +103,9 @@ def onnx_perplexity(art: Path, ids, model_file: str = "model.onnx") -> float:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.add_session_config_entry("session.disable_prepacking", "1")
+    manifest = json.loads((art / "manifest.json").read_text()) if (art / "manifest.json").is_file() else {}
+    for k, v in manifest.get("ort_session_config", {}).items():  # as the artifact asks to be run
+        so.add_session_config_entry(k, v)
     sess = ort.InferenceSession(str(art / model_file), so, providers=["CPUExecutionProvider"])
     inputs = {i.name: i for i in sess.get_inputs()}
     kv = [n for n in inputs if n.startswith("past_key_values")]
@@ -184,6 +186,7 @@ def main(argv=None) -> int:
     ap.add_argument("--measure"), ap.add_argument("--model-file", default="model.onnx")
     ap.add_argument("--prepack", action="store_true"), ap.add_argument("--decode", type=int, default=16)
     ap.add_argument("--summarize-only", action="store_true", help="rewrite export.md/targets from bench/results/export.json")
+    ap.add_argument("--only", help="comma-separated rows to (re)run, merged into the existing export.json")
     args = ap.parse_args(argv)
     if args.summarize_only:
         results = json.loads((HERE / "results" / "export.json").read_text())
@@ -205,24 +208,31 @@ def main(argv=None) -> int:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    only = set(args.only.split(",")) if args.only else None
+    results_path = HERE / "results" / "export.json"
     results: dict = {"model": "SmolLM2-135M-Instruct (default)", "machine": f"{os.cpu_count()} CPU cores, shared with other jobs",
                      "prefill_tokens": PREFILL, "artifacts": {}}
+    if only and results_path.is_file():
+        results = json.loads(results_path.read_text())
     default_dir = ensure_default_model_dir()
     comp_dir, note = build_compressed(work)
     results["compressed_model"] = note
     lm = load_model("default")
     ids = pack(tokenize_stream(lm.tokenizer, dataset_texts("python-docs")), 256, args.ppl_tokens)
     results["ppl_text"] = f"python-docs (pydoc_data topics), {ids.shape[0]} windows x 256 tokens"
-    results["ppl_pytorch_fp32"] = {"original": round(perplexity_on_ids(lm.model, ids)["ppl"], 3)}
-    del lm
-    comp = load_model(comp_dir)
-    results["ppl_pytorch_fp32"]["compressed"] = round(perplexity_on_ids(comp.model, ids)["ppl"], 3)
-    del comp
+    if not only or "ppl_pytorch_fp32" not in results:
+        results["ppl_pytorch_fp32"] = {"original": round(perplexity_on_ids(lm.model, ids)["ppl"], 3)}
+        del lm
+        comp = load_model(comp_dir)
+        results["ppl_pytorch_fp32"]["compressed"] = round(perplexity_on_ids(comp.model, ids)["ppl"], 3)
+        del comp
 
     runs = [("original-fp32", "default", ExportConfig()), ("compressed-fp32", comp_dir, ExportConfig()),
             ("original-fp16", "default", ExportConfig(dtype="fp16")), ("original-int8", "default", ExportConfig(quantize="int8")),
             ("original-int4", "default", ExportConfig(quantize="int4")), ("compressed-int4", comp_dir, ExportConfig(quantize="int4"))]
     for name, src, cfg in runs:
+        if only and name not in only:
+            continue
         art = work / name
         t = time.perf_counter()
         try:
@@ -245,7 +255,7 @@ def main(argv=None) -> int:
         (HERE / "results").mkdir(exist_ok=True)
         (HERE / "results" / "export.json").write_text(json.dumps(results, indent=2) + "\n")
 
-    if not args.skip_optimum:
+    if not args.skip_optimum and (not only or "optimum-original-fp32" in only):
         opt = work / "optimum-original"
         try:
             info = optimum_export(default_dir, opt)
@@ -274,7 +284,11 @@ NOTES = [
     "at load (RSS after load ~ fp32 size). fp16 artifacts are for GPU / ARM execution providers; on x86 CPUs use fp32 or int4/int8.",
     "Timings (export s, decode tok/s) were taken on 2 cores shared with 4 other benchmark jobs (load average ~12): compare them "
     "only within this table.",
-    "Quantized rows: embeddings (tied, 28M params), norms and deltas stay float; MatMulNBits weights are block-32 asymmetric.",
+    "Quantized rows: MatMulNBits block-32 asymmetric on every projection and on the delta A/B matrices (block 16 where K < 32); "
+    "the tied embedding (28M params) and norms stay float. Quantized artifacts keep ORT prepacking on (their session config is "
+    "empty): without it MatMulNBits dequantizes its weight on every call (int4 decode ~10x slower).",
+    "ppl (ORT) is computed by ONNX Runtime from the artifact itself; the compressed model is untrained (weight-SVD init), so its "
+    "perplexity says nothing about DeltaLLM quality, only that export preserves it (ORT = PyTorch).",
 ]
 
 

@@ -7,6 +7,6 @@ whose shared weights are stored once on disk and read once into RAM.
 
 from .audit import audit, format_table
 from .config import ExportConfig
-from .exporter import ARTIFACT_FORMAT, SESSION_CONFIG, ExportError, build_graph, export_onnx
+from .exporter import ARTIFACT_FORMAT, SESSION_CONFIG, ExportError, build_graph, export_onnx, session_config
 
-__all__ = ["ARTIFACT_FORMAT", "SESSION_CONFIG", "ExportConfig", "ExportError", "audit", "build_graph", "export_onnx", "format_table"]
+__all__ = ["ARTIFACT_FORMAT", "SESSION_CONFIG", "ExportConfig", "ExportError", "audit", "build_graph", "export_onnx", "format_table", "session_config"]

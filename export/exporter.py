@@ -38,11 +38,19 @@ ARTIFACT_FORMAT = "edgedelta-onnx"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
 # ONNX Runtime's CPU MatMul/Gemm "prepack" a constant weight into a private blocked copy
-# per consuming node, so a weight read by k layers would exist k+1 times in RAM (measured:
-# one 16.8 MB weight read by 8 MatMuls: +101 MB RSS with prepacking, +0 without). Sharing
-# only saves RAM with prepacking off; loaders should apply these entries (manifest
-# "ort_session_config"; edgedelta.runtime does).
+# per consuming node, so a float weight read by k layers would exist k+1 times in RAM
+# (measured: one 16.8 MB weight read by 8 MatMuls: +101 MB RSS with prepacking, +0 without;
+# fp32 compressed SmolLM2: see bench/results/export.md). Float artifacts therefore ask for
+# prepacking off. MatMulNBits without prepacking dequantizes its whole weight on every call
+# (int4 decode ~10x slower, measured), and its packed copies are small, so quantized
+# artifacts keep ORT's default. Loaders apply the manifest's "ort_session_config"
+# (edgedelta.runtime does; with optimum pass session_options).
 SESSION_CONFIG = {"session.disable_prepacking": "1"}
+
+
+def session_config(cfg: ExportConfig) -> dict[str, str]:
+    """ONNX Runtime session config entries an artifact exported with `cfg` should run with."""
+    return dict(SESSION_CONFIG) if cfg.quantize == "none" else {}
 
 
 class ExportError(EdgeDeltaError):
@@ -118,7 +126,7 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
         t1 = time.perf_counter()
         builder, weights, facts = build_graph(model, cfg)
         builder.save(tmp, MODEL_FILE, metadata={"edgedelta.format": ARTIFACT_FORMAT,
-                                                "edgedelta.ort_session_config": json.dumps(SESSION_CONFIG, sort_keys=True)})
+                                                "edgedelta.ort_session_config": json.dumps(session_config(cfg), sort_keys=True)})
         del builder
         t_build = time.perf_counter() - t1
         say(f"graph written ({t_build:.1f} s)")
@@ -159,7 +167,7 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
                       "data_file_over_unique_param_bytes": report["data_file_bytes"] / unique_bytes if unique_bytes else None},
             "audit": {k: v for k, v in report.items() if k != "initializers"},
             "parity": parity,
-            "ort_session_config": SESSION_CONFIG,
+            "ort_session_config": session_config(cfg),
             "tokenizer_files": side,
             "timing_s": {"load": round(t_load, 2), "build_and_write": round(t_build, 2), "total": round(time.perf_counter() - t0, 2)},
         }

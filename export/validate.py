@@ -25,14 +25,14 @@ from .config import ExportConfig
 from .decoder import ArchFacts
 
 
-def session_options():
-    """ORT options the artifact is meant to run with (see SESSION_CONFIG in exporter)."""
+def session_options(cfg: ExportConfig):
+    """ORT options the artifact is meant to run with (see session_config in exporter)."""
     import onnxruntime as ort
 
-    from .exporter import SESSION_CONFIG
+    from .exporter import session_config
 
     so = ort.SessionOptions()
-    for k, v in SESSION_CONFIG.items():
+    for k, v in session_config(cfg).items():
         so.add_session_config_entry(k, v)
     so.log_severity_level = 3
     return so
@@ -56,10 +56,10 @@ def reference_model(model: torch.nn.Module, dequantized: dict[int, np.ndarray]) 
 
 
 class _OrtDecoder:
-    def __init__(self, path, facts: ArchFacts, np_dtype):
+    def __init__(self, path, facts: ArchFacts, np_dtype, cfg: ExportConfig):
         import onnxruntime as ort
 
-        self.sess = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+        self.sess = ort.InferenceSession(str(path), session_options(cfg), providers=["CPUExecutionProvider"])
         self.f, self.dtype = facts, np_dtype
         self.out_names = [o.name for o in self.sess.get_outputs()]
 
@@ -92,7 +92,7 @@ def _check(name: str, got: np.ndarray, ref: np.ndarray, valid: np.ndarray, cfg: 
 def check_parity(model: torch.nn.Module, onnx_path, facts: ArchFacts, cfg: ExportConfig, dequantized: dict | None = None) -> dict[str, Any]:
     """Run the three checks; returns {check: {max_abs_diff, tolerance, ...}}."""
     ref_model = reference_model(model, dequantized or {})
-    dec = _OrtDecoder(onnx_path, facts, np.float16 if cfg.dtype == "fp16" else np.float32)
+    dec = _OrtDecoder(onnx_path, facts, np.float16 if cfg.dtype == "fp16" else np.float32, cfg)
     rng = np.random.default_rng(cfg.seed)
     n, pad = cfg.prompt_tokens, min(3, cfg.prompt_tokens - 1)
     ids = rng.integers(0, facts.vocab, size=(2, n), dtype=np.int64)
