@@ -148,9 +148,11 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
         counts = count_parameters(model)
         spec = get_spec(model)
         unique_bytes = int(counts["total"] * DTYPE_BYTES[cfg.dtype])
+        src_facts = _source_facts(Path(loaded.path))
         facts_out = {
             "export_config": cfg.to_dict(),
-            "source": {**loaded.source, "path": str(Path(loaded.path).resolve()), "manifest": _source_facts(Path(loaded.path))},
+            "compress_config": src_facts.get("compress_config"),  # how the source was compressed (None: plain model)
+            "source": {**loaded.source, "path": str(Path(loaded.path).resolve()), "manifest": src_facts},
             "sharing": spec.to_dict() if spec else None,
             "aliases": weights.aliases,  # parameters stored under an identical tensor's initializer
             "architecture": {"model_type": model.config.model_type, "num_layers": facts.num_layers, "hidden": facts.hidden,

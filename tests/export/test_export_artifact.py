@@ -34,7 +34,7 @@ def test_manifest_records_configs_and_accounting(compressed_artifact):
     m = json.loads((compressed_artifact / "manifest.json").read_text())
     assert m["format"] == "edgedelta-onnx"
     assert ExportConfig.from_dict(m["export_config"]) == ExportConfig()
-    assert m["sharing"]["groups"] == [[0, 1], [2, 3]]
+    assert m["sharing"]["groups"] == [[0, 1], [2, 3]] and "compress_config" in m
     assert m["audit"]["ok"] and m["audit"]["duplicated_bytes"] == 0
     assert m["ort_session_config"] == {"session.disable_prepacking": "1"}
     assert {"model.onnx", "model.onnx.data", "config.json", "generation_config.json", "tokenizer.json"} <= set(m["files"])
