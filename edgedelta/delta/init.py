@@ -29,77 +29,77 @@ class GroupInit:
     alphas: list[float] | None = None  # per layer base scale α (None: plain W_shared + B·A)
 
 
-def _low_rank(resid: torch.Tensor, s: torch.Tensor | None, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best rank-r (B, A) for resid (out, in), in the S-weighted norm if s is given."""
-    out_f, in_f = resid.shape
-    if rank == 0:
-        return resid.new_zeros(out_f, 0), resid.new_zeros(0, in_f)
-    target = resid @ s if s is not None else resid
-    # float32 SVD: ~4x faster than float64 and far more precise than the approximation needs
-    u, sig, vh = torch.linalg.svd(target.float(), full_matrices=False)
-    root = sig[:rank].sqrt().double()
-    b = u[:, :rank].double() * root  # (out, r)
-    a = root[:, None] * vh[:rank].double()  # (r, in)
+@dataclass
+class _Fit:
+    alpha: float
+    b: torch.Tensor  # (out, r)
+    a: torch.Tensor  # (r, in)
+    tail: float  # ‖(W − αbase − B·A)·S_fit‖², the energy the rank-r delta could not capture
+
+
+def _svd_fit(target: torch.Tensor, s: torch.Tensor | None, rank: int, alpha: float) -> _Fit:
+    """Best rank-r delta for target = (W − α·base)·S_fit (out, in). Eckart–Young: the error
+    is the energy of the dropped singular values, so it comes free with the SVD."""
+    u, sig, vh = torch.linalg.svd(target, full_matrices=False)
+    root = sig[:rank].sqrt()
+    b = u[:, :rank] * root  # (out, r)
+    a = root[:, None] * vh[:rank]  # (r, in)
     if s is not None:
         a = torch.linalg.solve_triangular(s, a, upper=False, left=False)  # a · S⁻¹
-    return b, a
+    return _Fit(alpha, b, a, float(sig[rank:].pow(2).sum()))
 
 
-def _err(w, approx, s) -> float:
-    ref, est = (w @ s, approx @ s) if s is not None else (w, approx)
-    return ((ref - est).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-def _fit_layer(w, base, s_fit, s_metric, rank, scale_base: bool):
-    """(α, (B, A)) for one layer given the base. With scale_base, α is the least-squares
-    scale of the base in the output metric, kept only if it beats α = 1 after the delta fit."""
-    delta1 = _low_rank(w - base, s_fit, rank)
-    if not scale_base:
-        return 1.0, delta1
-    wb = (w @ s_metric, base @ s_metric) if s_metric is not None else (w, base)
-    alpha = (torch.sum(wb[0] * wb[1]) / torch.sum(wb[1] * wb[1]).clamp_min(1e-30)).item()
-    delta_a = _low_rank(w - alpha * base, s_fit, rank)
-    e1 = _err(w, base + delta1[0] @ delta1[1], s_metric)
-    ea = _err(w, alpha * base + delta_a[0] @ delta_a[1], s_metric)
-    return (alpha, delta_a) if ea < e1 else (1.0, delta1)
+def _fit_layer(ws: torch.Tensor, bs: torch.Tensor, s_fit: torch.Tensor | None, rank: int, scale_base: bool) -> _Fit:
+    """Delta (and base scale α) for one layer. ws = W·S_fit, bs = base·S_fit, both (out, in).
+    With scale_base the least-squares α is tried beside α = 1 and kept only if its delta
+    leaves less error."""
+    fit = _svd_fit(ws - bs, s_fit, rank, 1.0)
+    if scale_base:
+        alpha = float(torch.sum(ws * bs) / torch.sum(bs * bs).clamp_min(1e-30))
+        scaled = _svd_fit(ws - alpha * bs, s_fit, rank, alpha)
+        if scaled.tail < fit.tail:
+            fit = scaled
+    return fit
 
 
 def init_group(weights: list[torch.Tensor], covs: list[torch.Tensor] | None, rank: int, base: str,
                init: str, gates: bool, iters: int = 3, damping: float = 0.01,
                whiten: WhiteningCache | None = None, scale_base: bool = False) -> GroupInit:
-    """Compute base, deltas, base scales (and gates) for one projection of one group
-    (float64, SVD in float32)."""
-    ws = [w.detach().double() for w in weights]
+    """Compute base, deltas, base scales (and gates) for one projection of one group.
+    Matrix products and SVDs run in float32 (the whitening factor is computed in float64):
+    ample precision for an initialisation, and several times faster on a CPU."""
+    ws = [w.detach().float() for w in weights]  # each (out, in)
     data_aware = init == "asvd"
     if (data_aware or gates or base == "alternating") and covs is None:
         raise ValueError(f"init '{init}' / gates / alternating base need calibration covariances")
     whiten = whiten or WhiteningCache(damping)
-    ss = [whiten(c) for c in covs] if covs is not None else [None] * len(ws)
+    ss = [whiten(c).float() for c in covs] if covs is not None else [None] * len(ws)
     s_fit = ss if data_aware else [None] * len(ws)
+    w_fit = [w @ s if s is not None else w for w, s in zip(ws, s_fit)]  # W·S_fit, fixed across iterations
 
     def fit(b0):
-        fits = [_fit_layer(w, b0, sf, sm, rank, scale_base) for w, sf, sm in zip(ws, s_fit, ss)]
-        return [a for a, _ in fits], [d for _, d in fits]
+        return [_fit_layer(wf, b0 @ s if s is not None else b0, s, rank, scale_base) for wf, s in zip(w_fit, s_fit)]
 
     b0 = ws[0].clone() if base == "first" else torch.stack(ws).mean(0)
-    alphas, deltas = fit(b0)
+    fits = fit(b0)
     if base == "alternating":
         # base = argmin Σ_l ‖(W_l − α_l·base − Δ_l) S_l‖²  ⇔  base · Σ α_l² C_l = Σ α_l (W_l − Δ_l) C_l
         cs = [s @ s.T for s in ss]
         for _ in range(iters):
-            lhs = sum(a * a * c for a, c in zip(alphas, cs))
-            if sum(a * a for a in alphas) < 1e-6:
+            if sum(f.alpha ** 2 for f in fits) < 1e-6:
                 break  # no layer uses the base: nothing to refine
-            rhs = sum(a * (w - bb @ aa) @ c for a, w, (bb, aa), c in zip(alphas, ws, deltas, cs))
-            b0 = torch.linalg.solve(lhs, rhs.T).T  # lhs is symmetric
-            alphas, deltas = fit(b0)
+            lhs = sum(f.alpha ** 2 * c for f, c in zip(fits, cs))
+            rhs = sum(f.alpha * (w - f.b @ f.a) @ c for f, w, c in zip(fits, ws, cs))
+            b0 = torch.linalg.solve(lhs.double(), rhs.T.double()).T.float()  # lhs is symmetric
+            fits = fit(b0)
 
-    approx = [a * b0 + bb @ aa for a, (bb, aa) in zip(alphas, deltas)]
-    errs = [_err(w, wh, s) for w, wh, s in zip(ws, approx, ss)]
-    gate_vals = None
-    if gates:
-        gate_vals = []
-        for w, wh, s in zip(ws, approx, ss):
-            ref, est = (w @ s, wh @ s) if s is not None else (w, wh)
-            gate_vals.append((torch.sum(ref * est) / torch.sum(est * est).clamp_min(1e-30)).item())
-    return GroupInit(b0, deltas, gate_vals, errs, alphas if scale_base else None)
+    # report errors (and fit gates) in the output metric S when calibration data exists
+    errs, gate_vals = [], []
+    for w, f, s in zip(ws, fits, ss):
+        approx = f.alpha * b0 + f.b @ f.a
+        ref, est = (w @ s, approx @ s) if s is not None else (w, approx)
+        errs.append(float((ref - est).norm() / ref.norm().clamp_min(1e-30)))
+        if gates:
+            gate_vals.append(float(torch.sum(ref * est) / torch.sum(est * est).clamp_min(1e-30)))
+    return GroupInit(b0.double(), [(f.b.double(), f.a.double()) for f in fits], gate_vals if gates else None, errs,
+                     [f.alpha for f in fits] if scale_base else None)
