@@ -73,6 +73,26 @@ def build_inputs(work: Path) -> dict[str, Path]:
         save_compressed(res.model, paths["compressed"], tokenizer=lm.tokenizer,
                         manifest_facts={"source": {"kind": "hf", "path": str(paths["model"].resolve())}})
     paths["text"].write_text(TEXT)
+    # the pipeline's --quick evaluation has items longer than tiny_model's 256 positions
+    paths["model_long"] = work / "inputs" / "model_long"
+    if not paths["model_long"].is_dir():
+        from transformers import AutoModelForCausalLM
+
+        from tests.tiny import tiny_config
+
+        cfg = tiny_config("llama", 8)
+        cfg.max_position_embeddings = 2048
+        torch.manual_seed(0)
+        m = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                if "norm" in name:
+                    p.add_(0.1 * torch.randn_like(p))
+        tmp = paths["model_long"].with_name("model_long.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        m.save_pretrained(tmp)
+        tiny_tokenizer().save_pretrained(tmp)
+        os.replace(tmp, paths["model_long"])
     return paths
 
 
@@ -83,7 +103,7 @@ def commands(inp: dict[str, Path], out: Path) -> dict[str, list[str]]:
         "distill": ["distill", str(inp["compressed"]), "--tokens", "4096", "--seq-len", "16", "--batch-size", "4", "--data",
                     str(inp["text"]), "--checkpoint-every", "4", "--no-progress", "--out", str(out)],
         "export": ["export", str(inp["compressed"]), "--out", str(out)],
-        "pipeline": ["pipeline", "--model", str(inp["model"]), "--quick", "--tokens", "512", "--devices", "rpi5-8gb",
+        "pipeline": ["pipeline", "--model", str(inp["model_long"]), "--quick", "--tokens", "512", "--devices", "rpi5-8gb",
                      "--contexts", "32,64", "--out", str(out)],
     }
 
