@@ -109,13 +109,15 @@ def chart_host_measured(models: list[dict], path: Path) -> bool:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.2))
     ctxs = sorted({r["context"] for m in with_runs for r in m["runs"]})
     w = 0.8 / len(with_runs)
+    slow = max(r["ttft_s"] for m in with_runs for r in m["runs"]) > 10
+    scale, t_unit = (1.0, "s") if slow else (1000.0, "ms")
     for i, m in enumerate(with_runs):
         by = {r["context"]: r for r in m["runs"]}
         xs = [j + (i - (len(with_runs) - 1) / 2) * w for j in range(len(ctxs))]
         col = _COLORS[i % len(_COLORS)]
         a1.bar(xs, [by[c]["decode_tok_s"] if c in by else 0 for c in ctxs], width=w, color=col, label=m["name"])
-        a2.bar(xs, [by[c]["ttft_s"] * 1000 if c in by else 0 for c in ctxs], width=w, color=col, label=m["name"])
-    for ax, title, unit in ((a1, "decode", "tokens/s"), (a2, "time to first token", "ms")):
+        a2.bar(xs, [by[c]["ttft_s"] * scale if c in by else 0 for c in ctxs], width=w, color=col, label=m["name"])
+    for ax, title, unit in ((a1, "decode", "tokens/s"), (a2, "time to first token", t_unit)):
         ax.set_xticks(range(len(ctxs)))
         ax.set_xticklabels([str(c) for c in ctxs])
         ax.set_xlabel("context length")

@@ -65,3 +65,12 @@ def test_kv_cache_buffers(tiny_artifact):
     s = Session.from_dir(tiny_artifact[1], provider="cpu")
     c = s.new_cache(2, 50)
     assert c.nbytes() == 2 * s.kv.bytes(50, batch=2)  # double-buffered
+
+
+def test_tune_malloc_idempotent():
+    import sys
+
+    from edgedelta.runtime.memory import tune_malloc
+
+    assert tune_malloc() == sys.platform.startswith("linux")
+    assert tune_malloc() == sys.platform.startswith("linux")
