@@ -167,11 +167,12 @@ class DecoderGraph:
         return b.op("Mul", [y, weight])
 
     def _matmul(self, x: str, weight: str, quant, outputs=None) -> str:
-        """x (..., K) times a stored weight: MatMul on (K, N) floats, or MatMulNBits."""
+        """x (..., K) times a stored weight: MatMul on (K, N) floats, or MatMulNBits (quant: QRef)."""
         if quant is None:
             return self.b.op("MatMul", [x, weight], outputs=outputs)
-        return self.b.op("MatMulNBits", [x, weight, weight + ".scales", weight + ".zero_points"], domain=MS_DOMAIN, outputs=outputs,
-                         K=quant.k, N=quant.n, bits=quant.bits, block_size=quant.block_size, accuracy_level=0)
+        q = quant.q
+        return self.b.op("MatMulNBits", [x, *quant.names], domain=MS_DOMAIN, outputs=outputs,
+                         K=q.k, N=q.n, bits=q.bits, block_size=q.block_size, accuracy_level=0)
 
     def _linear(self, x: str, ref: LinearRef, out: str | None = None) -> str:
         """x (..., in) -> (..., out): gate·(α·x·W + (x·Aᵀ)·Bᵀ) + bias, the base and the

@@ -33,16 +33,25 @@ from .quantize import BITS, QuantizedWeight, quantize_blockwise
 
 
 @dataclass
+class QRef:
+    """A MatMulNBits weight: its three initializers (each may be shared with an identical
+    tensor elsewhere, e.g. the scales of a delta and of its negation) and the values."""
+
+    names: tuple[str, str, str]  # packed, scales, zero_points
+    q: QuantizedWeight
+
+
+@dataclass
 class LinearRef:
     """How one layer's projection is computed: y = gate·(α·x·W + (x·Aᵀ)·Bᵀ) + bias."""
 
     weight: str  # initializer name: float (in, out), or the packed MatMulNBits tensor
     in_features: int
     out_features: int
-    quant: QuantizedWeight | None = None  # set when `weight` is MatMulNBits-packed
+    quant: "QRef | None" = None  # set when `weight` is MatMulNBits-packed
     delta_A: str | None = None  # float (in, r), or packed (r, in-blocks) when delta_quant is set
     delta_B: str | None = None  # float (r, out), or packed (out, r-blocks)
-    delta_quant: tuple[QuantizedWeight, QuantizedWeight] | None = None
+    delta_quant: "tuple[QRef, QRef] | None" = None
     bias: str | None = None
     gate: str | None = None
     base_scale: str | None = None  # per-layer scalar α on the shared base (DeltaLinear.base_scale)
@@ -134,30 +143,17 @@ class WeightCollector:
         self.out.kinds[name], self.out.params[name] = kind, params
         return name
 
-    def _quantized(self, name: str, w: torch.Tensor, kind: str) -> tuple[str, QuantizedWeight]:
-        """Quantize w (N=out, K=in) into three MatMulNBits tensors '{name}', '.scales',
-        '.zero_points'. An identical triple already stored is reused as a unit."""
+    def _quantized(self, name: str, w: torch.Tensor, kind: str) -> QRef:
+        """Quantize w (N=out, K=in) into MatMulNBits tensors '{name}', '{name}.scales',
+        '{name}.zero_points' (each stored once even if identical to another's)."""
         k = w.shape[1]
         block = self.cfg.block_size if k >= self.cfg.block_size else 16  # a short K (delta_B: K = rank) pads less
         q = quantize_blockwise(_np(w, np.float32), BITS[self.cfg.quantize], block)
         q.scales = q.scales.astype(self.dtype)  # MatMulNBits: scales in the activation dtype
         self.out.dequantized[id(w)] = q.dequantize()
-        h = hashlib.sha256()
-        for a in (q.packed, q.scales, q.zero_points):
-            h.update(np.ascontiguousarray(a).tobytes())
-        key = ("nbits", q.bits, q.block_size, q.packed.shape, h.hexdigest())
-        if key in self.by_content:
-            first = self.by_content[key]
-            self.out.aliases[name] = first
-            self.out.params[first] += w.numel()
-            return first, q
-        self.by_content[key] = name
-        self.b.initializer(name, q.packed)
-        self.b.initializer(name + ".scales", q.scales)
-        self.b.initializer(name + ".zero_points", q.zero_points)
-        for n, params in ((name, w.numel()), (name + ".scales", 0), (name + ".zero_points", 0)):
-            self.out.kinds[n], self.out.params[n] = kind, params
-        return name, q
+        names = (self._add(name, q.packed, kind, w.numel()), self._add(name + ".scales", q.scales, kind, 0),
+                 self._add(name + ".zero_points", q.zero_points, kind, 0))
+        return QRef(names, q)
 
     def _float(self, name: str, p: torch.Tensor, kind: str, transpose: bool = False) -> str:
         if id(p) in self.by_id:
@@ -180,16 +176,17 @@ class WeightCollector:
             first = self.by_id[id(w)]
             ref.weight, ref.quant = first.weight, first.quant
         elif self.cfg.quantize != "none":
-            ref.weight, ref.quant = self._quantized(base, w, kind)
+            ref.quant = self._quantized(base, w, kind)
+            ref.weight = ref.quant.names[0]
             self.by_id[id(w)] = ref
         else:
             self._add(base, _np(w.T, self.dtype), kind, w.numel())  # (in, out) for MatMul
             self.by_id[id(w)] = ref
         if shared and mod.rank and self.cfg.quantize != "none" and self.cfg.quantize_deltas:
             # deltas quantized too: left in fp32 they would outweigh what int4 sharing saves
-            ref.delta_A, qa = self._quantized(f"{prefix}.delta_A", mod.delta_A, "delta")  # (N=r, K=in)
-            ref.delta_B, qb = self._quantized(f"{prefix}.delta_B", mod.delta_B, "delta")  # (N=out, K=r)
-            ref.delta_quant = (qa, qb)
+            qa = self._quantized(f"{prefix}.delta_A", mod.delta_A, "delta")  # (N=r, K=in)
+            qb = self._quantized(f"{prefix}.delta_B", mod.delta_B, "delta")  # (N=out, K=r)
+            ref.delta_A, ref.delta_B, ref.delta_quant = qa.names[0], qb.names[0], (qa, qb)
         elif shared and mod.rank:
             ref.delta_A = self._add(f"{prefix}.delta_A", _np(mod.delta_A.T, self.dtype), "delta", mod.delta_A.numel())  # (in, r)
             ref.delta_B = self._add(f"{prefix}.delta_B", _np(mod.delta_B.T, self.dtype), "delta", mod.delta_B.numel())  # (r, out)

@@ -116,3 +116,25 @@ def test_identical_tensors_stored_once(tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert len(m["aliases"]) > 0 and all(v.endswith("delta_B") for v in m["aliases"].values())
     assert rep["initializer_bytes"] < m["parameters"]["unique_bytes_at_dtype"]
+
+
+def test_quantized_negated_delta_shares_identical_scales(tmp_path):
+    """Pair-mean SVD deltas come as A₂ = −A₁: the packed bytes differ but the block scales
+    are identical, so only the scales are stored once (found by the real-model benchmark)."""
+    from edgedelta.delta.storage import save_compressed
+    from edgedelta.models.adapters import adapter_for
+    from tests.tiny import tiny_tokenizer
+
+    model = tiny_compressed_model("llama")
+    layers = adapter_for(model.config).decoder_layers(model)
+    with torch.no_grad():
+        for proj in ("q_proj", "o_proj"):
+            l0, l1 = (getattr(layers[i].self_attn, proj) for i in (0, 1))
+            l1.delta_A.copy_(-l0.delta_A)
+    save_compressed(model, tmp_path / "src", tokenizer=tiny_tokenizer())
+    out = export_onnx(tmp_path / "src", ExportConfig(quantize="int4", block_size=16), tmp_path / "art")
+    rep = audit(out)
+    assert rep["ok"], rep["duplicates"]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["aliases"].get("layers.1.self_attn.q_proj.delta_A.scales") == "layers.0.self_attn.q_proj.delta_A.scales"
+    assert m["parity"]["greedy_decode"]["identical"]
