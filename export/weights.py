@@ -180,7 +180,7 @@ class WeightCollector:
             ref.weight = ref.quant.names[0]
             self.by_id[id(w)] = ref
         else:
-            self._add(base, _np(w.T, self.dtype), kind, w.numel())  # (in, out) for MatMul
+            ref.weight = self._add(base, _np(w.T, self.dtype), kind, w.numel())  # (in, out) for MatMul (an alias if identical)
             self.by_id[id(w)] = ref
         if shared and mod.rank and self.cfg.quantize != "none" and self.cfg.quantize_deltas:
             # deltas quantized too: left in fp32 they would outweigh what int4 sharing saves

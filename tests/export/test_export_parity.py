@@ -138,3 +138,20 @@ def test_quantized_negated_delta_shares_identical_scales(tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["aliases"].get("layers.1.self_attn.q_proj.delta_A.scales") == "layers.0.self_attn.q_proj.delta_A.scales"
     assert m["parity"]["greedy_decode"]["identical"]
+
+
+def test_identical_projection_weights_alias(tmp_path):
+    """Two unshared layers with byte-identical projections (a copied layer): one tensor."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.tiny import tiny_config, tiny_tokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama"))
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight.copy_(model.model.layers[0].mlp.up_proj.weight)
+    model.save_pretrained(tmp_path / "src")
+    tiny_tokenizer().save_pretrained(tmp_path / "src")
+    out = export_onnx(tmp_path / "src", ExportConfig(), tmp_path / "art")
+    rows = {r["name"]: r for r in audit(out)["initializers"]}
+    assert "layers.1.mlp.up_proj.weight" not in rows and rows["layers.0.mlp.up_proj.weight"]["consumers"] == 2
