@@ -95,9 +95,9 @@ class DistillConfig:
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
         for name in ("weight_decay", "clip", "kl_weight", "hidden_weight", "lm_weight"):
-            if not float(getattr(self, name)) >= 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not self.temperature > 0:
+            if not float(getattr(self, name)) >= 0 or not math.isfinite(float(getattr(self, name))):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.kl_weight + self.hidden_weight + self.lm_weight <= 0:
             raise ConfigError("all loss weights are 0: set kl_weight, hidden_weight or lm_weight")
