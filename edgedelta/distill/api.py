@@ -222,6 +222,10 @@ def distill(student, config: DistillConfig, out_dir=None, *, teacher: nn.Module 
                            final, recon, log.lines)
     merge_lora(model, spec)
     model.eval()
+    bad = [tp.name for tp in trainable if not torch.isfinite(tp.param).all()]
+    if bad:  # never write a model of NaNs as if it were a result
+        raise EdgeDeltaError(f"training diverged: {len(bad)} trained tensor(s) are not finite (e.g. '{bad[0]}'); "
+                             f"lower --lr or check the loss weights; nothing was written")
     if out is not None and ctx.is_main:
         facts = {k: v for k, v in manifest.items() if k not in _RESERVED}
         facts["source"] = source
