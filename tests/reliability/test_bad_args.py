@@ -311,3 +311,25 @@ def test_malformed_config_files(ws, content):
         assert_user_error(["distill", "COMP", "--config", f.name, "--tokens=0", "--out", "NEW"], ws)
     finally:
         Path(f.name).unlink()
+
+
+DISTILL_FLOATS = ["lr", "recon_lr", "min_lr_ratio", "warmup_frac", "p0", "ramp_frac", "weight_decay", "clip", "temperature",
+                  "kl_weight", "hidden_weight", "lm_weight"]
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "-1"])
+def test_distill_floats_must_be_finite(ws, value):
+    """Every float of DistillConfig: a non-finite or negative value is refused before training
+    (an infinite --kl-weight or --temperature once trained a model of NaNs and saved it, exit 0)."""
+    for name in DISTILL_FLOATS:
+        assert_user_error(["distill", "COMP", "--tokens", "64", f"--{name.replace('_', '-')}={value}", "--out", "NEW"], ws)
+
+
+def test_diverged_training_writes_no_model(ws, tmp_path):
+    """A finite but absurd learning rate makes the weights NaN: refused, no output folder."""
+    out, text = tmp_path / "out", tmp_path / "text.txt"
+    text.write_text("Check the pump bearing before the motor overheats. " * 20)
+    code, err = run_cli(["distill", "COMP", "--tokens", "64", "--seq-len", "16", "--batch-size", "2", "--data", str(text),
+                         "--lr", "1e6", "--no-progress", "--out", str(out)], ws)
+    assert code == 2 and "diverged" in err[-1], err
+    assert not out.exists()
