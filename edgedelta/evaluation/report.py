@@ -27,6 +27,15 @@ def markdown_single(res: dict, title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def average_stderr(res: dict) -> float | None:
+    """Standard error of the average of primary scores: sqrt(sum of squared task stderrs) / k
+    (tasks scored on independent items)."""
+    ses = [t.get(t["primary"] + "_stderr") for t in res["tasks"].values()]
+    if not ses or any(se is None for se in ses):
+        return None
+    return sum(se * se for se in ses) ** 0.5 / len(ses)
+
+
 def retention(res: dict, reference: dict) -> float | None:
     """Average primary score as a fraction of the reference model's, over the same tasks."""
     if res.get("average") is None or not reference.get("average"):
@@ -47,7 +56,8 @@ def markdown_compare(rows: list[dict], reference_name: str = "original") -> str:
         cells = [r["method"], f"{r['params'] / 1e6:.2f}M", f"{100 * r['params_fraction']:.1f}%"]
         cells += [_pct(ev["tasks"][t]["score"]) if t in ev["tasks"] else "—" for t in tasks]
         ret = retention(ev, ref["eval"])
-        cells += [_pct(ev.get("average")), "—" if ret is None else f"{100 * ret:.1f}%"]
+        se = average_stderr(ev)
+        cells += [_pct(ev.get("average")) + ("" if se is None else f" ± {100 * se:.1f}"), "—" if ret is None else f"{100 * ret:.1f}%"]
         cells += [f"{ev['ppl'][p]['ppl']:.1f}" if ev.get("ppl") and p in ev["ppl"] else "—" for p in ppl_sets]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
