@@ -149,6 +149,9 @@ def main(argv=None) -> int:
     ap.add_argument("--groups", default=None, help="explicit sharing pairs instead of the budget planner, e.g. 4-5,8-9 (cheaper)")
     ap.add_argument("--rank", type=int, default=40, help="delta rank with --groups")
     ap.add_argument("--calib-samples", type=int, default=32, help="calibration sequences of compress()")
+    ap.add_argument("--init", default="asvd", choices=["asvd", "svd"], help="compress() delta init (svd needs no calibration: cheap)")
+    ap.add_argument("--base", default="alternating", choices=["alternating", "mean", "first"], help="compress() shared base")
+    ap.add_argument("--no-gates", action="store_true", help="compress() without least-squares gates")
     ap.add_argument("--tokens", type=int, default=50_000, help="training tokens per arm")
     ap.add_argument("--eval-at", default="25000,50000", help="token counts at which each arm is evaluated")
     ap.add_argument("--eval-tokens", type=int, default=4096, help="tokens per evaluation text")
@@ -184,7 +187,8 @@ def main(argv=None) -> int:
     t_start = time.time()
     lm = load_model("default")
     teacher, tok = lm.model.to(ctx.device).eval().requires_grad_(False), lm.tokenizer
-    meta = {"model": "SmolLM2-135M-Instruct (default)", "target_params": args.target if not args.groups else f"groups {args.groups} rank {args.rank}", "train_text": "sotu-train (SOTU <= 1999)",
+    meta = {"model": "SmolLM2-135M-Instruct (default)", "target_params": args.target if not args.groups else f"groups {args.groups} rank {args.rank}",
+            "init": f"{args.init}, base {args.base}, gates {not args.no_gates}", "train_text": "sotu-train (SOTU <= 1999)",
             "eval_texts": list(EVAL_SETS), "eval_tokens_per_text": args.eval_tokens, "seq_len": args.seq_len,
             "batch": args.batch, "device": str(ctx.device), "threads": torch.get_num_threads(), "host": platform.node(),
             "torch": torch.__version__, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "append": args.append}
@@ -200,11 +204,13 @@ def main(argv=None) -> int:
     t0 = time.time()
     if args.groups:
         groups = [list(range(int(a), int(b) + 1)) for a, b in (g.split("-") for g in args.groups.split(","))]
-        ccfg = CompressConfig(groups=groups, rank_attn=args.rank, rank_mlp=args.rank, calib_samples=args.calib_samples)
-        cache = Path(args.work) / f"init-{args.groups}-r{args.rank}-c{args.calib_samples}"
+        ccfg = CompressConfig(groups=groups, rank_attn=args.rank, rank_mlp=args.rank, calib_samples=args.calib_samples,
+                              init=args.init, base=args.base, gates=not args.no_gates)
+        cache = Path(args.work) / f"init-{args.groups}-r{args.rank}-c{args.calib_samples}-{args.init}-{args.base}-g{int(not args.no_gates)}"
     else:
-        ccfg = CompressConfig(target_params=args.target, calib_samples=args.calib_samples)
-        cache = Path(args.work) / f"init-{args.target}-c{args.calib_samples}"
+        ccfg = CompressConfig(target_params=args.target, calib_samples=args.calib_samples, init=args.init, base=args.base,
+                              gates=not args.no_gates)
+        cache = Path(args.work) / f"init-{args.target}-c{args.calib_samples}-{args.init}-{args.base}-g{int(not args.no_gates)}"
     only_c = [a for a in args.arms.split(",") if a] == ["c"]
     if only_c and args.groups and not cache.is_dir():
         # arm c needs only the compressed model's parameter count: build the structure, no init
