@@ -43,3 +43,11 @@ def tiny_tok():
 @pytest.fixture(scope="session")
 def tiny_model(tiny_tok):
     return make_model(len(tiny_tok))
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, tiny_model, tiny_tok):
+    d = tmp_path_factory.mktemp("tiny")
+    tiny_model.save_pretrained(d, safe_serialization=True)
+    tiny_tok.save_pretrained(d)
+    return d
