@@ -254,10 +254,11 @@ def kill_loop(scenario: str, inp: dict, trials: int, rng: random.Random, log: Pa
             except EdgeDeltaError:
                 rerun.append("--force")
         resumed = "--resume" in rerun
+        next_log = base / f"t{i:02d}.next-run.log"  # its own log: the pipeline's reuse lines are counted in it
         if complete_after_kill and scenario != "pipeline":
             rc2, dt2 = 0, 0.0  # nothing to do: the kill came after the output was complete
         else:
-            rc2, dt2 = run_to_end(rerun, log)
+            rc2, dt2 = run_to_end(rerun, next_log)
         problems = list(after_kill)
         if rc2 != 0:
             problems.append(f"next run failed with exit {rc2}")
@@ -270,10 +271,9 @@ def kill_loop(scenario: str, inp: dict, trials: int, rng: random.Random, log: Pa
             same = final_hash(scenario, out) == ref_hash
             if scenario in ("compress", "export") and not same:
                 problems.append("output differs from the uninterrupted run")
-        reused = 0
-        if scenario == "pipeline":
-            text = log.read_text()
-            reused = text[text.rfind("$ edgedelta"):].count("unchanged, reusing")
+        reused = next_log.read_text().count("unchanged, reusing") if scenario == "pipeline" and next_log.is_file() else 0
+        if scenario == "pipeline" and reused:
+            resumed = True
         left_after = partials(out)
         rows.append({"trial": i, "signal": sig.name, "at_s": round(delay, 2), "killed": killed, "exit_after_signal": rc_killed,
                      "complete_after_kill": bool(complete_after_kill), "temp_left_after_kill": left, "next_run": "none (already complete)" if complete_after_kill and scenario != "pipeline" else "resume" if resumed else "restart",
