@@ -38,10 +38,10 @@ ARTIFACT_FORMAT = "edgedelta-onnx"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
 # ONNX Runtime's CPU MatMul/Gemm "prepack" a constant weight into a private blocked copy
-# per consuming node, so a float weight read by k layers would exist k+1 times in RAM
-# (measured: one 16.8 MB weight read by 8 MatMuls: +101 MB RSS with prepacking, +0 without;
-# fp32 compressed SmolLM2: see bench/results/export.md). Float artifacts therefore ask for
-# prepacking off. MatMulNBits without prepacking dequantizes its whole weight on every call
+# per consuming node while other readers keep the original (measured: one 16.8 MB weight
+# read by 8 MatMuls: +101 MB RSS with prepacking, +0 without; SmolLM2 fp32: +114 MB, the
+# tied 113 MB embedding packed for the logits while Gather keeps the original; see
+# bench/results/export.md). Float artifacts therefore ask for prepacking off. MatMulNBits without prepacking dequantizes its whole weight on every call
 # (int4 decode ~10x slower, measured), and its packed copies are small, so quantized
 # artifacts keep ORT's default. Loaders apply the manifest's "ort_session_config"
 # (edgedelta.runtime does; with optimum pass session_options).
