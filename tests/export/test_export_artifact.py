@@ -43,8 +43,14 @@ def test_manifest_records_configs_and_accounting(compressed_artifact):
 
 def test_same_input_gives_identical_bytes(tiny_dirs, compressed_artifact, tmp_path):
     again = export_onnx(tiny_dirs["compressed"], ExportConfig(validate=False), tmp_path / "again")
-    for f in ("model.onnx", "model.onnx.data"):
+    for f in ("model.onnx", "model.onnx.data", "config.json"):
         assert sha256_file(again / f) == sha256_file(compressed_artifact / f)
+    # quantized too, and from a copy of the source in another folder
+    src2 = shutil.copytree(tiny_dirs["compressed"], tmp_path / "elsewhere")
+    q = [export_onnx(src, ExportConfig(quantize="int4", block_size=16, validate=False), tmp_path / f"q{i}")
+         for i, src in enumerate((tiny_dirs["compressed"], src2))]
+    for f in ("model.onnx", "model.onnx.data", "config.json"):
+        assert sha256_file(q[0] / f) == sha256_file(q[1] / f)
 
 
 def test_tampered_data_file_is_detected(compressed_artifact, tmp_path):
