@@ -90,8 +90,9 @@ class ArchFacts:
 class DecoderGraph:
     """Emits the decoder into a GraphBuilder, given the collected weights."""
 
-    def __init__(self, b: GraphBuilder, facts: ArchFacts, weights: ModelWeights, dtype: str):
+    def __init__(self, b: GraphBuilder, facts: ArchFacts, weights: ModelWeights, dtype: str, accuracy_level: int = 0):
         self.b, self.f, self.w = b, facts, weights
+        self.accuracy_level = accuracy_level  # MatMulNBits compute type (0 fp32, 4 int8 activations)
         self.fp16 = dtype == "fp16"
         self.T = TensorProto.FLOAT16 if self.fp16 else TensorProto.FLOAT
         self.np_t = np.float16 if self.fp16 else np.float32
@@ -172,7 +173,7 @@ class DecoderGraph:
             return self.b.op("MatMul", [x, weight], outputs=outputs)
         q = quant.q
         return self.b.op("MatMulNBits", [x, *quant.names], domain=MS_DOMAIN, outputs=outputs,
-                         K=q.k, N=q.n, bits=q.bits, block_size=q.block_size, accuracy_level=0)
+                         K=q.k, N=q.n, bits=q.bits, block_size=q.block_size, accuracy_level=self.accuracy_level)
 
     def _linear(self, x: str, ref: LinearRef, out: str | None = None) -> str:
         """x (..., in) -> (..., out): gate·(α·x·W + (x·Aᵀ)·Bᵀ) + bias, the base and the

@@ -63,7 +63,7 @@ def build_graph(model, cfg: ExportConfig) -> tuple[GraphBuilder, ModelWeights, A
     builder = GraphBuilder("edgedelta_decoder", cfg.opset)
     weights = WeightCollector(model, adapter, cfg, builder).collect()
     facts = ArchFacts.from_model(model, adapter)
-    DecoderGraph(builder, facts, weights, cfg.dtype).build()
+    DecoderGraph(builder, facts, weights, cfg.dtype, cfg.accuracy_level).build()
     return builder, weights, facts
 
 

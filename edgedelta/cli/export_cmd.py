@@ -16,6 +16,8 @@ def add_parser(subparsers):
     p.add_argument("--dtype", default="fp32", help=f"weights and activations: {'|'.join(DTYPES)} (default fp32)")
     p.add_argument("--quantize", default="none", help=f"weight-only quantization: {'|'.join(QUANTIZE)} (default none)")
     p.add_argument("--block-size", type=int, default=32, help="quantization block size (default 32)")
+    p.add_argument("--accuracy-level", type=int, default=0, choices=(0, 4),
+                   help="quantized MatMul compute: 0 = fp32 (default, exact), 4 = int8 activations (faster on x86, esp. int8)")
     p.add_argument("--no-validate", action="store_true", help="skip the PyTorch parity checks (checker and audit still run)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     return p
@@ -25,7 +27,8 @@ def run(args) -> int:
     from edgedelta.export import ExportConfig, export_onnx
     from edgedelta.manifest import read_manifest
 
-    cfg = ExportConfig(dtype=args.dtype, quantize=args.quantize, block_size=args.block_size, validate=not args.no_validate)
+    cfg = ExportConfig(dtype=args.dtype, quantize=args.quantize, block_size=args.block_size, accuracy_level=args.accuracy_level,
+                       validate=not args.no_validate)
     out = export_onnx(args.model, cfg, args.out, force=args.force, progress=lambda m: print(f"edgedelta export: {m}", file=sys.stderr))
     m = read_manifest(out)
     b, a = m["bytes"], m["audit"]

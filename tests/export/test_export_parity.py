@@ -155,3 +155,12 @@ def test_identical_projection_weights_alias(tmp_path):
     out = export_onnx(tmp_path / "src", ExportConfig(), tmp_path / "art")
     rows = {r["name"]: r for r in audit(out)["initializers"]}
     assert "layers.1.mlp.up_proj.weight" not in rows and rows["layers.0.mlp.up_proj.weight"]["consumers"] == 2
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_int8_activation_compute_within_its_tolerance(quant, tmp_path):
+    src = tiny_compressed_dir(tmp_path / "src", "qwen2")
+    out = export_onnx(src, ExportConfig(quantize=quant, accuracy_level=4, block_size=16), tmp_path / "art")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["parity"]["logits"]["max_abs_diff"] <= m["parity"]["logits"]["tolerance"]
+    assert m["export_config"]["accuracy_level"] == 4
