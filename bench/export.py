@@ -231,7 +231,8 @@ def main(argv=None) -> int:
 
     runs = [("original-fp32", "default", ExportConfig()), ("compressed-fp32", comp_dir, ExportConfig()),
             ("original-fp16", "default", ExportConfig(dtype="fp16")), ("original-int8", "default", ExportConfig(quantize="int8")),
-            ("original-int4", "default", ExportConfig(quantize="int4")), ("compressed-int4", comp_dir, ExportConfig(quantize="int4"))]
+            ("original-int4", "default", ExportConfig(quantize="int4")), ("compressed-int4", comp_dir, ExportConfig(quantize="int4")),
+            ("original-int8-acc4", "default", ExportConfig(quantize="int8", accuracy_level=4))]
     for name, src, cfg in runs:
         if only and name not in only:
             continue
