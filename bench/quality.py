@@ -43,6 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 is fastest on an oversubscribed machine")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--original-from", default=None, help="reuse the original's evaluation from this quality.json (same tasks/limit)")
+    p.add_argument("--merge", default=None, help="with --report-only: add the budgets of another quality.json (run in parallel)")
     return p.parse_args(argv)
 
 
@@ -81,7 +83,17 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     jpath = out / "quality.json"
     if a.report_only:
-        write_report(json.loads(jpath.read_text()), out)
+        res = json.loads(jpath.read_text())
+        if a.merge:
+            other = json.loads(Path(a.merge).read_text())
+            if other["original"]["eval"]["config"] != res["original"]["eval"]["config"]:
+                raise SystemExit("--merge: the runs used different evaluation settings")
+            have = {b["target"] for b in res["budgets"]}
+            res["budgets"] += [b for b in other["budgets"] if b["target"] not in have]
+            res["seconds"] = max(res["seconds"], other["seconds"])
+            res.setdefault("merged_from", []).append(str(a.merge))
+            write_json_atomic(jpath, res)
+        write_report(res, out)
         return 0
     import torch
 
@@ -101,8 +113,15 @@ def main(argv=None) -> int:
         write_json_atomic(jpath, res)
         write_report(res, out)
 
-    print("evaluating the original", file=sys.stderr, flush=True)
-    orig_eval = evaluate(lm.model, lm.tokenizer, ev)
+    orig_eval = None
+    if a.original_from:
+        prev = json.loads(Path(a.original_from).read_text())["original"]["eval"]
+        if prev["config"] != json.loads(json.dumps(vars(ev))):
+            raise SystemExit(f"--original-from: {a.original_from} used different evaluation settings")
+        orig_eval = prev
+    if orig_eval is None:
+        print("evaluating the original", file=sys.stderr, flush=True)
+        orig_eval = evaluate(lm.model, lm.tokenizer, ev)
     from edgedelta.delta.accounting import count_parameters
 
     res["original"] = {"method": "original", "stage": "original", "params": count_parameters(lm.model)["total"],
