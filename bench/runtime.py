@@ -216,7 +216,7 @@ def write_md(res: dict, path: Path) -> None:
                     [[r["model"], r["context"], fmt_bytes(r["peak_rss_bytes"]), fmt_bytes(r["predicted_peak_bytes"]),
                       f"{r['prediction_error']:+.1%}" + (" (fit)" if r.get("calibration_point") else ""), fmt_bytes(r["kv_bytes"]), f"{r['ttft_s'] * 1000:.0f}",
                       f"{r['decode_tok_s']:.2f}"] for r in runs], markdown=True), "",
-              "The planner's overhead and attention factor are fitted on the two smallest contexts (fit); the other "
+              "The planner's overhead and per-token factor are fitted on the two smallest contexts (fit); the other "
               "rows are predictions.", "",
               f"Worst |error| out of sample: {max([abs(r['prediction_error']) for r in runs if not r.get('calibration_point')] or [0]):.1%}; "
               f"overall {max(abs(r['prediction_error']) for r in runs):.1%} (target ≤ 10%).", "",
@@ -249,7 +249,25 @@ def main() -> int:
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--notes", action="append", default=[], help="add a note to the results (repeatable)")
     ap.add_argument("--md-only", action="store_true", help="rewrite runtime.md from runtime.json (adding --notes)")
+    ap.add_argument("--refit", action="store_true", help="recompute the planner fit, predictions and device report from the "
+                    "stored measurements in runtime.json (no measuring)")
     a = ap.parse_args()
+    if a.refit:
+        from edgedelta.devices import all_devices
+        from edgedelta.devices.assess import finish
+        from edgedelta.devices.host import host_device
+        from edgedelta.devices.report import write_report
+
+        res = json.loads((Path(a.out) / "runtime.json").read_text())
+        data = res["memory"]["assess"]
+        devs = list(all_devices().values())
+        finish(data, devs, host_device(), log=log)
+        write_report(Path(a.out) / "runtime_report", data, devs)
+        res["memory"]["assess"] = {**data, "plans": [p.to_dict() for p in data["plans"]]}
+        res["notes"] = res.get("notes", []) + a.notes
+        write_json_atomic(Path(a.out) / "runtime.json", res)
+        write_md(res, Path(a.out) / "runtime.md")
+        return 0
     if a.md_only:
         res = json.loads((Path(a.out) / "runtime.json").read_text())
         res["notes"] = res.get("notes", []) + a.notes

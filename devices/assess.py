@@ -11,7 +11,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from .planner import Calibration, calibrate_joint, calibration_path, check_context, facts_of, load_calibration, plan_facts
+from .planner import (Calibration, ModelFacts, calibrate_joint, calibration_path, check_context, facts_of,
+                      load_calibration, plan_facts)
 from .profile import Device
 
 
@@ -37,20 +38,38 @@ def assess(artifacts: list[str | Path], contexts: list[int], devices: list[Devic
             check_context(c, m.max_positions)
         entries.append((art, m, {"name": m.name, "path": str(Path(path).resolve()), "compressed": m.compressed,
                                  "facts": m.__dict__.copy(), "runs": []}))
-    joint: Calibration | None = None
     if measure:
-        pairs = []
         for art, m, entry in entries:
             log(f"profiling {m.name}: contexts {contexts} ({new_tokens} new tokens each, provider {provider})")
             entry["runs"] = sweep(art.path, contexts, new_tokens, provider, threads)
-            pairs += [(m, r) for r in sorted(entry["runs"], key=lambda r: r["context"])[:max(1, calibrate_on)]]
-        # one fit for all models: overhead and attention factor belong to the runtime
-        joint = calibrate_joint(pairs, host=host.display_name, provider=provider)
-        out["calibration"] = joint.__dict__
     for art, m, entry in entries:
-        cal = joint or load_calibration(art.path)
-        if joint and save_calibration:
-            joint.to_json(calibration_path(art.path))
+        saved = None if measure else load_calibration(art.path)
+        entry["calibration"] = saved.__dict__ if saved else None
+        out["models"].append(entry)
+    finish(out, devices, host, calibrate_on, provider, log)
+    if measure and save_calibration:
+        for art, _, _ in entries:
+            Calibration(**out["calibration"]).to_json(calibration_path(art.path))
+    return out
+
+
+def finish(out: dict[str, Any], devices: list[Device], host: Device, calibrate_on: int = 2, provider: str = "cpu",
+           log=lambda msg: None) -> dict[str, Any]:
+    """From measured runs: one joint calibration (the `calibrate_on` smallest contexts of every
+    model), predicted vs measured per run, and plans for every device and context. Also used
+    to refit stored results (bench/runtime.py --refit) without measuring again."""
+    pairs = []
+    for entry in out["models"]:
+        m = ModelFacts(**entry["facts"])
+        pairs += [(m, r) for r in sorted(entry["runs"], key=lambda r: r["context"])[:max(1, calibrate_on)]]
+    # overhead and per-token factor belong to the runtime: one fit for all models
+    joint = calibrate_joint(pairs, host=host.display_name, provider=provider) if pairs else None
+    out["calibration"] = joint.__dict__ if joint else None
+    out["plans"] = []
+    for entry in out["models"]:
+        m = ModelFacts(**entry["facts"])
+        cal = joint or (Calibration(**entry["calibration"]) if entry.get("calibration") else None)
+        entry["calibration"] = cal.__dict__ if cal else None
         for r in entry["runs"]:
             pred = plan_facts(m, host, r["context"], calibration=cal, prefill=r["prompt_tokens"]).predicted_peak_bytes
             r.update(model=m.name, predicted_peak_bytes=pred, prediction_error=pred / r["peak_rss_bytes"] - 1,
@@ -58,9 +77,7 @@ def assess(artifacts: list[str | Path], contexts: list[int], devices: list[Devic
                      weight_bandwidth_gbps=m.weight_bytes_read_per_token * r["decode_tok_s"] / 1e9)
             log(f"  {m.name} context {r['context']}: TTFT {r['ttft_s'] * 1000:.0f} ms, decode {r['decode_tok_s']:.1f} tok/s, "
                 f"peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB (predicted {pred / 2**20:.0f})")
-        entry["calibration"] = cal.__dict__ if cal else None
-        out["models"].append(entry)
         for d in devices:
-            for c in contexts:
+            for c in out["contexts"]:
                 out["plans"].append(plan_facts(m, d, c, calibration=cal))
     return out

@@ -3,8 +3,9 @@
     predicted peak = weights (unique bytes: a shared tensor once)
                    + KV cache (2 x per-layer K/V for `context` positions: edgedelta's runtime
                      double-buffers past/present; the KV cache is never shared between layers)
-                   + activations (prefill of the whole context in one step: logits [B,S,V] fp32,
-                     one layer's attention scores+probabilities [B,H,S,S] fp32, hidden states)
+                   + activations (prefill of the whole context in one step: the logits buffer
+                     [B,S,V] fp32 + the larger of per-token activations (fitted factor x S x
+                     (4 hidden + 3 intermediate) fp32) and attention [B,H,S,S] fp32 x 2)
                    + runtime overhead (interpreter, ONNX Runtime, tokenizer, allocator slack;
                      calibrated from a measured peak RSS on the host, see calibrate())
 
@@ -42,7 +43,8 @@ class Calibration:
     context: int | None = None
     host: str = ""
     provider: str = "cpu"
-    attn_factor: float = 2.0  # live [B, H, S, S] fp32 attention tensors at the prefill peak (fitted from ≥ 2 lengths)
+    attn_factor: float = 2.0  # live [B, H, S, S] fp32 attention tensors if attention is the prefill peak (assumed)
+    hidden_factor: float = 1.0  # per-token activations, in units of S x (4 hidden + 3 intermediate) fp32 (fitted)
     contexts: tuple[int, ...] = ()  # the context lengths it was fitted on
 
     @classmethod
@@ -59,11 +61,15 @@ class Calibration:
         k = obj.get("attn_factor", 2.0)
         if isinstance(k, bool) or not isinstance(k, (int, float)) or not k >= 0:
             raise ConfigError(f"calibration file '{path}': field 'attn_factor' must be a number ≥ 0, got {k!r}")
+        hf = obj.get("hidden_factor", 1.0)
+        if isinstance(hf, bool) or not isinstance(hf, (int, float)) or not hf >= 0:
+            raise ConfigError(f"calibration file '{path}': field 'hidden_factor' must be a number ≥ 0, got {hf!r}")
         ctxs = obj.get("contexts", [])
         if not isinstance(ctxs, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in ctxs):
             raise ConfigError(f"calibration file '{path}': field 'contexts' must be a list of integers, got {ctxs!r}")
         return cls(over, obj.get("measured_peak_rss"), obj.get("context"), str(obj.get("host", "")),
-                   str(obj.get("provider", "cpu")), float(k), tuple(ctxs))
+                   str(obj.get("provider", "cpu")), attn_factor=float(k), contexts=tuple(ctxs),
+                   hidden_factor=float(hf))
 
     def to_json(self, path: str | os.PathLike) -> None:
         write_json_atomic(path, {"format": CALIBRATION_FORMAT, **asdict(self)})
@@ -106,12 +112,17 @@ class ModelFacts:
         """One [B, H, S, S] fp32 attention tensor (scores or probabilities)."""
         return batch * self.num_heads * tokens * tokens * 4
 
-    def activation_bytes(self, tokens: int, batch: int = 1, attn_factor: float = 2.0) -> int:
-        """Prefill of `tokens` positions in one step (fp32 activations): logits [B, S, V] (the
-        runtime's buffer), `attn_factor` live attention tensors, hidden states."""
+    def hidden_bytes(self, tokens: int, batch: int = 1) -> int:
+        """Per-token activations of one layer: q/k/v/o + gate/up/act, fp32."""
+        return batch * tokens * (4 * self.hidden_size + 3 * self.intermediate_size) * 4
+
+    def activation_bytes(self, tokens: int, batch: int = 1, attn_factor: float = 2.0, hidden_factor: float = 1.0) -> int:
+        """Prefill of `tokens` positions in one step (fp32): the logits buffer [B, S, V] (the
+        runtime's, live through the whole run) + the larger of two phases: per-token activations
+        (hidden_factor x hidden_bytes; measured to dominate up to 2k tokens on SmolLM2) or
+        `attn_factor` live [B, H, S, S] attention tensors (grows as S², dominates beyond)."""
         logits = batch * tokens * self.vocab_size * 4
-        hidden = batch * tokens * (4 * self.hidden_size + 3 * self.intermediate_size) * 4  # q/k/v/o + gate/up/act
-        return int(logits + attn_factor * self.attention_bytes(tokens, batch) + hidden)
+        return int(logits + max(hidden_factor * self.hidden_bytes(tokens, batch), attn_factor * self.attention_bytes(tokens, batch)))
 
 
 def facts_of(artifact) -> ModelFacts:
@@ -169,7 +180,8 @@ def plan_facts(m: ModelFacts, device: Device, context: int, batch: int = 1, cali
     one step (default: the whole context, the worst case)."""
     check_context(context, m.max_positions)
     kv = 2 * m.kv_bytes(context, batch)  # past + present buffers
-    act = m.activation_bytes(prefill or context, batch, calibration.attn_factor if calibration else 2.0)
+    act = m.activation_bytes(prefill or context, batch, calibration.attn_factor if calibration else 2.0,
+                             calibration.hidden_factor if calibration else 1.0)
     over = calibration.overhead_bytes if calibration else DEFAULT_OVERHEAD_BYTES
     peak = m.weight_bytes + kv + act + over
     avail = device.available_bytes
@@ -196,7 +208,7 @@ def calibrate(m: ModelFacts, measured_peak_rss: int, context: int, host: str = "
               prefill: int | None = None) -> Calibration:
     """The overhead that makes the prediction equal a measured peak RSS at `context`."""
     modelled = m.weight_bytes + 2 * m.kv_bytes(context, batch) + m.activation_bytes(prefill or context, batch)
-    return Calibration(int(measured_peak_rss - modelled), int(measured_peak_rss), context, host, provider, 2.0, (context,))
+    return Calibration(int(measured_peak_rss - modelled), int(measured_peak_rss), context, host, provider, contexts=(context,))
 
 
 def calibrate_runs(m: ModelFacts, runs: list[dict], host: str = "", provider: str = "cpu") -> Calibration:
@@ -204,28 +216,29 @@ def calibrate_runs(m: ModelFacts, runs: list[dict], host: str = "", provider: st
     return calibrate_joint([(m, r) for r in runs], host, provider)
 
 
-def calibrate_joint(pairs: list[tuple[ModelFacts, dict]], host: str = "", provider: str = "cpu") -> Calibration:
-    """Fit the runtime's overhead and attn_factor to profiler runs ({context, prompt_tokens,
+def calibrate_joint(pairs: list[tuple[ModelFacts, dict]], host: str = "", provider: str = "cpu",
+                    attn_factor: float = 2.0) -> Calibration:
+    """Fit the runtime's overhead and hidden_factor to profiler runs ({context, prompt_tokens,
     peak_rss_bytes}) of one or more models by least squares:
-        measured - (weights + KV + logits + hidden) = overhead + attn_factor x one attention tensor.
-    Both are properties of the runtime, not the model, so several models share one fit (this
-    keeps original-vs-compressed comparisons free of per-model fitting noise). With a single
-    context length attn_factor stays 2 and only the overhead is fitted."""
+        measured - (weights + KV + logits) = overhead + hidden_factor x hidden_bytes(S)
+    (measured on SmolLM2 up to 2k tokens: the peak grows linearly in S, no S² term visible).
+    Both belong to the runtime, not the model, so several models share one fit (keeping
+    original-vs-compressed comparisons free of per-model fitting noise). With one context
+    length hidden_factor stays 1 and only the overhead is fitted. attn_factor is not fitted."""
     import numpy as np
 
     y, x = [], []
     for m, r in pairs:
         s = r["prompt_tokens"]
-        base = m.weight_bytes + 2 * m.kv_bytes(r["context"]) + m.activation_bytes(s, attn_factor=0.0)
+        base = m.weight_bytes + 2 * m.kv_bytes(r["context"]) + m.vocab_size * s * 4
         y.append(r["peak_rss_bytes"] - base)
-        x.append(m.attention_bytes(s))
+        x.append(m.hidden_bytes(s))
     ya, xa = np.array(y, dtype=float), np.array(x, dtype=float)
-    k = 2.0
+    h = 1.0
     if len({r["prompt_tokens"] for _, r in pairs}) > 1:
-        (over, k), *_ = np.linalg.lstsq(np.vstack([np.ones_like(xa), xa]).T, ya, rcond=None)
-    if k < 1.0:  # at least the scores tensor is live
-        k = 1.0
-    over = float(np.mean(ya - k * xa))
+        (_, h), *_ = np.linalg.lstsq(np.vstack([np.ones_like(xa), xa]).T, ya, rcond=None)
+    h = max(float(h), 0.0)
+    over = float(np.mean(ya - h * xa))
     first = min((r for _, r in pairs), key=lambda r: r["context"])
-    return Calibration(int(round(over)), int(first["peak_rss_bytes"]), first["context"], host, provider, float(k),
-                       tuple(sorted({r["context"] for _, r in pairs})))
+    return Calibration(int(round(over)), int(first["peak_rss_bytes"]), first["context"], host, provider,
+                       attn_factor=float(attn_factor), hidden_factor=h, contexts=tuple(sorted({r["context"] for _, r in pairs})))

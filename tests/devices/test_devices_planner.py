@@ -22,10 +22,13 @@ def test_arithmetic_by_hand():
     assert p.kv_bytes == 2 * kv_one == 384  # past + present buffers
     logits = 3 * 10 * 4  # [1, 3, 10] fp32 = 120
     attn = 2 * 2 * 3 * 3 * 4  # scores + probs [1, 2, 3, 3] fp32 = 144
-    hidden = 3 * (4 * 8 + 3 * 16) * 4  # = 960
-    assert p.activation_bytes == logits + attn + hidden == 1224
-    assert p.predicted_peak_bytes == 1000 + 384 + 1224 + 100 == 2708
-    assert p.available_bytes == 512 * MIB and p.margin_bytes == 512 * MIB - 2708 and p.verdict == "fits"
+    hidden = 3 * (4 * 8 + 3 * 16) * 4  # = 960 (hidden_factor 1)
+    assert p.activation_bytes == logits + max(hidden, attn) == 1080
+    assert p.predicted_peak_bytes == 1000 + 384 + 1080 + 100 == 2564
+    assert p.available_bytes == 512 * MIB and p.margin_bytes == 512 * MIB - 2564 and p.verdict == "fits"
+    # a long context: attention (S²) overtakes the per-token term
+    long = plan_facts(ModelFacts(**{**M.__dict__, "max_positions": 4096}), DEV, 4000, calibration=Calibration(0))
+    assert long.activation_bytes == 4000 * 10 * 4 + 2 * 2 * 4000 * 4000 * 4
     assert p.bytes_read_per_token == 1500 + kv_one == 1692
     assert p.decode_ceiling_tok_s == pytest.approx(1e9 / 1692)
     assert p.overhead_calibrated
@@ -44,7 +47,7 @@ def test_default_overhead_and_verdicts():
 
 def test_calibrate_roundtrip(tmp_path):
     cal = calibrate(M, measured_peak_rss=5000, context=3)
-    assert cal.overhead_bytes == 5000 - (1000 + 384 + 1224)
+    assert cal.overhead_bytes == 5000 - (1000 + 384 + 1080)
     assert plan_facts(M, DEV, 3, calibration=cal).predicted_peak_bytes == 5000
     cal.to_json(tmp_path / "c.json")
     assert Calibration.from_json(tmp_path / "c.json") == cal
@@ -66,25 +69,24 @@ def test_plan_tiny_edgedelta(tiny_edgedelta, tmp_path):
     assert calibration_path(art).parent == art.parent and load_calibration(art) is None
 
 
-def test_calibrate_runs_recovers_overhead_and_attention_factor():
-    big = ModelFacts(**{**M.__dict__, "max_positions": 4096})
-    truth = Calibration(overhead_bytes=50 * MIB, attn_factor=6.0)
-    runs = [{"context": c, "prompt_tokens": c - 8,
-             "peak_rss_bytes": plan_facts(big, DEV, c, calibration=truth, prefill=c - 8).predicted_peak_bytes}
-            for c in (256, 1024, 2048)]
-    cal = calibrate_runs(big, runs)
-    assert cal.attn_factor == pytest.approx(6.0, rel=1e-6) and abs(cal.overhead_bytes - 50 * MIB) <= 2
-    assert cal.contexts == (256, 1024, 2048)
-    one = calibrate_runs(big, runs[:1])
-    assert one.attn_factor == 2.0 and plan_facts(big, DEV, 256, calibration=one, prefill=248).predicted_peak_bytes == runs[0]["peak_rss_bytes"]
+def test_calibrate_runs_recovers_overhead_and_hidden_factor():
+    truth = Calibration(overhead_bytes=50 * MIB, hidden_factor=5.5)
+    runs = [{"context": c, "prompt_tokens": c - 2,
+             "peak_rss_bytes": plan_facts(M, DEV, c, calibration=truth, prefill=c - 2).predicted_peak_bytes}
+            for c in (10, 20, 40)]
+    cal = calibrate_runs(M, runs)
+    assert cal.hidden_factor == pytest.approx(5.5, rel=1e-3) and abs(cal.overhead_bytes - 50 * MIB) <= 2
+    assert cal.contexts == (10, 20, 40)
+    one = calibrate_runs(M, runs[:1])
+    assert one.hidden_factor == 1.0 and plan_facts(M, DEV, 10, calibration=one, prefill=8).predicted_peak_bytes == runs[0]["peak_rss_bytes"]
 
 
 def test_joint_calibration_over_two_models():
-    a = ModelFacts(**{**M.__dict__, "max_positions": 4096})
+    a = M
     b = ModelFacts(**{**a.__dict__, "weight_bytes": 700, "name": "toy-small"})
-    truth = Calibration(overhead_bytes=30 * MIB, attn_factor=3.0)
+    truth = Calibration(overhead_bytes=30 * MIB, hidden_factor=3.0)
     pairs = [(m, {"context": c, "prompt_tokens": c - 4,
                   "peak_rss_bytes": plan_facts(m, DEV, c, calibration=truth, prefill=c - 4).predicted_peak_bytes})
-             for m in (a, b) for c in (128, 512)]
+             for m in (a, b) for c in (16, 48)]
     cal = calibrate_joint(pairs)
-    assert cal.attn_factor == pytest.approx(3.0, rel=1e-6) and abs(cal.overhead_bytes - 30 * MIB) <= 2
+    assert cal.hidden_factor == pytest.approx(3.0, rel=1e-3) and abs(cal.overhead_bytes - 30 * MIB) <= 2
