@@ -204,7 +204,7 @@ def final_hash(scenario: str, out: Path) -> str | None:
 
 
 # ---- the kill loop ---------------------------------------------------------------------------------
-def kill_loop(scenario: str, inp: dict, trials: int, rng: random.Random, log: Path) -> dict:
+def kill_loop(scenario: str, inp: dict, trials: int, rng: random.Random, log: Path, rng_seed: int = 0) -> dict:
     base = WORK / scenario
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
@@ -275,7 +275,7 @@ def kill_loop(scenario: str, inp: dict, trials: int, rng: random.Random, log: Pa
         if scenario == "pipeline" and reused:
             resumed = True
         left_after = partials(out)
-        rows.append({"trial": i, "signal": sig.name, "at_s": round(delay, 2), "killed": killed, "exit_after_signal": rc_killed,
+        rows.append({"trial": i, "batch": rng_seed, "signal": sig.name, "at_s": round(delay, 2), "killed": killed, "exit_after_signal": rc_killed,
                      "complete_after_kill": bool(complete_after_kill), "temp_left_after_kill": left, "next_run": "none (already complete)" if complete_after_kill and scenario != "pipeline" else "resume" if resumed else "restart",
                      "next_run_exit": rc2, "next_run_s": round(dt2, 1), "same_sha256_as_uninterrupted": same,
                      "pipeline_stages_reused": reused if scenario == "pipeline" else None, "temp_left_after_next_run": left_after,
@@ -353,10 +353,11 @@ def markdown(res: dict) -> str:
                          f"{sum(bool(r['problems']) for r in t)} |")
         probs = [(n, r) for n, v in res["kill"].items() for r in v["trials"] if r["problems"]]
         if probs:
-            lines += ["", "Problems:", ""] + [f"- {n} trial {r['trial']} ({r['signal']} at {r['at_s']} s): {'; '.join(r['problems'])}" for n, r in probs]
+            lines += ["", "Problems:", ""] + [f"- {n} trial {r['trial']} (seed {r.get('batch', res['seed'])}, {r['signal']} at {r['at_s']} s): {'; '.join(r['problems'])}" for n, r in probs]
         lines += ["", "Temporary folders are hidden siblings (`.NAME.partial-*`) that SIGKILL cannot clean up; they never sit at the "
                   "output path. Distillation resumes from its last checkpoint (`--resume`); the pipeline resumes by itself, "
                   "reusing every stage whose output verifies.", ""]
+        lines += [f"Note: {n}" for n in res.get("notes", [])] + ([""] if res.get("notes") else [])
     if res.get("load"):
         lines += ["## Load: generations back to back from one Session", "",
                   "| artifact | generations | new tokens each | RSS after 10 (MiB) | RSS after 100 | RSS after the last | growth 10 → last | < 5% | seconds |",
@@ -382,6 +383,7 @@ def main() -> int:
     ap.add_argument("--default-artifact", default=None, help="the default model's artifact (edgedelta export default --out X) for the load test")
     ap.add_argument("--default-generations", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--append", action="store_true", help="add the kill trials to those in faults.json instead of replacing them")
     ap.add_argument("--report-only", action="store_true", help="rewrite faults.md from faults.json")
     args = ap.parse_args()
     if args.report_only:
@@ -403,7 +405,12 @@ def main() -> int:
         now = json.loads(out_json.read_text()) if out_json.is_file() else {}
         for key in ("load", "kill"):
             if key in res:
-                now[key] = {**now.get(key, {}), **res[key]}
+                merged = {**now.get(key, {}), **res[key]}
+                if key == "kill" and args.append:  # add this run's trials to the stored ones
+                    for name, v in res[key].items():
+                        old = [t for t in now.get(key, {}).get(name, {}).get("trials", []) if t.get("batch") != args.seed]
+                        merged[name] = {**v, "trials": old + v["trials"]}
+                now[key] = merged
         now.update({k: v for k, v in res.items() if k not in ("load", "kill")})
         res.update(now)
         write_json_atomic(out_json, now)
@@ -424,7 +431,7 @@ def main() -> int:
         res["kill"] = {}
         for name in [s for s in args.scenarios.split(",") if s]:
             n = args.pipeline_trials if name == "pipeline" else args.trials
-            res["kill"][name] = kill_loop(name, inp, n, rng, log)
+            res["kill"][name] = kill_loop(name, inp, n, rng, log, args.seed)
             save()
     save()
     print(markdown(res))
