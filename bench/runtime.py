@@ -262,6 +262,11 @@ def main() -> int:
         data = res["memory"]["assess"]
         devs = list(all_devices().values())
         finish(data, devs, host_device(), log=log)
+        from edgedelta.devices.planner import Calibration, calibration_path
+
+        for m in data["models"]:  # the refitted calibration replaces the one saved beside each artifact
+            if Path(m["path"]).is_dir() and data.get("calibration"):
+                Calibration(**data["calibration"]).to_json(calibration_path(m["path"]))
         write_report(Path(a.out) / "runtime_report", data, devs)
         res["memory"]["assess"] = {**data, "plans": [p.to_dict() for p in data["plans"]]}
         res["notes"] = res.get("notes", []) + a.notes

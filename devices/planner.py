@@ -108,21 +108,23 @@ class ModelFacts:
         """K and V of every layer for `tokens` positions: [B, kv_heads, tokens, head_dim] x 2 x layers."""
         return 2 * self.num_layers * batch * self.kv_heads * tokens * self.head_dim * self.kv_itemsize
 
-    def attention_bytes(self, tokens: int, batch: int = 1) -> int:
-        """One [B, H, S, S] fp32 attention tensor (scores or probabilities)."""
-        return batch * self.num_heads * tokens * tokens * 4
+    def attention_bytes(self, tokens: int, batch: int = 1, keys: int | None = None) -> int:
+        """One [B, H, S, T] fp32 attention tensor (scores or probabilities); T = keys or S."""
+        return batch * self.num_heads * tokens * (keys or tokens) * 4
 
     def hidden_bytes(self, tokens: int, batch: int = 1) -> int:
         """Per-token activations of one layer: q/k/v/o + gate/up/act, fp32."""
         return batch * tokens * (4 * self.hidden_size + 3 * self.intermediate_size) * 4
 
-    def activation_bytes(self, tokens: int, batch: int = 1, attn_factor: float = 2.0, hidden_factor: float = 1.0) -> int:
+    def activation_bytes(self, tokens: int, batch: int = 1, attn_factor: float = 2.0, hidden_factor: float = 1.0,
+                         keys: int | None = None) -> int:
         """Prefill of `tokens` positions in one step (fp32): the logits buffer [B, S, V] (the
         runtime's, live through the whole run) + the larger of two phases: per-token activations
         (hidden_factor x hidden_bytes; measured to dominate up to 2k tokens on SmolLM2) or
         `attn_factor` live [B, H, S, S] attention tensors (grows as S², dominates beyond)."""
         logits = batch * tokens * self.vocab_size * 4
-        return int(logits + max(hidden_factor * self.hidden_bytes(tokens, batch), attn_factor * self.attention_bytes(tokens, batch)))
+        attn = attn_factor * self.attention_bytes(tokens, batch, keys)
+        return int(logits + max(hidden_factor * self.hidden_bytes(tokens, batch), attn))
 
 
 def facts_of(artifact) -> ModelFacts:
@@ -175,13 +177,21 @@ def check_context(context: int, max_positions: int | None) -> None:
 
 
 def plan_facts(m: ModelFacts, device: Device, context: int, batch: int = 1, calibration: Calibration | None = None,
-               prefill: int | None = None) -> Plan:
-    """The arithmetic of the module docstring, on ModelFacts. `prefill`: prompt length run in
-    one step (default: the whole context, the worst case)."""
+               prefill: int | None = None, prefill_chunk: int | None = None) -> Plan:
+    """The arithmetic of the module docstring, on ModelFacts. `prefill`: prompt length (default:
+    the whole context, the worst case); `prefill_chunk`: tokens per prefill step (the runtime's
+    GenerationConfig.prefill_chunk): activations then scale with the chunk, attention with
+    chunk x context."""
     check_context(context, m.max_positions)
+    if prefill_chunk is not None and prefill_chunk < 1:
+        raise ConfigError(f"prefill chunk must be ≥ 1, got {prefill_chunk}")
     kv = 2 * m.kv_bytes(context, batch)  # past + present buffers
-    act = m.activation_bytes(prefill or context, batch, calibration.attn_factor if calibration else 2.0,
-                             calibration.hidden_factor if calibration else 1.0)
+    step = prefill or context
+    keys = None
+    if prefill_chunk and prefill_chunk < step:
+        step, keys = prefill_chunk, context
+    act = m.activation_bytes(step, batch, calibration.attn_factor if calibration else 2.0,
+                             calibration.hidden_factor if calibration else 1.0, keys)
     over = calibration.overhead_bytes if calibration else DEFAULT_OVERHEAD_BYTES
     peak = m.weight_bytes + kv + act + over
     avail = device.available_bytes
@@ -193,7 +203,8 @@ def plan_facts(m: ModelFacts, device: Device, context: int, batch: int = 1, cali
                 avail, margin, verdict, read, ceiling)
 
 
-def plan(artifact, device: Device, context: int, batch: int = 1, calibration: Calibration | None = None) -> Plan:
+def plan(artifact, device: Device, context: int, batch: int = 1, calibration: Calibration | None = None,
+         prefill_chunk: int | None = None) -> Plan:
     """Plan an artifact (a folder or an opened Artifact) on a device. The calibration defaults to
     the one saved beside the artifact by `edgedelta profile`, else DEFAULT_OVERHEAD_BYTES."""
     from edgedelta.runtime.artifact import Artifact
@@ -201,7 +212,7 @@ def plan(artifact, device: Device, context: int, batch: int = 1, calibration: Ca
     art = artifact if isinstance(artifact, Artifact) else Artifact.open(artifact)
     if calibration is None:
         calibration = load_calibration(art.path)
-    return plan_facts(facts_of(art), device, context, batch, calibration)
+    return plan_facts(facts_of(art), device, context, batch, calibration, prefill_chunk=prefill_chunk)
 
 
 def calibrate(m: ModelFacts, measured_peak_rss: int, context: int, host: str = "", provider: str = "cpu", batch: int = 1,

@@ -139,7 +139,10 @@ class _Generation:
         sampler = Sampler(c)
         cache = s.new_cache(b, cap)
         t0 = time.perf_counter()
-        logits = s.forward(input_ids, mask[:, :p], pos, cache)
+        chunk = c.prefill_chunk or p
+        for start in range(0, p, chunk):  # chunked prefill: same KV cache, only the last chunk's logits are used
+            end = min(start + chunk, p)
+            logits = s.forward(input_ids[:, start:end], mask[:, :end], pos[:, start:end], cache)
         ttft = t1 = 0.0
         step_ids = np.empty((b, 1), dtype=np.int64)
         for step in range(c.max_new_tokens):

@@ -23,6 +23,8 @@ class GenerationConfig:
     stop: tuple[str, ...] = field(default_factory=tuple)  # stop strings (not included in the output)
     eos: bool = True  # stop at the model's EOS token(s)
     chat: bool = False  # wrap each prompt in the tokenizer's chat template as a user turn
+    prefill_chunk: int | None = None  # run the prompt through the model this many tokens at a time (bounds
+    # prefill memory: logits [B, chunk, V] and attention [B, H, chunk, T] instead of [B, S, V] and [B, H, S, S])
 
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -33,6 +35,8 @@ class GenerationConfig:
             raise ConfigError(f"top_k must be an integer ≥ 0, got {self.top_k!r}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.prefill_chunk is not None and (not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 1):
+            raise ConfigError(f"prefill_chunk must be an integer ≥ 1, got {self.prefill_chunk!r}")
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop))

@@ -15,6 +15,8 @@ def add_parser(subparsers):
     p.add_argument("--device", default="all", help="device name, comma list, 'host' or 'all' (see `edgedelta devices`)")
     p.add_argument("--context", default="2048", help="context length(s) in tokens, e.g. 512,2048")
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--prefill-chunk", type=int, default=None,
+                   help="plan for a prompt prefilled this many tokens at a time (run --prefill-chunk)")
     p.add_argument("--calibration", default=None, help="calibration JSON (default: the one beside each artifact)")
     p.add_argument("--devices-dir", action="append", default=[], help="extra folder of device files")
     p.add_argument("--json", dest="json_out", default=None, help="write the plans as JSON here")
@@ -41,7 +43,7 @@ def run(args) -> int:
         art = Artifact.open(a)
         for c in contexts:
             for d in devs:
-                plans.append(plan(art, d, c, args.batch, cal))
+                plans.append(plan(art, d, c, args.batch, cal, prefill_chunk=args.prefill_chunk))
     sys.stdout.write(plans_table(plans) + "\n")
     if args.breakdown:
         sys.stdout.write("\n" + plan_breakdown_table(plans) + "\n")

@@ -22,6 +22,7 @@ def add_parser(subparsers):
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--prefill-chunk", type=int, default=None, help="prefill the prompt this many tokens at a time (less memory)")
     return p
 
 
@@ -31,7 +32,8 @@ def run(args) -> int:
     if not args.prompt.strip():
         raise ConfigError("the prompt is empty")
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
-                           top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=tuple(args.stop), chat=args.chat)
+                           top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=tuple(args.stop), chat=args.chat,
+                           prefill_chunk=args.prefill_chunk)
     sess = Session.from_dir(args.artifact, provider=args.provider, threads=args.threads)
     st = sess.stream(args.prompt, cfg)
     for piece in st:

@@ -90,3 +90,12 @@ def test_joint_calibration_over_two_models():
              for m in (a, b) for c in (16, 48)]
     cal = calibrate_joint(pairs)
     assert cal.hidden_factor == pytest.approx(3.0, rel=1e-3) and abs(cal.overhead_bytes - 30 * MIB) <= 2
+
+
+def test_prefill_chunk_bounds_activations():
+    big = ModelFacts(**{**M.__dict__, "max_positions": 4096})
+    whole = plan_facts(big, DEV, 4000, calibration=Calibration(0))
+    chunked = plan_facts(big, DEV, 4000, calibration=Calibration(0), prefill_chunk=100)
+    # logits [1, 100, 10] + max(hidden of 100 tokens, 2 x attention [1, 2, 100, 4000])
+    assert chunked.activation_bytes == 100 * 10 * 4 + max(100 * (4 * 8 + 3 * 16) * 4, 2 * 2 * 100 * 4000 * 4)
+    assert chunked.activation_bytes < whole.activation_bytes and chunked.kv_bytes == whole.kv_bytes

@@ -125,3 +125,10 @@ def test_bad_prompts(session):
         session.generate("   ")
     with pytest.raises(ConfigError, match="maximum of 256 positions"):
         session.generate("hello", max_new_tokens=1000)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_chunked_prefill_same_tokens(session, chunk):
+    full = session.generate(PROMPTS, max_new_tokens=8, eos=False)
+    got = session.generate(PROMPTS, max_new_tokens=8, eos=False, prefill_chunk=chunk)
+    assert [g.token_ids for g in got] == [f.token_ids for f in full]
