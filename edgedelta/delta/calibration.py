@@ -60,16 +60,27 @@ def readers_of(adapter: ModelAdapter, proj: str, _=None) -> str:
 
 
 class WhiteningCache:
-    """Whitening factors computed once per distinct covariance tensor."""
+    """Whitening factors S (float32) and damped covariances S·Sᵀ computed once per distinct
+    covariance tensor (q/k/v share one; each layer appears in two candidate groups)."""
 
     def __init__(self, damping: float):
         self.damping, self._s = damping, {}
 
-    def __call__(self, cov: torch.Tensor) -> torch.Tensor:
+    def _entry(self, cov: torch.Tensor) -> list:
         key = id(cov)
         if key not in self._s:
-            self._s[key] = (cov, whitening_factor(cov, self.damping))  # keep cov alive: ids stay unique
-        return self._s[key][1]
+            self._s[key] = [cov, whitening_factor(cov, self.damping).float(), None]  # keep cov alive: ids stay unique
+        return self._s[key]
+
+    def __call__(self, cov: torch.Tensor) -> torch.Tensor:
+        return self._entry(cov)[1]
+
+    def damped(self, cov: torch.Tensor) -> torch.Tensor:
+        """C + λI (float32), = S·Sᵀ."""
+        e = self._entry(cov)
+        if e[2] is None:
+            e[2] = e[1] @ e[1].T
+        return e[2]
 
 
 def whitening_factor(cov: torch.Tensor, damping: float) -> torch.Tensor:

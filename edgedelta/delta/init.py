@@ -35,18 +35,36 @@ class _Fit:
     b: torch.Tensor  # (out, r)
     a: torch.Tensor  # (r, in)
     tail: float  # ‖(W − αbase − B·A)·S_fit‖², the energy the rank-r delta could not capture
+    a_fit: torch.Tensor  # A·S_fit (r, in): reused to report the error without another product
+
+
+def _top_svd(a: torch.Tensor, k: int, oversample: int = 16, power_iters: int = 4):
+    """The top-k singular triplets of a (m, n). Exact SVD when k is a large part of the
+    spectrum; otherwise a randomized range finder (Halko et al.) with a FIXED seed, so the
+    same weights always give the same init (artifacts are byte-reproducible), at a fraction
+    of a full SVD's cost: only (m·n·(k+p)) products."""
+    m, n = a.shape
+    if 3 * (k + oversample) >= min(m, n):
+        u, sig, vh = torch.linalg.svd(a, full_matrices=False)
+        return u[:, :k], sig[:k], vh[:k]
+    g = torch.Generator().manual_seed(0)
+    y = a @ torch.randn(n, k + oversample, generator=g, dtype=a.dtype)  # (m, k+p)
+    for _ in range(power_iters):  # sharpen the spectrum; re-orthogonalise for stability
+        y = a @ (a.T @ torch.linalg.qr(y).Q)
+    q = torch.linalg.qr(y).Q  # (m, k+p)
+    ub, sig, vh = torch.linalg.svd(q.T @ a, full_matrices=False)  # (k+p, n): small
+    return (q @ ub)[:, :k], sig[:k], vh[:k]
 
 
 def _svd_fit(target: torch.Tensor, s: torch.Tensor | None, rank: int, alpha: float) -> _Fit:
     """Best rank-r delta for target = (W − α·base)·S_fit (out, in). Eckart–Young: the error
-    is the energy of the dropped singular values, so it comes free with the SVD."""
-    u, sig, vh = torch.linalg.svd(target, full_matrices=False)
-    root = sig[:rank].sqrt()
-    b = u[:, :rank] * root  # (out, r)
-    a = root[:, None] * vh[:rank]  # (r, in)
-    if s is not None:
-        a = torch.linalg.solve_triangular(s, a, upper=False, left=False)  # a · S⁻¹
-    return _Fit(alpha, b, a, float(sig[rank:].pow(2).sum()))
+    is the energy outside the top-r singular values, ‖target‖² − Σ σ_i²."""
+    u, sig, vh = _top_svd(target, rank)
+    root = sig.sqrt()
+    b = u * root  # (out, r)
+    a_fit = root[:, None] * vh  # (r, in), = A·S_fit
+    a = torch.linalg.solve_triangular(s, a_fit, upper=False, left=False) if s is not None else a_fit  # A = a_fit · S⁻¹
+    return _Fit(alpha, b, a, float(target.pow(2).sum() - sig.pow(2).sum()), a_fit)
 
 
 def _fit_layer(ws: torch.Tensor, bs: torch.Tensor, s_fit: torch.Tensor | None, rank: int, scale_base: bool) -> _Fit:
@@ -73,31 +91,36 @@ def init_group(weights: list[torch.Tensor], covs: list[torch.Tensor] | None, ran
     if (data_aware or gates or base == "alternating") and covs is None:
         raise ValueError(f"init '{init}' / gates / alternating base need calibration covariances")
     whiten = whiten or WhiteningCache(damping)
-    ss = [whiten(c).float() for c in covs] if covs is not None else [None] * len(ws)
+    ss = [whiten(c) for c in covs] if covs is not None else [None] * len(ws)
     s_fit = ss if data_aware else [None] * len(ws)
     w_fit = [w @ s if s is not None else w for w, s in zip(ws, s_fit)]  # W·S_fit, fixed across iterations
 
     def fit(b0):
-        return [_fit_layer(wf, b0 @ s if s is not None else b0, s, rank, scale_base) for wf, s in zip(w_fit, s_fit)]
+        b_fit = [b0 @ s if s is not None else b0 for s in s_fit]  # base·S_fit per layer
+        return [_fit_layer(wf, bf, s, rank, scale_base) for wf, bf, s in zip(w_fit, b_fit, s_fit)], b_fit
 
     b0 = ws[0].clone() if base == "first" else torch.stack(ws).mean(0)
-    fits = fit(b0)
+    fits, b_fit = fit(b0)
     if base == "alternating":
         # base = argmin Σ_l ‖(W_l − α_l·base − Δ_l) S_l‖²  ⇔  base · Σ α_l² C_l = Σ α_l (W_l − Δ_l) C_l
-        cs = [s @ s.T for s in ss]
+        cs = [whiten.damped(c) for c in covs]
         for _ in range(iters):
             if sum(f.alpha ** 2 for f in fits) < 1e-6:
                 break  # no layer uses the base: nothing to refine
             lhs = sum(f.alpha ** 2 * c for f, c in zip(fits, cs))
             rhs = sum(f.alpha * (w - f.b @ f.a) @ c for f, w, c in zip(fits, ws, cs))
             b0 = torch.linalg.solve(lhs.double(), rhs.T.double()).T.float()  # lhs is symmetric
-            fits = fit(b0)
+            fits, b_fit = fit(b0)
 
-    # report errors (and fit gates) in the output metric S when calibration data exists
+    # report errors (and fit gates) in the output metric S when calibration data exists;
+    # with the data-aware init the fit metric is that metric and every product is at hand
     errs, gate_vals = [], []
-    for w, f, s in zip(ws, fits, ss):
-        approx = f.alpha * b0 + f.b @ f.a
-        ref, est = (w @ s, approx @ s) if s is not None else (w, approx)
+    for w, wf, bf, f, s in zip(ws, w_fit, b_fit, fits, ss):
+        if data_aware:
+            ref, est = wf, f.alpha * bf + f.b @ f.a_fit
+        else:
+            approx = f.alpha * b0 + f.b @ f.a
+            ref, est = (w @ s, approx @ s) if s is not None else (w, approx)
         errs.append(float((ref - est).norm() / ref.norm().clamp_min(1e-30)))
         if gates:
             gate_vals.append(float(torch.sum(ref * est) / torch.sum(est * est).clamp_min(1e-30)))
