@@ -401,6 +401,8 @@ def main() -> int:
     rng = random.Random(args.seed)
     inp = build_inputs(WORK)
 
+    ran: set[str] = set()  # kill scenarios run by this invocation
+
     def save():  # merge with the file as it is now: a concurrent `--only load` / `--only kill` run keeps its part
         now = json.loads(out_json.read_text()) if out_json.is_file() else {}
         for key in ("load", "kill"):
@@ -408,6 +410,8 @@ def main() -> int:
                 merged = {**now.get(key, {}), **res[key]}
                 if key == "kill" and args.append:  # add this run's trials to the stored ones
                     for name, v in res[key].items():
+                        if name not in ran:
+                            continue
                         old = [t for t in now.get(key, {}).get(name, {}).get("trials", []) if t.get("batch") != args.seed]
                         merged[name] = {**v, "trials": old + v["trials"]}
                 now[key] = merged
@@ -432,6 +436,7 @@ def main() -> int:
         for name in [s for s in args.scenarios.split(",") if s]:
             n = args.pipeline_trials if name == "pipeline" else args.trials
             res["kill"][name] = kill_loop(name, inp, n, rng, log, args.seed)
+            ran.add(name)
             save()
     save()
     print(markdown(res))
