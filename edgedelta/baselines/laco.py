@@ -10,8 +10,9 @@ down by an interval I; otherwise l moves down by one.
 
 Budget adaptation (the paper fixes C, I, T and reports whatever size results): the number of
 layers to remove is the one landing nearest the target; each merge removes
-min(C, still needed) layers; if a full sweep ends short, T is lowered by 0.05 and the sweep
-repeats (recorded in the report)."""
+min(C, still needed) layers; if a whole sweep accepts no merge, the most similar candidate of
+that sweep is taken (so each sweep costs one pass over the candidates; the report says which
+merges passed T and which were taken as best-of-sweep)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,13 @@ def rdsc_merge(model: nn.Module, l: int, m: int) -> nn.Module:
     return remove_layers(out, list(range(l + 1, l + m + 1)))
 
 
+def _accept(merges: list, names: list, cand: nn.Module, l: int, m: int, sim: float, why: str) -> nn.Module:
+    """Record a merge of current layers l+1..l+m into l (named by their original indices)."""
+    merges.append({"into": names[l], "merged": names[l + 1 : l + m + 1], "similarity": round(sim, 4), "accepted_by": why})
+    del names[l + 1 : l + m + 1]
+    return cand
+
+
 def build(model: nn.Module, target: float | int, calib_ids: torch.Tensor, merge_layers: int = 2, interval: int = 2,
           threshold: float = 0.65, lowest_layer: int = 1) -> BaselineResult:
     """A copy of `model` with rear layers collapsed by RDSC to ~`target` unique parameters.
@@ -57,9 +65,10 @@ def build(model: nn.Module, target: float | int, calib_ids: torch.Tensor, merge_
     n_layers, per_layer = len(sizes), sizes[0]
     need = min(round((original - target_n) / per_layer), n_layers - 1 - lowest_layer)
     ref = _final_hidden(model, calib_ids)
-    current, merges, t = model, [], threshold
+    current, merges = model, []
     names = list(range(n_layers))  # original index of each current layer
-    while need > 0 and t > -1.0:
+    while need > 0:
+        accepted, best = False, None  # best: (similarity, l, m, candidate) of this sweep
         l = len(adapter.decoder_layers(current)) - 1 - merge_layers
         while l >= lowest_layer and need > 0:
             m = min(merge_layers, need, len(adapter.decoder_layers(current)) - 1 - l)
@@ -68,18 +77,23 @@ def build(model: nn.Module, target: float | int, calib_ids: torch.Tensor, merge_
                 continue
             cand = rdsc_merge(current, l, m)
             sim = float(torch.nn.functional.cosine_similarity(_final_hidden(cand, calib_ids), ref, dim=-1).mean())
-            if sim > t:
-                merges.append({"into": names[l], "merged": names[l + 1 : l + m + 1], "similarity": round(sim, 4), "threshold": round(t, 3)})
-                del names[l + 1 : l + m + 1]
-                current, need = cand, need - m
+            if sim > threshold:
+                current, need, accepted = _accept(merges, names, cand, l, m, sim, "threshold"), need - m, True
                 l = min(l - interval, len(adapter.decoder_layers(current)) - 1 - merge_layers)
             else:
+                if best is None or sim > best[0]:
+                    best = (sim, l, m, cand)
                 l -= 1
-        t -= 0.05
+        if need > 0 and not accepted:
+            if best is None:
+                break
+            # budget adaptation: no merge passed T in a whole sweep; take the most similar one
+            sim, l, m, cand = best
+            current, need = _accept(merges, names, cand, l, m, sim, "best-of-sweep"), need - m
     out = current if current is not model else copy_model(model)
     reached = count_parameters(out)["total"]
     rep = budget_report("laco", original, target_n, reached, per_layer, {
         "merges": merges, "layers_left": len(adapter.decoder_layers(out)),
-        "merge_layers": merge_layers, "interval": interval, "threshold_start": threshold, "threshold_final": round(t + 0.05, 3),
+        "merge_layers": merge_layers, "interval": interval, "threshold": threshold,
     })
     return BaselineResult(out, rep)

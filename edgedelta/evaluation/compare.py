@@ -70,7 +70,7 @@ def _build(method: str, model, tok, target, calib, progress: bool, compress_kw: 
 
     mod = {"shortgpt": shortgpt, "laco": laco, "jointdrop": jointdrop}[method]
     # LaCo evaluates every candidate merge on the calibration set: a few rows suffice (paper: few-shot sentences)
-    r = mod.build(model, target, calib[:4] if method == "laco" else calib)
+    r = mod.build(model, target, calib[:2] if method == "laco" else calib)
     return r.model, r.report
 
 

@@ -69,3 +69,10 @@ def test_unreachable_budget_says_how_close(model8):
     n = count_parameters(model8)["total"]
     with pytest.raises(ConfigError, match="closest"):
         shortgpt.build(model8, 0.05, CALIB)  # embeddings alone exceed 5%
+
+
+def test_laco_reaches_budget_when_no_merge_passes_threshold(model8):
+    res = laco.build(model8, 0.75, CALIB, threshold=1.01)
+    assert res.report["merges"] and all(m["accepted_by"] == "best-of-sweep" for m in res.report["merges"])
+    assert abs(res.report["gap_params"]) <= res.report["granularity_params"] / 2 + 1
+    _check_runs(res.model)
