@@ -88,8 +88,14 @@ def main(argv=None) -> int:
             other = json.loads(Path(a.merge).read_text())
             if other["original"]["eval"]["config"] != res["original"]["eval"]["config"]:
                 raise SystemExit("--merge: the runs used different evaluation settings")
-            have = {b["target"] for b in res["budgets"]}
-            res["budgets"] += [b for b in other["budgets"] if b["target"] not in have]
+            by_target = {b["target"]: b for b in res["budgets"]}
+            for b in other["budgets"]:  # add new budgets, and new methods to existing ones
+                if b["target"] not in by_target:
+                    res["budgets"].append(b)
+                    continue
+                mine = by_target[b["target"]]
+                have = {(r["method"], r["stage"]) for r in mine["rows"] if "eval" in r}
+                mine["rows"] += [r for r in b["rows"] if (r["method"], r["stage"]) not in have]
             res["seconds"] = max(res["seconds"], other["seconds"])
             res.setdefault("merged_from", []).append(str(a.merge))
             write_json_atomic(jpath, res)
