@@ -44,6 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 is fastest on an oversubscribed machine")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--original-from", default=None, help="reuse the original's evaluation from this quality.json (same tasks/limit)")
+    p.add_argument("--note", action="append", default=None, help="with --report-only: add a note to the report (kept in the JSON)")
     p.add_argument("--merge", default=None, help="with --report-only: add the budgets of another quality.json (run in parallel)")
     return p.parse_args(argv)
 
@@ -72,6 +73,8 @@ def write_report(res: dict, out: Path) -> None:
         for r in rows:
             if "error" in r:
                 md.append(f"- {r['method']} at {b['target']}: not built: {r['error']}")
+    if res.get("notes"):
+        md += ["", "## Notes", ""] + [f"- {n}" for n in res["notes"]]
     (out / "quality.md").write_text("\n".join(md) + "\n")
     if groups:
         retention_chart(groups, out / "quality.png", f"{res['model']}: retention of the original's average zero-shot score")
@@ -98,6 +101,9 @@ def main(argv=None) -> int:
                 mine["rows"] += [r for r in b["rows"] if (r["method"], r["stage"]) not in have]
             res["seconds"] = max(res["seconds"], other["seconds"])
             res.setdefault("merged_from", []).append(str(a.merge))
+        if a.note:
+            res["notes"] = res.get("notes", []) + a.note
+        if a.merge or a.note:
             write_json_atomic(jpath, res)
         write_report(res, out)
         return 0
