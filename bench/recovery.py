@@ -131,8 +131,9 @@ def run_arm(name: str, view, teacher, params, data: TrainData, cfg: DistillConfi
         try:
             train_loop(view, teacher, params, opt, data, cfg, ctx, state, log, lambda s: None,
                        progress=True, stop_after=target - state.step)
-        except TrainingInterrupted:
-            pass
+        except TrainingInterrupted as e:
+            if getattr(e, "by_signal", False):  # Ctrl-C / SIGTERM ends the benchmark
+                raise
         with view.all_compressed() as model:  # evaluate the pure student, never a hybrid mask
             if after_train is not None:
                 model = after_train(model)

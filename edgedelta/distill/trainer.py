@@ -180,7 +180,9 @@ def train_loop(hybrid: HybridModel, teacher: nn.Module, params: list[nn.Paramete
                 if ctx.is_main:
                     save(state)
                 bar.close()
-                raise TrainingInterrupted(f"stopped after step {state.step}/{total}; checkpoint saved, continue with --resume")
+                err = TrainingInterrupted(f"stopped after step {state.step}/{total}; checkpoint saved, continue with --resume")
+                err.by_signal = stop.requested  # False: the caller's stop_after
+                raise err
     bar.close()
     hybrid.set_active(torch.ones(len(hybrid.layers), dtype=torch.bool))
     return state
