@@ -268,7 +268,7 @@ def write_index(out: Path, cfg: PipelineConfig, state: dict, quality: dict, samp
                   "[distilled/loss_curve.png](distilled/loss_curve.png)", ""]
     lines += ["## Artifacts (sharing audit)", ""]
     for name in ("original", "compressed"):
-        lines += [f"### {name}", "", "```", format_table(audit(out / "artifacts" / name)), "```", ""]
+        lines += [f"### {name}", "", "```", format_table(audit(out / "artifacts" / name), max_rows=8), "```", ""]
     lines += ["## Sample generation (compressed artifact, ONNX Runtime CPU)", "", f"> {sample['prompt']}", "", "```",
               sample["text"].strip(), "```", "",
               "## Devices", "", "Full report: [devices/report.md](devices/report.md)", "",

@@ -32,7 +32,9 @@ class CompressConfig:
     rank_attn: int = field(default=32, metadata={"help": "delta rank for attention projections"})
     rank_mlp: int = field(default=32, metadata={"help": "delta rank for MLP projections"})
     ranks: dict[str, int] = field(default_factory=dict, metadata={"help": "per-projection rank overrides, e.g. {'down': 64}"})
-    base: str = field(default="alternating", metadata={"help": f"shared base: one of {BASES}"})
+    # "first" + base scale α measured best before training on SmolLM2-135M at 12% (bench/results/compress_init.md):
+    # ppl 76/55 vs mean 88/74 and alternating 114/70 (the covariance-weighted base overfits calibration text)
+    base: str = field(default="first", metadata={"help": f"shared base: one of {BASES}"})
     init: str = field(default="asvd", metadata={"help": f"delta init: one of {INITS} (asvd = whitened by calibration input covariance)"})
     gates: bool = field(default=True, metadata={"help": "per-layer output gates on shared o/down projections, least-squares initialised"})
     scale_base: bool = field(default=True, metadata={"help": "per-layer least-squares scale α on the shared base (W_l ≈ α_l·W_shared + B_l·A_l)"})
