@@ -185,3 +185,16 @@ def test_base_scale_never_worse_than_plain_delta():
                 assert e_s <= e_p + 1e-4
     alphas = [m.base_scale.item() for m in scaled.model.modules() if isinstance(m, DeltaLinear)]
     assert alphas and any(abs(a - 1) > 1e-3 for a in alphas)
+
+
+def test_zero_residual_delta_is_trainable():
+    """base='first': the first layer's residual is 0, so B = 0, but A must be nonzero or the
+    delta sits at a saddle point (zero gradient for both factors) and never trains."""
+    model = tiny_model("llama")
+    ids = tiny_ids()
+    res = compress(model, CompressConfig(groups=[[0, 1]], rank_attn=4, rank_mlp=4, base="first", scale_base=False, gates=False),
+                   calib_ids=ids, progress=False)
+    first = adapter_for(res.model.config).decoder_layers(res.model)[0].mlp.up_proj
+    assert first.delta_B.abs().max() < 1e-5 and first.delta_A.abs().max() > 0
+    res.model(input_ids=ids).logits.sum().backward()
+    assert first.delta_B.grad.abs().max() > 0

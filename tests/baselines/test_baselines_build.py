@@ -8,7 +8,7 @@ from edgedelta.baselines import jointdrop, laco, shortgpt
 from edgedelta.delta.accounting import count_parameters
 from edgedelta.errors import ConfigError
 
-from conftest import make_model
+from ..bpe_tiny import make_model
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from edgedelta.baselines import shortgpt
 from edgedelta.baselines.heal import heal, rank_for_budget
 from edgedelta.delta.accounting import count_parameters
 
-from conftest import make_model
+from ..bpe_tiny import make_model
 
 
 def _kl(student, teacher, x):

@@ -9,7 +9,7 @@ from edgedelta.evaluation.api import EvalConfig
 from edgedelta.evaluation.compare import CompareConfig, compare, write_results
 from edgedelta.errors import ConfigError
 
-from conftest import make_model
+from ..bpe_tiny import make_model
 
 
 @pytest.fixture()

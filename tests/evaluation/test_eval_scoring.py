@@ -88,7 +88,7 @@ def test_greedy_flag_true_for_models_own_argmax(tiny_model, tiny_tok):
 
 
 def test_packed_scorer_eager_attention(tiny_tok):
-    from conftest import make_model
+    from ..bpe_tiny import make_model
 
     m = make_model(len(tiny_tok))
     m.config._attn_implementation = "eager"

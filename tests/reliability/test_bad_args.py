@@ -326,10 +326,11 @@ def test_distill_floats_must_be_finite(ws, value):
 
 
 def test_diverged_training_writes_no_model(ws, tmp_path):
-    """A finite but absurd learning rate makes the weights NaN: refused, no output folder."""
+    """A finite but absurd learning rate (1e30: Adam steps of ~1e30 overflow float32 activations)
+    makes the weights non-finite: refused, no output folder."""
     out, text = tmp_path / "out", tmp_path / "text.txt"
     text.write_text("Check the pump bearing before the motor overheats. " * 20)
     code, err = run_cli(["distill", "COMP", "--tokens", "64", "--seq-len", "16", "--batch-size", "2", "--data", str(text),
-                         "--lr", "1e6", "--no-progress", "--out", str(out)], ws)
+                         "--lr", "1e30", "--no-progress", "--out", str(out)], ws)
     assert code == 2 and "diverged" in err[-1], err
     assert not out.exists()
