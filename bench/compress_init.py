@@ -38,8 +38,8 @@ VARIANTS = {
     "ASVD, mean base": dict(init="asvd", base="mean", gates=False, scale_base=False),
     "ASVD, alternating base": dict(init="asvd", base="alternating", gates=False, scale_base=False),
     "ASVD, alternating, gates": dict(init="asvd", base="alternating", gates=True, scale_base=False),
-    "ASVD, alternating, gates, base scale α (default)": dict(init="asvd", base="alternating", gates=True, scale_base=True),
-    "ASVD, first-layer base, base scale α": dict(init="asvd", base="first", gates=True, scale_base=True),
+    "ASVD, alternating, gates, base scale α": dict(init="asvd", base="alternating", gates=True, scale_base=True),
+    "ASVD, first-layer base, gates, base scale α (default)": dict(init="asvd", base="first", gates=True, scale_base=True),
 }
 
 
@@ -76,7 +76,7 @@ def main() -> int:
         log(f"plan {target}: groups {plan['groups']} ranks {plan['ranks']} ratio {plan['ratio']:.4f} [{time.time() - t0:.0f}s]")
         for name, kw in VARIANTS.items():
             cfg = CompressConfig(groups=plan["groups"], ranks=plan["ranks"], **kw)
-            res = planned if kw == VARIANTS["ASVD, alternating, gates, base scale α (default)"] else compress(teacher, cfg, calib_ids=calib, covs=covs, progress=False)
+            res = planned if kw == VARIANTS["ASVD, first-layer base, gates, base scale α (default)"] else compress(teacher, cfg, calib_ids=calib, covs=covs, progress=False)
             rows[name] = {"params": count_parameters(res.model)["total"], "ppl": ppl(res.model)}
             log(f"  {name}: {rows[name]} [{time.time() - t0:.0f}s]")
             del res
