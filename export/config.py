@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgedelta.configio import config_from_dict
 from edgedelta.errors import ConfigError
 
 DTYPES = ("fp32", "fp16")
@@ -79,10 +80,4 @@ class ExportConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ExportConfig":
-        if not isinstance(d, dict):
-            raise ConfigError(f"an export config must be a JSON object, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown export config field(s) {unknown}; allowed: {', '.join(sorted(known))}")
-        return cls(**d)
+        return config_from_dict(cls, d, "export")

@@ -4,10 +4,10 @@ Validated on construction; written into the output's manifest and config.json as
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..configio import config_from_dict, config_from_json_file
 from ..errors import ConfigError
 
 BASES = ("first", "mean", "alternating")
@@ -133,25 +133,8 @@ class CompressConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CompressConfig":
-        if not isinstance(d, dict):
-            raise ConfigError(f"a compress config must be a JSON object, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown compress config field(s) {unknown}; allowed: {', '.join(sorted(known))}")
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise ConfigError(f"bad compress config: {e}") from None
+        return config_from_dict(cls, d, "compress")
 
     @classmethod
     def from_json_file(cls, path) -> "CompressConfig":
-        try:
-            with open(path) as f:
-                return cls.from_dict(json.load(f))
-        except FileNotFoundError:
-            raise ConfigError(f"config file '{path}' does not exist") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config file '{path}' is not valid JSON: {e}") from None
-        except OSError as e:  # a folder, unreadable, ...
-            raise ConfigError(f"config file '{path}' cannot be read: {e.strerror or e}") from None
+        return config_from_json_file(cls, path, "compress")

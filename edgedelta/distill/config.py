@@ -5,11 +5,11 @@ field on --resume (fields in RESUME_FREE may change between a run and its resump
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..configio import config_from_dict, config_from_json_file
 from ..errors import ConfigError
 
 SCHEDULES = ("plain", "linear", "curriculum", "constant")
@@ -136,28 +136,11 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
-        if not isinstance(d, dict):
-            raise ConfigError(f"a distill config must be a JSON object, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown distill config field(s) {unknown}; allowed: {', '.join(sorted(known))}")
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise ConfigError(f"bad distill config: {e}") from None
+        return config_from_dict(cls, d, "distill")
 
     @classmethod
     def from_json_file(cls, path) -> "DistillConfig":
-        try:
-            with open(path) as f:
-                return cls.from_dict(json.load(f))
-        except FileNotFoundError:
-            raise ConfigError(f"config file '{path}' does not exist") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config file '{path}' is not valid JSON: {e}") from None
-        except OSError as e:  # a folder, unreadable, ...
-            raise ConfigError(f"config file '{path}' cannot be read: {e.strerror or e}") from None
+        return config_from_json_file(cls, path, "distill")
 
     def differences(self, other: "DistillConfig") -> list[str]:
         """Fields (outside RESUME_FREE) whose values differ, as 'name: a -> b'."""
