@@ -1,6 +1,6 @@
 """Device profiles: one JSON file per device (devices/profiles/*.json, plus any folder named in
 $EDGEDELTA_DEVICES), validated into a frozen dataclass. A malformed file is a ConfigError
-naming the file and the field. See devices/ADDING_A_DEVICE.md for the format."""
+naming the file and the field. See ADDING_A_DEVICE.md for the format."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`edgedelta devices`: the known target devices (devices/profiles/*.json and folders in
-$EDGEDELTA_DEVICES). Add one by adding a file: see devices/ADDING_A_DEVICE.md."""
+$EDGEDELTA_DEVICES). Add one by adding a file: see ADDING_A_DEVICE.md."""
 
 from __future__ import annotations
 
