@@ -18,13 +18,3 @@ def compressed_artifact(tiny_dirs, tmp_path_factory):
 
     return export_onnx(tiny_dirs["compressed"], ExportConfig(), tmp_path_factory.mktemp("art") / "art")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: one torch thread is ~5x faster than two fighting ORT and other jobs."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -7,18 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from ..tiny import tiny_ids, tiny_model, tiny_tokenizer
 
-
-@pytest.fixture(autouse=True, scope="session")
-def _one_torch_thread():
-    """Tiny models on shared CPUs: one thread is several times faster than oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
