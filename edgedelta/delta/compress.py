@@ -7,7 +7,6 @@ never modified."""
 from __future__ import annotations
 
 import copy
-import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -109,13 +108,13 @@ def compress(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch.Tensor
     needs_data = cfg.init == "asvd" or cfg.gates or cfg.base == "alternating" or cfg.target_params is not None
     calib = _calibration(cfg, tokenizer, calib_ids) if needs_data else None
     original = count_parameters(model)["total"]
+    whiten = WhiteningCache(cfg.damping)  # one per call: factors are reused across candidate groups
 
     if cfg.target_params is not None:
         from .plan import plan_budget
 
         if covs is None and needs_data:
             covs = input_covariances(model, adapter, range(num_layers), projections, calib, progress=progress)
-        whiten = WhiteningCache(cfg.damping)
         groups, ranks, plan = plan_budget(model, cfg, adapter, covs, calib, progress=progress, whiten=whiten)
         spec = build_spec(cfg, adapter, groups, model, ranks)
     else:
@@ -125,7 +124,6 @@ def compress(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch.Tensor
         if covs is None and needs_data:
             covs = input_covariances(model, adapter, layers_used, projections, calib, progress=progress)
         plan = {"mode": "explicit", "groups": groups}
-        whiten = WhiteningCache(cfg.damping)
 
     student = copy.deepcopy(model)
     apply_sharing(student, spec, adapter)
@@ -153,7 +151,3 @@ def format_plan(plan: dict) -> str:
         worst = sorted(plan["sensitivity"].items(), key=lambda kv: -kv[1])[:3]
         lines.append("most sensitive candidates (Δnll): " + ", ".join(f"{k} {v:+.3f}" for k, v in worst))
     return "\n".join(lines)
-
-
-def _warn(msg: str) -> None:
-    print(f"edgedelta: {msg}", file=sys.stderr)

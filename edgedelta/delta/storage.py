@@ -24,7 +24,6 @@ from ..fsutil import atomic_dir
 from ..manifest import read_manifest, verify_manifest, write_manifest
 from ..models.adapters import adapter_for
 from .accounting import count_parameters, parameter_bytes
-from .layer import DeltaLinear
 from .structure import SharingSpec, apply_sharing, get_spec
 
 MODEL_FORMAT = "edgedelta-compressed-model"

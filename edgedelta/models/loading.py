@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import EdgeDeltaError, IntegrityError, ModelLoadError
+from ..errors import EdgeDeltaError, ModelLoadError
 from ..fsutil import atomic_dir
 from ..manifest import read_manifest, verify_manifest, write_manifest
 from .adapters import adapter_for
