@@ -131,7 +131,7 @@ def chart_host_measured(models: list[dict], path: Path) -> bool:
     return True
 
 
-def _md_to_html(md: str) -> str:
+def md_to_html(md: str) -> str:
     """The small Markdown subset report.md uses: #-headings, tables, images, paragraphs, lists."""
     out, lines, i = [], md.splitlines(), 0
     while i < len(lines):
@@ -199,7 +199,7 @@ def write_report(out_dir: str | Path, data: dict[str, Any], devices: list) -> Pa
            "Bandwidth sources are cited in each device file (devices/profiles/*.json)."]
     text = "\n".join(md) + "\n"
     (out / "report.md").write_text(text)
-    (out / "report.html").write_text(_md_to_html(text))
+    (out / "report.html").write_text(md_to_html(text))
     serial = {**data, "plans": [p.to_dict() for p in plans]}
     (out / "data.json").write_text(json.dumps(serial, indent=2, default=str) + "\n")
     return out / "report.md"

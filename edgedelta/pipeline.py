@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ConfigError, EdgeDeltaError, ModelLoadError
-from .fsutil import write_json_atomic
+from .fsutil import write_json_atomic, write_text_atomic
 from .manifest import MANIFEST, verify_manifest
 
 PIPELINE_VERSION = 1
@@ -106,6 +105,10 @@ class Stages:
         self.log(f"[{self.n}/{self.total}] {name}: done in {time.time() - t0:.0f} s")
         return result
 
+    def skip(self, name: str, why: str) -> None:
+        self.n += 1
+        self.log(f"[{self.n}/{self.total}] {name}: skipped ({why})")
+
 
 def _still_valid(output: Path) -> bool:
     if output.is_dir():
@@ -137,7 +140,7 @@ def run_pipeline(cfg: PipelineConfig, out: Path, log: Callable[[str], None] = la
         final_dir = out / "distilled"
         stages.run("distill", [manifest_digest(comp_dir), cfg.tokens, cfg.recon_tokens], final_dir, lambda: ctx.distill(comp_dir, final_dir))
     else:
-        stages.n += 1
+        stages.skip("distill", "no training tokens")
     eval_path = out / "quality.json"
     quality = stages.run("evaluate", [manifest_digest(final_dir), cfg.tasks, cfg.limit, cfg.ppl_tokens, cfg.model], eval_path,
                          lambda: ctx.evaluate(final_dir, eval_path))
@@ -279,15 +282,8 @@ def write_index(out: Path, cfg: PipelineConfig, state: dict, quality: dict, samp
         section = dev_md[table_start:].split("\n## ", 2)
         lines += [section[0].replace("## Fit and decode ceiling per device", "### Fit and decode ceiling per device"), ""]
     md = "\n".join(lines) + "\n"
-    from .devices.report import _md_to_html
+    from .devices.report import md_to_html
 
-    _write_text_atomic(out / "index.html", _md_to_html(md))
-    _write_text_atomic(out / "index.md", md)  # last: its presence means the report is complete
+    write_text_atomic(out / "index.html", md_to_html(md))
+    write_text_atomic(out / "index.md", md)  # last: its presence means the report is complete
     return out / "index.md"
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """An interrupted write never leaves a truncated report behind."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -67,14 +67,13 @@ def plan_budget(model, cfg, adapter, covs, calib_ids: torch.Tensor, progress: bo
     ids = calib_ids[: min(2, calib_ids.shape[0])]  # sensitivity ranks candidates; 2 sequences suffice
     base_nll = _nll(model, ids)
     candidates = [list(range(s, s + gs)) for s in range(0, num_layers - gs + 1)]
-    sens: dict[str, float] = {}
+    sens: list[tuple[float, list[int]]] = []  # (NLL increase, group)
     for g in tqdm(candidates, desc="sensitivity", disable=not progress, leave=False):
         spec = SharingSpec([g], base_spec.projections, base_spec.ranks, base_spec.gates, base_spec.scaled)
-        sens[",".join(map(str, g))] = group_sensitivity(model, adapter, spec, cfg, covs, ids, whiten) - base_nll
+        sens.append((group_sensitivity(model, adapter, spec, cfg, covs, ids, whiten) - base_nll, g))
 
     chosen, used = [], set()
-    for key, _ in sorted(sens.items(), key=lambda kv: kv[1]):
-        g = [int(i) for i in key.split(",")]
+    for _, g in sorted(sens, key=lambda t: t[0]):
         if used.isdisjoint(g):
             chosen.append(g)
             used.update(g)
@@ -85,7 +84,7 @@ def plan_budget(model, cfg, adapter, covs, calib_ids: torch.Tensor, progress: bo
     chosen.sort()
     ranks = _spend_slack(model, adapter, base_spec, len(chosen), gs, need)
     plan = {"mode": "budget", "target_params": cfg.target_params, "base_nll": base_nll,
-            "sensitivity": {k: round(v, 4) for k, v in sens.items()}, "rank_scale": ranks}
+            "sensitivity": {",".join(map(str, g)): round(d, 4) for d, g in sens}}
     return chosen, ranks, plan
 
 
