@@ -1,9 +1,10 @@
 """Benchmark: which init and which layers lose least before any training.
 
 Default model (SmolLM2-135M-Instruct). For each budget (12%, 25% fewer unique parameters):
-the planner chooses groups once (sensitivity-ranked, default config); then every init variant
-is built on the SAME groups and ranks, and compared with ShortGPT layer removal at the same
-unique-parameter count. Perplexity on held-out text (python-docs, sotu-recent; never the
+the planner chooses groups once (default config); then every init variant is built on the
+SAME groups at the same unique-parameter count (variants whose base is not one of the
+group's layers give every layer a delta, so they get half the rank), and compared with
+ShortGPT layer removal at the nearest count it can reach. Perplexity on held-out text (python-docs, sotu-recent; never the
 training text). Writes bench/results/compress_init.{json,md}.
 
     python bench/compress_init.py [--budgets 0.88,0.75] [--eval-tokens 8192]
@@ -36,11 +37,12 @@ EVAL_SETS = ("python-docs", "sotu-recent")
 VARIANTS = {
     "weight-SVD, mean base": dict(init="svd", base="mean", gates=False, scale_base=False),
     "ASVD, mean base": dict(init="asvd", base="mean", gates=False, scale_base=False),
-    "ASVD, alternating base": dict(init="asvd", base="alternating", gates=False, scale_base=False),
-    "ASVD, alternating, gates": dict(init="asvd", base="alternating", gates=True, scale_base=False),
-    "ASVD, alternating, gates, base scale α": dict(init="asvd", base="alternating", gates=True, scale_base=True),
-    "ASVD, first-layer base, gates, base scale α (default)": dict(init="asvd", base="first", gates=True, scale_base=True),
+    "ASVD, alternating base, α": dict(init="asvd", base="alternating", gates=False, scale_base=True),
+    "ASVD, first layer anchors, α": dict(init="asvd", base="first", gates=False, scale_base=True),
+    "ASVD, most influential layer anchors, α": dict(init="asvd", base="anchor", gates=False, scale_base=True),
+    "ASVD, most influential layer anchors, α, sub-layer gates (default)": {},
 }
+DEFAULT = "ASVD, most influential layer anchors, α, sub-layer gates (default)"
 
 
 def main() -> int:
@@ -75,16 +77,19 @@ def main() -> int:
         plan = planned.plan
         log(f"plan {target}: groups {plan['groups']} ranks {plan['ranks']} ratio {plan['ratio']:.4f} [{time.time() - t0:.0f}s]")
         for name, kw in VARIANTS.items():
-            cfg = CompressConfig(groups=plan["groups"], ranks=plan["ranks"], **kw)
-            res = planned if kw == VARIANTS["ASVD, first-layer base, gates, base scale α (default)"] else compress(teacher, cfg, calib_ids=calib, covs=covs, progress=False)
+            anchored = kw.get("base", "anchor") in ("anchor", "first")
+            ranks = plan["ranks"] if anchored else {p: r // 2 for p, r in plan["ranks"].items()}
+            cfg = CompressConfig(groups=plan["groups"], ranks=ranks, **kw)
+            res = planned if name == DEFAULT else compress(teacher, cfg, calib_ids=calib, covs=covs, progress=False)
             rows[name] = {"params": count_parameters(res.model)["total"], "ppl": ppl(res.model)}
             log(f"  {name}: {rows[name]} [{time.time() - t0:.0f}s]")
             del res
-        removal = shortgpt.build(teacher, rows["ASVD, mean base"]["params"], calib[:8])
+        removal = shortgpt.build(teacher, rows[DEFAULT]["params"], calib[:8])
         rows["ShortGPT layer removal (same params)"] = {"params": count_parameters(removal.model)["total"], "ppl": ppl(removal.model),
                                                         "removed_layers": removal.report.get("removed_layers")}
         log(f"  shortgpt: {rows['ShortGPT layer removal (same params)']} [{time.time() - t0:.0f}s]")
-        out["budgets"][str(target)] = {"plan": {k: plan[k] for k in ("groups", "ranks", "ratio", "sensitivity")}, "rows": rows}
+        out["budgets"][str(target)] = {"plan": {k: plan.get(k) for k in ("groups", "anchors", "ranks", "ratio", "candidates", "chosen",
+                                                                          "sensitivity")}, "rows": rows}
         write(out)
     out["seconds"] = round(time.time() - t0)
     write(out)
@@ -96,11 +101,15 @@ def write(out: dict) -> None:
     write_json_atomic(RESULTS / "compress_init.json", out)
     lines = ["# Compression init before training (SmolLM2-135M-Instruct)", "",
              f"Perplexity on held-out text ({', '.join(out['eval_texts'])}; {out['eval_tokens_per_text']} tokens each, seq 512). "
-             f"Calibration: {out['calibration']}. All rows of a budget share the planner's groups and ranks.", "",
+             f"Calibration: {out['calibration']}. All rows of a budget share the planner's groups; variants without an "
+             "anchor put a delta on every layer of a group, so they get half the rank (same unique parameters).", "",
              f"Original: {out['original']['params']:,} params, ppl " + " / ".join(f"{v}" for v in out['original']['ppl'].values()), ""]
     for target, b in out["budgets"].items():
         lines += [f"## keep {float(target):.0%} of parameters", "",
-                  f"groups {b['plan']['groups']}, ranks {b['plan']['ranks']}", "",
+                  f"groups {b['plan']['groups']}, anchors {b['plan'].get('anchors')}, ranks {b['plan']['ranks']}", "",
+                  *([f"planner candidates (whole-plan KL to the original on calibration text, nats/token): "
+                     + "; ".join(f"{n} {c['groups']} KL {c['kl']}" for n, c in b['plan']['candidates'].items())
+                     + f"; kept: {b['plan']['chosen']}", ""] if b['plan'].get('candidates') else []),
                   "| method | unique params | " + " | ".join(f"ppl {n}" for n in out["eval_texts"]) + " |",
                   "|---|---:|" + "---:|" * len(out["eval_texts"])]
         for name, r in b["rows"].items():

@@ -2,7 +2,8 @@
 compared with ShortGPT layer removal at the same parameters healed with the same tokens?
 
 Arms (same training text: sotu-train; evaluation: python-docs and sotu-recent, never trained on)
-  init      best compress() init: budget planner, activation-whitened SVD, least-squares gates
+  init      best compress() init (the default): budget planner, anchor base, activation-whitened
+            SVD, base scale α, sub-layer gates fitted on real sub-layer outputs
   recon-*   + per-group reconstruction (teacher inputs / student inputs), the better one kept
   a         best init + progressive module replacement (linear schedule) + logit KL
   b         best init + plain distillation (all layers compressed from step 0)
@@ -151,8 +152,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rank", type=int, default=40, help="delta rank with --groups")
     ap.add_argument("--calib-samples", type=int, default=32, help="calibration sequences of compress()")
     ap.add_argument("--init", default="asvd", choices=["asvd", "svd"], help="compress() delta init (svd needs no calibration: cheap)")
-    ap.add_argument("--base", default="alternating", choices=["alternating", "mean", "first"], help="compress() shared base")
-    ap.add_argument("--no-gates", action="store_true", help="compress() without least-squares gates")
+    ap.add_argument("--base", default="anchor", choices=["anchor", "first", "mean", "alternating"], help="compress() shared base")
+    ap.add_argument("--no-gates", action="store_true", help="compress() without sub-layer gates")
     ap.add_argument("--tokens", type=int, default=50_000, help="training tokens per arm")
     ap.add_argument("--eval-at", default="25000,50000", help="token counts at which each arm is evaluated")
     ap.add_argument("--eval-tokens", type=int, default=4096, help="tokens per evaluation text")

@@ -181,12 +181,14 @@ def write_md(res: dict, path: Path) -> None:
 
     sp, bw, mem = res.get("speed"), res["host"]["bandwidth_gbps"], res.get("memory")
     L = ["# Runtime benchmark", "",
-         f"{res['date']}; host {res['host']['cpus']} CPUs ({res['host']['platform']}), shared with other jobs during the run "
-         f"(load average {res['host']['loadavg_start']:.1f} at start, {res['host'].get('loadavg_end', float('nan')):.1f} at end: "
-         "absolute speeds are far below a quiet machine's, only same-round ratios mean much); "
+         f"{res['date']}; host {res['host']['cpus']} CPUs ({res['host']['platform']}), "
+         f"load average {res['host']['loadavg_start']:.1f} at start, {res['host'].get('loadavg_end', float('nan')):.1f} at end"
+         + (" (quiet); " if res["host"]["loadavg_start"] < res["host"]["cpus"] else
+            " (shared with other jobs: absolute speeds are below a quiet machine's, only same-round ratios mean much); ")
+         + 
          f"copy bandwidth {bw:.1f} GB/s. Default model "
-         "SmolLM2-135M-Instruct fp32; compressed = 6 pairs of layers sharing a base + rank-40 deltas (no recovery "
-         "training: speed and memory do not depend on it). Prompt: a fixed 30-token maintenance text; greedy; EOS ignored.", ""]
+         "SmolLM2-135M-Instruct fp32; compressed = the default `compress --target-params 0.88` (plan in runtime.json; no "
+         "recovery training: speed and memory do not depend on it). Prompt: a fixed 30-token maintenance text; greedy; EOS ignored.", ""]
     if sp:
         L += ["## Decode speed (engines interleaved per round; medians)", "",
               table(["engine", "median decode tok/s", "best", "median TTFT ms"],

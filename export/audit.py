@@ -33,7 +33,7 @@ def kind_of(name: str) -> str:
     """Kind of an initializer from its (stable) name."""
     if name.startswith("shared."):
         return "shared"
-    for suffix, kind in ((".delta_A", "delta"), (".delta_B", "delta"), (".gate", "gate"), (".base_scale", "gate"), (".bias", "bias")):
+    for suffix, kind in ((".delta_A", "delta"), (".delta_B", "delta"), (".scale", "gate"), (".bias", "bias")):
         if name.endswith(suffix):
             return kind
     if "norm" in name:

@@ -176,20 +176,19 @@ class DecoderGraph:
                          K=q.k, N=q.n, bits=q.bits, block_size=q.block_size, accuracy_level=self.accuracy_level)
 
     def _linear(self, x: str, ref: LinearRef, out: str | None = None) -> str:
-        """x (..., in) -> (..., out): gate·(α·x·W + (x·Aᵀ)·Bᵀ) + bias, the base and the
-        low-rank delta as separate MatMuls. `out` names the final output (graph output `logits`)."""
+        """x (..., in) -> (..., out): s·x·W + (x·Aᵀ)·B'ᵀ + bias (gate and α folded, see
+        LinearRef), the base and the low-rank delta as separate MatMuls. `out` names the final
+        output (graph output `logits`)."""
         b = self.b
-        steps = [s for s, on in (("base", True), ("scale", ref.base_scale), ("delta", ref.delta_A), ("gate", ref.gate), ("bias", ref.bias)) if on]
+        steps = [s for s, on in (("base", True), ("scale", ref.scale), ("delta", ref.delta_A), ("bias", ref.bias)) if on]
         name = lambda step: [out] if out and step == steps[-1] else None  # noqa: E731
         y = self._matmul(x, ref.weight, ref.quant, name("base"))
-        if ref.base_scale is not None:
-            y = b.op("Mul", [y, ref.base_scale], outputs=name("scale"))
+        if ref.scale is not None:
+            y = b.op("Mul", [y, ref.scale], outputs=name("scale"))
         if ref.delta_A is not None:
             qa, qb = ref.delta_quant or (None, None)
             d = self._matmul(self._matmul(x, ref.delta_A, qa), ref.delta_B, qb)  # (..., r) -> (..., out)
             y = b.op("Add", [y, d], outputs=name("delta"))
-        if ref.gate is not None:
-            y = b.op("Mul", [y, ref.gate], outputs=name("gate"))
         if ref.bias is not None:
             y = b.op("Add", [y, ref.bias], outputs=name("bias"))
         return y

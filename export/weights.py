@@ -7,7 +7,7 @@ embedding) maps to the initializer already made for it. Names are stable and rea
     layers.7.mlp.up_proj.weight       an unshared projection
     layers.7.mlp.up_proj.delta_A      (in, r)   layer 7's delta, stored as Aᵀ
     layers.7.mlp.up_proj.delta_B      (r, out)  stored as Bᵀ
-    layers.7.mlp.down_proj.gate       scalar output gate
+    layers.7.mlp.down_proj.scale      scalar gate·α on the base (absent when exactly 1)
     embed_tokens.weight               (vocab, hidden), also lm_head when tied
 
 Layouts are the ones the consuming op reads, so no Transpose ever touches a weight:
@@ -43,7 +43,11 @@ class QRef:
 
 @dataclass
 class LinearRef:
-    """How one layer's projection is computed: y = gate·(α·x·W + (x·Aᵀ)·Bᵀ) + bias."""
+    """How one layer's projection is computed: y = s·x·W + (x·Aᵀ)·B'ᵀ + bias.
+
+    A DeltaLinear's gate g and base scale α are folded at export: s = g·α, B' = g·B. Same
+    function, and one Mul (none when s is exactly 1, e.g. an anchor layer) instead of two:
+    at decode, each extra op costs about as much time as a small MatMul."""
 
     weight: str  # initializer name: float (in, out), or the packed MatMulNBits tensor
     in_features: int
@@ -53,8 +57,7 @@ class LinearRef:
     delta_B: str | None = None  # float (r, out), or packed (out, r-blocks)
     delta_quant: "tuple[QRef, QRef] | None" = None
     bias: str | None = None
-    gate: str | None = None
-    base_scale: str | None = None  # per-layer scalar α on the shared base (DeltaLinear.base_scale)
+    scale: str | None = None  # scalar s = gate·α on the base output (None: s = 1)
 
 
 @dataclass
@@ -182,18 +185,24 @@ class WeightCollector:
         else:
             ref.weight = self._add(base, _np(w.T, self.dtype), kind, w.numel())  # (in, out) for MatMul (an alias if identical)
             self.by_id[id(w)] = ref
+        gate = float(mod.gate) if shared and mod.gate is not None else 1.0
+        alpha = float(mod.base_scale) if shared and mod.base_scale is not None else 1.0
+        delta_b = mod.delta_B.detach() * gate if shared and mod.rank else None  # B' = g·B (out, r)
         if shared and mod.rank and self.cfg.quantize != "none" and self.cfg.quantize_deltas:
             # deltas quantized too: left in fp32 they would outweigh what int4 sharing saves
             qa = self._quantized(f"{prefix}.delta_A", mod.delta_A, "delta")  # (N=r, K=in)
-            qb = self._quantized(f"{prefix}.delta_B", mod.delta_B, "delta")  # (N=out, K=r)
+            qb = self._quantized(f"{prefix}.delta_B", delta_b, "delta")  # (N=out, K=r)
+            # the parity reference keeps g and B apart: give it B = dequantized(B') / g
+            deq_b = self.out.dequantized.pop(id(delta_b))
+            if gate != 0.0:
+                self.out.dequantized[id(mod.delta_B)] = deq_b / gate
             ref.delta_A, ref.delta_B, ref.delta_quant = qa.names[0], qb.names[0], (qa, qb)
         elif shared and mod.rank:
             ref.delta_A = self._add(f"{prefix}.delta_A", _np(mod.delta_A.T, self.dtype), "delta", mod.delta_A.numel())  # (in, r)
-            ref.delta_B = self._add(f"{prefix}.delta_B", _np(mod.delta_B.T, self.dtype), "delta", mod.delta_B.numel())  # (r, out)
-        if shared and mod.gate is not None:
-            ref.gate = self._add(f"{prefix}.gate", _np(mod.gate.reshape(()), self.dtype), "gate", 1)
-        if shared and getattr(mod, "base_scale", None) is not None:
-            ref.base_scale = self._add(f"{prefix}.base_scale", _np(mod.base_scale.reshape(()), self.dtype), "gate", 1)
+            ref.delta_B = self._add(f"{prefix}.delta_B", _np(delta_b.T, self.dtype), "delta", delta_b.numel())  # (r, out)
+        if gate * alpha != 1.0:
+            scalars = (mod.gate is not None) + (mod.base_scale is not None)
+            ref.scale = self._add(f"{prefix}.scale", np.asarray(gate * alpha, dtype=self.dtype), "gate", scalars)
         if getattr(mod, "bias", None) is not None:
             ref.bias = self._add(f"{prefix}.bias", _np(mod.bias, self.dtype), "bias", mod.bias.numel())
         return ref

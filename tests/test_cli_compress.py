@@ -2,6 +2,7 @@
 input as one line on stderr, exit code 2, nothing written."""
 
 import json
+import re
 
 import pytest
 
@@ -34,7 +35,7 @@ def test_compress_groups_and_reload(model_dir, tmp_path, capsys):
     code = main(["compress", "--model", str(model_dir), "--groups", "1-2,3-4", "--rank-attn", "2", "--rank-mlp", "4", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "groups (2): [1,2] [3,4]" in printed and "unique parameters" in printed
+    assert re.search(r"groups \(2\): \[1\*?,2\*?\] \[3\*?,4\*?\]  \(\* = anchor", printed) and "unique parameters" in printed
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["compress_config"]["groups"] == [[1, 2], [3, 4]]
     assert manifest["source"]["kind"] == "hf"

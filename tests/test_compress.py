@@ -23,11 +23,12 @@ def _full_rank_cfg(**kw):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("init", ["svd", "asvd"])
-def test_full_rank_deltas_reproduce_logits(arch, init):
+@pytest.mark.parametrize("base", ["mean", "anchor"])
+def test_full_rank_deltas_reproduce_logits(arch, init, base):
     model = tiny_model(arch)
     ids = tiny_ids()
     ref = model(input_ids=ids).logits
-    res = compress(model, _full_rank_cfg(init=init, gates=False, base="mean"), calib_ids=ids, progress=False)
+    res = compress(model, _full_rank_cfg(init=init, gates=False, base=base), calib_ids=ids, progress=False)
     out = res.model(input_ids=ids).logits
     assert (out - ref).abs().max().item() <= 1e-5
     # the input model is untouched
@@ -167,6 +168,11 @@ def test_budget_planner_meets_target_and_prefers_insensitive_layers():
     assert plan["compressed_params"] <= 0.85 * plan["original_params"]
     assert len(plan["sensitivity"]) == 7
     assert res.model(input_ids=ids).logits.isfinite().all()
+    # anchored plans: the KL plan and the influence plan are both built; the one nearer the original is kept
+    cands = plan["candidates"]
+    assert set(cands) == {"kl", "influence"}
+    assert plan["groups"] == cands[plan["chosen"]]["groups"]
+    assert cands[plan["chosen"]]["kl"] == min(c["kl"] for c in cands.values())
     # a target no plan can reach is a clear error
     with pytest.raises(ConfigError, match="cannot be reached"):
         compress(model, CompressConfig(target_params=0.05, rank_attn=2, rank_mlp=2), calib_ids=ids, progress=False)
@@ -188,13 +194,29 @@ def test_base_scale_never_worse_than_plain_delta():
 
 
 def test_zero_residual_delta_is_trainable():
-    """base='first': the first layer's residual is 0, so B = 0, but A must be nonzero or the
-    delta sits at a saddle point (zero gradient for both factors) and never trains."""
+    """Two identical layers with a mean base: each residual is 0, so B = 0, but A must be
+    nonzero or the delta sits at a saddle point (zero gradient for both factors) and never trains."""
     model = tiny_model("llama")
+    layers = adapter_for(model.config).decoder_layers(model)
+    layers[1].load_state_dict(layers[0].state_dict())
     ids = tiny_ids()
-    res = compress(model, CompressConfig(groups=[[0, 1]], rank_attn=4, rank_mlp=4, base="first", scale_base=False, gates=False),
+    res = compress(model, CompressConfig(groups=[[0, 1]], rank_attn=4, rank_mlp=4, base="mean", scale_base=False, gates=False),
                    calib_ids=ids, progress=False)
     first = adapter_for(res.model.config).decoder_layers(res.model)[0].mlp.up_proj
     assert first.delta_B.abs().max() < 1e-5 and first.delta_A.abs().max() > 0
     res.model(input_ids=ids).logits.sum().backward()
     assert first.delta_B.grad.abs().max() > 0
+
+
+def test_cheapest_groups_is_optimal_where_greedy_blocks_itself():
+    from edgedelta.delta.plan import cheapest_groups
+
+    # candidates [1,2] is the cheapest, but taking it leaves no second pair in 4 layers
+    assert cheapest_groups([0.5, 0.1, 0.5], 2, 4, 2) == [[0, 1], [2, 3]]
+    assert cheapest_groups([0.5, 0.1, 0.5], 2, 4, 1) == [[1, 2]]
+    assert cheapest_groups([3, 1, 2, 1, 0.5], 3, 7, 2) == [[1, 2, 3], [4, 5, 6]]
+    import itertools
+    cost = [0.3, 0.9, 0.2, 0.4, 0.1, 0.8, 0.05, 0.6, 0.7]  # brute force on 10 layers, 3 pairs
+    best = min((c for c in itertools.combinations(range(9), 3) if all(b - a >= 2 for a, b in zip(c, c[1:]))),
+               key=lambda c: sum(cost[s] for s in c))
+    assert cheapest_groups(cost, 2, 10, 3) == [[s, s + 1] for s in best]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .common import fraction, groups_arg, info, model_arg, out_args, positive_int
+from ..delta.config import BASES
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -15,7 +16,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--groups", type=groups_arg, help="explicit sharing groups, e.g. 2-3,5-6 (instead of --target-params)")
     p.add_argument("--config", help="a CompressConfig JSON file (command-line flags override its fields)")
     p.add_argument("--init", choices=["svd", "asvd"], help="delta init: weight SVD or activation-aware SVD (default asvd)")
-    p.add_argument("--base", choices=["first", "mean", "alternating"], help="shared base (default first, with a per-layer scale α)")
+    p.add_argument("--base", choices=list(BASES), help="shared base (default anchor: the group's most influential layer, kept exact)")
     p.add_argument("--rank-attn", type=int, help="delta rank for attention projections")
     p.add_argument("--rank-mlp", type=int, help="delta rank for MLP projections")
     p.add_argument("--no-gates", action="store_true", help="no per-layer output gates")

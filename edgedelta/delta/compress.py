@@ -19,6 +19,7 @@ from .calibration import WhiteningCache, input_covariances
 from .config import CompressConfig
 from .init import init_group
 from .structure import SharingSpec, apply_sharing, merge_model  # noqa: F401  (merge_model re-exported)
+from .sublayer_gates import fit_sublayer_gates
 
 GATED_PROJECTIONS = ("o", "down")  # the last projection of each sub-layer: gate = sub-layer scale
 
@@ -31,7 +32,10 @@ class CompressResult:
     report: dict = field(default_factory=dict)
 
 
-def build_spec(cfg: CompressConfig, adapter: ModelAdapter, groups: list[list[int]], model, ranks: dict[str, int] | None = None) -> SharingSpec:
+def build_spec(cfg: CompressConfig, adapter: ModelAdapter, groups: list[list[int]], model, ranks: dict[str, int] | None = None,
+               influence: list[float] | None = None) -> SharingSpec:
+    """The structure for `groups`. `influence` (block influence per layer) picks each group's
+    anchor when cfg.base is "anchor"."""
     projections = list(cfg.shared_projections(adapter))
     layer0 = adapter.decoder_layers(model)[0]
     ranks = dict(ranks) if ranks else {p: cfg.rank_for(p, adapter.kinds[p]) for p in projections}
@@ -41,18 +45,41 @@ def build_spec(cfg: CompressConfig, adapter: ModelAdapter, groups: list[list[int
             raise ConfigError(f"rank {ranks[p]} for projection '{p}' exceeds what a {out_f}x{in_f} matrix allows (max {min(out_f, in_f)})")
     gates = [p for p in projections if p in GATED_PROJECTIONS] if cfg.gates else []
     scaled = list(projections) if cfg.scale_base else []
-    return SharingSpec(groups=groups, projections=projections, ranks=ranks, gates=gates, scaled=scaled)
+    return SharingSpec(groups=groups, projections=projections, ranks=ranks, gates=gates, scaled=scaled,
+                       anchors=choose_anchors(cfg.base, groups, influence))
 
 
-def group_savings(model, adapter: ModelAdapter, group_len: int, projections, ranks: dict[str, int], gates, scaled=()) -> int:
-    """Unique parameters saved by sharing one group of `group_len` layers."""
+def choose_anchors(base: str, groups: list[list[int]], influence: list[float] | None) -> list[int] | None:
+    """Per group, the layer that stays exact: the first, or the one with the highest block
+    influence (the layer that changes the residual stream most is the costliest to approximate)."""
+    if base == "first":
+        return [g[0] for g in groups]
+    if base == "anchor":
+        if influence is None:
+            raise ConfigError("base 'anchor' needs the block influence of each layer (calibration text)")
+        return [max(g, key=lambda li: influence[li]) for g in groups]
+    return None
+
+
+def group_savings(model, adapter: ModelAdapter, group_len: int, projections, ranks: dict[str, int], gates, scaled=(),
+                  anchored: bool = False) -> int:
+    """Unique parameters saved by sharing one group of `group_len` layers (`anchored`: one of
+    them is the base itself and has no delta)."""
     layer0 = adapter.decoder_layers(model)[0]
+    with_delta = group_len - 1 if anchored else group_len
     saved = 0
     for p in projections:
         out_f, in_f = adapter.get_linear(layer0, p).weight.shape
-        saved += (group_len - 1) * out_f * in_f - group_len * ranks[p] * (out_f + in_f) - (group_len if p in gates else 0)
+        saved += (group_len - 1) * out_f * in_f - with_delta * ranks[p] * (out_f + in_f) - (group_len if p in gates else 0)
         saved -= group_len if p in scaled else 0
     return saved
+
+
+def block_influence(model, calib_ids: torch.Tensor) -> list[float]:
+    """ShortGPT's block influence per layer, 1 − E[cos(layer input, layer output)]."""
+    from ..baselines.shortgpt import block_influence as measure  # lazy: baselines import delta
+
+    return measure(model, calib_ids)
 
 
 def _calibration(cfg: CompressConfig, tokenizer, calib_ids):
@@ -69,7 +96,8 @@ def _calibration(cfg: CompressConfig, tokenizer, calib_ids):
 def fill_group(student, original_weight, adapter: ModelAdapter, spec: SharingSpec, gi: int, cfg: CompressConfig, covs,
                whiten: WhiteningCache | None = None, base_iters: int | None = None) -> dict:
     """Compute and write the values of group `gi` into `student` (structure already applied).
-    original_weight(layer, proj) -> the uncompressed (out, in) weight."""
+    original_weight(layer, proj) -> the uncompressed (out, in) weight. Gates are left at 1
+    (fit_sublayer_gates sets them once every group has its values)."""
     dst_layers = adapter.decoder_layers(student)
     group = spec.groups[gi]
     out = {}
@@ -77,8 +105,9 @@ def fill_group(student, original_weight, adapter: ModelAdapter, spec: SharingSpe
         ws = [original_weight(li, proj) for li in group]
         cs = [covs[(li, proj)] for li in group] if covs is not None else None
         iters = cfg.base_iters if base_iters is None else base_iters
-        res = init_group(ws, cs, spec.ranks[proj], cfg.base, cfg.init, proj in spec.gates, iters, cfg.damping, whiten,
-                         scale_base=proj in spec.scaled)
+        anchor = group.index(spec.anchors[gi]) if spec.anchors is not None else None
+        res = init_group(ws, cs, spec.ranks[proj], cfg.base, cfg.init, iters, cfg.damping, whiten,
+                         scale_base=proj in spec.scaled, anchor=anchor)
         dls = [adapter.get_linear(dst_layers[li], proj) for li in group]
         dls[0].weight.copy_(res.base.to(dls[0].weight.dtype))  # the one shared Parameter
         for k, dl in enumerate(dls):
@@ -86,12 +115,10 @@ def fill_group(student, original_weight, adapter: ModelAdapter, spec: SharingSpe
             dl.delta_B.copy_(b.to(dl.delta_B.dtype))
             dl.delta_A.copy_(a.to(dl.delta_A.dtype))
             if dl.gate is not None:
-                dl.gate.fill_(res.gates[k])
+                dl.gate.fill_(1.0)
             if dl.base_scale is not None:
                 dl.base_scale.fill_(res.alphas[k])
         out[proj] = {"rel_error": [round(e, 4) for e in res.rel_errors]}
-        if res.gates:
-            out[proj]["gate"] = [round(g, 4) for g in res.gates]
         if res.alphas:
             out[proj]["base_scale"] = [round(a, 4) for a in res.alphas]
     return out
@@ -105,49 +132,76 @@ def compress(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch.Tensor
     adapter = adapter_for(model.config)
     num_layers = len(adapter.decoder_layers(model))
     projections = cfg.shared_projections(adapter)
-    needs_data = cfg.init == "asvd" or cfg.gates or cfg.base == "alternating" or cfg.target_params is not None
+    needs_data = cfg.init == "asvd" or cfg.gates or cfg.base in ("alternating", "anchor") or cfg.target_params is not None
     calib = _calibration(cfg, tokenizer, calib_ids) if needs_data else None
+    influence = block_influence(model, calib) if cfg.base == "anchor" else None
     original = count_parameters(model)["total"]
     whiten = WhiteningCache(cfg.damping)  # one per call: factors are reused across candidate groups
 
     if cfg.target_params is not None:
-        from .plan import plan_budget
+        from .plan import SENSITIVITY_SEQUENCES, kl_to, log_probs, plan_budget
 
         if covs is None and needs_data:
             covs = input_covariances(model, adapter, range(num_layers), projections, calib, progress=progress)
-        groups, ranks, plan = plan_budget(model, cfg, adapter, covs, calib, progress=progress, whiten=whiten)
-        spec = build_spec(cfg, adapter, groups, model, ranks)
+        candidates, ranks, plan = plan_budget(model, cfg, adapter, covs, calib, progress=progress, whiten=whiten, influence=influence)
+        built = {}
+        for name, groups in candidates.items():
+            if any(groups == b[0].groups for b in built.values()):
+                continue
+            spec = build_spec(cfg, adapter, groups, model, ranks, influence)
+            built[name] = (spec, *_build(model, adapter, spec, cfg, covs, whiten, calib, progress))
+        if len(built) > 1:  # judge the whole plans, not sums of single-group costs
+            ids = calib[:2 * SENSITIVITY_SEQUENCES]
+            ref = log_probs(model, ids)
+            plan["candidates"] = {name: {"groups": b[0].groups, "kl": round(kl_to(ref, log_probs(b[1], ids)), 4)}
+                                  for name, b in built.items()}
+            keep = min(plan["candidates"], key=lambda n: plan["candidates"][n]["kl"])
+        else:
+            keep = next(iter(built))
+        plan["chosen"] = keep
+        spec, student, init_report = built[keep]
     else:
         groups = cfg.resolve_groups(num_layers)
-        spec = build_spec(cfg, adapter, groups, model)
+        spec = build_spec(cfg, adapter, groups, model, influence=influence)
         layers_used = sorted({li for g in groups for li in g})
         if covs is None and needs_data:
             covs = input_covariances(model, adapter, layers_used, projections, calib, progress=progress)
         plan = {"mode": "explicit", "groups": groups}
-
-    student = copy.deepcopy(model)
-    apply_sharing(student, spec, adapter)
-    student.edgedelta_spec = spec
-    src_layers = adapter.decoder_layers(model)
-    init_report = {}
-    for gi in tqdm(range(len(spec.groups)), desc="init groups", disable=not progress, leave=False):
-        init_report[f"g{gi}:{spec.groups[gi]}"] = fill_group(
-            student, lambda li, p: adapter.get_linear(src_layers[li], p).weight, adapter, spec, gi, cfg, covs, whiten)
+        student, init_report = _build(model, adapter, spec, cfg, covs, whiten, calib, progress)
     counts = count_parameters(student)
     plan.update({
-        "groups": spec.groups, "projections": spec.projections, "ranks": spec.ranks, "gates": spec.gates, "scaled": spec.scaled,
+        "groups": spec.groups, "anchors": spec.anchors, "projections": spec.projections, "ranks": spec.ranks,
+        "gates": spec.gates, "scaled": spec.scaled,
         "original_params": original, "compressed_params": counts["total"], "ratio": counts["total"] / original,
     })
     return CompressResult(student, spec, plan, {"init": init_report, "parameters": counts})
 
 
+def _build(model, adapter: ModelAdapter, spec: SharingSpec, cfg: CompressConfig, covs, whiten, calib, progress: bool):
+    """A compressed copy of `model` with `spec`'s structure and initial values: (student, init report)."""
+    student = copy.deepcopy(model)
+    apply_sharing(student, spec, adapter)
+    student.edgedelta_spec = spec
+    src_layers = adapter.decoder_layers(model)
+    report = {}
+    for gi in tqdm(range(len(spec.groups)), desc="init groups", disable=not progress, leave=False):
+        report[f"g{gi}:{spec.groups[gi]}"] = fill_group(
+            student, lambda li, p: adapter.get_linear(src_layers[li], p).weight, adapter, spec, gi, cfg, covs, whiten)
+    if spec.gates:
+        report["sublayer_gates"] = {k: round(g, 4) for k, g in fit_sublayer_gates(student, src_layers, adapter, spec, calib).items()}
+    return student, report
+
+
 def format_plan(plan: dict) -> str:
     """A few human-readable lines describing the plan."""
-    lines = [f"groups ({len(plan['groups'])}): " + " ".join("[" + ",".join(map(str, g)) + "]" for g in plan["groups"]),
+    anchors = plan.get("anchors") or [None] * len(plan["groups"])
+    lines = [f"groups ({len(plan['groups'])}): " + " ".join(
+                 "[" + ",".join(f"{li}*" if li == a else str(li) for li in g) + "]" for g, a in zip(plan["groups"], anchors))
+             + ("  (* = anchor: exact, no delta)" if plan.get("anchors") else ""),
              f"shared projections: {', '.join(plan['projections'])}; ranks: " + ", ".join(f"{k}={v}" for k, v in plan["ranks"].items()),
              f"gates: {', '.join(plan['gates']) or 'none'}",
              f"unique parameters: {plan['compressed_params']:,} of {plan['original_params']:,} ({plan['ratio']:.2%})"]
     if "sensitivity" in plan:
         worst = sorted(plan["sensitivity"].items(), key=lambda kv: -kv[1])[:3]
-        lines.append("most sensitive candidates (Δnll): " + ", ".join(f"{k} {v:+.3f}" for k, v in worst))
+        lines.append("most sensitive candidates (KL, nats/token): " + ", ".join(f"{k} {v:.3f}" for k, v in worst))
     return "\n".join(lines)

@@ -10,7 +10,7 @@ from typing import Any
 from ..configio import config_from_dict, config_from_json_file
 from ..errors import ConfigError
 
-BASES = ("first", "mean", "alternating")
+BASES = ("anchor", "first", "mean", "alternating")
 INITS = ("svd", "asvd")
 ALL_PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down", "qkv", "gate_up")
 CONFIG_VERSION = 1
@@ -32,11 +32,14 @@ class CompressConfig:
     rank_attn: int = field(default=32, metadata={"help": "delta rank for attention projections"})
     rank_mlp: int = field(default=32, metadata={"help": "delta rank for MLP projections"})
     ranks: dict[str, int] = field(default_factory=dict, metadata={"help": "per-projection rank overrides, e.g. {'down': 64}"})
-    # "first" + base scale α measured best before training on SmolLM2-135M at 12% (bench/results/compress_init.md):
-    # ppl 76/55 vs mean 88/74 and alternating 114/70 (the covariance-weighted base overfits calibration text)
-    base: str = field(default="first", metadata={"help": f"shared base: one of {BASES}"})
+    # An anchor base measured best before training on SmolLM2-135M at 12% (bench/results/compress_init.md): the
+    # anchor layer stays exact and all delta rank goes to the layers it stands in for
+    base: str = field(default="anchor", metadata={
+        "help": f"shared base: one of {BASES}; anchor = the group's most influential layer (block influence on "
+                "calibration text), first = its first layer; either stays exact and carries no delta"})
     init: str = field(default="asvd", metadata={"help": f"delta init: one of {INITS} (asvd = whitened by calibration input covariance)"})
-    gates: bool = field(default=True, metadata={"help": "per-layer output gates on shared o/down projections, least-squares initialised"})
+    gates: bool = field(default=True, metadata={
+        "help": "per-layer sub-layer gates (on shared o/down), least-squares fitted on real sub-layer outputs"})
     scale_base: bool = field(default=True, metadata={"help": "per-layer least-squares scale α on the shared base (W_l ≈ α_l·W_shared + B_l·A_l)"})
     base_iters: int = field(default=3, metadata={"help": "alternating-base refinement iterations"})
     damping: float = field(default=0.01, metadata={"help": "covariance damping, fraction of the mean diagonal"})

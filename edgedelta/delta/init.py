@@ -1,14 +1,15 @@
 """Initial values for a sharing group: the shared base and each layer's low-rank delta.
 
 For one projection of a group with original weights W_l (out, in):
-  base   first:  W_first
+  base   anchor: W_a of one layer a of the group (first, or the most influential): that layer is
+                 exact and gets no delta, so the whole delta budget goes to the other layers
          mean:   mean_l W_l
          alternating: start from the mean, then alternate  Δ_l = rank-r fit of (W_l − base)
                  and base = argmin Σ_l ‖(W_l − Δ_l − base) S_l‖²  (covariance-weighted mean)
   delta  svd:    truncated SVD of R_l = W_l − base (weight-space error)
          asvd:   truncated SVD of R_l S_l, mapped back (output error on calibration inputs,
                  as ASVD / SVD-LLM): B = U_r √Σ_r,  A = √Σ_r V_rᵀ S_l⁻¹
-  gate   g_l = ⟨W_l S, Ŵ_l S⟩ / ‖Ŵ_l S‖²  — the least-squares output scale of Ŵ_l = base + B A.
+Gates are fitted afterwards on real sub-layer outputs (sublayer_gates.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from .calibration import WhiteningCache
 class GroupInit:
     base: torch.Tensor  # (out, in)
     deltas: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: B (out, r), A (r, in)
-    gates: list[float] | None
     rel_errors: list[float]  # per layer: ‖(W − Ŵ) S‖ / ‖W S‖ (S = I for weight-space)
     alphas: list[float] | None = None  # per layer base scale α (None: plain W_shared + B·A)
 
@@ -62,8 +62,7 @@ def _svd_fit(target: torch.Tensor, s: torch.Tensor | None, rank: int, alpha: flo
     u, sig, vh = _top_svd(target, rank)
     root = sig.sqrt()
     b = u * root  # (out, r)
-    # Where a singular value is ~0 (a layer equal to the base, e.g. the first layer with
-    # base="first"), B's column is 0 but A's row must not be: with both factors 0 the delta is
+    # Where a singular value is ~0 (a layer equal to the base), B's column is 0 but A's row must not be: with both factors 0 the delta is
     # a saddle point and distillation could never move it (LoRA keeps A ≠ 0 for the same reason).
     floor = 1e-2 * float(root.max()) if float(root.max()) > 0 else 1e-2
     a_fit = torch.clamp(root, min=floor)[:, None] * vh  # (r, in), = A·S_fit on the captured directions
@@ -85,15 +84,18 @@ def _fit_layer(ws: torch.Tensor, bs: torch.Tensor, s_fit: torch.Tensor | None, r
 
 
 def init_group(weights: list[torch.Tensor], covs: list[torch.Tensor] | None, rank: int, base: str,
-               init: str, gates: bool, iters: int = 3, damping: float = 0.01,
-               whiten: WhiteningCache | None = None, scale_base: bool = False) -> GroupInit:
-    """Compute base, deltas, base scales (and gates) for one projection of one group.
+               init: str, iters: int = 3, damping: float = 0.01, whiten: WhiteningCache | None = None,
+               scale_base: bool = False, anchor: int | None = None) -> GroupInit:
+    """Compute base, deltas and base scales for one projection of one group. With `anchor`
+    (a position in `weights`) the base is that layer's weight and its delta is empty (rank 0).
     Matrix products and SVDs run in float32 (the whitening factor is computed in float64):
     ample precision for an initialisation, and several times faster on a CPU."""
     ws = [w.detach().float() for w in weights]  # each (out, in)
     data_aware = init == "asvd"
-    if (data_aware or gates or base == "alternating") and covs is None:
-        raise ValueError(f"init '{init}' / gates / alternating base need calibration covariances")
+    if (data_aware or base == "alternating") and covs is None:
+        raise ValueError(f"init '{init}' / alternating base need calibration covariances")
+    if (anchor is None) == (base in ("anchor", "first")):
+        raise ValueError(f"base '{base}' and anchor {anchor} do not go together")
     whiten = whiten or WhiteningCache(damping)
     ss = [whiten(c) for c in covs] if covs is not None else [None] * len(ws)
     s_fit = ss if data_aware else [None] * len(ws)
@@ -101,9 +103,11 @@ def init_group(weights: list[torch.Tensor], covs: list[torch.Tensor] | None, ran
 
     def fit(b0):
         b_fit = [b0 @ s if s is not None else b0 for s in s_fit]  # base·S_fit per layer
-        return [_fit_layer(wf, bf, s, rank, scale_base) for wf, bf, s in zip(w_fit, b_fit, s_fit)], b_fit
+        fits = [_fit_layer(wf, bf, s, rank, scale_base) if k != anchor else _exact(wf)
+                for k, (wf, bf, s) in enumerate(zip(w_fit, b_fit, s_fit))]
+        return fits, b_fit
 
-    b0 = ws[0].clone() if base == "first" else torch.stack(ws).mean(0)
+    b0 = ws[anchor].clone() if anchor is not None else torch.stack(ws).mean(0)
     fits, b_fit = fit(b0)
     if base == "alternating":
         # base = argmin Σ_l ‖(W_l − α_l·base − Δ_l) S_l‖²  ⇔  base · Σ α_l² C_l = Σ α_l (W_l − Δ_l) C_l
@@ -116,9 +120,9 @@ def init_group(weights: list[torch.Tensor], covs: list[torch.Tensor] | None, ran
             b0 = torch.linalg.solve(lhs.double(), rhs.T.double()).T.float()  # lhs is symmetric
             fits, b_fit = fit(b0)
 
-    # report errors (and fit gates) in the output metric S when calibration data exists;
-    # with the data-aware init the fit metric is that metric and every product is at hand
-    errs, gate_vals = [], []
+    # report errors in the output metric S when calibration data exists; with the data-aware
+    # init the fit metric is that metric and every product is at hand
+    errs = []
     for w, wf, bf, f, s in zip(ws, w_fit, b_fit, fits, ss):
         if data_aware:
             ref, est = wf, f.alpha * bf + f.b @ f.a_fit
@@ -126,7 +130,11 @@ def init_group(weights: list[torch.Tensor], covs: list[torch.Tensor] | None, ran
             approx = f.alpha * b0 + f.b @ f.a
             ref, est = (w @ s, approx @ s) if s is not None else (w, approx)
         errs.append(float((ref - est).norm() / ref.norm().clamp_min(1e-30)))
-        if gates:
-            gate_vals.append(float(torch.sum(ref * est) / torch.sum(est * est).clamp_min(1e-30)))
-    return GroupInit(b0.double(), [(f.b.double(), f.a.double()) for f in fits], gate_vals if gates else None, errs,
+    return GroupInit(b0.double(), [(f.b.double(), f.a.double()) for f in fits], errs,
                      [f.alpha for f in fits] if scale_base else None)
+
+
+def _exact(wf: torch.Tensor) -> _Fit:
+    """The anchor: W = base exactly, α = 1, an empty (rank-0) delta."""
+    out_f, in_f = wf.shape
+    return _Fit(1.0, wf.new_zeros(out_f, 0), wf.new_zeros(0, in_f), 0.0, wf.new_zeros(0, in_f))

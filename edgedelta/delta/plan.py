@@ -2,11 +2,14 @@
 `target_params` of its unique parameters.
 
 Sensitivity of each candidate group is measured, not guessed: the group alone is shared
-(with the configured init) and the increase in next-token NLL on calibration text is
-recorded. Groups are taken greedily from least to most sensitive (non-overlapping) until
-the budget is met; any slack left is spent on higher delta ranks."""
+(with the configured init) and the KL divergence of its next-token distribution from the
+original's on calibration text is recorded. The fewest groups that meet the budget are chosen, non-overlapping and with the
+least total sensitivity; any slack left is spent on higher delta ranks."""
 
 from __future__ import annotations
+
+import copy
+import math
 
 import torch
 from tqdm.auto import tqdm
@@ -14,34 +17,50 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from .accounting import count_parameters
 from .structure import SharingSpec, apply_sharing
+from .sublayer_gates import fit_sublayer_gates
+
+
+SENSITIVITY_SEQUENCES = 4  # calibration sequences the sensitivity is measured on
 
 
 @torch.no_grad()
-def _nll(model, ids: torch.Tensor) -> float:
-    logits = model(input_ids=ids).logits[:, :-1].float()
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)).item()
+def log_probs(model, ids: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)  # (n, T, vocab)
+
+
+def kl_to(ref_logp: torch.Tensor, logp: torch.Tensor) -> float:
+    """Mean per-token KL(original ‖ candidate), nats."""
+    return float((ref_logp.exp() * (ref_logp - logp)).sum(-1).mean())
 
 
 @torch.no_grad()
-def group_sensitivity(model, adapter, spec: SharingSpec, cfg, covs, ids: torch.Tensor, whiten=None) -> float:
-    """NLL on ids with spec's single group shared, then the model is restored exactly."""
+def group_sensitivity(model, adapter, spec: SharingSpec, cfg, covs, ids: torch.Tensor, ref_logp: torch.Tensor, whiten=None) -> float:
+    """KL(original ‖ model) per token on ids with spec's single group shared (gates fitted on
+    ids), then the model is restored exactly. KL over the whole distribution ranks candidates
+    with less noise than the NLL change of a few hundred tokens."""
     from .compress import fill_group
 
     layers = adapter.decoder_layers(model)
     saved = {(li, p): adapter.get_linear(layers[li], p) for li in spec.groups[0] for p in spec.projections}
+    originals = {li: copy.deepcopy(layers[li]) for li in spec.groups[0]} if spec.gates else {}
     try:
         apply_sharing(model, spec, adapter)
         # no alternating refinement: ranking candidates needs the cheap init only (the final
         # init runs every iteration); this keeps a 30-layer sensitivity sweep to minutes
         fill_group(model, lambda li, p: saved[(li, p)].weight, adapter, spec, 0, cfg, covs, whiten, 0)
-        return _nll(model, ids)
+        if spec.gates:
+            fit_sublayer_gates(model, originals, adapter, spec, ids)
+        return kl_to(ref_logp, log_probs(model, ids))
     finally:
         for (li, p), lin in saved.items():
             adapter.set_linear(layers[li], p, lin)
 
 
-def plan_budget(model, cfg, adapter, covs, calib_ids: torch.Tensor, progress: bool = True, whiten=None):
-    """Returns (groups, ranks, plan report)."""
+def plan_budget(model, cfg, adapter, covs, calib_ids: torch.Tensor, progress: bool = True, whiten=None,
+                influence: list[float] | None = None):
+    """Returns ({name: groups}, ranks, plan report): one or two candidate plans of equal size
+    and ranks; compress() builds each and keeps the one closest to the original.
+    `influence`: block influence per layer (anchor base)."""
     from .compress import build_spec, group_savings
 
     num_layers = len(adapter.decoder_layers(model))
@@ -53,8 +72,9 @@ def plan_budget(model, cfg, adapter, covs, calib_ids: torch.Tensor, progress: bo
     layer0 = adapter.decoder_layers(model)[0]
     start = {p: min(cfg.rank_for(p, adapter.kinds[p]), max(1, min(adapter.get_linear(layer0, p).weight.shape) // 8))
              for p in cfg.shared_projections(adapter)}
-    base_spec = build_spec(cfg, adapter, [], model, start)
-    per_group = group_savings(model, adapter, gs, base_spec.projections, base_spec.ranks, base_spec.gates, base_spec.scaled)
+    base_spec = build_spec(cfg, adapter, [], model, start, influence)
+    anchored = base_spec.anchors is not None
+    per_group = group_savings(model, adapter, gs, base_spec.projections, base_spec.ranks, base_spec.gates, base_spec.scaled, anchored)
     if per_group <= 0:
         raise ConfigError(f"ranks {base_spec.ranks} are so high that sharing saves nothing; lower rank_attn/rank_mlp")
     max_groups = num_layers // gs
@@ -64,31 +84,54 @@ def plan_budget(model, cfg, adapter, covs, calib_ids: torch.Tensor, progress: bo
             f"target_params {cfg.target_params} cannot be reached: sharing every layer in groups of {gs} at ranks "
             f"{base_spec.ranks} keeps at best {best:.3f} of the parameters (raise the target, lower ranks or enlarge group_size)")
 
-    ids = calib_ids[: min(2, calib_ids.shape[0])]  # sensitivity ranks candidates; 2 sequences suffice
-    base_nll = _nll(model, ids)
+    ids = calib_ids[:SENSITIVITY_SEQUENCES]
+    ref_logp = log_probs(model, ids)
     candidates = [list(range(s, s + gs)) for s in range(0, num_layers - gs + 1)]
-    sens: list[tuple[float, list[int]]] = []  # (NLL increase, group)
+    sens: list[tuple[float, list[int]]] = []  # (KL to the original, group)
     for g in tqdm(candidates, desc="sensitivity", disable=not progress, leave=False):
-        spec = SharingSpec([g], base_spec.projections, base_spec.ranks, base_spec.gates, base_spec.scaled)
-        sens.append((group_sensitivity(model, adapter, spec, cfg, covs, ids, whiten) - base_nll, g))
+        spec = build_spec(cfg, adapter, [g], model, base_spec.ranks, influence)
+        sens.append((group_sensitivity(model, adapter, spec, cfg, covs, ids, ref_logp, whiten), g))
 
-    chosen, used = [], set()
-    for _, g in sorted(sens, key=lambda t: t[0]):
-        if used.isdisjoint(g):
-            chosen.append(g)
-            used.update(g)
-            if len(chosen) * per_group >= need:
-                break
-    if len(chosen) * per_group < need:
-        raise ConfigError(f"target_params {cfg.target_params} cannot be reached with non-overlapping groups of {gs}")
-    chosen.sort()
-    ranks = _spend_slack(model, adapter, base_spec, len(chosen), gs, need)
-    plan = {"mode": "budget", "target_params": cfg.target_params, "base_nll": base_nll,
+    k = math.ceil(need / per_group)
+    # Single-group KLs do not add up exactly (errors compound through later layers), so a
+    # second plan ranks groups by what the anchor leaves to approximate: the block influence of
+    # the non-anchor layers (ShortGPT's measure). Both are exact optima of their cost.
+    plans = {"kl": cheapest_groups([d for d, _ in sens], gs, num_layers, k)}
+    if anchored:
+        plans["influence"] = cheapest_groups([sum(influence[li] for li in g) - max(influence[li] for li in g) for _, g in sens],
+                                             gs, num_layers, k)
+    ranks = _spend_slack(model, adapter, base_spec, k, gs, need, anchored)
+    plan = {"mode": "budget", "target_params": cfg.target_params, "sensitivity_metric": "KL(original || shared) nats/token",
             "sensitivity": {",".join(map(str, g)): round(d, 4) for d, g in sens}}
-    return chosen, ranks, plan
+    return plans, ranks, plan
 
 
-def _spend_slack(model, adapter, spec: SharingSpec, n_groups: int, gs: int, need: float) -> dict[str, int]:
+def cheapest_groups(cost: list[float], gs: int, num_layers: int, k: int) -> list[list[int]]:
+    """The k non-overlapping groups of gs consecutive layers with the least total cost
+    (cost[s] = sensitivity of the group starting at layer s). Exact dynamic programme over
+    layers: best[i][j] = least cost of j groups inside layers 0..i-1 (greedy picking can
+    block itself: two cheap overlapping candidates may leave no room for the k-th group)."""
+    inf = float("inf")
+    best = [[0.0] + [inf] * k for _ in range(num_layers + 1)]
+    take = [[False] * (k + 1) for _ in range(num_layers + 1)]
+    for i in range(1, num_layers + 1):
+        for j in range(1, k + 1):
+            best[i][j] = best[i - 1][j]
+            if i >= gs and best[i - gs][j - 1] + cost[i - gs] < best[i][j]:
+                best[i][j], take[i][j] = best[i - gs][j - 1] + cost[i - gs], True
+    if best[num_layers][k] == inf:  # unreachable: max_groups was checked before
+        raise ConfigError(f"{k} non-overlapping groups of {gs} do not fit in {num_layers} layers")
+    groups, i, j = [], num_layers, k
+    while j:
+        if take[i][j]:
+            groups.append(list(range(i - gs, i)))
+            i, j = i - gs, j - 1
+        else:
+            i -= 1
+    return sorted(groups)
+
+
+def _spend_slack(model, adapter, spec: SharingSpec, n_groups: int, gs: int, need: float, anchored: bool) -> dict[str, int]:
     """Raise all ranks by a common factor while n_groups still save at least `need`."""
     from .compress import group_savings
 
@@ -96,7 +139,7 @@ def _spend_slack(model, adapter, spec: SharingSpec, n_groups: int, gs: int, need
     for step in range(1, 400):
         scale = 1.0 + step * 0.01
         trial = {p: int(round(r * scale)) for p, r in spec.ranks.items()}
-        if n_groups * group_savings(model, adapter, gs, spec.projections, trial, spec.gates, spec.scaled) < need:
+        if n_groups * group_savings(model, adapter, gs, spec.projections, trial, spec.gates, spec.scaled, anchored) < need:
             break
         best = trial
     return best

@@ -25,6 +25,9 @@ class SharingSpec:
     ranks: dict[str, int]  # projection -> delta rank
     gates: list[str] = field(default_factory=list)  # projections carrying an output gate
     scaled: list[str] = field(default_factory=list)  # projections carrying a per-layer base scale α
+    # per group, the layer whose own weights ARE the shared base (base "anchor"/"first"): it is
+    # exact and carries no delta (rank 0); None: every layer has a delta (base "mean"/"alternating")
+    anchors: list[int] | None = None
     version: int = SPEC_VERSION
 
     def to_dict(self) -> dict:
@@ -38,7 +41,14 @@ class SharingSpec:
             raise ConfigError(f"malformed edgedelta sharing spec: {e}") from None
         if spec.version != SPEC_VERSION:
             raise ConfigError(f"sharing spec version {spec.version} is not supported (expected {SPEC_VERSION})")
+        if spec.anchors is not None and (len(spec.anchors) != len(spec.groups)
+                                         or any(a not in g for a, g in zip(spec.anchors, spec.groups))):
+            raise ConfigError(f"sharing spec anchors {spec.anchors} do not name one layer of each group {spec.groups}")
         return spec
+
+    def rank_of(self, group_index: int, layer: int, proj: str) -> int:
+        """The delta rank of `layer` (in group `group_index`) for `proj`: 0 on the group's anchor."""
+        return 0 if self.anchors is not None and self.anchors[group_index] == layer else self.ranks[proj]
 
     def shared_name(self, group_index: int, proj: str) -> str:
         """Stable, readable name of a group's shared base, e.g. 'shared.g3.up.weight'."""
@@ -49,8 +59,8 @@ def apply_sharing(model: nn.Module, spec: SharingSpec, adapter: ModelAdapter | N
     """Replace the grouped layers' projections by DeltaLinear modules in place.
 
     The base of each (group, projection) is ONE nn.Parameter, initialised to a copy of the
-    group's first layer's weight (init.py overwrites it) and registered in every layer of
-    the group. Deltas start at zero. Returns {(group_index, proj): shared Parameter}."""
+    group's anchor's (else first layer's) weight (init.py overwrites it) and registered in every
+    layer of the group. Deltas start at zero; the anchor has none. Returns {(group_index, proj): shared Parameter}."""
     adapter = adapter or adapter_for(model.config)
     layers = adapter.decoder_layers(model)
     shared: dict[tuple[int, str], nn.Parameter] = {}
@@ -59,13 +69,13 @@ def apply_sharing(model: nn.Module, spec: SharingSpec, adapter: ModelAdapter | N
         raise ConfigError(f"sharing spec names layers outside the model's 0..{len(layers) - 1}: {bad}")
     for gi, group in enumerate(spec.groups):
         for proj in spec.projections:
-            first = adapter.get_linear(layers[group[0]], proj)
-            if isinstance(first, DeltaLinear):
-                raise ConfigError(f"layer {group[0]} projection '{proj}' is already shared")
-            w = nn.Parameter(first.weight.detach().clone())  # (out, in)
+            if any(isinstance(adapter.get_linear(layers[li], proj), DeltaLinear) for li in group):
+                raise ConfigError(f"group {group} projection '{proj}' is already shared")
+            source = group[0] if spec.anchors is None else spec.anchors[gi]
+            w = nn.Parameter(adapter.get_linear(layers[source], proj).weight.detach().clone())  # (out, in)
             shared[(gi, proj)] = w
-            rank = spec.ranks[proj]
             for li in group:
+                rank = spec.rank_of(gi, li, proj)
                 lin = adapter.get_linear(layers[li], proj)
                 if lin.weight.shape != w.shape:
                     raise ConfigError(f"layer {li} '{proj}' has shape {tuple(lin.weight.shape)}, group base has {tuple(w.shape)}")
