@@ -37,7 +37,6 @@ EVAL_SETS = ("python-docs", "sotu-recent")
 VARIANTS = {
     "weight-SVD, mean base": dict(init="svd", base="mean", gates=False, scale_base=False),
     "ASVD, mean base": dict(init="asvd", base="mean", gates=False, scale_base=False),
-    "ASVD, alternating base, α": dict(init="asvd", base="alternating", gates=False, scale_base=True),
     "ASVD, first layer anchors, α": dict(init="asvd", base="first", gates=False, scale_base=True),
     "ASVD, most influential layer anchors, α": dict(init="asvd", base="anchor", gates=False, scale_base=True),
     "ASVD, most influential layer anchors, α, sub-layer gates (default)": {},

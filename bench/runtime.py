@@ -240,6 +240,8 @@ def write_md(res: dict, path: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=str(Path(__file__).parent / "_work"))
+    ap.add_argument("--compressed", default=None, help="export this compressed model directory as the compressed artifact "
+                    "(default: build one with compress --target-params 0.88, or reuse the cached artifact)")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--contexts", default="256,512,1024,2048")
@@ -286,7 +288,7 @@ def main() -> int:
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    orig, comp, notes = ensure_artifacts(Path(a.work), log=log)
+    orig, comp, notes = ensure_artifacts(Path(a.work), log=log, compressed=Path(a.compressed) if a.compressed else None)
     res: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "notes": [],
                  "host": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_start": os.getloadavg()[0]},
                  "artifacts": {"original": str(orig), "compressed": str(comp) if comp else None, **notes}}

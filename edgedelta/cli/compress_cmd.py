@@ -19,7 +19,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--base", choices=list(BASES), help="shared base (default anchor: the group's most influential layer, kept exact)")
     p.add_argument("--rank-attn", type=int, help="delta rank for attention projections")
     p.add_argument("--rank-mlp", type=int, help="delta rank for MLP projections")
-    p.add_argument("--no-gates", action="store_true", help="no per-layer output gates")
+    p.add_argument("--no-gates", action="store_true", help="no per-layer sub-layer gates")
     p.add_argument("--attn-only", action="store_true", help="share attention projections only")
     p.add_argument("--mlp-only", action="store_true", help="share MLP projections only")
     p.add_argument("--calib-samples", type=positive_int, help="calibration sequences (default 32)")

@@ -62,8 +62,9 @@ def _svd_fit(target: torch.Tensor, s: torch.Tensor | None, rank: int, alpha: flo
     u, sig, vh = _top_svd(target, rank)
     root = sig.sqrt()
     b = u * root  # (out, r)
-    # Where a singular value is ~0 (a layer equal to the base), B's column is 0 but A's row must not be: with both factors 0 the delta is
-    # a saddle point and distillation could never move it (LoRA keeps A ≠ 0 for the same reason).
+    # Where a singular value is ~0 (a layer equal to the base), B's column is 0 but A's row
+    # must not be: with both factors 0 the delta is a saddle point and distillation could
+    # never move it (LoRA keeps A ≠ 0 for the same reason).
     floor = 1e-2 * float(root.max()) if float(root.max()) > 0 else 1e-2
     a_fit = torch.clamp(root, min=floor)[:, None] * vh  # (r, in), = A·S_fit on the captured directions
     a = torch.linalg.solve_triangular(s, a_fit, upper=False, left=False) if s is not None else a_fit  # A = a_fit · S⁻¹

@@ -22,7 +22,7 @@ import torch
 from ..errors import ConfigError, EdgeDeltaError
 from .api import EvalConfig, evaluate
 
-METHODS = ("deltallm", "shortgpt", "laco", "jointdrop")
+METHODS = ("deltallm", "shortgpt", "laco", "jointdrop", "slicegpt")
 
 
 @dataclass
@@ -66,9 +66,9 @@ def _build(method: str, model, tok, target, calib, progress: bool, compress_kw: 
                                  "target_params": float(target)})
         res = compress(model, ccfg, tokenizer=tok, calib_ids=calib, progress=progress)
         return res.model, {"method": "deltallm", "plan": res.plan, "params": res.plan["compressed_params"]}
-    from ..baselines import jointdrop, laco, shortgpt
+    from ..baselines import jointdrop, laco, shortgpt, slicegpt
 
-    mod = {"shortgpt": shortgpt, "laco": laco, "jointdrop": jointdrop}[method]
+    mod = {"shortgpt": shortgpt, "laco": laco, "jointdrop": jointdrop, "slicegpt": slicegpt}[method]
     # LaCo evaluates every candidate merge on the calibration set: a few rows suffice (paper: few-shot sentences)
     r = mod.build(model, target, calib[:2] if method == "laco" else calib)
     return r.model, r.report

@@ -9,7 +9,7 @@ from edgedelta.cli import main
 
 @pytest.mark.parametrize("extra,msg", [
     (["--target-params", "1.5"], "fraction in (0, 1)"),
-    (["--methods", "shortgpt,slicegpt"], "unknown method(s) ['slicegpt']"),
+    (["--methods", "shortgpt,wanda"], "unknown method(s) ['wanda']"),
     (["--limit", "0"], "--limit must be a positive"),
     (["--tasks", "mmlu"], "unknown task(s) mmlu"),
     (["--model", "NOTAMODEL"], "not a model directory"),
