@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgedelta.data.text import dataset_texts, pack, tokenize_stream  # noqa: E402
 from edgedelta.delta.accounting import count_parameters  # noqa: E402
+from edgedelta.fsutil import write_json_atomic  # noqa: E402
 from edgedelta.distill.config import DistillConfig  # noqa: E402
 from edgedelta.distill.data import TrainData, load_texts  # noqa: E402
 from edgedelta.distill.distributed import setup  # noqa: E402
@@ -172,10 +173,16 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default="recovery", help="file name stem of the results")
     ap.add_argument("--append", action="store_true", help="keep the points already in <tag>.json (e.g. to add an arm)")
     ap.add_argument("--skip-recon", action="store_true", help="no reconstruction stage (the init goes straight to the arms)")
+    ap.add_argument("--note", action="append", default=[], help="a finding to print under the table (repeatable; kept in the JSON)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
+        if args.note:
+            path = out / f"{args.tag}.json"
+            data = json.loads(path.read_text())
+            data["meta"]["notes"] = data["meta"].get("notes", []) + args.note
+            write_json_atomic(path, data)
         write_report(out, args.tag)
         return 0
 
@@ -313,6 +320,8 @@ def write_report(out: Path, tag: str) -> None:
             ratio = f"{sum(p[n]['ppl'] / teacher[n]['ppl'] for n in EVAL_SETS) / len(EVAL_SETS):.2f}x"
         lines.append(f"| {p['arm']} | {p['tokens']:,} | {p['python-docs']['ppl']} | {p['sotu-recent']['ppl']} | {p['python-docs']['kl']} | "
                      f"{p['sotu-recent']['kl']} | {ratio} | {p.get('train_tok_s', '')} |")
+    if meta.get("notes"):
+        lines += ["", "## Findings", "", *[f"- {n}" for n in meta["notes"]]]
     lines += ["", "## Arms", ""]
     for name, info in arms.items():
         short = {k: v for k, v in info.items() if k not in ("log", "config", "groups", "report", "plan")}
