@@ -185,8 +185,8 @@ class WeightCollector:
         else:
             ref.weight = self._add(base, _np(w.T, self.dtype), kind, w.numel())  # (in, out) for MatMul (an alias if identical)
             self.by_id[id(w)] = ref
-        gate = float(mod.gate) if shared and mod.gate is not None else 1.0
-        alpha = float(mod.base_scale) if shared and mod.base_scale is not None else 1.0
+        gate = float(mod.gate.detach()) if shared and mod.gate is not None else 1.0
+        alpha = float(mod.base_scale.detach()) if shared and mod.base_scale is not None else 1.0
         delta_b = mod.delta_B.detach() * gate if shared and mod.rank else None  # B' = g·B (out, r)
         if shared and mod.rank and self.cfg.quantize != "none" and self.cfg.quantize_deltas:
             # deltas quantized too: left in fp32 they would outweigh what int4 sharing saves
