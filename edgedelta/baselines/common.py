@@ -154,12 +154,12 @@ class SkippedMLP(nn.Module):
 
 
 def attn_path(adapter: ModelAdapter) -> str:
-    """Path of the attention module in a layer: the parent of q/qkv ("self_attn")."""
-    return (adapter.projections.get("q") or adapter.projections["qkv"]).rpartition(".")[0]
+    """Path of the attention module in a layer ("self_attn")."""
+    return adapter.sublayer_path("o")
 
 
 def mlp_path(adapter: ModelAdapter) -> str:
-    return adapter.projections["down"].rpartition(".")[0]
+    return adapter.sublayer_path("down")
 
 
 def _set(layer: nn.Module, path: str, module: nn.Module) -> None:

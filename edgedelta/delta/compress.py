@@ -19,9 +19,7 @@ from .calibration import WhiteningCache, input_covariances
 from .config import CompressConfig
 from .init import init_group
 from .structure import SharingSpec, apply_sharing, merge_model  # noqa: F401  (merge_model re-exported)
-from .sublayer_gates import fit_sublayer_gates
-
-GATED_PROJECTIONS = ("o", "down")  # the last projection of each sub-layer: gate = sub-layer scale
+from .sublayer_gates import GATED_PROJECTIONS, fit_sublayer_gates
 
 
 @dataclass

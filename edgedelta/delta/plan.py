@@ -3,8 +3,9 @@
 
 Sensitivity of each candidate group is measured, not guessed: the group alone is shared
 (with the configured init) and the KL divergence of its next-token distribution from the
-original's on calibration text is recorded. The fewest groups that meet the budget are chosen, non-overlapping and with the
-least total sensitivity; any slack left is spent on higher delta ranks."""
+original's on calibration text is recorded. The fewest groups that meet the budget are
+chosen, non-overlapping and with the least total sensitivity; any slack left is spent on
+higher delta ranks."""
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
 """Sub-layer gates fitted on real sub-layer outputs (ReZero-style, one scalar per sub-layer).
 
 The gate on a shared layer's last projection (o for attention, down for the MLP) scales the
-whole sub-layer's contribution to the residual stream: h ← h + g·f̂(norm(h)). init.py fits it
-per projection from covariances, which sees only that projection's own error. Here it is
-fitted where it matters: on the sub-layer's actual output, with the errors of q/k/v (or
-gate/up) and of every earlier compressed layer included.
+whole sub-layer's contribution to the residual stream: h ← h + g·f̂(norm(h)). It is fitted
+on the sub-layer's actual output, so the errors of q/k/v (or gate/up) and of every earlier
+compressed layer are included, not just the gated projection's own.
 
 One forward pass of the student over the calibration batch, layer by layer in order: at each
 gated sub-layer the ORIGINAL sub-layer is run on the same input, giving the target T, and
@@ -22,12 +21,7 @@ import torch
 from ..models.adapters import ModelAdapter
 from .structure import SharingSpec
 
-# gated projection -> the sub-layer module it closes (path relative to the decoder layer)
-_SUBLAYER_OF = {"o": "attn", "down": "mlp"}
-
-
-def _sublayer_path(adapter: ModelAdapter, proj: str) -> str:
-    return adapter.projections[proj].rpartition(".")[0]  # "self_attn.o_proj" -> "self_attn"
+GATED_PROJECTIONS = ("o", "down")  # the last projection of each sub-layer: its gate scales the sub-layer
 
 
 @torch.no_grad()
@@ -40,13 +34,12 @@ def fit_sublayer_gates(student, original_layers, adapter: ModelAdapter, spec: Sh
     # an anchor layer is exact: its target equals its output, g = 1 (kept exactly, so the
     # exporter emits no Mul for it)
     anchors = set(spec.anchors or ())
-    gated = sorted((li, p) for g in spec.groups for li in g if li not in anchors for p in spec.gates if p in _SUBLAYER_OF)
+    gated = sorted((li, p) for g in spec.groups for li in g if li not in anchors for p in spec.gates)
     fitted: dict[str, float] = {}
     hooks = []
 
     def make_hook(li: int, proj: str):
-        path = _sublayer_path(adapter, proj)
-        teacher_sub = o_layers[li].get_submodule(path)
+        teacher_sub = o_layers[li].get_submodule(adapter.sublayer_path(proj))
         lin = adapter.get_linear(s_layers[li], proj)
 
         def hook(_module, args, kwargs, out):
@@ -63,11 +56,8 @@ def fit_sublayer_gates(student, original_layers, adapter: ModelAdapter, spec: Sh
         return hook
 
     for li, proj in gated:
-        lin = adapter.get_linear(s_layers[li], proj)
-        if lin.gate is None:
-            continue
-        lin.gate.fill_(1.0)  # the hook sees the ungated output
-        sub = s_layers[li].get_submodule(_sublayer_path(adapter, proj))
+        adapter.get_linear(s_layers[li], proj).gate.fill_(1.0)  # the hook sees the ungated output
+        sub = s_layers[li].get_submodule(adapter.sublayer_path(proj))
         hooks.append(sub.register_forward_hook(make_hook(li, proj), with_kwargs=True))
     was_training = student.training
     try:

@@ -46,6 +46,10 @@ class ModelAdapter:
         parent_path, _, attr = self.projections[proj].rpartition(".")
         setattr(layer.get_submodule(parent_path) if parent_path else layer, attr, module)
 
+    def sublayer_path(self, proj: str) -> str:
+        """Path of the sub-layer module holding `proj` ("self_attn.o_proj" -> "self_attn")."""
+        return self.projections[proj].rpartition(".")[0]
+
     def projections_of(self, kind: str) -> tuple[str, ...]:
         return tuple(p for p, k in self.kinds.items() if k == kind)
 
