@@ -4,8 +4,9 @@ Default model (SmolLM2-135M-Instruct). For each budget (12%, 25% fewer unique pa
 the planner chooses groups once (default config); then every init variant is built on the
 SAME groups at the same unique-parameter count (variants whose base is not one of the
 group's layers give every layer a delta, so they get half the rank), and compared with
-ShortGPT layer removal at the nearest count it can reach. Perplexity on held-out text (python-docs, sotu-recent; never the
-training text). Writes bench/results/compress_init.{json,md}.
+ShortGPT layer removal at the nearest count it can reach (its block influence measured on the
+same calibration rows; with a calibration other than sotu-train, also on sotu-train).
+Perplexity on held-out text (python-docs, sotu-recent; never the training text). Writes bench/results/compress_init.{json,md}.
 
     python bench/compress_init.py [--budgets 0.88,0.75] [--eval-tokens 8192]
 """
@@ -21,13 +22,13 @@ from pathlib import Path
 import torch
 
 from edgedelta.baselines import shortgpt
-from edgedelta.data.text import calibration_batches, dataset_texts
+from edgedelta.data.text import DEFAULT_TRAIN_TEXT, calibration_batches, dataset_texts
 from edgedelta.delta.accounting import count_parameters
 from edgedelta.delta.calibration import input_covariances
 from edgedelta.delta.compress import compress
 from edgedelta.delta.config import CompressConfig
 from edgedelta.evaluation.perplexity import perplexity_on_texts
-from edgedelta.fsutil import write_json_atomic
+from edgedelta.fsutil import write_json_atomic, write_text_atomic
 from edgedelta.models.adapters import adapter_for
 from edgedelta.models.loading import load_model
 
@@ -49,6 +50,9 @@ def main() -> int:
     ap.add_argument("--budgets", default="0.88,0.75")
     ap.add_argument("--eval-tokens", type=int, default=8192)
     ap.add_argument("--calib-samples", type=int, default=32)
+    ap.add_argument("--calib-text", default=DEFAULT_TRAIN_TEXT, help="training text set for calibration (sotu-train, wiki-train, mixed-train)")
+    ap.add_argument("--variants", choices=("all", "default"), default="all", help="'default': only the default init (and removal)")
+    ap.add_argument("--out", default=str(RESULTS / "compress_init"), help="results path stem (.json and .md are added)")
     ap.add_argument("--rank", type=int, default=32, help="starting rank; the planner spends slack on higher ranks")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -61,10 +65,10 @@ def main() -> int:
         return {n: round(perplexity_on_texts(model, tok, t, seq_len=512, max_tokens=args.eval_tokens)["ppl"], 3) for n, t in texts.items()}
 
     out = {"model": "SmolLM2-135M-Instruct (default)", "eval_texts": list(EVAL_SETS), "eval_tokens_per_text": args.eval_tokens,
-           "calibration": f"{args.calib_samples} x 256 tokens of sotu-train (State of the Union <= 1999)", "budgets": {}}
+           "calibration": f"{args.calib_samples} x 256 tokens of {args.calib_text}", "budgets": {}}
     out["original"] = {"params": count_parameters(teacher)["total"], "ppl": ppl(teacher)}
     log(f"original {out['original']}  [{time.time() - t0:.0f}s]")
-    calib = calibration_batches(tok, args.calib_samples, 256, seed=0)
+    calib = calibration_batches(tok, args.calib_samples, 256, seed=0, source=args.calib_text)
     adapter = adapter_for(teacher.config)
     projections = CompressConfig(groups=[[0, 1]]).shared_projections(adapter)
     covs = input_covariances(teacher, adapter, range(len(adapter.decoder_layers(teacher))), projections, calib, progress=True)
@@ -72,10 +76,11 @@ def main() -> int:
 
     for target in [float(x) for x in args.budgets.split(",")]:
         rows = {}
-        planned = compress(teacher, CompressConfig(target_params=target, rank_attn=args.rank, rank_mlp=args.rank), calib_ids=calib, covs=covs)
+        planned = compress(teacher, CompressConfig(target_params=target, rank_attn=args.rank, rank_mlp=args.rank,
+                                                   calib_text=args.calib_text), calib_ids=calib, covs=covs)
         plan = planned.plan
         log(f"plan {target}: groups {plan['groups']} ranks {plan['ranks']} ratio {plan['ratio']:.4f} [{time.time() - t0:.0f}s]")
-        for name, kw in VARIANTS.items():
+        for name, kw in VARIANTS.items() if args.variants == "all" else [(DEFAULT, {})]:
             anchored = kw.get("base", "anchor") in ("anchor", "first")
             ranks = plan["ranks"] if anchored else {p: r // 2 for p, r in plan["ranks"].items()}
             cfg = CompressConfig(groups=plan["groups"], ranks=ranks, **kw)
@@ -87,17 +92,21 @@ def main() -> int:
         rows["ShortGPT layer removal (same params)"] = {"params": count_parameters(removal.model)["total"], "ppl": ppl(removal.model),
                                                         "removed_layers": removal.report.get("removed_layers")}
         log(f"  shortgpt: {rows['ShortGPT layer removal (same params)']} [{time.time() - t0:.0f}s]")
+        if args.calib_text != "sotu-train":  # removal's layer choice depends on its calibration: show the other one too
+            removal = shortgpt.build(teacher, rows[DEFAULT]["params"], calibration_batches(tok, 8, 256, seed=0, source="sotu-train"))
+            rows["ShortGPT layer removal, block influence on sotu-train"] = {
+                "params": count_parameters(removal.model)["total"], "ppl": ppl(removal.model), "removed_layers": removal.report.get("removed_layers")}
         out["budgets"][str(target)] = {"plan": {k: plan.get(k) for k in ("groups", "anchors", "ranks", "ratio", "candidates", "chosen",
                                                                           "sensitivity")}, "rows": rows}
-        write(out)
+        write(out, Path(args.out))
     out["seconds"] = round(time.time() - t0)
-    write(out)
+    write(out, Path(args.out))
     return 0
 
 
-def write(out: dict) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    write_json_atomic(RESULTS / "compress_init.json", out)
+def write(out: dict, stem: Path) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(stem.with_suffix(".json"), out)
     lines = ["# Compression init before training (SmolLM2-135M-Instruct)", "",
              f"Perplexity on held-out text ({', '.join(out['eval_texts'])}; {out['eval_tokens_per_text']} tokens each, seq 512). "
              f"Calibration: {out['calibration']}. All rows of a budget share the planner's groups; variants without an "
@@ -114,7 +123,7 @@ def write(out: dict) -> None:
         for name, r in b["rows"].items():
             lines.append(f"| {name} | {r['params']:,} | " + " | ".join(str(r['ppl'][n]) for n in out["eval_texts"]) + " |")
         lines.append("")
-    (RESULTS / "compress_init.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(stem.with_suffix(".md"), "\n".join(lines) + "\n")
 
 
 def log(msg: str) -> None:

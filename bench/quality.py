@@ -1,9 +1,10 @@
-"""Quality benchmark: DeltaLLM vs ShortGPT, LaCo and JointDrop on the default model
+"""Quality benchmark: DeltaLLM vs ShortGPT, LaCo, JointDrop and SliceGPT on the default model
 (SmolLM2-135M-Instruct) at 12% and 25% fewer unique parameters, every zero-shot task plus
 held-out perplexity, without and (with --heal-tokens) with equal-token healing.
 
 Everything is evaluated on the same items (--limit per task, fixed seed) and the same
-held-out text (python-docs, sotu-recent); calibration and healing text is sotu-train.
+held-out text (python-docs, sotu-recent); calibration and healing text is mixed-train
+(State of the Union addresses <= 1999 and Wikipedia passages from BoolQ's train split).
 The original is evaluated once. Results are rewritten after every evaluated model to
 bench/results/quality.json, so an interrupted run still reports what it measured;
 quality.md and quality.png (retention = % of the original's average) are regenerated from it
@@ -39,7 +40,7 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=60, help="items per task")
     p.add_argument("--ppl-tokens", type=int, default=4096)
     p.add_argument("--heal-tokens", type=int, default=0, help="equal healing tokens per method (0 = none)")
-    p.add_argument("--calib-samples", type=int, default=8)
+    p.add_argument("--calib-samples", type=int, default=32, help="calibration rows shared by every method (compress default: 32)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 is fastest on an oversubscribed machine")
     p.add_argument("--report-only", action="store_true")

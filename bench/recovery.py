@@ -1,7 +1,7 @@
 """Recovery benchmark: how fast does distillation bring a 12%-compressed SmolLM2-135M back,
 compared with ShortGPT layer removal at the same parameters healed with the same tokens?
 
-Arms (same training text: sotu-train; evaluation: python-docs and sotu-recent, never trained on)
+Arms (same training text, --data, default mixed-train; evaluation: python-docs and sotu-recent, never trained on)
   init      best compress() init (the default): budget planner, anchor base, activation-whitened
             SVD, base scale α, sub-layer gates fitted on real sub-layer outputs
   recon-*   + per-group reconstruction (teacher inputs / student inputs), the better one kept
@@ -36,11 +36,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgedelta.data.text import dataset_texts, pack, tokenize_stream  # noqa: E402
+from edgedelta.data.text import DEFAULT_TRAIN_TEXT, dataset_texts, pack, tokenize_stream, training_texts  # noqa: E402
 from edgedelta.delta.accounting import count_parameters  # noqa: E402
 from edgedelta.fsutil import write_json_atomic  # noqa: E402
 from edgedelta.distill.config import DistillConfig  # noqa: E402
-from edgedelta.distill.data import TrainData, load_texts  # noqa: E402
+from edgedelta.distill.data import TrainData  # noqa: E402
 from edgedelta.distill.distributed import setup  # noqa: E402
 from edgedelta.distill.hybrid import HybridModel, WholeStudent  # noqa: E402
 from edgedelta.distill.logs import JsonlLog, loss_curve_png  # noqa: E402
@@ -152,6 +152,8 @@ def main(argv=None) -> int:
     ap.add_argument("--groups", default=None, help="explicit sharing pairs instead of the budget planner, e.g. 4-5,8-9 (cheaper)")
     ap.add_argument("--rank", type=int, default=40, help="delta rank with --groups")
     ap.add_argument("--calib-samples", type=int, default=32, help="calibration sequences of compress()")
+    ap.add_argument("--calib-text", default=DEFAULT_TRAIN_TEXT, help="calibration text of compress() (a training text set)")
+    ap.add_argument("--data", default=DEFAULT_TRAIN_TEXT, help="training text of every arm (a training text set)")
     ap.add_argument("--init", default="asvd", choices=["asvd", "svd"], help="compress() delta init (svd needs no calibration: cheap)")
     ap.add_argument("--base", default="anchor", choices=["anchor", "first", "mean", "alternating"], help="compress() shared base")
     ap.add_argument("--no-gates", action="store_true", help="compress() without sub-layer gates")
@@ -197,7 +199,7 @@ def main(argv=None) -> int:
     lm = load_model("default")
     teacher, tok = lm.model.to(ctx.device).eval().requires_grad_(False), lm.tokenizer
     meta = {"model": "SmolLM2-135M-Instruct (default)", "target_params": args.target if not args.groups else f"groups {args.groups} rank {args.rank}",
-            "init": f"{args.init}, base {args.base}, gates {not args.no_gates}", "train_text": "sotu-train (SOTU <= 1999)",
+            "init": f"{args.init}, base {args.base}, gates {not args.no_gates}", "train_text": args.data, "calib_text": args.calib_text,
             "eval_texts": list(EVAL_SETS), "eval_tokens_per_text": args.eval_tokens, "seq_len": args.seq_len,
             "batch": args.batch, "device": str(ctx.device), "threads": torch.get_num_threads(), "host": platform.node(),
             "torch": torch.__version__, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "append": args.append}
@@ -206,7 +208,7 @@ def main(argv=None) -> int:
     if not any(p["arm"] == "teacher" for p in results.data["points"]):
         results.point("teacher", 0, evaluate(teacher))
     teacher.eval()
-    data = TrainData.from_texts(tok, load_texts("sotu-train"), args.seq_len, seed=0)
+    data = TrainData.from_texts(tok, training_texts(args.data), args.seq_len, seed=0)
     eval_at = [int(t) for t in args.eval_at.split(",") if t]
 
     # --- best init: budget planner + whitened SVD + gates, then per-group reconstruction -------
@@ -214,12 +216,12 @@ def main(argv=None) -> int:
     if args.groups:
         groups = [list(range(int(a), int(b) + 1)) for a, b in (g.split("-") for g in args.groups.split(","))]
         ccfg = CompressConfig(groups=groups, rank_attn=args.rank, rank_mlp=args.rank, calib_samples=args.calib_samples,
-                              init=args.init, base=args.base, gates=not args.no_gates)
-        cache = Path(args.work) / f"init-{args.groups}-r{args.rank}-c{args.calib_samples}-{args.init}-{args.base}-g{int(not args.no_gates)}"
+                              init=args.init, base=args.base, gates=not args.no_gates, calib_text=args.calib_text)
+        cache = Path(args.work) / f"init-{args.groups}-r{args.rank}-c{args.calib_samples}-{args.init}-{args.base}-g{int(not args.no_gates)}-{args.calib_text}"
     else:
         ccfg = CompressConfig(target_params=args.target, calib_samples=args.calib_samples, init=args.init, base=args.base,
-                              gates=not args.no_gates)
-        cache = Path(args.work) / f"init-{args.target}-c{args.calib_samples}-{args.init}-{args.base}-g{int(not args.no_gates)}"
+                              gates=not args.no_gates, calib_text=args.calib_text)
+        cache = Path(args.work) / f"init-{args.target}-c{args.calib_samples}-{args.init}-{args.base}-g{int(not args.no_gates)}-{args.calib_text}"
     only_c = [a for a in args.arms.split(",") if a] == ["c"]
     if only_c and args.groups and not cache.is_dir():
         # arm c needs only the compressed model's parameter count: build the structure, no init

@@ -31,6 +31,9 @@ CALIBRATION_FORMAT = "edgedelta-runtime-calibration"
 # Used when no calibration exists: Python + numpy + onnxruntime + tokenizers with the light
 # tokenizer, measured on this project's host at ~80 MiB; rounded up.
 DEFAULT_OVERHEAD_BYTES = 100 << 20
+# [B, H, S, T] fp32 tensors live at once in an attention-bound prefill (scores, masked scores,
+# probabilities): SmolLM2's 4k-token prefill measured 2.84 (bench/results/runtime.md)
+ATTN_FACTOR = 3.0
 TIGHT_FRACTION = 0.10  # a margin under 10% of the prediction is reported as 'tight'
 
 
@@ -43,7 +46,7 @@ class Calibration:
     context: int | None = None
     host: str = ""
     provider: str = "cpu"
-    attn_factor: float = 2.0  # live [B, H, S, S] fp32 attention tensors if attention is the prefill peak (assumed)
+    attn_factor: float = ATTN_FACTOR  # live [B, H, S, S] fp32 tensors if attention is the prefill peak
     hidden_factor: float = 1.0  # per-token activations, in units of S x (4 hidden + 3 intermediate) fp32 (fitted)
     contexts: tuple[int, ...] = ()  # the context lengths it was fitted on
 
@@ -58,7 +61,7 @@ class Calibration:
         over = obj.get("overhead_bytes")
         if isinstance(over, bool) or not isinstance(over, int):
             raise ConfigError(f"calibration file '{path}': field 'overhead_bytes' must be an integer, got {over!r}")
-        k = obj.get("attn_factor", 2.0)
+        k = obj.get("attn_factor", ATTN_FACTOR)
         if isinstance(k, bool) or not isinstance(k, (int, float)) or not k >= 0:
             raise ConfigError(f"calibration file '{path}': field 'attn_factor' must be a number ≥ 0, got {k!r}")
         hf = obj.get("hidden_factor", 1.0)
@@ -116,15 +119,18 @@ class ModelFacts:
         """Per-token activations of one layer: q/k/v/o + gate/up/act, fp32."""
         return batch * tokens * (4 * self.hidden_size + 3 * self.intermediate_size) * 4
 
-    def activation_bytes(self, tokens: int, batch: int = 1, attn_factor: float = 2.0, hidden_factor: float = 1.0,
+    def activation_bytes(self, tokens: int, batch: int = 1, attn_factor: float = ATTN_FACTOR, hidden_factor: float = 1.0,
                          keys: int | None = None) -> int:
-        """Prefill of `tokens` positions in one step (fp32): the logits buffer [B, S, V] (the
-        runtime's, live through the whole run) + the larger of two phases: per-token activations
-        (hidden_factor x hidden_bytes; measured to dominate up to 2k tokens on SmolLM2) or
-        `attn_factor` live [B, H, S, S] attention tensors (grows as S², dominates beyond)."""
+        """Prefill of `tokens` positions in one step (fp32): per-token activations
+        (hidden_factor x hidden_bytes) + the larger of two phases that never overlap: the
+        layers' `attn_factor` live [B, H, S, S] attention tensors (grow as S²), or the logits
+        [B, S, V], whose pages are first written by the last op, after every layer's attention
+        is freed (edgedelta.runtime also drops a prefill-sized logits buffer at the next decode
+        step, so a long-running process does not hold it into its next prefill). Measured on
+        SmolLM2: up to 2k tokens the logits phase is the peak, at 4k the attention phase."""
         logits = batch * tokens * self.vocab_size * 4
         attn = attn_factor * self.attention_bytes(tokens, batch, keys)
-        return int(logits + max(hidden_factor * self.hidden_bytes(tokens, batch), attn))
+        return int(hidden_factor * self.hidden_bytes(tokens, batch) + max(logits, attn))
 
 
 def facts_of(artifact) -> ModelFacts:
@@ -190,7 +196,7 @@ def plan_facts(m: ModelFacts, device: Device, context: int, batch: int = 1, cali
     keys = None
     if prefill_chunk and prefill_chunk < step:
         step, keys = prefill_chunk, context
-    act = m.activation_bytes(step, batch, calibration.attn_factor if calibration else 2.0,
+    act = m.activation_bytes(step, batch, calibration.attn_factor if calibration else ATTN_FACTOR,
                              calibration.hidden_factor if calibration else 1.0, keys)
     over = calibration.overhead_bytes if calibration else DEFAULT_OVERHEAD_BYTES
     peak = m.weight_bytes + kv + act + over
@@ -228,11 +234,10 @@ def calibrate_runs(m: ModelFacts, runs: list[dict], host: str = "", provider: st
 
 
 def calibrate_joint(pairs: list[tuple[ModelFacts, dict]], host: str = "", provider: str = "cpu",
-                    attn_factor: float = 2.0) -> Calibration:
+                    attn_factor: float = ATTN_FACTOR) -> Calibration:
     """Fit the runtime's overhead and hidden_factor to profiler runs ({context, prompt_tokens,
     peak_rss_bytes}) of one or more models by least squares:
-        measured - (weights + KV + logits) = overhead + hidden_factor x hidden_bytes(S)
-    (measured on SmolLM2 up to 2k tokens: the peak grows linearly in S, no S² term visible).
+        measured - (weights + KV + max(logits, attn_factor x attention)) = overhead + hidden_factor x hidden_bytes(S)
     Both belong to the runtime, not the model, so several models share one fit (keeping
     original-vs-compressed comparisons free of per-model fitting noise). With one context
     length hidden_factor stays 1 and only the overhead is fitted. attn_factor is not fitted."""
@@ -241,7 +246,7 @@ def calibrate_joint(pairs: list[tuple[ModelFacts, dict]], host: str = "", provid
     y, x = [], []
     for m, r in pairs:
         s = r["prompt_tokens"]
-        base = m.weight_bytes + 2 * m.kv_bytes(r["context"]) + m.vocab_size * s * 4
+        base = m.weight_bytes + 2 * m.kv_bytes(r["context"]) + max(m.vocab_size * s * 4, attn_factor * m.attention_bytes(s))
         y.append(r["peak_rss_bytes"] - base)
         x.append(m.hidden_bytes(s))
     ya, xa = np.array(y, dtype=float), np.array(x, dtype=float)

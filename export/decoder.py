@@ -176,21 +176,26 @@ class DecoderGraph:
                          K=q.k, N=q.n, bits=q.bits, block_size=q.block_size, accuracy_level=self.accuracy_level)
 
     def _linear(self, x: str, ref: LinearRef, out: str | None = None) -> str:
-        """x (..., in) -> (..., out): s·x·W + (x·Aᵀ)·B'ᵀ + bias (gate and α folded, see
+        """x (..., in) -> (..., out): s·(x·W + (x·Aᵀ)·B'ᵀ) + bias (gate and α folded, see
         LinearRef), the base and the low-rank delta as separate MatMuls. `out` names the final
         output (graph output `logits`)."""
         b = self.b
-        steps = [s for s, on in (("base", True), ("scale", ref.scale), ("delta", ref.delta_A), ("bias", ref.bias)) if on]
-        name = lambda step: [out] if out and step == steps[-1] else None  # noqa: E731
-        y = self._matmul(x, ref.weight, ref.quant, name("base"))
-        if ref.scale is not None:
-            y = b.op("Mul", [y, ref.scale], outputs=name("scale"))
-        if ref.delta_A is not None:
-            qa, qb = ref.delta_quant or (None, None)
-            d = self._matmul(self._matmul(x, ref.delta_A, qa), ref.delta_B, qb)  # (..., r) -> (..., out)
-            y = b.op("Add", [y, d], outputs=name("delta"))
-        if ref.bias is not None:
-            y = b.op("Add", [y, ref.bias], outputs=name("bias"))
+        order = ("base", "scale", "delta", "bias") if ref.scale_first else ("base", "delta", "scale", "bias")
+        present = {"base": True, "scale": ref.scale is not None, "delta": ref.delta_A is not None, "bias": ref.bias is not None}
+        steps = [s for s in order if present[s]]
+        y = None
+        for step in steps:
+            names = [out] if out and step == steps[-1] else None  # the last op writes `out`
+            if step == "base":
+                y = self._matmul(x, ref.weight, ref.quant, names)
+            elif step == "scale":  # after the delta's Add: a Mul right after the MatMul becomes a slow FusedMatMul
+                y = b.op("Mul", [y, ref.scale], outputs=names)
+            elif step == "delta":
+                qa, qb = ref.delta_quant or (None, None)
+                d = self._matmul(self._matmul(x, ref.delta_A, qa), ref.delta_B, qb)  # (..., r) -> (..., out)
+                y = b.op("Add", [y, d], outputs=names)
+            else:
+                y = b.op("Add", [y, ref.bias], outputs=names)
         return y
 
     def _heads(self, x: str, n: int) -> str:

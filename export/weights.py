@@ -43,11 +43,15 @@ class QRef:
 
 @dataclass
 class LinearRef:
-    """How one layer's projection is computed: y = s·x·W + (x·Aᵀ)·B'ᵀ + bias.
+    """How one layer's projection is computed: y = s·(x·W + (x·Aᵀ)·B'ᵀ) + bias.
 
-    A DeltaLinear's gate g and base scale α are folded at export: s = g·α, B' = g·B. Same
-    function, and one Mul (none when s is exactly 1, e.g. an anchor layer) instead of two:
-    at decode, each extra op costs about as much time as a small MatMul."""
+    A DeltaLinear's gate g and base scale α are folded at export: s = g·α, B' = B/α, so
+    s·B' = g·B. Same function, and one Mul (none when s is exactly 1, e.g. an anchor layer)
+    instead of two. The Mul comes after the delta's Add, not right after the base MatMul:
+    ONNX Runtime fuses MatMul→Mul(scalar) into FusedMatMul(alpha), which leaves its fast M=1
+    path and made a 12%-compressed SmolLM2 decode at 0.75x the original (measured; 0.97x
+    with the Mul moved). `scale_first` (only when α = 0, where B/α does not exist): s on the
+    base output alone and B' = g·B."""
 
     weight: str  # initializer name: float (in, out), or the packed MatMulNBits tensor
     in_features: int
@@ -57,7 +61,8 @@ class LinearRef:
     delta_B: str | None = None  # float (r, out), or packed (out, r-blocks)
     delta_quant: "tuple[QRef, QRef] | None" = None
     bias: str | None = None
-    scale: str | None = None  # scalar s = gate·α on the base output (None: s = 1)
+    scale: str | None = None  # scalar s = gate·α on base + delta (None: s = 1)
+    scale_first: bool = False  # s on the base output only (α = 0)
 
 
 @dataclass
@@ -187,15 +192,20 @@ class WeightCollector:
             self.by_id[id(w)] = ref
         gate = float(mod.gate.detach()) if shared and mod.gate is not None else 1.0
         alpha = float(mod.base_scale.detach()) if shared and mod.base_scale is not None else 1.0
-        delta_b = mod.delta_B.detach() * gate if shared and mod.rank else None  # B' = g·B (out, r)
+        scale_first = alpha == 0.0
+        # B' (out, r): B/α when s multiplies base + delta (s·B' = g·B), else g·B; the parity
+        # reference gets B = B'·b_to_ref back
+        b_factor = gate if scale_first or gate * alpha == 1.0 else 1.0 / alpha
+        b_to_ref = 1.0 / b_factor if b_factor != 0.0 else None
+        delta_b = mod.delta_B.detach() * b_factor if shared and mod.rank else None
         if shared and mod.rank and self.cfg.quantize != "none" and self.cfg.quantize_deltas:
             # deltas quantized too: left in fp32 they would outweigh what int4 sharing saves
             qa = self._quantized(f"{prefix}.delta_A", mod.delta_A, "delta")  # (N=r, K=in)
             qb = self._quantized(f"{prefix}.delta_B", delta_b, "delta")  # (N=out, K=r)
-            # the parity reference keeps g and B apart: give it B = dequantized(B') / g
+            # the parity reference keeps g, α and B apart: give it B from the dequantized B'
             deq_b = self.out.dequantized.pop(id(delta_b))
-            if gate != 0.0:
-                self.out.dequantized[id(mod.delta_B)] = deq_b / gate
+            if b_to_ref is not None:
+                self.out.dequantized[id(mod.delta_B)] = deq_b * b_to_ref
             ref.delta_A, ref.delta_B, ref.delta_quant = qa.names[0], qb.names[0], (qa, qb)
         elif shared and mod.rank:
             ref.delta_A = self._add(f"{prefix}.delta_A", _np(mod.delta_A.T, self.dtype), "delta", mod.delta_A.numel())  # (in, r)
@@ -203,6 +213,7 @@ class WeightCollector:
         if gate * alpha != 1.0:
             scalars = (mod.gate is not None) + (mod.base_scale is not None)
             ref.scale = self._add(f"{prefix}.scale", np.asarray(gate * alpha, dtype=self.dtype), "gate", scalars)
+            ref.scale_first = scale_first
         if getattr(mod, "bias", None) is not None:
             ref.bias = self._add(f"{prefix}.bias", _np(mod.bias, self.dtype), "bias", mod.bias.numel())
         return ref

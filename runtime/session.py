@@ -227,10 +227,12 @@ class Session:
                 # past: [B, kvh, past, hd] at the start of buffer `src`; present written into `dst`
                 io.bind_input(pname, dev, 0, self._np_dtype, [b, kvh, past, hd], self._ptr(bufs[src]))
                 io.bind_output(oname, dev, 0, self._np_dtype, [b, kvh, total, hd], self._ptr(bufs[dst]))
-        # logits [B, S, V] into a reused host buffer (grown only for longer prefills)
+        # logits [B, S, V] into a reused host buffer, grown for a prefill and shrunk again at the
+        # next decode step: a 2k-token prompt's logits (400 MB for SmolLM2) must not stay
+        # resident into the next prefill, where they would add to its attention peak
         v = self.artifact.vocab_size
         need = b * s * v
-        if self._logits_buf.size < need:
+        if not need <= self._logits_buf.size <= 4 * need:
             self._logits_buf = np.empty(need, dtype=self._logits_dtype)
         logits = self._logits_buf[:need].reshape(b, s, v)
         io.bind_output("logits", "cpu", 0, self._logits_dtype, [b, s, v], logits.ctypes.data)

@@ -62,6 +62,8 @@ def test_compress_target_params(model_dir, tmp_path, capsys):
     (["--target-params", "0.9", "--groups", "1-2"], "either"),
     ([], "no plan"),
     (["--groups", "1-2", "--init", "pca"], "invalid choice"),
+    (["--groups", "1-2", "--calib-text", "python-docs"], "evaluation text set"),
+    (["--groups", "1-2", "--calib-text", "/no/such/manuals"], "neither a known training text set"),
 ])
 def test_bad_compress_input(model_dir, tmp_path, capsys, extra, match):
     out = tmp_path / "c"

@@ -1,5 +1,5 @@
 """`edgedelta compare --model default --target-params 0.88 --out DIR`: DeltaLLM against ShortGPT,
-LaCo and JointDrop at the same unique-parameter count, optionally each healed with the same
+LaCo, JointDrop and SliceGPT at the same unique-parameter count, optionally each healed with the same
 distillation tokens (--tokens N), all evaluated on the same items. Writes results.json,
 results.md and retention.png (% of the original's average score) into DIR."""
 
@@ -11,6 +11,7 @@ from ..errors import ConfigError
 
 
 def add_parser(subparsers):
+    from ..data.text import DEFAULT_TRAIN_TEXT
     from ..evaluation.compare import METHODS
 
     p = subparsers.add_parser("compare", help="DeltaLLM vs pruning baselines at equal parameters", description=__doc__)
@@ -21,7 +22,9 @@ def add_parser(subparsers):
     p.add_argument("--tasks", default="ppl,arc_easy,arc_challenge,hellaswag,piqa,winogrande,boolq,lambada")
     p.add_argument("--limit", type=int, default=200, help="items per task (fixed random subset)")
     p.add_argument("--ppl-tokens", type=int, default=8192)
-    p.add_argument("--calib-samples", type=int, default=16)
+    p.add_argument("--calib-samples", type=int, default=32, help="calibration rows shared by every method")
+    p.add_argument("--text", default=DEFAULT_TRAIN_TEXT, help="calibration and healing text: sotu-train, wiki-train, "
+                                                           "mixed-train or a file/folder of your own")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -39,7 +42,7 @@ def run(args) -> int:
     if args.limit is not None and args.limit <= 0:
         raise ConfigError(f"--limit must be a positive number of items, got {args.limit}")
     cfg = CompareConfig(target_params=args.target_params, methods=[m.strip() for m in args.methods.split(",") if m.strip()],
-                        heal_tokens=args.tokens, calib_samples=args.calib_samples, seed=args.seed,
+                        heal_tokens=args.tokens, calib_samples=args.calib_samples, seed=args.seed, text=args.text,
                         eval=EvalConfig(tasks=args.tasks, limit=args.limit, ppl_tokens=args.ppl_tokens))
     check_output_path(args.out, args.force)  # refuse before the slow part
     lm = load_model(args.model)

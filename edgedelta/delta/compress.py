@@ -87,7 +87,7 @@ def _calibration(cfg: CompressConfig, tokenizer, calib_ids):
         raise ConfigError(f"init '{cfg.init}' / gates / budget planning need calibration text: pass a tokenizer or calib_ids")
     from ..data.text import calibration_batches
 
-    return calibration_batches(tokenizer, cfg.calib_samples, cfg.calib_seq_len, cfg.seed)
+    return calibration_batches(tokenizer, cfg.calib_samples, cfg.calib_seq_len, cfg.seed, cfg.calib_text)
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..configio import config_from_dict, config_from_json_file
+from ..data.text import DEFAULT_TRAIN_TEXT, check_training_text
 from ..errors import ConfigError
 
 BASES = ("anchor", "first", "mean", "alternating")
@@ -45,6 +46,8 @@ class CompressConfig:
     damping: float = field(default=0.01, metadata={"help": "covariance damping, fraction of the mean diagonal"})
     calib_samples: int = field(default=32, metadata={"help": "calibration sequences for asvd/gates/sensitivity"})
     calib_seq_len: int = field(default=256, metadata={"help": "calibration sequence length (tokens)"})
+    calib_text: str = field(default=DEFAULT_TRAIN_TEXT, metadata={
+        "help": "calibration text: a training text set (sotu-train, wiki-train, mixed-train) or a file/folder of your own"})
     seed: int = field(default=0, metadata={"help": "seed for calibration sampling"})
     version: int = CONFIG_VERSION
 
@@ -83,6 +86,7 @@ class CompressConfig:
             raise ConfigError(f"damping must be in [0, 1), got {self.damping}")
         if self.calib_samples < 1 or self.calib_seq_len < 8:
             raise ConfigError(f"calib_samples must be >= 1 and calib_seq_len >= 8, got {self.calib_samples}, {self.calib_seq_len}")
+        check_training_text(self.calib_text)
         if self.version != CONFIG_VERSION:
             raise ConfigError(f"CompressConfig version {self.version} is not supported (this edgedelta reads {CONFIG_VERSION})")
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.text import training_texts
 from ..delta.structure import SharingSpec, get_spec
 from ..errors import ConfigError, EdgeDeltaError, ModelLoadError
 from ..fsutil import check_output_path
@@ -26,7 +27,7 @@ from ..models.adapters import adapter_for
 from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, load_optimizer_tensors,
                          optimizer_tensors, save_checkpoint)
 from .config import DistillConfig
-from .data import TrainData, fingerprint, load_texts
+from .data import TrainData, fingerprint
 from .distributed import DistContext, setup
 from .hybrid import HybridModel
 from .logs import JsonlLog, loss_curve_png
@@ -156,7 +157,7 @@ def distill(student, config: DistillConfig, out_dir=None, *, teacher: nn.Module 
     if train_rows is None:
         if tokenizer is None:
             raise ConfigError("no tokenizer to prepare the training text")
-        data = TrainData.from_texts(tokenizer, load_texts(cfg.data), cfg.seq_len, cfg.seed)
+        data = TrainData.from_texts(tokenizer, training_texts(cfg.data), cfg.seq_len, cfg.seed)
     else:
         data = TrainData(train_rows, cfg.seed)
         if data.seq_len != cfg.seq_len:

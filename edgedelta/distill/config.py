@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..configio import config_from_dict, config_from_json_file
+from ..data.text import DEFAULT_TRAIN_TEXT
 from ..errors import ConfigError
 
 SCHEDULES = ("plain", "linear", "curriculum", "constant")
@@ -54,7 +55,7 @@ class DistillConfig:
     recon_lr: float = _f(1e-3, "AdamW learning rate of the reconstruction stage")
     recon_batch: int = _f(4, "sequences per reconstruction step")
     recon_inputs: str = _f("teacher", f"group inputs for reconstruction: {RECON_INPUTS} (student = after earlier groups were fit)")
-    data: str = _f("sotu-train", "training text: a package text set name or a file/folder path")
+    data: str = _f(DEFAULT_TRAIN_TEXT, "training text: sotu-train, wiki-train, mixed-train or a file/folder of your own")
     seed: int = _f(0, "seed for data order, replacement sampling and LoRA init")
     checkpoint_every: int = _f(50, "optimizer steps between checkpoints (0 = only at the end / on interrupt)")
     keep_checkpoints: int = _f(2, "checkpoints kept in the run folder")

@@ -8,24 +8,11 @@ run would have seen, and DDP processes split each global batch without talking."
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import torch
 
-from ..data.text import DATASETS, EVAL_DATASETS, pack, read_user_texts, tokenize_stream, dataset_texts
+from ..data.text import pack, tokenize_stream
 from ..errors import ConfigError
-
-
-def load_texts(data: str) -> list[str]:
-    """A package text set by name, or a user's file/folder. Evaluation sets are refused."""
-    if data in EVAL_DATASETS:
-        raise ConfigError(f"'{data}' is an evaluation text set and is never trained on; use sotu-train or a path")
-    if data in DATASETS:
-        return dataset_texts(data)
-    p = Path(data).expanduser()
-    if not p.exists():
-        raise ConfigError(f"training data '{data}' is neither a known text set ({', '.join(d for d in DATASETS if d not in EVAL_DATASETS)}) nor an existing path")
-    return read_user_texts(p)  # raises ConfigError when there is no text
 
 
 def fingerprint(rows: torch.Tensor) -> str:

@@ -5,7 +5,7 @@ items. Writes results.json, results.md and retention.png (% of the original's av
 Fairness rules: the delta model is built first and its actual unique-parameter count becomes
 every baseline's target (so all sit at the same budget, within each method's granularity,
 reported); calibration rows (for planning/importance) and healing rows come from training
-text (sotu-train), disjoint from the evaluation items and held-out perplexity text; healing
+text (`text`, default mixed-train), disjoint from the evaluation items and held-out perplexity text; healing
 uses the same rows for every method (DeltaLLM: edgedelta.distill, deltas+gates; baselines: a
 LoRA with a matched trainable-parameter count, merged after)."""
 
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.text import DEFAULT_TRAIN_TEXT, check_training_text
 from ..errors import ConfigError, EdgeDeltaError
 from .api import EvalConfig, evaluate
 
@@ -31,8 +32,9 @@ class CompareConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     heal_tokens: int = 0  # distillation tokens per method (0 = no healing)
     heal_seq_len: int = 256
-    calib_samples: int = 16  # calibration rows for planning / importance scores
+    calib_samples: int = 32  # calibration rows for planning / importance scores (compress's default)
     calib_seq_len: int = 256
+    text: str = DEFAULT_TRAIN_TEXT  # calibration and healing text: a training text set or a file/folder
     seed: int = 0
     compress: dict = field(default_factory=dict)  # extra CompressConfig fields for DeltaLLM (e.g. ranks)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -45,6 +47,7 @@ class CompareConfig:
             raise ConfigError(f"unknown method(s) {bad}; known: {', '.join(METHODS)}")
         if self.heal_tokens < 0:
             raise ConfigError(f"heal tokens must be >= 0, got {self.heal_tokens}")
+        check_training_text(self.text)
         if 0 < self.heal_tokens < self.heal_seq_len:
             raise ConfigError(f"heal tokens ({self.heal_tokens}) must be at least one sequence ({self.heal_seq_len})")
 
@@ -109,10 +112,11 @@ def compare(model, tokenizer, config: CompareConfig, source: dict | None = None,
 
     t0 = time.time()
     original = count_parameters(model)["total"]
-    calib = calibration_batches(tokenizer, config.calib_samples, config.calib_seq_len, seed=config.seed)
+    calib = calibration_batches(tokenizer, config.calib_samples, config.calib_seq_len, seed=config.seed, source=config.text)
     heal_rows = None
     if config.heal_tokens:
-        heal_rows = calibration_batches(tokenizer, config.heal_tokens // config.heal_seq_len, config.heal_seq_len, seed=config.seed + 1)
+        heal_rows = calibration_batches(tokenizer, config.heal_tokens // config.heal_seq_len, config.heal_seq_len,
+                                        seed=config.seed + 1, source=config.text)
     if original_eval is None:
         _log(f"evaluating the original ({original / 1e6:.1f}M unique parameters)")
         original_eval = evaluate(model, tokenizer, config.eval, progress=progress)
@@ -125,7 +129,7 @@ def compare(model, tokenizer, config: CompareConfig, source: dict | None = None,
         _log(f"building {method} at {target if isinstance(target, int) else f'{100 * target:.0f}%'}")
         t_build = time.time()
         try:
-            student, report = _build(method, model, tokenizer, target, calib, progress, config.compress)
+            student, report = _build(method, model, tokenizer, target, calib, progress, {"calib_text": config.text, **config.compress})
         except EdgeDeltaError as e:
             _log(f"{method} failed: {e}")
             rows.append({"method": method, "stage": "built", "error": str(e)})
@@ -153,7 +157,7 @@ def compare(model, tokenizer, config: CompareConfig, source: dict | None = None,
 
 
 def _texts_note(config: CompareConfig) -> str:
-    return (f"calibration and healing: sotu-train (State of the Union addresses <= 1999); perplexity: "
+    return (f"calibration and healing: {config.text}; perplexity: "
             f"{', '.join(config.eval.ppl_texts)}; tasks: {', '.join(t for t in config.eval.tasks if t != 'ppl')} "
             f"({'all items' if config.eval.limit is None else f'{config.eval.limit} items each, seed {config.eval.seed}'})")
 

