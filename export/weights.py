@@ -6,8 +6,8 @@ embedding) maps to the initializer already made for it. Names are stable and rea
     shared.g3.mlp.up_proj.weight      a group's shared base (every layer of group 3 reads it)
     layers.7.mlp.up_proj.weight       an unshared projection
     layers.7.mlp.up_proj.delta_A      (in, r)   layer 7's delta, stored as Aᵀ
-    layers.7.mlp.up_proj.delta_B      (r, out)  stored as Bᵀ
-    layers.7.mlp.down_proj.scale      scalar gate·α on the base (absent when exactly 1)
+    layers.7.mlp.up_proj.delta_B      (r, out)  stored as B'ᵀ (B folded with g and α, see LinearRef)
+    layers.7.mlp.down_proj.scale      scalar gate·α on base + delta (absent when exactly 1)
     embed_tokens.weight               (vocab, hidden), also lm_head when tied
 
 Layouts are the ones the consuming op reads, so no Transpose ever touches a weight:
@@ -49,8 +49,8 @@ class LinearRef:
     s·B' = g·B. Same function, and one Mul (none when s is exactly 1, e.g. an anchor layer)
     instead of two. The Mul comes after the delta's Add, not right after the base MatMul:
     ONNX Runtime fuses MatMul→Mul(scalar) into FusedMatMul(alpha), which leaves its fast M=1
-    path and made a 12%-compressed SmolLM2 decode at 0.75x the original (measured; 0.97x
-    with the Mul moved). `scale_first` (only when α = 0, where B/α does not exist): s on the
+    path and made a 12%-compressed SmolLM2 decode at 0.75x the original (1.02x with the Mul
+    moved; bench/results/runtime.md). `scale_first` (only when α = 0, where B/α does not exist): s on the
     base output alone and B' = g·B."""
 
     weight: str  # initializer name: float (in, out), or the packed MatMulNBits tensor
