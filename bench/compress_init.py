@@ -6,7 +6,8 @@ SAME groups at the same unique-parameter count (variants whose base is not one o
 group's layers give every layer a delta, so they get half the rank), and compared with
 ShortGPT layer removal at the nearest count it can reach (its block influence measured on the
 same calibration rows; with a calibration other than sotu-train, also on sotu-train).
-Perplexity on held-out text (python-docs, sotu-recent; never the training text). Writes bench/results/compress_init.{json,md}.
+Perplexity on held-out text (python-docs, sotu-recent; never the training text).
+Writes bench/results/compress_init.{json,md}.
 
     python bench/compress_init.py [--budgets 0.88,0.75] [--eval-tokens 8192]
 """
@@ -88,14 +89,14 @@ def main() -> int:
             rows[name] = {"params": count_parameters(res.model)["total"], "ppl": ppl(res.model)}
             log(f"  {name}: {rows[name]} [{time.time() - t0:.0f}s]")
             del res
-        removal = shortgpt.build(teacher, rows[DEFAULT]["params"], calib[:8])
-        rows["ShortGPT layer removal (same params)"] = {"params": count_parameters(removal.model)["total"], "ppl": ppl(removal.model),
-                                                        "removed_layers": removal.report.get("removed_layers")}
-        log(f"  shortgpt: {rows['ShortGPT layer removal (same params)']} [{time.time() - t0:.0f}s]")
+        removals = {"ShortGPT layer removal (same params)": calib[:8]}
         if args.calib_text != "sotu-train":  # removal's layer choice depends on its calibration: show the other one too
-            removal = shortgpt.build(teacher, rows[DEFAULT]["params"], calibration_batches(tok, 8, 256, seed=0, source="sotu-train"))
-            rows["ShortGPT layer removal, block influence on sotu-train"] = {
-                "params": count_parameters(removal.model)["total"], "ppl": ppl(removal.model), "removed_layers": removal.report.get("removed_layers")}
+            removals["ShortGPT layer removal, block influence on sotu-train"] = calibration_batches(tok, 8, 256, seed=0, source="sotu-train")
+        for name, rows_for_influence in removals.items():
+            removal = shortgpt.build(teacher, rows[DEFAULT]["params"], rows_for_influence)
+            rows[name] = {"params": count_parameters(removal.model)["total"], "ppl": ppl(removal.model),
+                          "removed_layers": removal.report.get("removed_layers")}
+            log(f"  {name}: {rows[name]} [{time.time() - t0:.0f}s]")
         out["budgets"][str(target)] = {"plan": {k: plan.get(k) for k in ("groups", "anchors", "ranks", "ratio", "candidates", "chosen",
                                                                           "sensitivity")}, "rows": rows}
         write(out, Path(args.out))

@@ -213,15 +213,16 @@ def main(argv=None) -> int:
 
     # --- best init: budget planner + whitened SVD + gates, then per-group reconstruction -------
     t0 = time.time()
+    init_key = f"c{args.calib_samples}-{args.init}-{args.base}-g{int(not args.no_gates)}-{args.calib_text}"  # cache name: what the init depends on
     if args.groups:
         groups = [list(range(int(a), int(b) + 1)) for a, b in (g.split("-") for g in args.groups.split(","))]
         ccfg = CompressConfig(groups=groups, rank_attn=args.rank, rank_mlp=args.rank, calib_samples=args.calib_samples,
                               init=args.init, base=args.base, gates=not args.no_gates, calib_text=args.calib_text)
-        cache = Path(args.work) / f"init-{args.groups}-r{args.rank}-c{args.calib_samples}-{args.init}-{args.base}-g{int(not args.no_gates)}-{args.calib_text}"
+        cache = Path(args.work) / f"init-{args.groups}-r{args.rank}-{init_key}"
     else:
         ccfg = CompressConfig(target_params=args.target, calib_samples=args.calib_samples, init=args.init, base=args.base,
                               gates=not args.no_gates, calib_text=args.calib_text)
-        cache = Path(args.work) / f"init-{args.target}-c{args.calib_samples}-{args.init}-{args.base}-g{int(not args.no_gates)}-{args.calib_text}"
+        cache = Path(args.work) / f"init-{args.target}-{init_key}"
     only_c = [a for a in args.arms.split(",") if a] == ["c"]
     if only_c and args.groups and not cache.is_dir():
         # arm c needs only the compressed model's parameter count: build the structure, no init

@@ -21,6 +21,7 @@ from edgedelta.errors import EdgeDeltaError  # noqa: E402
 from edgedelta.manifest import verify_manifest  # noqa: E402
 
 TARGET_PARAMS = 0.88
+PLAN_KEYS = ("groups", "anchors", "ranks", "original_params", "compressed_params", "ratio")  # recorded in the notes
 
 
 def _ok(path: Path) -> bool:
@@ -55,7 +56,7 @@ def ensure_artifacts(work: Path, log=print, compressed: Path | None = None) -> t
         notes["compressed_from"] = str(compressed)
         notes["export_compressed_s"] = round(time.perf_counter() - t, 1)
         plan = read_manifest(compressed).get("plan", {})
-        notes["compress_plan"] = {k: plan[k] for k in ("groups", "anchors", "ranks", "original_params", "compressed_params", "ratio") if k in plan}
+        notes["compress_plan"] = {k: plan[k] for k in PLAN_KEYS if k in plan}
     elif not _ok(comp):
         try:
             from edgedelta.delta.compress import compress
@@ -74,7 +75,7 @@ def ensure_artifacts(work: Path, log=print, compressed: Path | None = None) -> t
                         manifest_facts={"compress_config": cfg.to_dict() if hasattr(cfg, "to_dict") else None, "plan": res.plan})
         export_onnx(cdir, ExportConfig(), comp, force=True, progress=log)
         notes["compress_and_export_s"] = round(time.perf_counter() - t, 1)
-        notes["compress_plan"] = {k: res.plan[k] for k in ("groups", "anchors", "ranks", "original_params", "compressed_params", "ratio") if k in res.plan}
+        notes["compress_plan"] = {k: res.plan[k] for k in PLAN_KEYS if k in res.plan}
     return orig, comp, notes
 
 

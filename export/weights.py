@@ -50,8 +50,8 @@ class LinearRef:
     instead of two. The Mul comes after the delta's Add, not right after the base MatMul:
     ONNX Runtime fuses MatMul→Mul(scalar) into FusedMatMul(alpha), which leaves its fast M=1
     path and made a 12%-compressed SmolLM2 decode at 0.75x the original (1.02x with the Mul
-    moved; bench/results/runtime.md). `scale_first` (only when α = 0, where B/α does not exist): s on the
-    base output alone and B' = g·B."""
+    moved; bench/results/runtime.md). `scale_first` (only when α = 0, where B/α does not
+    exist): s on the base output alone and B' = g·B."""
 
     weight: str  # initializer name: float (in, out), or the packed MatMulNBits tensor
     in_features: int

