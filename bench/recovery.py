@@ -9,6 +9,8 @@ Arms (same training text, --data, default mixed-train; evaluation: python-docs a
   b         best init + plain distillation (all layers compressed from step 0)
   c         ShortGPT removal at equal unique parameters + LoRA (merged, no extra params) + norms,
             healed with the same KL, tokens, batch and schedule
+  d         arm a + a LoRA on the unshared layers behind the first shared one (merged: no extra
+            params), as c trains every layer it keeps
 Each arm trains for --tokens and is evaluated at every --eval-at point (perplexity on capped
 token counts and KL(teacher || model) per token). Results are written after every point to
 <out>/recovery.json, so an interrupted run still reports what it measured; recovery.md and
@@ -55,22 +57,26 @@ EVAL_SETS = ("python-docs", "sotu-recent")
 
 class Evaluator:
     """Perplexity and KL(teacher || model) on fixed windows of the evaluation texts. The
-    teacher's logits are computed once and kept in fp16 (V=49k: ~0.4 GB per 4k tokens)."""
+    teacher's logits are computed once and kept in fp16 on the model's device (V=49k: ~0.4 GB
+    per 4k tokens), so on a GPU the whole evaluation stays there."""
 
     def __init__(self, teacher, tok, tokens: int, seq_len: int, device, batch: int = 4):
         self.device, self.batch = device, batch
+        self.last_seconds = None
         self.ids = {n: pack(tokenize_stream(tok, dataset_texts(n)), seq_len, tokens) for n in EVAL_SETS}
-        self.t_logits = {n: self._logits(teacher, ids).half() for n, ids in self.ids.items()}
+        self.t_logits = {n: self._logits(teacher, ids) for n, ids in self.ids.items()}
+
+    def _amp(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
     @torch.no_grad()
     def _logits(self, model, ids):
         model.eval()
-        amp = torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         outs = []
         for s in range(0, ids.shape[0], self.batch):
-            with amp:
-                outs.append(model(input_ids=ids[s:s + self.batch].to(self.device), use_cache=False).logits.float().cpu())
-        return torch.cat(outs)  # (n, T, V)
+            with self._amp():
+                outs.append(model(input_ids=ids[s:s + self.batch].to(self.device), use_cache=False).logits.half())
+        return torch.cat(outs)  # (n, T, V) fp16
 
     @torch.no_grad()
     def __call__(self, model) -> dict:
@@ -79,16 +85,15 @@ class Evaluator:
         for n, ids in self.ids.items():
             nll = kl = 0.0
             for s in range(0, ids.shape[0], self.batch):
-                x = ids[s:s + self.batch]
-                amp = torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-                with amp:
-                    lg = model(input_ids=x.to(self.device), use_cache=False).logits.float().cpu()  # (b, T, V)
+                x = ids[s:s + self.batch].to(self.device)
+                with self._amp():
+                    lg = model(input_ids=x, use_cache=False).logits.float()  # (b, T, V)
                 nll += F.cross_entropy(lg[:, :-1].reshape(-1, lg.shape[-1]), x[:, 1:].reshape(-1), reduction="sum").item()
                 lt = F.log_softmax(self.t_logits[n][s:s + self.batch].float(), -1)
                 kl += (lt.exp() * (lt - F.log_softmax(lg, -1))).sum().item()
             out[n] = {"ppl": round(math.exp(nll / (ids.shape[0] * (ids.shape[1] - 1))), 3),
                       "kl": round(kl / ids.numel(), 4), "tokens": ids.numel()}
-        out["eval_seconds"] = round(time.time() - t0, 1)
+        out["eval_seconds"] = self.last_seconds = round(time.time() - t0, 1)
         model.train()
         return out
 
@@ -145,6 +150,26 @@ def run_arm(name: str, view, teacher, params, data: TrainData, cfg: DistillConfi
         results.arm(name, {"log": log.lines, "config": cfg.to_dict(), "wall_seconds": round(time.time() - t0, 1)})
 
 
+def probe_tok_s(view, params, cfg: DistillConfig, teacher, data: TrainData, ctx, steps: int = 4) -> float:
+    """Training tokens/s of one arm's configuration: one warm-up step (allocations, kernel
+    selection), then `steps` timed steps, on a throw-away copy."""
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    state = LoopState()
+    for n in (1, steps):
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0, before = time.time(), state.tokens
+        try:
+            train_loop(view, teacher, params, opt, data, cfg, ctx, state, JsonlLog(None), lambda s: None,
+                       progress=False, stop_after=n)
+        except TrainingInterrupted as e:
+            if getattr(e, "by_signal", False):
+                raise
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize()
+    return (state.tokens - before) / (time.time() - t0)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench/results", help="folder for recovery.json / .md / _loss.png")
@@ -167,9 +192,14 @@ def main(argv=None) -> int:
     ap.add_argument("--recon-tokens", type=int, default=16_384)
     ap.add_argument("--recon-epochs", type=int, default=4)
     ap.add_argument("--recon-lr", type=float, default=1e-3)
-    ap.add_argument("--arms", default="a,c,b", help="arms to train, in order (a, b, c)")
+    ap.add_argument("--arms", default="a,c,b", help="arms to train, in order (a, b, c, d)")
+    ap.add_argument("--trainable", default="deltas,gates,norms", help="what arms a, b and d train (distill's kinds, e.g. +shared)")
+    ap.add_argument("--dense-lora-rank", type=int, default=20, help="arm d's LoRA rank (arm c's rank at 12%% is 20)")
     ap.add_argument("--recon-variants", default="teacher,student", help="reconstruction inputs to try (best kept)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--deadline", type=float, default=0,
+                    help="seconds from the start by which every arm must be done: a short probe of each arm's "
+                         "throughput sets the tokens per arm (at most --tokens; the same for every arm) and scales --eval-at")
     ap.add_argument("--work", default="bench/_work", help="cache of the compressed init (gitignored)")
     ap.add_argument("--report-only", action="store_true", help="rewrite recovery.md / png from recovery.json")
     ap.add_argument("--tag", default="recovery", help="file name stem of the results")
@@ -242,9 +272,17 @@ def main(argv=None) -> int:
     else:
         from edgedelta.delta.storage import save_compressed
 
-        res = compress(teacher, ccfg, tokenizer=tok, progress=True)
+        try:
+            res = compress(teacher, ccfg, tokenizer=tok, progress=True)
+        except Exception as e:  # noqa: BLE001 -- never run on an accelerator before: fall back rather than lose the lease
+            if ctx.device.type == "cpu":
+                raise
+            print(f"compress() on {ctx.device} failed ({type(e).__name__}: {str(e)[:200]}); compressing on the CPU", flush=True)
+            res = compress(teacher.cpu(), ccfg, tokenizer=tok, progress=True)
+            teacher.to(ctx.device)
         student, plan = res.model, res.plan
-        save_compressed(student, cache, tokenizer=tok, manifest_facts={"plan": plan, "source": lm.source}, force=True)
+        if ctx.device.type == "cpu":  # a GPU host is bare each time: nothing to reuse there
+            save_compressed(student, cache, tokenizer=tok, manifest_facts={"plan": plan, "source": lm.source}, force=True)
     student = student.to(ctx.device)
     spec = student.edgedelta_spec
     n_student = count_parameters(student)["total"]
@@ -270,34 +308,62 @@ def main(argv=None) -> int:
             best, best_score = cand, score
     results.arm("init", {"best_recon": None if best is student else "kept (lowest KL)"})
 
+    arms = [a for a in args.arms.split(",") if a]
     base_cfg = dict(tokens=args.tokens, seq_len=args.seq_len, batch_size=args.batch, lr=args.lr, checkpoint_every=0,
-                    trainable=["deltas", "gates", "norms"])
-    for arm in [a for a in args.arms.split(",") if a]:
-        if arm in ("a", "b"):
+                    trainable=args.trainable.split(","))
+    calib = calibration_batches(tok, 32, args.seq_len, 0) if "c" in arms else None
+
+    def build_arm(arm: str, tokens: int):
+        """A freshly built arm: (view, trainable params, config, facts for the report)."""
+        if arm in ("a", "b", "d"):
             s = copy.deepcopy(best)
-            cfg = DistillConfig(**base_cfg, schedule="linear" if arm == "a" else "plain")
+            cfg = DistillConfig(**{**base_cfg, "tokens": tokens}, schedule="plain" if arm == "b" else "linear")
             tps = select_trainable(s, spec, cfg.trainable)
-            view = HybridModel(s, teacher, [li for g in spec.groups for li in g])
-            results.arm(arm, {"what": "best init + " + ("progressive replacement (linear, p0 0.5, ramp 50%)" if arm == "a" else "plain distillation"),
-                              "trainable_params": sum(tp.param.numel() for tp in tps)})
-            run_arm(arm, view, teacher, [tp.param for tp in tps], data, cfg, ctx, evaluate, results, eval_at)
-        elif arm == "c":
-            calib = calibration_batches(tok, 32, args.seq_len, 0)
-            base = shortgpt.build(teacher, n_student, calib)
-            s = base.model.to(ctx.device)
-            results.point("c", 0, evaluate(s))
-            trainable_a = sum(p.numel() for n, p in student.named_parameters() if "delta_" in n or n.endswith(".gate"))
-            per_rank = sum(lin.in_features + lin.out_features for lin in s.modules() if isinstance(lin, torch.nn.Linear)
-                           and lin is not s.get_output_embeddings())
-            rank = max(1, round(trainable_a / per_rank))
-            tps = add_dense_lora(s, rank, norms=True)
-            cfg = DistillConfig(**{**base_cfg, "lr": args.heal_lr, "trainable": ["lora", "norms"]}, schedule="plain")
-            results.arm("c", {"what": f"ShortGPT removal ({base.report.get('detail', base.report)}) + LoRA r={rank} merged + norms",
-                              "params": count_parameters(s)["total"], "lora_rank": rank, "report": base.report,
-                              "trainable_params": sum(tp.param.numel() for tp in tps)})
-            # evaluated with the LoRA parametrization in place (the same function as merged; a
-            # deepcopy + merge would strip the parametrized class shared with the original)
-            run_arm("c", WholeStudent(s), teacher, [tp.param for tp in tps], data, cfg, ctx, evaluate, results, eval_at)
+            what = "best init + " + ("plain distillation" if arm == "b" else "progressive replacement (linear, p0 0.5, ramp 50%)")
+            replaced = sorted(li for g in spec.groups for li in g)
+            if arm == "d":
+                # + LoRA on the unshared layers behind the first shared one (the ones before it
+                # are the reused teacher prefix); they join the replacement schedule, so a step
+                # that keeps one of them original never sees its LoRA
+                dense = [li for li in range(replaced[0], teacher.config.num_hidden_layers) if li not in replaced]
+                tps += add_dense_lora(s, args.dense_lora_rank, norms=False, layers=dense, freeze=False)
+                replaced = sorted(replaced + dense)
+                what += f" + LoRA r={args.dense_lora_rank} on unshared layers {dense} (merged: no extra parameters)"
+            info = {"what": what, "trains": cfg.trainable, "trainable_params": sum(tp.param.numel() for tp in tps)}
+            return HybridModel(s, teacher, replaced), [tp.param for tp in tps], cfg, info
+        base = shortgpt.build(teacher, n_student, calib)
+        s = base.model.to(ctx.device)
+        trainable_a = sum(p.numel() for n, p in student.named_parameters() if "delta_" in n or n.endswith(".gate"))
+        per_rank = sum(lin.in_features + lin.out_features for lin in s.modules() if isinstance(lin, torch.nn.Linear)
+                       and lin is not s.get_output_embeddings())
+        rank = max(1, round(trainable_a / per_rank))
+        tps = add_dense_lora(s, rank, norms=True)
+        cfg = DistillConfig(**{**base_cfg, "tokens": tokens, "lr": args.heal_lr, "trainable": ["lora", "norms"]}, schedule="plain")
+        info = {"what": f"ShortGPT removal ({base.report.get('detail', base.report)}) + LoRA r={rank} merged + norms",
+                "params": count_parameters(s)["total"], "lora_rank": rank, "report": base.report,
+                "trainable_params": sum(tp.param.numel() for tp in tps)}
+        # evaluated with the LoRA parametrization in place (the same function as merged; a
+        # deepcopy + merge would strip the parametrized class shared with the original)
+        return WholeStudent(s), [tp.param for tp in tps], cfg, info
+
+    tokens = args.tokens
+    if args.deadline:  # fit the tokens per arm to the time left: same tokens for every arm
+        rates = {arm: probe_tok_s(*build_arm(arm, args.tokens)[:3], teacher, data, ctx) for arm in arms}
+        evals = len(arms) * len(eval_at) + ("c" in arms)
+        left = args.deadline - (time.time() - t_start) - evals * (evaluate.last_seconds or 30) - 15
+        fit = int(0.9 * max(left, 0) / sum(1 / r for r in rates.values()))
+        per_step = args.batch * args.seq_len
+        tokens = max(per_step, min(args.tokens, fit // per_step * per_step))
+        eval_at = sorted({max(per_step, round(t * tokens / args.tokens)) for t in eval_at})
+        results.data["meta"]["deadline"] = {"seconds": args.deadline, "probe_tok_s": {a: round(r) for a, r in rates.items()},
+                                            "tokens_per_arm": tokens, "asked": args.tokens, "eval_at": eval_at}
+        print(f"deadline {args.deadline}s: probe {rates} tok/s -> {tokens:,} tokens per arm (asked {args.tokens:,}), eval at {eval_at}", flush=True)
+    for arm in arms:
+        view, params, cfg, info = build_arm(arm, tokens)
+        results.arm(arm, info)
+        if arm == "c":
+            results.point("c", 0, evaluate(view.student))
+        run_arm(arm, view, teacher, params, data, cfg, ctx, evaluate, results, eval_at)
     results.data["meta"]["total_seconds"] = round(time.time() - t_start, 1)
     results.save()
     write_report(out, args.tag)
@@ -314,8 +380,13 @@ def write_report(out: Path, tag: str) -> None:
              f"Model {meta.get('model')}, keep {meta.get('target_params')} of unique parameters; device {meta.get('device')} "
              f"({meta.get('threads')} threads), seq {meta.get('seq_len')}, batch {meta.get('batch')}. Training text: "
              f"{meta.get('train_text')}. Evaluation: {', '.join(meta.get('eval_texts', []))}, first {meta.get('eval_tokens_per_text')} "
-             "tokens of each (never trained on). KL = KL(teacher || model) per token, nats.", "",
-             "| arm | tokens | ppl python-docs | ppl sotu-recent | KL python-docs | KL sotu-recent | ppl / teacher (mean) | train tok/s |",
+             "tokens of each (never trained on). KL = KL(teacher || model) per token, nats.", ""]
+    if meta.get("deadline"):
+        d = meta["deadline"]
+        lines += [f"Time-boxed: every arm done within {d['seconds']:.0f} s of the start; a {len(d['probe_tok_s'])}-arm throughput "
+                  f"probe ({', '.join(f'{a}: {r:,} tok/s' for a, r in d['probe_tok_s'].items())}) set {d['tokens_per_arm']:,} "
+                  f"training tokens per arm (asked: {d['asked']:,}).", ""]
+    lines += ["| arm | tokens | ppl python-docs | ppl sotu-recent | KL python-docs | KL sotu-recent | ppl / teacher (mean) | train tok/s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for p in pts:
         ratio = ""

@@ -48,7 +48,7 @@ def _top_svd(a: torch.Tensor, k: int, oversample: int = 16, power_iters: int = 4
         u, sig, vh = torch.linalg.svd(a, full_matrices=False)
         return u[:, :k], sig[:k], vh[:k]
     g = torch.Generator().manual_seed(0)
-    y = a @ torch.randn(n, k + oversample, generator=g, dtype=a.dtype)  # (m, k+p)
+    y = a @ torch.randn(n, k + oversample, generator=g, dtype=a.dtype).to(a.device)  # (m, k+p); drawn on the CPU: same draw on any device
     for _ in range(power_iters):  # sharpen the spectrum; re-orthogonalise for stability
         y = a @ (a.T @ torch.linalg.qr(y).Q)
     q = torch.linalg.qr(y).Q  # (m, k+p)

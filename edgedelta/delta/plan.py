@@ -26,6 +26,7 @@ SENSITIVITY_SEQUENCES = 4  # calibration sequences the sensitivity is measured o
 
 @torch.no_grad()
 def log_probs(model, ids: torch.Tensor) -> torch.Tensor:
+    ids = ids.to(next(model.parameters()).device)
     return torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)  # (n, T, vocab)
 
 

@@ -108,17 +108,21 @@ def merge_lora(student: nn.Module, spec: SharingSpec) -> None:
 
 
 def add_dense_lora(model: nn.Module, rank: int, projections: list[str] | None = None, seed: int = 0,
-                   norms: bool = True) -> list[TrainableParam]:
+                   norms: bool = True, layers: list[int] | None = None, freeze: bool = True) -> list[TrainableParam]:
     """LoRA (W + B·A, B = 0 at start) on the plain nn.Linear projections of every decoder
-    layer, plus optionally the norms: the healing recipe for a layer-removal baseline. Merged
-    by `merge_dense_lora`, it adds no parameters. Freezes everything else."""
+    layer (or of `layers`), plus optionally their norms: the healing recipe for a layer-removal
+    baseline. Merged by `merge_dense_lora`, it adds no parameters. With `freeze`, everything
+    else stops training (freeze=False adds to what another selection enabled)."""
     adapter = adapter_for(model.config)
-    layers = adapter.decoder_layers(model)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    stack = adapter.decoder_layers(model)
+    if freeze:
+        for p in model.parameters():
+            p.requires_grad_(False)
     g = torch.Generator().manual_seed(seed)
     out: list[TrainableParam] = []
-    for li, layer in enumerate(layers):
+    for li, layer in enumerate(stack):
+        if layers is not None and li not in layers:
+            continue
         for proj in projections or list(adapter.projections):
             try:
                 lin = adapter.get_linear(layer, proj)

@@ -7,7 +7,7 @@ from edgedelta.distill.config import DistillConfig
 from edgedelta.distill.hybrid import HybridModel, LayerRecorder, replace
 from edgedelta.distill.losses import hidden_mse, kl_logits, kl_topk
 from edgedelta.distill.schedule import ReplacementSchedule
-from edgedelta.distill.trainable import merge_lora, select_trainable
+from edgedelta.distill.trainable import add_dense_lora, merge_dense_lora, merge_lora, select_trainable
 from edgedelta.errors import ConfigError
 from edgedelta.models.adapters import adapter_for
 
@@ -110,3 +110,22 @@ def test_lora_on_shared_is_shared_and_merges():
     up0, up1 = student.model.layers[0].mlp.up_proj, student.model.layers[1].mlp.up_proj
     assert up0.weight is up1.weight  # still one shared Parameter
     assert torch.allclose(student(input_ids=x).logits, before, atol=1e-5)
+
+
+def test_dense_lora_on_chosen_layers_adds_to_a_selection_and_merges():
+    # the delta student keeps its deltas training and gets a LoRA on unshared layer 3 only
+    teacher, student = make_pair(layers=4, groups=((1, 2),))
+    deltas = select_trainable(student, student.edgedelta_spec, ["deltas"])
+    loras = add_dense_lora(student, 2, norms=False, layers=[0, 3], freeze=False)
+    assert all(tp.param.requires_grad for tp in deltas)  # freeze=False kept the selection
+    assert {tp.group for tp in loras} == {0, 3} and len(loras) == 2 * 2 * 7
+    assert not any(p.requires_grad for n, p in student.model.layers[3].named_parameters() if "norm" in n)
+    with torch.no_grad():
+        for tp in loras:
+            tp.param.add_(0.01)
+    x = rows(2, 16)
+    before = student(input_ids=x).logits
+    merge_dense_lora(student)
+    assert isinstance(student.model.layers[3].mlp.up_proj.weight, torch.nn.Parameter)
+    assert torch.allclose(student(input_ids=x).logits, before, atol=1e-5)
+    assert not torch.allclose(before, teacher(input_ids=x).logits, atol=1e-3)
