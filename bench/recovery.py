@@ -11,6 +11,8 @@ Arms (same training text, --data, default mixed-train; evaluation: python-docs a
             healed with the same KL, tokens, batch and schedule
   d         arm a + a LoRA on the unshared layers behind the first shared one (merged: no extra
             params), as c trains every layer it keeps
+  e         removal of --drop-layers layers (ShortGPT) + delta sharing of what is left, at the same
+            unique parameters; plain distillation of the deltas
 Each arm trains for --tokens and is evaluated at every --eval-at point (perplexity on capped
 token counts and KL(teacher || model) per token). Results are written after every point to
 <out>/recovery.json, so an interrupted run still reports what it measured; recovery.md and
@@ -192,8 +194,9 @@ def main(argv=None) -> int:
     ap.add_argument("--recon-tokens", type=int, default=16_384)
     ap.add_argument("--recon-epochs", type=int, default=4)
     ap.add_argument("--recon-lr", type=float, default=1e-3)
-    ap.add_argument("--arms", default="a,c,b", help="arms to train, in order (a, b, c, d)")
+    ap.add_argument("--arms", default="a,c,b", help="arms to train, in order (a, b, c, d, e)")
     ap.add_argument("--trainable", default="deltas,gates,norms", help="what arms a, b and d train (distill's kinds, e.g. +shared)")
+    ap.add_argument("--drop-layers", type=int, default=3, help="arm e: layers removed before sharing")
     ap.add_argument("--dense-lora-rank", type=int, default=20, help="arm d's LoRA rank (arm c's rank at 12%% is 20)")
     ap.add_argument("--recon-variants", default="teacher,student", help="reconstruction inputs to try (best kept)")
     ap.add_argument("--device", default="auto")
@@ -311,7 +314,7 @@ def main(argv=None) -> int:
     arms = [a for a in args.arms.split(",") if a]
     base_cfg = dict(tokens=args.tokens, seq_len=args.seq_len, batch_size=args.batch, lr=args.lr, checkpoint_every=0,
                     trainable=args.trainable.split(","))
-    calib = calibration_batches(tok, 32, args.seq_len, 0) if "c" in arms else None
+    calib = calibration_batches(tok, 32, args.seq_len, 0) if {"c", "e"} & set(arms) else None
 
     def build_arm(arm: str, tokens: int):
         """A freshly built arm: (view, trainable params, config, facts for the report)."""
@@ -331,6 +334,23 @@ def main(argv=None) -> int:
                 what += f" + LoRA r={args.dense_lora_rank} on unshared layers {dense} (merged: no extra parameters)"
             info = {"what": what, "trains": cfg.trainable, "trainable_params": sum(tp.param.numel() for tp in tps)}
             return HybridModel(s, teacher, replaced), [tp.param for tp in tps], cfg, info
+        if arm == "e":  # remove the --drop-layers least influential layers, share pairs for the rest of the budget
+            from edgedelta.baselines.common import layer_params
+            from edgedelta.models.adapters import adapter_for
+
+            sizes = [layer_params(l) for l in adapter_for(teacher.config).decoder_layers(teacher)]
+            base = shortgpt.build(teacher, count_parameters(teacher)["total"] - args.drop_layers * max(sizes), calib)
+            kept = count_parameters(base.model)["total"]
+            res = compress(base.model, CompressConfig(target_params=n_student / kept, calib_samples=args.calib_samples,
+                                                      init=args.init, base=args.base, gates=not args.no_gates,
+                                                      calib_text=args.calib_text), tokenizer=tok, progress=True)
+            s = res.model.to(ctx.device)
+            cfg = DistillConfig(**{**base_cfg, "tokens": tokens}, schedule="plain")
+            tps = select_trainable(s, s.edgedelta_spec, cfg.trainable)
+            info = {"what": f"ShortGPT removal of {args.drop_layers} layers ({base.report['removed_layers']}) + delta sharing "
+                            f"{res.plan['groups']} of what is left, plain distillation",
+                    "params": count_parameters(s)["total"], "trains": cfg.trainable, "trainable_params": sum(tp.param.numel() for tp in tps)}
+            return WholeStudent(s), [tp.param for tp in tps], cfg, info
         base = shortgpt.build(teacher, n_student, calib)
         s = base.model.to(ctx.device)
         trainable_a = sum(p.numel() for n, p in student.named_parameters() if "delta_" in n or n.endswith(".gate"))
@@ -361,8 +381,8 @@ def main(argv=None) -> int:
     for arm in arms:
         view, params, cfg, info = build_arm(arm, tokens)
         results.arm(arm, info)
-        if arm == "c":
-            results.point("c", 0, evaluate(view.student))
+        if arm in ("c", "e"):
+            results.point(arm, 0, evaluate(view.student))
         run_arm(arm, view, teacher, params, data, cfg, ctx, evaluate, results, eval_at)
     results.data["meta"]["total_seconds"] = round(time.time() - t_start, 1)
     results.save()
