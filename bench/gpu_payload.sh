@@ -75,7 +75,7 @@ env_setup() {
   mkdir -p "$site/edgedelta" && cp -r edgedelta/. "$site/edgedelta"/
   for sub in export runtime devices; do ln -sfn "$PWD/$sub" "$site/edgedelta/$sub"; done
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-  python3 -c "import edgedelta, transformers, pydoc_data.topics as t; print('edgedelta from', edgedelta.__file__, '| transformers', transformers.__version__, '| pydoc topics', len(t.topics))"
+  (cd /tmp && python3 -c "import edgedelta.export, transformers, pydoc_data.topics as t; print('edgedelta from', edgedelta.__file__, '| transformers', transformers.__version__, '| pydoc topics', len(t.topics))")
 }
 
 case "${1:-}" in

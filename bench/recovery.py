@@ -316,6 +316,8 @@ def main(argv=None) -> int:
                     trainable=args.trainable.split(","))
     calib = calibration_batches(tok, 32, args.seq_len, 0) if {"c", "e"} & set(arms) else None
 
+    built: dict = {}
+
     def build_arm(arm: str, tokens: int):
         """A freshly built arm: (view, trainable params, config, facts for the report)."""
         if arm in ("a", "b", "d"):
@@ -338,13 +340,19 @@ def main(argv=None) -> int:
             from edgedelta.baselines.common import layer_params
             from edgedelta.models.adapters import adapter_for
 
-            sizes = [layer_params(l) for l in adapter_for(teacher.config).decoder_layers(teacher)]
-            base = shortgpt.build(teacher, count_parameters(teacher)["total"] - args.drop_layers * max(sizes), calib)
-            kept = count_parameters(base.model)["total"]
-            res = compress(base.model, CompressConfig(target_params=n_student / kept, calib_samples=args.calib_samples,
-                                                      init=args.init, base=args.base, gates=not args.no_gates,
-                                                      calib_text=args.calib_text), tokenizer=tok, progress=True)
-            s = res.model.to(ctx.device)
+            if "e" not in built:  # built once per run (the throughput probe builds every arm too)
+                sizes = [layer_params(l) for l in adapter_for(teacher.config).decoder_layers(teacher)]
+                base = shortgpt.build(teacher, count_parameters(teacher)["total"] - args.drop_layers * max(sizes), calib)
+                kept = count_parameters(base.model)["total"]
+                if kept <= n_student:
+                    raise SystemExit(f"arm e: removing {args.drop_layers} layers leaves {kept:,} parameters, already within "
+                                     f"the budget of {n_student:,}: use fewer --drop-layers")
+                res = compress(base.model, CompressConfig(target_params=n_student / kept, calib_samples=args.calib_samples,
+                                                          init=args.init, base=args.base, gates=not args.no_gates,
+                                                          calib_text=args.calib_text), tokenizer=tok, progress=True)
+                built["e"] = base, res
+            base, res = built["e"]
+            s = copy.deepcopy(res.model).to(ctx.device)
             cfg = DistillConfig(**{**base_cfg, "tokens": tokens}, schedule="plain")
             tps = select_trainable(s, s.edgedelta_spec, cfg.trainable)
             info = {"what": f"ShortGPT removal of {args.drop_layers} layers ({base.report['removed_layers']}) + delta sharing "
