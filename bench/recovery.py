@@ -340,7 +340,7 @@ def main(argv=None) -> int:
             from edgedelta.baselines.common import layer_params
             from edgedelta.models.adapters import adapter_for
 
-            if "e" not in built:  # built once per run (the throughput probe builds every arm too)
+            if "e" not in built:  # built once per run (the throughput probe builds every arm too; the copy below trains)
                 sizes = [layer_params(l) for l in adapter_for(teacher.config).decoder_layers(teacher)]
                 base = shortgpt.build(teacher, count_parameters(teacher)["total"] - args.drop_layers * max(sizes), calib)
                 kept = count_parameters(base.model)["total"]
@@ -359,8 +359,10 @@ def main(argv=None) -> int:
                             f"{res.plan['groups']} of what is left, plain distillation",
                     "params": count_parameters(s)["total"], "trains": cfg.trainable, "trainable_params": sum(tp.param.numel() for tp in tps)}
             return WholeStudent(s), [tp.param for tp in tps], cfg, info
-        base = shortgpt.build(teacher, n_student, calib)
-        s = base.model.to(ctx.device)
+        if "c" not in built:  # as for e: block influence and removal once per run
+            built["c"] = shortgpt.build(teacher, n_student, calib)
+        base = built["c"]
+        s = copy.deepcopy(base.model).to(ctx.device)
         trainable_a = sum(p.numel() for n, p in student.named_parameters() if "delta_" in n or n.endswith(".gate"))
         per_rank = sum(lin.in_features + lin.out_features for lin in s.modules() if isinstance(lin, torch.nn.Linear)
                        and lin is not s.get_output_embeddings())
