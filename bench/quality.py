@@ -39,6 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--tasks", default="ppl,arc_easy,arc_challenge,hellaswag,piqa,winogrande,boolq,lambada")
     p.add_argument("--limit", type=int, default=60, help="items per task")
     p.add_argument("--ppl-tokens", type=int, default=4096)
+    p.add_argument("--drop-layers", type=int, default=3, help="layers the deltallm-drop method removes before sharing")
     p.add_argument("--heal-tokens", type=int, default=0, help="equal healing tokens per method (0 = none)")
     p.add_argument("--calib-samples", type=int, default=32, help="calibration rows shared by every method (compress default: 32)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
     res["original"] = {"method": "original", "stage": "original", "params": count_parameters(lm.model)["total"],
                        "params_fraction": 1.0, "eval": orig_eval}
     for budget in [float(x) for x in a.budgets.split(",")]:
-        cfg = CompareConfig(target_params=budget, methods=a.methods.split(","), heal_tokens=a.heal_tokens,
+        cfg = CompareConfig(target_params=budget, methods=a.methods.split(","), heal_tokens=a.heal_tokens, drop_layers=a.drop_layers,
                             calib_samples=a.calib_samples, eval=ev)
         entry = {"target": budget, "rows": []}
         res["budgets"].append(entry)

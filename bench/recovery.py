@@ -225,6 +225,7 @@ def main(argv=None) -> int:
     from edgedelta.data.text import calibration_batches
     from edgedelta.delta.compress import compress
     from edgedelta.delta.config import CompressConfig
+    from edgedelta.errors import ConfigError
     from edgedelta.models.loading import load_model
 
     ctx = setup(args.device)
@@ -314,7 +315,7 @@ def main(argv=None) -> int:
     arms = [a for a in args.arms.split(",") if a]
     base_cfg = dict(tokens=args.tokens, seq_len=args.seq_len, batch_size=args.batch, lr=args.lr, checkpoint_every=0,
                     trainable=args.trainable.split(","))
-    calib = calibration_batches(tok, 32, args.seq_len, 0) if {"c", "e"} & set(arms) else None
+    calib = calibration_batches(tok, 32, args.seq_len, 0) if "c" in arms else None
 
     built: dict = {}
 
@@ -337,28 +338,23 @@ def main(argv=None) -> int:
             info = {"what": what, "trains": cfg.trainable, "trainable_params": sum(tp.param.numel() for tp in tps)}
             return HybridModel(s, teacher, replaced), [tp.param for tp in tps], cfg, info
         if arm == "e":  # remove the --drop-layers least influential layers, share pairs for the rest of the budget
-            from edgedelta.baselines.common import layer_params
-            from edgedelta.models.adapters import adapter_for
-
             if "e" not in built:  # built once per run (the throughput probe builds every arm too; the copy below trains)
-                sizes = [layer_params(l) for l in adapter_for(teacher.config).decoder_layers(teacher)]
-                base = shortgpt.build(teacher, count_parameters(teacher)["total"] - args.drop_layers * max(sizes), calib)
-                kept = count_parameters(base.model)["total"]
-                if kept <= n_student:
-                    raise SystemExit(f"arm e: removing {args.drop_layers} layers leaves {kept:,} parameters, already within "
-                                     f"the budget of {n_student:,}: use fewer --drop-layers")
-                res = compress(base.model, CompressConfig(target_params=n_student / kept, calib_samples=args.calib_samples,
-                                                          init=args.init, base=args.base, gates=not args.no_gates,
-                                                          calib_text=args.calib_text), tokenizer=tok, progress=True)
-                built["e"] = base, res
-            base, res = built["e"]
+                try:
+                    built["e"] = compress(teacher, CompressConfig(
+                        target_params=n_student / count_parameters(teacher)["total"], drop_layers=args.drop_layers,
+                        calib_samples=args.calib_samples, init=args.init, base=args.base, gates=not args.no_gates,
+                        calib_text=args.calib_text), tokenizer=tok, progress=True)
+                except ConfigError as e:
+                    raise SystemExit(f"arm e: {e}") from None
+            res = built["e"]
             s = copy.deepcopy(res.model).to(ctx.device)
             cfg = DistillConfig(**{**base_cfg, "tokens": tokens}, schedule="plain")
-            tps = select_trainable(s, s.edgedelta_spec, cfg.trainable)
-            info = {"what": f"ShortGPT removal of {args.drop_layers} layers ({base.report['removed_layers']}) + delta sharing "
-                            f"{res.plan['groups']} of what is left, plain distillation",
+            es = s.edgedelta_spec
+            tps = select_trainable(s, es, cfg.trainable)
+            info = {"what": f"CompressConfig.drop_layers={args.drop_layers}: removal of layers {res.plan['removed_layers']} + delta "
+                            f"sharing {[[es.source_of(li) for li in g] for g in es.groups]} (original numbering), plain distillation",
                     "params": count_parameters(s)["total"], "trains": cfg.trainable, "trainable_params": sum(tp.param.numel() for tp in tps)}
-            return WholeStudent(s), [tp.param for tp in tps], cfg, info
+            return HybridModel(s, teacher, [li for g in es.groups for li in g], es.source_layers), [tp.param for tp in tps], cfg, info
         if "c" not in built:  # as for e: block influence and removal once per run
             built["c"] = shortgpt.build(teacher, n_student, calib)
         base = built["c"]

@@ -28,6 +28,7 @@ DISTILL_TOK_S_2CORES = 110  # measured distillation throughput on 2 cores (DESIG
 class PipelineConfig:
     model: str = field(default="default", metadata={"help": "'default', a model directory or a .gguf file"})
     target_params: float = field(default=0.88, metadata={"help": "fraction of unique parameters to keep"})
+    drop_layers: int = field(default=0, metadata={"help": "layers removed (least influential) before sharing"})
     tokens: int = field(default=200_000, metadata={"help": "distillation tokens (0 = no training)"})
     recon_tokens: int = field(default=32_768, metadata={"help": "per-group reconstruction tokens before distillation"})
     devices: str = field(default="all", metadata={"help": "device names (comma-separated) or 'all'"})
@@ -184,12 +185,14 @@ class _Context:
         from .delta.storage import save_compressed
 
         lm = self.original()
-        ccfg = CompressConfig(target_params=self.cfg.target_params, calib_samples=self.cfg.calib_samples)
+        ccfg = CompressConfig(target_params=self.cfg.target_params, calib_samples=self.cfg.calib_samples,
+                              drop_layers=self.cfg.drop_layers)
         res = compress(lm.model, ccfg, tokenizer=lm.tokenizer)
         facts = {"compress_config": ccfg.to_dict(), "plan": res.plan, "init_report": res.report["init"], "source": dict(lm.source)}
         save_compressed(res.model, dest, tokenizer=lm.tokenizer, manifest_facts=facts, force=True)
         print(format_plan(res.plan), file=sys.stderr)
-        return {k: res.plan[k] for k in ("groups", "ranks", "original_params", "compressed_params", "ratio")}
+        return {**{k: res.plan.get(k) for k in ("removed_layers", "groups", "ranks", "original_params", "compressed_params", "ratio")},
+                "plan_text": format_plan(res.plan)}
 
     def distill(self, src: Path, dest: Path) -> dict:
         from .delta.storage import load_compressed
@@ -259,8 +262,8 @@ def write_index(out: Path, cfg: PipelineConfig, state: dict, quality: dict, samp
              f"Model: `{cfg.model}`; target: keep {cfg.target_params:.0%} of unique parameters; "
              f"distillation: {cfg.tokens:,} tokens (+{cfg.recon_tokens:,} reconstruction){' — quick mode' if cfg.quick else ''}.", "",
              "## Compression plan", "",
-             f"Groups sharing one base per projection: {comp['groups']}; delta ranks {comp['ranks']}.",
-             f"Unique parameters: {comp['compressed_params']:,} of {comp['original_params']:,} ({comp['ratio']:.2%}).", "",
+             "Layers in the original model's numbering; each group shares one base per projection.", "",
+             "```", comp["plan_text"], "```", "",
              "## Quality (original vs compressed)", "",
              "Perplexity on held-out text (never used for training or calibration): "
              + ", ".join(q["rows"][0]["eval"].get("ppl") or {}) + f"; zero-shot tasks limited to {cfg.limit} items each.", "",

@@ -51,6 +51,17 @@ def test_compress_target_params(model_dir, tmp_path, capsys):
     assert plan["compressed_params"] <= 0.9 * plan["original_params"]
 
 
+def test_compress_drop_layers_prints_original_numbering(model_dir, tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["compress", "--model", str(model_dir), "--groups", "1-2", "--drop-layers", "2", "--rank-attn", "2",
+                 "--rank-mlp", "2", "--calib-samples", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    plan = json.loads((out / "manifest.json").read_text())["plan"]
+    assert len(plan["removed_layers"]) == 2 and not {1, 2} & set(plan["removed_layers"])
+    assert f"removed layers (2): {plan['removed_layers'][0]}, {plan['removed_layers'][1]}" in printed
+    assert re.search(r"groups \(1\): \[1\*?,2\*?\]", printed)  # the original layers, not the renumbered ones
+
+
 @pytest.mark.parametrize("extra, match", [
     (["--groups", "1-2", "--rank-attn", "999"], "exceeds"),
     (["--groups", "1-2,2-3"], "overlap"),
@@ -60,6 +71,9 @@ def test_compress_target_params(model_dir, tmp_path, capsys):
     (["--target-params", "0"], "between 0 and 1"),
     (["--target-params", "0.01"], "cannot be reached"),
     (["--target-params", "0.9", "--groups", "1-2"], "either"),
+    (["--groups", "1-2", "--drop-layers", "-1"], "must be >= 0"),
+    (["--groups", "1-2", "--drop-layers", "5"], "drop_layers 5 is too many"),
+    (["--target-params", "0.9", "--drop-layers", "2"], "lower drop_layers"),
     ([], "no plan"),
     (["--groups", "1-2", "--init", "pca"], "invalid choice"),
     (["--groups", "1-2", "--calib-text", "python-docs"], "evaluation text set"),

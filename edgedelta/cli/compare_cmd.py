@@ -12,12 +12,13 @@ from ..errors import ConfigError
 
 def add_parser(subparsers):
     from ..data.text import DEFAULT_TRAIN_TEXT
-    from ..evaluation.compare import METHODS
+    from ..evaluation.compare import DEFAULT_METHODS, METHODS
 
     p = subparsers.add_parser("compare", help="DeltaLLM vs pruning baselines at equal parameters", description=__doc__)
     p.add_argument("--model", default="default", help="'default', a model directory or a .gguf file")
     p.add_argument("--target-params", type=float, default=0.88, help="fraction of unique parameters to keep, in (0, 1)")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--drop-layers", type=int, default=3, help="layers deltallm-drop removes before sharing (default 3)")
     p.add_argument("--tokens", type=int, default=0, help="healing tokens per method (0 = evaluate without healing)")
     p.add_argument("--tasks", default="ppl,arc_easy,arc_challenge,hellaswag,piqa,winogrande,boolq,lambada")
     p.add_argument("--limit", type=int, default=200, help="items per task (fixed random subset)")
@@ -43,6 +44,7 @@ def run(args) -> int:
         raise ConfigError(f"--limit must be a positive number of items, got {args.limit}")
     cfg = CompareConfig(target_params=args.target_params, methods=[m.strip() for m in args.methods.split(",") if m.strip()],
                         heal_tokens=args.tokens, calib_samples=args.calib_samples, seed=args.seed, text=args.text,
+                        drop_layers=args.drop_layers,
                         eval=EvalConfig(tasks=args.tasks, limit=args.limit, ppl_tokens=args.ppl_tokens))
     check_output_path(args.out, args.force)  # refuse before the slow part
     lm = load_model(args.model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import fraction, info, int_list, model_arg
+from .common import fraction, info, int_list, model_arg, nonneg_int
 
 
 def _tokens(text: str) -> int:
@@ -23,6 +23,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description="The main job. Re-running with the same inputs reuses finished stages (resumes after an interrupt).")
     model_arg(p)
     p.add_argument("--target-params", type=fraction, default=0.88, help="fraction of unique parameters to keep (default 0.88)")
+    p.add_argument("--drop-layers", type=nonneg_int, help="remove this many least influential layers before sharing (default 0)")
     p.add_argument("--tokens", type=_tokens, help="distillation tokens (default 200000; --quick 8192; 0 = no training)")
     p.add_argument("--devices", default="all", help="device names, comma-separated, or 'all' (see `edgedelta devices`)")
     p.add_argument("--contexts", type=int_list, help="context lengths to plan for (default 512,2048; --quick 256,1024)")
@@ -34,7 +35,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from ..pipeline import PipelineConfig, run_pipeline
 
-    kw = dict(model=args.model, target_params=args.target_params, tokens=args.tokens, devices=args.devices, contexts=args.contexts)
+    kw = dict(model=args.model, target_params=args.target_params, tokens=args.tokens, devices=args.devices, contexts=args.contexts,
+              drop_layers=args.drop_layers)
     cfg = PipelineConfig.quick_config(**kw) if args.quick else PipelineConfig(**{k: v for k, v in kw.items() if v is not None})
     index = run_pipeline(cfg, args.out)
     info(f"report: {index}")

@@ -7,6 +7,7 @@ never modified."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -84,7 +85,8 @@ def _calibration(cfg: CompressConfig, tokenizer, calib_ids):
     if calib_ids is not None:
         return calib_ids
     if tokenizer is None:
-        raise ConfigError(f"init '{cfg.init}' / gates / budget planning need calibration text: pass a tokenizer or calib_ids")
+        raise ConfigError(f"init '{cfg.init}' / gates / anchor base / budget planning / drop_layers need calibration text: "
+                          "pass a tokenizer or calib_ids")
     from ..data.text import calibration_batches
 
     return calibration_batches(tokenizer, cfg.calib_samples, cfg.calib_seq_len, cfg.seed, cfg.calib_text)
@@ -126,7 +128,12 @@ def compress(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch.Tensor
              covs: dict | None = None) -> CompressResult:
     """Return a compressed copy of `model` (which is left untouched) and the plan chosen.
     `covs` may pass precomputed input covariances (calibration.input_covariances over every
-    layer) so several configs can be compared on one calibration pass."""
+    layer) so several configs can be compared on one calibration pass (not with drop_layers:
+    removing layers changes the inputs of every later one)."""
+    if cfg.drop_layers:
+        if covs is not None:
+            raise ValueError("precomputed covs cannot be used with drop_layers (removal changes later layers' inputs)")
+        return _compress_after_removal(model, cfg, tokenizer, calib_ids, progress)
     adapter = adapter_for(model.config)
     num_layers = len(adapter.decoder_layers(model))
     projections = cfg.shared_projections(adapter)
@@ -175,6 +182,47 @@ def compress(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch.Tensor
     return CompressResult(student, spec, plan, {"init": init_report, "parameters": counts})
 
 
+def _compress_after_removal(model, cfg: CompressConfig, tokenizer, calib_ids, progress: bool) -> CompressResult:
+    """Remove cfg.drop_layers whole layers (lowest block influence, never one of explicit
+    groups'), then share in what is left. Explicit groups count the original layers; the
+    result's spec counts the compressed model's and maps them back (spec.source_layers)."""
+    from ..baselines.common import copy_model, remove_layers  # lazy: baselines import delta
+
+    adapter = adapter_for(model.config)
+    num_layers = len(adapter.decoder_layers(model))
+    calib = _calibration(cfg, tokenizer, calib_ids)
+    original = count_parameters(model)["total"]
+    explicit = cfg.resolve_groups(num_layers) if cfg.target_params is None else []
+    grouped = {li for g in explicit for li in g}
+    influence = block_influence(model, calib)
+    candidates = sorted((li for li in range(num_layers) if li not in grouped), key=lambda li: influence[li])
+    most = len(candidates) if grouped else num_layers - 2  # budget mode: two layers must stay to share
+    if cfg.drop_layers > most:
+        raise ConfigError(f"drop_layers {cfg.drop_layers} is too many: at most {most} of the {num_layers} layers can go "
+                          + ("(the others are in sharing groups)" if grouped else "(two must stay to share)"))
+    drop = sorted(candidates[:cfg.drop_layers])
+    kept_layers = [li for li in range(num_layers) if li not in set(drop)]
+    reduced = remove_layers(copy_model(model), drop)
+    kept = count_parameters(reduced)["total"]
+    if cfg.target_params is not None:
+        fraction = cfg.target_params * original / kept  # of the reduced model, for the sharing plan
+        if fraction >= 1.0:
+            raise ConfigError(f"removing {cfg.drop_layers} layers alone keeps {kept / original:.3f} of the parameters, already "
+                              f"within target_params {cfg.target_params}: lower drop_layers")
+        inner = dataclasses.replace(cfg, drop_layers=0, target_params=fraction)
+    else:
+        renumber = {li: j for j, li in enumerate(kept_layers)}
+        inner = dataclasses.replace(cfg, drop_layers=0, layer_range=None, groups=[[renumber[li] for li in g] for g in explicit])
+    res = compress(reduced, inner, calib_ids=calib, progress=progress)
+    res.spec.source_layers = kept_layers  # the same object the model carries
+    res.plan.update({
+        "target_params": cfg.target_params, "sharing_target_params": inner.target_params,
+        "removed_layers": drop, "removed_block_influence": [round(influence[li], 5) for li in drop],
+        "source_layers": kept_layers, "original_params": original, "ratio": res.plan["compressed_params"] / original,
+    })
+    return res
+
+
 def _build(model, adapter: ModelAdapter, spec: SharingSpec, cfg: CompressConfig, covs, whiten, calib, progress: bool):
     """A compressed copy of `model` with `spec`'s structure and initial values: (student, init report)."""
     student = copy.deepcopy(model)
@@ -191,15 +239,19 @@ def _build(model, adapter: ModelAdapter, spec: SharingSpec, cfg: CompressConfig,
 
 
 def format_plan(plan: dict) -> str:
-    """A few human-readable lines describing the plan."""
+    """A few human-readable lines describing the plan (layers in the original model's numbering)."""
     anchors = plan.get("anchors") or [None] * len(plan["groups"])
-    lines = [f"groups ({len(plan['groups'])}): " + " ".join(
-                 "[" + ",".join(f"{li}*" if li == a else str(li) for li in g) + "]" for g, a in zip(plan["groups"], anchors))
+    src = plan.get("source_layers")
+    orig = (lambda li: src[li]) if src else (lambda li: li)
+    lines = [f"removed layers ({len(plan['removed_layers'])}): {', '.join(map(str, plan['removed_layers']))}"] if plan.get("removed_layers") else []
+    lines += [f"groups ({len(plan['groups'])}): " + " ".join(
+                 "[" + ",".join(f"{orig(li)}*" if li == a else str(orig(li)) for li in g) + "]" for g, a in zip(plan["groups"], anchors))
              + ("  (* = anchor: exact, no delta)" if plan.get("anchors") else ""),
              f"shared projections: {', '.join(plan['projections'])}; ranks: " + ", ".join(f"{k}={v}" for k, v in plan["ranks"].items()),
              f"gates: {', '.join(plan['gates']) or 'none'}",
              f"unique parameters: {plan['compressed_params']:,} of {plan['original_params']:,} ({plan['ratio']:.2%})"]
     if "sensitivity" in plan:
         worst = sorted(plan["sensitivity"].items(), key=lambda kv: -kv[1])[:3]
-        lines.append("most sensitive candidates (KL, nats/token): " + ", ".join(f"{k} {v:.3f}" for k, v in worst))
+        lines.append("most sensitive candidates (KL, nats/token): "
+                     + ", ".join(f"{','.join(str(orig(int(li))) for li in k.split(','))} {v:.3f}" for k, v in worst))
     return "\n".join(lines)

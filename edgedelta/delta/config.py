@@ -26,6 +26,11 @@ class CompressConfig:
     group_size: int = field(default=2, metadata={"help": "layers per group with layer_range"})
     target_params: float | None = field(
         default=None, metadata={"help": "budget mode: keep this fraction of the unique parameters (0<f<1); the planner chooses groups"})
+    # Removal before sharing (bench/results/recovery_mixed_e.md): on SmolLM2-135M at 12% removing
+    # the 3 near-identity layers and sharing pairs for the rest beats either method alone before training
+    drop_layers: int = field(default=0, metadata={
+        "help": "first remove this many whole layers, the least influential (ShortGPT's block influence on calibration "
+                "text), then share: with target_params the sharing plan covers what the removal leaves of the budget"})
     share_attn: bool = field(default=True, metadata={"help": "share attention projections (q, k, v, o / qkv)"})
     share_mlp: bool = field(default=True, metadata={"help": "share MLP projections (gate, up, down / gate_up)"})
     projections: list[str] | None = field(
@@ -64,6 +69,8 @@ class CompressConfig:
             raise ConfigError(f"group_size must be >= 2, got {self.group_size}")
         if self.target_params is not None and not (0.0 < float(self.target_params) < 1.0):
             raise ConfigError(f"target_params must be a fraction in (0, 1), got {self.target_params}")
+        if isinstance(self.drop_layers, bool) or not isinstance(self.drop_layers, int) or self.drop_layers < 0:
+            raise ConfigError(f"drop_layers must be a whole number >= 0, got {self.drop_layers!r}")
         for name in ("rank_attn", "rank_mlp"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -28,6 +28,10 @@ class SharingSpec:
     # per group, the layer whose own weights ARE the shared base (base "anchor"/"first"): it is
     # exact and carries no delta (rank 0); None: every layer has a delta (base "mean"/"alternating")
     anchors: list[int] | None = None
+    # per decoder layer of the compressed model, the original layer it was (layers removed
+    # before sharing leave gaps, e.g. [0..12, 15, 16, 18..29]); None: no layer was removed.
+    # groups and anchors above count the compressed model's layers
+    source_layers: list[int] | None = None
     version: int = SPEC_VERSION
 
     def to_dict(self) -> dict:
@@ -44,7 +48,19 @@ class SharingSpec:
         if spec.anchors is not None and (len(spec.anchors) != len(spec.groups)
                                          or any(a not in g for a, g in zip(spec.anchors, spec.groups))):
             raise ConfigError(f"sharing spec anchors {spec.anchors} do not name one layer of each group {spec.groups}")
+        src = spec.source_layers
+        if src is not None and (not all(isinstance(i, int) and i >= 0 for i in src) or sorted(set(src)) != list(src)):
+            raise ConfigError(f"sharing spec source_layers {src} must be increasing original layer indices")
         return spec
+
+    def source_of(self, layer: int) -> int:
+        """The original layer that compressed-model layer `layer` was."""
+        return layer if self.source_layers is None else self.source_layers[layer]
+
+    def removed_layers(self, original_layers: int) -> list[int]:
+        """Original layers that are not in the compressed model at all."""
+        kept = set(range(original_layers) if self.source_layers is None else self.source_layers)
+        return [i for i in range(original_layers) if i not in kept]
 
     def rank_of(self, group_index: int, layer: int, proj: str) -> int:
         """The delta rank of `layer` (in group `group_index`) for `proj`: 0 on the group's anchor."""

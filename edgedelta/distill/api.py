@@ -74,18 +74,23 @@ def teacher_spec_from(source: dict) -> str:
 @torch.no_grad()
 def check_teacher(student: nn.Module, teacher: nn.Module, spec: SharingSpec) -> None:
     """Refuse a teacher the student was not made from: same architecture and sizes, and the
-    embedding and every parameter of the unshared layers identical."""
-    for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size"):
+    embedding and every parameter of the unshared layers identical (student layer i against
+    the teacher layer it was: spec.source_of(i))."""
+    for key in ("model_type", "hidden_size", "vocab_size", "intermediate_size"):
         a, b = getattr(student.config, key, None), getattr(teacher.config, key, None)
         if a != b:
             raise ConfigError(f"the student was not made from this teacher: {key} is {a} in the student, {b} in the teacher")
     adapter = adapter_for(student.config)
+    s_layers, t_layers = adapter.decoder_layers(student), adapter.decoder_layers(teacher)
+    expected = len(t_layers) - len(spec.removed_layers(len(t_layers)))
+    if len(s_layers) != expected or spec.source_of(len(s_layers) - 1) >= len(t_layers):
+        raise ConfigError(f"the student was not made from this teacher: num_hidden_layers is {len(s_layers)} in the student, "
+                          f"{len(t_layers)} in the teacher" + (f" (less the {len(t_layers) - expected} removed)" if spec.source_layers else ""))
     pairs = [("embedding", adapter.embed_tokens(student).weight, adapter.embed_tokens(teacher).weight)]
     grouped = {li for g in spec.groups for li in g}
-    s_layers, t_layers = adapter.decoder_layers(student), adapter.decoder_layers(teacher)
     for li in range(len(s_layers)):
         if li not in grouped:
-            t_params = dict(t_layers[li].named_parameters())
+            t_params = dict(t_layers[spec.source_of(li)].named_parameters())
             for n, p in s_layers[li].named_parameters():
                 pairs.append((f"layer {li} {n}", p, t_params.get(n)))
     for what, a, b in pairs:
@@ -173,7 +178,7 @@ def distill(student, config: DistillConfig, out_dir=None, *, teacher: nn.Module 
     names = [tp.name for tp in trainable]
     params = [tp.param for tp in trainable]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    hybrid = HybridModel(model, teacher, [li for g in spec.groups for li in g])
+    hybrid = HybridModel(model, teacher, [li for g in spec.groups for li in g], spec.source_layers)
     log = JsonlLog(run / "train_log.jsonl" if (run is not None and ctx.is_main) else None, ck_log)
     state = LoopState()
     recon: list[dict] = []

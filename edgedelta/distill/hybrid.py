@@ -91,18 +91,26 @@ class HybridModel:
 
     student: the compressed model (trained in place; saved at the end)
     teacher: the original model (frozen); its layers at `layers` are the originals
-    layers: indices of the compressed decoder layers (every layer of every sharing group)"""
+    layers: indices of the compressed decoder layers (every layer of every sharing group)
+    source_layers: per student layer, the teacher layer it was (None: the same index). Layers
+      removed before sharing (CompressConfig.drop_layers) have no student layer: they are
+      gone from step 0, only the shared layers are replaced progressively. The teacher's
+      modules keep the teacher's KV-cache slots: run the hybrid with use_cache=False (as the
+      trainer does); all_compressed() is the pure student, cache and all."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, layers: Sequence[int]):
+    def __init__(self, student: nn.Module, teacher: nn.Module, layers: Sequence[int], source_layers: Sequence[int] | None = None):
         self.student = student
         adapter = adapter_for(student.config)
         self.names = layer_names(student, adapter)
         s_layers, t_layers = adapter.decoder_layers(student), adapter.decoder_layers(teacher)
-        if len(s_layers) != len(t_layers):
-            raise ValueError(f"student has {len(s_layers)} layers, teacher {len(t_layers)}")
+        self.source = list(range(len(s_layers))) if source_layers is None else [int(i) for i in source_layers]
+        if len(self.source) != len(s_layers) or (self.source and self.source[-1] >= len(t_layers)):
+            raise ValueError(f"student has {len(s_layers)} layers, teacher {len(t_layers)}, source layers {self.source}")
         self.layers = sorted(int(i) for i in layers)
         self.compressed = {i: s_layers[i] for i in self.layers}
-        self.original = {i: t_layers[i] for i in self.layers}
+        self.original = {i: t_layers[self.source[i]] for i in self.layers}
+        # teacher outputs can stand in for student layers only up to the first removed layer
+        self.same_prefix = next((i for i, t in enumerate(self.source) if i != t), len(self.source))
         self.active = torch.ones(len(self.layers), dtype=torch.bool)
 
     @property
@@ -133,17 +141,21 @@ class HybridModel:
     def active_layers(self) -> list[int]:
         return [i for j, i in enumerate(self.layers) if self.active[j]]
 
-    def first_active(self) -> int | None:
+    def teacher_index(self, layer: int) -> int:
+        """The teacher layer that student layer `layer` was."""
+        return self.source[layer]
+
+    def prefix_cut(self) -> int:
+        """Student layers 0..cut-1 compute exactly what the teacher's layers 0..cut-1 do
+        (before the first active compressed layer and the first removed one)."""
         act = self.active_layers()
-        return act[0] if act else None
+        return min(act[0] if act else self.num_layers, self.same_prefix)
 
     @contextlib.contextmanager
     def teacher_prefix(self, teacher_outputs: dict[int, Any]) -> Iterator[int]:
-        """Replace the layers before the first active compressed layer by the teacher's
-        recorded output (exact reuse). Yields the cut index (0 = nothing reused)."""
-        cut = self.first_active()
-        if cut is None:
-            cut = self.num_layers
+        """Replace the layers before prefix_cut() by the teacher's recorded output there
+        (exact reuse). Yields the cut index (0 = nothing reused)."""
+        cut = self.prefix_cut()
         if cut == 0 or (cut - 1) not in teacher_outputs:
             yield 0
             return
@@ -172,8 +184,11 @@ class WholeStudent:
     def active_layers(self) -> list[int]:
         return [0]
 
-    def first_active(self) -> int:
+    def prefix_cut(self) -> int:
         return 0
+
+    def teacher_index(self, layer: int) -> int:
+        return layer
 
     def watch(self, layers: list[int]) -> dict[int, nn.Module]:
         return {}

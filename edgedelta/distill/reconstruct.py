@@ -96,7 +96,10 @@ def reconstruct_groups(student: nn.Module, teacher: nn.Module, spec: SharingSpec
     """Fit each group in turn (in layer order). Returns per-group results: loss before and
     after (normalised MSE on the calibration tokens), steps, tokens, seconds."""
     s_layers = adapter_for(student.config).decoder_layers(student)
-    t_rec = capture_group_io(teacher, spec.groups, ids, batch, device, autocast=autocast)
+    # the teacher's layers that each group was (with removed layers between them, a group's
+    # target is the teacher's output after the removed ones too)
+    t_groups = [[spec.source_of(li) for li in g] for g in spec.groups]
+    t_rec = capture_group_io(teacher, t_groups, ids, batch, device, autocast=autocast)
     results = []
     n_batches = len(t_rec[0]["x"]) if t_rec else 0
     for gi, group in enumerate(spec.groups):

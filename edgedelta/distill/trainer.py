@@ -93,13 +93,15 @@ def _micro_loss(hybrid: HybridModel, teacher: nn.Module, t_layers, x: torch.Tens
     t_outputs: dict = {}
     t_logits = None
     if not skip_teacher:
-        cut = active[0]
-        want = {cut - 1} if cut > 0 else set()
+        # keyed by student layer: the prefix's last layer (the same index in both) and, for the
+        # hidden loss, the teacher layer each active compressed layer was
+        cut = hybrid.prefix_cut()
+        want = {cut - 1: t_layers[cut - 1]} if cut > 0 else {}
         if cfg.hidden_weight > 0:
             if not hybrid.watch(active):
                 raise ValueError("hidden_weight > 0 needs a hybrid with compressed layers to compare")
-            want |= set(active)
-        with torch.no_grad(), amp, LayerRecorder({i: t_layers[i] for i in sorted(want)}) as trec:
+            want.update({i: t_layers[hybrid.teacher_index(i)] for i in active})
+        with torch.no_grad(), amp, LayerRecorder(want) as trec:
             t_logits = teacher(input_ids=x, use_cache=False).logits  # (b, T, V)
         # the recorder is closed before the student runs: the hybrid's original layers ARE the
         # teacher's modules and would otherwise overwrite the teacher's records

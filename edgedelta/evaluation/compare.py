@@ -23,13 +23,16 @@ from ..data.text import DEFAULT_TRAIN_TEXT, check_training_text
 from ..errors import ConfigError, EdgeDeltaError
 from .api import EvalConfig, evaluate
 
-METHODS = ("deltallm", "shortgpt", "laco", "jointdrop", "slicegpt")
+# deltallm-drop: DeltaLLM after removing the drop_layers least influential layers
+# (CompressConfig.drop_layers); a known method, not in the default set (its layer count is per model)
+METHODS = ("deltallm", "deltallm-drop", "shortgpt", "laco", "jointdrop", "slicegpt")
+DEFAULT_METHODS = ("deltallm", "shortgpt", "laco", "jointdrop", "slicegpt")
 
 
 @dataclass
 class CompareConfig:
     target_params: float = 0.88  # fraction of the original's unique parameters to keep
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     heal_tokens: int = 0  # distillation tokens per method (0 = no healing)
     heal_seq_len: int = 256
     calib_samples: int = 32  # calibration rows for planning / importance scores (compress's default)
@@ -37,6 +40,7 @@ class CompareConfig:
     text: str = DEFAULT_TRAIN_TEXT  # calibration and healing text: a training text set or a file/folder
     seed: int = 0
     compress: dict = field(default_factory=dict)  # extra CompressConfig fields for DeltaLLM (e.g. ranks)
+    drop_layers: int = 3  # layers deltallm-drop removes before sharing
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
@@ -45,6 +49,8 @@ class CompareConfig:
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ConfigError(f"unknown method(s) {bad}; known: {', '.join(METHODS)}")
+        if self.drop_layers < 1:
+            raise ConfigError(f"drop_layers (for deltallm-drop) must be >= 1, got {self.drop_layers}")
         if self.heal_tokens < 0:
             raise ConfigError(f"heal tokens must be >= 0, got {self.heal_tokens}")
         check_training_text(self.text)
@@ -58,17 +64,19 @@ def _log(msg: str) -> None:
 
 def _build(method: str, model, tok, target, calib, progress: bool, compress_kw: dict):
     """(model, report) for one method at `target` (fraction or absolute unique params)."""
-    if method == "deltallm":
+    if method.startswith("deltallm"):
         try:
             from ..delta.compress import compress
         except ImportError as e:
             raise ConfigError(f"DeltaLLM is unavailable (edgedelta.delta.compress: {e})") from None
+        from ..delta.accounting import count_parameters
         from ..delta.config import CompressConfig
 
+        fraction = target / count_parameters(model)["total"] if isinstance(target, int) else float(target)
         ccfg = CompressConfig(**{"calib_samples": calib.shape[0], "calib_seq_len": calib.shape[1], **compress_kw,
-                                 "target_params": float(target)})
+                                 "target_params": fraction})
         res = compress(model, ccfg, tokenizer=tok, calib_ids=calib, progress=progress)
-        return res.model, {"method": "deltallm", "plan": res.plan, "params": res.plan["compressed_params"]}
+        return res.model, {"method": method, "plan": res.plan, "params": res.plan["compressed_params"]}
     from ..baselines import jointdrop, laco, shortgpt, slicegpt
 
     mod = {"shortgpt": shortgpt, "laco": laco, "jointdrop": jointdrop, "slicegpt": slicegpt}[method]
@@ -85,7 +93,7 @@ def _trainable_delta_params(model) -> int:
 
 
 def _heal(method: str, student, teacher, tok, rows, lora_params: int, progress: bool) -> dict:
-    if method == "deltallm":
+    if method.startswith("deltallm"):
         from ..distill.api import distill
         from ..distill.config import DistillConfig
 
@@ -129,7 +137,10 @@ def compare(model, tokenizer, config: CompareConfig, source: dict | None = None,
         _log(f"building {method} at {target if isinstance(target, int) else f'{100 * target:.0f}%'}")
         t_build = time.time()
         try:
-            student, report = _build(method, model, tokenizer, target, calib, progress, {"calib_text": config.text, **config.compress})
+            kw = {"calib_text": config.text, **config.compress}
+            if method == "deltallm-drop":
+                kw["drop_layers"] = config.drop_layers
+            student, report = _build(method, model, tokenizer, target, calib, progress, kw)
         except EdgeDeltaError as e:
             _log(f"{method} failed: {e}")
             rows.append({"method": method, "stage": "built", "error": str(e)})

@@ -27,13 +27,13 @@ def files(tmp_path):
 def test_compare_tiny_end_to_end(tiny_tok, files, tmp_path):
     tf, txt = files
     model = make_model(len(tiny_tok), layers=6)
-    cfg = CompareConfig(target_params=0.8, methods=["deltallm", "shortgpt"], heal_tokens=32, heal_seq_len=32,
+    cfg = CompareConfig(target_params=0.8, methods=["deltallm", "deltallm-drop", "shortgpt"], heal_tokens=32, heal_seq_len=32, drop_layers=1,
                         calib_samples=4, calib_seq_len=32, compress={"rank_attn": 2, "rank_mlp": 2},
                         eval=EvalConfig(tasks=["ppl"], task_file=str(tf), ppl_texts=[str(txt)], ppl_tokens=128, ppl_seq_len=64))
     res = compare(model, tiny_tok, cfg, progress=False)
     rows = {(r["method"], r["stage"]): r for r in res["rows"]}
     assert ("original", "original") in rows
-    for m in ("deltallm", "shortgpt"):
+    for m in ("deltallm", "deltallm-drop", "shortgpt"):
         for stage in ("built", "healed"):
             r = rows[(m, stage)]
             assert "error" not in r, r
@@ -41,6 +41,8 @@ def test_compare_tiny_end_to_end(tiny_tok, files, tmp_path):
     # healing never changes the unique-parameter count
     assert rows[("shortgpt", "built")]["params"] == rows[("shortgpt", "healed")]["params"]
     assert res["budget_params"] == rows[("deltallm", "built")]["params"]  # the delta model sets the budget
+    drop = rows[("deltallm-drop", "built")]
+    assert len(drop["report"]["plan"]["removed_layers"]) == 1 and drop["params"] <= res["budget_params"]
     res["rows"][0]["eval"]["average"] = 0.5  # a random model may score 0: retention needs a reference > 0
     out = tmp_path / "out"
     out.mkdir()
@@ -57,3 +59,5 @@ def test_compare_config_errors():
         CompareConfig(methods=["slicegpt2"])
     with pytest.raises(ConfigError):
         CompareConfig(heal_tokens=-1)
+    with pytest.raises(ConfigError, match="drop_layers"):
+        CompareConfig(methods=["deltallm-drop"], drop_layers=0)
