@@ -7,8 +7,8 @@
 # On a GPU host without a package registry, bench/gpu_payload.sh carries the inputs there
 # (pack here; stash each part there; then `source bench/gpu_payload.sh env` before this).
 #
-# Same arms as bench/recovery.py (best init + progressive replacement, plain distillation,
-# ShortGPT removal healed with LoRA, and at 12% the drop-plus-share hybrid e), at 12% and 25%
+# Same arms as bench/recovery.py (best init + progressive replacement, ShortGPT removal healed
+# with LoRA, and at 12% the drop-plus-share hybrid e and f = e + LoRA on its unshared layers), at 12% and 25%
 # parameter reduction, bf16 autocast, batch 32 x 512 tokens. Each target is time-boxed
 # (--deadline): a few probe steps of every arm measure its tokens/s, which sets the same token
 # count for all arms (at most TOKENS), so the comparison stays at equal tokens whatever the GPU.
@@ -25,7 +25,7 @@ BATCH="${BATCH:-32}"                 # sequences per step
 SEQ="${SEQ:-512}"
 EVAL_TOKENS="${EVAL_TOKENS:-16384}"  # per evaluation text
 RECON_TOKENS="${RECON_TOKENS:-262144}"
-DEADLINE12="${DEADLINE12:-290}"      # seconds for the 12% run (arms a, c, e, b)
+DEADLINE12="${DEADLINE12:-290}"      # seconds for the 12% run (arms a, c, e, f)
 DEADLINE25="${DEADLINE25:-190}"      # seconds for the 25% run (arms a and c)
 RES="${RES:-bench/results}"
 mkdir -p "$RES"
@@ -51,7 +51,7 @@ run() {  # tag, deadline, args...: progress bars dropped from the log, the rest 
     | tr '\r' '\n' | grep --line-buffered -v -E '^\s*$|it/s\]$|tok/s\]$|tok/s, loss|calibration:|reconstruct'
   echo "$tag exit: ${PIPESTATUS[0]}"
 }
-run gpu_recovery_12 "$DEADLINE12" --target 0.88 --arms a,c,e,b
+run gpu_recovery_12 "$DEADLINE12" --target 0.88 --arms a,c,e,f
 run gpu_recovery_25 "$DEADLINE25" --target 0.75 --arms a,c
 
 for t in gpu_recovery_12 gpu_recovery_25; do  # reports from whatever was measured

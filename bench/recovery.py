@@ -11,8 +11,10 @@ Arms (same training text, --data, default mixed-train; evaluation: python-docs a
             healed with the same KL, tokens, batch and schedule
   d         arm a + a LoRA on the unshared layers behind the first shared one (merged: no extra
             params), as c trains every layer it keeps
-  e         removal of --drop-layers layers (ShortGPT) + delta sharing of what is left, at the same
-            unique parameters; plain distillation of the deltas
+  e         compress(drop_layers=--drop-layers): the least influential layers removed, delta sharing
+            of what is left, at the same unique parameters; plain distillation of the deltas
+  f         arm e + a LoRA (--dense-lora-rank, merged) on its unshared layers at c's learning rate
+            (--heal-lr): what c's healing trains that e does not
 Each arm trains for --tokens and is evaluated at every --eval-at point (perplexity on capped
 token counts and KL(teacher || model) per token). Results are written after every point to
 <out>/recovery.json, so an interrupted run still reports what it measured; recovery.md and
@@ -194,7 +196,7 @@ def main(argv=None) -> int:
     ap.add_argument("--recon-tokens", type=int, default=16_384)
     ap.add_argument("--recon-epochs", type=int, default=4)
     ap.add_argument("--recon-lr", type=float, default=1e-3)
-    ap.add_argument("--arms", default="a,c,b", help="arms to train, in order (a, b, c, d, e)")
+    ap.add_argument("--arms", default="a,c,b", help="arms to train, in order (a, b, c, d, e, f)")
     ap.add_argument("--trainable", default="deltas,gates,norms", help="what arms a, b and d train (distill's kinds, e.g. +shared)")
     ap.add_argument("--drop-layers", type=int, default=3, help="arm e: layers removed before sharing")
     ap.add_argument("--dense-lora-rank", type=int, default=20, help="arm d's LoRA rank (arm c's rank at 12%% is 20)")
@@ -337,7 +339,7 @@ def main(argv=None) -> int:
                 what += f" + LoRA r={args.dense_lora_rank} on unshared layers {dense} (merged: no extra parameters)"
             info = {"what": what, "trains": cfg.trainable, "trainable_params": sum(tp.param.numel() for tp in tps)}
             return HybridModel(s, teacher, replaced), [tp.param for tp in tps], cfg, info
-        if arm == "e":  # remove the --drop-layers least influential layers, share pairs for the rest of the budget
+        if arm in ("e", "f"):  # remove the --drop-layers least influential layers, share pairs for the rest of the budget
             if "e" not in built:  # built once per run (the throughput probe builds every arm too; the copy below trains)
                 try:
                     built["e"] = compress(teacher, CompressConfig(
@@ -348,13 +350,20 @@ def main(argv=None) -> int:
                     raise SystemExit(f"arm e: {e}") from None
             res = built["e"]
             s = copy.deepcopy(res.model).to(ctx.device)
-            cfg = DistillConfig(**{**base_cfg, "tokens": tokens}, schedule="plain")
             es = s.edgedelta_spec
+            grouped = [li for g in es.groups for li in g]
+            cfg = DistillConfig(**{**base_cfg, "tokens": tokens, **({"lr": args.heal_lr} if arm == "f" else {})}, schedule="plain")
             tps = select_trainable(s, es, cfg.trainable)
-            info = {"what": f"CompressConfig.drop_layers={args.drop_layers}: removal of layers {res.plan['removed_layers']} + delta "
-                            f"sharing {[[es.source_of(li) for li in g] for g in es.groups]} (original numbering), plain distillation",
-                    "params": count_parameters(s)["total"], "trains": cfg.trainable, "trainable_params": sum(tp.param.numel() for tp in tps)}
-            return HybridModel(s, teacher, [li for g in es.groups for li in g], es.source_layers), [tp.param for tp in tps], cfg, info
+            what = (f"CompressConfig.drop_layers={args.drop_layers}: removal of layers {res.plan['removed_layers']} + delta "
+                    f"sharing {[[es.source_of(li) for li in g] for g in es.groups]} (original numbering), plain distillation")
+            if arm == "f":  # + what c's healing has: a LoRA on every kept layer, at c's learning rate
+                dense = [li for li in range(len(es.source_layers)) if li not in grouped]
+                tps += add_dense_lora(s, args.dense_lora_rank, norms=False, layers=dense, freeze=False)
+                grouped = sorted(grouped + dense)  # all swapped in from step 0: no teacher prefix, every LoRA trains
+                what += f" + LoRA r={args.dense_lora_rank} on the {len(dense)} unshared layers (merged: no extra parameters), lr {args.heal_lr}"
+            info = {"what": what, "params": count_parameters(s)["total"], "trains": cfg.trainable,
+                    "trainable_params": sum(tp.param.numel() for tp in tps)}
+            return HybridModel(s, teacher, grouped, es.source_layers), [tp.param for tp in tps], cfg, info
         if "c" not in built:  # as for e: block influence and removal once per run
             built["c"] = shortgpt.build(teacher, n_student, calib)
         base = built["c"]
@@ -387,7 +396,7 @@ def main(argv=None) -> int:
     for arm in arms:
         view, params, cfg, info = build_arm(arm, tokens)
         results.arm(arm, info)
-        if arm in ("c", "e"):
+        if arm in ("c", "e", "f"):
             results.point(arm, 0, evaluate(view.student))
         run_arm(arm, view, teacher, params, data, cfg, ctx, evaluate, results, eval_at)
     results.data["meta"]["total_seconds"] = round(time.time() - t_start, 1)

@@ -186,3 +186,31 @@ def test_cli_distills_a_student_with_removed_layers(teacher_and_result, tmp_path
                "--recon-epochs", "1", "--out", str(tmp_path / "out"), "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     assert load_compressed(tmp_path / "out").model.edgedelta_spec.source_layers == res.spec.source_layers
+
+
+def test_layer_lora_trains_the_unshared_layers_and_merges(teacher_and_result, tmp_path):
+    # the recipe that beat healed removal at equal tokens (bench/results/recovery_mixed_f.md):
+    # removal + sharing, and a LoRA on every unshared layer, merged into the saved model
+    teacher, res = teacher_and_result
+    tok = tiny_tokenizer()
+    teacher.save_pretrained(tmp_path / "teacher", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "teacher")
+    save_compressed(_perturbed_student(res), tmp_path / "student", tokenizer=tok,
+                    manifest_facts={"source": {"kind": "hf", "path": str(tmp_path / "teacher")}})
+    cfg = DistillConfig(tokens=16 * 4 * 8, seq_len=16, batch_size=4, lr=3e-3, warmup_frac=0.0, checkpoint_every=0,
+                        schedule="plain", trainable=["deltas", "gates", "layer-lora"], lora_rank=2)
+    out = distill(tmp_path / "student", cfg, tmp_path / "out", train_rows=rows(), progress=False)
+    kl = [r["kl"] for r in out.log]
+    assert kl[-1] < 0.7 * kl[0], kl
+    lm = load_compressed(tmp_path / "out")  # merged: the saved structure is the compressed model's
+    spec = lm.model.edgedelta_spec
+    unshared = [li for li in range(6) if li not in {i for g in spec.groups for i in g}]
+    s_layers, t_layers = adapter_for(teacher.config).decoder_layers(lm.model), adapter_for(teacher.config).decoder_layers(teacher)
+    li = unshared[-1]
+    assert not torch.equal(s_layers[li].mlp.up_proj.weight, t_layers[spec.source_of(li)].mlp.up_proj.weight)
+    assert count_parameters(lm.model)["total"] == count_parameters(res.model)["total"]
+    # its unshared layers no longer match the teacher's, as recorded: a second run still accepts that teacher
+    with pytest.raises(ConfigError, match="not made from this teacher"):
+        check_teacher(lm.model, teacher, spec)
+    again = DistillConfig(**{**cfg.to_dict(), "tokens": 16 * 4 * 2, "trainable": ["deltas"]})
+    distill(tmp_path / "out", again, tmp_path / "out2", train_rows=rows(), progress=False)

@@ -33,7 +33,7 @@ from .hybrid import HybridModel
 from .logs import JsonlLog, loss_curve_png
 from .reconstruct import reconstruct_groups
 from .teacher_cache import TopKCache, teacher_fingerprint
-from .trainable import merge_lora, select_trainable
+from .trainable import merge_dense_lora, merge_lora, select_trainable
 from .trainer import LoopState, TrainingInterrupted, train_loop
 
 RUN_SUFFIX = ".run"
@@ -72,10 +72,10 @@ def teacher_spec_from(source: dict) -> str:
 
 
 @torch.no_grad()
-def check_teacher(student: nn.Module, teacher: nn.Module, spec: SharingSpec) -> None:
+def check_teacher(student: nn.Module, teacher: nn.Module, spec: SharingSpec, compare_layers: bool = True) -> None:
     """Refuse a teacher the student was not made from: same architecture and sizes, and the
-    embedding and every parameter of the unshared layers identical (student layer i against
-    the teacher layer it was: spec.source_of(i))."""
+    embedding and (with compare_layers) every parameter of the unshared layers identical
+    (student layer i against the teacher layer it was: spec.source_of(i))."""
     for key in ("model_type", "hidden_size", "vocab_size", "intermediate_size"):
         a, b = getattr(student.config, key, None), getattr(teacher.config, key, None)
         if a != b:
@@ -89,7 +89,7 @@ def check_teacher(student: nn.Module, teacher: nn.Module, spec: SharingSpec) -> 
     pairs = [("embedding", adapter.embed_tokens(student).weight, adapter.embed_tokens(teacher).weight)]
     grouped = {li for g in spec.groups for li in g}
     for li in range(len(s_layers)):
-        if li not in grouped:
+        if compare_layers and li not in grouped:
             t_params = dict(t_layers[spec.source_of(li)].named_parameters())
             for n, p in s_layers[li].named_parameters():
                 pairs.append((f"layer {li} {n}", p, t_params.get(n)))
@@ -157,7 +157,10 @@ def distill(student, config: DistillConfig, out_dir=None, *, teacher: nn.Module 
         from ..models.loading import load_model
 
         teacher = load_model(teacher_spec_from(source)).model
-    check_teacher(model, teacher, spec)
+    # unshared layers differ from the teacher's once a run trained a LoRA on them: then the
+    # teacher check compares sizes and embedding only, and no teacher prefix is reused
+    adapted = bool(manifest.get("layers_adapted")) or "layer-lora" in cfg.trainable
+    check_teacher(model, teacher, spec, compare_layers=not manifest.get("layers_adapted"))
 
     if train_rows is None:
         if tokenizer is None:
@@ -178,7 +181,9 @@ def distill(student, config: DistillConfig, out_dir=None, *, teacher: nn.Module 
     names = [tp.name for tp in trainable]
     params = [tp.param for tp in trainable]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    hybrid = HybridModel(model, teacher, [li for g in spec.groups for li in g], spec.source_layers)
+    n_layers = len(adapter_for(model.config).decoder_layers(model))
+    swapped = list(range(n_layers)) if adapted else [li for g in spec.groups for li in g]
+    hybrid = HybridModel(model, teacher, swapped, spec.source_layers)
     log = JsonlLog(run / "train_log.jsonl" if (run is not None and ctx.is_main) else None, ck_log)
     state = LoopState()
     recon: list[dict] = []
@@ -227,6 +232,7 @@ def distill(student, config: DistillConfig, out_dir=None, *, teacher: nn.Module 
     result = DistillResult(out, state.step, state.tokens, state.seconds, state.tokens / max(state.seconds, 1e-9) if state.step else 0.0,
                            final, recon, log.lines)
     merge_lora(model, spec)
+    merge_dense_lora(model)
     model.eval()
     bad = [tp.name for tp in trainable if not torch.isfinite(tp.param).all()]
     if bad:  # never write a model of NaNs as if it were a result
@@ -235,6 +241,7 @@ def distill(student, config: DistillConfig, out_dir=None, *, teacher: nn.Module 
     if out is not None and ctx.is_main:
         facts = {k: v for k, v in manifest.items() if k not in _RESERVED}
         facts["source"] = source
+        facts["layers_adapted"] = adapted
         facts["distill"] = {"config": cfg.to_dict(), "result": result.to_dict(), "student_input": str(path) if path else None,
                             "data": cfg.data if train_rows is None else "train_rows", "data_fingerprint": data_fp,
                             "processes": ctx.world, "device": str(ctx.device)}

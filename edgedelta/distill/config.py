@@ -14,7 +14,7 @@ from ..data.text import DEFAULT_TRAIN_TEXT
 from ..errors import ConfigError
 
 SCHEDULES = ("plain", "linear", "curriculum", "constant")
-TRAINABLE = ("deltas", "gates", "norms", "shared", "lora")
+TRAINABLE = ("deltas", "gates", "norms", "shared", "lora", "layer-lora")
 CURRICULUM_ORDERS = ("deep-first", "shallow-first")
 RECON_INPUTS = ("teacher", "student")
 CONFIG_VERSION = 1
@@ -49,7 +49,7 @@ class DistillConfig:
     teacher_topk: int = _f(0, "0 = full teacher logits; k > 0 = KL on the teacher's top-k tokens (cacheable)")
     teacher_cache: str | None = _f(None, "folder caching the teacher's top-k logits across runs (needs teacher_topk > 0)")
     trainable: list[str] = _f(None, f"parameter kinds to train, subset of {TRAINABLE} (default deltas+gates)")
-    lora_rank: int = _f(8, "rank of the LoRA on shared bases when 'lora' is trainable")
+    lora_rank: int = _f(8, "rank of the LoRA on shared bases ('lora') and on each unshared layer ('layer-lora')")
     recon_tokens: int = _f(0, "tokens for the per-group reconstruction stage before distillation (0 = skip)")
     recon_epochs: int = _f(2, "passes over the reconstruction tokens per group")
     recon_lr: float = _f(1e-3, "AdamW learning rate of the reconstruction stage")
@@ -113,8 +113,8 @@ class DistillConfig:
             raise ConfigError(f"trainable {self.trainable} is invalid; choose from {', '.join(TRAINABLE)}")
         if "lora" in self.trainable and "shared" in self.trainable:
             raise ConfigError("trainable has both 'shared' and 'lora': choose one way to adapt the shared bases")
-        if "lora" in self.trainable and self.lora_rank < 1:
-            raise ConfigError(f"lora_rank must be >= 1 when 'lora' is trainable, got {self.lora_rank}")
+        if {"lora", "layer-lora"} & set(self.trainable) and self.lora_rank < 1:
+            raise ConfigError(f"lora_rank must be >= 1 when 'lora' or 'layer-lora' is trainable, got {self.lora_rank}")
         if self.teacher_cache is not None and self.teacher_topk < 1:
             raise ConfigError("teacher_cache needs teacher_topk > 0 (the cache stores the teacher's top-k logits)")
         if self.version != CONFIG_VERSION:

@@ -4,7 +4,9 @@ reconstruction stage fits one group at a time).
 Kinds: deltas (A, B of every DeltaLinear), gates, norms (of the compressed layers only, so
 unshared layers stay bit-identical to the teacher's and the teacher prefix can be reused),
 shared (the group bases themselves), lora (a low-rank update of each shared base, shared by
-the whole group, merged into the base at the end so the saved model keeps its structure)."""
+the whole group, merged into the base at the end so the saved model keeps its structure),
+layer-lora (a LoRA on every projection of every unshared layer, merged at the end: what
+healing a layer-removal baseline trains; the unshared layers then differ from the teacher's)."""
 
 from __future__ import annotations
 
@@ -85,6 +87,11 @@ def select_trainable(student: nn.Module, spec: SharingSpec, kinds: list[str], lo
                 for n, p in layers[li].named_parameters():
                     if "norm" in n and id(p) in names:
                         add(names[id(p)], p, "norms", gi)
+    if "layer-lora" in kinds:  # group -1: no sharing group (reconstruction fits groups only)
+        grouped = {li for g in spec.groups for li in g}
+        unshared = [li for li in range(len(layers)) if li not in grouped]
+        for tp in add_dense_lora(student, lora_rank, seed=seed, norms=False, layers=unshared, freeze=False):
+            add(tp.name, tp.param, "layer-lora", -1)
     return out
 
 
