@@ -171,15 +171,20 @@ def test_export_matches_pytorch(teacher_and_result, tmp_path):
     assert audit(art)["ok"]
 
 
+def _save_pair(teacher, res, root):
+    """root/teacher (plain) and root/student (the perturbed compressed model naming it as source)."""
+    tok = tiny_tokenizer()
+    teacher.save_pretrained(root / "teacher", safe_serialization=True)
+    tok.save_pretrained(root / "teacher")
+    save_compressed(_perturbed_student(res), root / "student", tokenizer=tok,
+                    manifest_facts={"source": {"kind": "hf", "path": str(root / "teacher")}})
+
+
 def test_cli_distills_a_student_with_removed_layers(teacher_and_result, tmp_path, capsys):
     from edgedelta.cli import main
 
     teacher, res = teacher_and_result
-    tok = tiny_tokenizer()
-    teacher.save_pretrained(tmp_path / "teacher", safe_serialization=True)
-    tok.save_pretrained(tmp_path / "teacher")
-    save_compressed(_perturbed_student(res), tmp_path / "student", tokenizer=tok,
-                    manifest_facts={"source": {"kind": "hf", "path": str(tmp_path / "teacher")}})
+    _save_pair(teacher, res, tmp_path)
     (tmp_path / "manual.txt").write_text("Check the pressure valve before restarting the conveyor belt. " * 60)
     rc = main(["distill", str(tmp_path / "student"), "--tokens", "256", "--seq-len", "16", "--batch-size", "4",
                "--data", str(tmp_path / "manual.txt"), "--schedule", "curriculum", "--recon-tokens", "32",
@@ -192,11 +197,7 @@ def test_layer_lora_trains_the_unshared_layers_and_merges(teacher_and_result, tm
     # the recipe that beat healed removal at equal tokens (bench/results/recovery_mixed_f.md):
     # removal + sharing, and a LoRA on every unshared layer, merged into the saved model
     teacher, res = teacher_and_result
-    tok = tiny_tokenizer()
-    teacher.save_pretrained(tmp_path / "teacher", safe_serialization=True)
-    tok.save_pretrained(tmp_path / "teacher")
-    save_compressed(_perturbed_student(res), tmp_path / "student", tokenizer=tok,
-                    manifest_facts={"source": {"kind": "hf", "path": str(tmp_path / "teacher")}})
+    _save_pair(teacher, res, tmp_path)
     cfg = DistillConfig(tokens=16 * 4 * 8, seq_len=16, batch_size=4, lr=3e-3, warmup_frac=0.0, checkpoint_every=0,
                         schedule="plain", trainable=["deltas", "gates", "layer-lora"], lora_rank=2)
     out = distill(tmp_path / "student", cfg, tmp_path / "out", train_rows=rows(), progress=False)
