@@ -351,19 +351,20 @@ def main(argv=None) -> int:
             res = built["e"]
             s = copy.deepcopy(res.model).to(ctx.device)
             es = s.edgedelta_spec
-            grouped = [li for g in es.groups for li in g]
-            cfg = DistillConfig(**{**base_cfg, "tokens": tokens, **({"lr": args.heal_lr} if arm == "f" else {})}, schedule="plain")
-            tps = select_trainable(s, es, cfg.trainable)
+            swapped = [li for g in es.groups for li in g]
             what = (f"CompressConfig.drop_layers={args.drop_layers}: removal of layers {res.plan['removed_layers']} + delta "
                     f"sharing {[[es.source_of(li) for li in g] for g in es.groups]} (original numbering), plain distillation")
-            if arm == "f":  # + what c's healing has: a LoRA on every kept layer, at c's learning rate
-                dense = [li for li in range(len(es.source_layers)) if li not in grouped]
-                tps += add_dense_lora(s, args.dense_lora_rank, norms=False, layers=dense, freeze=False)
-                grouped = sorted(grouped + dense)  # all swapped in from step 0: no teacher prefix, every LoRA trains
-                what += f" + LoRA r={args.dense_lora_rank} on the {len(dense)} unshared layers (merged: no extra parameters), lr {args.heal_lr}"
+            extra = {}
+            if arm == "f":  # + what c's healing has: distill's 'layer-lora' (every unshared layer), at c's learning rate
+                extra = {"lr": args.heal_lr, "trainable": base_cfg["trainable"] + ["layer-lora"], "lora_rank": args.dense_lora_rank}
+                swapped = list(range(len(es.source_layers)))  # as distill() does: no teacher prefix, every LoRA trains
+                what += (f" + LoRA r={args.dense_lora_rank} on the {len(swapped) - sum(map(len, es.groups))} unshared layers "
+                         f"(merged: no extra parameters), lr {args.heal_lr}")
+            cfg = DistillConfig(**{**base_cfg, "tokens": tokens, **extra}, schedule="plain")
+            tps = select_trainable(s, es, cfg.trainable, cfg.lora_rank, cfg.seed)
             info = {"what": what, "params": count_parameters(s)["total"], "trains": cfg.trainable,
                     "trainable_params": sum(tp.param.numel() for tp in tps)}
-            return HybridModel(s, teacher, grouped, es.source_layers), [tp.param for tp in tps], cfg, info
+            return HybridModel(s, teacher, swapped, es.source_layers), [tp.param for tp in tps], cfg, info
         if "c" not in built:  # as for e: block influence and removal once per run
             built["c"] = shortgpt.build(teacher, n_student, calib)
         base = built["c"]

@@ -8,24 +8,22 @@ import sys
 from pathlib import Path
 
 
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, low: int, bound: str) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    if v < low:
+        raise argparse.ArgumentTypeError(f"must be {bound}, got {v}")
     return v
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "> 0")
 
 
 def nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
+    return _int_at_least(text, 0, ">= 0")
 
 
 def fraction(text: str) -> float:

@@ -201,7 +201,7 @@ def _compress_after_removal(model, cfg: CompressConfig, tokenizer, calib_ids, pr
         raise ConfigError(f"drop_layers {cfg.drop_layers} is too many: at most {most} of the {num_layers} layers can go "
                           + ("(the others are in sharing groups)" if grouped else "(two must stay to share)"))
     drop = sorted(candidates[:cfg.drop_layers])
-    kept_layers = [li for li in range(num_layers) if li not in set(drop)]
+    kept_layers = sorted(set(range(num_layers)) - set(drop))
     reduced = remove_layers(copy_model(model), drop)
     kept = count_parameters(reduced)["total"]
     if cfg.target_params is not None:
