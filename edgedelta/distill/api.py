@@ -48,13 +48,14 @@ class DistillResult:
     seconds: float
     tokens_per_s: float
     final_loss: float | None
+    trainable_params: int = 0  # elements trained (LoRA factors counted before their merge)
     reconstruction: list[dict] = field(default_factory=list)
     log: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"out_dir": str(self.out_dir) if self.out_dir else None, "steps": self.steps, "tokens": self.tokens,
                 "seconds": round(self.seconds, 1), "tokens_per_s": round(self.tokens_per_s, 1),
-                "final_loss": self.final_loss, "reconstruction": self.reconstruction}
+                "final_loss": self.final_loss, "trainable_params": self.trainable_params, "reconstruction": self.reconstruction}
 
 
 def run_dir_for(out_dir: Path) -> Path:
@@ -230,7 +231,7 @@ def distill(student, config: DistillConfig, out_dir=None, *, teacher: nn.Module 
         raise TrainingInterrupted(str(e).replace("checkpoint saved", "checkpoint saved" + where)) from None
     final = log.lines[-1]["loss"] if log.lines else None
     result = DistillResult(out, state.step, state.tokens, state.seconds, state.tokens / max(state.seconds, 1e-9) if state.step else 0.0,
-                           final, recon, log.lines)
+                           final, sum(p.numel() for p in params), recon, log.lines)
     merge_lora(model, spec)
     merge_dense_lora(model)
     model.eval()

@@ -6,8 +6,9 @@ Fairness rules: the delta model is built first and its actual unique-parameter c
 every baseline's target (so all sit at the same budget, within each method's granularity,
 reported); calibration rows (for planning/importance) and healing rows come from training
 text (`text`, default mixed-train), disjoint from the evaluation items and held-out perplexity text; healing
-uses the same rows for every method (DeltaLLM: edgedelta.distill, deltas+gates; baselines: a
-LoRA with a matched trainable-parameter count, merged after)."""
+uses the same rows and peak learning rate for every method (DeltaLLM: edgedelta.distill,
+deltas+gates, or with heal_layer_lora also norms and a LoRA on its unshared layers; baselines: a
+LoRA whose trainable-parameter count matches the first healed DeltaLLM method's, merged after)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ class CompareConfig:
     seed: int = 0
     compress: dict = field(default_factory=dict)  # extra CompressConfig fields for DeltaLLM (e.g. ranks)
     drop_layers: int = 3  # layers deltallm-drop removes before sharing
+    heal_lr: float = 3e-4  # peak learning rate of every method's healing (distill's default)
+    # > 0: the DeltaLLM methods heal with plain distillation of deltas, gates, norms and a rank-r LoRA
+    # on every unshared layer (distill's 'layer-lora', merged): what the baselines' LoRA trains
+    heal_layer_lora: int = 0
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
@@ -51,6 +56,10 @@ class CompareConfig:
             raise ConfigError(f"unknown method(s) {bad}; known: {', '.join(METHODS)}")
         if self.drop_layers < 1:
             raise ConfigError(f"drop_layers (for deltallm-drop) must be >= 1, got {self.drop_layers}")
+        if not self.heal_lr > 0:
+            raise ConfigError(f"heal_lr must be > 0, got {self.heal_lr}")
+        if self.heal_layer_lora < 0:
+            raise ConfigError(f"heal_layer_lora must be a LoRA rank >= 0 (0 = none), got {self.heal_layer_lora}")
         if self.heal_tokens < 0:
             raise ConfigError(f"heal tokens must be >= 0, got {self.heal_tokens}")
         check_training_text(self.text)
@@ -85,28 +94,30 @@ def _build(method: str, model, tok, target, calib, progress: bool, compress_kw: 
     return r.model, r.report
 
 
-def _trainable_delta_params(model) -> int:
-    from ..delta.accounting import count_parameters
-
-    comp = count_parameters(model)["by_component"]
-    return comp.get("delta", 0) + comp.get("gate", 0)
-
-
-def _heal(method: str, student, teacher, tok, rows, lora_params: int, progress: bool) -> dict:
+def _heal(method: str, student, teacher, tok, rows, config: CompareConfig, lora_params: int, progress: bool) -> dict:
+    """Heal `student` in place on `rows`; returns the report, with the trainable-parameter count."""
     if method.startswith("deltallm"):
         from ..distill.api import distill
         from ..distill.config import DistillConfig
 
-        cfg = DistillConfig(tokens=int(rows.numel()), seq_len=rows.shape[1], batch_size=4, checkpoint_every=0)
+        recipe: dict = {"lr": config.heal_lr}
+        how = "edgedelta.distill (deltas+gates, progressive replacement)"
+        if config.heal_layer_lora:
+            recipe.update(trainable=["deltas", "gates", "norms", "layer-lora"], lora_rank=config.heal_layer_lora, schedule="plain")
+            how = f"edgedelta.distill (deltas+gates+norms + LoRA rank {config.heal_layer_lora} on the unshared layers, merged; plain)"
+        cfg = DistillConfig(tokens=int(rows.numel()), seq_len=rows.shape[1], batch_size=4, checkpoint_every=0, **recipe)
         with tempfile.TemporaryDirectory(prefix="edgedelta-heal-") as run:
             r = distill(student, cfg, None, teacher=teacher, tokenizer=tok, train_rows=rows, run_dir=Path(run) / "run",
                         progress=progress, device="cpu" if not torch.cuda.is_available() else "auto")
-        return {"tokens": r.tokens, "seconds": round(r.seconds, 1), "final_loss": r.final_loss, "how": "edgedelta.distill (deltas+gates)"}
+        return {"tokens": r.tokens, "seconds": round(r.seconds, 1), "final_loss": r.final_loss,
+                "trainable_params": r.trainable_params, "lr": config.heal_lr, "how": how}
     from ..baselines.heal import heal, rank_for_budget
 
     rank = rank_for_budget(student, lora_params) if lora_params else 8
-    out = heal(student, teacher, rows, rank=rank, progress=progress)
-    out["how"] = f"LoRA rank {rank} (matched to the delta model's trainable parameters), merged"
+    out = heal(student, teacher, rows, rank=rank, lr=config.heal_lr, progress=progress)
+    out["lr"] = config.heal_lr
+    out["how"] = (f"LoRA rank {rank} (matched to the delta model's {lora_params / 1e6:.2f}M trainable parameters), merged"
+                  if lora_params else f"LoRA rank {rank} (no delta model healed to match), merged")
     return out
 
 
@@ -132,7 +143,9 @@ def compare(model, tokenizer, config: CompareConfig, source: dict | None = None,
     notify = on_row or (lambda row: None)
     target: float | int = config.target_params
     lora_params = 0
-    methods = sorted(config.methods, key=lambda m: m != "deltallm")  # deltallm first: it sets the budget
+    # the DeltaLLM methods first (deltallm before deltallm-drop): the first one sets the budget of
+    # the rest, and its healing the baselines' LoRA size
+    methods = sorted(config.methods, key=lambda m: (not m.startswith("deltallm"), m != "deltallm"))
     for method in methods:
         _log(f"building {method} at {target if isinstance(target, int) else f'{100 * target:.0f}%'}")
         t_build = time.time()
@@ -149,14 +162,16 @@ def compare(model, tokenizer, config: CompareConfig, source: dict | None = None,
         params = count_parameters(student)["total"]
         report["params"] = params
         report["build_seconds"] = round(time.time() - t_build, 1)
-        if method == "deltallm":
-            target, lora_params = params, _trainable_delta_params(student)
+        if method.startswith("deltallm") and not isinstance(target, int):
+            target = params
         rows.append({"method": method, "stage": "built", "params": params, "params_fraction": params / original,
                      "report": report, "eval": evaluate(student, tokenizer, config.eval, progress=progress)})
         notify(rows[-1])
         if heal_rows is not None:
             _log(f"healing {method} on {heal_rows.numel()} tokens")
-            h = _heal(method, student, model, tokenizer, heal_rows, lora_params, progress)
+            h = _heal(method, student, model, tokenizer, heal_rows, config, lora_params, progress)
+            if method.startswith("deltallm") and not lora_params:
+                lora_params = h["trainable_params"]
             params = count_parameters(student)["total"]
             rows.append({"method": method, "stage": "healed", "params": params, "params_fraction": params / original,
                          "report": report, "heal": h, "eval": evaluate(student, tokenizer, config.eval, progress=progress)})

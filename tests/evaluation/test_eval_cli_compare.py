@@ -13,6 +13,8 @@ from edgedelta.cli import main
     (["--limit", "0"], "--limit must be a positive"),
     (["--tasks", "mmlu"], "unknown task(s) mmlu"),
     (["--model", "NOTAMODEL"], "not a model directory"),
+    (["--heal-lr", "0"], "heal_lr must be > 0, got 0.0"),
+    (["--heal-layer-lora", "-2"], "heal_layer_lora must be a LoRA rank >= 0"),
 ])
 def test_compare_cli_bad_input(tmp_path, capsys, extra, msg):
     argv = ["compare", "--out", str(tmp_path / "out")] + [a.replace("NOTAMODEL", str(tmp_path)) for a in extra]

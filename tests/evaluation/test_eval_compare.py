@@ -52,6 +52,27 @@ def test_compare_tiny_end_to_end(tiny_tok, files, tmp_path):
     assert "shortgpt" in md and "retention" in md
 
 
+def test_heal_layer_lora_sets_the_baselines_lora_size(tiny_tok, files):
+    """With heal_layer_lora the delta model also trains a LoRA on its unshared layers; the first
+    DeltaLLM method (here deltallm-drop alone) sets both the budget and the baselines' LoRA size."""
+    tf, txt = files
+    model = make_model(len(tiny_tok), layers=6)
+    cfg = CompareConfig(target_params=0.8, methods=["shortgpt", "deltallm-drop"], heal_tokens=64, heal_seq_len=32, drop_layers=1,
+                        heal_lr=1e-3, heal_layer_lora=2, calib_samples=4, calib_seq_len=32, compress={"rank_attn": 2, "rank_mlp": 2},
+                        eval=EvalConfig(tasks=["ppl"], task_file=str(tf), ppl_texts=[str(txt)], ppl_tokens=128, ppl_seq_len=64))
+    res = compare(model, tiny_tok, cfg, progress=False)
+    rows = {(r["method"], r["stage"]): r for r in res["rows"]}
+    assert [r["method"] for r in res["rows"][1:]] == ["deltallm-drop"] * 2 + ["shortgpt"] * 2  # delta method first
+    assert res["budget_params"] == rows[("deltallm-drop", "built")]["params"]
+    drop_heal, sg_heal = rows[("deltallm-drop", "healed")]["heal"], rows[("shortgpt", "healed")]["heal"]
+    assert drop_heal["lr"] == sg_heal["lr"] == 1e-3
+    assert rows[("deltallm-drop", "healed")]["params"] == rows[("deltallm-drop", "built")]["params"]  # LoRA merged
+    assert "LoRA rank 2 on the unshared layers" in drop_heal["how"]
+    # the baselines' LoRA is sized to the delta model's trainable count, within one rank step
+    per_rank = sg_heal["trainable_params"] / sg_heal["rank"]
+    assert abs(sg_heal["trainable_params"] - drop_heal["trainable_params"]) <= per_rank / 2 + 1
+
+
 def test_compare_config_errors():
     with pytest.raises(ConfigError, match="fraction"):
         CompareConfig(target_params=1.2)
@@ -61,3 +82,7 @@ def test_compare_config_errors():
         CompareConfig(heal_tokens=-1)
     with pytest.raises(ConfigError, match="drop_layers"):
         CompareConfig(methods=["deltallm-drop"], drop_layers=0)
+    with pytest.raises(ConfigError, match="heal_lr"):
+        CompareConfig(heal_lr=0)
+    with pytest.raises(ConfigError, match="heal_layer_lora"):
+        CompareConfig(heal_layer_lora=-1)
