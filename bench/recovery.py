@@ -361,8 +361,9 @@ def main(argv=None) -> int:
                 what += (f" + LoRA r={args.dense_lora_rank} on the {len(swapped) - sum(map(len, es.groups))} unshared layers "
                          f"(merged: no extra parameters), lr {args.heal_lr}")
             cfg = DistillConfig(**{**base_cfg, "tokens": tokens, **extra}, schedule="plain")
+            n_params = count_parameters(s)["total"]  # before a LoRA is attached (merged later: no extra parameters)
             tps = select_trainable(s, es, cfg.trainable, cfg.lora_rank, cfg.seed)
-            info = {"what": what, "params": count_parameters(s)["total"], "trains": cfg.trainable,
+            info = {"what": what, "params": n_params, "trains": cfg.trainable,
                     "trainable_params": sum(tp.param.numel() for tp in tps)}
             return HybridModel(s, teacher, swapped, es.source_layers), [tp.param for tp in tps], cfg, info
         if "c" not in built:  # as for e: block influence and removal once per run
@@ -373,10 +374,11 @@ def main(argv=None) -> int:
         per_rank = sum(lin.in_features + lin.out_features for lin in s.modules() if isinstance(lin, torch.nn.Linear)
                        and lin is not s.get_output_embeddings())
         rank = max(1, round(trainable_a / per_rank))
+        n_params = count_parameters(s)["total"]  # before the LoRA is attached, as for arm f
         tps = add_dense_lora(s, rank, norms=True)
         cfg = DistillConfig(**{**base_cfg, "tokens": tokens, "lr": args.heal_lr, "trainable": ["lora", "norms"]}, schedule="plain")
         info = {"what": f"ShortGPT removal ({base.report.get('detail', base.report)}) + LoRA r={rank} merged + norms",
-                "params": count_parameters(s)["total"], "lora_rank": rank, "report": base.report,
+                "params": n_params, "lora_rank": rank, "report": base.report,
                 "trainable_params": sum(tp.param.numel() for tp in tps)}
         # evaluated with the LoRA parametrization in place (the same function as merged; a
         # deepcopy + merge would strip the parametrized class shared with the original)
