@@ -30,6 +30,8 @@ class PipelineConfig:
     target_params: float = field(default=0.88, metadata={"help": "fraction of unique parameters to keep"})
     drop_layers: int = field(default=0, metadata={"help": "layers removed (least influential) before sharing"})
     tokens: int = field(default=200_000, metadata={"help": "distillation tokens (0 = no training)"})
+    layer_lora: int = field(default=0, metadata={"help": "rank of a LoRA on every unshared layer during distillation (merged; "
+                                                         "distill's layer-lora recipe); 0 = deltas and gates only"})
     recon_tokens: int = field(default=32_768, metadata={"help": "per-group reconstruction tokens before distillation"})
     devices: str = field(default="all", metadata={"help": "device names (comma-separated) or 'all'"})
     contexts: list[int] = field(default_factory=lambda: [512, 2048], metadata={"help": "context lengths to plan for"})
@@ -44,6 +46,8 @@ class PipelineConfig:
     def __post_init__(self):
         if not 0 < self.target_params < 1:
             raise ConfigError(f"target_params must be in (0, 1), got {self.target_params}")
+        if self.layer_lora < 0:
+            raise ConfigError(f"layer_lora must be a LoRA rank >= 0 (0 = none), got {self.layer_lora}")
         if self.tokens < 0 or self.recon_tokens < 0:
             raise ConfigError(f"tokens and recon_tokens must be >= 0, got {self.tokens}, {self.recon_tokens}")
         if not self.contexts or any(c <= 0 for c in self.contexts):
@@ -135,11 +139,13 @@ def run_pipeline(cfg: PipelineConfig, out: Path, log: Callable[[str], None] = la
     ctx = _Context(cfg)
 
     comp_dir = out / "compressed"
-    stages.run("compress", [asdict(cfg), "compress"], comp_dir, lambda: ctx.compress(comp_dir))
+    # keyed by what compression reads: changing the training or evaluation budgets reuses it
+    compress_key = [cfg.model, cfg.target_params, cfg.drop_layers, cfg.calib_samples, cfg.version]
+    stages.run("compress", compress_key, comp_dir, lambda: ctx.compress(comp_dir))
     final_dir = comp_dir
     if cfg.tokens > 0:
         final_dir = out / "distilled"
-        stages.run("distill", [manifest_digest(comp_dir), cfg.tokens, cfg.recon_tokens], final_dir, lambda: ctx.distill(comp_dir, final_dir))
+        stages.run("distill", [manifest_digest(comp_dir), cfg.tokens, cfg.recon_tokens, cfg.layer_lora], final_dir, lambda: ctx.distill(comp_dir, final_dir))
     else:
         stages.skip("distill", "no training tokens")
     eval_path = out / "quality.json"
@@ -198,10 +204,11 @@ class _Context:
         from .delta.storage import load_compressed
         from .distill.api import distill, run_dir_for
         from .distill.checkpoint import latest_checkpoint
-        from .distill.config import DistillConfig
+        from .distill.config import DistillConfig, layer_lora_recipe
 
         lm = self.original()
-        dcfg = DistillConfig(tokens=self.cfg.tokens, recon_tokens=self.cfg.recon_tokens, checkpoint_every=20)
+        recipe = layer_lora_recipe(self.cfg.layer_lora) if self.cfg.layer_lora else {}
+        dcfg = DistillConfig(tokens=self.cfg.tokens, recon_tokens=self.cfg.recon_tokens, checkpoint_every=20, **recipe)
         run = run_dir_for(dest)
         resume = run.exists() and latest_checkpoint(run) is not None
         res = distill(load_compressed(src), dcfg, dest, teacher=lm.model, tokenizer=lm.tokenizer, resume=resume, force=True)

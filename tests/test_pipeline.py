@@ -48,6 +48,13 @@ def test_pipeline_end_to_end_and_resume(tiny_dir, tmp_path):
     run_pipeline(_cfg(tiny_dir), out, log=logs.append)
     rerun = [m for m in logs if m.endswith("...")]
     assert any("export compressed" in m for m in rerun) and not any("compress ..." in m and "export" not in m for m in rerun)
+    # the layer-lora recipe: compression is reused, distillation reruns and trains the unshared layers too
+    logs.clear()
+    run_pipeline(_cfg(tiny_dir, layer_lora=2), out, log=logs.append)
+    assert any(m.startswith("[1/7] compress") and "reusing" in m for m in logs)
+    assert not any(m.startswith("[2/7] distill") and "reusing" in m for m in logs)
+    manifest = json.loads((out / "distilled" / "manifest.json").read_text())
+    assert manifest["layers_adapted"] is True and manifest["distill"]["config"]["trainable"][-1] == "layer-lora"
 
 
 @pytest.mark.parametrize("argv", [
@@ -55,6 +62,7 @@ def test_pipeline_end_to_end_and_resume(tiny_dir, tmp_path):
     ["pipeline", "--tokens", "-3"],
     ["pipeline", "--contexts", "0,512"],
     ["pipeline", "--devices", "toaster-9000"],
+    ["pipeline", "--layer-lora", "-1"],
 ])
 def test_pipeline_bad_input_is_one_line(argv, tmp_path, capsys):
     code = main(argv + ["--out", str(tmp_path / "o"), "--model", "does-not-matter"])

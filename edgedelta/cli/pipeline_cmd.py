@@ -24,6 +24,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     model_arg(p)
     p.add_argument("--target-params", type=fraction, default=0.88, help="fraction of unique parameters to keep (default 0.88)")
     p.add_argument("--drop-layers", type=nonneg_int, help="remove this many least influential layers before sharing (default 0)")
+    p.add_argument("--layer-lora", type=nonneg_int, metavar="RANK",
+                   help="also train a LoRA of this rank on every unshared layer while distilling (merged: no extra "
+                        "parameters; plain distillation at lr 1e-3). With --drop-layers 3 --layer-lora 20 the best "
+                        "recipe measured on SmolLM2-135M at 12%% (default 0: deltas and gates only)")
     p.add_argument("--tokens", type=_tokens, help="distillation tokens (default 200000; --quick 8192; 0 = no training)")
     p.add_argument("--devices", default="all", help="device names, comma-separated, or 'all' (see `edgedelta devices`)")
     p.add_argument("--contexts", type=int_list, help="context lengths to plan for (default 512,2048; --quick 256,1024)")
@@ -36,7 +40,7 @@ def run(args) -> int:
     from ..pipeline import PipelineConfig, run_pipeline
 
     kw = dict(model=args.model, target_params=args.target_params, tokens=args.tokens, devices=args.devices, contexts=args.contexts,
-              drop_layers=args.drop_layers)
+              drop_layers=args.drop_layers, layer_lora=args.layer_lora)
     cfg = PipelineConfig.quick_config(**kw) if args.quick else PipelineConfig(**{k: v for k, v in kw.items() if v is not None})
     index = run_pipeline(cfg, args.out)
     info(f"report: {index}")

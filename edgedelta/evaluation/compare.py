@@ -98,12 +98,12 @@ def _heal(method: str, student, teacher, tok, rows, config: CompareConfig, lora_
     """Heal `student` in place on `rows`; returns the report, with the trainable-parameter count."""
     if method.startswith("deltallm"):
         from ..distill.api import distill
-        from ..distill.config import DistillConfig
+        from ..distill.config import DistillConfig, layer_lora_recipe
 
         recipe: dict = {"lr": config.heal_lr}
         how = "edgedelta.distill (deltas+gates, progressive replacement)"
         if config.heal_layer_lora:
-            recipe.update(trainable=["deltas", "gates", "norms", "layer-lora"], lora_rank=config.heal_layer_lora, schedule="plain")
+            recipe.update(layer_lora_recipe(config.heal_layer_lora), lr=config.heal_lr)  # every method heals at heal_lr
             how = f"edgedelta.distill (deltas+gates+norms + LoRA rank {config.heal_layer_lora} on the unshared layers, merged; plain)"
         cfg = DistillConfig(tokens=int(rows.numel()), seq_len=rows.shape[1], batch_size=4, checkpoint_every=0, **recipe)
         with tempfile.TemporaryDirectory(prefix="edgedelta-heal-") as run:
