@@ -10,6 +10,7 @@ Perplexity on held-out text (python-docs, sotu-recent; never the training text).
 Writes bench/results/compress_init.{json,md}.
 
     python bench/compress_init.py [--budgets 0.88,0.75] [--eval-tokens 8192]
+    python bench/compress_init.py --budgets 0.88 --variants default --drop-sweep 1,2,3,4,5 --out bench/results/drop_sweep
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from edgedelta.delta.accounting import count_parameters
 from edgedelta.delta.calibration import input_covariances
 from edgedelta.delta.compress import compress
 from edgedelta.delta.config import CompressConfig
+from edgedelta.errors import ConfigError
 from edgedelta.evaluation.perplexity import perplexity_on_texts
 from edgedelta.fsutil import write_json_atomic, write_text_atomic
 from edgedelta.models.adapters import adapter_for
@@ -55,6 +57,8 @@ def main() -> int:
     ap.add_argument("--variants", choices=("all", "default"), default="all", help="'default': only the default init (and removal)")
     ap.add_argument("--out", default=str(RESULTS / "compress_init"), help="results path stem (.json and .md are added)")
     ap.add_argument("--rank", type=int, default=32, help="starting rank; the planner spends slack on higher ranks")
+    ap.add_argument("--drop-sweep", default="", help="also the default init after removing each of these layer counts first "
+                                                     "(CompressConfig.drop_layers), e.g. 1,2,3,4,5: which count loses least")
     args = ap.parse_args()
     torch.manual_seed(0)
     t0 = time.time()
@@ -89,6 +93,19 @@ def main() -> int:
             rows[name] = {"params": count_parameters(res.model)["total"], "ppl": ppl(res.model)}
             log(f"  {name}: {rows[name]} [{time.time() - t0:.0f}s]")
             del res
+        for n in [int(x) for x in args.drop_sweep.split(",") if x.strip()]:
+            try:
+                res = compress(teacher, CompressConfig(target_params=target, drop_layers=n, rank_attn=args.rank, rank_mlp=args.rank,
+                                                       calib_text=args.calib_text), calib_ids=calib, progress=False)
+            except ConfigError as e:  # e.g. removal alone already meets the budget
+                log(f"  drop {n}: {e}")
+                continue
+            rows[f"drop {n} ({', '.join(map(str, res.plan['removed_layers']))}) + sharing {res.plan['groups']} (default init)"] = {
+                "params": count_parameters(res.model)["total"], "ppl": ppl(res.model), "removed_layers": res.plan["removed_layers"]}
+            log(f"  drop {n}: {list(rows.values())[-1]} [{time.time() - t0:.0f}s]")
+            del res
+            write(out | {"budgets": {**out["budgets"], str(target): {"plan": {k: plan.get(k) for k in ("groups", "anchors", "ranks",
+                  "ratio", "candidates", "chosen")}, "rows": rows}}}, Path(args.out))  # partial results survive an interrupt
         removals = {"ShortGPT layer removal (same params)": calib[:8]}
         if args.calib_text != "sotu-train":  # removal's layer choice depends on its calibration: show the other one too
             removals["ShortGPT layer removal, block influence on sotu-train"] = calibration_batches(tok, 8, 256, seed=0, source="sotu-train")
