@@ -85,6 +85,9 @@ def main() -> int:
                                                    calib_text=args.calib_text), calib_ids=calib, covs=covs)
         plan = planned.plan
         log(f"plan {target}: groups {plan['groups']} ranks {plan['ranks']} ratio {plan['ratio']:.4f} [{time.time() - t0:.0f}s]")
+        # rows fill in place: every write below reports what was measured so far
+        out["budgets"][str(target)] = {"plan": {k: plan.get(k) for k in ("groups", "anchors", "ranks", "ratio", "candidates", "chosen",
+                                                                          "sensitivity")}, "rows": rows}
         for name, kw in VARIANTS.items() if args.variants == "all" else [(DEFAULT, {})]:
             anchored = kw.get("base", "anchor") in ("anchor", "first")
             ranks = plan["ranks"] if anchored else {p: r // 2 for p, r in plan["ranks"].items()}
@@ -100,12 +103,12 @@ def main() -> int:
             except ConfigError as e:  # e.g. removal alone already meets the budget
                 log(f"  drop {n}: {e}")
                 continue
-            rows[f"drop {n} ({', '.join(map(str, res.plan['removed_layers']))}) + sharing {res.plan['groups']} (default init)"] = {
+            groups = [[res.spec.source_of(li) for li in g] for g in res.spec.groups]  # original numbering, as the removed layers
+            rows[f"drop {n} ({', '.join(map(str, res.plan['removed_layers']))}) + sharing {groups} (default init)"] = {
                 "params": count_parameters(res.model)["total"], "ppl": ppl(res.model), "removed_layers": res.plan["removed_layers"]}
             log(f"  drop {n}: {list(rows.values())[-1]} [{time.time() - t0:.0f}s]")
             del res
-            write(out | {"budgets": {**out["budgets"], str(target): {"plan": {k: plan.get(k) for k in ("groups", "anchors", "ranks",
-                  "ratio", "candidates", "chosen")}, "rows": rows}}}, Path(args.out))  # partial results survive an interrupt
+            write(out, Path(args.out))  # partial results survive an interrupt
         removals = {"ShortGPT layer removal (same params)": calib[:8]}
         if args.calib_text != "sotu-train":  # removal's layer choice depends on its calibration: show the other one too
             removals["ShortGPT layer removal, block influence on sotu-train"] = calibration_batches(tok, 8, 256, seed=0, source="sotu-train")
@@ -114,8 +117,6 @@ def main() -> int:
             rows[name] = {"params": count_parameters(removal.model)["total"], "ppl": ppl(removal.model),
                           "removed_layers": removal.report.get("removed_layers")}
             log(f"  {name}: {rows[name]} [{time.time() - t0:.0f}s]")
-        out["budgets"][str(target)] = {"plan": {k: plan.get(k) for k in ("groups", "anchors", "ranks", "ratio", "candidates", "chosen",
-                                                                          "sensitivity")}, "rows": rows}
         write(out, Path(args.out))
     out["seconds"] = round(time.time() - t0)
     write(out, Path(args.out))
