@@ -351,21 +351,20 @@ def main(argv=None) -> int:
             res = built["e"]
             s = copy.deepcopy(res.model).to(ctx.device)
             es = s.edgedelta_spec
-            swapped = [li for g in es.groups for li in g]
             what = (f"CompressConfig.drop_layers={args.drop_layers}: removal of layers {res.plan['removed_layers']} + delta "
                     f"sharing {[[es.source_of(li) for li in g] for g in es.groups]} (original numbering), plain distillation")
             extra = {}
             if arm == "f":  # + what c's healing has: distill's 'layer-lora' (every unshared layer), at c's learning rate
                 extra = {"lr": args.heal_lr, "trainable": base_cfg["trainable"] + ["layer-lora"], "lora_rank": args.dense_lora_rank}
-                swapped = list(range(len(es.source_layers)))  # as distill() does: no teacher prefix, every LoRA trains
-                what += (f" + LoRA r={args.dense_lora_rank} on the {len(swapped) - sum(map(len, es.groups))} unshared layers "
+                what += (f" + LoRA r={args.dense_lora_rank} on the {len(es.source_layers) - sum(map(len, es.groups))} unshared layers "
                          f"(merged: no extra parameters), lr {args.heal_lr}")
             cfg = DistillConfig(**{**base_cfg, "tokens": tokens, **extra}, schedule="plain")
             n_params = count_parameters(s)["total"]  # before a LoRA is attached (merged later: no extra parameters)
             tps = select_trainable(s, es, cfg.trainable, cfg.lora_rank, cfg.seed)
             info = {"what": what, "params": n_params, "trains": cfg.trainable,
                     "trainable_params": sum(tp.param.numel() for tp in tps)}
-            return HybridModel(s, teacher, swapped, es.source_layers), [tp.param for tp in tps], cfg, info
+            # as distill() builds it: with arm f's LoRA every layer is swapped, no teacher prefix
+            return HybridModel.for_spec(s, teacher, es, arm == "f"), [tp.param for tp in tps], cfg, info
         if "c" not in built:  # as for e: block influence and removal once per run
             built["c"] = shortgpt.build(teacher, n_student, calib)
         base = built["c"]

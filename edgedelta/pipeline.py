@@ -196,9 +196,10 @@ class _Context:
         res = compress(lm.model, ccfg, tokenizer=lm.tokenizer)
         facts = {"compress_config": ccfg.to_dict(), "plan": res.plan, "init_report": res.report["init"], "source": dict(lm.source)}
         save_compressed(res.model, dest, tokenizer=lm.tokenizer, manifest_facts=facts, force=True)
-        print(format_plan(res.plan), file=sys.stderr)
+        plan_text = format_plan(res.plan)
+        print(plan_text, file=sys.stderr)
         return {**{k: res.plan.get(k) for k in ("removed_layers", "groups", "ranks", "original_params", "compressed_params", "ratio")},
-                "plan_text": format_plan(res.plan)}
+                "plan_text": plan_text}
 
     def distill(self, src: Path, dest: Path) -> dict:
         from .delta.storage import load_compressed

@@ -182,9 +182,7 @@ def distill(student, config: DistillConfig, out_dir=None, *, teacher: nn.Module 
     names = [tp.name for tp in trainable]
     params = [tp.param for tp in trainable]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    n_layers = len(adapter_for(model.config).decoder_layers(model))
-    swapped = list(range(n_layers)) if adapted else [li for g in spec.groups for li in g]
-    hybrid = HybridModel(model, teacher, swapped, spec.source_layers)
+    hybrid = HybridModel.for_spec(model, teacher, spec, adapted)
     log = JsonlLog(run / "train_log.jsonl" if (run is not None and ctx.is_main) else None, ck_log)
     state = LoopState()
     recon: list[dict] = []

@@ -113,6 +113,15 @@ class HybridModel:
         self.same_prefix = next((i for i, t in enumerate(self.source) if i != t), len(self.source))
         self.active = torch.ones(len(self.layers), dtype=torch.bool)
 
+    @classmethod
+    def for_spec(cls, student: nn.Module, teacher: nn.Module, spec, layers_adapted: bool) -> "HybridModel":
+        """The hybrid distillation trains: it swaps every layer of every sharing group, or every
+        layer once the unshared ones are adapted (distill's 'layer-lora'; they no longer compute
+        what the teacher's do, so no teacher prefix stands in for them)."""
+        n_layers = len(adapter_for(student.config).decoder_layers(student))
+        layers = range(n_layers) if layers_adapted else [li for g in spec.groups for li in g]
+        return cls(student, teacher, layers, spec.source_layers)
+
     @property
     def num_layers(self) -> int:
         return len(self.names)
