@@ -321,6 +321,25 @@ def main(argv=None) -> int:
 
     built: dict = {}
 
+    def build_drop_init():
+        """Arm e/f's compressed init: (model, plan), cached in --work like the best init."""
+        from edgedelta.delta.storage import load_compressed, save_compressed
+        from edgedelta.manifest import read_manifest
+
+        e_cache = Path(args.work) / f"drop{args.drop_layers}-{n_student}-{init_key}"
+        if e_cache.is_dir():
+            return load_compressed(e_cache).model, read_manifest(e_cache)["plan"]
+        try:
+            res = compress(teacher, CompressConfig(
+                target_params=n_student / count_parameters(teacher)["total"], drop_layers=args.drop_layers,
+                calib_samples=args.calib_samples, init=args.init, base=args.base, gates=not args.no_gates,
+                calib_text=args.calib_text), tokenizer=tok, progress=True)
+        except ConfigError as e:
+            raise SystemExit(f"arm e: {e}") from None
+        if ctx.device.type == "cpu":
+            save_compressed(res.model, e_cache, tokenizer=tok, manifest_facts={"plan": res.plan, "source": lm.source}, force=True)
+        return res.model, res.plan
+
     def build_arm(arm: str, tokens: int):
         """A freshly built arm: (view, trainable params, config, facts for the report)."""
         if arm in ("a", "b", "d"):
@@ -341,17 +360,11 @@ def main(argv=None) -> int:
             return HybridModel(s, teacher, replaced), [tp.param for tp in tps], cfg, info
         if arm in ("e", "f"):  # remove the --drop-layers least influential layers, share pairs for the rest of the budget
             if "e" not in built:  # built once per run (the throughput probe builds every arm too; the copy below trains)
-                try:
-                    built["e"] = compress(teacher, CompressConfig(
-                        target_params=n_student / count_parameters(teacher)["total"], drop_layers=args.drop_layers,
-                        calib_samples=args.calib_samples, init=args.init, base=args.base, gates=not args.no_gates,
-                        calib_text=args.calib_text), tokenizer=tok, progress=True)
-                except ConfigError as e:
-                    raise SystemExit(f"arm e: {e}") from None
-            res = built["e"]
-            s = copy.deepcopy(res.model).to(ctx.device)
+                built["e"] = build_drop_init()
+            e_model, e_plan = built["e"]
+            s = copy.deepcopy(e_model).to(ctx.device)
             es = s.edgedelta_spec
-            what = (f"CompressConfig.drop_layers={args.drop_layers}: removal of layers {res.plan['removed_layers']} + delta "
+            what = (f"CompressConfig.drop_layers={args.drop_layers}: removal of layers {e_plan['removed_layers']} + delta "
                     f"sharing {[[es.source_of(li) for li in g] for g in es.groups]} (original numbering), plain distillation")
             extra = {}
             if arm == "f":  # + what c's healing has: distill's 'layer-lora' (every unshared layer), at c's learning rate

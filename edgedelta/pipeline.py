@@ -28,7 +28,7 @@ DISTILL_TOK_S_2CORES = 110  # measured distillation throughput on 2 cores (DESIG
 class PipelineConfig:
     model: str = field(default="default", metadata={"help": "'default', a model directory or a .gguf file"})
     target_params: float = field(default=0.88, metadata={"help": "fraction of unique parameters to keep"})
-    drop_layers: int = field(default=0, metadata={"help": "layers removed (least influential) before sharing"})
+    drop_layers: int | str = field(default=0, metadata={"help": "layers removed (least influential) before sharing, or 'auto'"})
     tokens: int = field(default=200_000, metadata={"help": "distillation tokens (0 = no training)"})
     layer_lora: int = field(default=0, metadata={"help": "rank of a LoRA on every unshared layer during distillation (merged; "
                                                          "distill's layer-lora recipe); 0 = deltas and gates only"})
@@ -46,6 +46,9 @@ class PipelineConfig:
     def __post_init__(self):
         if not 0 < self.target_params < 1:
             raise ConfigError(f"target_params must be in (0, 1), got {self.target_params}")
+        from .delta.config import check_drop_layers  # lazy: it imports torch
+
+        check_drop_layers(self.drop_layers)
         if self.layer_lora < 0:
             raise ConfigError(f"layer_lora must be a LoRA rank >= 0 (0 = none), got {self.layer_lora}")
         if self.tokens < 0 or self.recon_tokens < 0:
@@ -67,7 +70,8 @@ class PipelineConfig:
         """A rough wall-time estimate on 2 cores (printed before a long run starts)."""
         train = (self.tokens + 2 * self.recon_tokens) / DISTILL_TOK_S_2CORES / 60
         evaluation = 2 * (len(self.tasks) * (self.limit or 1000) * 4 * 60 / 400 / 60 + 2 * self.ppl_tokens / 400 / 60)
-        return round(3 + train + evaluation + 4, 1)
+        compression = 3 * (6 if self.drop_layers == "auto" else 1)  # 'auto' compresses once per count (about 5 at 12%)
+        return round(compression + train + evaluation + 4, 1)
 
 
 def _digest(obj: Any) -> str:

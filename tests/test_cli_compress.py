@@ -62,6 +62,15 @@ def test_compress_drop_layers_prints_original_numbering(model_dir, tmp_path, cap
     assert re.search(r"groups \(1\): \[1\*?,2\*?\]", printed)  # the original layers, not the renumbered ones
 
 
+def test_compress_drop_layers_auto_prints_the_search(model_dir, tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["compress", "--model", str(model_dir), "--target-params", "0.8", "--drop-layers", "auto", "--rank-attn", "2",
+                 "--rank-mlp", "2", "--calib-samples", "2", "--out", str(out)]) == 0
+    search = json.loads((out / "manifest.json").read_text())["plan"]["drop_search"]
+    assert search["kl"]["0"] >= search["kl"][str(search["chosen"])] and len(search["kl"]) >= 2
+    assert f"; kept {search['chosen']}" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("extra, match", [
     (["--groups", "1-2", "--rank-attn", "999"], "exceeds"),
     (["--groups", "1-2,2-3"], "overlap"),
@@ -71,7 +80,9 @@ def test_compress_drop_layers_prints_original_numbering(model_dir, tmp_path, cap
     (["--target-params", "0"], "between 0 and 1"),
     (["--target-params", "0.01"], "cannot be reached"),
     (["--target-params", "0.9", "--groups", "1-2"], "either"),
-    (["--groups", "1-2", "--drop-layers", "-1"], "must be >= 0"),
+    (["--groups", "1-2", "--drop-layers", "-1"], "'-1' is not a layer count >= 0 or 'auto'"),
+    (["--groups", "1-2", "--drop-layers", "many"], "'many' is not a layer count >= 0 or 'auto'"),
+    (["--groups", "1-2", "--drop-layers", "auto"], "drop_layers 'auto' needs target_params"),
     (["--groups", "1-2", "--drop-layers", "5"], "drop_layers 5 is too many"),
     (["--target-params", "0.9", "--drop-layers", "2"], "lower drop_layers"),
     ([], "no plan"),

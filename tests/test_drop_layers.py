@@ -79,7 +79,7 @@ def test_explicit_groups_count_original_layers_and_are_never_removed():
 
 def test_bad_removal_settings_are_clear_errors():
     teacher = tiny_model(layers=4)
-    with pytest.raises(ConfigError, match="drop_layers must be a whole number"):
+    with pytest.raises(ConfigError, match="drop_layers must be a whole number >= 0 or 'auto', got -1"):
         _cfg(drop_layers=-1)
     with pytest.raises(ConfigError, match="drop_layers 3 is too many"):
         compress(teacher, _cfg(drop_layers=3), calib_ids=CALIB, progress=False)
@@ -87,6 +87,37 @@ def test_bad_removal_settings_are_clear_errors():
         compress(teacher, _cfg(target_params=0.8, drop_layers=2), calib_ids=CALIB, progress=False)
     with pytest.raises(ValueError, match="covs"):
         compress(teacher, _cfg(), calib_ids=CALIB, covs={}, progress=False)
+
+
+def test_auto_builds_every_count_and_keeps_the_lowest_kl():
+    from edgedelta.delta.plan import kl_to, log_probs
+
+    teacher = tiny_model(layers=8)
+    res = compress(teacher, _cfg(drop_layers="auto"), calib_ids=CALIB, progress=False)
+    search = res.plan["drop_search"]
+    # at 0.7 of 8 layers, removal alone meets the budget from 3 layers on: counts 0, 1, 2 are built
+    assert list(search["kl"]) == [0, 1, 2] and search["stopped"].startswith("3: ")
+    assert search["chosen"] == min(search["kl"], key=search["kl"].get)
+    assert len(res.plan.get("removed_layers", [])) == search["chosen"]
+    ids = CALIB[:8]
+    ref = log_probs(teacher, ids)
+    for count in (0, 1, 2):  # each KL is that count's model, built on its own
+        alone = compress(teacher, _cfg(drop_layers=count), calib_ids=CALIB, progress=False)
+        assert kl_to(ref, log_probs(alone.model, ids)) == pytest.approx(search["kl"][count], abs=1e-4)
+        if count == search["chosen"]:
+            assert torch.equal(alone.model(input_ids=ids).logits, res.model(input_ids=ids).logits)
+    assert "layers removed first, searched (KL to the original): 0: " in format_plan(res.plan)
+    capped = compress(teacher, _cfg(drop_layers="auto", drop_search_max=1), calib_ids=CALIB, progress=False)
+    assert list(capped.plan["drop_search"]["kl"]) == [0, 1] and "drop_search_max" in capped.plan["drop_search"]["stopped"]
+
+
+def test_auto_needs_a_budget_and_a_sane_cap():
+    with pytest.raises(ConfigError, match="drop_layers 'auto' needs target_params"):
+        _cfg(drop_layers="auto", target_params=None, groups=[[1, 2]])
+    with pytest.raises(ConfigError, match="drop_layers must be a whole number >= 0 or 'auto', got 'some'"):
+        _cfg(drop_layers="some")
+    with pytest.raises(ConfigError, match="drop_search_max must be a whole number >= 1, got 0"):
+        _cfg(drop_layers="auto", drop_search_max=0)
 
 
 @torch.no_grad()

@@ -63,6 +63,7 @@ def test_pipeline_end_to_end_and_resume(tiny_dir, tmp_path):
     ["pipeline", "--contexts", "0,512"],
     ["pipeline", "--devices", "toaster-9000"],
     ["pipeline", "--layer-lora", "-1"],
+    ["pipeline", "--drop-layers", "most"],
 ])
 def test_pipeline_bad_input_is_one_line(argv, tmp_path, capsys):
     code = main(argv + ["--out", str(tmp_path / "o"), "--model", "does-not-matter"])

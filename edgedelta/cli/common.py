@@ -26,6 +26,16 @@ def nonneg_int(text: str) -> int:
     return _int_at_least(text, 0, ">= 0")
 
 
+def drop_count(text: str, least: int = 0) -> int | str:
+    """--drop-layers: a layer count or 'auto' (search the count, CompressConfig.drop_layers)."""
+    if text == "auto":
+        return text
+    try:
+        return _int_at_least(text, least, f">= {least} or 'auto'")
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a layer count >= {least} or 'auto'") from None
+
+
 def fraction(text: str) -> float:
     try:
         v = float(text)

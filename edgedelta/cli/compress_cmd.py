@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import fraction, groups_arg, info, model_arg, nonneg_int, out_args, positive_int
+from .common import drop_count, fraction, groups_arg, info, model_arg, out_args, positive_int
 from ..delta.config import BASES
 
 
@@ -14,8 +14,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     model_arg(p)
     p.add_argument("--target-params", type=fraction, help="keep this fraction of the unique parameters (e.g. 0.88); the planner picks groups and ranks")
     p.add_argument("--groups", type=groups_arg, help="explicit sharing groups, e.g. 2-3,5-6 (instead of --target-params)")
-    p.add_argument("--drop-layers", type=nonneg_int, help="first remove this many whole layers (least block influence), then "
-                                                          "share for the rest of the budget (default 0)")
+    p.add_argument("--drop-layers", type=drop_count, help="first remove this many whole layers (least block influence), then "
+                                                          "share for the rest of the budget (default 0); 'auto' compresses "
+                                                          "with every count and keeps the lowest calibration KL (slower: "
+                                                          "one compression per count)")
     p.add_argument("--config", help="a CompressConfig JSON file (command-line flags override its fields)")
     p.add_argument("--init", choices=["svd", "asvd"], help="delta init: weight SVD or activation-aware SVD (default asvd)")
     p.add_argument("--base", choices=list(BASES), help="shared base (default anchor: the group's most influential layer, kept exact)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import fraction, info, int_list, model_arg, nonneg_int
+from .common import drop_count, fraction, info, int_list, model_arg, nonneg_int
 
 
 def _tokens(text: str) -> int:
@@ -23,7 +23,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description="The main job. Re-running with the same inputs reuses finished stages (resumes after an interrupt).")
     model_arg(p)
     p.add_argument("--target-params", type=fraction, default=0.88, help="fraction of unique parameters to keep (default 0.88)")
-    p.add_argument("--drop-layers", type=nonneg_int, help="remove this many least influential layers before sharing (default 0)")
+    p.add_argument("--drop-layers", type=drop_count, help="remove this many least influential layers before sharing (default 0); "
+                                                          "'auto' tries every count, keeps the lowest calibration KL")
     p.add_argument("--layer-lora", type=nonneg_int, metavar="RANK",
                    help="also train a LoRA of this rank on every unshared layer while distilling (merged: no extra "
                         "parameters; plain distillation at lr 1e-3). With --drop-layers 3 --layer-lora 20 the best "

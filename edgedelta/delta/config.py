@@ -15,6 +15,13 @@ BASES = ("anchor", "first", "mean", "alternating")
 INITS = ("svd", "asvd")
 ALL_PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down", "qkv", "gate_up")
 CONFIG_VERSION = 1
+DROP_AUTO = "auto"  # drop_layers: search the count (compress.py: _compress_searching_drop)
+
+
+def check_drop_layers(value, least: int = 0) -> None:
+    """drop_layers is a whole number >= least or 'auto'."""
+    if value != DROP_AUTO and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+        raise ConfigError(f"drop_layers must be a whole number >= {least} or '{DROP_AUTO}', got {value!r}")
 
 
 @dataclass
@@ -28,9 +35,13 @@ class CompressConfig:
         default=None, metadata={"help": "budget mode: keep this fraction of the unique parameters (0<f<1); the planner chooses groups"})
     # Removal before sharing (bench/results/recovery_mixed_e.md): on SmolLM2-135M at 12% removing
     # the 3 near-identity layers and sharing pairs for the rest beats either method alone before training
-    drop_layers: int = field(default=0, metadata={
+    drop_layers: int | str = field(default=0, metadata={
         "help": "first remove this many whole layers, the least influential (ShortGPT's block influence on calibration "
-                "text), then share: with target_params the sharing plan covers what the removal leaves of the budget"})
+                "text), then share: with target_params the sharing plan covers what the removal leaves of the budget. "
+                f"'{DROP_AUTO}' (needs target_params) builds the budget with every count and keeps the one closest to the "
+                "original (lowest KL on calibration text): one compression per count"})
+    drop_search_max: int | None = field(default=None, metadata={
+        "help": f"drop_layers '{DROP_AUTO}': the most layers tried (default: every count the budget allows)"})
     share_attn: bool = field(default=True, metadata={"help": "share attention projections (q, k, v, o / qkv)"})
     share_mlp: bool = field(default=True, metadata={"help": "share MLP projections (gate, up, down / gate_up)"})
     projections: list[str] | None = field(
@@ -69,8 +80,12 @@ class CompressConfig:
             raise ConfigError(f"group_size must be >= 2, got {self.group_size}")
         if self.target_params is not None and not (0.0 < float(self.target_params) < 1.0):
             raise ConfigError(f"target_params must be a fraction in (0, 1), got {self.target_params}")
-        if isinstance(self.drop_layers, bool) or not isinstance(self.drop_layers, int) or self.drop_layers < 0:
-            raise ConfigError(f"drop_layers must be a whole number >= 0, got {self.drop_layers!r}")
+        check_drop_layers(self.drop_layers)
+        if self.drop_layers == DROP_AUTO and self.target_params is None:
+            raise ConfigError(f"drop_layers '{DROP_AUTO}' needs target_params: the counts are compared at one budget")
+        if self.drop_search_max is not None and (isinstance(self.drop_search_max, bool) or not isinstance(self.drop_search_max, int)
+                                                 or self.drop_search_max < 1):
+            raise ConfigError(f"drop_search_max must be a whole number >= 1, got {self.drop_search_max!r}")
         for name in ("rank_attn", "rank_mlp"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..data.text import DEFAULT_TRAIN_TEXT, check_training_text
+from ..delta.config import check_drop_layers
 from ..errors import ConfigError, EdgeDeltaError
 from .api import EvalConfig, evaluate
 
@@ -41,7 +42,7 @@ class CompareConfig:
     text: str = DEFAULT_TRAIN_TEXT  # calibration and healing text: a training text set or a file/folder
     seed: int = 0
     compress: dict = field(default_factory=dict)  # extra CompressConfig fields for DeltaLLM (e.g. ranks)
-    drop_layers: int = 3  # layers deltallm-drop removes before sharing
+    drop_layers: int | str = 3  # layers deltallm-drop removes before sharing, or 'auto'
     heal_lr: float = 3e-4  # peak learning rate of every method's healing (distill's default)
     # > 0: the DeltaLLM methods heal with plain distillation of deltas, gates, norms and a rank-r LoRA
     # on every unshared layer (distill's 'layer-lora', merged): what the baselines' LoRA trains
@@ -54,8 +55,7 @@ class CompareConfig:
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ConfigError(f"unknown method(s) {bad}; known: {', '.join(METHODS)}")
-        if self.drop_layers < 1:
-            raise ConfigError(f"drop_layers (for deltallm-drop) must be >= 1, got {self.drop_layers}")
+        check_drop_layers(self.drop_layers, least=1)  # deltallm-drop's count ('auto': searched, 0 included)
         if not self.heal_lr > 0:
             raise ConfigError(f"heal_lr must be > 0, got {self.heal_lr}")
         if self.heal_layer_lora < 0:

@@ -15,6 +15,7 @@ from edgedelta.cli import main
     (["--model", "NOTAMODEL"], "not a model directory"),
     (["--heal-lr", "0"], "heal_lr must be > 0, got 0.0"),
     (["--heal-layer-lora", "-2"], "heal_layer_lora must be a LoRA rank >= 0"),
+    (["--drop-layers", "0"], "'0' is not a layer count >= 1 or 'auto'"),
 ])
 def test_compare_cli_bad_input(tmp_path, capsys, extra, msg):
     argv = ["compare", "--out", str(tmp_path / "out")] + [a.replace("NOTAMODEL", str(tmp_path)) for a in extra]
