@@ -31,9 +31,12 @@ def drop_count(text: str, least: int = 0) -> int | str:
     if text == "auto":
         return text
     try:
-        return _int_at_least(text, least, f">= {least} or 'auto'")
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a layer count >= {least} or 'auto'") from None
+        count = int(text)
+    except ValueError:
+        count = None
+    if count is None or count < least:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a layer count >= {least} or 'auto'")
+    return count
 
 
 def fraction(text: str) -> float:
