@@ -195,12 +195,15 @@ def _compress_searching_drop(model, cfg: CompressConfig, tokenizer, calib_ids, p
     calib = _calibration(cfg, tokenizer, calib_ids)
     ids = calib[:2 * SENSITIVITY_SEQUENCES]  # the sequences the planner judges whole plans on
     ref = log_probs(model, ids)  # (n, T, vocab)
+    influence = block_influence(model, calib)  # of the original model: which layers go first, for every count
     num_layers = len(adapter_for(model.config).decoder_layers(model))
     most = num_layers - 2 if cfg.drop_search_max is None else min(cfg.drop_search_max, num_layers - 2)
     kls, stop, best, chosen = {}, None, None, 0
     for count in tqdm(range(most + 1), desc="drop count", disable=not progress):
         try:
-            res = compress(model, dataclasses.replace(cfg, drop_layers=count), calib_ids=calib, progress=progress)
+            step = dataclasses.replace(cfg, drop_layers=count)
+            res = (_compress_after_removal(model, step, None, calib, progress, influence) if count
+                   else compress(model, step, calib_ids=calib, progress=progress))
         except ConfigError as e:
             if count == 0:
                 raise
@@ -214,10 +217,12 @@ def _compress_searching_drop(model, cfg: CompressConfig, tokenizer, calib_ids, p
     return best
 
 
-def _compress_after_removal(model, cfg: CompressConfig, tokenizer, calib_ids, progress: bool) -> CompressResult:
+def _compress_after_removal(model, cfg: CompressConfig, tokenizer, calib_ids, progress: bool,
+                            influence: list[float] | None = None) -> CompressResult:
     """Remove cfg.drop_layers whole layers (lowest block influence, never one of explicit
     groups'), then share in what is left. Explicit groups count the original layers; the
-    result's spec counts the compressed model's and maps them back (spec.source_layers)."""
+    result's spec counts the compressed model's and maps them back (spec.source_layers).
+    `influence` may pass the original model's block influence on this calibration text."""
     from ..baselines.common import copy_model, remove_layers  # lazy: baselines import delta
 
     adapter = adapter_for(model.config)
@@ -226,7 +231,7 @@ def _compress_after_removal(model, cfg: CompressConfig, tokenizer, calib_ids, pr
     original = count_parameters(model)["total"]
     explicit = cfg.resolve_groups(num_layers) if cfg.target_params is None else []
     grouped = {li for g in explicit for li in g}
-    influence = block_influence(model, calib)
+    influence = block_influence(model, calib) if influence is None else influence
     candidates = sorted((li for li in range(num_layers) if li not in grouped), key=lambda li: influence[li])
     most = len(candidates) if grouped else num_layers - 2  # budget mode: two layers must stay to share
     if cfg.drop_layers > most:
