@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edgedelta.cli.common import drop_count  # noqa: E402
 from edgedelta.evaluation.api import EvalConfig, evaluate  # noqa: E402
 from edgedelta.evaluation.compare import METHODS, CompareConfig, _texts_note, compare  # noqa: E402
 from edgedelta.evaluation.report import markdown_compare, retention, retention_chart  # noqa: E402
@@ -39,7 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--tasks", default="ppl,arc_easy,arc_challenge,hellaswag,piqa,winogrande,boolq,lambada")
     p.add_argument("--limit", type=int, default=60, help="items per task")
     p.add_argument("--ppl-tokens", type=int, default=4096)
-    p.add_argument("--drop-layers", type=int, default=3, help="layers the deltallm-drop method removes before sharing")
+    p.add_argument("--drop-layers", type=lambda t: drop_count(t, least=1), default=3,
+                   help="layers the deltallm-drop method removes before sharing, or 'auto' (searched by KL to the original)")
     p.add_argument("--heal-tokens", type=int, default=0, help="equal healing tokens per method (0 = none)")
     p.add_argument("--heal-lr", type=float, default=3e-4, help="peak learning rate of every method's healing")
     p.add_argument("--heal-layer-lora", type=int, default=0, help="CompareConfig.heal_layer_lora: LoRA rank on the delta "
