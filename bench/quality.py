@@ -75,7 +75,7 @@ def write_report(res: dict, out: Path) -> None:
                 if ret is not None:
                     groups.setdefault(label, {})[r["method"]] = 100 * ret
             budget = [f"- {r['method']}: {r['params'] / 1e6:.3f}M ({100 * r['params_fraction']:.2f}%), "
-                      f"build {r['report'].get('build_seconds', '?')} s" for r in sel if "report" in r]
+                      f"build {r['report'].get('build_seconds', '?')} s{_structure(r['report'])}" for r in sel if "report" in r]
             md += ["Unique parameters reached:", ""] + budget + [""]
         for r in rows:
             if "error" in r:
@@ -85,6 +85,19 @@ def write_report(res: dict, out: Path) -> None:
     (out / "quality.md").write_text("\n".join(md) + "\n")
     if groups:
         retention_chart(groups, out / "quality.png", f"{res['model']}: retention of the original's average zero-shot score")
+
+
+def _structure(report: dict) -> str:
+    """For a DeltaLLM row: layers removed first, sharing groups and, when searched, each count's KL."""
+    plan = report.get("plan")
+    if not plan:
+        return ""
+    out = f"; {len(plan.get('removed_layers') or [])} layers removed, {len(plan['groups'])} sharing groups"
+    if "drop_search" in plan:
+        search = plan["drop_search"]
+        out += ("; removed count searched, KL(original || model) on calibration text: "
+                + ", ".join(f"{k}: {v:.4f}" for k, v in search["kl"].items()) + f"; kept {search['chosen']}")
+    return out
 
 
 def main(argv=None) -> int:
