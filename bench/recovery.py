@@ -371,6 +371,8 @@ def main(argv=None) -> int:
                 extra = {"lr": args.heal_lr, "trainable": base_cfg["trainable"] + ["layer-lora"], "lora_rank": args.dense_lora_rank}
                 what += (f" + LoRA r={args.dense_lora_rank} on the {len(es.source_layers) - sum(map(len, es.groups))} unshared layers "
                          f"(merged: no extra parameters), lr {args.heal_lr}")
+                if "lora" in base_cfg["trainable"]:
+                    what += f", + LoRA r={args.dense_lora_rank} on each shared base (merged into it)"
             cfg = DistillConfig(**{**base_cfg, "tokens": tokens, **extra}, schedule="plain")
             n_params = count_parameters(s)["total"]  # before a LoRA is attached (merged later: no extra parameters)
             tps = select_trainable(s, es, cfg.trainable, cfg.lora_rank, cfg.seed)
