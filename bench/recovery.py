@@ -199,6 +199,8 @@ def main(argv=None) -> int:
     ap.add_argument("--arms", default="a,c,b", help="arms to train, in order (a, b, c, d, e, f)")
     ap.add_argument("--trainable", default="deltas,gates,norms", help="what arms a, b and d train (distill's kinds, e.g. +shared)")
     ap.add_argument("--drop-layers", type=int, default=3, help="arm e: layers removed before sharing")
+    ap.add_argument("--c-lora-rank", type=int, default=0,
+                    help="arm c's LoRA rank (0: sized to arm a's trainable deltas and gates, rank 20 at 12%%)")
     ap.add_argument("--dense-lora-rank", type=int, default=20, help="arm d's LoRA rank (arm c's rank at 12%% is 20)")
     ap.add_argument("--recon-variants", default="teacher,student", help="reconstruction inputs to try (best kept)")
     ap.add_argument("--device", default="auto")
@@ -387,7 +389,7 @@ def main(argv=None) -> int:
         trainable_a = sum(p.numel() for n, p in student.named_parameters() if "delta_" in n or n.endswith(".gate"))
         per_rank = sum(lin.in_features + lin.out_features for lin in s.modules() if isinstance(lin, torch.nn.Linear)
                        and lin is not s.get_output_embeddings())
-        rank = max(1, round(trainable_a / per_rank))
+        rank = args.c_lora_rank or max(1, round(trainable_a / per_rank))
         n_params = count_parameters(s)["total"]  # before the LoRA is attached, as for arm f
         tps = add_dense_lora(s, rank, norms=True)
         cfg = DistillConfig(**{**base_cfg, "tokens": tokens, "lr": args.heal_lr, "trainable": ["lora", "norms"]}, schedule="plain")
