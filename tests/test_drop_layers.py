@@ -246,3 +246,24 @@ def test_layer_lora_trains_the_unshared_layers_and_merges(teacher_and_result, tm
         check_teacher(lm.model, teacher, spec)
     again = DistillConfig(**{**cfg.to_dict(), "tokens": 16 * 4 * 2, "trainable": ["deltas"]})
     distill(tmp_path / "out", again, tmp_path / "out2", train_rows=rows(), progress=False)
+
+
+def test_shared_base_lora_with_layer_lora_merges_into_one_base_per_group(teacher_and_result, tmp_path):
+    # the recipe that met #3's target (bench/results/recovery_b1/): layer-lora plus a LoRA on
+    # each shared base; both merge on save, the bases stay one Parameter per group
+    teacher, res = teacher_and_result
+    _save_pair(teacher, res, tmp_path)
+    cfg = DistillConfig(tokens=16 * 4 * 8, seq_len=16, batch_size=4, lr=3e-3, warmup_frac=0.0, checkpoint_every=0,
+                        schedule="plain", trainable=["deltas", "gates", "lora", "layer-lora"], lora_rank=2)
+    out = distill(tmp_path / "student", cfg, tmp_path / "out", train_rows=rows(), progress=False)
+    kl = [r["kl"] for r in out.log]
+    assert kl[-1] < 0.7 * kl[0], kl
+    lm = load_compressed(tmp_path / "out")
+    assert count_parameters(lm.model)["total"] == count_parameters(res.model)["total"]
+    spec, adapter = lm.model.edgedelta_spec, adapter_for(teacher.config)
+    after, before = adapter.decoder_layers(lm.model), adapter.decoder_layers(res.model)
+    for group in spec.groups:
+        for proj in spec.projections:
+            bases = [adapter.get_linear(after[li], proj).weight for li in group]
+            assert all(b is bases[0] for b in bases), (group, proj)  # still shared
+            assert not torch.equal(bases[0], adapter.get_linear(before[group[0]], proj).weight)  # the LoRA was merged in
