@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgedelta.cli.common import drop_count  # noqa: E402
+from edgedelta.delta.compress import format_drop_search  # noqa: E402
 from edgedelta.evaluation.api import EvalConfig, evaluate  # noqa: E402
 from edgedelta.evaluation.compare import METHODS, CompareConfig, _texts_note, compare  # noqa: E402
 from edgedelta.evaluation.report import markdown_compare, retention, retention_chart  # noqa: E402
@@ -94,9 +95,7 @@ def _structure(report: dict) -> str:
         return ""
     out = f"; {len(plan.get('removed_layers') or [])} layers removed, {len(plan['groups'])} sharing groups"
     if "drop_search" in plan:
-        search = plan["drop_search"]
-        out += ("; removed count searched, KL(original || model) on calibration text: "
-                + ", ".join(f"{k}: {v:.4f}" for k, v in search["kl"].items()) + f"; kept {search['chosen']}")
+        out += "; " + format_drop_search(plan["drop_search"])
     return out
 
 

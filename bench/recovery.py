@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edgedelta.cli.common import nonneg_int  # noqa: E402
 from edgedelta.data.text import DEFAULT_TRAIN_TEXT, dataset_texts, pack, tokenize_stream, training_texts  # noqa: E402
 from edgedelta.delta.accounting import count_parameters  # noqa: E402
 from edgedelta.fsutil import write_json_atomic  # noqa: E402
@@ -199,7 +200,7 @@ def main(argv=None) -> int:
     ap.add_argument("--arms", default="a,c,b", help="arms to train, in order (a, b, c, d, e, f)")
     ap.add_argument("--trainable", default="deltas,gates,norms", help="what arms a, b and d train (distill's kinds, e.g. +shared)")
     ap.add_argument("--drop-layers", type=int, default=3, help="arm e: layers removed before sharing")
-    ap.add_argument("--c-lora-rank", type=int, default=0,
+    ap.add_argument("--c-lora-rank", type=nonneg_int, default=0,
                     help="arm c's LoRA rank (0: sized to arm a's trainable deltas and gates, rank 20 at 12%%)")
     ap.add_argument("--dense-lora-rank", type=int, default=20, help="arm d's LoRA rank (arm c's rank at 12%% is 20)")
     ap.add_argument("--recon-variants", default="teacher,student", help="reconstruction inputs to try (best kept)")

@@ -224,17 +224,25 @@ def test_cli_distills_a_student_with_removed_layers(teacher_and_result, tmp_path
     assert load_compressed(tmp_path / "out").model.edgedelta_spec.source_layers == res.spec.source_layers
 
 
-def test_layer_lora_trains_the_unshared_layers_and_merges(teacher_and_result, tmp_path):
-    # the recipe that beat healed removal at equal tokens (bench/results/recovery_mixed_f.md):
-    # removal + sharing, and a LoRA on every unshared layer, merged into the saved model
-    teacher, res = teacher_and_result
+def _distill_with_loras(teacher, res, tmp_path, trainable: list[str]):
+    """Distil the saved student with LoRA kinds (rank 2); KL must fall and, merged on save,
+    the unique parameter count must not change. Returns (config, the loaded output)."""
     _save_pair(teacher, res, tmp_path)
     cfg = DistillConfig(tokens=16 * 4 * 8, seq_len=16, batch_size=4, lr=3e-3, warmup_frac=0.0, checkpoint_every=0,
-                        schedule="plain", trainable=["deltas", "gates", "layer-lora"], lora_rank=2)
+                        schedule="plain", trainable=trainable, lora_rank=2)
     out = distill(tmp_path / "student", cfg, tmp_path / "out", train_rows=rows(), progress=False)
     kl = [r["kl"] for r in out.log]
     assert kl[-1] < 0.7 * kl[0], kl
     lm = load_compressed(tmp_path / "out")  # merged: the saved structure is the compressed model's
+    assert count_parameters(lm.model)["total"] == count_parameters(res.model)["total"]
+    return cfg, lm
+
+
+def test_layer_lora_trains_the_unshared_layers_and_merges(teacher_and_result, tmp_path):
+    # the recipe that beat healed removal at equal tokens (bench/results/recovery_mixed_f.md):
+    # removal + sharing, and a LoRA on every unshared layer, merged into the saved model
+    teacher, res = teacher_and_result
+    cfg, lm = _distill_with_loras(teacher, res, tmp_path, ["deltas", "gates", "layer-lora"])
     spec = lm.model.edgedelta_spec
     unshared = [li for li in range(6) if li not in {i for g in spec.groups for i in g}]
     s_layers, t_layers = adapter_for(teacher.config).decoder_layers(lm.model), adapter_for(teacher.config).decoder_layers(teacher)
@@ -252,14 +260,7 @@ def test_shared_base_lora_with_layer_lora_merges_into_one_base_per_group(teacher
     # the recipe that met #3's target (bench/results/recovery_b1/): layer-lora plus a LoRA on
     # each shared base; both merge on save, the bases stay one Parameter per group
     teacher, res = teacher_and_result
-    _save_pair(teacher, res, tmp_path)
-    cfg = DistillConfig(tokens=16 * 4 * 8, seq_len=16, batch_size=4, lr=3e-3, warmup_frac=0.0, checkpoint_every=0,
-                        schedule="plain", trainable=["deltas", "gates", "lora", "layer-lora"], lora_rank=2)
-    out = distill(tmp_path / "student", cfg, tmp_path / "out", train_rows=rows(), progress=False)
-    kl = [r["kl"] for r in out.log]
-    assert kl[-1] < 0.7 * kl[0], kl
-    lm = load_compressed(tmp_path / "out")
-    assert count_parameters(lm.model)["total"] == count_parameters(res.model)["total"]
+    _, lm = _distill_with_loras(teacher, res, tmp_path, ["deltas", "gates", "lora", "layer-lora"])
     spec, adapter = lm.model.edgedelta_spec, adapter_for(teacher.config)
     after, before = adapter.decoder_layers(lm.model), adapter.decoder_layers(res.model)
     for group in spec.groups:

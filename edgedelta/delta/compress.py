@@ -275,6 +275,12 @@ def _build(model, adapter: ModelAdapter, spec: SharingSpec, cfg: CompressConfig,
     return student, report
 
 
+def format_drop_search(search: dict) -> str:
+    """One line for plan['drop_search'] (drop_layers='auto'): each count's KL and the count kept."""
+    return (f"layers removed first, searched (KL to the original): "
+            + ", ".join(f"{k}: {v:.4f}" for k, v in search["kl"].items()) + f"; kept {search['chosen']}")
+
+
 def format_plan(plan: dict) -> str:
     """A few human-readable lines describing the plan (layers in the original model's numbering)."""
     anchors = plan.get("anchors") or [None] * len(plan["groups"])
@@ -288,9 +294,7 @@ def format_plan(plan: dict) -> str:
              f"gates: {', '.join(plan['gates']) or 'none'}",
              f"unique parameters: {plan['compressed_params']:,} of {plan['original_params']:,} ({plan['ratio']:.2%})"]
     if "drop_search" in plan:
-        search = plan["drop_search"]
-        lines.append(f"layers removed first, searched (KL to the original): "
-                     + ", ".join(f"{k}: {v:.4f}" for k, v in search["kl"].items()) + f"; kept {search['chosen']}")
+        lines.append(format_drop_search(plan["drop_search"]))
     if "sensitivity" in plan:
         worst = sorted(plan["sensitivity"].items(), key=lambda kv: -kv[1])[:3]
         lines.append("most sensitive candidates (KL, nats/token): "
