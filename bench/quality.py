@@ -45,8 +45,9 @@ def parse_args(argv=None):
                    help="layers the deltallm-drop method removes before sharing, or 'auto' (searched by KL to the original)")
     p.add_argument("--heal-tokens", type=int, default=0, help="equal healing tokens per method (0 = none)")
     p.add_argument("--heal-lr", type=float, default=3e-4, help="peak learning rate of every method's healing")
+    p.add_argument("--heal-batch", type=int, default=4, help="sequences per optimizer step of every method's healing")
     p.add_argument("--heal-layer-lora", type=int, default=0, help="CompareConfig.heal_layer_lora: LoRA rank on the delta "
-                                                                  "models' unshared layers during healing (0 = deltas+gates)")
+                                                                  "models' shared bases and unshared layers during healing (0 = deltas+gates)")
     p.add_argument("--calib-samples", type=int, default=32, help="calibration rows shared by every method (compress default: 32)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 is fastest on an oversubscribed machine")
@@ -159,7 +160,7 @@ def main(argv=None) -> int:
                        "params_fraction": 1.0, "eval": orig_eval}
     for budget in [float(x) for x in a.budgets.split(",")]:
         cfg = CompareConfig(target_params=budget, methods=a.methods.split(","), heal_tokens=a.heal_tokens, drop_layers=a.drop_layers,
-                            heal_lr=a.heal_lr, heal_layer_lora=a.heal_layer_lora,
+                            heal_lr=a.heal_lr, heal_batch=a.heal_batch, heal_layer_lora=a.heal_layer_lora,
                             calib_samples=a.calib_samples, eval=ev)
         entry = {"target": budget, "rows": []}
         res["budgets"].append(entry)

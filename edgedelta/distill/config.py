@@ -158,7 +158,8 @@ def help_of(name: str) -> str:
 
 def layer_lora_recipe(rank: int) -> dict[str, Any]:
     """DistillConfig fields of the recipe measured best with removal before sharing
-    (bench/results/recovery_mixed_f200k.md, SmolLM2-135M at 12%): plain distillation of the
-    deltas, gates, norms and a rank-`rank` LoRA on every unshared layer (merged on save), at
-    the learning rate a removal baseline heals with."""
-    return {"trainable": ["deltas", "gates", "norms", "layer-lora"], "lora_rank": rank, "schedule": "plain", "lr": 1e-3}
+    (bench/results/recovery_b1/README.md, SmolLM2-135M at 12%): plain distillation of the
+    deltas, gates, norms, a rank-`rank` LoRA on every shared base ('lora') and one on every
+    unshared layer ('layer-lora'), both merged on save (unique parameters unchanged), at the
+    learning rate a removal baseline heals with."""
+    return {"trainable": ["deltas", "gates", "norms", "lora", "layer-lora"], "lora_rank": rank, "schedule": "plain", "lr": 1e-3}

@@ -7,7 +7,8 @@ every baseline's target (so all sit at the same budget, within each method's gra
 reported); calibration rows (for planning/importance) and healing rows come from training
 text (`text`, default mixed-train), disjoint from the evaluation items and held-out perplexity text; healing
 uses the same rows and peak learning rate for every method (DeltaLLM: edgedelta.distill,
-deltas+gates, or with heal_layer_lora also norms and a LoRA on its unshared layers; baselines: a
+deltas+gates, or with heal_layer_lora also norms and LoRAs on its shared bases and unshared layers;
+baselines: a
 LoRA whose trainable-parameter count matches the first healed DeltaLLM method's, merged after)."""
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ class CompareConfig:
     compress: dict = field(default_factory=dict)  # extra CompressConfig fields for DeltaLLM (e.g. ranks)
     drop_layers: int | str = 3  # layers deltallm-drop removes before sharing, or 'auto'
     heal_lr: float = 3e-4  # peak learning rate of every method's healing (distill's default)
+    heal_batch: int = 4  # sequences per optimizer step of every method's healing
     # > 0: the DeltaLLM methods heal with plain distillation of deltas, gates, norms and a rank-r LoRA
-    # on every unshared layer (distill's 'layer-lora', merged): what the baselines' LoRA trains
+    # on every shared base and every unshared layer (distill's 'lora' and 'layer-lora', merged; the
+    # baselines' LoRA grows to the same trainable size)
     heal_layer_lora: int = 0
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -58,6 +61,8 @@ class CompareConfig:
         check_drop_layers(self.drop_layers, least=1)  # deltallm-drop's count ('auto': searched, 0 included)
         if not self.heal_lr > 0:
             raise ConfigError(f"heal_lr must be > 0, got {self.heal_lr}")
+        if not (isinstance(self.heal_batch, int) and self.heal_batch >= 1):
+            raise ConfigError(f"heal_batch must be a number of sequences >= 1, got {self.heal_batch}")
         if self.heal_layer_lora < 0:
             raise ConfigError(f"heal_layer_lora must be a LoRA rank >= 0 (0 = none), got {self.heal_layer_lora}")
         if self.heal_tokens < 0:
@@ -104,18 +109,20 @@ def _heal(method: str, student, teacher, tok, rows, config: CompareConfig, lora_
         how = "edgedelta.distill (deltas+gates, progressive replacement)"
         if config.heal_layer_lora:
             recipe.update(layer_lora_recipe(config.heal_layer_lora), lr=config.heal_lr)  # every method heals at heal_lr
-            how = f"edgedelta.distill (deltas+gates+norms + LoRA rank {config.heal_layer_lora} on the unshared layers, merged; plain)"
-        cfg = DistillConfig(tokens=int(rows.numel()), seq_len=rows.shape[1], batch_size=4, checkpoint_every=0, **recipe)
+            how = (f"edgedelta.distill (deltas+gates+norms + LoRA rank {config.heal_layer_lora} on the shared bases "
+                   "and the unshared layers, merged; plain)")
+        cfg = DistillConfig(tokens=int(rows.numel()), seq_len=rows.shape[1], batch_size=config.heal_batch,
+                            checkpoint_every=0, **recipe)
         with tempfile.TemporaryDirectory(prefix="edgedelta-heal-") as run:
             r = distill(student, cfg, None, teacher=teacher, tokenizer=tok, train_rows=rows, run_dir=Path(run) / "run",
                         progress=progress, device="cpu" if not torch.cuda.is_available() else "auto")
         return {"tokens": r.tokens, "seconds": round(r.seconds, 1), "final_loss": r.final_loss,
-                "trainable_params": r.trainable_params, "lr": config.heal_lr, "how": how}
+                "trainable_params": r.trainable_params, "lr": config.heal_lr, "batch": config.heal_batch, "how": how}
     from ..baselines.heal import heal, rank_for_budget
 
     rank = rank_for_budget(student, lora_params) if lora_params else 8
-    out = heal(student, teacher, rows, rank=rank, lr=config.heal_lr, progress=progress)
-    out["lr"] = config.heal_lr
+    out = heal(student, teacher, rows, rank=rank, lr=config.heal_lr, batch_size=config.heal_batch, progress=progress)
+    out["lr"], out["batch"] = config.heal_lr, config.heal_batch
     out["how"] = (f"LoRA rank {rank} (matched to the delta model's {lora_params / 1e6:.2f}M trainable parameters), merged"
                   if lora_params else f"LoRA rank {rank} (no delta model healed to match), merged")
     return out

@@ -14,6 +14,7 @@ from edgedelta.cli import main
     (["--tasks", "mmlu"], "unknown task(s) mmlu"),
     (["--model", "NOTAMODEL"], "not a model directory"),
     (["--heal-lr", "0"], "heal_lr must be > 0, got 0.0"),
+    (["--heal-batch", "0"], "--heal-batch: must be > 0, got 0"),
     (["--heal-layer-lora", "-2"], "heal_layer_lora must be a LoRA rank >= 0"),
     (["--drop-layers", "0"], "'0' is not a layer count >= 1 or 'auto'"),
 ])

@@ -53,12 +53,13 @@ def test_compare_tiny_end_to_end(tiny_tok, files, tmp_path):
 
 
 def test_heal_layer_lora_sets_the_baselines_lora_size(tiny_tok, files):
-    """With heal_layer_lora the delta model also trains a LoRA on its unshared layers; the first
-    DeltaLLM method (here deltallm-drop alone) sets both the budget and the baselines' LoRA size."""
+    """With heal_layer_lora the delta model also trains LoRAs on its shared bases and unshared
+    layers; the first DeltaLLM method (here deltallm-drop alone) sets both the budget and the
+    baselines' LoRA size; heal_batch is every method's batch."""
     tf, txt = files
     model = make_model(len(tiny_tok), layers=6)
     cfg = CompareConfig(target_params=0.8, methods=["shortgpt", "deltallm-drop"], heal_tokens=64, heal_seq_len=32, drop_layers=1,
-                        heal_lr=1e-3, heal_layer_lora=2, calib_samples=4, calib_seq_len=32, compress={"rank_attn": 2, "rank_mlp": 2},
+                        heal_lr=1e-3, heal_batch=1, heal_layer_lora=2, calib_samples=4, calib_seq_len=32, compress={"rank_attn": 2, "rank_mlp": 2},
                         eval=EvalConfig(tasks=["ppl"], task_file=str(tf), ppl_texts=[str(txt)], ppl_tokens=128, ppl_seq_len=64))
     res = compare(model, tiny_tok, cfg, progress=False)
     rows = {(r["method"], r["stage"]): r for r in res["rows"]}
@@ -66,8 +67,9 @@ def test_heal_layer_lora_sets_the_baselines_lora_size(tiny_tok, files):
     assert res["budget_params"] == rows[("deltallm-drop", "built")]["params"]
     drop_heal, sg_heal = rows[("deltallm-drop", "healed")]["heal"], rows[("shortgpt", "healed")]["heal"]
     assert drop_heal["lr"] == sg_heal["lr"] == 1e-3
+    assert drop_heal["batch"] == sg_heal["batch"] == 1 and sg_heal["steps"] == 2  # 64 tokens = 2 rows of 32, one per step
     assert rows[("deltallm-drop", "healed")]["params"] == rows[("deltallm-drop", "built")]["params"]  # LoRA merged
-    assert "LoRA rank 2 on the unshared layers" in drop_heal["how"]
+    assert "LoRA rank 2 on the shared bases and the unshared layers" in drop_heal["how"]
     # the baselines' LoRA is sized to the delta model's trainable count, within one rank step
     per_rank = sg_heal["trainable_params"] / sg_heal["rank"]
     assert abs(sg_heal["trainable_params"] - drop_heal["trainable_params"]) <= per_rank / 2 + 1
@@ -86,3 +88,5 @@ def test_compare_config_errors():
         CompareConfig(heal_lr=0)
     with pytest.raises(ConfigError, match="heal_layer_lora"):
         CompareConfig(heal_layer_lora=-1)
+    with pytest.raises(ConfigError, match="heal_batch must be a number of sequences >= 1, got 0"):
+        CompareConfig(heal_batch=0)
