@@ -111,6 +111,20 @@ def test_auto_builds_every_count_and_keeps_the_lowest_kl():
     assert list(capped.plan["drop_search"]["kl"]) == [0, 1] and "drop_search_max" in capped.plan["drop_search"]["stopped"]
 
 
+def test_auto_measures_the_originals_block_influence_once(monkeypatch):
+    """The search ranks removal candidates by the original's influence for every count, and the
+    anchor base (count 0) reuses it; each reduced model is measured once for its own anchors."""
+    import edgedelta.delta.compress as compress_mod
+
+    teacher = tiny_model(layers=8)
+    seen = []
+    real = compress_mod.block_influence
+    monkeypatch.setattr(compress_mod, "block_influence", lambda m, c: seen.append(m.config.num_hidden_layers) or real(m, c))
+    res = compress(teacher, _cfg(drop_layers="auto", base="anchor"), calib_ids=CALIB, progress=False)
+    assert list(res.plan["drop_search"]["kl"]) == [0, 1, 2]
+    assert sorted(seen) == [6, 7, 8]  # the original once, then the models with 1 and 2 layers removed
+
+
 def test_auto_needs_a_budget_and_a_sane_cap():
     with pytest.raises(ConfigError, match="drop_layers 'auto' needs target_params"):
         _cfg(drop_layers="auto", target_params=None, groups=[[1, 2]])

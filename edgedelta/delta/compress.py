@@ -125,23 +125,27 @@ def fill_group(student, original_weight, adapter: ModelAdapter, spec: SharingSpe
 
 
 def compress(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch.Tensor | None = None, progress: bool = True,
-             covs: dict | None = None) -> CompressResult:
+             covs: dict | None = None, influence: list[float] | None = None) -> CompressResult:
     """Return a compressed copy of `model` (which is left untouched) and the plan chosen.
     `covs` may pass precomputed input covariances (calibration.input_covariances over every
     layer) so several configs can be compared on one calibration pass (not with drop_layers:
-    removing layers changes the inputs of every later one)."""
+    removing layers changes the inputs of every later one); `influence` likewise the block
+    influence of each of `model`'s layers on this calibration text."""
     if cfg.drop_layers == DROP_AUTO:
         return _compress_searching_drop(model, cfg, tokenizer, calib_ids, progress)
     if cfg.drop_layers:
         if covs is not None:
             raise ValueError("precomputed covs cannot be used with drop_layers (removal changes later layers' inputs)")
-        return _compress_after_removal(model, cfg, tokenizer, calib_ids, progress)
+        return _compress_after_removal(model, cfg, tokenizer, calib_ids, progress, influence)
     adapter = adapter_for(model.config)
     num_layers = len(adapter.decoder_layers(model))
     projections = cfg.shared_projections(adapter)
     needs_data = cfg.init == "asvd" or cfg.gates or cfg.base in ("alternating", "anchor") or cfg.target_params is not None
     calib = _calibration(cfg, tokenizer, calib_ids) if needs_data else None
-    influence = block_influence(model, calib) if cfg.base == "anchor" else None
+    if cfg.base != "anchor":
+        influence = None
+    elif influence is None:
+        influence = block_influence(model, calib)
     original = count_parameters(model)["total"]
     whiten = WhiteningCache(cfg.damping)  # one per call: factors are reused across candidate groups
 
@@ -202,8 +206,7 @@ def _compress_searching_drop(model, cfg: CompressConfig, tokenizer, calib_ids, p
     for count in tqdm(range(most + 1), desc="drop count", disable=not progress):
         try:
             step = dataclasses.replace(cfg, drop_layers=count)
-            res = (_compress_after_removal(model, step, None, calib, progress, influence) if count
-                   else compress(model, step, calib_ids=calib, progress=progress))
+            res = compress(model, step, calib_ids=calib, progress=progress, influence=influence)
         except ConfigError as e:
             if count == 0:
                 raise
