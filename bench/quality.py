@@ -29,7 +29,7 @@ from edgedelta.cli.common import drop_count  # noqa: E402
 from edgedelta.delta.compress import format_drop_search  # noqa: E402
 from edgedelta.evaluation.api import EvalConfig, evaluate  # noqa: E402
 from edgedelta.evaluation.compare import METHODS, CompareConfig, _texts_note, compare  # noqa: E402
-from edgedelta.evaluation.report import markdown_compare, retention, retention_chart  # noqa: E402
+from edgedelta.evaluation.report import markdown_compare, markdown_paired, retention, retention_chart  # noqa: E402
 from edgedelta.fsutil import write_json_atomic  # noqa: E402
 
 
@@ -71,7 +71,7 @@ def write_report(res: dict, out: Path) -> None:
             if not sel or orig is None:
                 continue
             label = f"{100 * (1 - b['target']):.0f}% fewer · {'healed' if stage == 'healed' else 'no healing'}"
-            md += [f"## {label}", "", markdown_compare([orig] + sel), ""]
+            md += [f"## {label}", "", markdown_compare([orig] + sel), "", markdown_paired(sel)]
             for r in sel:
                 ret = retention(r["eval"], orig["eval"])
                 if ret is not None:

@@ -41,7 +41,9 @@ class EvalConfig:
 def evaluate(model, tokenizer=None, config: EvalConfig | None = None, progress: bool = False, scorer=None) -> dict:
     """Scores per task and their average. `model` is a PyTorch causal LM (tokenizer required),
     or None with `scorer` given (e.g. an ONNX artifact's). Returns
-    {"tasks": {name: {metrics..., "n", "primary", "score"}}, "average", "ppl", "config", "seconds"}."""
+    {"tasks": {name: {metrics..., "n", "primary", "score", "correct"}}, "average", "ppl", "config",
+    "seconds"}; "correct" is the primary metric per item (0/1, in item order: the same for every
+    model evaluated with the same config), for `report.paired_difference`."""
     config = config or EvalConfig()
     if scorer is None:
         if model is None or tokenizer is None:
@@ -55,13 +57,15 @@ def evaluate(model, tokenizer=None, config: EvalConfig | None = None, progress: 
             continue
         items = select(load_task(name), config.limit, config.seed)
         res = _score_items(scorer, items, TASKS[name].kind, progress, name)
-        res.update(primary=TASKS[name].primary, score=res[TASKS[name].primary], n_total=len(load_task(name)), about=TASKS[name].about)
+        primary = TASKS[name].primary
+        res.update(primary=primary, score=res[primary], correct=res.pop("per_item")[primary], n_total=len(load_task(name)),
+                   about=TASKS[name].about)
         out["tasks"][name] = res
     if config.task_file:
         items = select(load_task_file(config.task_file), config.limit, config.seed)
         name = f"file:{Path(config.task_file).stem}"
         res = _score_items(scorer, items, "mc", progress, name)
-        res.update(primary="acc", score=res["acc"], about=f"user items from {config.task_file}")
+        res.update(primary="acc", score=res["acc"], correct=res.pop("per_item")["acc"], about=f"user items from {config.task_file}")
         out["tasks"][name] = res
     scores = [t["score"] for t in out["tasks"].values()]
     out["average"] = sum(scores) / len(scores) if scores else None

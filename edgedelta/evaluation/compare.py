@@ -198,7 +198,7 @@ def _texts_note(config: CompareConfig) -> str:
 def write_results(res: dict, out_dir: Path, title: str) -> None:
     """results.json, results.md, retention.png into out_dir (already a fresh folder)."""
     from ..fsutil import write_json_atomic
-    from .report import markdown_compare, retention, retention_chart
+    from .report import markdown_compare, markdown_paired, retention, retention_chart
 
     write_json_atomic(out_dir / "results.json", res)
     ok = [r for r in res["rows"] if "eval" in r]
@@ -207,7 +207,8 @@ def write_results(res: dict, out_dir: Path, title: str) -> None:
     for stage in ("built", "healed"):
         sel = [ref] + [r for r in ok if r["stage"] == stage]
         if len(sel) > 1:
-            md += [f"## {'without healing' if stage == 'built' else 'healed with equal tokens'}", "", markdown_compare(sel), ""]
+            md += [f"## {'without healing' if stage == 'built' else 'healed with equal tokens'}", "", markdown_compare(sel), "",
+                   markdown_paired(sel)]
     failed = [r for r in res["rows"] if "error" in r]
     if failed:
         md += ["## not built", ""] + [f"- {r['method']}: {r['error']}" for r in failed] + [""]

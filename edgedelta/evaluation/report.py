@@ -36,6 +36,39 @@ def average_stderr(res: dict) -> float | None:
     return sum(se * se for se in ses) ** 0.5 / len(ses)
 
 
+def paired_difference(res: dict, other: dict) -> tuple[float, float] | None:
+    """(average primary score of `res` minus `other`'s, its stderr) from per-item scores on the
+    same items; None when either lacks them (results before per-item scores were kept) or the
+    two were not evaluated alike."""
+    from .metrics import paired_difference as paired
+
+    if res.get("config") != other.get("config") or list(res["tasks"]) != list(other["tasks"]):
+        return None
+    if not res["tasks"] or any("correct" not in t for e in (res, other) for t in e["tasks"].values()):
+        return None
+    return paired([t["correct"] for t in res["tasks"].values()], [other["tasks"][n]["correct"] for n in res["tasks"]])
+
+
+def markdown_paired(rows: list[dict]) -> str:
+    """Bullets: the first DeltaLLM row minus every other method, paired on the same items
+    (points of the average primary score), or "" when per-item scores are missing."""
+    ours = next((r for r in rows if r["method"].startswith("deltallm")), None)
+    if ours is None:
+        return ""
+    lines = []
+    for r in rows:
+        if r is ours or r["method"].startswith("deltallm") or r["method"] == "original":
+            continue
+        d = paired_difference(ours["eval"], r["eval"])
+        if d is not None:
+            diff, se = 100 * d[0], 100 * d[1]
+            how = f"{abs(diff) / se:.1f} standard errors" if se else "the same difference on every item"
+            lines.append(f"- {ours['method']} − {r['method']}: {diff:+.1f} ± {se:.1f} points ({how})")
+    if not lines:
+        return ""
+    return "Paired differences of the average score, on the same items:\n\n" + "\n".join(lines) + "\n"
+
+
 def retention(res: dict, reference: dict) -> float | None:
     """Average primary score as a fraction of the reference model's, over the same tasks."""
     if res.get("average") is None or not reference.get("average"):

@@ -50,6 +50,7 @@ def test_compare_tiny_end_to_end(tiny_tok, files, tmp_path):
     assert (out / "retention.png").stat().st_size > 1000
     md = (out / "results.md").read_text()
     assert "shortgpt" in md and "retention" in md
+    assert "- deltallm − shortgpt: " in md and "- deltallm − deltallm-drop" not in md  # paired on the same items
 
 
 def test_heal_layer_lora_sets_the_baselines_lora_size(tiny_tok, files):

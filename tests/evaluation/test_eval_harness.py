@@ -57,6 +57,30 @@ def test_task_file_scored_like_builtin(tmp_path):
     res = evaluate(None, config=EvalConfig(tasks=["ppl"], task_file=str(tf), ppl_texts=[]), scorer=FixedScorer(table))
     t = res["tasks"]["file:plant"]
     assert t["acc"] == 0.5 and t["acc_norm"] == 1.0 and res["average"] == 0.5
+    assert t["correct"] == [0, 1]  # the primary metric (acc) per item, in item order
+
+
+def test_paired_difference_by_hand():
+    # task 1: d = 0, 1, 0, -1 (mean 0, sample variance 2/3); task 2: d = 1, 1 (mean 1, variance 0)
+    diff, se = metrics.paired_difference([[1, 1, 0, 0], [1, 1]], [[1, 0, 0, 1], [0, 0]])
+    assert diff == pytest.approx(0.5) and se == pytest.approx(math.sqrt(2 / 3 / 4) / 2)
+    with pytest.raises(ValueError, match="same items"):
+        metrics.paired_difference([[1, 0]], [[1]])
+
+
+def test_paired_report_needs_per_item_scores_on_the_same_items():
+    from edgedelta.evaluation.report import markdown_paired, paired_difference
+
+    def ev(correct, config="c"):
+        return {"config": config, "tasks": {"t": {"primary": "acc", "score": sum(correct) / len(correct), "correct": correct}}}
+
+    rows = [{"method": "original", "eval": ev([1, 1, 1, 1])}, {"method": "deltallm-drop", "eval": ev([1, 1, 0, 1])},
+            {"method": "shortgpt", "eval": ev([1, 0, 0, 0])}]
+    assert paired_difference(rows[1]["eval"], rows[2]["eval"]) == pytest.approx((0.5, math.sqrt(1 / 3) / 2))  # d = 0, 1, 0, 1
+    assert "- deltallm-drop − shortgpt: +50.0 ± 28.9 points (1.7 standard errors)" in markdown_paired(rows)
+    assert paired_difference(ev([1, 0]), ev([1, 0], config="other")) is None  # evaluated differently
+    old = {"config": "c", "tasks": {"t": {"primary": "acc", "score": 0.5}}}  # saved before per-item scores
+    assert paired_difference(rows[1]["eval"], old) is None and markdown_paired([rows[1], {"method": "laco", "eval": old}]) == ""
 
 
 @pytest.mark.parametrize("line,msg", [
