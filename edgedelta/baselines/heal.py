@@ -24,12 +24,13 @@ from ..models.adapters import adapter_for
 class LoRALinear(nn.Module):
     """y = base(x) + (x A^T) B^T · (alpha / r); A: (r, in), B: (out, r) starts at zero."""
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None, generator: torch.Generator | None = None):
         super().__init__()
         self.base = base
         self.rank = rank
         self.scaling = (alpha or rank) / rank
-        self.lora_A = nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
+        a = torch.randn(rank, base.in_features, generator=generator) / math.sqrt(base.in_features)
+        self.lora_A = nn.Parameter(a.to(base.weight.device))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
 
     def forward(self, x):
@@ -63,9 +64,10 @@ def rank_for_budget(model: nn.Module, trainable_params: int) -> int:
 
 
 def heal(student: nn.Module, teacher: nn.Module, rows: torch.Tensor, rank: int = 8, lr: float = 3e-4,
-         batch_size: int = 4, temperature: float = 1.0, progress: bool = True) -> dict:
+         batch_size: int = 4, temperature: float = 1.0, progress: bool = True, seed: int = 0) -> dict:
     """In place: train LoRA adapters on `student` to match `teacher`'s logits on `rows`
-    ((n, seq_len) token ids, the same rows every method gets), then merge them.
+    ((n, seq_len) token ids, the same rows every method gets), then merge them. The LoRA init
+    comes from `seed` alone, not the global RNG: the same call heals to the same weights.
     Returns {tokens, steps, seconds, final_kl, rank, trainable_params}."""
     if rows.ndim != 2 or rows.shape[0] < 1:
         raise ConfigError(f"healing rows must be (n, seq_len) token ids, got shape {tuple(rows.shape)}")
@@ -73,8 +75,9 @@ def heal(student: nn.Module, teacher: nn.Module, rows: torch.Tensor, rank: int =
     for p in student.parameters():
         p.requires_grad_(False)
     wrapped = []
+    gen = torch.Generator().manual_seed(seed)
     for adapter, layer, proj, lin in list(_linears(student)):
-        lw = LoRALinear(lin, min(rank, lin.in_features, lin.out_features)).to(device)
+        lw = LoRALinear(lin, min(rank, lin.in_features, lin.out_features), generator=gen).to(device)
         adapter.set_linear(layer, proj, lw)
         wrapped.append((adapter, layer, proj, lw))
     params = [p for *_, lw in wrapped for p in (lw.lora_A, lw.lora_B)]

@@ -112,7 +112,7 @@ def _heal(method: str, student, teacher, tok, rows, config: CompareConfig, lora_
             how = (f"edgedelta.distill (deltas+gates+norms + LoRA rank {config.heal_layer_lora} on the shared bases "
                    "and the unshared layers, merged; plain)")
         cfg = DistillConfig(tokens=int(rows.numel()), seq_len=rows.shape[1], batch_size=config.heal_batch,
-                            checkpoint_every=0, **recipe)
+                            checkpoint_every=0, seed=config.seed, **recipe)
         with tempfile.TemporaryDirectory(prefix="edgedelta-heal-") as run:
             r = distill(student, cfg, None, teacher=teacher, tokenizer=tok, train_rows=rows, run_dir=Path(run) / "run",
                         progress=progress, device="cpu" if not torch.cuda.is_available() else "auto")
@@ -121,7 +121,8 @@ def _heal(method: str, student, teacher, tok, rows, config: CompareConfig, lora_
     from ..baselines.heal import heal, rank_for_budget
 
     rank = rank_for_budget(student, lora_params) if lora_params else 8
-    out = heal(student, teacher, rows, rank=rank, lr=config.heal_lr, batch_size=config.heal_batch, progress=progress)
+    out = heal(student, teacher, rows, rank=rank, lr=config.heal_lr, batch_size=config.heal_batch, progress=progress,
+               seed=config.seed)
     out["lr"], out["batch"] = config.heal_lr, config.heal_batch
     out["how"] = (f"LoRA rank {rank} (matched to the delta model's {lora_params / 1e6:.2f}M trainable parameters), merged"
                   if lora_params else f"LoRA rank {rank} (no delta model healed to match), merged")
