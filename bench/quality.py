@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgedelta.cli.common import drop_count  # noqa: E402
+from edgedelta.cli.common import drop_count, positive_int  # noqa: E402
 from edgedelta.delta.compress import format_drop_search  # noqa: E402
 from edgedelta.evaluation.api import EvalConfig, evaluate  # noqa: E402
 from edgedelta.evaluation.compare import METHODS, CompareConfig, _texts_note, compare  # noqa: E402
@@ -45,9 +45,10 @@ def parse_args(argv=None):
                    help="layers the deltallm-drop method removes before sharing, or 'auto' (searched by KL to the original)")
     p.add_argument("--heal-tokens", type=int, default=0, help="equal healing tokens per method (0 = none)")
     p.add_argument("--heal-lr", type=float, default=3e-4, help="peak learning rate of every method's healing")
-    p.add_argument("--heal-batch", type=int, default=4, help="sequences per optimizer step of every method's healing")
-    p.add_argument("--heal-layer-lora", type=int, default=0, help="CompareConfig.heal_layer_lora: LoRA rank on the delta "
-                                                                  "models' shared bases and unshared layers during healing (0 = deltas+gates)")
+    p.add_argument("--heal-batch", type=positive_int, default=4, help="sequences per optimizer step of every method's healing")
+    p.add_argument("--heal-layer-lora", type=int, default=0,
+                   help="CompareConfig.heal_layer_lora: LoRA rank on the delta models' shared bases and unshared layers "
+                        "during healing (0 = deltas+gates)")
     p.add_argument("--calib-samples", type=int, default=32, help="calibration rows shared by every method (compress default: 32)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 is fastest on an oversubscribed machine")

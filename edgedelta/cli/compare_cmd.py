@@ -23,12 +23,12 @@ def add_parser(subparsers):
                    help="layers deltallm-drop removes before sharing, or 'auto' (searched by calibration KL; default 3)")
     p.add_argument("--tokens", type=int, default=0, help="healing tokens per method (0 = evaluate without healing)")
     p.add_argument("--heal-lr", type=float, default=3e-4, help="peak learning rate of every method's healing (default 3e-4)")
-    p.add_argument("--heal-batch", type=positive_int, default=4, help="sequences per optimizer step of every method's healing "
-                                                                     "(default 4)")
+    p.add_argument("--heal-batch", type=positive_int, default=4,
+                   help="sequences per optimizer step of every method's healing (default 4)")
     p.add_argument("--heal-layer-lora", type=int, default=0, metavar="RANK",
-                   help="heal the DeltaLLM methods with plain distillation of deltas, gates, norms and LoRAs of this rank "
-                        "on their shared bases and unshared layers (merged); the baselines' LoRA grows to the same trainable size (default 0: "
-                        "deltas+gates with progressive replacement)")
+                   help="heal the DeltaLLM methods with plain distillation of deltas, gates, norms and LoRAs of this "
+                        "rank on their shared bases and unshared layers (merged); the baselines' LoRA grows to the same "
+                        "trainable size (default 0: deltas+gates with progressive replacement)")
     p.add_argument("--tasks", default="ppl,arc_easy,arc_challenge,hellaswag,piqa,winogrande,boolq,lambada")
     p.add_argument("--limit", type=int, default=200, help="items per task (fixed random subset)")
     p.add_argument("--ppl-tokens", type=int, default=8192)
@@ -53,7 +53,8 @@ def run(args) -> int:
         raise ConfigError(f"--limit must be a positive number of items, got {args.limit}")
     cfg = CompareConfig(target_params=args.target_params, methods=[m.strip() for m in args.methods.split(",") if m.strip()],
                         heal_tokens=args.tokens, calib_samples=args.calib_samples, seed=args.seed, text=args.text,
-                        drop_layers=args.drop_layers, heal_lr=args.heal_lr, heal_batch=args.heal_batch, heal_layer_lora=args.heal_layer_lora,
+                        drop_layers=args.drop_layers, heal_lr=args.heal_lr, heal_batch=args.heal_batch,
+                        heal_layer_lora=args.heal_layer_lora,
                         eval=EvalConfig(tasks=args.tasks, limit=args.limit, ppl_tokens=args.ppl_tokens))
     check_output_path(args.out, args.force)  # refuse before the slow part
     lm = load_model(args.model)

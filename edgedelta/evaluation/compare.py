@@ -6,10 +6,10 @@ Fairness rules: the delta model is built first and its actual unique-parameter c
 every baseline's target (so all sit at the same budget, within each method's granularity,
 reported); calibration rows (for planning/importance) and healing rows come from training
 text (`text`, default mixed-train), disjoint from the evaluation items and held-out perplexity text; healing
-uses the same rows and peak learning rate for every method (DeltaLLM: edgedelta.distill,
-deltas+gates, or with heal_layer_lora also norms and LoRAs on its shared bases and unshared layers;
-baselines: a
-LoRA whose trainable-parameter count matches the first healed DeltaLLM method's, merged after)."""
+uses the same rows, peak learning rate and batch for every method (DeltaLLM: edgedelta.distill,
+deltas+gates, or with heal_layer_lora also norms and LoRAs on its shared bases and unshared
+layers; baselines: a LoRA whose trainable-parameter count matches the first healed DeltaLLM
+method's, merged after)."""
 
 from __future__ import annotations
 
