@@ -29,8 +29,7 @@ class LoRALinear(nn.Module):
         self.base = base
         self.rank = rank
         self.scaling = (alpha or rank) / rank
-        a = torch.randn(rank, base.in_features, generator=generator) / math.sqrt(base.in_features)
-        self.lora_A = nn.Parameter(a.to(base.weight.device))
+        self.lora_A = nn.Parameter(torch.randn(rank, base.in_features, generator=generator) / math.sqrt(base.in_features))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
 
     def forward(self, x):
