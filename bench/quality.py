@@ -42,7 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=60, help="items per task")
     p.add_argument("--ppl-tokens", type=int, default=4096)
     p.add_argument("--drop-layers", type=lambda t: drop_count(t, least=1), default=3,
-                   help="layers the deltallm-drop method removes before sharing, or 'auto' (searched by KL to the original)")
+                   help="layers the deltallm-drop method removes before sharing, or 'auto' (searched by KL to the original on held-out text)")
     p.add_argument("--heal-tokens", type=int, default=0, help="equal healing tokens per method (0 = none)")
     p.add_argument("--heal-lr", type=float, default=3e-4, help="peak learning rate of every method's healing")
     p.add_argument("--heal-batch", type=positive_int, default=4, help="sequences per optimizer step of every method's healing")

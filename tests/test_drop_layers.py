@@ -89,26 +89,52 @@ def test_bad_removal_settings_are_clear_errors():
         compress(teacher, _cfg(), calib_ids=CALIB, covs={}, progress=False)
 
 
-def test_auto_builds_every_count_and_keeps_the_lowest_kl():
+HELDOUT = tiny_ids(6, 32, seed=5)  # rows the auto search judges on, apart from CALIB (the fitting rows)
+
+
+def test_auto_builds_every_count_and_keeps_the_lowest_heldout_kl():
     from edgedelta.delta.plan import kl_to, log_probs
 
     teacher = tiny_model(layers=8)
-    res = compress(teacher, _cfg(drop_layers="auto"), calib_ids=CALIB, progress=False)
+    res = compress(teacher, _cfg(drop_layers="auto"), calib_ids=CALIB, heldout_ids=HELDOUT, progress=False)
     search = res.plan["drop_search"]
     # at 0.7 of 8 layers, removal alone meets the budget from 3 layers on: counts 0, 1, 2 are built
     assert list(search["kl"]) == [0, 1, 2] and search["stopped"].startswith("3: ")
     assert search["chosen"] == min(search["kl"], key=search["kl"].get)
+    assert "6 held-out sequences" in search["metric"]
     assert len(res.plan.get("removed_layers", [])) == search["chosen"]
-    ids = CALIB[:8]
-    ref = log_probs(teacher, ids)
-    for count in (0, 1, 2):  # each KL is that count's model, built on its own
+    ref_held, ref_fit = log_probs(teacher, HELDOUT), log_probs(teacher, CALIB[:8])
+    for count in (0, 1, 2):  # each KL is that count's model, built on its own from the fitting rows alone
         alone = compress(teacher, _cfg(drop_layers=count), calib_ids=CALIB, progress=False)
-        assert kl_to(ref, log_probs(alone.model, ids)) == pytest.approx(search["kl"][count], abs=1e-4)
+        assert kl_to(ref_held, log_probs(alone.model, HELDOUT)) == pytest.approx(search["kl"][count], abs=1e-4)
+        assert kl_to(ref_fit, log_probs(alone.model, CALIB[:8])) == pytest.approx(search["kl_calibration"][count], abs=1e-4)
         if count == search["chosen"]:
-            assert torch.equal(alone.model(input_ids=ids).logits, res.model(input_ids=ids).logits)
-    assert "layers removed first, searched (KL to the original): 0: " in format_plan(res.plan)
-    capped = compress(teacher, _cfg(drop_layers="auto", drop_search_max=1), calib_ids=CALIB, progress=False)
+            assert torch.equal(alone.model(input_ids=CALIB).logits, res.model(input_ids=CALIB).logits)
+    assert "layers removed first, searched (held-out KL to the original): 0: " in format_plan(res.plan)
+    capped = compress(teacher, _cfg(drop_layers="auto", drop_search_max=1), calib_ids=CALIB, heldout_ids=HELDOUT,
+                      progress=False)
     assert list(capped.plan["drop_search"]["kl"]) == [0, 1] and "drop_search_max" in capped.plan["drop_search"]["stopped"]
+
+
+def test_auto_judges_on_rows_it_does_not_fit():
+    """The held-out rows decide: judged on other rows, the same counts can rank differently, and
+    the drawn held-out rows are not calibration rows."""
+    from edgedelta.data.text import calibration_batches
+    from edgedelta.delta.compress import heldout_rows
+
+    teacher = tiny_model(layers=8)
+    on_fit = compress(teacher, _cfg(drop_layers="auto"), calib_ids=CALIB, heldout_ids=CALIB[:8], progress=False)
+    assert on_fit.plan["drop_search"]["kl"] == on_fit.plan["drop_search"]["kl_calibration"]
+    cfg = _cfg(drop_layers="auto", drop_search_samples=3, calib_text="wiki-train")
+    tok = tiny_tokenizer()
+    held = heldout_rows(cfg, tok)
+    calib = calibration_batches(tok, cfg.calib_samples, cfg.calib_seq_len, cfg.seed, cfg.calib_text)
+    assert held.shape == (3, cfg.calib_seq_len)
+    assert not any(torch.equal(h, c) for h in held for c in calib)
+    with pytest.raises(ConfigError, match="judges each count on held-out text: pass a tokenizer or heldout_ids"):
+        compress(teacher, _cfg(drop_layers="auto"), calib_ids=CALIB, progress=False)
+    with pytest.raises(ConfigError, match="drop_search_samples must be a whole number >= 1, got 0"):
+        _cfg(drop_layers="auto", drop_search_samples=0)
 
 
 def test_auto_measures_the_originals_block_influence_once(monkeypatch):
@@ -120,7 +146,7 @@ def test_auto_measures_the_originals_block_influence_once(monkeypatch):
     seen = []
     real = compress_mod.block_influence
     monkeypatch.setattr(compress_mod, "block_influence", lambda m, c: seen.append(m.config.num_hidden_layers) or real(m, c))
-    res = compress(teacher, _cfg(drop_layers="auto", base="anchor"), calib_ids=CALIB, progress=False)
+    res = compress(teacher, _cfg(drop_layers="auto", base="anchor"), calib_ids=CALIB, heldout_ids=HELDOUT, progress=False)
     assert list(res.plan["drop_search"]["kl"]) == [0, 1, 2]
     assert sorted(seen) == [6, 7, 8]  # the original once, then the models with 1 and 2 layers removed
 

@@ -20,7 +20,7 @@ def add_parser(subparsers):
     p.add_argument("--target-params", type=float, default=0.88, help="fraction of unique parameters to keep, in (0, 1)")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--drop-layers", type=lambda t: drop_count(t, least=1), default=3,
-                   help="layers deltallm-drop removes before sharing, or 'auto' (searched by calibration KL; default 3)")
+                   help="layers deltallm-drop removes before sharing, or 'auto' (searched by KL on held-out text; default 3)")
     p.add_argument("--tokens", type=int, default=0, help="healing tokens per method (0 = evaluate without healing)")
     p.add_argument("--heal-lr", type=float, default=3e-4, help="peak learning rate of every method's healing (default 3e-4)")
     p.add_argument("--heal-batch", type=positive_int, default=4,

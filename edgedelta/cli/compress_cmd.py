@@ -16,7 +16,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--groups", type=groups_arg, help="explicit sharing groups, e.g. 2-3,5-6 (instead of --target-params)")
     p.add_argument("--drop-layers", type=drop_count, help="first remove this many whole layers (least block influence), then "
                                                           "share for the rest of the budget (default 0); 'auto' compresses "
-                                                          "with every count and keeps the lowest calibration KL (slower: "
+                                                          "with every count and keeps the lowest KL on held-out text (slower: "
                                                           "one compression per count)")
     p.add_argument("--config", help="a CompressConfig JSON file (command-line flags override its fields)")
     p.add_argument("--init", choices=["svd", "asvd"], help="delta init: weight SVD or activation-aware SVD (default asvd)")

@@ -24,7 +24,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     model_arg(p)
     p.add_argument("--target-params", type=fraction, default=0.88, help="fraction of unique parameters to keep (default 0.88)")
     p.add_argument("--drop-layers", type=drop_count, help="remove this many least influential layers before sharing (default 0); "
-                                                          "'auto' tries every count, keeps the lowest calibration KL")
+                                                          "'auto' tries every count, keeps the lowest KL on held-out text")
     p.add_argument("--layer-lora", type=nonneg_int, metavar="RANK",
                    help="also train a LoRA of this rank on every unshared layer while distilling (merged: no extra "
                         "parameters; plain distillation at lr 1e-3). With --drop-layers 3 --layer-lora 20 the best "

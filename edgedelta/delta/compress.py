@@ -125,14 +125,16 @@ def fill_group(student, original_weight, adapter: ModelAdapter, spec: SharingSpe
 
 
 def compress(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch.Tensor | None = None, progress: bool = True,
-             covs: dict | None = None, influence: list[float] | None = None) -> CompressResult:
+             covs: dict | None = None, influence: list[float] | None = None,
+             heldout_ids: torch.Tensor | None = None) -> CompressResult:
     """Return a compressed copy of `model` (which is left untouched) and the plan chosen.
     `covs` may pass precomputed input covariances (calibration.input_covariances over every
     layer) so several configs can be compared on one calibration pass (not with drop_layers:
     removing layers changes the inputs of every later one); `influence` likewise the block
-    influence of each of `model`'s layers on this calibration text."""
+    influence of each of `model`'s layers on this calibration text. `heldout_ids`: the rows
+    drop_layers='auto' judges each count on (default: drawn from the tokenizer, heldout_rows)."""
     if cfg.drop_layers == DROP_AUTO:
-        return _compress_searching_drop(model, cfg, tokenizer, calib_ids, progress)
+        return _compress_searching_drop(model, cfg, tokenizer, calib_ids, progress, heldout_ids)
     if cfg.drop_layers:
         if covs is not None:
             raise ValueError("precomputed covs cannot be used with drop_layers (removal changes later layers' inputs)")
@@ -188,36 +190,97 @@ def compress(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch.Tensor
     return CompressResult(student, spec, plan, {"init": init_report, "parameters": counts})
 
 
-def _compress_searching_drop(model, cfg: CompressConfig, tokenizer, calib_ids, progress: bool) -> CompressResult:
-    """drop_layers='auto': build the budget with 0, 1, 2, ... layers removed first, until removal
-    alone would meet it (or cfg.drop_search_max), and keep the count whose model is closest to
-    the original: lowest KL(original || compressed) on the planner's calibration sequences. Every
-    count is built because quality is not monotone in it (bench/results/drop_sweep.md: on
-    SmolLM2-135M at 12%, 3 is best and 1, 2, 4 are worse than 0). Costs one compress() per count."""
-    from .plan import SENSITIVITY_SEQUENCES, kl_to, log_probs
+# The held-out draw's seed is the calibration seed plus this: other documents and windows than
+# the rows the candidates are fitted on (covariances, gates, anchors), so the fit cannot flatter them
+HELDOUT_SEED_OFFSET = 7919
+
+
+@dataclass
+class DropCandidate:
+    """One count of drop_layers='auto': its compressed model and how close it is to the original.
+    result is None when this count cannot be built (`stopped` says why) and no higher count can."""
+    count: int
+    result: CompressResult | None
+    kl: float | None = None  # KL(original || compressed), nats/token, on held-out calibration text
+    kl_calibration: float | None = None  # the same on the fitting rows (kept to show the fit's bias)
+    stopped: str | None = None
+
+
+def heldout_rows(cfg: CompressConfig, tokenizer) -> torch.Tensor:
+    """cfg.drop_search_samples sequences of cfg.calib_text drawn apart from the calibration rows
+    (seed + HELDOUT_SEED_OFFSET), (n, calib_seq_len)."""
+    if tokenizer is None:
+        raise ConfigError(f"drop_layers '{DROP_AUTO}' judges each count on held-out text: pass a tokenizer or heldout_ids")
+    from ..data.text import calibration_batches
+
+    return calibration_batches(tokenizer, cfg.drop_search_samples, cfg.calib_seq_len, cfg.seed + HELDOUT_SEED_OFFSET,
+                               cfg.calib_text)
+
+
+@torch.no_grad()
+def _kl_in_chunks(ref: list[torch.Tensor], model, ids: torch.Tensor, chunk: int) -> float:
+    """Mean per-token KL(original || model) over ids, one chunk of rows at a time (a full
+    (n, T, vocab) log-prob tensor per model would cost n·T·vocab·4 bytes twice)."""
+    from .plan import kl_to, log_probs
+
+    kls = [kl_to(r, log_probs(model, ids[i:i + chunk])) for r, i in zip(ref, range(0, len(ids), chunk))]
+    sizes = [min(chunk, len(ids) - i) for i in range(0, len(ids), chunk)]
+    return sum(k * n for k, n in zip(kls, sizes)) / len(ids)
+
+
+def drop_candidates(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch.Tensor | None = None,
+                    heldout_ids: torch.Tensor | None = None, progress: bool = True):
+    """drop_layers='auto': yield a DropCandidate for 0, 1, 2, ... layers removed first (each the
+    budget built with compress), until removal alone would meet it or cfg.drop_search_max.
+
+    Each count is judged on held-out rows (`heldout_ids`, default heldout_rows()): the fitting
+    rows flatter counts that share more, because their deltas and gates are fitted on them (on
+    SmolLM2-135M at 25%, KL on 8 fitting rows ranked 3 removed above 8; evaluation perplexity
+    and healing rank 8 above 3)."""
+    from .plan import SENSITIVITY_SEQUENCES, log_probs
 
     calib = _calibration(cfg, tokenizer, calib_ids)
-    ids = calib[:2 * SENSITIVITY_SEQUENCES]  # the sequences the planner judges whole plans on
-    ref = log_probs(model, ids)  # (n, T, vocab)
+    held = heldout_rows(cfg, tokenizer) if heldout_ids is None else heldout_ids
+    fitted = calib[:2 * SENSITIVITY_SEQUENCES]  # the rows the planner judges whole plans on
+    chunk = 4
+    ref_held = [log_probs(model, held[i:i + chunk]) for i in range(0, len(held), chunk)]  # (≤4, T, vocab) each
+    ref_fitted = [log_probs(model, fitted[i:i + chunk]) for i in range(0, len(fitted), chunk)]
     influence = block_influence(model, calib)  # of the original model: which layers go first, for every count
     num_layers = len(adapter_for(model.config).decoder_layers(model))
     most = num_layers - 2 if cfg.drop_search_max is None else min(cfg.drop_search_max, num_layers - 2)
-    kls, stop, best, chosen = {}, None, None, 0
     for count in tqdm(range(most + 1), desc="drop count", disable=not progress):
         try:
-            step = dataclasses.replace(cfg, drop_layers=count)
-            res = compress(model, step, calib_ids=calib, progress=progress, influence=influence)
+            res = compress(model, dataclasses.replace(cfg, drop_layers=count), calib_ids=calib, progress=progress,
+                           influence=influence)
         except ConfigError as e:
             if count == 0:
                 raise
-            stop = f"{count}: {e}"  # removal alone meets the budget (or too few layers left): no higher count either
+            yield DropCandidate(count, None, stopped=f"{count}: {e}")  # removal alone meets the budget: no higher count either
+            return
+        yield DropCandidate(count, res, kl=round(_kl_in_chunks(ref_held, res.model, held, chunk), 4),
+                            kl_calibration=round(_kl_in_chunks(ref_fitted, res.model, fitted, chunk), 4))
+
+
+def _compress_searching_drop(model, cfg: CompressConfig, tokenizer, calib_ids, progress: bool,
+                             heldout_ids: torch.Tensor | None = None) -> CompressResult:
+    """drop_layers='auto': keep the count whose model is closest to the original on held-out
+    text (drop_candidates). Every count is built because quality is not monotone in it
+    (bench/results/drop_sweep.md: on SmolLM2-135M at 12%, 3 is best and 1, 2, 4 are worse than 0).
+    Costs one compress() per count."""
+    kls, kls_fit, stop, best = {}, {}, None, None
+    for c in drop_candidates(model, cfg, tokenizer, calib_ids, heldout_ids, progress):
+        if c.result is None:
+            stop = c.stopped
             break
-        kls[count] = round(kl_to(ref, log_probs(res.model, ids)), 4)
-        if best is None or kls[count] < kls[chosen]:
-            best, chosen = res, count
-    best.plan["drop_search"] = {"metric": "KL(original || compressed) nats/token on calibration text", "kl": kls,
-                                "chosen": chosen, "stopped": stop or f"at {most} (drop_search_max or all but two layers)"}
-    return best
+        kls[c.count], kls_fit[c.count] = c.kl, c.kl_calibration
+        if best is None or c.kl < best.kl:
+            best = c
+    n = cfg.drop_search_samples if heldout_ids is None else len(heldout_ids)
+    best.result.plan["drop_search"] = {
+        "metric": f"KL(original || compressed) nats/token on {n} held-out sequences of calibration text", "kl": kls,
+        "kl_calibration": kls_fit, "chosen": best.count,
+        "stopped": stop or "at the last count (drop_search_max or all but two layers)"}
+    return best.result
 
 
 def _compress_after_removal(model, cfg: CompressConfig, tokenizer, calib_ids, progress: bool,
@@ -280,7 +343,7 @@ def _build(model, adapter: ModelAdapter, spec: SharingSpec, cfg: CompressConfig,
 
 def format_drop_search(search: dict) -> str:
     """One line for plan['drop_search'] (drop_layers='auto'): each count's KL and the count kept."""
-    return (f"layers removed first, searched (KL to the original): "
+    return (f"layers removed first, searched (held-out KL to the original): "
             + ", ".join(f"{k}: {v:.4f}" for k, v in search["kl"].items()) + f"; kept {search['chosen']}")
 
 

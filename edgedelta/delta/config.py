@@ -39,9 +39,12 @@ class CompressConfig:
         "help": "first remove this many whole layers, the least influential (ShortGPT's block influence on calibration "
                 "text), then share: with target_params the sharing plan covers what the removal leaves of the budget. "
                 f"'{DROP_AUTO}' (needs target_params) builds the budget with every count and keeps the one closest to the "
-                "original (lowest KL on calibration text): one compression per count"})
+                "original (lowest KL on held-out calibration text): one compression per count"})
     drop_search_max: int | None = field(default=None, metadata={
         "help": f"drop_layers '{DROP_AUTO}': the most layers tried (default: every count the budget allows)"})
+    drop_search_samples: int = field(default=16, metadata={
+        "help": f"drop_layers '{DROP_AUTO}': held-out sequences of calibration text each count is judged on "
+                "(a separate draw, never used to fit)"})
     share_attn: bool = field(default=True, metadata={"help": "share attention projections (q, k, v, o / qkv)"})
     share_mlp: bool = field(default=True, metadata={"help": "share MLP projections (gate, up, down / gate_up)"})
     projections: list[str] | None = field(
@@ -86,6 +89,8 @@ class CompressConfig:
         if self.drop_search_max is not None and (isinstance(self.drop_search_max, bool) or not isinstance(self.drop_search_max, int)
                                                  or self.drop_search_max < 1):
             raise ConfigError(f"drop_search_max must be a whole number >= 1, got {self.drop_search_max!r}")
+        if isinstance(self.drop_search_samples, bool) or not isinstance(self.drop_search_samples, int) or self.drop_search_samples < 1:
+            raise ConfigError(f"drop_search_samples must be a whole number >= 1, got {self.drop_search_samples!r}")
         for name in ("rank_attn", "rank_mlp"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
