@@ -4,12 +4,14 @@ Default model (SmolLM2-135M-Instruct). For each budget, every count of layers re
 sharing is built once (compress.drop_candidates, as the search does) and scored three ways:
 - KL to the original on 8 of the calibration rows the candidate was fitted on (the criterion
   of sessions 1-9),
-- KL to the original on held-out calibration-text rows (the search's criterion now),
+- KL to the original on held-out calibration-text rows (the search's criterion now), and the
+  candidate's own next-token NLL on those rows (held-out perplexity = exp(NLL)),
 - perplexity on the evaluation text (python-docs, sotu-recent), which the search never sees:
   the ground truth before healing.
 Writes drop_search.{json,md,png} to --out (default bench/results), after every count.
 
     python bench/drop_search.py --budgets 0.75,0.88
+    python bench/drop_search.py --budgets 0.75 --counts 3,8 --out bench/_work/ds  # these counts only
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--budgets", default="0.75,0.88", help="fractions of unique parameters kept")
     p.add_argument("--ppl-tokens", type=int, default=4096, help="evaluation tokens per text set")
     p.add_argument("--max-count", type=int, default=None, help="CompressConfig.drop_search_max")
+    p.add_argument("--counts", default=None, help="only these counts, e.g. 3,8 (default: every count, as the search)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     return p.parse_args(argv)
 
@@ -62,23 +65,27 @@ def write_report(res: dict, out: Path) -> None:
         rows = b["rows"]
         if not rows:
             continue
-        fit = {r["count"]: r["kl_calibration"] for r in rows}
-        held = {r["count"]: r["kl"] for r in rows}
         truth = {r["count"]: r["log_ppl"] for r in rows}
-        rf, rh, rt = ranks(fit), ranks(held), ranks(truth)
+        criteria = {"KL fitted rows": {r["count"]: r["kl_calibration"] for r in rows},
+                    "KL held-out": {r["count"]: r["kl"] for r in rows}}
+        if all(r.get("nll") is not None for r in rows):
+            criteria["ppl held-out"] = {r["count"]: math.exp(r["nll"]) for r in rows}
+        rk = {name: ranks(v) for name, v in criteria.items()}
+        rt = ranks(truth)
         md += [f"## keep {100 * b['target']:.0f}% of the unique parameters", "",
-               "| removed | KL fitted rows | rank | KL held-out | rank | " + " | ".join(f"ppl {t}" for t in res["ppl_texts"])
-               + " | rank |", "|---:|---:|---:|---:|---:|" + "---:|" * len(res["ppl_texts"]) + "---:|"]
+               "| removed | " + " | ".join(f"{name} | rank" for name in criteria) + " | "
+               + " | ".join(f"eval ppl {t}" for t in res["ppl_texts"]) + " | rank |",
+               "|---:|" + "---:|---:|" * len(criteria) + "---:|" * len(res["ppl_texts"]) + "---:|"]
         for r in rows:
             c = r["count"]
-            md.append(f"| {c} | {r['kl_calibration']:.4f} | {rf[c]} | {r['kl']:.4f} | {rh[c]} | "
+            md.append(f"| {c} | " + " | ".join(f"{v[c]:.4f} | {rk[name][c]}" for name, v in criteria.items()) + " | "
                       + " | ".join(f"{r['ppl'][t]:.1f}" for t in res["ppl_texts"]) + f" | {rt[c]} |")
         best = lambda d: min(d, key=d.get)  # noqa: E731
-        sf, sh = spearman(fit, truth), spearman(held, truth)
-        md += ["", f"- lowest evaluation perplexity: {best(truth)} removed",
-               f"- KL on fitted rows picks {best(fit)}" + (f" (Spearman vs perplexity {sf:+.2f})" if sf is not None else ""),
-               f"- KL on held-out rows picks {best(held)}" + (f" (Spearman vs perplexity {sh:+.2f})" if sh is not None else ""),
-               f"- {b.get('stopped', 'running')}", ""]
+        md += ["", f"- lowest evaluation perplexity: {best(truth)} removed"]
+        for name, v in criteria.items():
+            sp = spearman(v, truth)
+            md.append(f"- {name} picks {best(v)}" + (f" (Spearman vs evaluation perplexity {sp:+.2f})" if sp is not None else ""))
+        md += [f"- {b.get('stopped', 'running')}", ""]
     if res.get("notes"):
         md += ["## Notes", ""] + [f"- {n}" for n in res["notes"]]
     (out / "drop_search.md").write_text("\n".join(md) + "\n")
@@ -143,21 +150,22 @@ def main(argv=None) -> int:
         cfg = CompressConfig(target_params=budget, drop_layers="auto", drop_search_max=a.max_count)
         entry = {"target": budget, "rows": []}
         res["budgets"].append(entry)
-        for c in drop_candidates(lm.model, cfg, tokenizer=lm.tokenizer, progress=False):
+        counts = [int(x) for x in a.counts.split(",")] if a.counts else None
+        for c in drop_candidates(lm.model, cfg, tokenizer=lm.tokenizer, progress=False, counts=counts):
             if c.result is None:
                 entry["stopped"] = f"stopped at {c.stopped}"
                 break
             ppl = evaluate(c.result.model, lm.tokenizer, ev, progress=False)["ppl"]
             ppl = {t: v["ppl"] if isinstance(v, dict) else v for t, v in ppl.items()}
             plan = c.result.plan
-            entry["rows"].append({"count": c.count, "kl": c.kl, "kl_calibration": c.kl_calibration, "ppl": ppl,
+            entry["rows"].append({"count": c.count, "kl": c.kl, "kl_calibration": c.kl_calibration, "nll": c.nll, "ppl": ppl,
                                   "log_ppl": sum(math.log(v) for v in ppl.values()) / len(ppl),
                                   "removed_layers": plan.get("removed_layers", []), "groups": plan["groups"],
                                   "params": plan["compressed_params"]})
             print(f"keep {budget}: {c.count} removed: KL fitted {c.kl_calibration:.4f}, held-out {c.kl:.4f}, ppl {ppl}",
                   file=sys.stderr, flush=True)
             save()
-        entry.setdefault("stopped", "stopped at drop_search_max or all but two layers")
+        entry.setdefault("stopped", f"counts {a.counts} only" if counts else "stopped at drop_search_max or all but two layers")
         save()
     print((out / "drop_search.md").read_text())
     return 0

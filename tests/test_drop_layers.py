@@ -11,7 +11,7 @@ import torch
 from edgedelta.baselines.common import remove_layers
 from edgedelta.baselines.shortgpt import block_influence
 from edgedelta.delta.accounting import count_parameters
-from edgedelta.delta.compress import compress, format_plan
+from edgedelta.delta.compress import compress, drop_candidates, format_plan
 from edgedelta.delta.config import CompressConfig
 from edgedelta.delta.storage import load_compressed, save_compressed
 from edgedelta.distill.api import check_teacher, distill
@@ -108,9 +108,14 @@ def test_auto_builds_every_count_and_keeps_the_lowest_heldout_kl():
         alone = compress(teacher, _cfg(drop_layers=count), calib_ids=CALIB, progress=False)
         assert kl_to(ref_held, log_probs(alone.model, HELDOUT)) == pytest.approx(search["kl"][count], abs=1e-4)
         assert kl_to(ref_fit, log_probs(alone.model, CALIB[:8])) == pytest.approx(search["kl_calibration"][count], abs=1e-4)
+        with torch.no_grad():
+            nll = torch.nn.functional.cross_entropy(alone.model(input_ids=HELDOUT).logits[:, :-1].flatten(0, 1), HELDOUT[:, 1:].flatten())
+        assert float(nll) == pytest.approx(search["nll"][count], abs=1e-4)
         if count == search["chosen"]:
             assert torch.equal(alone.model(input_ids=CALIB).logits, res.model(input_ids=CALIB).logits)
     assert "layers removed first, searched (held-out KL to the original): 0: " in format_plan(res.plan)
+    (only,) = drop_candidates(teacher, _cfg(drop_layers="auto"), calib_ids=CALIB, heldout_ids=HELDOUT, progress=False, counts=[2])
+    assert only.count == 2 and only.kl == search["kl"][2] and len(only.result.plan["removed_layers"]) == 2
     capped = compress(teacher, _cfg(drop_layers="auto", drop_search_max=1), calib_ids=CALIB, heldout_ids=HELDOUT,
                       progress=False)
     assert list(capped.plan["drop_search"]["kl"]) == [0, 1] and "drop_search_max" in capped.plan["drop_search"]["stopped"]

@@ -203,6 +203,7 @@ class DropCandidate:
     result: CompressResult | None
     kl: float | None = None  # KL(original || compressed), nats/token, on held-out calibration text
     kl_calibration: float | None = None  # the same on the fitting rows (kept to show the fit's bias)
+    nll: float | None = None  # next-token NLL of the compressed model on the held-out rows, nats/token
     stopped: str | None = None
 
 
@@ -218,20 +219,26 @@ def heldout_rows(cfg: CompressConfig, tokenizer) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _kl_in_chunks(ref: list[torch.Tensor], model, ids: torch.Tensor, chunk: int) -> float:
-    """Mean per-token KL(original || model) over ids, one chunk of rows at a time (a full
-    (n, T, vocab) log-prob tensor per model would cost n·T·vocab·4 bytes twice)."""
+def _kl_and_nll(ref: list[torch.Tensor], model, ids: torch.Tensor, chunk: int) -> tuple[float, float]:
+    """Mean per-token KL(original || model) and model's next-token NLL over ids (n, T), one chunk
+    of rows at a time (a full (n, T, vocab) log-prob tensor per model would cost n·T·vocab·4
+    bytes twice)."""
     from .plan import kl_to, log_probs
 
-    kls = [kl_to(r, log_probs(model, ids[i:i + chunk])) for r, i in zip(ref, range(0, len(ids), chunk))]
-    sizes = [min(chunk, len(ids) - i) for i in range(0, len(ids), chunk)]
-    return sum(k * n for k, n in zip(kls, sizes)) / len(ids)
+    kl = nll = 0.0
+    for r, i in zip(ref, range(0, len(ids), chunk)):
+        rows = ids[i:i + chunk]
+        logp = log_probs(model, rows)  # (c, T, vocab)
+        kl += kl_to(r, logp) * len(rows)
+        nll -= float(logp[:, :-1].gather(-1, rows[:, 1:, None].to(logp.device)).mean()) * len(rows)
+    return kl / len(ids), nll / len(ids)
 
 
 def drop_candidates(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch.Tensor | None = None,
-                    heldout_ids: torch.Tensor | None = None, progress: bool = True):
+                    heldout_ids: torch.Tensor | None = None, progress: bool = True, counts=None):
     """drop_layers='auto': yield a DropCandidate for 0, 1, 2, ... layers removed first (each the
-    budget built with compress), until removal alone would meet it or cfg.drop_search_max.
+    budget built with compress), until removal alone would meet it or cfg.drop_search_max
+    (`counts`: only these, ascending, for benchmarks).
 
     Each count is judged on held-out rows (`heldout_ids`, default heldout_rows()): the fitting
     rows flatter counts that share more, because their deltas and gates are fitted on them (on
@@ -248,7 +255,7 @@ def drop_candidates(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch
     influence = block_influence(model, calib)  # of the original model: which layers go first, for every count
     num_layers = len(adapter_for(model.config).decoder_layers(model))
     most = num_layers - 2 if cfg.drop_search_max is None else min(cfg.drop_search_max, num_layers - 2)
-    for count in tqdm(range(most + 1), desc="drop count", disable=not progress):
+    for count in tqdm(range(most + 1) if counts is None else sorted(counts), desc="drop count", disable=not progress):
         try:
             res = compress(model, dataclasses.replace(cfg, drop_layers=count), calib_ids=calib, progress=progress,
                            influence=influence)
@@ -257,8 +264,9 @@ def drop_candidates(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch
                 raise
             yield DropCandidate(count, None, stopped=f"{count}: {e}")  # removal alone meets the budget: no higher count either
             return
-        yield DropCandidate(count, res, kl=round(_kl_in_chunks(ref_held, res.model, held, chunk), 4),
-                            kl_calibration=round(_kl_in_chunks(ref_fitted, res.model, fitted, chunk), 4))
+        kl, nll = _kl_and_nll(ref_held, res.model, held, chunk)
+        yield DropCandidate(count, res, kl=round(kl, 4), kl_calibration=round(_kl_and_nll(ref_fitted, res.model, fitted, chunk)[0], 4),
+                            nll=round(nll, 4))
 
 
 def _compress_searching_drop(model, cfg: CompressConfig, tokenizer, calib_ids, progress: bool,
@@ -267,18 +275,18 @@ def _compress_searching_drop(model, cfg: CompressConfig, tokenizer, calib_ids, p
     text (drop_candidates). Every count is built because quality is not monotone in it
     (bench/results/drop_sweep.md: on SmolLM2-135M at 12%, 3 is best and 1, 2, 4 are worse than 0).
     Costs one compress() per count."""
-    kls, kls_fit, stop, best = {}, {}, None, None
+    kls, kls_fit, nlls, stop, best = {}, {}, {}, None, None
     for c in drop_candidates(model, cfg, tokenizer, calib_ids, heldout_ids, progress):
         if c.result is None:
             stop = c.stopped
             break
-        kls[c.count], kls_fit[c.count] = c.kl, c.kl_calibration
+        kls[c.count], kls_fit[c.count], nlls[c.count] = c.kl, c.kl_calibration, c.nll
         if best is None or c.kl < best.kl:
             best = c
     n = cfg.drop_search_samples if heldout_ids is None else len(heldout_ids)
     best.result.plan["drop_search"] = {
         "metric": f"KL(original || compressed) nats/token on {n} held-out sequences of calibration text", "kl": kls,
-        "kl_calibration": kls_fit, "chosen": best.count,
+        "kl_calibration": kls_fit, "nll": nlls, "chosen": best.count,
         "stopped": stop or "at the last count (drop_search_max or all but two layers)"}
     return best.result
 
