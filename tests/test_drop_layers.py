@@ -122,8 +122,8 @@ def test_auto_builds_every_count_and_keeps_the_lowest_heldout_kl():
 
 
 def test_auto_judges_on_rows_it_does_not_fit():
-    """The held-out rows decide: judged on other rows, the same counts can rank differently, and
-    the drawn held-out rows are not calibration rows."""
+    """The rows passed as held-out are the ones judged on (the fitting rows give back the old
+    criterion), and the rows drawn by default are not calibration rows."""
     from edgedelta.data.text import calibration_batches
     from edgedelta.delta.compress import heldout_rows
 
