@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgedelta.fsutil import write_json_atomic  # noqa: E402
+from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -88,7 +88,7 @@ def write_report(res: dict, out: Path) -> None:
         md += [f"- {b.get('stopped', 'running')}", ""]
     if res.get("notes"):
         md += ["## Notes", ""] + [f"- {n}" for n in res["notes"]]
-    (out / "drop_search.md").write_text("\n".join(md) + "\n")
+    write_text_atomic(out / "drop_search.md", "\n".join(md) + "\n")
     _plot(res, out / "drop_search.png")
 
 
@@ -155,8 +155,7 @@ def main(argv=None) -> int:
             if c.result is None:
                 entry["stopped"] = f"stopped at {c.stopped}"
                 break
-            ppl = evaluate(c.result.model, lm.tokenizer, ev, progress=False)["ppl"]
-            ppl = {t: v["ppl"] if isinstance(v, dict) else v for t, v in ppl.items()}
+            ppl = {t: v["ppl"] for t, v in evaluate(c.result.model, lm.tokenizer, ev, progress=False)["ppl"].items()}
             plan = c.result.plan
             entry["rows"].append({"count": c.count, "kl": c.kl, "kl_calibration": c.kl_calibration, "nll": c.nll, "ppl": ppl,
                                   "log_ppl": sum(math.log(v) for v in ppl.values()) / len(ppl),

@@ -30,7 +30,7 @@ from edgedelta.delta.compress import format_drop_search  # noqa: E402
 from edgedelta.evaluation.api import EvalConfig, evaluate  # noqa: E402
 from edgedelta.evaluation.compare import METHODS, CompareConfig, _texts_note, compare  # noqa: E402
 from edgedelta.evaluation.report import markdown_compare, markdown_paired, retention, retention_chart  # noqa: E402
-from edgedelta.fsutil import write_json_atomic  # noqa: E402
+from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -85,7 +85,7 @@ def write_report(res: dict, out: Path) -> None:
                 md.append(f"- {r['method']} at {b['target']}: not built: {r['error']}")
     if res.get("notes"):
         md += ["", "## Notes", ""] + [f"- {n}" for n in res["notes"]]
-    (out / "quality.md").write_text("\n".join(md) + "\n")
+    write_text_atomic(out / "quality.md", "\n".join(md) + "\n")
     if groups:
         retention_chart(groups, out / "quality.png", f"{res['model']}: retention of the original's average zero-shot score")
 
