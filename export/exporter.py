@@ -32,25 +32,34 @@ from .audit import MODEL_FILE, audit, audit_problems
 from .config import ExportConfig
 from .decoder import ArchFacts, DecoderGraph
 from .graph import GraphBuilder
+from .prepack import lift_shared_weights
 from .weights import ModelWeights, WeightCollector
 
 ARTIFACT_FORMAT = "edgedelta-onnx"
+# Bumped whenever the graph emitted for the same ExportConfig changes, and recorded in the
+# manifest, so a cached artifact from an older exporter can be told apart (2: fp32 weights
+# with several readers lifted to (1, K, N), RMSNorm as Pow so ORT fuses it).
+GRAPH_REVISION = 2
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
 # ONNX Runtime's CPU MatMul/Gemm "prepack" a constant weight into a private blocked copy
 # per consuming node while other readers keep the original (measured: one 16.8 MB weight
 # read by 8 MatMuls: +101 MB RSS with prepacking, +0 without; SmolLM2 fp32: +114 MB, the
 # tied 113 MB embedding packed for the logits while Gather keeps the original; see
-# bench/results/export.md). Float artifacts therefore ask for prepacking off. MatMulNBits without prepacking dequantizes its whole weight on every call
-# (int4 decode ~10x slower, measured), and its packed copies are small, so quantized
-# artifacts keep ORT's default. Loaders apply the manifest's "ort_session_config"
-# (edgedelta.runtime does; with optimum pass session_options).
-SESSION_CONFIG = {"session.disable_prepacking": "1"}
+# bench/results/export.md). fp32 artifacts store every weight with several readers as
+# (1, K, N), which ORT does not pack (export/prepack.py), and keep ORT's default: the
+# single-reader weights get the packed kernel, the shared ones stay single. fp16 keeps the
+# 2-D layouts its Gemm LM head needs and asks for prepacking off. MatMulNBits without
+# prepacking dequantizes its whole weight on every call (int4 decode ~10x slower, measured)
+# and its packed copies are small, so quantized artifacts keep ORT's default too. Loaders
+# apply the manifest's "ort_session_config" (edgedelta.runtime does; with optimum pass
+# session_options).
+NO_PREPACKING = {"session.disable_prepacking": "1"}
 
 
 def session_config(cfg: ExportConfig) -> dict[str, str]:
     """ONNX Runtime session config entries an artifact exported with `cfg` should run with."""
-    return dict(SESSION_CONFIG) if cfg.quantize == "none" else {}
+    return dict(NO_PREPACKING) if cfg.dtype == "fp16" and cfg.quantize == "none" else {}
 
 
 class ExportError(EdgeDeltaError):
@@ -64,6 +73,8 @@ def build_graph(model, cfg: ExportConfig) -> tuple[GraphBuilder, ModelWeights, A
     weights = WeightCollector(model, adapter, cfg, builder).collect()
     facts = ArchFacts.from_model(model, adapter)
     DecoderGraph(builder, facts, weights, cfg.dtype, cfg.accuracy_level).build()
+    if cfg.dtype == "fp32":
+        lift_shared_weights(builder)
     return builder, weights, facts
 
 
@@ -151,6 +162,7 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
         src_facts = _source_facts(Path(loaded.path))
         facts_out = {
             "export_config": cfg.to_dict(),
+            "graph_revision": GRAPH_REVISION,
             "compress_config": src_facts.get("compress_config"),  # how the source was compressed (None: plain model)
             "source": {**loaded.source, "path": str(Path(loaded.path).resolve()), "manifest": src_facts},
             "sharing": spec.to_dict() if spec else None,
@@ -162,7 +174,8 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
                    "kv_dtype": "float16" if cfg.dtype == "fp16" else "float32"},
             "layouts": {"projection": "(in, out) for MatMul", "delta_A": "(in, r) = Aᵀ", "delta_B": "(r, out) = Bᵀ",
                         "quantized": "MatMulNBits (out, in/block, block*bits/8) uint8 + scales + zero_points",
-                        "tied_embedding": "(vocab, hidden) read by Gather and by FusedMatMul/Gemm with transB=1"},
+                        "tied_embedding": "(vocab, hidden), (1, vocab, hidden) in fp32, read by Gather and by FusedMatMul/Gemm with transB=1",
+                        "shared_fp32": "(1, ...) leading unit axis on every fp32 weight read by several nodes (kept out of ORT prepacking)"},
             "parameters": {**counts, "unique_bytes_at_dtype": unique_bytes},
             "bytes": {"data_file": report["data_file_bytes"], "model_file": report["model_file_bytes"],
                       "initializers": report["initializer_bytes"],

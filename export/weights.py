@@ -12,7 +12,9 @@ embedding) maps to the initializer already made for it. Names are stable and rea
 
 Layouts are the ones the consuming op reads, so no Transpose ever touches a weight:
 float projections are stored (in, out) for MatMul; quantized ones in MatMulNBits' (out,
-in-blocks) layout; the tied embedding (vocab, hidden) feeds Gather and a Gemm with transB."""
+in-blocks) layout; the tied embedding (vocab, hidden) feeds Gather and a Gemm with transB.
+In fp32, build_graph then gives every weight with several readers a leading unit axis
+(prepack.py)."""
 
 from __future__ import annotations
 

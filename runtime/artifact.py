@@ -232,8 +232,9 @@ def graph_facts(model_file: Path) -> dict[str, Any]:
         if len(rs) > 1:
             shared += 1
         for node in rs:
-            if node.op_type == "Gather" and len(t.dims) == 2:
-                read += b // max(int(t.dims[0]), 1)  # embedding lookup: one row per token
+            if node.op_type == "Gather" and node.input[0] == name:  # embedding lookup: one row per token
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                read += b // max(int(t.dims[axis]), 1)
             else:
                 read += b
     past = [i for i in g.input if i.name.startswith("past_key_values.")]

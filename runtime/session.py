@@ -4,15 +4,17 @@ Loading: the manifest's checksums are verified first; the graph is opened by *pa
 Runtime reads model.onnx.data itself (no Python-side copy of the weights).
 
 Edge memory settings (CPU), measured in bench/results/runtime.md: the weights in
-model.onnx.data are memory-mapped by ONNX Runtime (RSS right after load: ~130 MiB for a
-513 MiB model; pages count once touched, never copied); the CPU arena is off
+model.onnx.data are memory-mapped by ONNX Runtime (pages count once touched, never copied),
+except those ORT prepacks: a weight with one reader is repacked into a blocked copy at load
+and its mapped original is released; the CPU arena is off
 (`enable_cpu_mem_arena=False`) so freed activations go back to the allocator instead of an
 arena that only grows; memory patterns are off (`enable_mem_pattern=False`: shapes change
 every step, a pattern is never reused); glibc's mmap threshold is fixed (memory.py) so the
 allocator returns prefill activations to the OS; ORT threads do not spin (`spin`).
-Weight prepacking follows the artifact's manifest (edgedelta.export turns it off so a shared
-weight is not copied once per consuming MatMul); `prepack=True` trades RAM for speed
-(SmolLM2-135M, 2 shared cores: decode 4.9 -> 6.6 tok/s, RSS after load 130 -> 751 MiB). The KV cache lives in buffers this class owns:
+Weight prepacking follows the artifact's manifest: on for fp32 and quantized artifacts, whose
+shared weights the exporter stores in a layout ORT does not pack (export/prepack.py), so a
+shared weight is never copied once per consuming MatMul; off for fp16. The KV cache lives in
+buffers this class owns:
 two flat buffers per K/V tensor sized for the whole generation; step t reads past from one
 and ONNX Runtime writes `present` straight into the other (IO binding with our pointers), so
 the decode loop allocates no KV memory and copies nothing in Python.
@@ -138,9 +140,9 @@ class Session:
         """Verify the artifact's checksums, then load it on `provider` ('auto'|'cpu'|'cuda').
         tokenizer: 'light' (tokenizer.json without transformers; falls back to 'hf' when the
         artifact has no tokenizer.json), 'hf' (transformers.AutoTokenizer) or None.
-        prepack: None follows the artifact's manifest (edgedelta.export disables ORT's weight
-        prepacking so a shared weight is not copied once per consumer); True re-enables it:
-        faster MatMuls (measured ~1.4x decode on 2 cores) for more RAM when weights are shared.
+        prepack: None follows the artifact's manifest (see the module docstring); False turns
+        ORT's weight prepacking off (weights stay memory-mapped until read; slower decode),
+        True on (for an fp16 artifact: a shared weight is then packed once per reader).
         spin: ORT worker threads spin-wait between ops. Default False: on a CPU shared with
         other work spinning threads starve each other (measured on 2 busy cores: 2 tok/s
         spinning vs 5-12 tok/s not); True may gain a little on a dedicated device.

@@ -1,0 +1,73 @@
+"""Keep ONNX Runtime's weight prepacking for the weights that one node reads, and away from the
+weights that several read.
+
+ORT's CPU MatMul and FusedMatMul "prepack" a constant 2-D B into a private blocked copy per
+consuming node. For a weight read by one MatMul that copy replaces the original and buys the
+fast single-token kernel (SmolLM2 decode 1.2x). A weight read by k nodes (a group's shared
+base, the tied embedding read by Gather and the LM head) would be held k + 1 times, which
+undoes what sharing saves. ORT only packs a B of rank 2, so such a weight is stored with a
+leading unit axis, (1, K, N): the same bytes and, by MatMul broadcasting, the same result,
+and ORT leaves it unpacked while it still packs every other weight. Measured on SmolLM2-135M
+(fp32, 2 cores; bench/results/runtime.md): peak RSS as with prepacking off, decode speed as
+with it on.
+
+The price is at batch > 1: a (B, S, K) input times a (1, K, N) weight runs B products of
+S rows instead of one of B*S rows, so a batched decode reads that weight B times."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .graph import GraphBuilder
+
+PACKING_OPS = {"MatMul", "FusedMatMul"}  # CPU kernels that prepack a constant B (input 1)
+LIFTABLE_READERS = PACKING_OPS | {"Gather"}  # ops that accept the (1, ...) layout (Gather: data at axis 1)
+
+
+def lift_shared_weights(builder: GraphBuilder) -> list[str]:
+    """Give every fp32 2-D initializer read by more than one node, at least one of them a
+    packing MatMul, the layout (1, K, N); Gather readers index axis 1 and squeeze the unit
+    axis off their output. Returns the lifted names. Call after the graph is complete."""
+    readers: dict[str, list[tuple[int, onnx.NodeProto]]] = {}
+    for node in builder.nodes:
+        for slot, name in enumerate(node.input):
+            if name in builder.initializers:
+                readers.setdefault(name, []).append((slot, node))
+    lifted = []
+    for name, uses in readers.items():
+        arr = builder.initializers[name]
+        ops = {n.op_type for _, n in uses}
+        if (arr.dtype != np.float32 or arr.ndim != 2 or len(uses) < 2 or not ops & PACKING_OPS
+                or not ops <= LIFTABLE_READERS):
+            continue
+        if any((n.op_type in PACKING_OPS and slot != 1) or (n.op_type == "Gather" and slot != 0) for slot, n in uses):
+            continue  # the weight is the A operand or the Gather indices somewhere: leave it
+        builder.initializers[name] = arr[None]  # (1, K, N): a view, no copy
+        for _, node in uses:
+            if node.op_type == "Gather":
+                _gather_past_unit_axis(builder, node)
+        lifted.append(name)
+    return lifted
+
+
+def _gather_past_unit_axis(builder: GraphBuilder, node: onnx.NodeProto) -> None:
+    """Gather(data (1, V, H), ids, axis=1) -> (1, *ids.shape, H), then Squeeze(0) to the
+    output the graph expects. The Squeeze is inserted right after the Gather (topological
+    order); it moves only the looked-up rows."""
+    axis = next((a for a in node.attribute if a.name == "axis"), None)
+    if axis is not None and axis.i != 0:
+        raise ValueError(f"Gather '{node.name}' reads a lifted weight on axis {axis.i}; only axis 0 is supported")
+    if axis is None:
+        node.attribute.append(helper.make_attribute("axis", 1))
+    else:
+        axis.i = 1
+    out = node.output[0]
+    node.output[0] = f"{node.name}/output_unit_axis"
+    at = next(i for i, n in enumerate(builder.nodes) if n is node) + 1
+    axes = f"{node.name}/squeeze_axes"
+    builder.nodes[at:at] = [
+        helper.make_node("Constant", [], [axes], name=axes, value=onnx.numpy_helper.from_array(np.array([0], np.int64), axes)),
+        helper.make_node("Squeeze", [node.output[0], axes], [out], name=f"{node.name}/squeeze"),
+    ]

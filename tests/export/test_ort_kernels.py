@@ -1,0 +1,132 @@
+"""The graph meets ONNX Runtime's CPU kernels: shared fp32 weights stay out of per-node
+prepacking (export/prepack.py), and every RMSNorm is fused. Prepacking:
+the layout rule, that it changes no result, and that ORT indeed packs a 2-D weight once per
+reader but leaves a (1, K, N) one alone (a guard against an ORT upgrade changing that)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto
+
+from edgedelta.export import ExportConfig, export_onnx
+from edgedelta.export.graph import GraphBuilder
+from edgedelta.export.prepack import lift_shared_weights
+
+
+def _graph(dtype=np.float32, lm_op="FusedMatMul"):
+    """ids -> Gather(E) -> x·W -> x·W -> x·V -> lm head on E: E and W have two readers each, V one."""
+    rng = np.random.default_rng(0)
+    b = GraphBuilder("g", 21)
+    ids = b.add_input("ids", TensorProto.INT64, ["B", "S"])
+    e = b.initializer("E", rng.standard_normal((50, 8)).astype(dtype))  # (vocab, hidden)
+    w = b.initializer("W", rng.standard_normal((8, 8)).astype(dtype))
+    v = b.initializer("V", rng.standard_normal((8, 8)).astype(dtype))
+    h = b.op("Gather", [e, ids], axis=0)
+    h = b.op("MatMul", [b.op("MatMul", [b.op("MatMul", [h, w]), w]), v])
+    if lm_op == "FusedMatMul":
+        b.op("FusedMatMul", [h, e], domain="com.microsoft", outputs=["logits"], transB=1, alpha=1.0)
+    else:  # Gemm needs 2-D operands
+        b.op("Gemm", [b.op("Reshape", [h, b.const([-1, 8])]), e], outputs=["logits"], transB=1)
+    shape = ["B", "S", 50] if lm_op == "FusedMatMul" else ["BS", 50]
+    b.add_output("logits", TensorProto.FLOAT if dtype == np.float32 else TensorProto.FLOAT16, shape)
+    return b
+
+
+def _run(builder, ids, folder):
+    folder.mkdir()
+    path = builder.save(folder)
+    onnx.checker.check_model(str(path), full_check=True)
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+
+
+def test_weights_with_several_readers_get_a_unit_axis_and_the_same_results(tmp_path):
+    ids = np.array([[3, 7, 49], [0, 1, 2]], np.int64)
+    before = _run(_graph(), ids, tmp_path / "2d")
+    b = _graph()
+    assert sorted(lift_shared_weights(b)) == ["E", "W"]
+    assert b.initializers["E"].shape == (1, 50, 8) and b.initializers["W"].shape == (1, 8, 8)
+    assert b.initializers["V"].shape == (8, 8)  # one reader: ORT may pack it
+    gather = next(n for n in b.nodes if n.op_type == "Gather")
+    assert [a.i for a in gather.attribute if a.name == "axis"] == [1]
+    np.testing.assert_allclose(_run(b, ids, tmp_path / "lifted"), before, rtol=1e-6, atol=1e-6)
+
+
+def test_weights_a_reader_needs_2d_and_fp16_are_left_alone():
+    b = _graph(lm_op="Gemm")
+    assert lift_shared_weights(b) == ["W"]  # E also feeds Gemm, which takes 2-D operands only
+    b16 = _graph(dtype=np.float16, lm_op="Gemm")
+    assert lift_shared_weights(b16) == []
+
+
+def test_exported_artifact_lifts_exactly_the_shared_weights(compressed_artifact):
+    m = json.loads((compressed_artifact / "manifest.json").read_text())
+    assert m["ort_session_config"] == {}
+    model = onnx.load(str(compressed_artifact / "model.onnx"), load_external_data=False)
+    readers = {}
+    for n in model.graph.node:
+        for x in n.input:
+            readers[x] = readers.get(x, 0) + 1
+    big = [t for t in model.graph.initializer if len(t.dims) >= 2]
+    lifted = {t.name for t in big if len(t.dims) == 3 and t.dims[0] == 1}
+    assert lifted == {t.name for t in big if readers[t.name] > 1}
+    assert "embed_tokens.weight" in lifted and any(n.startswith("shared.g") for n in lifted)
+
+
+def test_fp16_artifact_keeps_2d_weights_and_prepacking_off(tiny_dirs, tmp_path):
+    art = export_onnx(tiny_dirs["compressed"], ExportConfig(dtype="fp16", validate=False), tmp_path / "art")
+    m = json.loads((art / "manifest.json").read_text())
+    assert m["ort_session_config"] == {"session.disable_prepacking": "1"}
+    model = onnx.load(str(art / "model.onnx"), load_external_data=False)
+    assert all(len(t.dims) <= 2 for t in model.graph.initializer)
+
+
+_RSS_PROBE = r"""
+import resource, sys, numpy as np, onnx, onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+K, readers, lifted, path = 2896, 4, sys.argv[1] == "1", sys.argv[2]
+w = np.random.default_rng(0).standard_normal((K, K)).astype(np.float32) / K  # 32 MiB
+w = w[None] if lifted else w
+# a chain, so that no two readers have the same inputs (ORT would merge identical nodes)
+nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"y{i - 1}", "W"], [f"y{i}"]) for i in range(readers)]
+g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, K])],
+                      [helper.make_tensor_value_info(f"y{readers - 1}", TensorProto.FLOAT, None)],
+                      [numpy_helper.from_array(w, "W")])
+m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+onnx.save(m, path, save_as_external_data=True, location="w.data")
+del m, g, w
+def rss():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) // 1024
+before = rss()
+s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])  # ORT defaults: prepacking on
+s.run(None, {"x": np.ones((1, 1, K), np.float32)})
+print(rss() - before)
+"""
+
+
+def test_ort_packs_a_2d_weight_per_reader_but_not_a_lifted_one(tmp_path):
+    grown = {}
+    for lifted in ("0", "1"):
+        folder = tmp_path / lifted
+        folder.mkdir()
+        out = subprocess.run([sys.executable, "-c", _RSS_PROBE, lifted, str(folder / "m.onnx")],
+                             capture_output=True, text=True, check=True)
+        grown[lifted] = int(out.stdout.split()[-1])
+    # 2-D: four packed 32 MiB copies (plus the original); lifted: the weight once
+    assert grown["0"] >= 4 * 32 - 8, grown
+    assert grown["1"] <= 2 * 32 + 8, grown
+
+
+def test_ort_fuses_every_rms_norm(compressed_artifact, tmp_path):
+    """The RMSNorm is emitted as Pow(x, 2) -> ReduceMean -> Add -> Sqrt -> Div -> Mul, the
+    pattern ONNX Runtime fuses into one SimplifiedLayerNormalization (Mul(x, x) is not)."""
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(compressed_artifact / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(so.optimized_model_filepath, load_external_data=False).graph.node]
+    layers = json.loads((compressed_artifact / "manifest.json").read_text())["architecture"]["num_layers"]
+    assert ops.count("SimplifiedLayerNormalization") == 2 * layers + 1
+    assert "ReduceMean" not in ops and "Sqrt" not in ops
