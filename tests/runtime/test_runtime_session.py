@@ -61,6 +61,17 @@ def test_graph_facts(tiny_artifact):
     assert art.graph_facts["unique_initializer_bytes"] >= art.unique_weight_bytes
 
 
+
+def test_bytes_read_per_token_counts_one_embedding_row_for_the_lookup(tiny_edgedelta):
+    """Every weight is read once per token; the lifted (1, vocab, hidden) table once by the LM
+    head and one row by Gather(axis=1). Small shape constants with many readers add a little."""
+    art = Artifact.open(tiny_edgedelta[1])
+    cfg = json.loads((tiny_edgedelta[0] / "config.json").read_text())
+    unique, row = art.graph_facts["unique_initializer_bytes"], 32 * 4
+    assert cfg["hidden_size"] == 32
+    assert unique + row <= art.weight_bytes_read_per_token <= unique + row + 16 * 1024
+
+
 def test_kv_cache_buffers(tiny_artifact):
     s = Session.from_dir(tiny_artifact[1], provider="cpu")
     c = s.new_cache(2, 50)
