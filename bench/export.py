@@ -281,7 +281,8 @@ def main(argv=None) -> int:
 NOTES = [
     "RSS: each artifact in a fresh subprocess without torch; peak = VmHWM (process baseline ~53 MB included in the table, "
     "subtracted in the targets); "
-    "outputs kept as OrtValues. 'no prepack' = the artifact's session config (session.disable_prepacking=1), 'prepack' = ORT default.",
+    "outputs kept as OrtValues. 'no prepack' = session.disable_prepacking=1 (what fp32 artifacts asked for before graph revision 2), 'prepack' = ORT default "
+    "(what they ask for since: shared weights are stored (1, K, N) and stay unpacked).",
     "The ~200 MB the session holds beyond its weights (512-token activations: the (1,512,49152) fp32 logits alone are 100 MB, "
     "plus arena rounding) is the same for both models; it dilutes the RSS ratio, so the RAM saved is compared with the bytes saved too.",
     "fp16 on an x86 CPU: ONNX Runtime has no fp16 kernels for most ops there and inserts Casts, folding fp32 copies of the weights "
