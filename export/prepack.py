@@ -8,7 +8,7 @@ base, the tied embedding read by Gather and the LM head) would be held k + 1 tim
 undoes what sharing saves. ORT only packs a B of rank 2, so such a weight is stored with a
 leading unit axis, (1, K, N): the same bytes and, by MatMul broadcasting, the same result,
 and ORT leaves it unpacked while it still packs every other weight. Measured on SmolLM2-135M
-(fp32, 2 cores; bench/results/runtime.md): peak RSS as with prepacking off; decode 1.09x
+(fp32, 2 cores; bench/results/runtime.md): peak RSS as with prepacking off; decode 1.08x
 prepacking off, and 0.90x everything packed (which holds the 113 MB tied embedding twice).
 
 The price is at batch > 1: a (B, S, K) input times a (1, K, N) weight runs B products of
