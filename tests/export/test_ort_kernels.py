@@ -1,7 +1,7 @@
-"""The graph meets ONNX Runtime's CPU kernels: shared fp32 weights stay out of per-node
-prepacking (export/prepack.py), and every RMSNorm is fused. Prepacking:
-the layout rule, that it changes no result, and that ORT indeed packs a 2-D weight once per
-reader but leaves a (1, K, N) one alone (a guard against an ORT upgrade changing that)."""
+"""The graph meets ONNX Runtime's CPU kernels. Prepacking (export/prepack.py): the layout rule
+for weights with several readers, that it changes no result, and that ORT packs a 2-D weight
+once per reader but leaves a (1, K, N) one alone (a guard against an ORT upgrade changing
+that). Fusion: every RMSNorm becomes one SimplifiedLayerNormalization."""
 
 import json
 import subprocess
