@@ -132,6 +132,8 @@ def main(argv=None) -> int:
     from edgedelta.evaluation.api import EvalConfig, evaluate
     from edgedelta.models.loading import load_model
 
+    budgets = [float(x) for x in a.budgets.split(",")]
+    counts = [int(x) for x in a.counts.split(",")] if a.counts else None  # parsed before the model loads
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -146,11 +148,10 @@ def main(argv=None) -> int:
         write_json_atomic(out / "drop_search.json", res)
         write_report(res, out)
 
-    for budget in [float(x) for x in a.budgets.split(",")]:
+    for budget in budgets:
         cfg = CompressConfig(target_params=budget, drop_layers="auto", drop_search_max=a.max_count)
         entry = {"target": budget, "rows": []}
         res["budgets"].append(entry)
-        counts = [int(x) for x in a.counts.split(",")] if a.counts else None
         for c in drop_candidates(lm.model, cfg, tokenizer=lm.tokenizer, progress=False, counts=counts):
             if c.result is None:
                 entry["stopped"] = f"stopped at {c.stopped}"
