@@ -14,8 +14,8 @@ allocator returns prefill activations to the OS; ORT threads do not spin (`spin`
 Weight prepacking follows the artifact's manifest: on for fp32 and quantized artifacts, whose
 shared weights the exporter stores in a layout ORT does not pack (export/prepack.py), so a
 shared weight is never copied once per consuming MatMul; off for fp16. The KV cache lives in
-buffers this class owns:
-two flat buffers per K/V tensor sized for the whole generation; step t reads past from one
+buffers this class owns: two flat buffers per K/V tensor sized for the whole generation; step
+t reads past from one
 and ONNX Runtime writes `present` straight into the other (IO binding with our pointers), so
 the decode loop allocates no KV memory and copies nothing in Python.
 
