@@ -15,9 +15,8 @@ Weight prepacking follows the artifact's manifest: on for fp32 and quantized art
 shared weights the exporter stores in a layout ORT does not pack (export/prepack.py), so a
 shared weight is never copied once per consuming MatMul; off for fp16. The KV cache lives in
 buffers this class owns: two flat buffers per K/V tensor sized for the whole generation; step
-t reads past from one
-and ONNX Runtime writes `present` straight into the other (IO binding with our pointers), so
-the decode loop allocates no KV memory and copies nothing in Python.
+t reads past from one and ONNX Runtime writes `present` straight into the other (IO binding
+with our pointers), so the decode loop allocates no KV memory and copies nothing in Python.
 
 CUDA: the same IO binding over device buffers (OrtValue on 'cuda'); logits come back into a
 host numpy buffer. Requires the `onnxruntime-gpu` package (extra `edgedelta[cuda]`)."""
