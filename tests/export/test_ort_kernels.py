@@ -1,6 +1,6 @@
 """The graph meets ONNX Runtime's CPU kernels. Prepacking (export/prepack.py): the layout rule
-for weights with several readers, that it changes no result, and that ORT packs a 2-D weight
-once per reader but leaves a (1, K, N) one alone (a guard against an ORT upgrade changing
+for weights with several readers, that it changes no result, and that ORT copies a 2-D weight
+when it packs it but leaves a (1, K, N) one alone (a guard against an ORT upgrade changing
 that). Fusion: every RMSNorm becomes one SimplifiedLayerNormalization."""
 
 import json
@@ -87,7 +87,8 @@ def test_fp16_artifact_keeps_2d_weights_and_prepacking_off(tiny_dirs, tmp_path):
 _RSS_PROBE = r"""
 import resource, sys, numpy as np, onnx, onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
-K, readers, lifted, path = 2896, 4, sys.argv[1] == "1", sys.argv[2]
+K, readers, path = 2896, 4, sys.argv[2]
+lifted, prepack = sys.argv[1] == "lifted", sys.argv[1] != "2d_prepack_off"
 w = np.random.default_rng(0).standard_normal((K, K)).astype(np.float32) / K  # 32 MiB
 w = w[None] if lifted else w
 # a chain, so that no two readers have the same inputs (ORT would merge identical nodes)
@@ -101,23 +102,30 @@ del m, g, w
 def rss():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) // 1024
 before = rss()
-s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])  # ORT defaults: prepacking on
+so = ort.SessionOptions()
+if not prepack:
+    so.add_session_config_entry("session.disable_prepacking", "1")
+s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 s.run(None, {"x": np.ones((1, 1, K), np.float32)})
 print(rss() - before)
 """
 
 
-def test_ort_packs_a_2d_weight_per_reader_but_not_a_lifted_one(tmp_path):
+def test_ort_copies_a_2d_weight_when_packing_but_not_a_lifted_one(tmp_path):
     grown = {}
-    for lifted in ("0", "1"):
-        folder = tmp_path / lifted
+    for layout in ("2d", "2d_prepack_off", "lifted"):
+        folder = tmp_path / layout
         folder.mkdir()
-        out = subprocess.run([sys.executable, "-c", _RSS_PROBE, lifted, str(folder / "m.onnx")],
+        out = subprocess.run([sys.executable, "-c", _RSS_PROBE, layout, str(folder / "m.onnx")],
                              capture_output=True, text=True, check=True)
-        grown[lifted] = int(out.stdout.split()[-1])
-    # 2-D: four packed 32 MiB copies (plus the original); lifted: the weight once
-    assert grown["0"] >= 4 * 32 - 8, grown
-    assert grown["1"] <= 2 * 32 + 8, grown
+        grown[layout] = int(out.stdout.split()[-1])
+    # How many packed copies ORT makes of a 32 MiB 2-D weight with 4 readers depends on the CPU:
+    # one per reader on this project's dev machine (136 MiB against 41 unpacked), fewer on
+    # another (73). Either way it is at least one copy, which is why shared weights are lifted...
+    assert grown["2d"] >= grown["2d_prepack_off"] + 24, grown
+    # ...and a lifted weight, with ORT's default prepacking on, costs no more than no packing.
+    assert grown["lifted"] <= grown["2d_prepack_off"] + 8, grown
+    assert grown["lifted"] <= 32 + 16, grown
 
 
 def test_ort_fuses_every_rms_norm(compressed_artifact, tmp_path):
