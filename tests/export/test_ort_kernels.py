@@ -128,13 +128,24 @@ def test_ort_copies_a_2d_weight_when_packing_but_not_a_lifted_one(tmp_path):
     assert grown["lifted"] <= 32 + 16, grown
 
 
-def test_ort_fuses_every_rms_norm(compressed_artifact, tmp_path):
-    """The RMSNorm is emitted as Pow(x, 2) -> ReduceMean -> Add -> Sqrt -> Div -> Mul, the
-    pattern ONNX Runtime fuses into one SimplifiedLayerNormalization (Mul(x, x) is not)."""
+def _ort_optimized_ops(artifact, tmp_path):
     so = ort.SessionOptions()
     so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(compressed_artifact / "model.onnx"), so, providers=["CPUExecutionProvider"])
-    ops = [n.op_type for n in onnx.load(so.optimized_model_filepath, load_external_data=False).graph.node]
-    layers = json.loads((compressed_artifact / "manifest.json").read_text())["architecture"]["num_layers"]
+    ort.InferenceSession(str(artifact / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    return onnx.load(so.optimized_model_filepath, load_external_data=False).graph.node
+
+
+def test_ort_fuses_every_rms_norm_and_attention_scale(compressed_artifact, tmp_path):
+    """The RMSNorm is emitted as Pow(x, 2) -> ReduceMean -> Add -> Sqrt -> Div -> Mul, the
+    pattern ONNX Runtime fuses into one SimplifiedLayerNormalization (Mul(x, x) is not). The
+    attention scale is a Mul right on the score MatMul, which ORT folds into FusedMatMul's
+    alpha (after a Reshape it would stay a pass over the scores)."""
+    nodes = _ort_optimized_ops(compressed_artifact, tmp_path)
+    ops = [n.op_type for n in nodes]
+    arch = json.loads((compressed_artifact / "manifest.json").read_text())["architecture"]
+    layers = arch["num_layers"]
     assert ops.count("SimplifiedLayerNormalization") == 2 * layers + 1
     assert "ReduceMean" not in ops and "Sqrt" not in ops
+    scale = arch["head_dim"] ** -0.5
+    alphas = [a.f for n in nodes if n.op_type == "FusedMatMul" for a in n.attribute if a.name == "alpha"]
+    assert sum(abs(a - scale) < 1e-7 for a in alphas) == layers, alphas
