@@ -33,7 +33,7 @@ class ExportConfig:
     accuracy_level: int = field(default=0, metadata={"help": "MatMulNBits compute: 0 = fp32 on the dequantized weights (exact); "
                                                       "4 = int8 activations (x86: int8 weights ~18x and int4 ~2x faster, adds activation rounding)"})
     block_size: int = field(default=32, metadata={"help": "quantization block size along the input dimension (16..256, power of 2)"})
-    opset: int = field(default=21, metadata={"help": "ONNX default-domain opset"})
+    opset: int = field(default=23, metadata={"help": "ONNX default-domain opset (23+: one RotaryEmbedding node per q/k; 18-22 decompose it)"})
     validate: bool = field(default=True, metadata={"help": "run the parity checks after export (ONNX checker and audit always run)"})
     decode_tokens: int = field(default=32, metadata={"help": "greedy tokens compared with PyTorch"})
     prompt_tokens: int = field(default=12, metadata={"help": "prompt length of the parity inputs"})

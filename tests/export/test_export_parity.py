@@ -97,6 +97,32 @@ def test_sliding_window_mask_matches_pytorch(tmp_path):
     assert m["parity"]["logits"]["max_abs_diff"] <= 1e-3 and m["parity"]["greedy_decode"]["identical"]
 
 
+@pytest.mark.parametrize("partial", [1.0, 0.5])
+def test_rotary_node_and_its_decomposition_agree(partial, tmp_path):
+    """Opset 23 rotates q and k with one RotaryEmbedding each; opsets 18-22 decompose it.
+    Both match PyTorch, also when only part of each head rotates (partial_rotary_factor)."""
+    import onnx
+    from transformers import AutoModelForCausalLM
+
+    from tests.tiny import tiny_config, tiny_tokenizer
+
+    torch.manual_seed(0)
+    cfg = tiny_config("phi3")
+    cfg.partial_rotary_factor = partial
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "src")
+    tiny_tokenizer().save_pretrained(tmp_path / "src")
+    logits = {}
+    for opset in (21, 23):
+        art = export_onnx(tmp_path / "src", ExportConfig(opset=opset), tmp_path / f"art{opset}")
+        m = json.loads((art / "manifest.json").read_text())
+        assert m["parity"]["logits_with_past"]["max_abs_diff"] <= 1e-4 and m["parity"]["greedy_decode"]["identical"]
+        ops = [n.op_type for n in onnx.load(str(art / "model.onnx"), load_external_data=False).graph.node]
+        assert ops.count("RotaryEmbedding") == (2 * cfg.num_hidden_layers if opset >= 23 else 0)
+        assert ops.count("Neg") == (0 if opset >= 23 else 2 * cfg.num_hidden_layers)
+        logits[opset] = m["parity"]["logits"]["max_abs_diff"]
+    assert logits[23] <= 1e-4 and logits[21] <= 1e-4
+
+
 def test_identical_tensors_stored_once(tmp_path):
     """Untrained zero deltas (and pair-mean deltas, B₁A₁ = −B₂A₂) hold identical bytes:
     stored once, consumed by every layer, listed as aliases."""
