@@ -115,12 +115,13 @@ class DecoderGraph:
             cos, sin = self._rope(pos)
         with b.scope("mask"):
             masks = {w: self._mask(ids, mask, w) for w in sorted(set(f.sliding_windows), key=lambda x: x or 0)}
+        branch = None  # the last block's output, not yet added to the residual stream h
         for i, lw in enumerate(self.w.layers):
             with b.scope(f"layers.{i}"):
-                h = self._layer(h, lw, past[i], cos, sin, masks[f.sliding_windows[i]], i)
+                branch, h = self._layer(branch, h, lw, past[i], cos, sin, masks[f.sliding_windows[i]], i)
         with b.scope("final"):
-            h = self._rms_norm(h, self.w.final_norm)
-            logits = self._lm_head(h)
+            x, _ = self._add_norm(branch, h, self.w.final_norm)
+            logits = self._lm_head(x)
         b.add_output(logits, self.T, [BATCH, SEQ, f.vocab])
         for name in self.presents:  # after logits, in layer order (optimum's order)
             b.add_output(name, self.T, [BATCH, f.kv_heads, TOTAL, f.head_dim])
@@ -172,6 +173,21 @@ class DecoderGraph:
         if self.fp16:
             y = b.op("Cast", [y], to=self.T)
         return b.op("Mul", [y, weight])
+
+    def _add_norm(self, branch: str | None, h: str, weight: str) -> tuple[str, str]:
+        """(RMSNorm(h + branch), h + branch): the residual Add fused into the next norm as ONNX
+        Runtime's SkipSimplifiedLayerNormalization, which ORT does not fuse on its own (2 nodes
+        fewer per layer: decode +4-6%, measured A/B). Without a branch, a plain RMSNorm of h.
+        fp16 keeps Add + RMSNorm: the fused kernel sums and scales in fp32 where HF rounds to
+        fp16 in between, which doubled the SmolLM2 logit difference (0.066 -> 0.14)."""
+        if branch is None:
+            return self._rms_norm(h, weight), h
+        if self.fp16:
+            h = self.b.op("Add", [h, branch])
+            return self._rms_norm(h, weight), h
+        y, _, _, total = self.b.op("SkipSimplifiedLayerNormalization", [branch, h, weight], domain=MS_DOMAIN,
+                                   n_out=4, epsilon=self.f.eps)
+        return y, total
 
     def _matmul(self, x: str, weight: str, quant, outputs=None) -> str:
         """x (..., K) times a stored weight: MatMul on (K, N) floats, or MatMulNBits (quant: QRef)."""
@@ -271,13 +287,16 @@ class DecoderGraph:
             gate, up = self._linear(x, lin["gate"]), self._linear(x, lin["up"])
         return self._linear(b.op("Mul", [self._act(gate), up]), lin["down"])
 
-    def _layer(self, h, lw, past, cos, sin, allowed, i) -> str:
+    def _layer(self, branch, h, lw, past, cos, sin, allowed, i) -> tuple[str, str]:
+        """One decoder layer on the residual stream h + branch; returns (MLP output, residual),
+        the MLP output still to be added (by the next layer's or the final norm)."""
         b = self.b
         with b.scope("attn"):
-            h = b.op("Add", [h, self._attention(self._rms_norm(h, lw.input_norm), lw.linears, past, cos, sin, allowed, i)])
+            x, h = self._add_norm(branch, h, lw.input_norm)
+            attn = self._attention(x, lw.linears, past, cos, sin, allowed, i)
         with b.scope("mlp"):
-            h = b.op("Add", [h, self._mlp(self._rms_norm(h, lw.post_attention_norm), lw.linears)])
-        return h
+            x, h = self._add_norm(attn, h, lw.post_attention_norm)
+            return self._mlp(x, lw.linears), h
 
     def _lm_head(self, h: str) -> str:
         """(B, S, H) -> (B, S, vocab). Tied: FusedMatMul (fp32) or Gemm (fp16, no fp32-only

@@ -1,7 +1,7 @@
 """The graph meets ONNX Runtime's CPU kernels. Prepacking (export/prepack.py): the layout rule
 for weights with several readers, that it changes no result, and that ORT copies a 2-D weight
 when it packs it but leaves a (1, K, N) one alone (a guard against an ORT upgrade changing
-that). Fusion: every RMSNorm becomes one SimplifiedLayerNormalization."""
+that). Fusion: every RMSNorm is one node, and the attention scale is no node of its own."""
 
 import json
 import subprocess
@@ -76,12 +76,14 @@ def test_exported_artifact_lifts_exactly_the_shared_weights(compressed_artifact)
     assert "embed_tokens.weight" in lifted and any(n.startswith("shared.g") for n in lifted)
 
 
-def test_fp16_artifact_keeps_2d_weights_and_prepacking_off(tiny_dirs, tmp_path):
+def test_fp16_artifact_keeps_2d_weights_prepacking_off_and_unfused_norms(tiny_dirs, tmp_path):
     art = export_onnx(tiny_dirs["compressed"], ExportConfig(dtype="fp16", validate=False), tmp_path / "art")
     m = json.loads((art / "manifest.json").read_text())
     assert m["ort_session_config"] == {"session.disable_prepacking": "1"}
     model = onnx.load(str(art / "model.onnx"), load_external_data=False)
     assert all(len(t.dims) <= 2 for t in model.graph.initializer)
+    # and its residual Adds stay apart from the norms, rounded to fp16 in between as in HF
+    assert "SkipSimplifiedLayerNormalization" not in {n.op_type for n in model.graph.node}
 
 
 _RSS_PROBE = r"""
@@ -136,15 +138,17 @@ def _ort_optimized_ops(artifact, tmp_path):
 
 
 def test_ort_fuses_every_rms_norm_and_attention_scale(compressed_artifact, tmp_path):
-    """The RMSNorm is emitted as Pow(x, 2) -> ReduceMean -> Add -> Sqrt -> Div -> Mul, the
-    pattern ONNX Runtime fuses into one SimplifiedLayerNormalization (Mul(x, x) is not). The
+    """The first RMSNorm is emitted as Pow(x, 2) -> ReduceMean -> Add -> Sqrt -> Div -> Mul,
+    the pattern ONNX Runtime fuses into one SimplifiedLayerNormalization (Mul(x, x) is not);
+    every later one takes the residual Add with it as SkipSimplifiedLayerNormalization. The
     attention scale is a Mul right on the score MatMul, which ORT folds into FusedMatMul's
     alpha (after a Reshape it would stay a pass over the scores)."""
     nodes = _ort_optimized_ops(compressed_artifact, tmp_path)
     ops = [n.op_type for n in nodes]
     arch = json.loads((compressed_artifact / "manifest.json").read_text())["architecture"]
     layers = arch["num_layers"]
-    assert ops.count("SimplifiedLayerNormalization") == 2 * layers + 1
+    assert ops.count("SimplifiedLayerNormalization") == 1
+    assert ops.count("SkipSimplifiedLayerNormalization") == 2 * layers
     assert "ReduceMean" not in ops and "Sqrt" not in ops
     scale = arch["head_dim"] ** -0.5
     alphas = [a.f for n in nodes if n.op_type == "FusedMatMul" for a in n.attribute if a.name == "alpha"]
