@@ -3,9 +3,10 @@
     predicted peak = weights (unique bytes: a shared tensor once)
                    + KV cache (2 x per-layer K/V for `context` positions: edgedelta's runtime
                      double-buffers past/present; the KV cache is never shared between layers)
-                   + activations (prefill of the whole context in one step: the logits buffer
-                     [B,S,V] fp32 + the larger of per-token activations (fitted factor x S x
-                     (4 hidden + 3 intermediate) fp32) and attention [B,H,S,S] fp32 x 2)
+                   + activations (prefill of the whole context in one step: per-token
+                     activations (fitted factor x S x (4 hidden + 3 intermediate) fp32) + the
+                     larger of the logits buffer [B,S,V] fp32 and attention [B,H,S,S] fp32 x
+                     ATTN_FACTOR; see ModelFacts.activation_bytes)
                    + runtime overhead (interpreter, ONNX Runtime, tokenizer, allocator slack;
                      calibrated from a measured peak RSS on the host, see calibrate())
 
