@@ -148,7 +148,11 @@ class DecoderGraph:
         return out[0], out[1]
 
     def _mask(self, ids: str, mask: str, window: int | None) -> str:
-        """Boolean (B, 1, S, P+S): query s (absolute position P+s) may attend key t."""
+        """Additive fp32 (B, 1, S, P+S): 0 where query s (absolute position P+s) may attend key
+        t, float32 min where not. Built once per graph; each layer adds it to its scores. A
+        masked score becomes min + s, which rounds back to min (|s| is far below min's ulp), so
+        a fully masked row (left padding) stays finite, as with a Where; but a broadcasting Add
+        is one pass where ORT's broadcasting Where took 1.7 s of a 6 s 1k-token prefill."""
         b = self.b
         seq = b.op("Gather", [b.op("Shape", [ids]), b.const(1)], axis=0)  # S
         total = b.op("Gather", [b.op("Shape", [mask]), b.const(1)], axis=0)  # P+S
@@ -159,7 +163,7 @@ class DecoderGraph:
         if window is not None:  # sliding window: kv_idx > q_idx - window (HF masking_utils)
             allowed = b.op("And", [allowed, b.op("Greater", [kidx, b.op("Sub", [qidx, b.const(window)])])])
         pad = b.op("Unsqueeze", [b.op("Cast", [mask], to=TensorProto.BOOL), b.const([1, 2])])  # (B, 1, 1, P+S)
-        return b.op("And", [allowed, pad])
+        return b.op("Where", [b.op("And", [allowed, pad]), b.const(0.0, np.float32), b.const(np.finfo(np.float32).min, np.float32)])
 
     # --- blocks ----------------------------------------------------------------------------
     def _rms_norm(self, x: str, weight: str) -> str:
@@ -239,7 +243,7 @@ class DecoderGraph:
         y = b.op("Add", [b.op("Mul", [xr, cos]), b.op("Mul", [rh, sin])])
         return y if xp is None else b.op("Concat", [y, xp], axis=-1)
 
-    def _attention(self, x: str, lin: dict[str, LinearRef], past: tuple[str, str], cos: str, sin: str, allowed: str, i: int) -> str:
+    def _attention(self, x: str, lin: dict[str, LinearRef], past: tuple[str, str], cos: str, sin: str, bias: str, i: int) -> str:
         b, f = self.b, self.f
         if "qkv" in lin:  # phi3: one fused projection, split by output rows
             q, k, v = b.op("Split", [self._linear(x, lin["qkv"]), b.const(list(f.fused["qkv"]))], n_out=3, axis=-1)
@@ -262,8 +266,7 @@ class DecoderGraph:
         scores = b.op("Reshape", [scores, b.const([0, f.heads, -1, 0])])  # (B, nh, S, P+S)
         if self.fp16:  # softmax in fp32, as HF's eager attention
             scores = b.op("Cast", [scores], to=TensorProto.FLOAT)
-        # Where, not Add: a fully masked row (left padding) stays finite instead of -inf
-        scores = b.op("Where", [allowed, scores, b.const(np.finfo(np.float32).min, np.float32)])
+        scores = b.op("Add", [scores, bias])  # the additive mask (_mask)
         probs = b.op("Softmax", [scores], axis=-1)
         if self.fp16:
             probs = b.op("Cast", [probs], to=self.T)
@@ -287,13 +290,13 @@ class DecoderGraph:
             gate, up = self._linear(x, lin["gate"]), self._linear(x, lin["up"])
         return self._linear(b.op("Mul", [self._act(gate), up]), lin["down"])
 
-    def _layer(self, branch, h, lw, past, cos, sin, allowed, i) -> tuple[str, str]:
+    def _layer(self, branch, h, lw, past, cos, sin, bias, i) -> tuple[str, str]:
         """One decoder layer on the residual stream h + branch; returns (MLP output, residual),
         the MLP output still to be added (by the next layer's or the final norm)."""
         b = self.b
         with b.scope("attn"):
             x, h = self._add_norm(branch, h, lw.input_norm)
-            attn = self._attention(x, lw.linears, past, cos, sin, allowed, i)
+            attn = self._attention(x, lw.linears, past, cos, sin, bias, i)
         with b.scope("mlp"):
             x, h = self._add_norm(attn, h, lw.post_attention_norm)
             return self._mlp(x, lw.linears), h

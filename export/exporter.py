@@ -40,8 +40,9 @@ ARTIFACT_FORMAT = "edgedelta-onnx"
 # manifest, so a cached artifact from an older exporter can be told apart (2: fp32 weights
 # with several readers lifted to (1, K, N), RMSNorm as Pow so ORT fuses it; 3: the attention
 # scale on the score MatMul's output, folded by ORT into its alpha; 4: default opset 23 with
-# ONNX RotaryEmbedding; 5: residual Adds fused into the norms, SkipSimplifiedLayerNormalization).
-GRAPH_REVISION = 5
+# ONNX RotaryEmbedding; 5: residual Adds fused into the norms, SkipSimplifiedLayerNormalization;
+# 6: an additive attention mask built once instead of a Where per layer).
+GRAPH_REVISION = 6
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
 # ONNX Runtime's CPU MatMul/Gemm "prepack" a constant weight into a private blocked copy
