@@ -21,14 +21,14 @@ def test_arithmetic_by_hand():
     kv_one = 2 * 2 * 1 * 1 * 3 * 4 * 4  # K and V x layers x batch x kv_heads x tokens x head_dim x 4 bytes = 192
     assert p.kv_bytes == 2 * kv_one == 384  # past + present buffers
     logits = 3 * 10 * 4  # [1, 3, 10] fp32 = 120
-    attn = 3 * 2 * 3 * 3 * 4  # scores, masked scores, probs [1, 2, 3, 3] fp32 = 216
+    attn = 2 * 2 * 3 * 3 * 4  # scores (masked in place), probs [1, 2, 3, 3] fp32 = 144
     hidden = 3 * (4 * 8 + 3 * 16) * 4  # = 960 (hidden_factor 1)
-    assert p.activation_bytes == hidden + max(logits, attn) == 1176
-    assert p.predicted_peak_bytes == 1000 + 384 + 1176 + 100 == 2660
-    assert p.available_bytes == 512 * MIB and p.margin_bytes == 512 * MIB - 2660 and p.verdict == "fits"
+    assert p.activation_bytes == hidden + max(logits, attn) == 1104
+    assert p.predicted_peak_bytes == 1000 + 384 + 1104 + 100 == 2588
+    assert p.available_bytes == 512 * MIB and p.margin_bytes == 512 * MIB - 2588 and p.verdict == "fits"
     # a long context: attention (S²) overtakes the logits
     long = plan_facts(ModelFacts(**{**M.__dict__, "max_positions": 4096}), DEV, 4000, calibration=Calibration(0))
-    assert long.activation_bytes == 4000 * (4 * 8 + 3 * 16) * 4 + 3 * 2 * 4000 * 4000 * 4
+    assert long.activation_bytes == 4000 * (4 * 8 + 3 * 16) * 4 + 2 * 2 * 4000 * 4000 * 4
     assert p.bytes_read_per_token == 1500 + kv_one == 1692
     assert p.decode_ceiling_tok_s == pytest.approx(1e9 / 1692)
     assert p.overhead_calibrated
@@ -47,7 +47,7 @@ def test_default_overhead_and_verdicts():
 
 def test_calibrate_roundtrip(tmp_path):
     cal = calibrate(M, measured_peak_rss=5000, context=3)
-    assert cal.overhead_bytes == 5000 - (1000 + 384 + 1176)
+    assert cal.overhead_bytes == 5000 - (1000 + 384 + 1104)
     assert plan_facts(M, DEV, 3, calibration=cal).predicted_peak_bytes == 5000
     cal.to_json(tmp_path / "c.json")
     assert Calibration.from_json(tmp_path / "c.json") == cal
@@ -96,6 +96,6 @@ def test_prefill_chunk_bounds_activations():
     big = ModelFacts(**{**M.__dict__, "max_positions": 4096})
     whole = plan_facts(big, DEV, 4000, calibration=Calibration(0))
     chunked = plan_facts(big, DEV, 4000, calibration=Calibration(0), prefill_chunk=100)
-    # hidden of 100 tokens + max(logits [1, 100, 10], 3 x attention [1, 2, 100, 4000])
-    assert chunked.activation_bytes == 100 * (4 * 8 + 3 * 16) * 4 + max(100 * 10 * 4, 3 * 2 * 100 * 4000 * 4)
+    # hidden of 100 tokens + max(logits [1, 100, 10], 2 x attention [1, 2, 100, 4000])
+    assert chunked.activation_bytes == 100 * (4 * 8 + 3 * 16) * 4 + max(100 * 10 * 4, 2 * 2 * 100 * 4000 * 4)
     assert chunked.activation_bytes < whole.activation_bytes and chunked.kv_bytes == whole.kv_bytes
