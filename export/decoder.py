@@ -5,7 +5,9 @@
   outputs  logits (B, S, vocab), present.{i}.key|value (B, kv_heads, P+S, head_dim)
 
 B = batch_size, S = sequence_length, P = past_sequence_length (0 on the first step).
-Built from standard ONNX ops (+ MatMulNBits for quantized weights). Architecture facts
+Built from standard ONNX ops, plus ONNX Runtime's com.microsoft ops where they save a pass at
+one token per step (FusedMatMul for the tied LM head, SkipSimplifiedLayerNormalization for a
+residual Add and the norm after it, MatMulNBits for quantized weights). Architecture facts
 come from `ArchFacts` (one small declarative record read from the HF config)."""
 
 from __future__ import annotations
