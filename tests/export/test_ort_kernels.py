@@ -124,7 +124,7 @@ def test_ort_copies_a_2d_weight_when_packing_but_not_a_lifted_one(tmp_path):
     # How many packed copies ORT makes of a 32 MiB 2-D weight with 4 readers depends on the CPU:
     # one per reader on this project's dev machine (136 MiB against 41 unpacked), fewer on
     # another (73). Either way it is at least one copy, which is why shared weights are lifted...
-    assert grown["2d"] >= grown["2d_prepack_off"] + 24, grown
+    assert grown["2d"] >= grown["2d_prepack_off"] + 16, grown  # at least half of a 32 MiB copy
     # ...and a lifted weight, with ORT's default prepacking on, costs no more than no packing.
     assert grown["lifted"] <= grown["2d_prepack_off"] + 8, grown
     assert grown["lifted"] <= 32 + 16, grown
