@@ -45,18 +45,12 @@ ARTIFACT_FORMAT = "edgedelta-onnx"
 GRAPH_REVISION = 6
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
-# ONNX Runtime's CPU MatMul/Gemm "prepack" a constant weight into a private blocked copy
-# per consuming node while other readers keep the original (measured: one 16.8 MB weight
-# read by 8 MatMuls: +101 MB RSS with prepacking, +0 without; SmolLM2 fp32: +114 MB, the
-# tied 113 MB embedding packed for the logits while Gather keeps the original; see
-# bench/results/export.md). fp32 artifacts store every weight with several readers as
-# (1, K, N), which ORT does not pack (export/prepack.py), and keep ORT's default: the
-# single-reader weights get the packed kernel, the shared ones stay single. fp16 keeps the
-# 2-D layouts its Gemm LM head needs and asks for prepacking off. MatMulNBits without
-# prepacking dequantizes its whole weight on every call (int4 decode ~10x slower, measured)
-# and its packed copies are small, so quantized artifacts keep ORT's default too. Loaders
-# apply the manifest's "ort_session_config" (edgedelta.runtime does; with optimum pass
-# session_options).
+# Which artifacts run with ORT's weight prepacking (the per-reader copies it makes, and why
+# fp32 shared weights are lifted out of them: prepack.py). fp16 keeps the 2-D layouts its Gemm
+# LM head needs, so it asks for prepacking off. MatMulNBits without prepacking dequantizes its
+# whole weight on every call (int4 decode ~10x slower, measured) and its packed copies are
+# small, so quantized artifacts keep ORT's default, as fp32 does. Loaders apply the manifest's
+# "ort_session_config" (edgedelta.runtime does; with optimum pass session_options).
 NO_PREPACKING = {"session.disable_prepacking": "1"}
 
 

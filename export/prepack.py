@@ -4,9 +4,11 @@ weights that several read.
 ORT's CPU MatMul and FusedMatMul "prepack" a constant 2-D B into a private blocked copy per
 consuming node. For a weight read by one MatMul that copy replaces the original and buys the
 fast single-token kernel (SmolLM2 decode 1.1-1.2x). A weight read by k nodes (a group's shared
-base, the tied embedding read by Gather and the LM head) would be held k + 1 times, which
-undoes what sharing saves. ORT only packs a B of rank 2, so such a weight is stored with a
-leading unit axis, (1, K, N): the same bytes and, by MatMul broadcasting, the same result,
+base, the tied embedding read by Gather and the LM head) would be held up to k + 1 times
+(k + 1 on the dev machine, fewer on CI's CPU, but never once), which undoes what sharing
+saves (measured: one 16.8 MB weight read by 8 MatMuls, +101 MB RSS with prepacking, +0
+without; bench/results/export.md). ORT only packs a B of rank 2, so such a weight is stored
+with a leading unit axis, (1, K, N): the same bytes and, by MatMul broadcasting, the same result,
 and ORT leaves it unpacked while it still packs every other weight. Measured on SmolLM2-135M
 (fp32, 2 cores; bench/results/runtime.md): peak RSS as with prepacking off; decode 1.08x
 prepacking off, and 0.90x everything packed (which holds the 113 MB tied embedding twice).

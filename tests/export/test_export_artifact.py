@@ -36,7 +36,7 @@ def test_manifest_records_configs_and_accounting(compressed_artifact):
     assert ExportConfig.from_dict(m["export_config"]) == ExportConfig()
     assert m["sharing"]["groups"] == [[0, 1], [2, 3]] and "compress_config" in m
     assert m["audit"]["ok"] and m["audit"]["duplicated_bytes"] == 0
-    assert m["ort_session_config"] == {}  # ORT's default: prepacking on (shared weights kept out, see test_prepack)
+    assert m["ort_session_config"] == {}  # ORT's default: prepacking on (shared weights kept out, see test_ort_kernels.py)
     assert {"model.onnx", "model.onnx.data", "config.json", "generation_config.json", "tokenizer.json"} <= set(m["files"])
     assert "edgedelta" not in json.loads((compressed_artifact / "config.json").read_text())
 
