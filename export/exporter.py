@@ -41,8 +41,9 @@ ARTIFACT_FORMAT = "edgedelta-onnx"
 # with several readers lifted to (1, K, N), RMSNorm as Pow so ORT fuses it; 3: the attention
 # scale on the score MatMul's output, folded by ORT into its alpha; 4: default opset 23 with
 # ONNX RotaryEmbedding; 5: residual Adds fused into the norms, SkipSimplifiedLayerNormalization;
-# 6: an additive attention mask built once instead of a Where per layer).
-GRAPH_REVISION = 6
+# 6: an additive attention mask built once instead of a Where per layer; 7: shared bases stored
+# (1, N, K) and read by FusedMatMul with transB, ORT's faster unpacked kernel).
+GRAPH_REVISION = 7
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
 # Which artifacts run with ORT's weight prepacking (the per-reader copies it makes, and why
@@ -172,7 +173,8 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
             "layouts": {"projection": "(in, out) for MatMul", "delta_A": "(in, r) = Aᵀ", "delta_B": "(r, out) = Bᵀ",
                         "quantized": "MatMulNBits (out, in/block, block*bits/8) uint8 + scales + zero_points",
                         "tied_embedding": "(vocab, hidden), (1, vocab, hidden) in fp32, read by Gather and by FusedMatMul/Gemm with transB=1",
-                        "shared_fp32": "(1, ...) leading unit axis on every fp32 weight read by several nodes (kept out of ORT prepacking)"},
+                        "shared_fp32": "(1, ...) leading unit axis on every fp32 weight read by several nodes (kept out of ORT prepacking); "
+                                       "(1, out, in) read by FusedMatMul with transB=1 where only MatMuls would read it"},
             "parameters": {**counts, "unique_bytes_at_dtype": unique_bytes},
             "bytes": {"data_file": report["data_file_bytes"], "model_file": report["model_file_bytes"],
                       "initializers": report["initializer_bytes"],

@@ -7,13 +7,20 @@ fast single-token kernel (SmolLM2 decode 1.1-1.2x). A weight read by k nodes (a 
 base, the tied embedding read by Gather and the LM head) would be held up to k + 1 times
 (k + 1 on the dev machine, fewer on CI's CPU, but never once), which undoes what sharing
 saves (measured: one 16.8 MB weight read by 8 MatMuls, +101 MB RSS with prepacking, +0
-without; bench/results/export.md). ORT only packs a B of rank 2, so such a weight is stored
-with a leading unit axis, (1, K, N): the same bytes and, by MatMul broadcasting, the same result,
-and ORT leaves it unpacked while it still packs every other weight. Measured on SmolLM2-135M
-(fp32, 2 cores; bench/results/runtime.md): peak RSS as with prepacking off; decode 1.08x
-prepacking off, and 0.90x everything packed (which holds the 113 MB tied embedding twice).
+without; bench/results/export.md). ORT only packs a B of rank 2, so such a weight gets a leading
+unit axis: the same bytes and, by broadcasting, the same result, and ORT leaves it unpacked
+while it still packs every other weight.
 
-The price is at batch > 1: a (B, S, K) input times a (1, K, N) weight runs B products of
+Unpacked, a single-token product takes another kernel, and the layout decides which:
+- (1, K, N) read by MatMul: each output column is gathered across K rows (1.29x the time of
+  packed 2-D weights, 40 SmolLM2 MLP weights chained, 2 cores);
+- (1, N, K) read by com.microsoft FusedMatMul(transB=1): each output is a dot product of two
+  contiguous rows, 1.03x packed. So a weight that only MatMuls read is stored transposed; the
+  tied embedding, also read by Gather, keeps (1, vocab, hidden), which is (1, N, K) already.
+On the compressed SmolLM2 this took decode from 0.93-0.95x to 0.965x the original's
+(bench/results/runtime.md), the ceiling being ~0.96 from the deltas' extra bytes (537 vs 517 MiB per token).
+
+The price is at batch > 1: a (B, S, K) input times a (1, ...) weight runs B products of
 S rows instead of one of B*S rows, so a batched decode reads that weight B times."""
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .graph import GraphBuilder
+from .graph import MS_DOMAIN, GraphBuilder
 
 PACKING_OPS = {"MatMul", "FusedMatMul"}  # CPU kernels that prepack a constant B (input 1)
 LIFTABLE_READERS = PACKING_OPS | {"Gather"}  # ops that accept the (1, ...) layout (Gather: data at axis 1)
@@ -30,8 +37,9 @@ LIFTABLE_READERS = PACKING_OPS | {"Gather"}  # ops that accept the (1, ...) layo
 
 def lift_shared_weights(builder: GraphBuilder) -> list[str]:
     """Give every fp32 2-D initializer read by more than one node, at least one of them a
-    packing MatMul, the layout (1, K, N); Gather readers index axis 1 and squeeze the unit
-    axis off their output. Returns the lifted names. Call after the graph is complete."""
+    packing MatMul, a leading unit axis: (1, N, K) read by FusedMatMul(transB=1) if only
+    MatMuls read it, else (1, K, N), Gather readers indexing axis 1 and squeezing the unit axis
+    off their output. Returns the lifted names. Call after the graph is complete."""
     readers: dict[str, list[tuple[int, onnx.NodeProto]]] = {}
     for node in builder.nodes:
         for slot, name in enumerate(node.input):
@@ -46,12 +54,26 @@ def lift_shared_weights(builder: GraphBuilder) -> list[str]:
             continue
         if any((n.op_type in PACKING_OPS and slot != 1) or (n.op_type == "Gather" and slot != 0) for slot, n in uses):
             continue  # the weight is the A operand or the Gather indices somewhere: leave it
-        builder.initializers[name] = arr[None]  # (1, K, N): a view, no copy
-        for _, node in uses:
-            if node.op_type == "Gather":
-                _gather_past_unit_axis(builder, node)
+        if all(n.op_type == "MatMul" for _, n in uses):
+            # (1, N, K) read by FusedMatMul(transB=1): each output is a dot product of two
+            # contiguous rows, ORT's fast unpacked single-token kernel (see the docstring)
+            builder.initializers[name] = np.ascontiguousarray(arr.T)[None]
+            for _, node in uses:
+                _matmul_to_transposed_b(builder, node)
+        else:
+            builder.initializers[name] = arr[None]  # (1, K, N): a view, no copy
+            for _, node in uses:
+                if node.op_type == "Gather":
+                    _gather_past_unit_axis(builder, node)
         lifted.append(name)
     return lifted
+
+
+def _matmul_to_transposed_b(builder: GraphBuilder, node: onnx.NodeProto) -> None:
+    """MatMul(x, W) -> com.microsoft FusedMatMul(x, Wᵀ, transB=1): the same product."""
+    node.op_type, node.domain = "FusedMatMul", MS_DOMAIN
+    node.attribute.extend([helper.make_attribute("transB", 1), helper.make_attribute("alpha", 1.0)])
+    builder.uses_ms_domain = True
 
 
 def _gather_past_unit_axis(builder: GraphBuilder, node: onnx.NodeProto) -> None:

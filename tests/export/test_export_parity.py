@@ -215,7 +215,7 @@ def test_scale_follows_the_delta_add_and_corner_scales_stay_exact(tmp_path):
         assert m["parity"][check]["max_abs_diff"] <= 1e-3
     graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
     weights = {i.name for i in graph.initializer if i.name.endswith(".weight")}
-    base_outputs = {n.output[0] for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights}
+    base_outputs = {n.output[0] for n in graph.node if n.op_type in ("MatMul", "FusedMatMul") and n.input[1] in weights}
     scales = [n for n in graph.node if n.op_type == "Mul" and any(i.endswith(".scale") for i in n.input)]
     assert len(scales) >= 4
     scale_of = lambda n: next(i for i in n.input if i.endswith(".scale"))  # noqa: E731

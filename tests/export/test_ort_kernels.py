@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from edgedelta.export import ExportConfig, export_onnx
 from edgedelta.export.graph import GraphBuilder
@@ -47,8 +47,13 @@ def test_weights_with_several_readers_get_a_unit_axis_and_the_same_results(tmp_p
     ids = np.array([[3, 7, 49], [0, 1, 2]], np.int64)
     before = _run(_graph(), ids, tmp_path / "2d")
     b = _graph()
+    w = b.initializers["W"].copy()
     assert sorted(lift_shared_weights(b)) == ["E", "W"]
-    assert b.initializers["E"].shape == (1, 50, 8) and b.initializers["W"].shape == (1, 8, 8)
+    assert b.initializers["E"].shape == (1, 50, 8)  # Gather and FusedMatMul(transB) read it as stored
+    np.testing.assert_array_equal(b.initializers["W"], w.T[None])  # MatMul readers only: (1, N, K)...
+    w_readers = [n for n in b.nodes if "W" in n.input]
+    assert [(n.op_type, n.domain) for n in w_readers] == [("FusedMatMul", "com.microsoft")] * 2  # ...transB=1
+    assert all({a.name: helper.get_attribute_value(a) for a in n.attribute} == {"transB": 1, "alpha": 1.0} for n in w_readers)
     assert b.initializers["V"].shape == (8, 8)  # one reader: ORT may pack it
     gather = next(n for n in b.nodes if n.op_type == "Gather")
     assert [a.i for a in gather.attribute if a.name == "axis"] == [1]
@@ -74,6 +79,8 @@ def test_exported_artifact_lifts_exactly_the_shared_weights(compressed_artifact)
     lifted = {t.name for t in big if len(t.dims) == 3 and t.dims[0] == 1}
     assert lifted == {t.name for t in big if readers[t.name] > 1}
     assert "embed_tokens.weight" in lifted and any(n.startswith("shared.g") for n in lifted)
+    shared_readers = {n.op_type for n in model.graph.node for x in n.input if x.startswith("shared.g")}
+    assert shared_readers == {"FusedMatMul"}  # stored (1, N, K), read with transB=1
 
 
 def test_fp16_artifact_keeps_2d_weights_prepacking_off_and_unfused_norms(tiny_dirs, tmp_path):
@@ -90,22 +97,23 @@ _RSS_PROBE = r"""
 import resource, sys, numpy as np, onnx, onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 K, readers, path = 2896, 4, sys.argv[2]
-lifted, prepack = sys.argv[1] == "lifted", sys.argv[1] != "2d_prepack_off"
+layout = sys.argv[1]
 w = np.random.default_rng(0).standard_normal((K, K)).astype(np.float32) / K  # 32 MiB
-w = w[None] if lifted else w
+w = w[None] if layout.startswith("lifted") else w
+op, attrs = ("FusedMatMul", {"domain": "com.microsoft", "transB": 1}) if layout == "lifted_transB" else ("MatMul", {})
 # a chain, so that no two readers have the same inputs (ORT would merge identical nodes)
-nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"y{i - 1}", "W"], [f"y{i}"]) for i in range(readers)]
+nodes = [helper.make_node(op, ["x" if i == 0 else f"y{i - 1}", "W"], [f"y{i}"], **attrs) for i in range(readers)]
 g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, K])],
                       [helper.make_tensor_value_info(f"y{readers - 1}", TensorProto.FLOAT, None)],
                       [numpy_helper.from_array(w, "W")])
-m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
 onnx.save(m, path, save_as_external_data=True, location="w.data")
 del m, g, w
 def rss():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) // 1024
 before = rss()
 so = ort.SessionOptions()
-if not prepack:
+if layout == "2d_prepack_off":
     so.add_session_config_entry("session.disable_prepacking", "1")
 s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 s.run(None, {"x": np.ones((1, 1, K), np.float32)})
@@ -115,7 +123,7 @@ print(rss() - before)
 
 def test_ort_copies_a_2d_weight_when_packing_but_not_a_lifted_one(tmp_path):
     grown = {}
-    for layout in ("2d", "2d_prepack_off", "lifted"):
+    for layout in ("2d", "2d_prepack_off", "lifted", "lifted_transB"):
         folder = tmp_path / layout
         folder.mkdir()
         out = subprocess.run([sys.executable, "-c", _RSS_PROBE, layout, str(folder / "m.onnx")],
@@ -125,9 +133,11 @@ def test_ort_copies_a_2d_weight_when_packing_but_not_a_lifted_one(tmp_path):
     # one per reader on this project's dev machine (136 MiB against 41 unpacked), fewer on
     # another (73). Either way it is at least one copy, which is why shared weights are lifted...
     assert grown["2d"] >= grown["2d_prepack_off"] + 16, grown  # at least half of a 32 MiB copy
-    # ...and a lifted weight, with ORT's default prepacking on, costs no more than no packing.
-    assert grown["lifted"] <= grown["2d_prepack_off"] + 8, grown
-    assert grown["lifted"] <= 32 + 16, grown
+    # ...and a lifted weight, with ORT's default prepacking on, costs no more than no packing,
+    # whether MatMul reads it or FusedMatMul with transB (the layout of a shared base).
+    for layout in ("lifted", "lifted_transB"):
+        assert grown[layout] <= grown["2d_prepack_off"] + 8, grown
+        assert grown[layout] <= 32 + 16, grown
 
 
 def _ort_optimized_ops(artifact, tmp_path):
