@@ -5,6 +5,7 @@ STREAM 'copy' convention), so the planner can be checked against measurements he
 from __future__ import annotations
 
 import os
+import platform
 import time
 from functools import lru_cache
 
@@ -43,6 +44,13 @@ def host_device(bandwidth_gbps: float | None = None) -> Device:
         memory_gib=round(total / GIB, 2), os_reserved_gib=0.0, bandwidth_gbps=round(bw, 2),
         bandwidth_source="measured: numpy copy of a 256 MiB array, best of 5 (bytes read + written per second)",
         cpu_cores=psutil.cpu_count(logical=False) or os.cpu_count() or 1, providers=tuple(provs) or ("cpu",),
-        dtypes=("fp32", "int8"), notes="measured at run time; RAM is the total, shared with everything else running",
+        dtypes=("fp32", "int8"), cpu_arch=host_cpu_arch(),
+        notes="measured at run time; RAM is the total, shared with everything else running",
         source_file="(measured)",
     )
+
+
+def host_cpu_arch() -> str | None:
+    """This machine's CPU family as ExportConfig.cpu_arch names it, or None if it is neither."""
+    machine = platform.machine().lower()
+    return {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(machine)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgedelta.errors import ConfigError
+from edgedelta.export.config import CPU_ARCHS
 
 SCHEMA_VERSION = 1
 GIB = 1 << 30
@@ -38,6 +39,7 @@ class Device:
     providers: tuple[str, ...]  # ONNX Runtime execution providers available on it
     dtypes: tuple[str, ...]  # weight dtypes it runs efficiently
     peak_bandwidth_gbps: float | None = None  # theoretical peak (datasheet), when bandwidth_gbps is a sustained figure
+    cpu_arch: str | None = None  # one of CPU_ARCHS: which fp32 weight layout to export for it (--cpu-arch)
     notes: str = ""
     source_file: str = ""  # filled in by the loader
 
@@ -58,7 +60,7 @@ class Device:
 
 _REQUIRED = {"name": str, "display_name": str, "kind": str, "memory_gib": (int, float), "os_reserved_gib": (int, float),
              "bandwidth_gbps": (int, float), "bandwidth_source": str, "cpu_cores": int, "providers": list, "dtypes": list}
-_OPTIONAL = {"peak_bandwidth_gbps": (int, float), "notes": str, "schema": int}
+_OPTIONAL = {"peak_bandwidth_gbps": (int, float), "cpu_arch": str, "notes": str, "schema": int}
 
 
 def device_from_dict(obj: Any, where: str) -> Device:
@@ -88,6 +90,8 @@ def device_from_dict(obj: Any, where: str) -> Device:
             raise ConfigError(f"device file {where}: field '{key}' must be > 0, got {obj[key]!r}")
     if obj.get("peak_bandwidth_gbps") is not None and obj["peak_bandwidth_gbps"] < obj["bandwidth_gbps"]:
         raise ConfigError(f"device file {where}: field 'peak_bandwidth_gbps' ({obj['peak_bandwidth_gbps']}) is below 'bandwidth_gbps' ({obj['bandwidth_gbps']})")
+    if obj.get("cpu_arch", CPU_ARCHS[0]) not in CPU_ARCHS:
+        raise ConfigError(f"device file {where}: field 'cpu_arch' is {obj['cpu_arch']!r}; allowed: {', '.join(CPU_ARCHS)}")
     if not 0 <= obj["os_reserved_gib"] < obj["memory_gib"]:
         raise ConfigError(f"device file {where}: field 'os_reserved_gib' must be ≥ 0 and below memory_gib ({obj['memory_gib']}), got {obj['os_reserved_gib']!r}")
     if not obj["bandwidth_source"].strip():

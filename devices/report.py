@@ -162,6 +162,21 @@ def md_to_html(md: str) -> str:
         "\n".join(out) + "\n</body></html>\n"
 
 
+def layout_notes(models: list[dict], devices: list) -> list[str]:
+    """A paragraph per artifact whose shared weights are laid out for another CPU family than
+    some of the devices (export --cpu-arch; export/prepack.py)."""
+    lines = []
+    for m in models:
+        arch = m["facts"].get("cpu_arch")
+        other = [d.name for d in devices if arch and d.cpu_arch and d.cpu_arch != arch]
+        if other:
+            lines += [f"{m['name']} is laid out for {arch} CPUs. For {', '.join(other)}, export it with "
+                      f"`--cpu-arch {'arm64' if arch == 'x86_64' else 'x86_64'}`: the same results, in the weight "
+                      "layout ONNX Runtime's single-token kernel on that CPU reads (the speed difference is "
+                      "measured on x86_64 only, export/prepack.py).", ""]
+    return lines
+
+
 def write_report(out_dir: str | Path, data: dict[str, Any], devices: list) -> Path:
     """Write report.md, report.html, the PNGs and data.json into out_dir; returns report.md's path."""
     from .host import host_device
@@ -185,7 +200,7 @@ def write_report(out_dir: str | Path, data: dict[str, Any], devices: list) -> Pa
           "full-context prefill + runtime overhead calibrated on this host. Decode ceiling = device bandwidth / bytes read "
           "per token: a weight shared by several layers is re-read by each of them, so sharing lowers memory, not this "
           "ceiling. Verdict 'tight' = margin under 10% of the prediction.", "",
-          plans_table(plans, markdown=True), "",
+          plans_table(plans, markdown=True), "", *layout_notes(models, devices),
           f"![memory per device](memory_per_device.png)", "",
           "## What the prediction is made of", "", plan_breakdown_table(plans, markdown=True), "",
           "![context length vs memory](context_memory.png)", ""]

@@ -38,8 +38,8 @@ def table(headers: list[str], rows: Iterable[list[Any]], markdown: bool = False)
 
 def devices_table(devs: Iterable[Device], markdown: bool = False) -> str:
     rows = [[d.name, d.display_name, d.kind, f"{d.memory_gib:g} GiB", f"{d.memory_gib - d.os_reserved_gib:g} GiB",
-             f"{d.bandwidth_gbps:g} GB/s", d.cpu_cores, ",".join(d.providers), ",".join(d.dtypes)] for d in devs]
-    return table(["name", "device", "kind", "memory", "for model", "bandwidth", "cores", "providers", "dtypes"], rows, markdown)
+             f"{d.bandwidth_gbps:g} GB/s", d.cpu_cores, d.cpu_arch or "-", ",".join(d.providers), ",".join(d.dtypes)] for d in devs]
+    return table(["name", "device", "kind", "memory", "for model", "bandwidth", "cores", "cpu", "providers", "dtypes"], rows, markdown)
 
 
 def plans_table(plans: list[Plan], markdown: bool = False) -> str:

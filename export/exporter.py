@@ -72,7 +72,7 @@ def build_graph(model, cfg: ExportConfig) -> tuple[GraphBuilder, ModelWeights, A
     facts = ArchFacts.from_model(model, adapter)
     DecoderGraph(builder, facts, weights, cfg.dtype, cfg.accuracy_level).build()
     if cfg.dtype == "fp32":
-        lift_shared_weights(builder)
+        lift_shared_weights(builder, transposed=cfg.cpu_arch == "x86_64")
     return builder, weights, facts
 
 

@@ -19,6 +19,9 @@ Unpacked, a single-token product takes another kernel, and the layout decides wh
   tied embedding, also read by Gather, keeps (1, vocab, hidden), which is (1, N, K) already.
 On the compressed SmolLM2 this took decode from 0.93-0.95x to 0.965x the original's
 (bench/results/runtime.md), the ceiling being ~0.96 from the deltas' extra bytes (537 vs 517 MiB per token).
+Those single-row kernels are x86_64's (AVX). On arm64 MLAS has one for an untransposed B only
+(a GEMV; a transposed B takes the general path, which packs B block by block on every call),
+so ExportConfig(cpu_arch="arm64") keeps (1, K, N) with MatMul. Unmeasured: no arm64 machine here.
 
 The price is at batch > 1: a (B, S, K) input times a (1, ...) weight runs B products of
 S rows instead of one of B*S rows, so a batched decode reads that weight B times."""
@@ -35,11 +38,12 @@ PACKING_OPS = {"MatMul", "FusedMatMul"}  # CPU kernels that prepack a constant B
 LIFTABLE_READERS = PACKING_OPS | {"Gather"}  # ops that accept the (1, ...) layout (Gather: data at axis 1)
 
 
-def lift_shared_weights(builder: GraphBuilder) -> list[str]:
+def lift_shared_weights(builder: GraphBuilder, transposed: bool = True) -> list[str]:
     """Give every fp32 2-D initializer read by more than one node, at least one of them a
     packing MatMul, a leading unit axis: (1, N, K) read by FusedMatMul(transB=1) if only
-    MatMuls read it, else (1, K, N), Gather readers indexing axis 1 and squeezing the unit axis
-    off their output. Returns the lifted names. Call after the graph is complete."""
+    MatMuls read it and `transposed` (the x86_64 layout), else (1, K, N), Gather readers
+    indexing axis 1 and squeezing the unit axis off their output. Returns the lifted names.
+    Call after the graph is complete."""
     readers: dict[str, list[tuple[int, onnx.NodeProto]]] = {}
     for node in builder.nodes:
         for slot, name in enumerate(node.input):
@@ -54,7 +58,7 @@ def lift_shared_weights(builder: GraphBuilder) -> list[str]:
             continue
         if any((n.op_type in PACKING_OPS and slot != 1) or (n.op_type == "Gather" and slot != 0) for slot, n in uses):
             continue  # the weight is the A operand or the Gather indices somewhere: leave it
-        if all(n.op_type == "MatMul" for _, n in uses):
+        if transposed and all(n.op_type == "MatMul" for _, n in uses):
             # (1, N, K) read by FusedMatMul(transB=1): each output is a dot product of two
             # contiguous rows, ORT's fast unpacked single-token kernel (see the docstring)
             builder.initializers[name] = np.ascontiguousarray(arr.T)[None]

@@ -4,9 +4,9 @@ plan of a real (tiny) artifact."""
 import pytest
 
 from edgedelta.devices import Calibration, ModelFacts, calibrate, calibrate_runs, device_from_dict, plan, plan_facts
-from edgedelta.devices.planner import calibrate_joint
-from edgedelta.devices.planner import DEFAULT_OVERHEAD_BYTES, calibration_path, load_calibration
+from edgedelta.devices.planner import DEFAULT_OVERHEAD_BYTES, calibrate_joint, calibration_path, facts_of, load_calibration
 from edgedelta.errors import ConfigError
+from edgedelta.runtime.artifact import Artifact
 
 MIB = 1 << 20
 # 2 layers, 1 KV head of dim 4, fp32; vocab 10, hidden 8, MLP 16, 2 heads
@@ -67,6 +67,7 @@ def test_plan_tiny_edgedelta(tiny_edgedelta, tmp_path):
     with pytest.raises(ConfigError, match="maximum of 256"):
         plan(art, DEV, 1000)
     assert calibration_path(art).parent == art.parent and load_calibration(art) is None
+    assert facts_of(Artifact.open(art)).cpu_arch is None  # nothing shared: no layout depends on the CPU
 
 
 def test_calibrate_runs_recovers_overhead_and_hidden_factor():

@@ -22,6 +22,8 @@ def test_builtin_profiles_valid():
     for d in devs.values():
         assert d.available_bytes > 0 and d.bandwidth_gbps > 0 and d.bandwidth_source
     assert devs["rpi5-8gb"].memory_gib == 8 and devs["jetson-agx-orin-64gb"].bandwidth_gbps == 204.8
+    assert devs["rpi5-8gb"].cpu_arch == devs["jetson-orin-nano-8gb"].cpu_arch == "arm64"
+    assert devs["intel-n100-ipc-16gb"].cpu_arch == "x86_64"
     with pytest.raises(Exception):  # frozen
         devs["rpi5-8gb"].memory_gib = 99
 
@@ -55,6 +57,7 @@ def test_user_device_added_by_file(tmp_path, monkeypatch):
     ({"cpu_cores": True}, "cpu_cores"),
     ({"peak_bandwidth_gbps": 1.0}, "peak_bandwidth_gbps"),
     ({"name": "other"}, "name"),
+    ({"cpu_arch": "riscv64"}, "cpu_arch"),
 ])
 def test_malformed_names_field(tmp_path, change, field):
     write(tmp_path, {**GOOD, **change})
@@ -83,3 +86,15 @@ def test_select():
     assert [d.name for d in devices.select("rpi5-4gb, h200")] == ["rpi5-4gb", "h200"]
     with pytest.raises(ConfigError):
         devices.select(" , ")
+
+
+def test_report_says_when_an_artifact_is_laid_out_for_another_cpu():
+    from edgedelta.devices.report import layout_notes
+
+    devs = devices.all_devices()
+    pi, n100 = devs["rpi5-8gb"], devs["intel-n100-ipc-16gb"]
+    model = {"name": "delta", "facts": {"cpu_arch": "x86_64"}}
+    (note,) = [line for line in layout_notes([model], [pi, n100]) if line]
+    assert "rpi5-8gb" in note and "n100" not in note and "--cpu-arch arm64" in note
+    assert layout_notes([model], [n100]) == []
+    assert layout_notes([{"name": "fp16", "facts": {"cpu_arch": None}}], [pi]) == []  # no arch-specific layout

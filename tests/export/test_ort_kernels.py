@@ -12,9 +12,11 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from edgedelta.devices.planner import facts_of
 from edgedelta.export import ExportConfig, export_onnx
 from edgedelta.export.graph import GraphBuilder
 from edgedelta.export.prepack import lift_shared_weights
+from edgedelta.runtime.artifact import Artifact
 
 
 def _graph(dtype=np.float32, lm_op="FusedMatMul"):
@@ -81,6 +83,34 @@ def test_exported_artifact_lifts_exactly_the_shared_weights(compressed_artifact)
     assert "embed_tokens.weight" in lifted and any(n.startswith("shared.g") for n in lifted)
     shared_readers = {n.op_type for n in model.graph.node for x in n.input if x.startswith("shared.g")}
     assert shared_readers == {"FusedMatMul"}  # stored (1, N, K), read with transB=1
+
+
+def test_arm64_artifact_keeps_shared_bases_untransposed_with_the_same_logits(tiny_dirs, compressed_artifact, tmp_path):
+    """cpu_arch='arm64': the shared bases stay (1, K, N) under MatMul, the layout MLAS's arm64
+    single-row kernel takes; the function is the x86_64 artifact's."""
+    art = export_onnx(tiny_dirs["compressed"], ExportConfig(cpu_arch="arm64"), tmp_path / "arm64")
+    assert json.loads((art / "manifest.json").read_text())["export_config"]["cpu_arch"] == "arm64"
+    # the device planner reads it back (its report names devices of the other CPU family)
+    assert [facts_of(Artifact.open(d)).cpu_arch for d in (art, compressed_artifact)] == ["arm64", "x86_64"]
+    graphs = {a: onnx.load(str(d / "model.onnx"), load_external_data=False).graph for a, d in
+              (("arm64", art), ("x86_64", compressed_artifact))}
+    for arch, op in (("arm64", "MatMul"), ("x86_64", "FusedMatMul")):
+        g = graphs[arch]
+        shared = {t.name: list(t.dims) for t in g.initializer if t.name.startswith("shared.g")}
+        assert {n.op_type for n in g.node for x in n.input if x in shared} == {op}, arch
+        if arch == "arm64":
+            arm_dims = shared
+        else:  # the same tensors, transposed
+            assert shared == {k: [1, d[2], d[1]] for k, d in arm_dims.items()}
+    ids = np.array([[5, 9, 2, 77, 3]], np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(5)[None]}
+    logits = []
+    for d in (art, compressed_artifact):
+        s = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
+        past = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)  # (B, kv_heads, past, head_dim)
+                for i in s.get_inputs() if i.name.startswith("past")}
+        logits.append(s.run(["logits"], {**feeds, **past})[0])
+    np.testing.assert_allclose(logits[0], logits[1], rtol=1e-5, atol=1e-5)
 
 
 def test_fp16_artifact_keeps_2d_weights_prepacking_off_and_unfused_norms(tiny_dirs, tmp_path):
