@@ -263,7 +263,8 @@ def write_md(res: dict, path: Path) -> None:
                   f"{pd['ms_per_token']['b']:.1f} ms): **{pd['ratio']:.3f}** (target ≥ 0.95: "
                   f"{'met' if pd['ratio'] >= 0.95 else 'NOT met'}; block pairs {min(pd['block_pair_ratios']):.2f}–"
                   f"{max(pd['block_pair_ratios']):.2f}). The rounds above run each engine for seconds in turn, so a "
-                  "neighbour's burst on this shared host can fall on one of them; this measurement is the one to read."]
+                  "neighbour's burst on this shared host can fall on one of them; this measurement is less exposed to that, "
+                  "but its value still moves between runs at different times (notes)."]
         L += ["", f"Greedy tokens identical to ours for the first N positions: {sp['greedy_tokens_identical_prefix']} "
               f"(of {sp['new_tokens'] + 1}).", ""]
         if res.get("bandwidth"):

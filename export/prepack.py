@@ -11,17 +11,18 @@ without; bench/results/export.md). ORT only packs a B of rank 2, so such a weigh
 unit axis: the same bytes and, by broadcasting, the same result, and ORT leaves it unpacked
 while it still packs every other weight.
 
-Unpacked, a single-token product takes another kernel, and the layout decides which:
-- (1, K, N) read by MatMul: each output column is gathered across K rows (1.29x the time of
-  packed 2-D weights, 40 SmolLM2 MLP weights chained, 2 cores);
+Unpacked, a single-token product takes another kernel, and the layout decides which
+(bench/unpacked_layouts.py: 40 chained SmolLM2 MLP weights, time against packed 2-D weights,
+2 threads / 1 thread):
+- (1, K, N) read by MatMul: each output column is gathered across K rows, 1.26x / 1.14x;
 - (1, N, K) read by com.microsoft FusedMatMul(transB=1): each output is a dot product of two
-  contiguous rows, 1.03x packed. So a weight that only MatMuls read is stored transposed; the
-  tied embedding, also read by Gather, keeps (1, vocab, hidden), which is (1, N, K) already.
-On the compressed SmolLM2 this took decode from 0.93-0.95x to 0.965x the original's
-(bench/results/runtime.md), the ceiling being ~0.96 from the deltas' extra bytes (537 vs 517 MiB per token).
-Those single-row kernels are x86_64's (AVX). On arm64 MLAS has one for an untransposed B only
-(a GEMV; a transposed B takes the general path, which packs B block by block on every call),
-so ExportConfig(cpu_arch="arm64") keeps (1, K, N) with MatMul. Unmeasured: no arm64 machine here.
+  contiguous rows, 1.14x / 1.20x (1.03-1.11x in ad-hoc runs at other times).
+So on x86_64 a weight that only MatMuls read is stored transposed; the tied embedding, also
+read by Gather, keeps (1, vocab, hidden), which is (1, N, K) already. Compressed SmolLM2
+decode +3-4% in a same-process A/B (bench/results/runtime.md). Those single-row kernels are
+x86_64's (AVX). On arm64 MLAS has one for an untransposed B only (a GEMV; a transposed B takes
+the general path, which packs B block by block on every call), so ExportConfig(cpu_arch=
+"arm64") keeps (1, K, N) under MatMul. Unmeasured: no arm64 machine here.
 
 The price is at batch > 1: a (B, S, K) input times a (1, ...) weight runs B products of
 S rows instead of one of B*S rows, so a batched decode reads that weight B times."""
