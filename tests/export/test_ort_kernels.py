@@ -113,6 +113,23 @@ def test_arm64_artifact_keeps_shared_bases_untransposed_with_the_same_logits(tin
     np.testing.assert_allclose(logits[0], logits[1], rtol=1e-5, atol=1e-5)
 
 
+def test_lifted_weights_broadcast_over_a_batch(compressed_artifact):
+    """A (B, S, K) activation times a (1, N, K) or (1, K, N) weight: each row of a batch of two
+    gets the logits it gets alone."""
+    s = ort.InferenceSession(str(compressed_artifact / "model.onnx"), providers=["CPUExecutionProvider"])
+
+    def logits(ids):
+        past = {i.name: np.zeros((ids.shape[0], i.shape[1], 0, i.shape[3]), np.float32)
+                for i in s.get_inputs() if i.name.startswith("past")}
+        pos = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
+        return s.run(["logits"], {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": pos, **past})[0]
+
+    ids = np.array([[5, 9, 2, 77, 3], [40, 8, 11, 1, 60]], np.int64)
+    both = logits(ids)
+    for row in range(2):
+        np.testing.assert_allclose(both[row], logits(ids[row:row + 1])[0], rtol=1e-5, atol=1e-5)
+
+
 def test_fp16_artifact_keeps_2d_weights_prepacking_off_and_unfused_norms(tiny_dirs, tmp_path):
     art = export_onnx(tiny_dirs["compressed"], ExportConfig(dtype="fp16", validate=False), tmp_path / "art")
     m = json.loads((art / "manifest.json").read_text())
