@@ -120,7 +120,8 @@ def paired_decode(a: OursEngine, b: OursEngine, blocks: int = 24, block_tokens: 
         return times
 
     state = {"a": start(a), "b": start(b)}
-    block(a, state["a"], None), block(b, state["b"], None)  # warm-up
+    for k, e in (("a", a), ("b", b)):  # warm-up, untimed
+        block(e, state[k], None)
     steps = {"a": [], "b": []}
     med = {"a": [], "b": []}
     for _ in range(blocks):

@@ -20,7 +20,7 @@ def add_parser(subparsers):
     p.add_argument("--accuracy-level", type=int, default=0, choices=(0, 4),
                    help="quantized MatMul compute: 0 = fp32 (default, exact), 4 = int8 activations (faster on x86, esp. int8)")
     p.add_argument("--cpu-arch", default="x86_64", help=f"CPU the artifact will run on: {'|'.join(CPU_ARCHS)} (default x86_64); "
-                   "picks the fp32 shared-weight layout ONNX Runtime runs fastest there, same results")
+                   "lays fp32 shared weights out for ONNX Runtime's single-token kernel on that CPU, same results")
     p.add_argument("--no-validate", action="store_true", help="skip the PyTorch parity checks (checker and audit still run)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     return p
