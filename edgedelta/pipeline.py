@@ -35,6 +35,7 @@ class PipelineConfig:
     recon_tokens: int = field(default=32_768, metadata={"help": "per-group reconstruction tokens before distillation"})
     devices: str = field(default="all", metadata={"help": "device names (comma-separated) or 'all'"})
     contexts: list[int] = field(default_factory=lambda: [512, 2048], metadata={"help": "context lengths to plan for"})
+    cpu_arch: str = field(default="x86_64", metadata={"help": "CPU the artifacts are laid out for (export --cpu-arch)"})
     tasks: list[str] = field(default_factory=lambda: ["ppl", "arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "boolq", "lambada"])
     limit: int | None = field(default=500, metadata={"help": "items per zero-shot task"})
     ppl_tokens: int = field(default=16384, metadata={"help": "tokens per held-out text for perplexity"})
@@ -53,6 +54,10 @@ class PipelineConfig:
             raise ConfigError(f"layer_lora must be a LoRA rank >= 0 (0 = none), got {self.layer_lora}")
         if self.tokens < 0 or self.recon_tokens < 0:
             raise ConfigError(f"tokens and recon_tokens must be >= 0, got {self.tokens}, {self.recon_tokens}")
+        from .export.config import CPU_ARCHS
+
+        if self.cpu_arch not in CPU_ARCHS:
+            raise ConfigError(f"cpu_arch '{self.cpu_arch}' is not supported; allowed: {', '.join(CPU_ARCHS)}")
         if not self.contexts or any(c <= 0 for c in self.contexts):
             raise ConfigError(f"context lengths must be > 0, got {self.contexts}")
         if self.limit is not None and self.limit <= 0:
@@ -156,8 +161,9 @@ def run_pipeline(cfg: PipelineConfig, out: Path, log: Callable[[str], None] = la
     quality = stages.run("evaluate", [manifest_digest(final_dir), cfg.tasks, cfg.limit, cfg.ppl_tokens, cfg.model], eval_path,
                          lambda: ctx.evaluate(final_dir, eval_path))
     art_orig, art_comp = out / "artifacts" / "original", out / "artifacts" / "compressed"
-    stages.run("export original", [cfg.model, "fp32"], art_orig, lambda: ctx.export(cfg.model, art_orig))
-    stages.run("export compressed", [manifest_digest(final_dir), "fp32"], art_comp, lambda: ctx.export(str(final_dir), art_comp))
+    stages.run("export original", [cfg.model, "fp32", cfg.cpu_arch], art_orig, lambda: ctx.export(cfg.model, art_orig))
+    stages.run("export compressed", [manifest_digest(final_dir), "fp32", cfg.cpu_arch], art_comp,
+               lambda: ctx.export(str(final_dir), art_comp))
     sample = stages.run("sample generation", [manifest_digest(art_comp), cfg.prompt], out / "sample.json",
                         lambda: ctx.sample(art_comp, out / "sample.json"))
     dev_dir = out / "devices"
@@ -239,7 +245,7 @@ class _Context:
     def export(self, model: str, dest: Path) -> dict:
         from .export import ExportConfig, export_onnx
 
-        export_onnx(model, ExportConfig(), dest, force=True)
+        export_onnx(model, ExportConfig(cpu_arch=self.cfg.cpu_arch), dest, force=True)
         return {"path": str(dest)}
 
     def sample(self, artifact: Path, dest: Path) -> dict:

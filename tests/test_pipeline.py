@@ -55,6 +55,13 @@ def test_pipeline_end_to_end_and_resume(tiny_dir, tmp_path):
     assert not any(m.startswith("[2/7] distill") and "reusing" in m for m in logs)
     manifest = json.loads((out / "distilled" / "manifest.json").read_text())
     assert manifest["layers_adapted"] is True and manifest["distill"]["config"]["trainable"][-1] == "layer-lora"
+    # artifacts for arm64 devices: only the exports and what reads them rerun
+    logs.clear()
+    run_pipeline(_cfg(tiny_dir, layer_lora=2, cpu_arch="arm64"), out, log=logs.append)
+    reused = {m.split("] ")[1].split(":")[0] for m in logs if "unchanged, reusing" in m}
+    assert reused == {"compress", "distill", "evaluate"}, logs
+    art = json.loads((out / "artifacts" / "compressed" / "manifest.json").read_text())
+    assert art["export_config"]["cpu_arch"] == "arm64"
 
 
 @pytest.mark.parametrize("argv", [
@@ -64,6 +71,7 @@ def test_pipeline_end_to_end_and_resume(tiny_dir, tmp_path):
     ["pipeline", "--devices", "toaster-9000"],
     ["pipeline", "--layer-lora", "-1"],
     ["pipeline", "--drop-layers", "most"],
+    ["pipeline", "--cpu-arch", "riscv"],
 ])
 def test_pipeline_bad_input_is_one_line(argv, tmp_path, capsys):
     code = main(argv + ["--out", str(tmp_path / "o"), "--model", "does-not-matter"])

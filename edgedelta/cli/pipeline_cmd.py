@@ -32,6 +32,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=_tokens, help="distillation tokens (default 200000; --quick 8192; 0 = no training)")
     p.add_argument("--devices", default="all", help="device names, comma-separated, or 'all' (see `edgedelta devices`)")
     p.add_argument("--contexts", type=int_list, help="context lengths to plan for (default 512,2048; --quick 256,1024)")
+    p.add_argument("--cpu-arch", help="CPU the artifacts will run on: x86_64|arm64 (default x86_64; arm64 for a Pi "
+                                      "or Jetson): the shared-weight layout for its ONNX Runtime kernel, same results")
     p.add_argument("--out", type=Path, default=Path("runs/pipeline"), help="report folder (default runs/pipeline); re-runs resume")
     p.add_argument("--quick", action="store_true", help="small budgets: about 15 minutes on 2 cores")
     return p
@@ -41,7 +43,7 @@ def run(args) -> int:
     from ..pipeline import PipelineConfig, run_pipeline
 
     kw = dict(model=args.model, target_params=args.target_params, tokens=args.tokens, devices=args.devices, contexts=args.contexts,
-              drop_layers=args.drop_layers, layer_lora=args.layer_lora)
+              drop_layers=args.drop_layers, layer_lora=args.layer_lora, cpu_arch=args.cpu_arch)
     cfg = PipelineConfig.quick_config(**kw) if args.quick else PipelineConfig(**{k: v for k, v in kw.items() if v is not None})
     index = run_pipeline(cfg, args.out)
     info(f"report: {index}")
