@@ -1,7 +1,7 @@
 """The graph meets ONNX Runtime's CPU kernels. Prepacking (export/prepack.py): the layout rule
-for weights with several readers, that it changes no result, and that ORT copies a 2-D weight
-when it packs it but leaves a (1, K, N) one alone (a guard against an ORT upgrade changing
-that). Fusion: every RMSNorm is one node, and the attention scale is no node of its own."""
+for weights with several readers and its per-CPU layouts, that it changes no result, and that
+ORT copies a 2-D weight when it packs it but leaves a lifted one alone, under MatMul or
+FusedMatMul (a guard against an ORT upgrade changing that). Fusion: every RMSNorm is one node, and the attention scale is no node of its own."""
 
 import json
 import subprocess
@@ -94,14 +94,12 @@ def test_arm64_artifact_keeps_shared_bases_untransposed_with_the_same_logits(tin
     assert [facts_of(Artifact.open(d)).cpu_arch for d in (art, compressed_artifact)] == ["arm64", "x86_64"]
     graphs = {a: onnx.load(str(d / "model.onnx"), load_external_data=False).graph for a, d in
               (("arm64", art), ("x86_64", compressed_artifact))}
+    dims = {}
     for arch, op in (("arm64", "MatMul"), ("x86_64", "FusedMatMul")):
         g = graphs[arch]
-        shared = {t.name: list(t.dims) for t in g.initializer if t.name.startswith("shared.g")}
-        assert {n.op_type for n in g.node for x in n.input if x in shared} == {op}, arch
-        if arch == "arm64":
-            arm_dims = shared
-        else:  # the same tensors, transposed
-            assert shared == {k: [1, d[2], d[1]] for k, d in arm_dims.items()}
+        dims[arch] = {t.name: list(t.dims) for t in g.initializer if t.name.startswith("shared.g")}
+        assert {n.op_type for n in g.node for x in n.input if x in dims[arch]} == {op}, arch
+    assert dims["x86_64"] == {k: [1, d[2], d[1]] for k, d in dims["arm64"].items()}  # the same tensors, transposed
     ids = np.array([[5, 9, 2, 77, 3]], np.int64)
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(5)[None]}
     logits = []
