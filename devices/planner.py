@@ -108,7 +108,7 @@ class ModelFacts:
     num_heads: int
     max_positions: int | None
     compressed: bool = False
-    cpu_arch: str | None = None  # the CPU its fp32 shared weights are laid out for (manifest export_config)
+    cpu_arch: str | None = None  # the CPU its shared weights are laid out for (manifest layouts; None: no matter)
 
     def kv_bytes(self, tokens: int, batch: int = 1) -> int:
         """K and V of every layer for `tokens` positions: [B, kv_heads, tokens, head_dim] x 2 x layers."""
@@ -147,17 +147,8 @@ def facts_of(artifact) -> ModelFacts:
         kv_heads=kv.kv_heads, head_dim=kv.head_dim, kv_itemsize=kv.itemsize, vocab_size=artifact.vocab_size,
         hidden_size=hidden, intermediate_size=int(c.get("intermediate_size") or 4 * hidden), num_heads=heads,
         max_positions=artifact.max_positions, compressed=artifact.is_compressed,
-        cpu_arch=_layout_cpu_arch(artifact),
+        cpu_arch=(artifact.manifest.get("layouts") or {}).get("cpu_arch"),
     )
-
-
-def _layout_cpu_arch(artifact) -> str | None:
-    """The CPU a compressed fp32 artifact's shared bases are laid out for (export/prepack.py);
-    None where no weight's layout depends on it (fp16, quantized, or nothing shared)."""
-    cfg = artifact.manifest.get("export_config") or {}
-    if artifact.is_compressed and cfg.get("dtype") == "fp32" and cfg.get("quantize") == "none":
-        return cfg.get("cpu_arch")  # None from exporters before the option
-    return None
 
 
 @dataclass(frozen=True)

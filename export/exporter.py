@@ -144,6 +144,9 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
         except onnx.checker.ValidationError as e:
             raise ExportError(f"ONNX checker rejected the exported graph: {str(e).splitlines()[0]}") from None
         report = audit(tmp)
+        # weights whose layout follows cfg.cpu_arch (prepack.py): lifted, and read by MatMuls only
+        cpu_laid_out = [r["name"] for r in report["initializers"] if len(r["shape"]) == 3 and r["shape"][0] == 1
+                        and set(r["consumer_ops"]) <= {"MatMul", "FusedMatMul"}]
         problems = audit_problems(report)
         if problems:
             raise ExportError("sharing audit failed: " + "; ".join(problems))
@@ -174,7 +177,8 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
                         "quantized": "MatMulNBits (out, in/block, block*bits/8) uint8 + scales + zero_points",
                         "tied_embedding": "(vocab, hidden), (1, vocab, hidden) in fp32, read by Gather and by FusedMatMul/Gemm with transB=1",
                         "shared_fp32": "(1, ...) leading unit axis on every fp32 weight read by several nodes (kept out of ORT prepacking); "
-                                       "(1, out, in) read by FusedMatMul with transB=1 where only MatMuls would read it"},
+                                       "(1, out, in) read by FusedMatMul with transB=1 where only MatMuls would read it",
+                        "cpu_arch": cfg.cpu_arch if cpu_laid_out else None},  # None: no layout depends on the CPU
             "parameters": {**counts, "unique_bytes_at_dtype": unique_bytes},
             "bytes": {"data_file": report["data_file_bytes"], "model_file": report["model_file_bytes"],
                       "initializers": report["initializer_bytes"],
