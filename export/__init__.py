@@ -3,10 +3,24 @@ whose shared weights are stored once on disk and read once into RAM.
 
     from edgedelta.export import ExportConfig, export_onnx, audit
     export_onnx("compressed/", ExportConfig(dtype="fp16"), "artifact/")
-"""
+
+The exporter (torch) is imported lazily: the config and the audit (onnx) load on a device
+install, which has no torch (edgedelta/extras.py)."""
+
+from __future__ import annotations
+
+import importlib
 
 from .audit import audit, format_table
 from .config import ExportConfig
-from .exporter import ARTIFACT_FORMAT, GRAPH_REVISION, ExportError, build_graph, export_onnx, session_config
 
-__all__ = ["ARTIFACT_FORMAT", "ExportConfig", "GRAPH_REVISION", "ExportError", "audit", "build_graph", "export_onnx", "format_table", "session_config"]
+_EXPORTER = ("ARTIFACT_FORMAT", "GRAPH_REVISION", "ExportError", "build_graph", "export_onnx", "session_config")
+
+
+def __getattr__(name: str):
+    if name in _EXPORTER:
+        return getattr(importlib.import_module("edgedelta.export.exporter"), name)
+    raise AttributeError(f"module 'edgedelta.export' has no attribute {name!r}")
+
+
+__all__ = sorted(("ExportConfig", "audit", "format_table") + _EXPORTER)

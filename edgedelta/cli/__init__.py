@@ -1,6 +1,7 @@
 """`edgedelta` console script. Each subcommand lives in its own module exposing
 `add_parser(subparsers)` and `run(args) -> int`; they are listed explicitly in COMMANDS.
-User errors (EdgeDeltaError) become one line on stderr and exit code 2."""
+User errors (EdgeDeltaError) become one line on stderr and exit code 2. On a lean (device)
+install a command whose packages are missing is still listed, and says which extra it needs."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import threading
 
 from ..errors import EdgeDeltaError
+from ..extras import check_extra, missing_extra
 
 # subcommand -> module (imported lazily so `edgedelta --help` stays fast)
 COMMANDS: dict[str, str] = {
@@ -25,8 +27,11 @@ COMMANDS: dict[str, str] = {
     "profile": "edgedelta.cli.profile_cmd",
     "devices": "edgedelta.cli.devices_cmd",
     "plan": "edgedelta.cli.plan_cmd",
+    "bundle": "edgedelta.cli.bundle_cmd",
     "pipeline": "edgedelta.cli.pipeline_cmd",
 }
+# subcommands that need an extra (edgedelta/extras.py); the others run on a device install
+EXTRA_OF_COMMAND: dict[str, str] = dict.fromkeys(("compress", "eval", "distill", "compare", "export", "pipeline"), "compress")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,7 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"edgedelta {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser.unavailable = {}  # command -> why it cannot run in this install
     for name, modname in COMMANDS.items():
+        missing = check_extra(EXTRA_OF_COMMAND[name]) if name in EXTRA_OF_COMMAND else None
+        if missing is not None:  # listed in --help, refused by main() before argument parsing
+            sub.add_parser(name, help=f"(not in this install: pip install 'edgedelta[{EXTRA_OF_COMMAND[name]}]')")
+            parser.unavailable[name] = missing
+            continue
         try:
             mod = importlib.import_module(modname)
         except ModuleNotFoundError as e:
@@ -55,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in parser.unavailable:
+        return _user_error(argv[0], parser.unavailable[argv[0]])
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error already printed as one line
@@ -66,20 +80,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except EdgeDeltaError as e:
-        msg = " ".join(str(e).split())  # one line even when a library's message has several
-        sys.stderr.write(f"edgedelta {args.command}: error: {msg}\n")
-        return e.exit_code
+        return _user_error(args.command, e)
+    except ModuleNotFoundError as e:  # a package of an extra, imported as the command runs
+        missing = missing_extra(e)
+        return _internal_error(args.command, e) if missing is None else _user_error(args.command, missing)
     except KeyboardInterrupt:
         sys.stderr.write(f"edgedelta {args.command}: interrupted\n")
         return 130
     except Exception as e:  # an unexpected bug: still one line, unless debugging
-        if os.environ.get("EDGEDELTA_DEBUG"):
-            raise
-        sys.stderr.write(f"edgedelta {args.command}: internal error: {type(e).__name__}: {' '.join(str(e).split())} (set EDGEDELTA_DEBUG=1 for a traceback)\n")
-        return 1
+        return _internal_error(args.command, e)
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+
+
+def _user_error(command: str, e: EdgeDeltaError) -> int:
+    msg = " ".join(str(e).split())  # one line even when a library's message has several
+    sys.stderr.write(f"edgedelta {command}: error: {msg}\n")
+    return e.exit_code
+
+
+def _internal_error(command: str, e: Exception) -> int:
+    if os.environ.get("EDGEDELTA_DEBUG"):
+        raise e
+    sys.stderr.write(f"edgedelta {command}: internal error: {type(e).__name__}: {' '.join(str(e).split())} (set EDGEDELTA_DEBUG=1 for a traceback)\n")
+    return 1
 
 
 def _term_as_interrupt():

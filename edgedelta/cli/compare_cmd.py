@@ -13,7 +13,7 @@ from .common import drop_count, positive_int
 
 def add_parser(subparsers):
     from ..data.text import DEFAULT_TRAIN_TEXT
-    from ..evaluation.compare import DEFAULT_METHODS, METHODS
+    from ..evaluation.methods import DEFAULT_METHODS, METHODS
 
     p = subparsers.add_parser("compare", help="DeltaLLM vs pruning baselines at equal parameters", description=__doc__)
     p.add_argument("--model", default="default", help="'default', a model directory or a .gguf file")

@@ -29,10 +29,13 @@ def run(args) -> int:
     from ..devices.assess import assess
     from ..devices.tables import plans_table, runs_table
     from ..errors import ConfigError
+    from ..extras import require_extra
     from ..fsutil import write_json_atomic
     from ..runtime.profiler import parse_contexts
     from ..runtime.session import resolve_provider
 
+    if args.report:
+        require_extra("report")  # before minutes of profiling, not after
     contexts = parse_contexts(args.context)
     if args.new_tokens < 1 or min(contexts) <= args.new_tokens:
         raise ConfigError(f"every context must exceed --new-tokens ({args.new_tokens}); got {min(contexts)}")

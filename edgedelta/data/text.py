@@ -17,10 +17,12 @@ import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: the CLI starts without it (~1.5 s)
+    import torch
 
 SOTU_TRAIN_MAX_YEAR = 1999
 SOTU_EVAL_MIN_YEAR = 2010
@@ -123,6 +125,8 @@ def read_user_texts(path: str | Path) -> list[str]:
 
 def tokenize_stream(tokenizer, texts: list[str]) -> torch.Tensor:
     """All texts as one token stream, documents separated by EOS. Shape (N,)."""
+    import torch
+
     eos = tokenizer.eos_token_id
     ids: list[int] = []
     for t in texts:
@@ -168,6 +172,8 @@ def calibration_batches(tokenizer, num_samples: int, seq_len: int, seed: int = 0
     in hand (tokenizing all 2.4M training tokens would dominate a small calibration).
     "mixed-train" takes alternate rows from sotu-train and wiki-train (by rows, not by
     tokens: one speech outweighs a hundred passages), so any leading slice has both."""
+    import torch
+
     if num_samples < 1:
         raise ConfigError(f"calibration needs at least one sequence, got {num_samples}")
     if source == "mixed-train":

@@ -19,17 +19,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 from ..data.text import DEFAULT_TRAIN_TEXT, check_training_text
 from ..delta.config import check_drop_layers
 from ..errors import ConfigError, EdgeDeltaError
 from .api import EvalConfig, evaluate
-
-# deltallm-drop: DeltaLLM after removing the drop_layers least influential layers
-# (CompressConfig.drop_layers); a known method, not in the default set (its layer count is per model)
-METHODS = ("deltallm", "deltallm-drop", "shortgpt", "laco", "jointdrop", "slicegpt")
-DEFAULT_METHODS = ("deltallm", "shortgpt", "laco", "jointdrop", "slicegpt")
+from .methods import DEFAULT_METHODS, METHODS
 
 
 @dataclass
@@ -102,6 +96,8 @@ def _build(method: str, model, tok, target, calib, progress: bool, compress_kw: 
 def _heal(method: str, student, teacher, tok, rows, config: CompareConfig, lora_params: int, progress: bool) -> dict:
     """Heal `student` in place on `rows`; returns the report, with the trainable-parameter count."""
     if method.startswith("deltallm"):
+        import torch
+
         from ..distill.api import distill
         from ..distill.config import DistillConfig, layer_lora_recipe
 
