@@ -8,7 +8,9 @@ as the x86_64 layout stores it, in place or copies it per call, against (1, K, N
 MatMul (the arm64 layout) and a prepacked 2-D weight. Bytes moved are what a bandwidth-bound
 decode pays for; emulation timing is meaningless and is not reported.
 
-  python bench/arm64_layout_counts.py --qemu-src DIR [--runs 2,22] [--repeats 2]
+  python bench/arm64_layout_counts.py --qemu-src DIR [--runs 2,22] [--repeats 2] [--decode-steps 2]
+
+Then each artifact of that bundle: bytes moved per decode token (bench/arm64_probe.py).
 
 Needs: bench/arm64_emulated.py run first (its arm64 Debian with the bundle installed), and a
 qemu-aarch64 built with plugins from Debian's qemu 10 source (its static package has none):
@@ -78,6 +80,7 @@ def main() -> int:
     ap.add_argument("--rootfs", type=Path, default=BENCH / "_work/arm64-rootfs")
     ap.add_argument("--runs", default="2,22", help="chain runs in the short and the long process")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--decode-steps", type=int, default=2, help="decode steps counted per bundled artifact")
     a = ap.parse_args()
     lo, hi = (int(x) for x in a.runs.split(","))
     qemu = a.qemu_src / "build/qemu-aarch64"
@@ -90,9 +93,16 @@ def main() -> int:
                 print(f"repeat {rep + 1}: {layout} ...", file=sys.stderr, flush=True)
                 c_lo, c_hi = count(qemu, plugin, a.rootfs, layout, lo), count(qemu, plugin, a.rootfs, layout, hi)
                 per_run[layout].append({k: (c_hi[k] - c_lo[k]) / (hi - lo) for k in c_hi})
+        bundled = json.loads((a.rootfs / "root/bundle/bundle.json").read_text())["artifacts"]
+        per_token = {}
+        for art in bundled:
+            print(f"artifact {art['name']}: {a.decode_steps} decode steps ...", file=sys.stderr, flush=True)
+            per_token[art["name"]] = {**count_artifact(qemu, plugin, a.rootfs, art["name"], a.decode_steps),
+                                      "layout_cpu_arch": art["layout_cpu_arch"]}
     summary = {k: {m: statistics.median(r[m] for r in rows) for m in rows[0]} for k, rows in per_run.items()}
     res = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "cpu": CPU, "weights": WEIGHTS,
            "weight_mb_per_run": mb, "runs": [lo, hi], "repeats": a.repeats, "per_run": per_run, "median_per_run": summary,
+           "per_decode_token": per_token, "decode_steps": a.decode_steps,
            "qemu": subprocess.run([str(qemu), "--version"], text=True, capture_output=True).stdout.splitlines()[0]}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "arm64_layout_counts.json").write_text(json.dumps(res, indent=2) + "\n")
@@ -112,7 +122,13 @@ def main() -> int:
           "|---|---|---|---|---|---|", *rows, "",
           "Loads and stores are every guest memory access, caches not modelled: bytes moved per weight byte is what "
           "a bandwidth-bound decode pays for. A layout that stores about one weight's bytes per run copies (packs) the "
-          "weight on every call.", ""]
+          "weight on every call.", "",
+          "## The bundled artifacts, per decode token", "",
+          f"Each artifact of the device bundle through edgedelta's runtime (bench/arm64_probe.py --count-decode "
+          f"{a.decode_steps}), one thread, a 9-token prompt; counted over {a.decode_steps} decode steps after the first.", "",
+          "| artifact | laid out for | instructions (M) | loaded MB | stored MB | moved MB |", "|---|---|---|---|---|---|",
+          *[f"| {n} | {c['layout_cpu_arch']} | {c['insns'] / 1e6:.1f} | {c['load_bytes'] / 1e6:.0f} | "
+            f"{c['store_bytes'] / 1e6:.0f} | {(c['load_bytes'] + c['store_bytes']) / 1e6:.0f} |" for n, c in per_token.items()], ""]
     (RESULTS / "arm64_layout_counts.md").write_text("\n".join(md))
     print("\n".join(md))
     return 0

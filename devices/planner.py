@@ -108,7 +108,7 @@ class ModelFacts:
     num_heads: int
     max_positions: int | None
     compressed: bool = False
-    cpu_arch: str | None = None  # the CPU its shared weights are laid out for (manifest layouts; None: no matter)
+    cpu_arch: str | None = None  # the CPU its lifted (shared, tied) weights are laid out for (manifest layouts; None: no matter)
 
     def kv_bytes(self, tokens: int, batch: int = 1) -> int:
         """K and V of every layer for `tokens` positions: [B, kv_heads, tokens, head_dim] x 2 x layers."""

@@ -172,8 +172,8 @@ def layout_notes(models: list[dict], devices: list) -> list[str]:
         if other:
             lines += [f"{m['name']} is laid out for {arch} CPUs. For {', '.join(other)}, export it with "
                       f"`--cpu-arch {'arm64' if arch == 'x86_64' else 'x86_64'}`: the same results, in the weight "
-                      "layout ONNX Runtime's single-token kernel on that CPU reads (from its source; measured on "
-                      "x86_64 only, export/prepack.py).", ""]
+                      "layout ONNX Runtime's single-token kernel on that CPU reads without copying (on arm64 the "
+                      "x86_64 layout copies each transposed weight on every call: bench/results/arm64_layout_counts.md).", ""]
     return lines
 
 

@@ -42,8 +42,9 @@ ARTIFACT_FORMAT = "edgedelta-onnx"
 # scale on the score MatMul's output, folded by ORT into its alpha; 4: default opset 23 with
 # ONNX RotaryEmbedding; 5: residual Adds fused into the norms, SkipSimplifiedLayerNormalization;
 # 6: an additive attention mask built once instead of a Where per layer; 7: shared bases stored
-# (1, N, K) and read by FusedMatMul with transB, ORT's faster unpacked kernel).
-GRAPH_REVISION = 7
+# (1, N, K) and read by FusedMatMul with transB, ORT's faster unpacked kernel; 8: for arm64
+# the tied embedding stored (1, hidden, vocab), the LM head a plain MatMul).
+GRAPH_REVISION = 8
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
 # Which artifacts run with ORT's weight prepacking (the per-reader copies it makes, and why
@@ -72,7 +73,7 @@ def build_graph(model, cfg: ExportConfig) -> tuple[GraphBuilder, ModelWeights, A
     facts = ArchFacts.from_model(model, adapter)
     DecoderGraph(builder, facts, weights, cfg.dtype, cfg.accuracy_level).build()
     if cfg.dtype == "fp32":
-        lift_shared_weights(builder, transposed=cfg.cpu_arch == "x86_64")
+        lift_shared_weights(builder, cfg.cpu_arch)
     return builder, weights, facts
 
 
@@ -144,9 +145,9 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
         except onnx.checker.ValidationError as e:
             raise ExportError(f"ONNX checker rejected the exported graph: {str(e).splitlines()[0]}") from None
         report = audit(tmp)
-        # weights whose layout follows cfg.cpu_arch (prepack.py): lifted, and read by MatMuls only
+        # weights whose layout follows cfg.cpu_arch (prepack.py): lifted, and read by a MatMul
         cpu_laid_out = [r["name"] for r in report["initializers"] if len(r["shape"]) == 3 and r["shape"][0] == 1
-                        and set(r["consumer_ops"]) <= {"MatMul", "FusedMatMul"}]
+                        and set(r["consumer_ops"]) & {"MatMul", "FusedMatMul"}]
         problems = audit_problems(report)
         if problems:
             raise ExportError("sharing audit failed: " + "; ".join(problems))
@@ -175,7 +176,8 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
                    "kv_dtype": "float16" if cfg.dtype == "fp16" else "float32"},
             "layouts": {"projection": "(in, out) for MatMul", "delta_A": "(in, r) = Aᵀ", "delta_B": "(r, out) = Bᵀ",
                         "quantized": "MatMulNBits (out, in/block, block*bits/8) uint8 + scales + zero_points",
-                        "tied_embedding": "(vocab, hidden), (1, vocab, hidden) in fp32, read by Gather and by FusedMatMul/Gemm with transB=1",
+                        "tied_embedding": "(vocab, hidden), (1, vocab, hidden) in fp32, read by Gather and by FusedMatMul/Gemm with transB=1; "
+                                          "(1, hidden, vocab) read by Gather on axis 2 and by MatMul where cpu_arch is arm64",
                         "shared_fp32": "(1, ...) leading unit axis on every fp32 weight read by several nodes (kept out of ORT prepacking); "
                                        "(1, out, in) read by FusedMatMul with transB=1 where only MatMuls would read it",
                         "cpu_arch": cfg.cpu_arch if cpu_laid_out else None},  # None: no layout depends on the CPU

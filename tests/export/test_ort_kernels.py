@@ -85,9 +85,10 @@ def test_exported_artifact_lifts_exactly_the_shared_weights(compressed_artifact)
     assert shared_readers == {"FusedMatMul"}  # stored (1, N, K), read with transB=1
 
 
-def test_arm64_artifact_keeps_shared_bases_untransposed_with_the_same_logits(tiny_dirs, compressed_artifact, tmp_path):
-    """cpu_arch='arm64': the shared bases stay (1, K, N) under MatMul, the layout MLAS's arm64
-    single-row kernel takes; the function is the x86_64 artifact's."""
+def test_arm64_artifact_reads_every_lifted_weight_untransposed_with_the_same_logits(tiny_dirs, compressed_artifact, tmp_path):
+    """cpu_arch='arm64': the shared bases stay (1, K, N) under MatMul and the tied embedding is
+    stored (1, H, V) for a plain MatMul LM head, the layout MLAS's arm64 single-row kernel
+    reads without copying; no FusedMatMul is left. The function is the x86_64 artifact's."""
     art = export_onnx(tiny_dirs["compressed"], ExportConfig(cpu_arch="arm64"), tmp_path / "arm64")
     assert json.loads((art / "manifest.json").read_text())["export_config"]["cpu_arch"] == "arm64"
     # the device planner reads it back (its report names devices of the other CPU family)
@@ -100,12 +101,18 @@ def test_arm64_artifact_keeps_shared_bases_untransposed_with_the_same_logits(tin
         dims[arch] = {t.name: list(t.dims) for t in g.initializer if t.name.startswith("shared.g")}
         assert {n.op_type for n in g.node for x in n.input if x in dims[arch]} == {op}, arch
     assert dims["x86_64"] == {k: [1, d[2], d[1]] for k, d in dims["arm64"].items()}  # the same tensors, transposed
-    ids = np.array([[5, 9, 2, 77, 3]], np.int64)
-    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(5)[None]}
+    embed = {arch: next(t for t in g.initializer if t.name == "embed_tokens.weight") for arch, g in graphs.items()}
+    vocab, hidden = embed["x86_64"].dims[1:]
+    assert list(embed["arm64"].dims) == [1, hidden, vocab]
+    for arch, head in (("arm64", "MatMul"), ("x86_64", "FusedMatMul")):
+        assert {n.op_type for n in graphs[arch].node if "embed_tokens.weight" in n.input} == {"Gather", head}, arch
+    assert not any(n.op_type == "FusedMatMul" for n in graphs["arm64"].node)
+    ids = np.array([[5, 9, 2, 77, 3], [1, 4, 4, 60, 8]], np.int64)  # a batch: the transposed lookup keeps rows apart
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.tile(np.arange(5), (2, 1))}
     logits = []
     for d in (art, compressed_artifact):
         s = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
-        past = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)  # (B, kv_heads, past, head_dim)
+        past = {i.name: np.zeros((2, i.shape[1], 0, i.shape[3]), np.float32)  # (B, kv_heads, past, head_dim)
                 for i in s.get_inputs() if i.name.startswith("past")}
         logits.append(s.run(["logits"], {**feeds, **past})[0])
     np.testing.assert_allclose(logits[0], logits[1], rtol=1e-5, atol=1e-5)
