@@ -15,7 +15,7 @@ are manylinux 2.28 or older: the device needs glibc >= 2.28 (ONNX Runtime 1.32's
 
 from __future__ import annotations
 
-import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -27,7 +27,7 @@ from typing import Callable
 
 from edgedelta.errors import ConfigError, EdgeDeltaError
 from edgedelta.export.config import CPU_ARCHS
-from edgedelta.fsutil import atomic_dir, sha256_file, write_json_atomic, write_text_atomic
+from edgedelta.fsutil import atomic_dir, sha256_file
 from edgedelta.manifest import read_manifest, verify_manifest
 
 BUNDLE_FORMAT = "edgedelta-bundle"
@@ -118,14 +118,16 @@ def build_bundle(artifacts: list[str | Path], out: str | Path, cfg: BundleConfig
         manifests.append(manifest)
         laid_out = (manifest.get("layouts") or {}).get("cpu_arch")
         if laid_out and laid_out != cfg.cpu_arch:
-            log(f"note: '{src}' lays its shared weights out for {laid_out}; it runs on {cfg.cpu_arch}, but its shared "
-                f"weights take a slower kernel there: re-export with --cpu-arch {cfg.cpu_arch}")
+            log(f"note: '{src}' lays its shared and tied weights out for {laid_out}; it runs on {cfg.cpu_arch}, but "
+                f"ONNX Runtime copies them on every token there (bench/results/arm64_layout_counts.md): re-export "
+                f"with --cpu-arch {cfg.cpu_arch}")
     with atomic_dir(out, force) as tmp:
         log(f"wheels for {cfg.cpu_arch}, Python {cfg.python} (pip download) ...")
         (tmp / "wheels").mkdir()
         fetch(cfg, tmp / "wheels")
         wheels = sorted((tmp / "wheels").glob("*.whl"))
-        write_text_atomic(tmp / "requirements.txt", "".join(_wheel_pin(w) + "\n" for w in wheels))
+        # plain writes: the whole folder appears at once (atomic_dir)
+        (tmp / "requirements.txt").write_text("".join(_wheel_pin(w) + "\n" for w in wheels))
         for src, name, manifest in zip(sources, names, manifests):
             log(f"artifact {name} ...")
             dst = tmp / "artifacts" / name
@@ -134,10 +136,10 @@ def build_bundle(artifacts: list[str | Path], out: str | Path, cfg: BundleConfig
                 shutil.copy2(src / rel, dst / rel)
             verify_manifest(dst, manifest)
         facts = _facts(cfg, wheels, names, manifests)
-        write_json_atomic(tmp / "bundle.json", facts)
-        write_text_atomic(tmp / "install.sh", _install_sh(cfg))
+        (tmp / "bundle.json").write_text(json.dumps(facts, indent=2) + "\n")
+        (tmp / "install.sh").write_text(_install_sh(cfg))
         (tmp / "install.sh").chmod(0o755)
-        write_text_atomic(tmp / "README.md", _readme(facts))
+        (tmp / "README.md").write_text(_readme(facts))
     return Path(out)
 
 
