@@ -43,7 +43,7 @@ from onnx import helper
 from .graph import MS_DOMAIN, GraphBuilder
 
 PACKING_OPS = {"MatMul", "FusedMatMul"}  # CPU kernels that prepack a constant B (input 1)
-LIFTABLE_READERS = PACKING_OPS | {"Gather"}  # ops that accept the (1, ...) layout (Gather: data at axis 1)
+LIFTABLE_READERS = PACKING_OPS | {"Gather"}  # ops that accept the (1, ...) layout (Gather: rows at axis 1 or 2)
 
 
 def lift_shared_weights(builder: GraphBuilder, cpu_arch: str = "x86_64") -> list[str]:

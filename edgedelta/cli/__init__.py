@@ -46,12 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"edgedelta {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    parser.unavailable = {}  # command -> why it cannot run in this install
+    unavailable = unavailable_commands()
     for name, modname in COMMANDS.items():
-        missing = check_extra(EXTRA_OF_COMMAND[name]) if name in EXTRA_OF_COMMAND else None
-        if missing is not None:  # listed in --help, refused by main() before argument parsing
+        if name in unavailable:  # listed in --help, refused by main() before argument parsing
             sub.add_parser(name, help=f"(not in this install: pip install 'edgedelta[{EXTRA_OF_COMMAND[name]}]')")
-            parser.unavailable[name] = missing
             continue
         try:
             mod = importlib.import_module(modname)
@@ -64,11 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def unavailable_commands() -> dict[str, EdgeDeltaError]:
+    """The commands whose extra this install lacks, and the error each gives."""
+    missing = {extra: check_extra(extra) for extra in set(EXTRA_OF_COMMAND.values())}
+    return {name: missing[extra] for name, extra in EXTRA_OF_COMMAND.items() if missing[extra] is not None}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in parser.unavailable:
-        return _user_error(argv[0], parser.unavailable[argv[0]])
+    unavailable = unavailable_commands()
+    if argv and argv[0] in unavailable:
+        return _user_error(argv[0], unavailable[argv[0]])
+    parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error already printed as one line
