@@ -103,7 +103,7 @@ def paired_decode(a: OursEngine, b: OursEngine, blocks: int = 24, block_tokens: 
         ids = np.array([e.ids], np.int64)
         cache = e.s.new_cache(1, len(e.ids) + span + block_tokens + 1)
         logits = e.s.forward(ids, np.ones_like(ids), np.arange(ids.shape[1])[None], cache)
-        return {"cache": cache, "next": int(logits[0, -1].argmax()), "steps": 0}
+        return {"cache": cache, "next": int(logits[0].argmax()), "steps": 0}
 
     def block(e, st, record):
         if st["steps"] >= span:
@@ -114,7 +114,7 @@ def paired_decode(a: OursEngine, b: OursEngine, blocks: int = 24, block_tokens: 
             t = time.perf_counter()
             logits = e.s.forward(np.array([[st["next"]]]), np.ones((1, pos + 1), np.int64), np.array([[pos]]), st["cache"])
             times.append(time.perf_counter() - t)
-            st["next"], st["steps"] = int(logits[0, -1].argmax()), st["steps"] + 1
+            st["next"], st["steps"] = int(logits[0].argmax()), st["steps"] + 1
         if record is not None:
             record.append(statistics.median(times))
         return times
