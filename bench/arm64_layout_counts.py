@@ -46,32 +46,31 @@ def build_plugin(qemu_src: Path, out: Path) -> Path:
     return lib
 
 
-def count(qemu: Path, plugin: Path, root: Path, layout: str, runs: int) -> dict:
+def counted(qemu: Path, plugin: Path, root: Path, script: str, *args: str) -> dict:
+    """Run bench/`script` with the bundle's Python and packages under the counting qemu; the
+    plugin's counts between the guest's two markers."""
     site = root / "root/bundle/venv/lib/python3.11/site-packages"
     # one guest thread: numpy's OpenBLAS threads would spin beside ONNX Runtime's and be counted too
     env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "PYTHONPATH": f"{site}:{BENCH}", "OPENBLAS_NUM_THREADS": "1"}
     proc = subprocess.run([str(qemu), "-cpu", CPU, "-plugin", str(plugin), "-d", "plugin", "-L", str(root),
-                           str(root / "usr/bin/python3.11"), str(BENCH / "layout_counts_guest.py"), layout, str(runs), str(WEIGHTS)],
-                          env=env, text=True, capture_output=True, timeout=1800)
+                           str(root / "usr/bin/python3.11"), str(BENCH / script), *args],
+                          env=env, text=True, capture_output=True, timeout=3600)
     line = [ln for ln in proc.stderr.splitlines() if ln.startswith("insns ")]  # the plugin logs to stderr
     if proc.returncode != 0 or not line:
-        raise SystemExit(f"{layout} x{runs} failed: {proc.stderr[-800:]}")
+        raise SystemExit(f"{script} {' '.join(args)} failed: {proc.stderr[-800:]}")
     f = line[-1].split()
     return {f[i]: int(f[i + 1]) for i in range(0, len(f), 2)}
 
 
+def count_chain(qemu: Path, plugin: Path, root: Path, layout: str, runs: int) -> dict:
+    """`runs` chain runs of `layout` (bench/layout_counts_guest.py)."""
+    return counted(qemu, plugin, root, "layout_counts_guest.py", layout, str(runs), str(WEIGHTS))
+
+
 def count_artifact(qemu: Path, plugin: Path, root: Path, name: str, steps: int) -> dict:
-    """Bytes moved per decode token by a bundled artifact (bench/arm64_probe.py --count-decode)."""
-    site = root / "root/bundle/venv/lib/python3.11/site-packages"
-    env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "PYTHONPATH": str(site), "OPENBLAS_NUM_THREADS": "1"}
-    proc = subprocess.run([str(qemu), "-cpu", CPU, "-plugin", str(plugin), "-d", "plugin", "-L", str(root),
-                           str(root / "usr/bin/python3.11"), str(BENCH / "arm64_probe.py"), str(root / "root/bundle/artifacts" / name),
-                           "--count-decode", str(steps)], env=env, text=True, capture_output=True, timeout=3600)
-    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("insns ")]  # the plugin logs to stderr
-    if proc.returncode != 0 or not line:
-        raise SystemExit(f"{name} failed: {proc.stderr[-800:]}")
-    f = line[-1].split()
-    return {f[i]: int(f[i + 1]) / steps for i in range(0, len(f), 2)}
+    """Per decode token of a bundled artifact (bench/arm64_probe.py --count-decode)."""
+    c = counted(qemu, plugin, root, "arm64_probe.py", str(root / "root/bundle/artifacts" / name), "--count-decode", str(steps))
+    return {k: v / steps for k, v in c.items()}
 
 
 def main() -> int:
@@ -91,7 +90,7 @@ def main() -> int:
         for rep in range(a.repeats):
             for layout in LAYOUTS:
                 print(f"repeat {rep + 1}: {layout} ...", file=sys.stderr, flush=True)
-                c_lo, c_hi = count(qemu, plugin, a.rootfs, layout, lo), count(qemu, plugin, a.rootfs, layout, hi)
+                c_lo, c_hi = count_chain(qemu, plugin, a.rootfs, layout, lo), count_chain(qemu, plugin, a.rootfs, layout, hi)
                 per_run[layout].append({k: (c_hi[k] - c_lo[k]) / (hi - lo) for k in c_hi})
         bundled = json.loads((a.rootfs / "root/bundle/bundle.json").read_text())["artifacts"]
         per_token = {}

@@ -19,6 +19,7 @@ import numpy as np
 
 PROMPT = "The conveyor belt on line 3 stopped because"
 NEW_TOKENS = 16
+MARK = 0x65646765  # "edge": bench/qemu/counts.c's marker
 
 
 def probe(artifact: str, count_decode: int = 0) -> dict:
@@ -51,9 +52,9 @@ def probe(artifact: str, count_decode: int = 0) -> dict:
 
 
 def mark() -> None:
-    """lseek(-1, MARK): EBADF, and a marker for bench/qemu/counts.c."""
+    """lseek(-1, MARK): EBADF, and a marker for bench/qemu/counts.c (also bench/layout_counts_guest.py's)."""
     try:
-        os.lseek(-1, 0x65646765, os.SEEK_SET)
+        os.lseek(-1, MARK, os.SEEK_SET)
     except OSError:
         pass
 

@@ -7,15 +7,13 @@ bench/arm64_layout_counts.py runs it under that counting qemu.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
 import onnxruntime as ort
 
+from arm64_probe import mark
 from unpacked_layouts import HIDDEN, INTERMEDIATE, chain
-
-MARK = 0x65646765  # bench/qemu/counts.c
 
 
 def main(layout: str, runs: int, count: int) -> None:
@@ -31,14 +29,6 @@ def main(layout: str, runs: int, count: int) -> None:
     for _ in range(runs):
         s.run(None, {"x": x})
     mark()
-
-
-def mark() -> None:
-    """lseek(-1, MARK): EBADF, and a marker for the counting plugin."""
-    try:
-        os.lseek(-1, MARK, os.SEEK_SET)
-    except OSError:
-        pass
 
 
 if __name__ == "__main__":

@@ -30,9 +30,10 @@ from edgedelta.export.config import CPU_ARCHS
 from edgedelta.fsutil import atomic_dir, sha256_file
 from edgedelta.manifest import read_manifest, verify_manifest
 
+from .host import MACHINE_OF_ARCH
+
 BUNDLE_FORMAT = "edgedelta-bundle"
 BUNDLE_VERSION = 1
-MACHINE_OF_ARCH = {"x86_64": "x86_64", "arm64": "aarch64"}  # CPU_ARCHS -> `uname -m` and wheel tags
 GLIBC_MINOR = 28  # newest manylinux tag taken (ONNX Runtime 1.32's wheels need 2.28)
 MIN_PYTHON_MINOR = 10  # pyproject requires-python
 PACKAGED = ("pyproject.toml", "README.md", "edgedelta", "export", "runtime", "devices")  # what the wheel is built from
@@ -96,10 +97,10 @@ def _pip(cmd: list[str]) -> None:
         raise EdgeDeltaError(f"'pip {cmd[3]}' failed: {last.strip()}")
 
 
-def _wheel_pin(path: Path) -> str:
+def _wheel_pin(path: Path, sha256: str) -> str:
     """'name==version --hash=sha256:…' from a wheel's file name (name-version-tags.whl)."""
     name, version = path.name.split("-")[:2]
-    return f"{name.replace('_', '-').lower()}=={version} --hash=sha256:{sha256_file(path)}"
+    return f"{name.replace('_', '-').lower()}=={version} --hash=sha256:{sha256}"
 
 
 def build_bundle(artifacts: list[str | Path], out: str | Path, cfg: BundleConfig, force: bool = False,
@@ -125,9 +126,9 @@ def build_bundle(artifacts: list[str | Path], out: str | Path, cfg: BundleConfig
         log(f"wheels for {cfg.cpu_arch}, Python {cfg.python} (pip download) ...")
         (tmp / "wheels").mkdir()
         fetch(cfg, tmp / "wheels")
-        wheels = sorted((tmp / "wheels").glob("*.whl"))
+        wheels = {w: sha256_file(w) for w in sorted((tmp / "wheels").glob("*.whl"))}
         # plain writes: the whole folder appears at once (atomic_dir)
-        (tmp / "requirements.txt").write_text("".join(_wheel_pin(w) + "\n" for w in wheels))
+        (tmp / "requirements.txt").write_text("".join(_wheel_pin(w, digest) + "\n" for w, digest in wheels.items()))
         for src, name, manifest in zip(sources, names, manifests):
             log(f"artifact {name} ...")
             dst = tmp / "artifacts" / name
@@ -143,13 +144,13 @@ def build_bundle(artifacts: list[str | Path], out: str | Path, cfg: BundleConfig
     return Path(out)
 
 
-def _facts(cfg: BundleConfig, wheels: list[Path], names: list[str], manifests: list[dict]) -> dict:
+def _facts(cfg: BundleConfig, wheels: dict[Path, str], names: list[str], manifests: list[dict]) -> dict:
     from edgedelta import __version__
 
     return {
         "format": BUNDLE_FORMAT, "bundle_version": BUNDLE_VERSION, "edgedelta_version": __version__,
         **asdict(cfg), "machine": MACHINE_OF_ARCH[cfg.cpu_arch], "platform_tags": cfg.platform_tags,
-        "wheels": [{"file": w.name, "bytes": w.stat().st_size, "sha256": sha256_file(w)} for w in wheels],
+        "wheels": [{"file": w.name, "bytes": w.stat().st_size, "sha256": digest} for w, digest in wheels.items()],
         "artifacts": [{"name": n, "layout_cpu_arch": (m.get("layouts") or {}).get("cpu_arch"),
                        "graph_revision": m.get("graph_revision"), "files": len(m["files"]),
                        "bytes": sum(int(e.get("bytes", 0)) for e in m["files"].values())}
@@ -175,7 +176,7 @@ echo "installed. Try: $here/venv/bin/edgedelta run $here/artifacts/NAME --prompt
 
 
 def _readme(facts: dict) -> str:
-    arts = "\n".join(f"- `artifacts/{a['name']}` ({a['bytes'] / 2**20:.0f} MiB; shared weights laid out for "
+    arts = "\n".join(f"- `artifacts/{a['name']}` ({a['bytes'] / 2**20:.0f} MiB; shared and tied weights laid out for "
                      f"{a['layout_cpu_arch'] or 'any CPU'})" for a in facts["artifacts"])
     first = facts["artifacts"][0]["name"]
     return f"""# edgedelta device bundle

@@ -50,7 +50,12 @@ def host_device(bandwidth_gbps: float | None = None) -> Device:
     )
 
 
+# ExportConfig.cpu_arch -> what `uname -m` prints on Linux (and the manylinux wheel tags say)
+MACHINE_OF_ARCH = {"x86_64": "x86_64", "arm64": "aarch64"}
+
+
 def host_cpu_arch() -> str | None:
-    """This machine's CPU family as ExportConfig.cpu_arch names it, or None if it is neither."""
+    """This machine's CPU family as ExportConfig.cpu_arch names it, or None if it is neither
+    (Windows says AMD64, macOS arm64)."""
     machine = platform.machine().lower()
-    return {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(machine)
+    return {**{m: a for a, m in MACHINE_OF_ARCH.items()}, "amd64": "x86_64", "arm64": "arm64"}.get(machine)

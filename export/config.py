@@ -12,9 +12,9 @@ from edgedelta.errors import ConfigError
 
 DTYPES = ("fp32", "fp16")
 QUANTIZE = ("none", "int8", "int4")
-# The CPU family an fp32 artifact's shared weights are laid out for (export/prepack.py): ONNX
-# Runtime's single-row kernel for an unpacked weight is the AVX one for a transposed B on x86_64
-# and a GEMV for an untransposed B on arm64 (MLAS sgemm.cpp).
+# The CPU family an fp32 artifact's shared and tied weights are laid out for (export/prepack.py):
+# ONNX Runtime's single-row kernel for an unpacked weight is the AVX one for a transposed B on
+# x86_64 and a GEMV for an untransposed B on arm64, where a transposed B is copied on every call.
 CPU_ARCHS = ("x86_64", "arm64")
 # (dtype, quantize) pairs that are built and tested (all of them on ONNX Runtime 1.32's CPU
 # kernels; MatMulNBits takes its scales in the activation dtype). The check stays so a pair a
@@ -38,7 +38,8 @@ class ExportConfig:
                                                       "4 = int8 activations (x86: int8 weights ~18x and int4 ~2x faster, adds activation rounding)"})
     block_size: int = field(default=32, metadata={"help": "quantization block size along the input dimension (16..256, power of 2)"})
     cpu_arch: str = field(default="x86_64", metadata={"help": f"CPU the fp32 artifact is laid out for: one of {CPU_ARCHS} (shared "
-                                                   "weights (1, out, in) read with transB on x86_64, (1, in, out) on arm64; same results)"})
+                                                   "weights (1, out, in) read with transB on x86_64, (1, in, out) on arm64, where the tied "
+                                                   "embedding is (1, hidden, vocab) too; same results)"})
     opset: int = field(default=23, metadata={"help": "ONNX default-domain opset (23+: one RotaryEmbedding node per q/k; 18-22 decompose it)"})
     validate: bool = field(default=True, metadata={"help": "run the parity checks after export (ONNX checker and audit always run)"})
     decode_tokens: int = field(default=32, metadata={"help": "greedy tokens compared with PyTorch"})
