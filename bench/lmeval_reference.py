@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: only an installed edgedelta has export, runtime, devices
 
 from edgedelta.evaluation import metrics  # noqa: E402
 from edgedelta.evaluation.scoring import Request, TorchScorer  # noqa: E402

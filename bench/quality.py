@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: only an installed edgedelta has export, runtime, devices
 
 from edgedelta.cli.common import drop_count, positive_int  # noqa: E402
 from edgedelta.delta.compress import format_drop_search  # noqa: E402

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: only an installed edgedelta has export, runtime, devices
 
 from edgedelta.cli.common import nonneg_int  # noqa: E402
 from edgedelta.data.text import DEFAULT_TRAIN_TEXT, dataset_texts, pack, tokenize_stream, training_texts  # noqa: E402

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: only an installed edgedelta has export, runtime, devices
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from runtime_artifacts import ensure_artifacts  # noqa: E402
@@ -45,10 +45,10 @@ def log(msg: str) -> None:
 
 
 class OursEngine:
-    def __init__(self, art, **kw):
+    def __init__(self, art, provider: str = "cpu", **kw):
         from edgedelta.runtime import Session
 
-        self.s = Session.from_dir(art, provider="cpu", **kw)
+        self.s = Session.from_dir(art, provider=provider, **kw)
         self.ids = self.s.tokenizer(PROMPT)["input_ids"]
 
     def run(self, n: int) -> tuple[float, float, list[int]]:

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: only an installed edgedelta has export, runtime, devices
 
 from edgedelta.errors import EdgeDeltaError  # noqa: E402
 from edgedelta.manifest import verify_manifest  # noqa: E402
@@ -34,10 +34,22 @@ def _ok(path: Path) -> bool:
     return manifest.get("export_config") == ExportConfig().to_dict() and manifest.get("graph_revision") == GRAPH_REVISION
 
 
-def ensure_artifacts(work: Path, log=print, compressed: Path | None = None) -> tuple[Path, Path | None, dict]:
+def recorded_plan(path: Path) -> dict:
+    """The sharing plan (groups, ranks) the planner chose for a results file's compressed
+    artifact (bench/results/runtime.json: artifacts.compress_plan)."""
+    import json
+
+    plan = json.loads(path.read_text())["artifacts"]["compress_plan"]
+    return {"groups": plan["groups"], "ranks": plan["ranks"]}
+
+
+def ensure_artifacts(work: Path, log=print, compressed: Path | None = None,
+                     plan: dict | None = None) -> tuple[Path, Path | None, dict]:
     """(original artifact, compressed artifact or None, notes). `compressed`: an existing
     compressed model directory (e.g. bench/recovery.py's cached init) to export instead of
-    compressing again (the planner takes minutes)."""
+    compressing again (the planner takes minutes). `plan`: groups and ranks to compress with
+    instead of running the planner (recorded_plan): the same layers share at the same ranks,
+    so the same artifact shapes, in a fraction of the time (a GPU lease)."""
     from edgedelta.export import ExportConfig, export_onnx
 
     work.mkdir(parents=True, exist_ok=True)
@@ -68,7 +80,7 @@ def ensure_artifacts(work: Path, log=print, compressed: Path | None = None) -> t
             return orig, None, notes
         t = time.perf_counter()
         lm = load_model("default")
-        cfg = CompressConfig(target_params=TARGET_PARAMS)
+        cfg = CompressConfig(groups=plan["groups"], ranks=plan["ranks"]) if plan else CompressConfig(target_params=TARGET_PARAMS)
         res = compress(lm.model, cfg, tokenizer=lm.tokenizer, progress=False)
         cdir = work / "smollm2-delta"
         save_compressed(res.model, cdir, tokenizer=lm.tokenizer, force=True,
@@ -76,11 +88,14 @@ def ensure_artifacts(work: Path, log=print, compressed: Path | None = None) -> t
         export_onnx(cdir, ExportConfig(), comp, force=True, progress=log)
         notes["compress_and_export_s"] = round(time.perf_counter() - t, 1)
         notes["compress_plan"] = {k: res.plan[k] for k in PLAN_KEYS if k in res.plan}
+        if plan:
+            notes["compress_plan_given"] = True
     return orig, comp, notes
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=str(Path(__file__).parent / "_work"))
+    ap.add_argument("--plan-from", help="a results JSON whose artifacts.compress_plan gives the groups and ranks (skips the planner)")
     a = ap.parse_args()
-    print(ensure_artifacts(Path(a.work)))
+    print(ensure_artifacts(Path(a.work), plan=recorded_plan(Path(a.plan_from)) if a.plan_from else None))

@@ -177,6 +177,16 @@ def layout_notes(models: list[dict], devices: list) -> list[str]:
     return lines
 
 
+def gpu_notes(devices: list) -> list[str]:
+    """A paragraph when some device is a GPU: there the bandwidth ceiling is far out of reach."""
+    gpus = [d.name for d in devices if d.kind == "gpu"]
+    if not gpus:
+        return []
+    return [f"On a GPU ({', '.join(gpus)}) a small model does not come near its decode ceiling: each decode step "
+            "launches one kernel per graph node, and the launches, not the memory, set the pace "
+            "(bench/results/gpu_runtime.md: SmolLM2-135M on an H200 with ONNX Runtime's CUDA provider).", ""]
+
+
 def write_report(out_dir: str | Path, data: dict[str, Any], devices: list) -> Path:
     """Write report.md, report.html, the PNGs and data.json into out_dir; returns report.md's path."""
     from .host import host_device
@@ -200,7 +210,7 @@ def write_report(out_dir: str | Path, data: dict[str, Any], devices: list) -> Pa
           "full-context prefill + runtime overhead calibrated on this host. Decode ceiling = device bandwidth / bytes read "
           "per token: a weight shared by several layers is re-read by each of them, so sharing lowers memory, not this "
           "ceiling. Verdict 'tight' = margin under 10% of the prediction.", "",
-          plans_table(plans, markdown=True), "", *layout_notes(models, devices),
+          plans_table(plans, markdown=True), "", *layout_notes(models, devices), *gpu_notes(devices),
           f"![memory per device](memory_per_device.png)", "",
           "## What the prediction is made of", "", plan_breakdown_table(plans, markdown=True), "",
           "![context length vs memory](context_memory.png)", ""]

@@ -98,3 +98,12 @@ def test_report_says_when_an_artifact_is_laid_out_for_another_cpu():
     assert "rpi5-8gb" in note and "n100" not in note and "--cpu-arch arm64" in note
     assert layout_notes([model], [n100]) == []
     assert layout_notes([{"name": "fp16", "facts": {"cpu_arch": None}}], [pi]) == []  # no arch-specific layout
+
+
+def test_report_says_a_gpu_is_launch_bound_only_when_a_gpu_is_planned():
+    from edgedelta.devices.report import gpu_notes
+
+    devs = devices.all_devices()
+    (note,) = [line for line in gpu_notes([devs["rpi5-8gb"], devs["h200"]]) if line]
+    assert "h200" in note and "rpi5" not in note and "gpu_runtime.md" in note
+    assert gpu_notes([devs["rpi5-8gb"], devs["x86-server"]]) == []
