@@ -44,7 +44,12 @@ PYEOF
 echo "setup took $(( $(date +%s) - START )) s" >&2
 
 # DEADLINE (seconds, optional): the whole script's budget; the benchmark gets what is left
-left() { if [[ -n "${DEADLINE:-}" ]]; then echo $(( DEADLINE - ($(date +%s) - START) )); else echo "${1}"; fi; }
+# (at least 1: `timeout 0` would mean no limit)
+left() {
+  local s=$1
+  if [[ -n "${DEADLINE:-}" ]]; then s=$(( DEADLINE - ($(date +%s) - START) )); fi
+  echo $(( s > 0 ? s : 1 ))
+}
 # artifacts (reused while their manifests verify and match today's exporter); without the
 # compressed one the benchmark still measures the original
 BENCH_ARGS=()
