@@ -199,10 +199,10 @@ def main() -> int:
         return 0
     plan = None if a.plan_from == "none" else recorded_plan(Path(a.plan_from))
     t = time.perf_counter()
+    orig, comp, notes = ensure_artifacts(Path(a.work), log=lambda m: print(m, file=sys.stderr), plan=plan,
+                                         original_only=a.original_only)
     if a.original_only:
-        orig, comp, notes = Path(a.work) / "smollm2-onnx", None, {"compressed": "not built (--original-only)"}
-    else:
-        orig, comp, notes = ensure_artifacts(Path(a.work), log=lambda m: print(m, file=sys.stderr), plan=plan)
+        notes["compressed"] = "not built (--original-only)"
     notes["artifacts_s"] = round(time.perf_counter() - t, 1)
     res = {"date": time.strftime("%Y-%m-%d %H:%M"), "gpu": gpu_name(), "onnxruntime": ort.__version__,
            "providers": ort.get_available_providers(), "platform": platform.platform(), "notes": notes, "new_tokens": a.new_tokens,

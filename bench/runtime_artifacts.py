@@ -44,12 +44,13 @@ def recorded_plan(path: Path) -> dict:
 
 
 def ensure_artifacts(work: Path, log=print, compressed: Path | None = None,
-                     plan: dict | None = None) -> tuple[Path, Path | None, dict]:
+                     plan: dict | None = None, original_only: bool = False) -> tuple[Path, Path | None, dict]:
     """(original artifact, compressed artifact or None, notes). `compressed`: an existing
     compressed model directory (e.g. bench/recovery.py's cached init) to export instead of
     compressing again (the planner takes minutes). `plan`: groups and ranks to compress with
     instead of running the planner (recorded_plan): the same layers share at the same ranks,
-    so the same artifact shapes, in a fraction of the time (a GPU lease)."""
+    so the same artifact shapes, in a fraction of the time (a GPU lease). `original_only`: the
+    original alone (compressed artifact None)."""
     from edgedelta.export import ExportConfig, export_onnx
 
     work.mkdir(parents=True, exist_ok=True)
@@ -59,6 +60,8 @@ def ensure_artifacts(work: Path, log=print, compressed: Path | None = None,
         t = time.perf_counter()
         export_onnx("default", ExportConfig(), orig, force=True, progress=log)
         notes["export_original_s"] = round(time.perf_counter() - t, 1)
+    if original_only:
+        return orig, None, notes
     comp = work / "smollm2-delta-onnx"
     if compressed is not None:
         from edgedelta.manifest import read_manifest

@@ -40,13 +40,13 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(unavailable: dict[str, EdgeDeltaError]) -> argparse.ArgumentParser:
+    """The parser; `unavailable` (unavailable_commands()) are listed but not built."""
     parser = _Parser(prog="edgedelta", description="DeltaLLM compression to an offline edge device.")
     from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"edgedelta {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    unavailable = unavailable_commands()
     for name, modname in COMMANDS.items():
         if name in unavailable:  # listed in --help, refused by main() before argument parsing
             sub.add_parser(name, help=f"(not in this install: pip install 'edgedelta[{EXTRA_OF_COMMAND[name]}]')")
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     unavailable = unavailable_commands()
     if argv and argv[0] in unavailable:
         return _user_error(argv[0], unavailable[argv[0]])
-    parser = build_parser()
+    parser = build_parser(unavailable)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error already printed as one line
