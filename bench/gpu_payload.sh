@@ -85,6 +85,9 @@ env_setup() {
   for sub in export runtime devices; do ln -sfn "$PWD/$sub" "$site/edgedelta/$sub"; done
   export EDGEDELTA_SITE="$site"
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+  # run from the checkout, `python -m edgedelta...` would find the root's edgedelta/ (no export,
+  # runtime or devices) first: keep the working directory off sys.path (Python >= 3.11)
+  export PYTHONSAFEPATH=1
   # onnxruntime-gpu dlopens libcudart, cublas, cublasLt, curand, cufft (CUDA 13) and cuDNN 9. The
   # host has them as nvidia-* wheels in its own site-packages; ORT's preload_dlls looks beside
   # onnxruntime (here: $site) and would not find them

@@ -5,14 +5,15 @@ bench/results/gpu_runtime.json and gpu_runtime.md. Per artifact:
     steps through the runtime's IO binding path: kernels per execution provider, the op
     types left on the CPU, and each provider's share of kernel time
   - parity with the CPU provider: max |logit difference| after the prefill, and the greedy
-    tokens of 16 decode steps on both
+    tokens of 16 decode steps on both; with ORT's default TF32 matmuls and with them off
+  - TF32 on vs off: time to first token of a 2k-token prefill, alternating in one process
   - per context length, each in a fresh process: time to first token, decode tokens/s, device
     memory from NVML and host peak RSS (edgedelta.runtime.profiler.measure_isolated)
 Then compressed/original decode speed with both sessions in one process, their decode steps
-interleaved (bench/runtime.py paired_decode), on CUDA and on the GPU machine's own CPU with
---cpu-threads threads (an edge-class core count, on a CPU no neighbour shares).
+interleaved (bench/runtime.py paired_decode), on CUDA and on the GPU machine's own CPU at
+each of --cpu-threads (edge-class core counts, on a CPU no neighbour shares).
 
-  python bench/gpu_runtime.py [--contexts 512,2048,8192] [--new-tokens 128] [--cpu-threads 4]
+  python bench/gpu_runtime.py [--contexts 512,2048,8192] [--new-tokens 128] [--cpu-threads 1,2,4]
                               [--plan-from bench/results/runtime.json | none] [--provider cuda|cpu]
                               [--original-only]"""
 
@@ -68,14 +69,14 @@ def placement(art: Path, ids: list[int], provider: str = "cuda") -> dict:
 
     from edgedelta.runtime import Session
     from edgedelta.runtime.artifact import Artifact
-    from edgedelta.runtime.session import session_options
+    from edgedelta.runtime.session import cuda_provider, session_options
 
     a = Artifact.open(art, verify=False)
     with tempfile.TemporaryDirectory() as tmp:
         so = session_options(None, False, dict(a.ort_session_config))
-        so.enable_profiling = True
+        so.enable_profiling = True  # what Session.from_dir cannot turn on
         so.profile_file_prefix = str(Path(tmp) / "ort")
-        providers = [CUDA_EP, CPU_EP] if provider == "cuda" else [CPU_EP]
+        providers = [cuda_provider(), CPU_EP] if provider == "cuda" else [CPU_EP]
         sess = ort.InferenceSession(str(a.model_file), sess_options=so, providers=providers)
         _steps(Session(a, sess, provider, None, 0.0), ids[:16], 8)
         events = json.loads(Path(sess.end_profiling()).read_text())
@@ -96,16 +97,41 @@ def placement(art: Path, ids: list[int], provider: str = "cuda") -> dict:
 
 
 def parity(art: Path, ids: list[int], steps: int = 16, provider: str = "cuda") -> dict:
-    """`provider` (CUDA) against the CPU provider on one prompt: prefill logits and greedy tokens."""
+    """`provider` (CUDA) against the CPU provider on one prompt: prefill logits and greedy
+    tokens, with ORT's default TF32 matmuls on CUDA and with them off (`use_tf32` 0)."""
     import numpy as np
 
     from edgedelta.runtime import Session
 
     cpu_logits, cpu_tokens = _steps(Session.from_dir(art, provider="cpu", tokenizer=None), ids, steps)
-    cuda_logits, cuda_tokens = _steps(Session.from_dir(art, provider=provider, tokenizer=None), ids, steps)
-    same = sum(a == b for a, b in zip(cpu_tokens, cuda_tokens))
-    return {"max_abs_logit_diff": float(np.abs(cpu_logits - cuda_logits).max()),
-            "greedy_tokens_equal": f"{same}/{len(cpu_tokens)}"}
+    res = {}
+    for key, tf32 in (("", True), ("_tf32_off", False)):
+        logits, tokens = _steps(Session.from_dir(art, provider=provider, tokenizer=None, cuda_tf32=tf32), ids, steps)
+        same = sum(a == b for a, b in zip(cpu_tokens, tokens))
+        res["max_abs_logit_diff" + key] = float(np.abs(cpu_logits - logits).max())
+        res["greedy_tokens_equal" + key] = f"{same}/{len(cpu_tokens)}"
+    return res
+
+
+def tf32_prefill(art: Path, context: int = 2048, rounds: int = 3, provider: str = "cuda") -> dict:
+    """Time to first token of a `context`-token prefill (random ids) with TF32 on and off: two
+    sessions in one process, alternating, after one warm-up prefill each; medians in ms."""
+    import numpy as np
+
+    from edgedelta.runtime import Session
+
+    rng = np.random.default_rng(0)
+    sessions = {k: Session.from_dir(art, provider=provider, tokenizer=None, cuda_tf32=tf32) for k, tf32 in (("on", True), ("off", False))}
+    x = rng.integers(0, sessions["on"].artifact.vocab_size, (1, context))
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for r in range(rounds + 1):
+        for k, s in sessions.items():
+            cache = s.new_cache(1, context + 1)
+            t = time.perf_counter()
+            s.forward(x, np.ones_like(x), np.arange(context)[None], cache)
+            if r:  # round 0 warms up
+                times[k].append((time.perf_counter() - t) * 1000)
+    return {"context": context, **{f"ttft_ms_{k}": float(np.median(v)) for k, v in times.items()}}
 
 
 def paired(orig: Path, comp: Path, provider: str, threads: int | None) -> dict:
@@ -142,7 +168,9 @@ def report(res: dict, new_tokens: int, notes: Path | None = None) -> str:
         checks.append([name, p.get("error") or ", ".join(f"{k.replace('ExecutionProvider', '')} {v}" for k, v in p.get("nodes", {}).items()),
                        ", ".join(f"{k} {v}" for k, v in p.get("cpu_op_types", {}).items()) or ("-" if "nodes" in p else ""),
                        f"{p.get('kernel_time_share', {}).get(CPU_EP, 0.0):.1%}" if "nodes" in p else "",
-                       q.get("error") or f"{q['max_abs_logit_diff']:.2e}", q.get("greedy_tokens_equal", "")])
+                       q.get("error") or f"{q['max_abs_logit_diff']:.2e}", q.get("greedy_tokens_equal", ""),
+                       f"{q['max_abs_logit_diff_tf32_off']:.2e}" if "max_abs_logit_diff_tf32_off" in q else "",
+                       q.get("greedy_tokens_equal_tf32_off", "")])
     pairs = [[p.get("provider", "?"), p.get("threads") or "default",
               p.get("error") or f"{p['ratio']:.3f}",
               "" if "error" in p else f"{p['ms_per_token']['a']:.2f} / {p['ms_per_token']['b']:.2f}"] for p in res["paired"]]
@@ -155,9 +183,12 @@ def report(res: dict, new_tokens: int, notes: Path | None = None) -> str:
           "in use (NVML), so it includes the CUDA context and ORT's arena.", "",
           "## Where the nodes ran, and agreement with the CPU provider", "",
           table(["model", "nodes per provider", "op types on CPU", "CPU share of kernel time", "max abs logit diff vs CPU",
-                 "greedy tokens equal"], rows=checks, markdown=True), "",
+                 "greedy tokens equal", "TF32 off: max abs logit diff", "TF32 off: tokens equal"], rows=checks, markdown=True), "",
           "Nodes: ORT's profile of a 16-token prefill and 8 decode steps through edgedelta's Session. "
-          "ORT places shape arithmetic on the CPU on purpose; any other op there is a kernel the CUDA provider lacks.", "",
+          "ORT places shape arithmetic on the CPU on purpose; any other op there is a kernel the CUDA provider lacks. "
+          "Parity: prefill logits of one prompt and 16 greedy steps against the CPU provider, with ORT's default TF32 "
+          "matmuls on CUDA and with `use_tf32` 0.", "",
+          *tf32_section(res),
           "## Compressed / original decode speed, interleaved in one process", "",
           table(["provider", "threads", "compressed/original tok/s", "ms per token original / compressed"], rows=pairs,
                 markdown=True), "",
@@ -168,12 +199,26 @@ def report(res: dict, new_tokens: int, notes: Path | None = None) -> str:
     return "\n".join(md)
 
 
+def tf32_section(res: dict) -> list[str]:
+    """The TF32 on/off prefill table (results without it: nothing)."""
+    from edgedelta.devices.tables import table
+
+    rows = [[name, t.get("error") or t["context"], "" if "error" in t else f"{t['ttft_ms_on']:.1f}",
+             "" if "error" in t else f"{t['ttft_ms_off']:.1f}"]
+            for name, c in res["checks"].items() if (t := c.get("tf32_prefill"))]
+    if not rows:
+        return []
+    return ["TF32 and prefill time (two sessions in one process, alternating, 3 rounds after a warm-up, median):", "",
+            table(["model", "prompt tokens", "TTFT ms, TF32 on", "TTFT ms, TF32 off"], rows=rows, markdown=True), ""]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=str(Path(__file__).parent / "_work"))
     ap.add_argument("--contexts", default="512,2048,8192")
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--cpu-threads", type=int, default=4, help="threads of the CPU paired run (0: skip it)")
+    ap.add_argument("--tf32-context", type=int, default=2048, help="prompt tokens of the TF32 on/off prefill timing")
+    ap.add_argument("--cpu-threads", default="1,2,4", help="thread counts of the CPU paired runs ('0': skip them)")
     ap.add_argument("--plan-from", default=str(Path(__file__).parent / "results" / "runtime.json"),
                     help="results JSON whose compressed artifact's groups and ranks to reuse ('none': run the planner)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -218,7 +263,8 @@ def main() -> int:
     ids = LightTokenizer(orig)(PROMPT)["input_ids"]
     for art in arts:
         res["checks"][art.name] = {"placement": attempt(placement, art, ids, a.provider),
-                                   "parity": attempt(parity, art, ids, 16, a.provider)}
+                                   "parity": attempt(parity, art, ids, 16, a.provider),
+                                   "tf32_prefill": attempt(tf32_prefill, art, a.tf32_context, 3, a.provider)}
         print(art.name, res["checks"][art.name], file=sys.stderr, flush=True)
         save()
     for art in arts:
@@ -230,7 +276,8 @@ def main() -> int:
             print(r, file=sys.stderr, flush=True)
             save()
     if comp:
-        for provider, threads in [(a.provider, None)] + ([("cpu", a.cpu_threads)] if a.cpu_threads > 0 else []):
+        cpu_threads = [t for t in (int(x) for x in a.cpu_threads.split(",")) if t > 0]
+        for provider, threads in [(a.provider, None)] + [("cpu", t) for t in cpu_threads]:
             res["paired"].append({"provider": provider, "threads": threads, **attempt(paired, orig, comp, provider, threads)})
             print(res["paired"][-1], file=sys.stderr, flush=True)
             save()

@@ -156,11 +156,15 @@ def measure(artifact: str | os.PathLike, context: int, new_tokens: int = 16, pro
 
 def measure_isolated(artifact, context: int, new_tokens: int = 16, provider: str = "cpu", threads: int | None = None,
                      timeout: float = 1800, **session_kw) -> dict[str, Any]:
-    """`measure` in a fresh Python process (clean peak RSS); errors come back as EdgeDeltaError."""
-    args = {"artifact": str(artifact), "context": context, "new_tokens": new_tokens, "provider": provider, "threads": threads,
+    """`measure` in a fresh Python process (clean peak RSS); errors come back as EdgeDeltaError.
+    The child runs in the artifact's folder: `python -m` puts its working directory first on
+    sys.path, and a caller's directory may hold an `edgedelta` folder that is not the installed
+    package (the repository root after a non-editable install has one without `runtime`)."""
+    art = Path(artifact).resolve()
+    args = {"artifact": str(art), "context": context, "new_tokens": new_tokens, "provider": provider, "threads": threads,
             "session": session_kw}
     proc = subprocess.run([sys.executable, "-m", "edgedelta.runtime.profiler", json.dumps(args)],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, cwd=art if art.is_dir() else None)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]

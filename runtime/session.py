@@ -71,6 +71,14 @@ def resolve_provider(provider: str) -> str:
     return "cpu"
 
 
+def cuda_provider(tf32: bool = True) -> tuple[str, dict[str, str]]:
+    """ORT's CUDA provider entry. The arena grows by what is asked, not by doubling (an edge
+    GPU shares its RAM with the host). tf32: TF32 matmuls (ORT's default). Measured on an H200
+    (bench/results/gpu_runtime.md): a warm 2k-token prefill 1.42x faster, logits within 2e-2
+    of the CPU provider's instead of 3.5e-5, the same greedy tokens."""
+    return _ORT_NAME["cuda"], {"arena_extend_strategy": "kSameAsRequested", "use_tf32": "1" if tf32 else "0"}
+
+
 def session_options(threads: int | None, arena: bool, config: dict[str, str] | None = None):
     """SessionOptions for edge use (see module docstring) + the artifact's session config entries."""
     import onnxruntime as ort
@@ -135,7 +143,8 @@ class Session:
     @classmethod
     def from_dir(cls, path: str | os.PathLike, provider: str = "auto", threads: int | None = None,
                  arena: bool = False, verify: bool = True, tokenizer: str | None = "light",
-                 prepack: bool | None = None, spin: bool = False, tune_malloc: bool = True) -> "Session":
+                 prepack: bool | None = None, spin: bool = False, tune_malloc: bool = True,
+                 cuda_tf32: bool = True) -> "Session":
         """Verify the artifact's checksums, then load it on `provider` ('auto'|'cpu'|'cuda').
         tokenizer: 'light' (tokenizer.json without transformers; falls back to 'hf' when the
         artifact has no tokenizer.json), 'hf' (transformers.AutoTokenizer) or None.
@@ -146,7 +155,8 @@ class Session:
         other work spinning threads starve each other (measured on 2 busy cores: 2 tok/s
         spinning vs 5-12 tok/s not); True may gain a little on a dedicated device.
         tune_malloc: fix glibc's mmap threshold so freed prefill activations go back to the OS
-        (peak RSS 1,844 -> ~850 MiB at a 512-token prefill; see memory.py). Process-wide; pass False to leave malloc alone."""
+        (peak RSS 1,844 -> ~850 MiB at a 512-token prefill; see memory.py). Process-wide; pass False to leave malloc alone.
+        cuda_tf32: TF32 matmuls on CUDA (see cuda_provider); False for logits that match the CPU provider's."""
         import onnxruntime as ort
 
         t0 = time.perf_counter()
@@ -170,7 +180,7 @@ class Session:
                     ort.preload_dlls()
                 except Exception:  # system CUDA libraries may still work; session creation decides
                     pass
-            providers = [(_ORT_NAME["cuda"], {"arena_extend_strategy": "kSameAsRequested"}), _ORT_NAME["cpu"]]
+            providers = [cuda_provider(cuda_tf32), _ORT_NAME["cpu"]]
         try:
             sess = ort.InferenceSession(str(art.model_file), sess_options=so, providers=providers)
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)

@@ -46,6 +46,29 @@ def test_providers(monkeypatch):
     assert resolve_provider("cpu") == "cpu"
 
 
+@pytest.mark.parametrize("tf32,expected", [(True, "1"), (False, "0")])
+def test_cuda_session_options(tiny_artifact, monkeypatch, tf32, expected):
+    """What Session.from_dir asks of ORT's CUDA provider (no GPU here: ORT is stopped at session
+    creation and the request is inspected)."""
+    import onnxruntime as ort
+
+    import edgedelta.runtime.session as session_mod
+
+    asked = []
+
+    def refuse(path, sess_options=None, providers=None):
+        asked.append(providers)
+        raise RuntimeError("no GPU in this test")
+
+    monkeypatch.setattr(session_mod, "resolve_provider", lambda p: "cuda")
+    monkeypatch.setattr(ort, "InferenceSession", refuse)
+    with pytest.raises(ModelLoadError, match="no GPU in this test"):
+        Session.from_dir(tiny_artifact[1], provider="cuda", cuda_tf32=tf32, tokenizer=None)
+    (name, options), fallback = asked[0]
+    assert (name, fallback) == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert options["use_tf32"] == expected and options["arena_extend_strategy"] == "kSameAsRequested"
+
+
 def test_graph_facts(tiny_artifact):
     art = Artifact.open(tiny_artifact[1])
     cfg = json.loads((tiny_artifact[0] / "config.json").read_text())
