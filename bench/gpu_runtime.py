@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: only an installed edgedelta has export, runtime, devices
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-CPU_EP, CUDA_EP = "CPUExecutionProvider", "CUDAExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
 
 
 def gpu_name() -> str:
