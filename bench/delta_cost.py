@@ -84,13 +84,12 @@ class GraphEngine:
 
         from edgedelta.runtime import Session
         from edgedelta.runtime.artifact import Artifact
-        from edgedelta.runtime.session import session_options
+        from edgedelta.runtime.session import artifact_session_options
         from edgedelta.runtime.tokenizer import LightTokenizer
         from runtime import PROMPT  # bench/runtime.py
 
         a = Artifact.open(art, verify=False)
-        config = {**a.ort_session_config, "session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
-        sess = ort.InferenceSession(str(graph), sess_options=session_options(threads, False, config),
+        sess = ort.InferenceSession(str(graph), sess_options=artifact_session_options(a, threads),
                                     providers=["CPUExecutionProvider"])
         self.s = Session(a, sess, "cpu", None, 0.0)
         self.ids = LightTokenizer(art)(PROMPT)["input_ids"]

@@ -69,11 +69,11 @@ def placement(art: Path, ids: list[int], provider: str = "cuda") -> dict:
 
     from edgedelta.runtime import Session
     from edgedelta.runtime.artifact import Artifact
-    from edgedelta.runtime.session import cuda_provider, session_options
+    from edgedelta.runtime.session import artifact_session_options, cuda_provider
 
     a = Artifact.open(art, verify=False)
     with tempfile.TemporaryDirectory() as tmp:
-        so = session_options(None, False, dict(a.ort_session_config))
+        so = artifact_session_options(a)
         so.enable_profiling = True  # what Session.from_dir cannot turn on
         so.profile_file_prefix = str(Path(tmp) / "ort")
         providers = [cuda_provider(), CPU_EP] if provider == "cuda" else [CPU_EP]

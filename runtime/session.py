@@ -97,6 +97,19 @@ def session_options(threads: int | None, arena: bool, config: dict[str, str] | N
     return so
 
 
+def artifact_session_options(art: Artifact, threads: int | None = None, arena: bool = False,
+                             prepack: bool | None = None, spin: bool = False):
+    """SessionOptions for `art` as Session.from_dir builds them (its manifest's session config,
+    then `prepack` and `spin` as from_dir documents them); for callers that create the ORT
+    session themselves (a profiled session, a variant graph of the artifact)."""
+    config = dict(art.ort_session_config)
+    if prepack is not None:
+        config["session.disable_prepacking"] = "0" if prepack else "1"
+    config["session.intra_op.allow_spinning"] = "1" if spin else "0"
+    config["session.inter_op.allow_spinning"] = "1" if spin else "0"
+    return session_options(threads, arena, config)
+
+
 @dataclass
 class KVCache:
     """Double-buffered KV storage for `batch` rows and up to `capacity` positions.
@@ -167,12 +180,7 @@ class Session:
         art = Artifact.open(path, verify=verify)
         art.graph_facts  # interface check before the (slower) session build
         prov = resolve_provider(provider)
-        config = dict(art.ort_session_config)
-        if prepack is not None:
-            config["session.disable_prepacking"] = "0" if prepack else "1"
-        config["session.intra_op.allow_spinning"] = "1" if spin else "0"
-        config["session.inter_op.allow_spinning"] = "1" if spin else "0"
-        so = session_options(threads, arena, config)
+        so = artifact_session_options(art, threads, arena, prepack, spin)
         providers: list[Any] = [_ORT_NAME["cpu"]]
         if prov == "cuda":
             if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from the nvidia-* pip wheels (onnxruntime-gpu[cuda,cudnn])
