@@ -8,9 +8,13 @@ artifact itself in one process (bench/runtime.py paired_decode), per thread coun
                  norms and the attention scale could buy at most)
   bases_only     the delta branches removed (x·A, ·B', their Add and the scale Mul): the
                  shared bases alone, still unpacked
+  int4_deltas    each delta MatMul a MatMulNBits over the same A or B', 4-bit, block 32,
+                 fp32 compute (accuracy_level 0): 8x fewer delta bytes
+  int8_deltas    the same, 8-bit, int8 compute (accuracy_level 4: activations rounded to int8)
 
-Their numerics are wrong on purpose; only their step time is used. Reported as variant tok/s
-over the artifact's (ratios: the host is shared). Needs bench/runtime_artifacts.py's compressed
+The first two compute the wrong thing on purpose: only their step time is used. The quantized
+ones are what a delta-only quantization would export; their prefill logits are compared with
+the artifact's. Reported as variant tok/s over the artifact's (ratios: the host is shared). Needs bench/runtime_artifacts.py's compressed
 artifact (bench/_work/smollm2-delta-onnx). Writes bench/results/delta_cost.json and .md.
 
     python bench/delta_cost.py [--threads 1,2]
@@ -28,7 +32,9 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: only an insta
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = ("no_scale_mul", "bases_only")
+VARIANTS = ("no_scale_mul", "bases_only", "int4_deltas", "int8_deltas")
+QUANTIZED = {"int4_deltas": (4, 0), "int8_deltas": (8, 4)}  # bits, MatMulNBits accuracy_level
+BLOCK = 32  # ExportConfig's default block size
 
 
 def variant_graph(model, kind: str):
@@ -76,6 +82,49 @@ def variant_graph(model, kind: str):
     return m
 
 
+def quantized_delta_graph(model, art: Path, bits: int, accuracy_level: int):
+    """A copy of `model` with every delta MatMul (x·A, then ·B') a com.microsoft MatMulNBits over
+    the same weight quantized blockwise (export/quantize.py), its tensors inline."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from edgedelta.export.quantize import quantize_blockwise
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    nodes, new_inits, replaced = [], [], set()
+    for n in g.node:
+        w = next((x for x in n.input if x.endswith((".delta_A", ".delta_B"))), None)
+        if n.op_type != "MatMul" or w is None:
+            nodes.append(n)
+            continue
+        kn = numpy_helper.to_array(inits[w], base_dir=str(art)).astype(np.float32)  # (K, N): MatMul's B
+        q = quantize_blockwise(np.ascontiguousarray(kn.T), bits, BLOCK)  # MatMulNBits reads (N, K)
+        names = [f"{w}.q", f"{w}.q.scales", f"{w}.q.zero_points"]
+        new_inits += [numpy_helper.from_array(a, nm) for a, nm in zip((q.packed, q.scales, q.zero_points), names)]
+        nodes.append(helper.make_node("MatMulNBits", [n.input[0], *names], list(n.output), name=n.name, domain="com.microsoft",
+                                      K=q.k, N=q.n, bits=bits, block_size=BLOCK, accuracy_level=accuracy_level))
+        replaced.add(w)
+    g.ClearField("node")
+    g.node.extend(nodes)
+    kept = [i for i in g.initializer if i.name not in replaced]
+    g.ClearField("initializer")
+    g.initializer.extend(kept + new_inits)
+    return m
+
+
+def prefill_logits(e) -> np.ndarray:
+    """Last-position logits [V] of the benchmark prompt."""
+    import numpy as np
+
+    ids = np.array([e.ids], np.int64)
+    cache = e.s.new_cache(1, ids.shape[1])
+    return e.s.forward(ids, np.ones_like(ids), np.arange(ids.shape[1])[None], cache)[0].copy()
+
+
 class GraphEngine:
     """bench/runtime.py's engine interface (.s, .ids) over one graph file of the artifact."""
 
@@ -98,11 +147,16 @@ class GraphEngine:
 def report(res: dict) -> str:
     from edgedelta.devices.tables import table
 
+    def logits(kind):
+        v = res[kind]
+        return f"{v['max_abs_logit_diff']:.3f}" if "max_abs_logit_diff" in v else "-"
+
     rows = [[r["variant"], res[r["variant"]]["nodes_removed"], r["threads"], f"{r['ratio']:.3f}",
-             f"{r['ms_per_token']['a']:.2f} / {r['ms_per_token']['b']:.2f}"] for r in res["runs"]]
+             f"{r['ms_per_token']['a']:.2f} / {r['ms_per_token']['b']:.2f}", logits(r["variant"])] for r in res["runs"]]
     intro = [x for para in __doc__.split("\n\n")[1:4] for x in (para, "")]
     return "\n".join([f"# What the delta branches cost a decode step ({res['date']})", "", *intro,
-                      table(["variant", "nodes removed", "threads", "variant / artifact tok/s", "ms per token artifact / variant"],
+                      table(["variant", "nodes removed", "threads", "variant / artifact tok/s", "ms per token artifact / variant",
+                             "max abs logit diff vs artifact"],
                             rows=rows, markdown=True), "",
                       f"The artifact's graph has {res['nodes']} nodes. Interleaved every 16 greedy steps, 24 blocks each; "
                       "the ratio is of median step times.", ""])
@@ -130,13 +184,17 @@ def main() -> int:
     graphs = {kind: art / f".delta_cost_{kind}.onnx" for kind in VARIANTS}
     try:
         for kind in VARIANTS:
-            m = variant_graph(model, kind)
+            m = quantized_delta_graph(model, art, *QUANTIZED[kind]) if kind in QUANTIZED else variant_graph(model, kind)
             onnx.save(m, str(graphs[kind]))
             res[kind] = {"nodes_removed": len(model.graph.node) - len(m.graph.node), "nodes": len(m.graph.node)}
-        for threads in (int(t) for t in a.threads.split(",")):
+        for i, threads in enumerate(int(t) for t in a.threads.split(",")):
             base = GraphEngine(art, art / "model.onnx", threads)
             for kind in VARIANTS:
-                r = paired_decode(base, GraphEngine(art, graphs[kind], threads))
+                e = GraphEngine(art, graphs[kind], threads)
+                if i == 0 and kind in QUANTIZED:
+                    ref, got = prefill_logits(base), prefill_logits(e)
+                    res[kind].update(max_abs_logit_diff=float(abs(got - ref).max()), argmax_equal=bool(got.argmax() == ref.argmax()))
+                r = paired_decode(base, e)
                 r.pop("block_pair_ratios")
                 res["runs"].append({"variant": kind, "threads": threads, **r})
                 print(res["runs"][-1], file=sys.stderr, flush=True)
