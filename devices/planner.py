@@ -2,7 +2,7 @@
 
     predicted peak = weights (unique bytes: a shared tensor once)
                    + KV cache (2 x per-layer K/V for `context` positions: edgedelta's runtime
-                     double-buffers past/present; the KV cache is never shared between layers)
+                     double-buffers past/present unless the graph updates the cache in place; the KV cache is never shared between layers)
                    + activations (prefill of the whole context in one step: per-token
                      activations (fitted factor x S x (4 hidden + 3 intermediate) fp32) + the
                      larger of the logits buffer [B,S,V] fp32 and attention [B,H,S,S] fp32 x
@@ -109,6 +109,7 @@ class ModelFacts:
     max_positions: int | None
     compressed: bool = False
     cpu_arch: str | None = None  # the CPU its lifted (shared, tied) weights are laid out for (manifest layouts; None: no matter)
+    kv_buffers: int = 2  # KV copies the runtime holds: 1 when the graph updates the cache in place, 2 for past + present
 
     def kv_bytes(self, tokens: int, batch: int = 1) -> int:
         """K and V of every layer for `tokens` positions: [B, kv_heads, tokens, head_dim] x 2 x layers."""
@@ -148,6 +149,7 @@ def facts_of(artifact) -> ModelFacts:
         hidden_size=hidden, intermediate_size=int(c.get("intermediate_size") or 4 * hidden), num_heads=heads,
         max_positions=artifact.max_positions, compressed=artifact.is_compressed,
         cpu_arch=(artifact.manifest.get("layouts") or {}).get("cpu_arch"),
+        kv_buffers=1 if artifact.kv_update == "in_place" else 2,
     )
 
 
@@ -195,7 +197,7 @@ def plan_facts(m: ModelFacts, device: Device, context: int, batch: int = 1, cali
     check_context(context, m.max_positions)
     if prefill_chunk is not None and prefill_chunk < 1:
         raise ConfigError(f"prefill chunk must be ≥ 1, got {prefill_chunk}")
-    kv = 2 * m.kv_bytes(context, batch)  # past + present buffers
+    kv = m.kv_buffers * m.kv_bytes(context, batch)  # one in-place buffer, or past + present
     step = prefill or context
     keys = None
     if prefill_chunk and prefill_chunk < step:
@@ -228,7 +230,7 @@ def plan(artifact, device: Device, context: int, batch: int = 1, calibration: Ca
 def calibrate(m: ModelFacts, measured_peak_rss: int, context: int, host: str = "", provider: str = "cpu", batch: int = 1,
               prefill: int | None = None) -> Calibration:
     """The overhead that makes the prediction equal a measured peak RSS at `context`."""
-    modelled = m.weight_bytes + 2 * m.kv_bytes(context, batch) + m.activation_bytes(prefill or context, batch)
+    modelled = m.weight_bytes + m.kv_buffers * m.kv_bytes(context, batch) + m.activation_bytes(prefill or context, batch)
     return Calibration(int(measured_peak_rss - modelled), int(measured_peak_rss), context, host, provider, contexts=(context,))
 
 
@@ -250,7 +252,7 @@ def calibrate_joint(pairs: list[tuple[ModelFacts, dict]], host: str = "", provid
     y, x = [], []
     for m, r in pairs:
         s = r["prompt_tokens"]
-        base = m.weight_bytes + 2 * m.kv_bytes(r["context"]) + max(m.vocab_size * s * 4, attn_factor * m.attention_bytes(s))
+        base = m.weight_bytes + m.kv_buffers * m.kv_bytes(r["context"]) + max(m.vocab_size * s * 4, attn_factor * m.attention_bytes(s))
         y.append(r["peak_rss_bytes"] - base)
         x.append(m.hidden_bytes(s))
     ya, xa = np.array(y, dtype=float), np.array(x, dtype=float)

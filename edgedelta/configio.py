@@ -26,6 +26,11 @@ def config_from_dict(cls, d: Any, what: str):
 
 def config_from_json_file(cls, path, what: str):
     """config_from_dict on a JSON file's content."""
+    return config_from_dict(cls, read_json(path), what)
+
+
+def read_json(path) -> Any:
+    """A JSON file's content; a ConfigError naming the file when it is missing or not JSON."""
     try:
         with open(path) as f:
             data = json.load(f)
@@ -35,4 +40,4 @@ def config_from_json_file(cls, path, what: str):
         raise ConfigError(f"config file '{path}' is not valid JSON: {e}") from None
     except OSError as e:  # a folder, unreadable, ...
         raise ConfigError(f"config file '{path}' cannot be read: {e.strerror or e}") from None
-    return config_from_dict(cls, data, what)
+    return data

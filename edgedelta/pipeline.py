@@ -18,57 +18,99 @@ from typing import Any, Callable
 
 from .errors import ConfigError, EdgeDeltaError, ModelLoadError
 from .fsutil import write_json_atomic, write_text_atomic
+from .evaluation.tasks import DEFAULT_TASKS, QUICK_TASKS
 from .manifest import MANIFEST, verify_manifest
+from .recipes import RECIPES, Recipe, best_for
+from .recipes import get as get_recipe
 
 PIPELINE_VERSION = 1
 DISTILL_TOK_S_2CORES = 110  # measured distillation throughput on 2 cores (DESIGN.md), for time estimates
 
 
+# budgets (a recipe sets the method; these set how much is spent measuring it)
+FULL_BUDGET = dict(contexts=[512, 2048], tasks=list(DEFAULT_TASKS), limit=500, ppl_tokens=16384)
+QUICK_BUDGET = dict(contexts=[256, 1024], tasks=list(QUICK_TASKS), limit=100, ppl_tokens=4096)
+
+
 @dataclass
 class PipelineConfig:
+    """The main job's settings. Fields left None come from the recipe (the one measured best
+    at target_params unless `recipe` names one) and from the full or quick budget."""
+
     model: str = field(default="default", metadata={"help": "'default', a model directory or a .gguf file"})
     target_params: float = field(default=0.88, metadata={"help": "fraction of unique parameters to keep"})
-    drop_layers: int | str = field(default=0, metadata={"help": "layers removed (least influential) before sharing, or 'auto'"})
-    tokens: int = field(default=200_000, metadata={"help": "distillation tokens (0 = no training)"})
-    layer_lora: int = field(default=0, metadata={"help": "rank of a LoRA on every unshared layer during distillation (merged; "
-                                                         "distill's layer-lora recipe); 0 = deltas and gates only"})
-    recon_tokens: int = field(default=32_768, metadata={"help": "per-group reconstruction tokens before distillation"})
+    recipe: str | None = field(default=None, metadata={"help": "recipe name (edgedelta/recipes.py); None = measured best at target_params"})
+    drop_layers: int | str | None = field(default=None, metadata={"help": "layers removed before sharing, or 'auto'; None = the recipe's"})
+    tokens: int | None = field(default=None, metadata={"help": "distillation tokens (0 = no training); None = the recipe's budget"})
+    recon_tokens: int | None = field(default=None, metadata={"help": "per-group reconstruction tokens; None = the recipe's"})
     devices: str = field(default="all", metadata={"help": "device names (comma-separated) or 'all'"})
-    contexts: list[int] = field(default_factory=lambda: [512, 2048], metadata={"help": "context lengths to plan for"})
+    contexts: list[int] | None = field(default=None, metadata={"help": "context lengths to plan for"})
     cpu_arch: str = field(default="x86_64", metadata={"help": "CPU the artifacts are laid out for (export --cpu-arch)"})
-    tasks: list[str] = field(default_factory=lambda: ["ppl", "arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "boolq", "lambada"])
-    limit: int | None = field(default=500, metadata={"help": "items per zero-shot task"})
-    ppl_tokens: int = field(default=16384, metadata={"help": "tokens per held-out text for perplexity"})
-    calib_samples: int = field(default=32, metadata={"help": "calibration sequences for compression"})
+    tasks: list[str] | None = None
+    limit: int | None = field(default=None, metadata={"help": "items per zero-shot task"})
+    ppl_tokens: int | None = field(default=None, metadata={"help": "tokens per held-out text for perplexity"})
+    calib_samples: int | None = field(default=None, metadata={"help": "calibration sequences for compression"})
     prompt: str = field(default="What should I check first when a conveyor belt motor overheats?", metadata={"help": "sample generation prompt"})
     quick: bool = False
+    recipe_why: str = ""  # filled in: why this recipe (the measurement that chose it)
     version: int = PIPELINE_VERSION
 
     def __post_init__(self):
-        if not 0 < self.target_params < 1:
-            raise ConfigError(f"target_params must be in (0, 1), got {self.target_params}")
         from .delta.config import check_drop_layers  # lazy: it imports torch
-
-        check_drop_layers(self.drop_layers)
-        if self.layer_lora < 0:
-            raise ConfigError(f"layer_lora must be a LoRA rank >= 0 (0 = none), got {self.layer_lora}")
-        if self.tokens < 0 or self.recon_tokens < 0:
-            raise ConfigError(f"tokens and recon_tokens must be >= 0, got {self.tokens}, {self.recon_tokens}")
         from .export.config import ExportConfig
 
+        if not 0 < self.target_params < 1:
+            raise ConfigError(f"target_params must be in (0, 1), got {self.target_params}")
+        if self.recipe is None:
+            choice = best_for(self.target_params)
+            self.recipe, self.recipe_why = choice.recipe.name, choice.why
+        elif not self.recipe_why:
+            self.recipe_why = "chosen with --recipe"
+        recipe = self.the_recipe()
+        if recipe.distill is None:
+            raise ConfigError(f"recipe '{recipe.name}' is the pruning reference that compare and the benchmarks heal; the "
+                              f"pipeline builds a shared model: choose one of {', '.join(r for r in RECIPES if RECIPES[r].shares)}")
+        budget = QUICK_BUDGET if self.quick else FULL_BUDGET
+        for name, value in budget.items():
+            if getattr(self, name) is None:
+                setattr(self, name, list(value) if isinstance(value, list) else value)
+        dist = recipe.distill.config_fields(self.quick)
+        if self.tokens is None:
+            self.tokens = dist["tokens"]
+        if self.recon_tokens is None:
+            self.recon_tokens = dist["recon_tokens"]
+        if self.calib_samples is None:
+            self.calib_samples = recipe.init.quick_calib_samples if self.quick else recipe.init.calib_samples
+        if self.drop_layers is not None:
+            check_drop_layers(self.drop_layers)
+        if self.tokens < 0 or self.recon_tokens < 0:
+            raise ConfigError(f"tokens and recon_tokens must be >= 0, got {self.tokens}, {self.recon_tokens}")
         ExportConfig(cpu_arch=self.cpu_arch)  # the exporter's own check of the value
         if not self.contexts or any(c <= 0 for c in self.contexts):
             raise ConfigError(f"context lengths must be > 0, got {self.contexts}")
         if self.limit is not None and self.limit <= 0:
             raise ConfigError(f"limit must be > 0, got {self.limit}")
 
+    def the_recipe(self) -> Recipe:
+        return get_recipe(self.recipe)
+
     @classmethod
     def quick_config(cls, **overrides) -> "PipelineConfig":
         """Budgets that finish in about 15 minutes on 2 cores: a real but small result."""
-        base = dict(tokens=8192, recon_tokens=8192, contexts=[256, 1024], tasks=["ppl", "arc_easy", "piqa"], limit=100,
-                    ppl_tokens=4096, calib_samples=8, quick=True)
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**base)
+        return cls(quick=True, **{k: v for k, v in overrides.items() if v is not None})
+
+    @classmethod
+    def from_json_file(cls, path) -> "PipelineConfig":
+        from .configio import config_from_json_file
+
+        return config_from_json_file(cls, path, "pipeline")
+
+    def distill_config(self):
+        """The DistillConfig of the distill stage: the recipe's, at this run's token budgets."""
+        from .distill.config import DistillConfig
+
+        return DistillConfig.from_recipe(self.the_recipe(), self.quick, tokens=self.tokens, recon_tokens=self.recon_tokens,
+                                         checkpoint_every=20)
 
     def expected_minutes(self) -> float:
         """A rough wall-time estimate on 2 cores (printed before a long run starts)."""
@@ -142,18 +184,22 @@ def run_pipeline(cfg: PipelineConfig, out: Path, log: Callable[[str], None] = la
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "pipeline_config.json", asdict(cfg))
     stages = Stages(out, log, total=7)
+    log(f"recipe {cfg.recipe}: {cfg.recipe_why}")
     if not cfg.quick:
         log(f"edgedelta pipeline: full budgets, expect roughly {cfg.expected_minutes():.0f} min on 2 cores (use --quick for ~15 min)")
     ctx = _Context(cfg)
 
     comp_dir = out / "compressed"
     # keyed by what compression reads: changing the training or evaluation budgets reuses it
-    compress_key = [cfg.model, cfg.target_params, cfg.drop_layers, cfg.calib_samples, cfg.version]
+    recipe = cfg.the_recipe()
+    compress_key = [cfg.model, cfg.target_params, asdict(recipe.plan), asdict(recipe.init), cfg.drop_layers, cfg.calib_samples,
+                    cfg.version]
     stages.run("compress", compress_key, comp_dir, lambda: ctx.compress(comp_dir))
     final_dir = comp_dir
     if cfg.tokens > 0:
         final_dir = out / "distilled"
-        stages.run("distill", [manifest_digest(comp_dir), cfg.tokens, cfg.recon_tokens, cfg.layer_lora], final_dir, lambda: ctx.distill(comp_dir, final_dir))
+        dcfg = cfg.distill_config()
+        stages.run("distill", [manifest_digest(comp_dir), dcfg.to_dict()], final_dir, lambda: ctx.distill(comp_dir, final_dir, dcfg))
     else:
         stages.skip("distill", "no training tokens")
     eval_path = out / "quality.json"
@@ -200,8 +246,13 @@ class _Context:
         from .delta.storage import save_compressed
 
         lm = self.original()
-        ccfg = CompressConfig(target_params=self.cfg.target_params, calib_samples=self.cfg.calib_samples,
-                              drop_layers=self.cfg.drop_layers)
+        recipe = self.cfg.the_recipe()
+        drop = self.cfg.drop_layers
+        if drop is None:
+            drop = recipe.plan.drop_layers(self.cfg.target_params, lm.model.config.num_hidden_layers)
+        ccfg = CompressConfig(target_params=self.cfg.target_params, calib_samples=self.cfg.calib_samples, drop_layers=drop,
+                              share_attn=recipe.plan.share_attn, share_mlp=recipe.plan.share_mlp, base=recipe.init.base,
+                              init=recipe.init.init, gates=recipe.init.gates, scale_base=recipe.init.scale_base)
         res = compress(lm.model, ccfg, tokenizer=lm.tokenizer)
         facts = {"compress_config": ccfg.to_dict(), "plan": res.plan, "init_report": res.report["init"], "source": dict(lm.source)}
         save_compressed(res.model, dest, tokenizer=lm.tokenizer, manifest_facts=facts, force=True)
@@ -210,15 +261,12 @@ class _Context:
         return {**{k: res.plan.get(k) for k in ("removed_layers", "groups", "ranks", "original_params", "compressed_params", "ratio")},
                 "plan_text": plan_text}
 
-    def distill(self, src: Path, dest: Path) -> dict:
+    def distill(self, src: Path, dest: Path, dcfg) -> dict:
         from .delta.storage import load_compressed
         from .distill.api import distill, run_dir_for
         from .distill.checkpoint import latest_checkpoint
-        from .distill.config import DistillConfig, layer_lora_recipe
 
         lm = self.original()
-        recipe = layer_lora_recipe(self.cfg.layer_lora) if self.cfg.layer_lora else {}
-        dcfg = DistillConfig(tokens=self.cfg.tokens, recon_tokens=self.cfg.recon_tokens, checkpoint_every=20, **recipe)
         run = run_dir_for(dest)
         resume = run.exists() and latest_checkpoint(run) is not None
         res = distill(load_compressed(src), dcfg, dest, teacher=lm.model, tokenizer=lm.tokenizer, resume=resume, force=True)
@@ -278,6 +326,7 @@ def write_index(out: Path, cfg: PipelineConfig, state: dict, quality: dict, samp
     lines = ["# edgedelta pipeline report", "",
              f"Model: `{cfg.model}`; target: keep {cfg.target_params:.0%} of unique parameters; "
              f"distillation: {cfg.tokens:,} tokens (+{cfg.recon_tokens:,} reconstruction){' — quick mode' if cfg.quick else ''}.", "",
+             f"Recipe: `{cfg.recipe}` ({cfg.recipe_why}).", "",
              "## Compression plan", "",
              "Layers in the original model's numbering; each group shares one base per projection.", "",
              "```", comp["plan_text"], "```", "",

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgedelta.configio import config_from_dict
+from edgedelta.data.text import DEFAULT_TRAIN_TEXT, check_training_text
 from edgedelta.errors import ConfigError
 
 DTYPES = ("fp32", "fp16")
@@ -16,6 +17,10 @@ QUANTIZE = ("none", "int8", "int4")
 # ONNX Runtime's single-row kernel for an unpacked weight is the AVX one for a transposed B on
 # x86_64 and a GEMV for an untransposed B on arm64, where a transposed B is copied on every call.
 CPU_ARCHS = ("x86_64", "arm64")
+# How attention is emitted (export/decoder.py): "gqa" = ONNX Runtime's GroupQueryAttention (rotary,
+# KV append and attention in one node, the KV cache updated in place when a caller binds one buffer
+# to past and present); "plain" = standard ops; "auto" = gqa where the model allows it.
+ATTENTION = ("auto", "gqa", "plain")
 # (dtype, quantize) pairs that are built and tested (all of them on ONNX Runtime 1.32's CPU
 # kernels; MatMulNBits takes its scales in the activation dtype). The check stays so a pair a
 # future kernel lacks is refused with a clear error instead of a failed session.
@@ -26,6 +31,11 @@ DEFAULT_TOLERANCE = {"fp32": (1e-3, 0.0), "fp16": (2e-2, 1e-2)}
 # accuracy_level 4 rounds each block of activations to int8 inside MatMulNBits: the
 # reference (dequantized weights, fp32 activations) differs by that rounding
 INT8_ACTIVATION_TOLERANCE = (5e-2, 2e-2)
+# How the codes of a quantized weight are chosen (quant_methods.py). gptq is the default: the
+# lowest held-out perplexity of the methods measured on SmolLM2-135M at int4 and int8
+# (bench/results/quant_quality.json).
+QUANT_METHODS = ("rtn", "gptq", "hqq")
+DEFAULT_QUANT_METHOD = "gptq"
 CONFIG_VERSION = 1
 
 
@@ -34,12 +44,29 @@ class ExportConfig:
     dtype: str = field(default="fp32", metadata={"help": f"weight and activation dtype: one of {DTYPES}"})
     quantize: str = field(default="none", metadata={"help": f"weight-only quantization of projection weights: one of {QUANTIZE}"})
     quantize_deltas: bool = field(default=True, metadata={"help": "with int8/int4, quantize the delta A/B matrices too (off: export dtype)"})
-    accuracy_level: int = field(default=0, metadata={"help": "MatMulNBits compute: 0 = fp32 on the dequantized weights (exact); "
-                                                      "4 = int8 activations (x86: int8 weights ~18x and int4 ~2x faster, adds activation rounding)"})
+    quant_method: str = field(default=DEFAULT_QUANT_METHOD, metadata={
+        "help": f"how quantized codes are chosen: one of {QUANT_METHODS} (gptq: data-aware, from calibration text; "
+                "hqq, rtn: no data)"})
+    calib_text: str = field(default=DEFAULT_TRAIN_TEXT, metadata={
+        "help": "calibration text of data-aware quantization: a training text set (sotu-train, wiki-train, mixed-train) "
+                "or a file/folder of your own (held-out evaluation sets are refused)"})
+    calib_samples: int = field(default=32, metadata={"help": "calibration sequences of 512 tokens for data-aware quantization"})
+    accuracy_level: int | None = field(default=None, metadata={
+        "help": "MatMulNBits compute: 0 = fp32 on the dequantized weights (exact); 4 = int8 activations (x86: int8 weights "
+                "~18x and int4 ~2x faster, adds activation rounding); default 4 for quantized exports, 0 otherwise"})
+    gate_max_ppl_ratio: float | None = field(default=None, metadata={
+        "help": "quality gate of a quantized export: largest held-out perplexity ratio ONNX/float allowed "
+                "(default per bits, quality_gate.py)"})
+    gate_min_agreement: float | None = field(default=None, metadata={
+        "help": "quality gate: smallest fraction of held-out positions where the ONNX argmax equals the float model's "
+                "(default per bits, quality_gate.py)"})
+    gate_tokens: int = field(default=1024, metadata={"help": "quality gate: held-out tokens per text set (python-docs, sotu-recent)"})
     block_size: int = field(default=32, metadata={"help": "quantization block size along the input dimension (16..256, power of 2)"})
     cpu_arch: str = field(default="x86_64", metadata={"help": f"CPU the fp32 artifact is laid out for: one of {CPU_ARCHS} (shared "
                                                    "weights (1, out, in) read with transB on x86_64, (1, in, out) on arm64, where the tied "
                                                    "embedding is (1, hidden, vocab) too; same results)"})
+    attention: str = field(default="auto", metadata={"help": f"attention op: one of {ATTENTION} (auto: GroupQueryAttention where "
+                                                    "the model allows it: head_dim a multiple of 16, full rotary, fp32 activations)"})
     opset: int = field(default=23, metadata={"help": "ONNX default-domain opset (23+: one RotaryEmbedding node per q/k; 18-22 decompose it)"})
     validate: bool = field(default=True, metadata={"help": "run the parity checks after export (ONNX checker and audit always run)"})
     decode_tokens: int = field(default=32, metadata={"help": "greedy tokens compared with PyTorch"})
@@ -57,8 +84,25 @@ class ExportConfig:
         if (self.dtype, self.quantize) not in SUPPORTED_PAIRS:
             pairs = ", ".join(f"{d}/{q}" for d, q in sorted(SUPPORTED_PAIRS))
             raise ConfigError(f"dtype {self.dtype} with quantize {self.quantize} is not supported; supported pairs: {pairs}")
+        if self.attention not in ATTENTION:
+            raise ConfigError(f"attention '{self.attention}' is not supported; allowed: {', '.join(ATTENTION)}")
         if self.cpu_arch not in CPU_ARCHS:
             raise ConfigError(f"cpu_arch '{self.cpu_arch}' is not supported; allowed: {', '.join(CPU_ARCHS)}")
+        if self.quant_method not in QUANT_METHODS:
+            raise ConfigError(f"quant_method '{self.quant_method}' is not supported; allowed: {', '.join(QUANT_METHODS)}")
+        if self.quantize != "none":  # calibration text is checked before any model is loaded
+            check_training_text(self.calib_text)
+        if not isinstance(self.calib_samples, int) or self.calib_samples < 1:
+            raise ConfigError(f"calib_samples must be a positive number of sequences, got {self.calib_samples}")
+        for name in ("gate_max_ppl_ratio", "gate_min_agreement"):
+            v = getattr(self, name)
+            if v is not None and not (0 < v if name == "gate_max_ppl_ratio" else 0 <= v <= 1):
+                allowed = "> 0" if name == "gate_max_ppl_ratio" else "in 0..1"
+                raise ConfigError(f"{name} must be {allowed}, got {v}")
+        if self.gate_tokens < 256:
+            raise ConfigError(f"gate_tokens must be >= 256 (greedy agreement over a long text), got {self.gate_tokens}")
+        if self.accuracy_level is None:  # int8 activations: the fast default of a quantized export
+            self.accuracy_level = 4 if self.quantize != "none" else 0
         if self.accuracy_level not in (0, 4):
             raise ConfigError(f"accuracy_level must be 0 (fp32 compute) or 4 (int8 activations), got {self.accuracy_level}")
         bs = int(self.block_size)

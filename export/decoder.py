@@ -48,6 +48,7 @@ class ArchFacts:
     embed_scale: float | None  # Gemma multiplies embeddings by sqrt(hidden)
     sliding_windows: tuple[int | None, ...]  # per layer
     fused: dict  # fused projection -> sizes of its parts (phi3 qkv, gate_up)
+    max_positions: int = 0  # config.max_position_embeddings: rows of GroupQueryAttention's cos/sin cache
 
     @classmethod
     def from_model(cls, model, adapter) -> "ArchFacts":
@@ -85,15 +86,36 @@ class ArchFacts:
             eps=float(cfg.rms_norm_eps), act=act, scaling=float(attn.scaling), inv_freq=tuple(float(f) for f in inv_freq),
             rope_scale=float(getattr(rotary, "attention_scaling", 1.0)),
             embed_scale=math.sqrt(cfg.hidden_size) if adapter.embed_scale_sqrt_hidden else None,
-            sliding_windows=windows, fused=fused,
+            sliding_windows=windows, fused=fused, max_positions=int(getattr(cfg, "max_position_embeddings", 0) or 0),
         )
+
+    @property
+    def rotary_dim(self) -> int:
+        return 2 * len(self.inv_freq)
+
+
+def gqa_unsupported(facts: ArchFacts, dtype: str) -> str | None:
+    """Why ONNX Runtime's GroupQueryAttention cannot run this model's attention, or None.
+    Its CPU kernel needs head_dim a multiple of 16 and rotates the whole head; fp16 keeps the
+    plain graph, whose rounding matches HF's (tested on CPU only)."""
+    if facts.head_dim % 16:
+        return f"head_dim {facts.head_dim} is not a multiple of 16"
+    if facts.rotary_dim != facts.head_dim:
+        return f"partial rotary ({facts.rotary_dim} of {facts.head_dim})"
+    if dtype != "fp32":
+        return f"dtype {dtype}"
+    if not facts.max_positions:
+        return "the config has no max_position_embeddings"
+    return None
 
 
 class DecoderGraph:
     """Emits the decoder into a GraphBuilder, given the collected weights."""
 
-    def __init__(self, b: GraphBuilder, facts: ArchFacts, weights: ModelWeights, dtype: str, accuracy_level: int = 0):
+    def __init__(self, b: GraphBuilder, facts: ArchFacts, weights: ModelWeights, dtype: str, accuracy_level: int = 0,
+                 gqa: bool = False):
         self.b, self.f, self.w = b, facts, weights
+        self.gqa = gqa  # attention as com.microsoft GroupQueryAttention (see _attention_gqa)
         self.accuracy_level = accuracy_level  # MatMulNBits compute type (0 fp32, 4 int8 activations)
         self.fp16 = dtype == "fp16"
         self.T = TensorProto.FLOAT16 if self.fp16 else TensorProto.FLOAT
@@ -110,13 +132,15 @@ class DecoderGraph:
                  b.add_input(f"past_key_values.{i}.value", self.T, [BATCH, f.kv_heads, PAST, f.head_dim]))
                 for i in range(f.num_layers)]
         with b.scope("embed"):
-            h = b.op("Gather", [self.w.embed, ids], axis=0)  # (B, S, H)
+            h = self._embed(ids)  # (B, S, H)
             if f.embed_scale is not None:  # Gemma: rounded to the activation dtype, as in HF
                 h = b.op("Mul", [h, b.const(f.embed_scale, self.np_t)])
         with b.scope("rope"):
-            cos, sin = self._rope(pos)
+            cos, sin = self._rope_cache() if self.gqa else self._rope(pos)
         with b.scope("mask"):
             masks = {w: self._mask(ids, mask, w) for w in sorted(set(f.sliding_windows), key=lambda x: x or 0)}
+            if self.gqa:
+                self._gqa_lengths(ids, mask)
         branch = None  # the last block's output, not yet added to the residual stream h
         for i, lw in enumerate(self.w.layers):
             with b.scope(f"layers.{i}"):
@@ -148,6 +172,72 @@ class DecoderGraph:
                 t = b.op("Cast", [t], to=self.T)
             out.append(t if self.rotary_op else b.op("Unsqueeze", [t, b.const([1])]))  # (B, 1, S, rot)
         return out[0], out[1]
+
+    def _rope_cache(self) -> tuple[str, str]:
+        """cos, sin (max_positions, head_dim/2) fp32 initializers for GroupQueryAttention,
+        indexed by a token's slot in the KV cache (see _attention_gqa)."""
+        f = self.f
+        freqs = np.arange(f.max_positions, dtype=np.float64)[:, None] * np.array(f.inv_freq, np.float32)[None].astype(np.float64)
+        freqs = freqs.astype(np.float32)  # HF: fp32 positions times fp32 inv_freq
+        cos = (np.cos(freqs) * f.rope_scale).astype(self.np_t)
+        sin = (np.sin(freqs) * f.rope_scale).astype(self.np_t)
+        return self.b.initializer("rope.cos_cache", cos), self.b.initializer("rope.sin_cache", sin)
+
+    def _gqa_lengths(self, ids: str, mask: str) -> None:
+        """The scalars GroupQueryAttention reads, once per graph: T = P+S (int32), seqlens_k
+        (B,) = T-1 and query_seqlens (B,) = S for every row. Every row counts the same T slots
+        (left padding is masked by the additive bias, as in the plain graph), so a token's
+        cache slot is also its rotary position: RoPE scores depend only on position
+        differences, so padding shifts nothing."""
+        b = self.b
+        i32 = TensorProto.INT32
+        ids_shape = b.op("Shape", [ids])
+        batch = b.op("Slice", [ids_shape, b.const([0]), b.const([1])])  # (1,)
+        seq = b.op("Cast", [b.op("Slice", [ids_shape, b.const([1]), b.const([2])])], to=i32)  # (1,)
+        total = b.op("Cast", [b.op("Slice", [b.op("Shape", [mask]), b.const([1]), b.const([2])])], to=i32)  # (1,)
+        self.total_len = b.op("Squeeze", [total, b.const([0])])  # scalar
+        self.seqlens_k = b.op("Expand", [b.op("Sub", [total, b.const([1], np.int32)]), batch])  # (B,)
+        self.query_lens = b.op("Expand", [seq, batch])  # (B,)
+
+    def _embed(self, ids: str) -> str:
+        """(B, S) ids -> (B, S, H). A quantized table is the LM head's MatMulNBits tensor
+        itself when tied: its rows are gathered and dequantized here (packed 4/8-bit values,
+        per-block scales and zero points), so the table is stored once for both readers."""
+        b = self.b
+        q = self.w.embed_quant
+        if q is None:
+            return b.op("Gather", [self.w.embed, ids], axis=0)
+        packed, scales, zps = q.names
+        qw = q.q
+        nb = qw.packed.shape[1]
+        rows = b.op("Gather", [packed, ids], axis=0)  # (B, S, nb, block*bits/8) uint8
+        vals = self._unpack(rows, qw.bits)  # (B, S, nb, block)
+        zp_rows = b.op("Gather", [zps, ids], axis=0)  # (B, S, nb*bits/8 rounded up)
+        zp_vals = self._unpack(zp_rows, qw.bits) if qw.bits == 4 else zp_rows  # (B, S, >= nb)
+        zp_vals = b.op("Slice", [zp_vals, b.const([0]), b.const([nb]), b.const([-1])])  # (B, S, nb)
+        sc = b.op("Gather", [scales, ids], axis=0)  # (B, S, nb)
+        centred = b.op("Sub", [b.op("Cast", [vals], to=self.T),
+                               b.op("Unsqueeze", [b.op("Cast", [zp_vals], to=self.T), b.const([-1])])])
+        deq = b.op("Mul", [centred, b.op("Unsqueeze", [sc, b.const([-1])])])  # (B, S, nb, block)
+        flat = b.op("Reshape", [deq, b.const([0, 0, -1])])  # (B, S, nb*block)
+        return flat if nb * qw.block_size == qw.k else b.op("Slice", [flat, b.const([0]), b.const([qw.k]), b.const([-1])])
+
+    def _unpack(self, x: str, bits: int) -> str:
+        """uint8 (..., n) holding two 4-bit values a byte (low nibble first) -> (..., 2n)."""
+        b = self.b
+        if bits == 8:
+            return x
+        lo = b.op("BitwiseAnd", [x, b.const(15, np.uint8)])
+        hi = b.op("BitShift", [x, b.const(4, np.uint8)], direction="RIGHT")
+        pair = b.op("Concat", [b.op("Unsqueeze", [lo, b.const([-1])]), b.op("Unsqueeze", [hi, b.const([-1])])], axis=-1)
+        return self._merge_last(pair)
+
+    def _merge_last(self, x: str) -> str:
+        """(..., n, 2) -> (..., 2n), keeping the leading dims (Shape-based, any rank)."""
+        b = self.b
+        shape = b.op("Shape", [x])
+        lead = b.op("Slice", [shape, b.const([0]), b.const([-2])])
+        return b.op("Reshape", [x, b.op("Concat", [lead, b.const([-1])], axis=0)])
 
     def _mask(self, ids: str, mask: str, window: int | None) -> str:
         """Additive fp32 (B, 1, S, P+S): 0 where query s (absolute position P+s) may attend key
@@ -245,10 +335,32 @@ class DecoderGraph:
         y = b.op("Add", [b.op("Mul", [xr, cos]), b.op("Mul", [rh, sin])])
         return y if xp is None else b.op("Concat", [y, xp], axis=-1)
 
+    def _attention_gqa(self, x: str, lin: dict[str, LinearRef], past: tuple[str, str], cos: str, sin: str, bias: str, i: int) -> str:
+        """ONNX Runtime's GroupQueryAttention: rotary, the KV cache append and attention in
+        one node reading the packed (B, S, (nh + 2·kvh)·hd) projection, with no Transpose or
+        Reshape around it. Each row's new K/V go to cache slots [T−S, T) of
+        past_key_values.{i}.* and present.{i}.*: two (B, kvh, P+S, hd) tensors, or, when a
+        caller binds one (B, kvh, capacity, hd) buffer to both (edgedelta.runtime does), that
+        buffer written in place. The additive bias (B, 1, S, T) masks left padding (and a
+        sliding window) as in the plain graph."""
+        b, f = self.b, self.f
+        if "qkv" in lin:
+            qkv = [self._linear(x, lin["qkv"]), "", ""]
+        else:  # parts that could not be fused (mixed sharing) go in as query, key, value
+            qkv = [self._linear(x, lin[p]) for p in ("q", "k", "v")]
+        inputs = qkv + [past[0], past[1], self.seqlens_k, self.total_len, cos, sin, "", bias, "", "", "", "", "", self.query_lens]
+        out = b.op("GroupQueryAttention", inputs, n_out=3, domain=MS_DOMAIN,
+                   outputs=[None, f"present.{i}.key", f"present.{i}.value"],
+                   num_heads=f.heads, kv_num_heads=f.kv_heads, do_rotary=1, scale=f.scaling)[0]
+        self.presents += [f"present.{i}.key", f"present.{i}.value"]
+        return self._linear(out, lin["o"])
+
     def _attention(self, x: str, lin: dict[str, LinearRef], past: tuple[str, str], cos: str, sin: str, bias: str, i: int) -> str:
         b, f = self.b, self.f
-        if "qkv" in lin:  # phi3: one fused projection, split by output rows
-            q, k, v = b.op("Split", [self._linear(x, lin["qkv"]), b.const(list(f.fused["qkv"]))], n_out=3, axis=-1)
+        if self.gqa:
+            return self._attention_gqa(x, lin, past, cos, sin, bias, i)
+        if "qkv" in lin:  # one fused projection (phi3's own, or q/k/v fused at export), split by output rows
+            q, k, v = b.op("Split", [self._linear(x, lin["qkv"]), b.const(list(lin["qkv"].parts or f.fused["qkv"]))], n_out=3, axis=-1)
         else:
             q, k, v = (self._linear(x, lin[p]) for p in ("q", "k", "v"))
         q = self._rotate(self._heads(q, f.heads), cos, sin)  # (B, nh, S, hd)
@@ -286,8 +398,9 @@ class DecoderGraph:
 
     def _mlp(self, x: str, lin: dict[str, LinearRef]) -> str:
         b = self.b
-        if "gate_up" in lin:  # phi3: gate rows first, then up
-            gate, up = b.op("Split", [self._linear(x, lin["gate_up"]), b.const(list(self.f.fused["gate_up"]))], n_out=2, axis=-1)
+        if "gate_up" in lin:  # one fused projection (phi3's own, or fused at export): gate rows first, then up
+            sizes = lin["gate_up"].parts or self.f.fused["gate_up"]
+            gate, up = b.op("Split", [self._linear(x, lin["gate_up"]), b.const(list(sizes))], n_out=2, axis=-1)
         else:
             gate, up = self._linear(x, lin["gate"]), self._linear(x, lin["up"])
         return self._linear(b.op("Mul", [self._act(gate), up]), lin["down"])
@@ -310,6 +423,8 @@ class DecoderGraph:
         b = self.b
         if self.w.lm_head is not None:
             return self._linear(h, self.w.lm_head, out="logits")
+        if self.w.embed_quant is not None:  # the quantized table: (vocab, H) rows are MatMulNBits' (N, K)
+            return self._matmul(h, self.w.embed, self.w.embed_quant, outputs=["logits"])
         if not self.fp16:  # fp32: one op straight into the output (no reshape copy of the logits)
             return b.op("FusedMatMul", [h, self.w.embed], domain=MS_DOMAIN, outputs=["logits"], transB=1, alpha=1.0)
         h2 = b.op("Reshape", [h, b.const([-1, self.f.hidden])])  # (B*S, H)

@@ -23,14 +23,15 @@ import onnx
 
 from edgedelta.delta.accounting import DTYPE_BYTES, count_parameters
 from edgedelta.delta.structure import get_spec
-from edgedelta.errors import EdgeDeltaError, IntegrityError, ModelLoadError
+from edgedelta.errors import ConfigError, EdgeDeltaError, IntegrityError, ModelLoadError
 from edgedelta.fsutil import atomic_dir, check_output_path
 from edgedelta.manifest import read_manifest, write_manifest
 from edgedelta.models.adapters import adapter_for
 
 from .audit import MODEL_FILE, audit, audit_problems
+from .calibration import calibration_for
 from .config import ExportConfig
-from .decoder import ArchFacts, DecoderGraph
+from .decoder import ArchFacts, DecoderGraph, gqa_unsupported
 from .graph import GraphBuilder
 from .prepack import lift_shared_weights
 from .weights import ModelWeights, WeightCollector
@@ -43,8 +44,11 @@ ARTIFACT_FORMAT = "edgedelta-onnx"
 # ONNX RotaryEmbedding; 5: residual Adds fused into the norms, SkipSimplifiedLayerNormalization;
 # 6: an additive attention mask built once instead of a Where per layer; 7: shared bases stored
 # (1, N, K) and read by FusedMatMul with transB, ORT's faster unpacked kernel; 8: for arm64
-# the tied embedding stored (1, hidden, vocab), the LM head a plain MatMul).
-GRAPH_REVISION = 8
+# the tied embedding stored (1, hidden, vocab), the LM head a plain MatMul; 9: q/k/v and gate/up
+# fused into one MatMul each (a group's fused base one initializer, its deltas one A and one
+# block-diagonal B), GroupQueryAttention with an in-place KV cache, and in quantized exports the
+# embedding table quantized once, read by a dequantizing Gather and the tied LM head's MatMulNBits).
+GRAPH_REVISION = 9
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
 # Which artifacts run with ORT's weight prepacking (the per-reader copies it makes, and why
@@ -65,13 +69,22 @@ class ExportError(EdgeDeltaError):
     """The exported graph failed a structural check (checker or sharing audit)."""
 
 
-def build_graph(model, cfg: ExportConfig) -> tuple[GraphBuilder, ModelWeights, ArchFacts]:
+def use_gqa(facts: ArchFacts, cfg: ExportConfig) -> bool:
+    """Whether the graph uses GroupQueryAttention: 'auto' where the model allows it; 'gqa' on a
+    model that does not is a ConfigError naming the reason."""
+    reason = gqa_unsupported(facts, cfg.dtype)
+    if cfg.attention == "gqa" and reason:
+        raise ConfigError(f"attention 'gqa' is not possible for this model: {reason}; use attention 'plain' or 'auto'")
+    return cfg.attention != "plain" and reason is None
+
+
+def build_graph(model, cfg: ExportConfig, calibration=None) -> tuple[GraphBuilder, ModelWeights, ArchFacts]:
     """Emit `model` (read only) as an ONNX decoder graph into a GraphBuilder."""
     adapter = adapter_for(model.config)
     builder = GraphBuilder("edgedelta_decoder", cfg.opset)
-    weights = WeightCollector(model, adapter, cfg, builder).collect()
+    weights = WeightCollector(model, adapter, cfg, builder, calibration).collect()
     facts = ArchFacts.from_model(model, adapter)
-    DecoderGraph(builder, facts, weights, cfg.dtype, cfg.accuracy_level).build()
+    DecoderGraph(builder, facts, weights, cfg.dtype, cfg.accuracy_level, gqa=use_gqa(facts, cfg)).build()
     if cfg.dtype == "fp32":
         lift_shared_weights(builder, cfg.cpu_arch)
     return builder, weights, facts
@@ -134,7 +147,8 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
     say(f"loaded {loaded.path} ({t_load:.1f} s)")
     with atomic_dir(out_dir, force=force) as tmp:
         t1 = time.perf_counter()
-        builder, weights, facts = build_graph(model, cfg)
+        builder, weights, facts = build_graph(model, cfg, calibration_for(model, loaded.tokenizer, cfg, progress=progress is not None))
+        gqa = use_gqa(facts, cfg)
         builder.save(tmp, MODEL_FILE, metadata={"edgedelta.format": ARTIFACT_FORMAT,
                                                 "edgedelta.ort_session_config": json.dumps(session_config(cfg), sort_keys=True)})
         del builder
@@ -155,7 +169,7 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
         if cfg.validate:
             from .validate import check_parity
 
-            parity = check_parity(model, tmp / MODEL_FILE, facts, cfg, weights.dequantized)
+            parity = check_parity(model, tmp / MODEL_FILE, facts, cfg, weights.dequantized, tokenizer=loaded.tokenizer)
             say("parity: " + ", ".join(f"{k} {v.get('max_abs_diff', 0):.2e}" for k, v in parity.items()))
         side = _copy_side_files(Path(loaded.path), tmp, model, loaded.tokenizer)
         counts = count_parameters(model)
@@ -173,7 +187,14 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
                              "heads": facts.heads, "kv_heads": facts.kv_heads, "head_dim": facts.head_dim, "vocab": facts.vocab},
             "io": {"inputs": ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key|value"],
                    "outputs": ["logits", "present.{i}.key|value"],
-                   "kv_dtype": "float16" if cfg.dtype == "fp16" else "float32"},
+                   "kv_dtype": "float16" if cfg.dtype == "fp16" else "float32",
+                   # in_place: one (B, kv_heads, capacity, head_dim) buffer may be bound to both past and
+                   # present; step t writes slots [T-S, T) (T = attention_mask's length) and reads [0, T).
+                   # concat: present = past + new, (B, kv_heads, T, head_dim)
+                   "kv_update": "in_place" if gqa else "concat",
+                   "attention": "GroupQueryAttention" if gqa else "plain",
+                   # GroupQueryAttention rotates by cache slot (= position when unpadded; padding is masked)
+                   "position_ids": "unused" if gqa else "rotary positions"},
             "layouts": {"projection": "(in, out) for MatMul", "delta_A": "(in, r) = Aᵀ", "delta_B": "(r, out) = Bᵀ",
                         "quantized": "MatMulNBits (out, in/block, block*bits/8) uint8 + scales + zero_points",
                         "tied_embedding": "(vocab, hidden), (1, vocab, hidden) in fp32, read by Gather and by FusedMatMul/Gemm with transB=1; "

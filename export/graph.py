@@ -80,9 +80,10 @@ class GraphBuilder:
            outputs: Sequence[str] | None = None, **attrs):
         """Append a node; returns its output name (or a list of names when n_out > 1).
         `outputs` names the outputs (a graph output is produced by its node directly: an
-        Identity in between would cost a copy of e.g. the (B, S, vocab) logits)."""
+        Identity in between would cost a copy of e.g. the (B, S, vocab) logits); a None entry
+        gets the automatic name."""
         node_name = self._unique(name or op_type)
-        outs = list(outputs) if outputs else [f"{node_name}/output_{i}" for i in range(n_out)]
+        outs = [o or f"{node_name}/output_{i}" for i, o in enumerate(outputs or [None] * n_out)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=node_name, domain=domain or None, **attrs))
         if domain == MS_DOMAIN:
             self.uses_ms_domain = True

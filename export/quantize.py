@@ -36,22 +36,44 @@ class QuantizedWeight:
         return w.reshape(self.n, -1)[:, : self.k]
 
 
-def quantize_blockwise(w: np.ndarray, bits: int, block_size: int) -> QuantizedWeight:
-    """Quantize w (N, K) float → MatMulNBits tensors. K is zero-padded to a whole block."""
+def pad_blocks(w: np.ndarray, block_size: int) -> np.ndarray:
+    """w (N, K) -> (N, nb, block_size) float32, K zero-padded to a whole block (as the kernel pads)."""
     n, k = w.shape
     nb = -(-k // block_size)
     wp = np.zeros((n, nb * block_size), np.float32)
     wp[:, :k] = w
-    blocks = wp.reshape(n, nb, block_size)
+    return wp.reshape(n, nb, block_size)
+
+
+def minmax_params(blocks: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Round-to-nearest parameters of (N, nb, bs) blocks: scale (N, nb) float32 and integer
+    zero point (N, nb) uint8 from each block's min/max. The range always contains 0, so a
+    zero weight stays exactly zero (and K padding costs nothing)."""
     qmax = (1 << bits) - 1
-    # the range always contains 0 so a zero weight stays exactly zero
     lo = np.minimum(blocks.min(axis=2), 0.0)
     hi = np.maximum(blocks.max(axis=2), 0.0)
     scale = (hi - lo) / qmax
     scale = np.where(scale == 0, 1.0, scale).astype(np.float32)  # all-zero block
-    zp = np.clip(np.round(-lo / scale), 0, qmax).astype(np.uint8)  # (N, nb)
+    zp = np.clip(np.round(-lo / scale), 0, qmax).astype(np.uint8)
+    return scale, zp
+
+
+def from_codes(q: np.ndarray, scale: np.ndarray, zp: np.ndarray, bits: int, block_size: int, k: int) -> QuantizedWeight:
+    """MatMulNBits tensors from integer codes q (N, nb, bs) in [0, 2^bits), scale (N, nb)
+    and zero points zp (N, nb); k = the unpadded K."""
+    n = q.shape[0]
+    return QuantizedWeight(_pack(q.astype(np.uint8), bits), np.ascontiguousarray(scale, np.float32).reshape(-1),
+                           _pack_zp(zp.astype(np.uint8), bits), bits, block_size, n, k)
+
+
+def quantize_blockwise(w: np.ndarray, bits: int, block_size: int) -> QuantizedWeight:
+    """Round to nearest (RTN): quantize w (N, K) float → MatMulNBits tensors, each block's
+    scale and zero point from its min/max. K is zero-padded to a whole block."""
+    blocks = pad_blocks(w, block_size)
+    scale, zp = minmax_params(blocks, bits)
+    qmax = (1 << bits) - 1
     q = np.clip(np.round(blocks / scale[..., None]) + zp[..., None], 0, qmax).astype(np.uint8)
-    return QuantizedWeight(_pack(q, bits), scale.reshape(-1), _pack_zp(zp, bits), bits, block_size, n, k)
+    return from_codes(q, scale, zp, bits, block_size, w.shape[1])
 
 
 def _pack(q: np.ndarray, bits: int) -> np.ndarray:

@@ -7,13 +7,21 @@ Three checks, each raising ParityError naming the output and the largest differe
                     (a divergence is accepted only at a near-tie of the reference, where
                     the two candidates' reference logits differ by less than the tolerance)
 
-The reference is the fp32 PyTorch model; for weight-only quantization it is a copy whose
-projection weights are the dequantized values the kernel uses, so the check isolates the
-export (the quality cost of quantization is measured separately, by perplexity)."""
+The reference is the fp32 PyTorch model. A weight-only quantized export is checked twice:
+  structural  the three checks above on the same graph at accuracy level 0 (fp32 compute on
+              the dequantized weights) against a copy of the model holding those dequantized
+              weights, so the graph is shown to compute what its stored tensors say
+  quality     the artifact as shipped (int8 activations at accuracy level 4 by default)
+              against the float model on held-out text: perplexity ratio and argmax agreement
+              with stated thresholds (quality_gate.py). Raw logits at level 4 differ by the
+              activation rounding, which is not what a user feels."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +31,8 @@ from edgedelta.errors import ParityError
 
 from .config import ExportConfig
 from .decoder import ArchFacts
+from .quality_gate import GATE_SEQ_LEN, GateThresholds, compare, held_out_windows, judge
+from .quantize import BITS
 
 
 def session_options(cfg: ExportConfig):
@@ -89,10 +99,67 @@ def _check(name: str, got: np.ndarray, ref: np.ndarray, valid: np.ndarray, cfg: 
 
 
 @torch.no_grad()
-def check_parity(model: torch.nn.Module, onnx_path, facts: ArchFacts, cfg: ExportConfig, dequantized: dict | None = None) -> dict[str, Any]:
-    """Run the three checks; returns {check: {max_abs_diff, tolerance, ...}}."""
-    ref_model = reference_model(model, dequantized or {})
-    dec = _OrtDecoder(onnx_path, facts, np.float16 if cfg.dtype == "fp16" else np.float32, cfg)
+def check_parity(model: torch.nn.Module, onnx_path, facts: ArchFacts, cfg: ExportConfig, dequantized: dict | None = None,
+                 tokenizer=None) -> dict[str, Any]:
+    """Run the three checks (for a quantized export: at accuracy level 0, then the quality
+    gate on the artifact as shipped); returns {check: {max_abs_diff, tolerance, ...}}."""
+    np_dtype = np.float16 if cfg.dtype == "fp16" else np.float32
+    if cfg.quantize == "none":
+        return _parity_checks(model, _OrtDecoder(onnx_path, facts, np_dtype, cfg), facts, cfg)
+    level0 = dataclasses.replace(cfg, accuracy_level=0)
+    with _at_accuracy_level_zero(Path(onnx_path), cfg.accuracy_level) as path0:
+        report = _parity_checks(reference_model(model, dequantized or {}), _OrtDecoder(path0, facts, np_dtype, level0), facts, level0)
+    for check in report.values():
+        check["accuracy_level"] = 0
+    report["quality_gate"] = quality_gate(model, tokenizer, _OrtDecoder(onnx_path, facts, np_dtype, cfg), cfg)
+    return report
+
+
+@contextmanager
+def _at_accuracy_level_zero(path: Path, level: int):
+    """The graph at `path` with every MatMulNBits at accuracy level 0, as a sibling .onnx file
+    reading the same external data file (removed on exit); `path` itself when already 0."""
+    if level == 0:
+        yield path
+        return
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)  # initializers stay references into the data file
+    for node in m.graph.node:
+        if node.op_type == "MatMulNBits":
+            for a in node.attribute:
+                if a.name == "accuracy_level":
+                    a.i = 0
+    tmp = path.with_name(path.stem + ".level0.onnx")
+    onnx.save(m, str(tmp))
+    try:
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@torch.no_grad()
+def quality_gate(model: torch.nn.Module, tokenizer, dec: "_OrtDecoder", cfg: ExportConfig) -> dict[str, Any]:
+    """Held-out perplexity ratio and argmax agreement of the artifact vs the float model
+    (quality_gate.py); ParityError when a threshold is missed."""
+    if tokenizer is None:
+        return {"skipped": "the model directory has no tokenizer, so no held-out text can be read"}
+    seq = min(GATE_SEQ_LEN, int(getattr(model.config, "max_position_embeddings", 0) or GATE_SEQ_LEN))
+    windows = held_out_windows(tokenizer, cfg.gate_tokens, seq)
+
+    def artifact(ids: np.ndarray) -> np.ndarray:  # (1, T) -> (1, T, V), one prefill from an empty cache
+        mask = np.ones_like(ids)
+        pos = np.arange(ids.shape[1], dtype=np.int64)[None]
+        return dec(ids, mask, pos, dec.empty_past(1))[0]
+
+    def float_model(ids: np.ndarray) -> np.ndarray:
+        return model(input_ids=torch.from_numpy(ids)).logits.float().numpy()
+
+    thresholds = GateThresholds.for_bits(BITS[cfg.quantize], cfg.gate_max_ppl_ratio, cfg.gate_min_agreement)
+    return judge(compare(float_model, artifact, windows), thresholds)
+
+
+def _parity_checks(ref_model: torch.nn.Module, dec: "_OrtDecoder", facts: ArchFacts, cfg: ExportConfig) -> dict[str, Any]:
     rng = np.random.default_rng(cfg.seed)
     n, pad = cfg.prompt_tokens, min(3, cfg.prompt_tokens - 1)
     ids = rng.integers(0, facts.vocab, size=(2, n), dtype=np.int64)

@@ -31,7 +31,13 @@ from edgedelta.models.adapters import ModelAdapter
 
 from .config import ExportConfig
 from .graph import GraphBuilder
-from .quantize import BITS, QuantizedWeight, quantize_blockwise
+from .calibration import CalibrationStats
+from .quant_methods import DATA_FREE_FALLBACK, DATA_METHODS, quantize_weight
+from .quantize import BITS, QuantizedWeight
+
+
+# Projections that read the same input, emitted as one MatMul when the model keeps them apart
+FUSIONS = {"qkv": ("q", "k", "v"), "gate_up": ("gate", "up")}
 
 
 @dataclass
@@ -65,6 +71,7 @@ class LinearRef:
     bias: str | None = None
     scale: str | None = None  # scalar s = gate·α on base + delta (None: s = 1)
     scale_first: bool = False  # s on the base output only (α = 0)
+    parts: tuple[int, ...] | None = None  # output sizes of fused projections (q, k, v or gate, up), in row order
 
 
 @dataclass
@@ -84,6 +91,7 @@ class ModelWeights:
     params: dict[str, int] = field(default_factory=dict)  # initializer -> model parameters it stores
     aliases: dict[str, str] = field(default_factory=dict)  # parameter name -> initializer holding identical bytes
     dequantized: dict[int, np.ndarray] = field(default_factory=dict)  # id(Parameter) -> (out, in) weights as the kernel sees them
+    embed_quant: "QRef | None" = None  # the quantized embedding table (quantized exports): `embed` is its packed tensor
 
 
 def _np(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
@@ -93,8 +101,11 @@ def _np(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
 class WeightCollector:
     """Adds every parameter of `model` to `builder` once; returns ModelWeights."""
 
-    def __init__(self, model: nn.Module, adapter: ModelAdapter, cfg: ExportConfig, builder: GraphBuilder):
+    def __init__(self, model: nn.Module, adapter: ModelAdapter, cfg: ExportConfig, builder: GraphBuilder,
+                 calibration: "CalibrationStats | None" = None):
         self.model, self.adapter, self.cfg, self.b = model, adapter, cfg, builder
+        self.calibration = calibration  # input Hessians for data-aware quantization (calibration.py)
+        self.quant_methods: dict[str, str] = {}  # quantized initializer -> method that chose its codes
         self.dtype = np.dtype(np.float16 if cfg.dtype == "fp16" else np.float32)
         self.by_id: dict[int, LinearRef | str] = {}  # id(Parameter) -> what was made for it
         self.by_content: dict[tuple, str] = {}  # (dtype, shape, sha256) -> initializer name
@@ -104,15 +115,30 @@ class WeightCollector:
     def collect(self) -> ModelWeights:
         model, ad = self.model, self.adapter
         layers = ad.decoder_layers(model)
-        shared_names = self._shared_names(layers)
+        self.groups = self._shared_groups(layers)
         embed = ad.embed_tokens(model).weight  # (vocab, hidden)
         self.out = ModelWeights(embed="", lm_head=None, final_norm="", layers=[])
-        self.out.embed = self._float("embed_tokens.weight", embed, "embedding")
+        if self.cfg.quantize != "none":
+            # 4-bit/8-bit table read by a dequantizing Gather and, when tied, by the LM head's MatMulNBits
+            self.out.embed_quant = self._quantized("embed_tokens.weight", embed, "embedding")
+            self.out.embed = self.out.embed_quant.names[0]
+        else:
+            self.out.embed = self._float("embed_tokens.weight", embed, "embedding")
         for i, layer in enumerate(layers):
             linears = {}
+            fused_parts: set[str] = set()
+            for fused, parts in FUSIONS.items():
+                if fused in ad.projections or not all(p in ad.projections for p in parts):
+                    continue
+                mods = [ad.get_linear(layer, p) for p in parts]
+                if self._fusable(mods):
+                    linears[fused] = self._fused_linear(fused, mods, parts, i)
+                    fused_parts |= set(parts)
             for proj, path in ad.projections.items():
+                if proj in fused_parts:
+                    continue
                 mod = ad.get_linear(layer, proj)
-                base = shared_names.get(id(mod.weight), f"layers.{i}.{path}.weight")
+                base = self._shared_name(mod.weight, path) or f"layers.{i}.{path}.weight"
                 linears[proj] = self._linear(mod, base, f"layers.{i}.{path}")
             self.out.layers.append(LayerWeights(
                 linears,
@@ -125,17 +151,123 @@ class WeightCollector:
             self.out.lm_head = self._linear(lm, "lm_head.weight", "lm_head", kind="lm_head")
         return self.out
 
-    def _shared_names(self, layers) -> dict[int, str]:
-        """id(shared Parameter) -> 'shared.g{i}.{attribute path}.weight'."""
+    def _shared_groups(self, layers) -> dict[int, int]:
+        """id(shared Parameter) -> its group's index."""
         spec = get_spec(self.model)
-        names = {}
+        groups = {}
         if spec is None:
-            return names
+            return groups
         for gi, group in enumerate(spec.groups):
             for proj in spec.projections:
-                w = self.adapter.get_linear(layers[group[0]], proj).weight
-                names[id(w)] = f"shared.g{gi}.{self.adapter.projections[proj]}.weight"
-        return names
+                groups[id(self.adapter.get_linear(layers[group[0]], proj).weight)] = gi
+        return groups
+
+    def _shared_name(self, w: torch.Tensor, path: str) -> str | None:
+        """'shared.g{i}.{attribute path}.weight' for a group's shared base, else None."""
+        gi = self.groups.get(id(w))
+        return None if gi is None else f"shared.g{gi}.{path}.weight"
+
+    # --- fused projections ---------------------------------------------------------------
+    def _fusable(self, mods: list[nn.Module]) -> bool:
+        """Parts read the same input and can become one MatMul: all plain and unshared, or all
+        DeltaLinear whose bases belong to one group (the fused base is then that group's ONE
+        initializer); no part with α = 0 (its scale would have to sit on the base alone)."""
+        deltas = [isinstance(m, DeltaLinear) for m in mods]
+        if any(deltas) and not all(deltas):
+            return False
+        groups = {self.groups.get(id(m.weight)) for m in mods}
+        if len(groups) != 1:
+            return False
+        if all(deltas) and any(m.base_scale is not None and float(m.base_scale.detach()) == 0.0 for m in mods):
+            return False
+        return len({m.weight.shape[1] for m in mods}) == 1
+
+    def _fused_linear(self, fused: str, mods: list[nn.Module], parts: tuple[str, ...], i: int) -> LinearRef:
+        """One LinearRef computing the row-concatenation of `mods` (in output order):
+        base (in, ΣN) = [W_q; W_k; W_v]ᵀ, stored once per group when shared; deltas as one
+        A (in, ΣR) = [A_q; A_k; A_v]ᵀ and one block-diagonal B' (ΣR, ΣN), so a layer's whole
+        q/k/v delta is two MatMuls instead of six; scale a scalar, or a (ΣN,) vector when the
+        parts' gate·α differ."""
+        ad = self.adapter
+        paths = [ad.projections[p] for p in parts]
+        parent = paths[0].rpartition(".")[0]
+        fused_path = f"{parent}.{fused}_proj" if parent else f"{fused}_proj"  # self_attn.qkv_proj, mlp.gate_up_proj
+        ws = [m.weight for m in mods]  # (N_i, K)
+        sizes = tuple(int(w.shape[0]) for w in ws)
+        k = int(ws[0].shape[1])
+        shared = isinstance(mods[0], DeltaLinear)
+        kind = "shared" if shared and id(ws[0]) in self.groups else "projection"
+        key = tuple(id(w) for w in ws)
+        ref = LinearRef("", k, sum(sizes), parts=sizes)
+        if key in self.by_id:  # a group's fused base seen in an earlier layer
+            first = self.by_id[key]
+            ref.weight, ref.quant = first.weight, first.quant
+        else:
+            name = (f"shared.g{self.groups[id(ws[0])]}.{fused_path}.weight" if kind == "shared"
+                    else f"layers.{i}.{fused_path}.weight")
+            w_cat = torch.cat([w.detach().float() for w in ws], 0)  # (ΣN, K)
+            if self.cfg.quantize != "none":
+                ref.quant = self._quantized(name, w_cat, kind, stats_of=ws[0])
+                ref.weight = ref.quant.names[0]
+                self._split_dequantized(w_cat, ws, axis=0)
+            else:
+                ref.weight = self._add(name, _np(w_cat.T, self.dtype), kind, w_cat.numel())  # (K, ΣN)
+            self.by_id[key] = ref
+        prefix = f"layers.{i}.{fused_path}"
+        if shared:
+            self._fused_delta(ref, mods, sizes, prefix)
+        biases = [getattr(m, "bias", None) for m in mods]
+        if any(b is not None for b in biases):
+            cat = torch.cat([b.detach().float() if b is not None else torch.zeros(n) for b, n in zip(biases, sizes)])
+            ref.bias = self._add(f"{prefix}.bias", _np(cat, self.dtype), "bias", sum(b.numel() for b in biases if b is not None))
+        return ref
+
+    def _fused_delta(self, ref: LinearRef, mods: list[nn.Module], sizes: tuple[int, ...], prefix: str) -> None:
+        gates = [float(m.gate.detach()) if m.gate is not None else 1.0 for m in mods]
+        alphas = [float(m.base_scale.detach()) if m.base_scale is not None else 1.0 for m in mods]
+        scales = [g * a for g, a in zip(gates, alphas)]
+        # B'_i = B_i/α_i where a scale multiplies base + delta (s·B' = g·B), B_i where s = 1
+        factors = [1.0 if s == 1.0 else 1.0 / a for s, a in zip(scales, alphas)]
+        ranked = [(j, m) for j, m in enumerate(mods) if m.rank]
+        if ranked:
+            r_total = sum(m.rank for _, m in ranked)
+            a_cat = torch.cat([m.delta_A.detach().float() for _, m in ranked], 0)  # (ΣR, K)
+            b_bd = torch.zeros(sum(sizes), r_total)  # (ΣN, ΣR) block diagonal
+            offs = np.cumsum((0,) + sizes)
+            r0 = 0
+            for j, m in ranked:
+                b_bd[offs[j]:offs[j + 1], r0:r0 + m.rank] = m.delta_B.detach().float() * factors[j]
+                r0 += m.rank
+            n_a = sum(m.delta_A.numel() for _, m in ranked)
+            n_b = sum(m.delta_B.numel() for _, m in ranked)
+            if self.cfg.quantize != "none" and self.cfg.quantize_deltas:
+                qa = self._quantized(f"{prefix}.delta_A", a_cat, "delta")  # (N=ΣR, K)
+                qb = self._quantized(f"{prefix}.delta_B", b_bd, "delta")  # (N=ΣN, K=ΣR)
+                deq_a = self.out.dequantized.pop(id(a_cat))
+                deq_b = self.out.dequantized.pop(id(b_bd))
+                r0 = 0
+                for j, m in ranked:  # the parity reference keeps each part's A, and B = B'/factor
+                    self.out.dequantized[id(m.delta_A)] = deq_a[r0:r0 + m.rank]
+                    self.out.dequantized[id(m.delta_B)] = deq_b[offs[j]:offs[j + 1], r0:r0 + m.rank] / factors[j]
+                    r0 += m.rank
+                self.out.params[qa.names[0]] = self.out.params.get(qa.names[0], 0) - a_cat.numel() + n_a
+                self.out.params[qb.names[0]] = self.out.params.get(qb.names[0], 0) - b_bd.numel() + n_b
+                ref.delta_A, ref.delta_B, ref.delta_quant = qa.names[0], qb.names[0], (qa, qb)
+            else:
+                ref.delta_A = self._add(f"{prefix}.delta_A", _np(a_cat.T, self.dtype), "delta", n_a)  # (K, ΣR)
+                ref.delta_B = self._add(f"{prefix}.delta_B", _np(b_bd.T, self.dtype), "delta", n_b)  # (ΣR, ΣN)
+        if any(s != 1.0 for s in scales):
+            n_scalars = sum((m.gate is not None) + (m.base_scale is not None) for m in mods)
+            value = (np.asarray(scales[0], self.dtype) if len(set(scales)) == 1
+                     else np.concatenate([np.full(n, s, self.dtype) for n, s in zip(sizes, scales)]))  # (ΣN,)
+            ref.scale = self._add(f"{prefix}.scale", value, "gate", n_scalars)
+
+    def _split_dequantized(self, w_cat: torch.Tensor, parts: list[torch.Tensor], axis: int) -> None:
+        """The parity reference holds each part: split a fused weight's dequantized values."""
+        deq = self.out.dequantized.pop(id(w_cat))
+        offs = np.cumsum([0] + [int(p.shape[axis]) for p in parts])
+        for p, a, b in zip(parts, offs[:-1], offs[1:]):
+            self.out.dequantized[id(p)] = deq[a:b]
 
     # --- pieces ------------------------------------------------------------------------
     def _add(self, name: str, arr: np.ndarray, kind: str, params: int) -> str:
@@ -153,13 +285,24 @@ class WeightCollector:
         self.out.kinds[name], self.out.params[name] = kind, params
         return name
 
-    def _quantized(self, name: str, w: torch.Tensor, kind: str) -> QRef:
+    def _quantized(self, name: str, w: torch.Tensor, kind: str, stats_of: torch.Tensor | None = None) -> QRef:
         """Quantize w (N=out, K=in) into MatMulNBits tensors '{name}', '{name}.scales',
-        '{name}.zero_points' (each stored once even if identical to another's)."""
+        '{name}.zero_points' (each stored once even if identical to another's). stats_of: the
+        Parameter whose calibration statistics apply when w is not one itself (a fused q/k/v
+        weight: its parts read the same input), or (P, A) for a weight that reads x·Aᵀ where
+        x is P's input (a fused delta B after the fused A). Without statistics a data-aware
+        method falls back to the data-free one (quant_methods.DATA_FREE_FALLBACK)."""
         k = w.shape[1]
         block = self.cfg.block_size if k >= self.cfg.block_size else 16  # a short K (delta_B: K = rank) pads less
-        q = quantize_blockwise(_np(w, np.float32), BITS[self.cfg.quantize], block)
+        method, h = self.cfg.quant_method, None
+        if method in DATA_METHODS:  # the input Hessian of w's readers (all of them for a shared base)
+            h = self.calibration.hessian(w if stats_of is None else stats_of) if self.calibration is not None else None
+            method = method if h is not None else DATA_FREE_FALLBACK  # no calibration inputs reach w
+        q = quantize_weight(_np(w, np.float32), BITS[self.cfg.quantize], block, method, h)
+        self.quant_methods[name] = method
         q.scales = q.scales.astype(self.dtype)  # MatMulNBits: scales in the activation dtype
+        # (N, blocks) and (N, packed zero-point bytes): MatMulNBits takes them so, and a Gather can read a row
+        q.scales, q.zero_points = q.scales.reshape(q.n, -1), q.zero_points.reshape(q.n, -1)
         self.out.dequantized[id(w)] = q.dequantize()
         names = (self._add(name, q.packed, kind, w.numel()), self._add(name + ".scales", q.scales, kind, 0),
                  self._add(name + ".zero_points", q.zero_points, kind, 0))

@@ -111,6 +111,13 @@ class Artifact:
         return {str(k): str(x) for k, x in v.items() if str(k).startswith("session.")}
 
     @property
+    def kv_update(self) -> str:
+        """'in_place' when the graph may read and write one KV buffer bound to both past and
+        present (GroupQueryAttention), else 'concat' (present = past + new)."""
+        io = self.manifest.get("io")
+        return "in_place" if isinstance(io, dict) and io.get("kv_update") == "in_place" else "concat"
+
+    @property
     def is_compressed(self) -> bool:
         """True when the artifact came from a DeltaLLM-compressed model (config has an edgedelta section)."""
         if "edgedelta" in self.config or self.manifest.get("compressed") or self.manifest.get("sharing"):
@@ -235,6 +242,8 @@ def graph_facts(model_file: Path) -> dict[str, Any]:
             if node.op_type == "Gather" and node.input[0] == name:  # embedding lookup: one row per token
                 axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
                 read += b // max(int(t.dims[axis]), 1)
+            elif node.op_type == "GroupQueryAttention" and name in node.input[7:9]:  # cos/sin cache: the token's row
+                read += b // max(int(t.dims[0]), 1)
             else:
                 read += b
     past = [i for i in g.input if i.name.startswith("past_key_values.")]

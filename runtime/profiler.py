@@ -147,7 +147,7 @@ def measure(artifact: str | os.PathLike, context: int, new_tokens: int = 16, pro
         "rss_start_bytes": rss_start,
         "peak_rss_load_bytes": load_peak, "peak_rss_prefill_bytes": phase.get("rss"), "peak_rss_decode_bytes": decode_peak,
         "peak_rss_generate_bytes": gen_peak, "peak_rss_bytes": max(load_peak, gen_peak),
-        "rss_exact": rss.exact, "kv_bytes": s.kv.bytes(context), "kv_buffer_bytes": 2 * s.kv.bytes(context),
+        "rss_exact": rss.exact, "kv_bytes": s.kv.bytes(context), "kv_buffer_bytes": (1 if s.in_place else 2) * s.kv.bytes(context),
         "gpu_mem_start_bytes": gpu_start, "gpu_peak_load_bytes": gpu_load, "gpu_peak_prefill_bytes": phase.get("gpu"),
         "gpu_peak_decode_bytes": gpu.peak(),
         "gpu_peak_generate_bytes": max((x for x in (phase.get("gpu"), gpu.peak()) if x is not None), default=None),

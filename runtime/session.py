@@ -112,10 +112,13 @@ def artifact_session_options(art: Artifact, threads: int | None = None, arena: b
 
 @dataclass
 class KVCache:
-    """Double-buffered KV storage for `batch` rows and up to `capacity` positions.
+    """KV storage for `batch` rows and up to `capacity` positions.
 
-    bufs[name] = (A, B): two flat buffers of batch*kv_heads*capacity*head_dim elements;
-    `length` positions are valid in bufs[name][parity]. Memory: 2 × KVSpec.bytes(capacity)."""
+    In place (an artifact whose graph updates its cache in place, manifest io.kv_update):
+    bufs[name] = (A, A), one buffer of (batch, kv_heads, capacity, head_dim) bound to both
+    past and present; memory KVSpec.bytes(capacity). Otherwise double-buffered: bufs[name] =
+    (A, B), two flat buffers; `length` positions are valid in bufs[name][parity]; memory
+    2 × KVSpec.bytes(capacity)."""
 
     batch: int
     capacity: int
@@ -126,7 +129,7 @@ class KVCache:
     def nbytes(self) -> int:
         total = 0
         for a, b in self.bufs.values():
-            for x in (a, b):
+            for x in ((a,) if a is b else (a, b)):
                 total += x.nbytes if hasattr(x, "nbytes") else x.tensor_size_in_bytes()
         return total
 
@@ -151,6 +154,7 @@ class Session:
         self._logits_dtype = np.dtype(artifact.graph_facts.get("logits_dtype", "float32"))
         self._logits_buf = np.empty(0, dtype=self._logits_dtype)
         self._io = ort_session.io_binding()
+        self.in_place = artifact.kv_update == "in_place"  # one KV buffer bound to past and present
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
@@ -214,7 +218,8 @@ class Session:
                     mk = lambda: ort.OrtValue.ortvalue_from_shape_and_type([max(n, 1)], self._np_dtype, "cuda", 0)  # noqa: E731
                 else:
                     mk = lambda: np.empty(max(n, 1), dtype=self._np_dtype)  # noqa: E731
-                bufs[name] = (mk(), mk())
+                first = mk()
+                bufs[name] = (first, first) if self.in_place else (first, mk())
         return KVCache(batch, capacity, bufs)
 
     @staticmethod
@@ -243,6 +248,11 @@ class Session:
         for past_pair, pres_pair in zip(self._past_names, self._present_names):
             for pname, oname in zip(past_pair, pres_pair):
                 bufs = cache.bufs[pname]
+                if self.in_place:  # the whole [B, kvh, capacity, hd] buffer as past and present
+                    shape = [b, kvh, cache.capacity, hd]
+                    io.bind_input(pname, dev, 0, self._np_dtype, shape, self._ptr(bufs[0]))
+                    io.bind_output(oname, dev, 0, self._np_dtype, shape, self._ptr(bufs[0]))
+                    continue
                 # past: [B, kvh, past, hd] at the start of buffer `src`; present written into `dst`
                 io.bind_input(pname, dev, 0, self._np_dtype, [b, kvh, past, hd], self._ptr(bufs[src]))
                 io.bind_output(oname, dev, 0, self._np_dtype, [b, kvh, total, hd], self._ptr(bufs[dst]))
@@ -260,7 +270,7 @@ class Session:
         self.ort.run_with_iobinding(io)
         if dev == "cuda":
             io.synchronize_outputs()
-        cache.length, cache.parity = total, dst
+        cache.length, cache.parity = total, (0 if self.in_place else dst)
         return logits if all_logits else logits[:, -1, :]
 
     def release_prefill_buffer(self, keep_tokens: int = 1, batch: int = 1) -> None:

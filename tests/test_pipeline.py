@@ -7,6 +7,7 @@ import pytest
 
 from edgedelta.cli import main
 from edgedelta.pipeline import PipelineConfig, run_pipeline
+from edgedelta.recipes import DELTALLM, DROP_SHARE
 
 from .tiny import tiny_model, tiny_tokenizer
 
@@ -32,12 +33,18 @@ def test_pipeline_end_to_end_and_resume(tiny_dir, tmp_path):
     logs = []
     index = run_pipeline(_cfg(tiny_dir), out, log=logs.append)
     text = index.read_text()
-    for section in ("Compression plan", "Quality", "sharing audit", "Sample generation", "Devices"):
+    for section in ("Compression plan", "Quality", "sharing audit", "Sample generation", "Devices", "Recipe: `drop-share`"):
         assert section in text
     assert (out / "index.html").is_file() and (out / "devices" / "report.md").is_file()
+    # the default recipe is the one measured best at the budget, and the log names the file that measured it
+    assert any(m.startswith("recipe drop-share: measured best at keep 88%") and "bench/results/" in m for m in logs)
     state = json.loads((out / "stages.json").read_text())
     assert set(state) == {"compress", "distill", "evaluate", "export original", "export compressed", "sample generation", "devices"}
     assert state["compress"]["result"]["ratio"] <= 0.88
+    assert len(state["compress"]["result"]["removed_layers"]) == DROP_SHARE.plan.drop_layers(0.88, 8)  # the recipe's count
+    manifest = json.loads((out / "distilled" / "manifest.json").read_text())
+    assert manifest["layers_adapted"] is True and manifest["distill"]["config"]["trainable"] == list(DROP_SHARE.distill.trainable)
+    assert manifest["distill"]["config"]["lr"] == DROP_SHARE.distill.lr
     # unchanged inputs: every stage is reused
     logs.clear()
     run_pipeline(_cfg(tiny_dir), out, log=logs.append)
@@ -48,20 +55,29 @@ def test_pipeline_end_to_end_and_resume(tiny_dir, tmp_path):
     run_pipeline(_cfg(tiny_dir), out, log=logs.append)
     rerun = [m for m in logs if m.endswith("...")]
     assert any("export compressed" in m for m in rerun) and not any("compress ..." in m and "export" not in m for m in rerun)
-    # the layer-lora recipe: compression is reused, distillation reruns and trains the unshared layers too
-    logs.clear()
-    run_pipeline(_cfg(tiny_dir, layer_lora=2), out, log=logs.append)
-    assert any(m.startswith("[1/7] compress") and "reusing" in m for m in logs)
-    assert not any(m.startswith("[2/7] distill") and "reusing" in m for m in logs)
-    manifest = json.loads((out / "distilled" / "manifest.json").read_text())
-    assert manifest["layers_adapted"] is True and manifest["distill"]["config"]["trainable"][-1] == "layer-lora"
     # artifacts for arm64 devices: only the exports and what reads them rerun
     logs.clear()
-    run_pipeline(_cfg(tiny_dir, layer_lora=2, cpu_arch="arm64"), out, log=logs.append)
+    run_pipeline(_cfg(tiny_dir, cpu_arch="arm64"), out, log=logs.append)
     reused = {m.split("] ")[1].split(":")[0] for m in logs if "unchanged, reusing" in m}
     assert reused == {"compress", "distill", "evaluate"}, logs
     art = json.loads((out / "artifacts" / "compressed" / "manifest.json").read_text())
     assert art["export_config"]["cpu_arch"] == "arm64"
+    # another recipe: compression and distillation rerun with its plan and its trainer
+    logs.clear()
+    run_pipeline(_cfg(tiny_dir, recipe="deltallm", cpu_arch="arm64"), out, log=logs.append)
+    assert not any("reusing" in m for m in logs if m.startswith(("[1/7]", "[2/7]")))
+    manifest = json.loads((out / "distilled" / "manifest.json").read_text())
+    assert manifest["distill"]["config"]["trainable"] == list(DELTALLM.distill.trainable)
+    assert not json.loads((out / "stages.json").read_text())["compress"]["result"]["removed_layers"]
+
+
+def test_quick_keeps_the_recipe_with_smaller_budgets():
+    full, quick = PipelineConfig(target_params=0.75), PipelineConfig.quick_config(target_params=0.75)
+    assert full.recipe == quick.recipe == "drop-share" and "quality_healed_b1_25_all" in full.recipe_why
+    assert quick.tokens == DROP_SHARE.distill.quick_tokens < full.tokens == DROP_SHARE.distill.tokens
+    assert quick.limit < full.limit and quick.distill_config().lr == full.distill_config().lr == DROP_SHARE.distill.lr
+    assert PipelineConfig(recipe="deltallm").recipe_why == "chosen with --recipe"
+    assert "not measured at keep 60%" in PipelineConfig(target_params=0.6).recipe_why
 
 
 @pytest.mark.parametrize("argv", [
@@ -69,7 +85,8 @@ def test_pipeline_end_to_end_and_resume(tiny_dir, tmp_path):
     ["pipeline", "--tokens", "-3"],
     ["pipeline", "--contexts", "0,512"],
     ["pipeline", "--devices", "toaster-9000"],
-    ["pipeline", "--layer-lora", "-1"],
+    ["pipeline", "--recipe", "removal"],
+    ["pipeline", "--recipe", "fastest"],
     ["pipeline", "--drop-layers", "most"],
     ["pipeline", "--cpu-arch", "riscv"],
 ])

@@ -7,23 +7,25 @@ import torch
 ARCHS = ("llama", "mistral", "qwen2", "phi3", "gemma")
 
 
-def tiny_config(arch: str = "llama", layers: int = 4, vocab: int = 128):
+def tiny_config(arch: str = "llama", layers: int = 4, vocab: int = 128, hidden: int = 32):
+    """hidden 32 gives head_dim 8 (the exporter's plain attention); 64 gives head_dim 16, the
+    smallest GroupQueryAttention runs (export/decoder.py gqa_unsupported)."""
     from transformers import AutoConfig
 
-    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+    common = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=256, tie_word_embeddings=True)
     if arch == "gemma":
-        common.update(head_dim=8)
+        common.update(head_dim=hidden // 4)
     if arch == "phi3":
         common.update(pad_token_id=0, tie_word_embeddings=False)
     return AutoConfig.for_model(arch, **common)
 
 
-def tiny_model(arch: str = "llama", layers: int = 4, seed: int = 0, vocab: int = 128):
+def tiny_model(arch: str = "llama", layers: int = 4, seed: int = 0, vocab: int = 128, hidden: int = 32):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch, layers, vocab), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, layers, vocab, hidden), dtype=torch.float32)
     # norms are 1 (or 0 for gemma) at init: randomise so tests see per-layer differences
     with torch.no_grad():
         for name, p in model.named_parameters():

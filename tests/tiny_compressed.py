@@ -14,23 +14,23 @@ import torch
 from tests.tiny import tiny_model, tiny_tokenizer
 
 
-def tiny_model_dir(path: Path, arch: str = "llama", seed: int = 0, vocab: int = 128) -> Path:
+def tiny_model_dir(path: Path, arch: str = "llama", seed: int = 0, vocab: int = 128, hidden: int = 32) -> Path:
     """A plain HF directory: config.json, model.safetensors, tokenizer files."""
-    model = tiny_model(arch, seed=seed, vocab=vocab)
+    model = tiny_model(arch, seed=seed, vocab=vocab, hidden=hidden)
     model.save_pretrained(path, safe_serialization=True)
     tiny_tokenizer(vocab).save_pretrained(path)
     return Path(path)
 
 
 def tiny_compressed_model(arch: str = "llama", seed: int = 0, vocab: int = 128, rank: int = 4,
-                          groups=((0, 1), (2, 3)), gates=("o", "down"), scaled=()):
+                          groups=((0, 1), (2, 3)), gates=("o", "down"), scaled=(), hidden: int = 32):
     """A compressed model in memory: every projection shared within `groups`, random
     non-zero deltas, gates and base scales α on `scaled` (so losing any changes the logits)."""
     from edgedelta.delta.layer import DeltaLinear
     from edgedelta.delta.structure import SharingSpec, apply_sharing
     from edgedelta.models.adapters import adapter_for
 
-    model = tiny_model(arch, seed=seed, vocab=vocab)
+    model = tiny_model(arch, seed=seed, vocab=vocab, hidden=hidden)
     adapter = adapter_for(model.config)
     projections = list(adapter.projections)
     spec = SharingSpec(groups=[list(g) for g in groups], projections=projections,

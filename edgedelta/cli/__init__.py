@@ -24,11 +24,13 @@ COMMANDS: dict[str, str] = {
     "export": "edgedelta.cli.export_cmd",
     "inspect": "edgedelta.cli.inspect_cmd",
     "run": "edgedelta.cli.run_cmd",
+    "serve": "edgedelta.cli.serve_cmd",
     "profile": "edgedelta.cli.profile_cmd",
     "devices": "edgedelta.cli.devices_cmd",
     "plan": "edgedelta.cli.plan_cmd",
     "bundle": "edgedelta.cli.bundle_cmd",
     "pipeline": "edgedelta.cli.pipeline_cmd",
+    "models": "edgedelta.cli.models_cmd",
 }
 # subcommands that need an extra (edgedelta/extras.py); the others run on a device install
 EXTRA_OF_COMMAND: dict[str, str] = dict.fromkeys(("compress", "eval", "distill", "compare", "export", "pipeline"), "compress")

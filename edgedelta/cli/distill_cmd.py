@@ -1,84 +1,103 @@
 """edgedelta distill: recover a compressed model by distillation from the model it was made
-from (per-group reconstruction, then logit KL with progressive module replacement).
-
-Every DistillConfig field is a flag (--field-name, help text from the dataclass), so the
-CLI and the Python API cannot drift apart; --config FILE supplies a JSON base."""
+from. The settings come from a recipe (edgedelta/recipes.py; by default the one measured best
+at the model's budget); --config FILE sets any DistillConfig field on top, and the few flags
+below (each measured in bench/results/) override both."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import dataclasses
-import typing
 from pathlib import Path
 
-_SKIP = {"version", "data"}  # data is --data (also accepts a path); version is internal
+from .common import info, positive_int
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def _lr(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from ..distill.config import DistillConfig
+    from ..recipes import RECIPES
 
+    trainers = [r.name for r in RECIPES.values() if r.distill is not None]
     p = sub.add_parser("distill", help="recover a compressed model by distillation from its original",
                        description="Distil a compressed model directory from the model it was made from (recorded in its manifest). "
-                                   "Checkpoints go to OUT.run/; --resume continues an interrupted run exactly.")
+                                   "Checkpoints go to OUT.run/; --resume continues an interrupted run exactly. Every other "
+                                   "DistillConfig field (seq_len, schedule, trainable, lora_rank, ...) is set with --config FILE.")
     p.add_argument("model_dir", help="compressed model directory (from `edgedelta compress` or an earlier distill)")
+    p.add_argument("--tokens", type=positive_int, help="training tokens (required unless --config sets them)")
+    p.add_argument("--recipe", choices=trainers, help="distillation recipe (default: the one measured best at the model's budget)")
+    p.add_argument("--config", help="a JSON file of DistillConfig fields, applied over the recipe")
+    p.add_argument("--data", help="training text: mixed-train (default: speeches and Wikipedia passages), sotu-train, "
+                                  "wiki-train, or a text file / folder of your own (e.g. manuals, logs)")
+    p.add_argument("--lr", type=_lr, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--batch-size", type=positive_int, help="sequences per optimizer step (default: the recipe's)")
     p.add_argument("--out", help="output directory (default: MODEL_DIR-distilled)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in OUT.run/ (same config required)")
     p.add_argument("--force", action="store_true", help="replace an existing OUT (and discard an earlier run folder)")
-    p.add_argument("--data", help="training text: mixed-train (default: speeches and Wikipedia passages), sotu-train, "
-                                    "wiki-train, or a text file / folder of your own (e.g. manuals, logs)")
     p.add_argument("--teacher", help="the original model (default: the source in MODEL_DIR's manifest): 'default', a directory or a .gguf")
-    p.add_argument("--config", help="a DistillConfig JSON file (flags override its fields)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="cuda (bf16 autocast) when available by default")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    hints = typing.get_type_hints(DistillConfig)
-    for f in dataclasses.fields(DistillConfig):
-        if f.name in _SKIP:
-            continue
-        hint = hints[f.name]
-        kind = {int: int, float: float, str: str}.get(hint, str)  # lists / tuples: comma-separated
-        p.add_argument(_flag(f.name), dest=f"cfg_{f.name}", type=kind, default=None,
-                       help=f"{f.metadata.get('help', '')} (default {f.default if f.default is not None else 'see help'})")
     return p
 
 
-def _comma(v: str, conv=str) -> list:
-    return [conv(x) for x in v.split(",") if x.strip()]
+def _model_budget(model_dir: str) -> float | None:
+    """The kept fraction of unique parameters recorded by compress, if the manifest says."""
+    from ..errors import EdgeDeltaError
+    from ..manifest import read_manifest
+
+    try:
+        ratio = (read_manifest(model_dir).get("plan") or {}).get("ratio")
+    except (EdgeDeltaError, OSError, ValueError):
+        return None
+    return float(ratio) if isinstance(ratio, (int, float)) and 0 < ratio < 1 else None
 
 
 def config_from_args(args):
+    """(DistillConfig, why): the recipe's fields, then --config, then the flags."""
     from ..distill.config import DistillConfig
     from ..errors import ConfigError
+    from ..recipes import best_for, get
 
-    base = DistillConfig.from_json_file(args.config).to_dict() if args.config else {}
-    for f in dataclasses.fields(DistillConfig):
-        v = getattr(args, f"cfg_{f.name}", None)
-        if v is None:
-            continue
-        if f.name == "trainable":
-            v = _comma(v)
-        elif f.name == "betas":
-            try:
-                v = _comma(v, float)
-            except ValueError:
-                raise ConfigError(f"--betas must be two comma-separated numbers, got '{v}'") from None
-        base[f.name] = v
+    if args.recipe:
+        recipe, why = get(args.recipe), "chosen with --recipe"
+    else:
+        budget = _model_budget(args.model_dir)
+        choice = best_for(budget if budget is not None else 0.88)
+        recipe, why = choice.recipe, choice.why
+    fields = dict(recipe.distill.config_fields())
+    fields.pop("tokens")  # the training budget is the user's decision
+    if args.config:
+        fields.update(_file_fields(args.config))
+    for name in ("tokens", "lr", "batch_size"):
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
     if args.data:
-        base["data"] = args.data
-    if "tokens" not in base:
+        fields["data"] = args.data
+    if "tokens" not in fields:
         raise ConfigError("--tokens N is required (training tokens, e.g. --tokens 200000)")
-    return DistillConfig.from_dict(base)
+    return DistillConfig.from_dict(fields), f"recipe {recipe.name}: {why}"
+
+
+def _file_fields(path) -> dict:
+    """A --config file's DistillConfig fields, each checked now (a file without 'tokens' is
+    checked with a placeholder count: the flag may supply it)."""
+    from ..configio import config_from_dict, read_json
+    from ..distill.config import DistillConfig
+
+    data = read_json(path)
+    config_from_dict(DistillConfig, {"tokens": 1, **data} if isinstance(data, dict) else data, "distill")
+    return data
 
 
 def run(args) -> int:
     from ..distill.api import distill
     from ..errors import ConfigError
 
-    cfg = config_from_args(args)
+    cfg, why = config_from_args(args)
     src = Path(args.model_dir)
     if not src.is_dir():
         raise ConfigError(f"model directory '{src}' does not exist")
@@ -88,6 +107,7 @@ def run(args) -> int:
         from ..models.loading import load_model
 
         teacher = load_model(args.teacher).model
+    info(why)
     res = distill(src, cfg, out, teacher=teacher, resume=args.resume, force=args.force,
                   progress=not args.no_progress, device=args.device)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun / accelerate: one report, from rank 0

@@ -12,6 +12,7 @@ from typing import Any
 from ..configio import config_from_dict, config_from_json_file
 from ..data.text import DEFAULT_TRAIN_TEXT
 from ..errors import ConfigError
+from ..recipes import DELTALLM, RECIPES, Recipe
 
 SCHEDULES = ("plain", "linear", "curriculum", "constant")
 TRAINABLE = ("deltas", "gates", "norms", "shared", "lora", "layer-lora")
@@ -20,6 +21,9 @@ RECON_INPUTS = ("teacher", "student")
 CONFIG_VERSION = 1
 # operational fields: changing them does not change the numbers a run produces
 RESUME_FREE = frozenset({"checkpoint_every", "keep_checkpoints", "log_every", "teacher_cache"})
+# the library defaults are the deltallm recipe's distillation (edgedelta/recipes.py); the CLI and
+# the pipeline start from the recipe they are given instead
+_R = DELTALLM.distill
 
 
 def _f(default, help_: str, **kw):
@@ -28,17 +32,17 @@ def _f(default, help_: str, **kw):
 
 @dataclass
 class DistillConfig:
-    tokens: int = _f(200_000, "training tokens (global, all processes together); must be > 0")
+    tokens: int = _f(_R.tokens, "training tokens (global, all processes together); must be > 0")
     seq_len: int = _f(256, "tokens per training sequence")
-    batch_size: int = _f(4, "sequences per optimizer step (global: split over processes and accumulation)")
+    batch_size: int = _f(_R.batch_size, "sequences per optimizer step (global: split over processes and accumulation)")
     grad_accum: int = _f(1, "micro-steps per optimizer step in each process")
-    lr: float = _f(3e-4, "peak AdamW learning rate (3e-4 beat 1e-3 in the prototype)")
+    lr: float = _f(_R.lr, "peak AdamW learning rate")
     min_lr_ratio: float = _f(0.1, "cosine decays to lr * min_lr_ratio")
     warmup_frac: float = _f(0.05, "fraction of steps of linear warm-up")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     betas: tuple[float, float] = _f((0.9, 0.95), "AdamW betas")
     clip: float = _f(1.0, "gradient-norm clipping (0 = off)")
-    schedule: str = _f("linear", f"module replacement schedule: one of {SCHEDULES} (plain = all compressed from step 0)")
+    schedule: str = _f(_R.schedule, f"module replacement schedule: one of {SCHEDULES} (plain = all compressed from step 0)")
     p0: float = _f(0.5, "replacement probability at step 0 (linear/curriculum/constant)")
     ramp_frac: float = _f(0.5, "fraction of the run over which p rises to 1; fully compressed afterwards")
     curriculum_order: str = _f("deep-first", f"curriculum: which layers ramp first, one of {CURRICULUM_ORDERS}")
@@ -48,8 +52,8 @@ class DistillConfig:
     lm_weight: float = _f(0.0, "weight of the next-token cross-entropy on the data")
     teacher_topk: int = _f(0, "0 = full teacher logits; k > 0 = KL on the teacher's top-k tokens (cacheable)")
     teacher_cache: str | None = _f(None, "folder caching the teacher's top-k logits across runs (needs teacher_topk > 0)")
-    trainable: list[str] = _f(None, f"parameter kinds to train, subset of {TRAINABLE} (default deltas+gates)")
-    lora_rank: int = _f(8, "rank of the LoRA on shared bases ('lora') and on each unshared layer ('layer-lora')")
+    trainable: list[str] = _f(None, f"parameter kinds to train, subset of {TRAINABLE} (default {'+'.join(_R.trainable)})")
+    lora_rank: int = _f(_R.lora_rank, "rank of the LoRA on shared bases ('lora') and on each unshared layer ('layer-lora')")
     recon_tokens: int = _f(0, "tokens for the per-group reconstruction stage before distillation (0 = skip)")
     recon_epochs: int = _f(2, "passes over the reconstruction tokens per group")
     recon_lr: float = _f(1e-3, "AdamW learning rate of the reconstruction stage")
@@ -64,7 +68,7 @@ class DistillConfig:
 
     def __post_init__(self):
         if self.trainable is None:
-            self.trainable = ["deltas", "gates"]
+            self.trainable = list(_R.trainable)
         self.trainable = list(self.trainable)
         self.betas = tuple(float(b) for b in self.betas)
         ints = ("tokens", "seq_len", "batch_size", "grad_accum", "lora_rank", "recon_tokens", "recon_epochs",
@@ -140,6 +144,14 @@ class DistillConfig:
         return config_from_dict(cls, d, "distill")
 
     @classmethod
+    def from_recipe(cls, recipe: Recipe, quick: bool = False, **overrides) -> "DistillConfig":
+        """The recipe's distillation (its full or quick token budget), with `overrides` on top."""
+        if recipe.distill is None:
+            raise ConfigError(f"recipe '{recipe.name}' trains no compressed model (it heals a pruning baseline); "
+                              f"choose one of: {', '.join(r.name for r in RECIPES.values() if r.distill is not None)}")
+        return cls.from_dict({**recipe.distill.config_fields(quick), **overrides})
+
+    @classmethod
     def from_json_file(cls, path) -> "DistillConfig":
         return config_from_json_file(cls, path, "distill")
 
@@ -154,12 +166,3 @@ def help_of(name: str) -> str:
         if f.name == name:
             return f.metadata.get("help", "")
     raise KeyError(name)
-
-
-def layer_lora_recipe(rank: int) -> dict[str, Any]:
-    """DistillConfig fields of the recipe measured best with removal before sharing
-    (bench/results/recovery_b1/README.md, SmolLM2-135M at 12%): plain distillation of the
-    deltas, gates, norms, a rank-`rank` LoRA on every shared base ('lora') and one on every
-    unshared layer ('layer-lora'), both merged on save (unique parameters unchanged), at the
-    learning rate a removal baseline heals with."""
-    return {"trainable": ["deltas", "gates", "norms", "lora", "layer-lora"], "lora_rank": rank, "schedule": "plain", "lr": 1e-3}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from . import metrics
+from .chance import item_rates
 from .scoring import Request, TorchScorer
 from .tasks import PPL_TASK, TASKS, Item, load_task, load_task_file, parse_task_list, select
 
@@ -41,7 +42,7 @@ class EvalConfig:
 def evaluate(model, tokenizer=None, config: EvalConfig | None = None, progress: bool = False, scorer=None) -> dict:
     """Scores per task and their average. `model` is a PyTorch causal LM (tokenizer required),
     or None with `scorer` given (e.g. an ONNX artifact's). Returns
-    {"tasks": {name: {metrics..., "n", "primary", "score", "correct"}}, "average", "ppl", "config",
+    {"tasks": {name: {metrics..., "n", "primary", "score", "correct", "chance", "majority"}}, "average", "ppl", "config",
     "seconds"}; "correct" is the primary metric per item (0/1, in item order: the same for every
     model evaluated with the same config), for `report.paired_difference`."""
     config = config or EvalConfig()
@@ -59,13 +60,14 @@ def evaluate(model, tokenizer=None, config: EvalConfig | None = None, progress: 
         res = _score_items(scorer, items, TASKS[name].kind, progress, name)
         primary = TASKS[name].primary
         res.update(primary=primary, score=res[primary], correct=res.pop("per_item")[primary], n_total=len(load_task(name)),
-                   about=TASKS[name].about)
+                   about=TASKS[name].about, **item_rates(items, TASKS[name].kind))
         out["tasks"][name] = res
     if config.task_file:
         items = select(load_task_file(config.task_file), config.limit, config.seed)
         name = f"file:{Path(config.task_file).stem}"
         res = _score_items(scorer, items, "mc", progress, name)
-        res.update(primary="acc", score=res["acc"], correct=res.pop("per_item")["acc"], about=f"user items from {config.task_file}")
+        res.update(primary="acc", score=res["acc"], correct=res.pop("per_item")["acc"], about=f"user items from {config.task_file}",
+                   **item_rates(items))
         out["tasks"][name] = res
     scores = [t["score"] for t in out["tasks"].values()]
     out["average"] = sum(scores) / len(scores) if scores else None

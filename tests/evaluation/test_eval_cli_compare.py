@@ -13,13 +13,15 @@ from edgedelta.cli import main
     (["--limit", "0"], "--limit must be a positive"),
     (["--tasks", "mmlu"], "unknown task(s) mmlu"),
     (["--model", "NOTAMODEL"], "not a model directory"),
-    (["--heal-lr", "0"], "heal_lr must be > 0, got 0.0"),
-    (["--heal-batch", "0"], "--heal-batch: must be > 0, got 0"),
-    (["--heal-layer-lora", "-2"], "heal_layer_lora must be a LoRA rank >= 0"),
-    (["--drop-layers", "0"], "'0' is not a layer count >= 1 or 'auto'"),
+    (["--recipe", "removal"], "argument --recipe: invalid choice: 'removal'"),
+    (["--config", "DROP0"], "drop_layers must be a whole number >= 1 or 'auto', got 0"),
+    (["--config", "UNKNOWN"], "unknown compare config field(s) ['heal_lr']"),
 ])
 def test_compare_cli_bad_input(tmp_path, capsys, extra, msg):
-    argv = ["compare", "--out", str(tmp_path / "out")] + [a.replace("NOTAMODEL", str(tmp_path)) for a in extra]
+    (tmp_path / "drop0.json").write_text('{"drop_layers": 0}')
+    (tmp_path / "unknown.json").write_text('{"heal_lr": 0.001}')
+    sub = {"NOTAMODEL": str(tmp_path), "DROP0": str(tmp_path / "drop0.json"), "UNKNOWN": str(tmp_path / "unknown.json")}
+    argv = ["compare", "--out", str(tmp_path / "out")] + [sub.get(a, a) for a in extra]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert msg in err and len(err.strip().splitlines()) == 1
@@ -33,14 +35,16 @@ def test_compare_cli_refuses_existing_out(tmp_path, capsys):
 
 def test_compare_cli_tiny_end_to_end(model_dir, tmp_path, capsys):
     out = tmp_path / "cmp"
+    (tmp_path / "cfg.json").write_text('{"calib_samples": 2}')
     rc = main(["compare", "--model", str(model_dir), "--target-params", "0.8", "--methods", "deltallm,shortgpt",
-               "--tasks", "arc_easy", "--limit", "3", "--calib-samples", "2", "--out", str(out), "--no-progress"])
+               "--tasks", "arc_easy", "--limit", "3", "--config", str(tmp_path / "cfg.json"), "--out", str(out), "--no-progress"])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     rows = {r["method"]: r for r in res["rows"]}
     assert res["budget_params"] == rows["deltallm"]["params"]  # the delta model sets the baselines' target
     assert rows["shortgpt"]["report"]["target_params"] == rows["deltallm"]["params"]
     assert rows["shortgpt"]["eval"]["tasks"]["arc_easy"]["n"] == 3
+    assert res["config"]["calib_samples"] == 2 and res["config"]["recipe"] == "drop-share"  # measured best at 0.8's nearest budget
     md = (out / "results.md").read_text()
     assert "| deltallm |" in md and "| shortgpt |" in md
     assert "| shortgpt |" in capsys.readouterr().out

@@ -72,12 +72,14 @@ def test_paired_report_needs_per_item_scores_on_the_same_items():
     from edgedelta.evaluation.report import markdown_paired, paired_difference
 
     def ev(correct, config="c"):
-        return {"config": config, "tasks": {"t": {"primary": "acc", "score": sum(correct) / len(correct), "correct": correct}}}
+        return {"config": config, "tasks": {"t": {"primary": "acc", "score": sum(correct) / len(correct), "correct": correct,
+                                                  "acc_stderr": 0.0, "chance": 0.25, "majority": 0.5}}}
 
     rows = [{"method": "original", "eval": ev([1, 1, 1, 1])}, {"method": "deltallm-drop", "eval": ev([1, 1, 0, 1])},
             {"method": "shortgpt", "eval": ev([1, 0, 0, 0])}]
     assert paired_difference(rows[1]["eval"], rows[2]["eval"]) == pytest.approx((0.5, math.sqrt(1 / 3) / 2))  # d = 0, 1, 0, 1
     assert "- deltallm-drop − shortgpt: +50.0 ± 28.9 points (1.7 standard errors)" in markdown_paired(rows)
+    assert "informative tasks (t)" in markdown_paired(rows)
     assert paired_difference(ev([1, 0]), ev([1, 0], config="other")) is None  # evaluated differently
     old = {"config": "c", "tasks": {"t": {"primary": "acc", "score": 0.5}}}  # saved before per-item scores
     assert paired_difference(rows[1]["eval"], old) is None and markdown_paired([rows[1], {"method": "laco", "eval": old}]) == ""

@@ -12,15 +12,15 @@ PROMPTS = ["The pump on line three", "Hello", "Check the pressure valve before r
 
 
 @pytest.fixture(scope="module")
-def session(tiny_edgedelta):
-    return Session.from_dir(tiny_edgedelta[1], provider="cpu", threads=1)
+def session(edgedelta_artifacts):
+    return Session.from_dir(edgedelta_artifacts[1], provider="cpu", threads=1)
 
 
 @pytest.fixture(scope="module")
-def torch_model(tiny_edgedelta):
+def torch_model(edgedelta_artifacts):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(tiny_edgedelta[0], dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(edgedelta_artifacts[0], dtype=torch.float32).eval()
 
 
 def torch_greedy(model, _tok, prompts, n):

@@ -1,0 +1,182 @@
+"""Calibration statistics for data-aware weight quantization (GPTQ): the input Hessian
+H = Σ xᵀx (K, K) of every weight, gathered with forward pre-hooks while the float model reads
+calibration text (training text or a user's own files, never held-out evaluation text).
+
+Keyed by the weight's Parameter object, not by layer: a shared base (one nn.Parameter in every
+layer of a DeltaLLM group) gets the sum of the inputs of EVERY layer that reads it, so its one
+quantization serves all its readers. A delta A (r, K) reads its own layer's input; a delta
+B (out, r) reads x·Aᵀ, so H_B = A·H·Aᵀ (r, r) is derived, not hooked. A tied LM head's H is
+the final norm's output, keyed by the embedding Parameter it reads.
+
+Cost: projections that read the same input (q/k/v, gate/up) share one accumulator, so a
+layer holds (3·hidden² + mlp²)·4 bytes: 13 MB for SmolLM2-135M (403 MB for all 30 layers),
+350 MB for Qwen2.5-1.5B (9.8 GB for all 28). Layers are therefore gathered in windows of at
+most `max_bytes` (a group's layers always in one window), one forward pass per window that
+stops after the window's last layer; the collector asks for weights in layer order, so each
+window is computed once (plus one pass for a tied head asked for first)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from edgedelta.data.text import calibration_batches
+from edgedelta.delta.calibration import readers_of
+from edgedelta.delta.layer import DeltaLinear
+from edgedelta.errors import ConfigError
+from edgedelta.models.adapters import adapter_for
+
+from .quant_methods import DATA_METHODS
+
+CALIB_SEQ_LEN = 512
+DEFAULT_MAX_BYTES = 2 << 30  # accumulators held at once (float32 Hessians)
+HEAD = -1  # pseudo layer index of the LM head's input stream
+
+
+class _Stop(Exception):
+    """Raised by a hook after the window's last layer: the rest of the forward is not needed."""
+
+
+class CalibrationStats:
+    """Input Hessians per weight Parameter, computed lazily window by window.
+
+    hessian(p) -> (K, K) float32 ndarray, or None for a tensor no hooked module reads."""
+
+    def __init__(self, model, calib_ids: torch.Tensor, max_bytes: int = DEFAULT_MAX_BYTES, batch_size: int = 4,
+                 progress: bool = False, text: str = ""):
+        self.model, self.ids, self.batch_size, self.progress, self.text = model, calib_ids, batch_size, progress, text
+        self.adapter = adapter_for(model.config)
+        self.layers = self.adapter.decoder_layers(model)
+        self.tokens = int(calib_ids.numel())
+        # streams: (layer, reader projection) -> the module whose input is hooked
+        self.stream_module: dict[tuple[int, str], torch.nn.Module] = {}
+        self.readers: dict[int, list[tuple[int, str]]] = {}  # id(weight or delta_A) -> streams it reads
+        self.delta_b: dict[int, torch.Tensor] = {}  # id(delta_B) -> its layer's delta_A (r, K)
+        self._keep: list[torch.Tensor] = []  # the keyed tensors, so their ids stay unique
+        for li, layer in enumerate(self.layers):
+            for proj in self.adapter.projections:
+                mod = self.adapter.get_linear(layer, proj)
+                stream = (li, readers_of(self.adapter, proj))
+                self.stream_module.setdefault(stream, self.adapter.get_linear(layer, stream[1]))
+                self._read(mod.weight, stream)
+                if isinstance(mod, DeltaLinear) and mod.rank:
+                    self._read(mod.delta_A, stream)
+                    self.delta_b[id(mod.delta_B)] = mod.delta_A
+                    self._keep.append(mod.delta_B)
+        head = model.get_output_embeddings()
+        if head is not None:
+            self.stream_module[(HEAD, "lm_head")] = head
+            self._read(head.weight, (HEAD, "lm_head"))
+        self.windows = self._windows(max_bytes)
+        self._h: dict[tuple[int, str], torch.Tensor] = {}
+        self._loaded: int | None = None  # index into self.windows
+        self.passes = 0  # forward passes run (one per window loaded)
+
+    def _read(self, p: torch.Tensor, stream) -> None:
+        self.readers.setdefault(id(p), []).append(stream)
+        self._keep.append(p)
+
+    def _windows(self, max_bytes: int) -> list[list[int]]:
+        """Consecutive layer windows under max_bytes of accumulators; layers that share a
+        weight stay together (a shared base's readers are summed in one pass)."""
+        n = len(self.layers)
+        link = [False] * n  # link[i]: layer i must share a window with layer i-1
+        for streams in self.readers.values():
+            ls = sorted({li for li, _ in streams if li != HEAD})
+            for a in range(ls[0] + 1, ls[-1] + 1) if ls else ():
+                link[a] = True
+        cost = [sum(m.in_features ** 2 * 4 for (li, _), m in self.stream_module.items() if li == i) for i in range(n)]
+        windows: list[list[int]] = []
+        size = 0
+        for i in range(n):
+            if windows and (link[i] or size + cost[i] <= max_bytes):
+                windows[-1].append(i)
+                size += cost[i]
+            else:
+                windows.append([i])
+                size = cost[i]
+        if windows:
+            windows[-1].append(HEAD)  # the head reads the final hidden state: the pass that runs to the end
+        else:
+            windows = [[HEAD]]
+        return windows
+
+    def hessian(self, p) -> np.ndarray | None:
+        """H (K, K) = Σ xᵀx over every calibration token of every layer that reads p. p may be
+        a pair (P, A) (A: (r, K)): the Hessian of x·Aᵀ where x is P's input, (r, r)."""
+        if isinstance(p, tuple):
+            src, a = p
+            h = self.hessian(src)
+            a = a.detach().float()
+            return None if h is None else (a @ torch.from_numpy(h) @ a.T).numpy()
+        if id(p) in self.delta_b:
+            a = self.delta_b[id(p)].detach().float()  # (r, K)
+            h = self.hessian(a)
+            return None if h is None else (a @ torch.from_numpy(h) @ a.T).numpy()
+        streams = self.readers.get(id(p))
+        if not streams:
+            return None
+        self._load(streams[0][0])
+        h = sum(self._h[s] for s in dict.fromkeys(streams))  # a stream read twice (q and k of one layer) counts once
+        return h.numpy()
+
+    def _load(self, layer: int) -> None:
+        wi = next(i for i, w in enumerate(self.windows) if layer in w)
+        if self._loaded == wi:
+            return
+        self._h.clear()  # frees the previous window's accumulators
+        self._gather(self.windows[wi])
+        self._loaded = wi
+
+    @torch.no_grad()
+    def _gather(self, window: list[int]) -> None:
+        hooks = []
+
+        def accumulate(stream):
+            def hook(_module, args):
+                x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # (tokens, K)
+                h = self._h.get(stream)
+                self._h[stream] = x.T @ x if h is None else h.addmm_(x.T, x)
+            return hook
+
+        def stop(_module, _args, _out):
+            raise _Stop
+
+        for stream, mod in self.stream_module.items():
+            if stream[0] in window:
+                hooks.append(mod.register_forward_pre_hook(accumulate(stream)))
+        last = max(window)
+        if HEAD not in window:
+            hooks.append(self.layers[last].register_forward_hook(stop))
+        try:
+            self.model.eval()
+            device = next(self.model.parameters()).device
+            batches = range(0, self.ids.shape[0], self.batch_size)
+            desc = f"calibration pass {self.passes + 1}/{len(self.windows)}"
+            for s in tqdm(batches, desc=desc, disable=not self.progress, leave=False):
+                try:
+                    self.model(input_ids=self.ids[s : s + self.batch_size].to(device))
+                except _Stop:
+                    pass
+        finally:
+            for h in hooks:
+                h.remove()
+        self.passes += 1
+
+    def summary(self) -> dict:
+        return {"text": self.text, "sequences": int(self.ids.shape[0]), "seq_len": int(self.ids.shape[1]),
+                "tokens": self.tokens, "windows": len(self.windows), "forward_passes": self.passes}
+
+
+def calibration_for(model, tokenizer, cfg, progress: bool = False) -> CalibrationStats | None:
+    """The statistics `cfg.quant_method` needs (None for data-free methods or no quantization).
+    Token windows come from cfg.calib_text (a training set or a user's files; held-out
+    evaluation sets are refused by ExportConfig)."""
+    if cfg.quantize == "none" or cfg.quant_method not in DATA_METHODS:
+        return None
+    if tokenizer is None:
+        raise ConfigError(f"quant_method '{cfg.quant_method}' needs calibration text, but the model directory has no tokenizer; "
+                          "add tokenizer files or use a data-free method (hqq, rtn)")
+    ids = calibration_batches(tokenizer, cfg.calib_samples, CALIB_SEQ_LEN, seed=0, source=cfg.calib_text)
+    return CalibrationStats(model, ids, progress=progress, text=cfg.calib_text)

@@ -1,0 +1,175 @@
+"""How a weight's MatMulNBits codes are chosen. Every method writes the same format
+(quantize.py: asymmetric unsigned codes, one float scale and one integer zero point per block
+of `block_size` along K), so the kernel and the graph do not depend on the method:
+
+  rtn   round to nearest from each block's min/max (no data)
+  gptq  GPTQ (Frantar et al. 2022): quantize K column by column and spread each column's
+        rounding error over the columns not yet quantized, weighted by the inverse of the
+        input Hessian H = Σ xᵀx from calibration activations, so the error in x·Wᵀ (what the
+        layer outputs) is minimised rather than the error in W. Lazy batch updates: the
+        error of a batch of columns reaches the rest of W in one matmul.
+  hqq   half-quadratic quantization (Badri & Shaji 2023, no data): alternates a sparse
+        outlier estimate (an lp-norm shrinkage, p < 1) with a least-squares fit of each
+        block's scale and zero point, keeping the zero point an integer (MatMulNBits reads
+        uint8 zero points)
+
+Quantization is per output row and per block along K, so quantizing a row-concatenation of
+weights (a fused q/k/v) equals concatenating their quantizations, with each part's Hessian
+equal when they read the same input."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from edgedelta.errors import ConfigError
+
+from .config import QUANT_METHODS as METHODS
+from .quantize import QuantizedWeight, from_codes, minmax_params, pad_blocks, quantize_blockwise
+
+DATA_METHODS = ("gptq",)  # need calibration statistics (an input Hessian per weight)
+DATA_FREE_FALLBACK = "rtn"  # for a weight no calibration input reaches
+GPTQ_DAMP = 0.01  # H + λI with λ = 1% of mean(diag H), as in the GPTQ paper
+GPTQ_BATCH = 128  # columns per lazy batch update
+HQQ_ITERS, HQQ_P, HQQ_BETA, HQQ_KAPPA = 20, 0.7, 10.0, 1.01  # the HQQ paper's settings
+
+
+def quantize_weight(w: np.ndarray, bits: int, block_size: int, method: str = "rtn", stats: np.ndarray | None = None,
+                    act_order: bool = False) -> QuantizedWeight:
+    """w (N, K) float32 → MatMulNBits tensors. `stats` is the input Hessian H (K, K) = Σ xᵀx
+    over calibration tokens (required by gptq, ignored by rtn/hqq)."""
+    if method not in METHODS:
+        raise ConfigError(f"quantization method '{method}' is not supported; allowed: {', '.join(METHODS)}")
+    w = np.asarray(w, np.float32)
+    if method == "rtn":
+        return quantize_blockwise(w, bits, block_size)
+    if method == "hqq":
+        return hqq(w, bits, block_size)
+    if stats is None:
+        raise ConfigError(f"quantization method '{method}' needs calibration statistics (the input Hessian of each weight)")
+    if stats.shape != (w.shape[1], w.shape[1]):
+        raise ConfigError(f"input Hessian of shape {tuple(stats.shape)} does not fit a weight with K = {w.shape[1]}")
+    return gptq(w, stats, bits, block_size, act_order=act_order)
+
+
+def _inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
+    """Upper Cholesky factor of H⁻¹ (K, K) float32, damped until H is positive definite."""
+    h = h.double()
+    lam = GPTQ_DAMP * h.diagonal().mean().clamp_min(1e-12)
+    eye = torch.eye(h.shape[0], dtype=h.dtype)
+    for attempt in range(6):  # raise the damping if H is numerically indefinite
+        low, info = torch.linalg.cholesky_ex(h + lam * (10**attempt) * eye)
+        if info.item() == 0:
+            hinv = torch.cholesky_inverse(low)
+            return torch.linalg.cholesky(hinv, upper=True).float()
+    raise ValueError("input Hessian is not positive definite even with heavy damping")
+
+
+@torch.no_grad()
+def gptq(w: np.ndarray, h: np.ndarray, bits: int, block_size: int, act_order: bool = False) -> QuantizedWeight:
+    """GPTQ with per-block (group) scales. Without act order a block's scale and zero point
+    come from its columns as they stand when the block is reached (already carrying the error
+    of earlier columns). With act order columns go by decreasing H diagonal and each block's
+    parameters are fixed up front from the original weights (static groups), so the stored
+    blocks stay contiguous along K as MatMulNBits needs."""
+    n, k = w.shape
+    qmax = (1 << bits) - 1
+    W = torch.from_numpy(w.copy())  # (N, K)
+    H = torch.as_tensor(np.asarray(h), dtype=torch.float32).clone()  # (K, K)
+    dead = H.diagonal() == 0  # inputs the calibration text never excited: any value is exact
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    nb = -(-k // block_size)
+    scale = np.empty((n, nb), np.float32)
+    zp = np.empty((n, nb), np.uint8)
+    perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(k)
+    if act_order:
+        s0, z0 = minmax_params(pad_blocks(W.numpy(), block_size), bits)
+        scale[:], zp[:] = s0, z0
+        W, H = W[:, perm], H[perm][:, perm]
+    hinv = _inverse_cholesky(H)  # (K, K) upper
+    S, Z = torch.from_numpy(scale), torch.from_numpy(zp.astype(np.float32))  # views: filled below without act order
+    Q = torch.zeros(n, k)
+    batch = max(GPTQ_BATCH, block_size)  # a multiple of block_size: a block never straddles two batches
+    for i1 in range(0, k, batch):
+        i2 = min(i1 + batch, k)
+        W1, E1, Hi = W[:, i1:i2].clone(), torch.zeros(n, i2 - i1), hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            orig = int(perm[col])
+            g = orig // block_size
+            if not act_order and col % block_size == 0:  # a new block: parameters from its current columns
+                blk = W1[:, i : i + block_size].numpy()
+                s, z = minmax_params(pad_blocks(blk, block_size), bits)
+                S[:, g], Z[:, g] = torch.from_numpy(s[:, 0]), torch.from_numpy(z[:, 0].astype(np.float32))
+            x, s, z = W1[:, i], S[:, g], Z[:, g]
+            q = torch.clamp(torch.round(x / s) + z, 0, qmax)
+            Q[:, col] = q
+            err = (x - (q - z) * s) / Hi[i, i]
+            W1[:, i:] -= err[:, None] * Hi[i, i:][None, :]  # spread over this batch's later columns
+            E1[:, i] = err
+        W[:, i2:] -= E1 @ hinv[i1:i2, i2:]  # the batch's error reaches the rest in one update
+    if act_order:
+        Q = Q[:, torch.argsort(perm)]
+    codes = np.zeros((n, nb * block_size), np.uint8)
+    codes[:, :k] = Q.numpy().astype(np.uint8)
+    codes = codes.reshape(n, nb, block_size)
+    # the K padding must decode to 0: its code is the block's zero point
+    if k % block_size:
+        codes[:, -1, k % block_size:] = Z[:, -1].numpy().astype(np.uint8)[:, None]
+    return from_codes(codes, S.numpy(), Z.numpy().astype(np.uint8), bits, block_size, k)
+
+
+def _shrink(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
+    """Generalised soft threshold, the proximal step of |x|^p (p < 1): small residuals go to
+    zero (they are noise the fit should cover), large ones (outliers) are kept as they are."""
+    return torch.sign(x) * torch.relu(x.abs() - (1.0 / beta) * x.abs().clamp_min(1e-8).pow(p - 1))
+
+
+@torch.no_grad()
+def hqq(w: np.ndarray, bits: int, block_size: int) -> QuantizedWeight:
+    """HQQ on (N, nb, bs) blocks, all blocks at once. Each iteration: codes by rounding with
+    the current (scale, zero); outliers E = shrink(W − dequant); then the (scale, zero) that fit
+    W − E best in least squares, the zero rounded to an integer and the scale refitted for
+    it. Keeps, per block, the iterate with the lowest lp error (the RTN start included)."""
+    k = w.shape[1]
+    qmax = (1 << bits) - 1
+    blocks = torch.from_numpy(pad_blocks(w, block_size))  # (N, nb, bs)
+    s0, z0 = minmax_params(blocks.numpy(), bits)
+    s, z = torch.from_numpy(s0)[..., None], torch.from_numpy(z0.astype(np.float32))[..., None]  # (N, nb, 1)
+
+    def codes(s, z):
+        return torch.clamp(torch.round(blocks / s) + z, 0, qmax)
+
+    def lp_error(q, s, z):  # (N, nb)
+        return (blocks - (q - z) * s).abs().pow(HQQ_P).sum(-1)
+
+    best_q = codes(s, z)
+    best_s, best_z, best_err = s.clone(), z.clone(), lp_error(best_q, s, z)
+    beta = HQQ_BETA
+    for _ in range(HQQ_ITERS):
+        q = codes(s, z)
+        e = _shrink(blocks - (q - z) * s, beta, HQQ_P)
+        t = blocks - e  # the part of W the codes should represent
+        # least squares t ≈ a·q + b per block: a = scale, b = −scale·zero
+        qm, tm = q.mean(-1, keepdim=True), t.mean(-1, keepdim=True)
+        var = ((q - qm) ** 2).sum(-1, keepdim=True)
+        a = torch.where(var > 0, ((q - qm) * (t - tm)).sum(-1, keepdim=True) / var.clamp_min(1e-12), s)
+        a = torch.where(a.abs() > 1e-12, a, s)
+        z = torch.clamp(torch.round(-(tm - a * qm) / a), 0, qmax)
+        qz = q - z
+        den = (qz * qz).sum(-1, keepdim=True)
+        s = torch.where(den > 0, (qz * t).sum(-1, keepdim=True) / den.clamp_min(1e-12), a)
+        s = torch.where(s > 1e-12, s, best_s)  # a scale must stay positive
+        q = codes(s, z)
+        err = lp_error(q, s, z)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_q = torch.where(better[..., None], q, best_q)
+        best_s = torch.where(better[..., None], s, best_s)
+        best_z = torch.where(better[..., None], z, best_z)
+        beta *= HQQ_KAPPA
+    if k % block_size:  # the K padding decodes to exactly 0, as with RTN
+        best_q[:, -1, k % block_size:] = best_z[:, -1]
+    return from_codes(best_q.numpy().astype(np.uint8), best_s[..., 0].numpy(), best_z[..., 0].numpy().astype(np.uint8),
+                      bits, block_size, k)

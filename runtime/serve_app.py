@@ -1,0 +1,485 @@
+"""The ASGI app of `edgedelta serve` (Starlette): OpenAI's /v1/chat/completions,
+/v1/completions and /v1/models, plus /health and Prometheus /metrics, over the batching
+engine (serve_engine.py).
+
+Life of the app: uvicorn starts listening at once and /health says "loading" while a thread
+verifies the artifact's checksums and loads the session (then one warm-up step); /health says
+"ready" after that. `begin_drain` (SIGTERM, from the CLI's uvicorn server) makes /health say
+"draining" and every new request get 503, while the queued and running ones finish.
+
+Every answer other than a success is OpenAI's JSON error object with a 4xx status naming the
+bad field (400, 401, 404, 413, 429 + Retry-After, 503 + Retry-After); an unexpected exception
+in a handler is caught, logged as one line and answered 500 without a traceback. Each request
+gets one log line (the successful GET /health and /metrics polls excepted)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from edgedelta.errors import ConfigError, EdgeDeltaError
+
+from .sampling import GenerationConfig
+from .serve_engine import Done, Draining, Engine, Failed, Job, Piece, QueueFull
+from .serve_metrics import Metrics
+from .serve_protocol import ApiError, CompletionRequest, chunk_body, completion_body, parse_request, sse, usage
+from .session import PROVIDERS, Session
+
+log = logging.getLogger("edgedelta.serve")
+MAX_BODY = 4 << 20  # bytes; a full 8k-token prompt is ~40 KB of text
+_DISCONNECTED = object()  # put into a request's event queue when its client goes away
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How `edgedelta serve` runs an artifact."""
+
+    artifact: Path
+    provider: str = "auto"  # auto|cpu|cuda (Session.from_dir)
+    threads: int | None = None  # ONNX Runtime intra-op threads (None: its default, one per core)
+    api_key: str | None = None  # when set, /v1/* needs `Authorization: Bearer <key>`
+    max_queue: int = 64  # requests that may wait for a batch; beyond: 429 + Retry-After
+    max_batch: int = 8  # requests decoded together
+    batch_window_ms: float = 10.0  # after a request arrives, wait this long for others to join its batch
+    default_max_tokens: int = 256  # when a request gives no max_tokens (capped by the context left)
+    retry_after_s: int = 1  # Retry-After of a 429 (queue full)
+
+    def __post_init__(self):
+        if self.provider not in PROVIDERS:
+            raise ConfigError(f"unknown provider '{self.provider}'; allowed: {', '.join(PROVIDERS)}")
+        for name, low, high in (("max_queue", 0, 100_000), ("max_batch", 1, 256), ("default_max_tokens", 1, None),
+                                ("retry_after_s", 0, 3600)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low or (high is not None and v > high):
+                raise ConfigError(f"{name} must be an integer in [{low}, {high or 'inf'}], got {v!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"threads must be an integer >= 1, got {self.threads!r}")
+        if not 0 <= self.batch_window_ms <= 10_000:
+            raise ConfigError(f"batch_window_ms must be in [0, 10000], got {self.batch_window_ms!r}")
+        if self.api_key is not None and (not self.api_key or any(c.isspace() for c in self.api_key)):
+            raise ConfigError("the API key must be a non-empty string without whitespace")
+
+
+class ServeState:
+    """What the routes share: the config, the loaded session and engine (once ready), metrics."""
+
+    def __init__(self, cfg: ServeConfig, model_id: str, on_fatal: Callable[[EdgeDeltaError], None] | None = None):
+        self.cfg, self.model_id, self.on_fatal = cfg, model_id, on_fatal
+        self.status = "loading"  # loading | ready | draining | failed
+        self.session: Session | None = None
+        self.engine: Engine | None = None
+        self.metrics = Metrics()
+        self.created = int(time.time())
+        self._loader = threading.Thread(target=self._load, name="edgedelta-serve-load", daemon=True)
+
+    # ---- loading, draining -------------------------------------------------------------------------
+    def start_loading(self) -> None:
+        self._loader.start()
+
+    def _load(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            sess = Session.from_dir(self.cfg.artifact, provider=self.cfg.provider, threads=self.cfg.threads, verify=True)
+            if sess.tokenizer is None:
+                raise ConfigError(f"artifact '{self.cfg.artifact}' has no tokenizer; the server needs one")
+            engine = Engine(sess, self.cfg.max_batch, self.cfg.max_queue, self.cfg.batch_window_ms / 1000,
+                            on_batch=lambda n: self.metrics.observe("edgedelta_batch_size", n))
+            engine.start()
+            _warm_up(engine, sess)
+        except Exception as e:
+            err = e if isinstance(e, EdgeDeltaError) else EdgeDeltaError(f"cannot load '{self.cfg.artifact}': "
+                                                                         f"{type(e).__name__}: {e}")
+            self.status = "failed"
+            log.error("load failed: %s", " ".join(str(err).split()))
+            if self.on_fatal is not None:
+                self.on_fatal(err)
+            return
+        self.session, self.engine = sess, engine
+        if self.status == "loading":
+            self.status = "ready"
+        log.info("ready: model '%s' on %s, checksums verified, loaded in %.1f s (max_batch %d, max_queue %d)",
+                 self.model_id, sess.provider, time.perf_counter() - t0, self.cfg.max_batch, self.cfg.max_queue)
+
+    def begin_drain(self) -> None:
+        """Stop taking requests; those queued or running finish (SIGTERM)."""
+        if self.status != "failed":
+            self.status = "draining"
+        if self.engine is not None:
+            self.engine.drain()
+            log.info("draining: %d running, %d queued; new requests get 503", self.engine.running, self.engine.queue_depth)
+
+    def shutdown(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()
+
+    # ---- request checks ----------------------------------------------------------------------------
+    def check_auth(self, request: Request) -> None:
+        if self.cfg.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.cfg.api_key.encode()):
+            raise ApiError(401, "incorrect or missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
+
+    def check_ready(self) -> Engine:
+        if self.status == "ready" and self.engine is not None:
+            return self.engine
+        if self.status == "draining":
+            raise ApiError(503, "the server is shutting down", code="shutting_down", type="server_error",
+                           headers={"Retry-After": "5", "Connection": "close"})
+        if self.status == "failed":
+            raise ApiError(503, "the model failed to load (see the server log)", code="model_not_loaded", type="server_error")
+        raise ApiError(503, "the model is loading (GET /health says when it is ready)", code="model_loading",
+                       type="server_error", headers={"Retry-After": "2"})
+
+    def encode(self, req: CompletionRequest) -> list[int]:
+        """The request's prompt as token ids (chat: through the artifact's chat template)."""
+        sess = self.session
+        tok = sess.tokenizer
+        if req.kind == "chat":
+            if not getattr(tok, "chat_template", None):
+                raise ApiError(400, f"model '{self.model_id}' has no chat template; use /v1/completions",
+                               param="messages", code="no_chat_template")
+            try:
+                text = tok.apply_chat_template(list(req.messages), tokenize=False, add_generation_prompt=True)
+            except Exception as e:  # the template itself refuses (e.g. a role order it does not allow)
+                raise ApiError(400, f"the chat template refuses these messages: {' '.join(str(e).split())}",
+                               param="messages") from None
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+        elif isinstance(req.prompt, str):
+            ids = tok(req.prompt)["input_ids"]
+        else:
+            vocab = sess.artifact.vocab_size
+            bad_id = next((t for t in req.prompt if t >= vocab), None)
+            if bad_id is not None:
+                raise ApiError(400, f"token id {bad_id} in 'prompt' is outside the vocabulary (0..{vocab - 1})", param="prompt")
+            ids = list(req.prompt)
+        if not ids:
+            raise ApiError(400, f"'{req.prompt_param}' is empty after tokenisation", param=req.prompt_param)
+        return list(ids)
+
+    def generation_config(self, req: CompletionRequest, n_prompt: int) -> GenerationConfig:
+        """Sampling settings of one row, with max_tokens checked against the context."""
+        limit = self.session.artifact.max_positions
+        if limit is not None and n_prompt >= limit:
+            raise ApiError(400, f"the prompt has {n_prompt} tokens; this model's context is {limit} tokens",
+                           param=req.prompt_param, code="context_length_exceeded")
+        max_tokens = req.max_tokens
+        if max_tokens is None:
+            max_tokens = self.cfg.default_max_tokens if limit is None else min(self.cfg.default_max_tokens, limit - n_prompt)
+        elif limit is not None and n_prompt + max_tokens > limit:
+            raise ApiError(400, f"max_tokens {max_tokens} + the prompt's {n_prompt} tokens exceed this model's context "
+                                f"of {limit} tokens (at most {limit - n_prompt} here)", param="max_tokens",
+                           code="context_length_exceeded")
+        greedy = req.temperature == 0 or req.top_p == 0
+        return GenerationConfig(max_new_tokens=max_tokens, do_sample=not greedy,
+                                temperature=req.temperature if not greedy else 1.0,
+                                top_p=req.top_p if not greedy else 1.0, seed=req.seed, stop=req.stop,
+                                eos=not req.ignore_eos)
+
+
+def _warm_up(engine: Engine, sess: Session) -> None:
+    """One short batch before 'ready', so the first client does not pay ONNX Runtime's first-run cost."""
+    done = threading.Event()
+    pad = engine.pad
+    engine.submit(Job([pad] * 8, GenerationConfig(max_new_tokens=2, eos=False), emit=lambda ev: done.set()
+                      if isinstance(ev, (Done, Failed)) else None))
+    done.wait(120)
+
+
+# ---- per-request bookkeeping ----------------------------------------------------------------------------
+class _Record:
+    """One request's log line and metrics, written once, when the answer ends."""
+
+    def __init__(self, state: ServeState, request: Request, endpoint: str):
+        self.state, self.endpoint = state, endpoint
+        self.t0 = time.perf_counter()
+        client = request.client
+        self.who = f"{client.host}:{client.port}" if client else "-"
+        self.line = f"{request.method} {request.url.path}"
+        self.fields: dict[str, Any] = {}
+        self.written = False
+
+    def write(self, status: int, quiet: bool = False) -> None:
+        if self.written:
+            return
+        self.written = True
+        dt = time.perf_counter() - self.t0
+        m = self.state.metrics
+        m.request(self.endpoint, status)
+        m.observe("edgedelta_request_duration_seconds", dt)
+        if quiet and status == 200:
+            return
+        extra = " ".join(f"{k}={v}" for k, v in self.fields.items())
+        log.info("%s %s %d %.0fms%s", self.who, self.line, status, dt * 1000, f" {extra}" if extra else "")
+
+
+def _error_response(e: ApiError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY:
+        raise ApiError(413, f"the request body has {declared} bytes; at most {MAX_BODY} are accepted", code="request_too_large")
+    chunks, size = [], 0
+    async for c in request.stream():
+        size += len(c)
+        if size > MAX_BODY:
+            raise ApiError(413, f"the request body exceeds {MAX_BODY} bytes", code="request_too_large")
+        chunks.append(c)
+    return b"".join(chunks)
+
+
+async def _watch_disconnect(receive, q: asyncio.Queue) -> None:
+    """Put _DISCONNECTED into `q` when the client goes away (ASGI http.disconnect)."""
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            q.put_nowait(_DISCONNECTED)
+            return
+
+
+class EventStream(Response):
+    """Server-sent events from an async iterator of bytes. Unlike Starlette's StreamingResponse
+    under ASGI 2.4 it always listens for the client's disconnect, so a client that leaves while
+    its request still waits for a batch is noticed at once, and a write to a closed socket
+    ends the stream quietly (no traceback)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncIterator[bytes]):
+        self.events = events
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def __call__(self, scope, receive, send) -> None:
+        async with anyio.create_task_group() as tg:
+            async def stream() -> None:
+                try:
+                    await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                    async for chunk in self.events:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                except OSError:  # the client closed the connection
+                    pass
+                finally:
+                    tg.cancel_scope.cancel()
+
+            async def listen() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(stream)
+            tg.start_soon(listen)
+        await self.events.aclose()
+
+
+# ---- the app ----------------------------------------------------------------------------------------------
+def create_app(state: ServeState) -> Starlette:
+    """The Starlette app over `state` (its lifespan starts the loader and stops the engine)."""
+
+    def endpoint(name: str, quiet: bool = False):
+        def deco(fn):
+            async def handler(request: Request) -> Response:
+                rec = _Record(state, request, name)
+                try:
+                    resp = await fn(request, rec)
+                except ApiError as e:
+                    rec.fields["error"] = repr(e.message[:120])
+                    rec.write(e.status)
+                    return _error_response(e)
+                except Exception as e:  # a bug: one log line and a JSON 500, never a traceback to the client
+                    msg = f"{type(e).__name__}: {' '.join(str(e).split())}"
+                    rec.fields["error"] = repr(msg[:200])
+                    rec.write(500)
+                    return _error_response(ApiError(500, f"internal error: {msg}", type="server_error"))
+                if not isinstance(resp, EventStream):  # a stream writes its record when it ends
+                    rec.write(resp.status_code, quiet)
+                return resp
+            return handler
+        return deco
+
+    @endpoint("health", quiet=True)
+    async def health(request: Request, rec: _Record) -> Response:
+        return JSONResponse({"status": state.status, "model": state.model_id},
+                            status_code=200 if state.status == "ready" else 503)
+
+    @endpoint("metrics", quiet=True)
+    async def metrics(request: Request, rec: _Record) -> Response:
+        import psutil
+
+        eng = state.engine
+        gauges = {
+            "edgedelta_ready": (1.0 if state.status == "ready" else 0.0, "1 when the model is loaded and requests are taken"),
+            "edgedelta_queue_depth": (eng.queue_depth if eng else 0, "requests waiting for a batch"),
+            "edgedelta_running_requests": (eng.running if eng else 0, "requests in the batch being decoded"),
+            "process_resident_memory_bytes": (psutil.Process().memory_info().rss, "resident set size of the server"),
+        }
+        return PlainTextResponse(state.metrics.render(gauges), media_type="text/plain; version=0.0.4")
+
+    @endpoint("models")
+    async def models(request: Request, rec: _Record) -> Response:
+        state.check_auth(request)
+        return JSONResponse({"object": "list", "data": [_model_card(state)]})
+
+    @endpoint("models")
+    async def model(request: Request, rec: _Record) -> Response:
+        state.check_auth(request)
+        name = request.path_params["model"]
+        if name != state.model_id:
+            raise ApiError(404, f"model '{name}' does not exist; this server runs '{state.model_id}'",
+                           param="model", code="model_not_found")
+        return JSONResponse(_model_card(state))
+
+    async def completion(request: Request, rec: _Record, kind: str) -> Response:
+        state.check_auth(request)
+        engine = state.check_ready()
+        req = parse_request(await _read_body(request), kind)
+        if req.model != state.model_id:
+            raise ApiError(404, f"model '{req.model}' does not exist; this server runs '{state.model_id}'",
+                           param="model", code="model_not_found")
+        ids = state.encode(req)
+        cfg = state.generation_config(req, len(ids))
+        rec.fields.update(prompt=len(ids), max_tokens=cfg.max_new_tokens)
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        job = Job(ids, cfg, emit=lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev))
+        job.t_submit = rec.t0
+        try:
+            engine.submit(job)
+        except QueueFull:
+            raise ApiError(429, f"the server's queue is full ({state.cfg.max_queue} waiting); retry after "
+                                f"{state.cfg.retry_after_s} s", code="queue_full", type="rate_limit_error",
+                           headers={"Retry-After": str(state.cfg.retry_after_s)}) from None
+        except Draining:
+            raise ApiError(503, "the server is shutting down", code="shutting_down", type="server_error",
+                           headers={"Retry-After": "5", "Connection": "close"}) from None
+        rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        if req.stream:
+            return EventStream(_stream(state, engine, job, q, req, rid, created, rec))
+        watcher = asyncio.create_task(_watch_disconnect(request.receive, q))
+        try:
+            pieces = []
+            while True:
+                ev = await q.get()
+                if ev is _DISCONNECTED:
+                    engine.cancel(job)
+                    _finished(state, job, rec, "cancelled", job.produced)
+                    rec.write(499)  # nginx's 'client closed request': nobody reads this answer
+                    return Response(status_code=499)
+                if isinstance(ev, Piece):
+                    pieces.append(ev.text)
+                elif isinstance(ev, Failed):
+                    _finished(state, job, rec, "error")
+                    raise ApiError(500, ev.message, type="server_error")
+                else:
+                    _finished(state, job, rec, ev.finish_reason, ev.completion_tokens)
+                    return JSONResponse(completion_body(req, rid, created, "".join(pieces), ev.finish_reason,
+                                                        len(ids), ev.completion_tokens))
+        finally:
+            watcher.cancel()
+
+    @endpoint("chat")
+    async def chat(request: Request, rec: _Record) -> Response:
+        return await completion(request, rec, "chat")
+
+    @endpoint("completions")
+    async def completions(request: Request, rec: _Record) -> Response:
+        return await completion(request, rec, "completion")
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        """Unknown path or method: OpenAI's error object instead of Starlette's plain text."""
+        rec = _Record(state, request, "other")
+        rec.fields["error"] = repr(exc.detail)
+        rec.write(exc.status_code)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return _error_response(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                                        code=code, headers=dict(exc.headers or {})))
+
+    @asynccontextmanager
+    async def lifespan(app):
+        state.start_loading()
+        yield
+        state.shutdown()
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", model, methods=["GET"]),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+
+
+def _model_card(state: ServeState) -> dict[str, Any]:
+    return {"id": state.model_id, "object": "model", "created": state.created, "owned_by": "edgedelta"}
+
+
+def _finished(state: ServeState, job: Job, rec: _Record, reason: str, completion_tokens: int = 0) -> None:
+    """Metrics and log fields of a request that ran (or was queued) in the engine."""
+    m = state.metrics
+    m.tokens(len(job.ids) if job.t_start else 0, completion_tokens)
+    if reason == "cancelled":
+        m.cancel()
+    if job.t_start:
+        m.observe("edgedelta_queue_wait_seconds", job.t_start - job.t_submit)
+    if job.t_first:
+        m.observe("edgedelta_time_to_first_token_seconds", job.t_first - job.t_submit)
+        rec.fields["ttft_ms"] = round((job.t_first - job.t_submit) * 1000)
+        if completion_tokens > 1 and job.t_end > job.t_first:
+            m.observe("edgedelta_time_per_output_token_seconds", (job.t_end - job.t_first) / (completion_tokens - 1))
+    rec.fields.update(completion=completion_tokens, finish=reason, batch=job.batch_size)
+
+
+async def _stream(state: ServeState, engine: Engine, job: Job, q: asyncio.Queue, req: CompletionRequest, rid: str,
+                  created: int, rec: _Record) -> AsyncIterator[bytes]:
+    """The SSE events of one streaming request; the record is written when the stream ends,
+    however it ends (finished, failed, or the client gone: EventStream cancels this generator)."""
+    status, ended = 200, False
+    try:
+        if req.kind == "chat":
+            yield sse(chunk_body(req, rid, created, text="", role=True))
+        while True:
+            ev = await q.get()
+            if isinstance(ev, Piece):
+                yield sse(chunk_body(req, rid, created, text=ev.text))
+                continue
+            ended = True
+            if isinstance(ev, Failed):
+                status = 500
+                _finished(state, job, rec, "error")
+                yield sse(ApiError(500, ev.message, type="server_error").body())
+            else:
+                _finished(state, job, rec, ev.finish_reason, ev.completion_tokens)
+                yield sse(chunk_body(req, rid, created, finish=ev.finish_reason))
+                if req.include_usage:
+                    yield sse(chunk_body(req, rid, created, usage_obj=usage(len(job.ids), ev.completion_tokens)))
+            yield sse("[DONE]")
+            return
+    finally:
+        if not ended:  # the client went away (or the server cancelled the stream at its drain deadline)
+            engine.cancel(job)
+            _finished(state, job, rec, "cancelled", job.produced)
+            status = 499
+        rec.write(status)

@@ -1,0 +1,354 @@
+"""The batching engine of `edgedelta serve`: a bounded queue and one worker thread that runs
+the requests it takes together as one batch over one Session.
+
+Static batching: the worker takes up to `max_batch` waiting jobs (waiting `window_s` after
+the first for others to arrive), prefills them together left-padded, and decodes them in one
+loop until the last row ends. Each row samples with its own settings (temperature, top_p,
+seed, stop strings, max_tokens) and ends on its own: its answer is delivered at once, and the
+row keeps feeding a pad token until the batch ends, as generate.py does. A job that arrives
+while a batch runs waits for the next batch. Joining a running batch would need rows to be
+added to a KV cache whose positions are shared by the whole batch, which Session's cache
+does not offer.
+
+Threads: the app calls `submit`/`cancel`/`drain` from its event loop; the worker calls each
+job's `emit` from its own thread (the app turns that into a thread-safe hand-over). ONNX
+Runtime releases the GIL while it runs, so the event loop keeps serving during a forward.
+A failure is confined: an error while sampling or detokenising one row ends that row only;
+an error in a forward pass ends the rows of that batch, and the worker goes on with the next."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .sampling import GenerationConfig, Sampler
+
+# prefill tokens per forward call, summed over the batch: the logits of a prefill chunk are
+# [B, chunk, V] fp32, 201 MB for SmolLM2's 49,152-token vocabulary at B*chunk = 1024
+PREFILL_TOKEN_BUDGET = 1024
+
+
+class QueueFull(Exception):
+    """The bounded queue is full: the app answers 429 with Retry-After."""
+
+
+class Draining(Exception):
+    """The server is shutting down (SIGTERM) and takes no new work: the app answers 503."""
+
+
+@dataclass(frozen=True)
+class Piece:
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    finish_reason: str  # "eos" | "stop" | "length" | "cancelled"
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+
+
+Event = Piece | Done | Failed
+_ids = itertools.count()
+
+
+@dataclass(eq=False)
+class Job:
+    """One request as the engine sees it: prompt token ids and the row's generation settings
+    (GenerationConfig: max_new_tokens, do_sample, temperature, top_p, seed, stop, eos).
+    `emit(event)` is called from the worker thread with Piece*, then exactly one Done or Failed."""
+
+    ids: list[int]
+    config: GenerationConfig
+    emit: Callable[[Event], None]
+    sampler: Sampler | None = None  # built from `config` unless given
+    id: int = field(default_factory=lambda: next(_ids))
+    cancelled: bool = False  # set by the app when the client goes away
+    finished: bool = False
+    produced: int = 0  # tokens sampled so far
+    t_submit: float = 0.0  # time.perf_counter() stamps for the metrics
+    t_start: float = 0.0  # the worker took it into a batch
+    t_first: float = 0.0  # its first token was sampled
+    t_end: float = 0.0
+    batch_size: int = 0
+
+    def __post_init__(self):
+        if self.sampler is None:
+            self.sampler = Sampler(self.config)
+
+    def _finish(self, event: Event) -> None:
+        if not self.finished:
+            self.finished = True
+            self.t_end = time.perf_counter()
+            self._send(event)
+
+    def _send(self, event: Event) -> None:
+        try:
+            self.emit(event)
+        except Exception:  # the receiver is gone (event loop closed at shutdown): nothing to tell
+            self.cancelled = True
+
+
+class RowText:
+    """Incremental detokenisation and stop strings of one row.
+
+    Decodes only the ids since the last stable point (the prefix/read offsets of TGI and
+    vLLM), so a step costs the same at token 10 and token 2,000: text is appended once it
+    does not end in U+FFFD (an incomplete UTF-8 sequence). A tail that could still grow into
+    a stop string is held back; a stop string ends the row and is not part of the text."""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...]):
+        self.tok, self.stops = tokenizer, stops
+        self.ids: list[int] = []
+        self.text = ""
+        self.emitted = 0  # characters of `text` handed out
+        self.stopped = False
+        self._prefix = 0  # ids[_prefix:_read] decode to the end of `text` (the context for the next piece)
+        self._read = 0
+        self._prefix_text = ""
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+    def push(self, token_id: int) -> str:
+        """Add one token; returns the text that became final (possibly '')."""
+        self.ids.append(token_id)
+        full = self._decode(self.ids[self._prefix:])
+        if len(full) > len(self._prefix_text) and not full.endswith("\ufffd"):
+            start = len(self.text)
+            self.text += full[len(self._prefix_text):]
+            self._prefix, self._read = self._read, len(self.ids)
+            self._prefix_text = self._decode(self.ids[self._prefix:self._read])
+            self._check_stops(start)
+        if self.stopped:
+            return self._emit(len(self.text))
+        hold = 0
+        for s in self.stops:  # the longest tail of the text that is a proper prefix of a stop string
+            for k in range(min(len(s) - 1, len(self.text) - self.emitted), hold, -1):
+                if self.text.endswith(s[:k]):
+                    hold = k
+                    break
+        return self._emit(len(self.text) - hold)
+
+    def _check_stops(self, start: int) -> None:
+        cut = None
+        for s in self.stops:
+            i = self.text.find(s, max(0, start - len(s) + 1))
+            if i >= 0 and (cut is None or i < cut):
+                cut = i
+        if cut is not None:
+            self.text, self.stopped = self.text[:cut], True
+
+    def flush(self) -> str:
+        """At the end of the row: the rest, including an incomplete UTF-8 tail as U+FFFD."""
+        if not self.stopped and self._read < len(self.ids):
+            start = len(self.text)
+            self.text += self._decode(self.ids[self._prefix:])[len(self._prefix_text):]
+            self._read = len(self.ids)
+            self._check_stops(start)
+        return self._emit(len(self.text))
+
+    def _emit(self, upto: int) -> str:
+        if upto <= self.emitted:
+            return ""
+        piece, self.emitted = self.text[self.emitted:upto], upto
+        return piece
+
+
+class Engine:
+    """Bounded queue + batching worker over one Session (see the module docstring).
+
+    max_batch: rows decoded together; max_queue: jobs that may wait for a batch (beyond it
+    `submit` raises QueueFull); window_s: how long the worker waits after a job arrives for
+    more to join its batch."""
+
+    def __init__(self, session, max_batch: int = 8, max_queue: int = 64, window_s: float = 0.01,
+                 on_batch: Callable[[int], None] | None = None):
+        self.s = session
+        self.max_batch, self.max_queue, self.window_s = max_batch, max_queue, window_s
+        self.on_batch = on_batch  # called with each batch's size (metrics)
+        tok = session.tokenizer
+        self.eos = set(session.artifact.eos_token_ids)
+        if tok is not None and tok.eos_token_id is not None:
+            self.eos.add(int(tok.eos_token_id))
+        pad = tok.pad_token_id if tok is not None and tok.pad_token_id is not None else session.artifact.config.get("pad_token_id")
+        self.pad = int(pad or 0)
+        self._waiting: deque[Job] = deque()
+        self._running: list[Job] = []
+        self._cond = threading.Condition()
+        self._draining = False
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="edgedelta-serve-engine", daemon=True)
+
+    # ---- called from the app's event loop -------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Queue `job`, or raise Draining / QueueFull at once (never blocks)."""
+        with self._cond:
+            if self._draining or self._stop:
+                raise Draining()
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull()
+            job.t_submit = job.t_submit or time.perf_counter()
+            self._waiting.append(job)
+            self._cond.notify()
+
+    def cancel(self, job: Job) -> None:
+        """The client went away: a waiting job leaves the queue; a running row ends at the next step."""
+        with self._cond:
+            job.cancelled = True
+            try:
+                self._waiting.remove(job)
+            except ValueError:
+                return
+        job._finish(Done("cancelled", 0))
+
+    def drain(self) -> None:
+        """Take no new jobs; the queued and running ones still run."""
+        with self._cond:
+            self._draining = True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker after its current step; jobs still waiting are told the server stopped."""
+        with self._cond:
+            self._stop = True
+            left = list(self._waiting)
+            self._waiting.clear()
+            for job in self._running:
+                job.cancelled = True
+            self._cond.notify_all()
+        for job in left:
+            job._finish(Failed("the server stopped before this request ran"))
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return sum(not j.finished for j in self._running)
+
+    @property
+    def idle(self) -> bool:
+        with self._cond:
+            return not self._waiting and not any(not j.finished for j in self._running)
+
+    # ---- the worker thread ------------------------------------------------------------------------------
+    def _take(self) -> list[Job] | None:
+        with self._cond:
+            while not self._waiting and not self._stop:
+                self._cond.wait()
+            if self._stop:
+                return None
+            deadline = time.monotonic() + self.window_s
+            while len(self._waiting) < self.max_batch and not self._stop:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
+            self._running = batch
+            return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            if not batch:
+                continue
+            try:
+                self._run(batch)
+            except Exception as e:  # a forward pass failed: this batch's rows end, the worker goes on
+                msg = f"generation failed: {type(e).__name__}: {' '.join(str(e).split())}"
+                for job in batch:
+                    job._finish(Failed(msg))
+            finally:
+                with self._cond:
+                    self._running = []
+
+    def _run(self, batch: list[Job]) -> None:
+        s, b = self.s, len(batch)
+        now = time.perf_counter()
+        for job in batch:
+            job.t_start, job.batch_size = now, b
+        if self.on_batch is not None:
+            self.on_batch(b)
+        p = max(len(j.ids) for j in batch)
+        cap = p + max(j.config.max_new_tokens for j in batch)
+        input_ids = np.full((b, p), self.pad, dtype=np.int64)  # [B, P], left-padded
+        mask = np.zeros((b, cap), dtype=np.int64)  # [B, capacity]; left padding = zeros
+        for r, j in enumerate(batch):
+            input_ids[r, p - len(j.ids):] = j.ids
+            mask[r, p - len(j.ids):p] = 1
+        pos = np.cumsum(mask[:, :p], axis=1) - 1  # [B, P]; padded slots get a harmless 1 (as HF)
+        pos[mask[:, :p] == 0] = 1
+        next_pos = pos[:, -1:].copy() + 1  # [B, 1]
+        cache = s.new_cache(b, cap)
+        chunk = max(1, PREFILL_TOKEN_BUDGET // b)
+        logits = None
+        for start in range(0, p, chunk):  # chunked prefill: only the last chunk's last-position logits are used
+            if all(j.cancelled for j in batch):
+                break
+            end = min(start + chunk, p)
+            logits = s.forward(input_ids[:, start:end], mask[:, :end], pos[:, start:end], cache)
+        rows = [RowText(s.tokenizer, j.config.stop) for j in batch]
+        produced = [0] * b
+        step_ids = np.full((b, 1), self.pad, dtype=np.int64)
+        for step in range(cap - p):
+            for r, j in enumerate(batch):
+                if j.finished:
+                    continue
+                if j.cancelled:
+                    j._finish(Done("cancelled", produced[r]))
+                    continue
+                try:
+                    t = int(j.sampler(logits[r:r + 1])[0])  # logits [B, V] -> this row's next token
+                    step_ids[r, 0] = t
+                    produced[r] += 1
+                    j.produced = produced[r]
+                    if step == 0:
+                        j.t_first = time.perf_counter()
+                    if j.config.eos and t in self.eos:
+                        self._end(j, rows[r], "eos", produced[r])
+                        continue
+                    piece = rows[r].push(t)
+                    if piece:
+                        j._send(Piece(piece))
+                    if rows[r].stopped:
+                        self._end(j, rows[r], "stop", produced[r])
+                    elif produced[r] >= j.config.max_new_tokens:
+                        self._end(j, rows[r], "length", produced[r])
+                except Exception as e:  # this row only (its sampler or detokenisation)
+                    j._finish(Failed(f"generation failed: {type(e).__name__}: {' '.join(str(e).split())}"))
+            alive = [not j.finished for j in batch]
+            if not any(alive) or self._stop:
+                break
+            step_ids[[not a for a in alive], 0] = self.pad  # a finished row feeds pad tokens until the batch ends
+            mask[:, p + step] = 1
+            logits = s.forward(step_ids, mask[:, :p + step + 1], next_pos, cache)
+            next_pos += 1
+        for r, j in enumerate(batch):  # stopped mid-way (engine stop): the rows still open end as cancelled
+            if not j.finished:
+                j._finish(Done("cancelled", produced[r]))
+
+    @staticmethod
+    def _end(job: Job, row: RowText, reason: str, produced: int) -> None:
+        rest = row.flush()  # text held back for a possible stop string, or an incomplete UTF-8 tail
+        if rest:
+            job._send(Piece(rest))
+        job._finish(Done(reason, produced))
