@@ -73,6 +73,8 @@ def build_inputs(work: Path) -> dict[str, Path]:
         save_compressed(res.model, paths["compressed"], tokenizer=lm.tokenizer,
                         manifest_facts={"source": {"kind": "hf", "path": str(paths["model"].resolve())}})
     paths["text"].write_text(TEXT)
+    paths["distill_config"] = work / "inputs" / "distill.json"
+    paths["distill_config"].write_text('{"seq_len": 16, "checkpoint_every": 4}')
     # the pipeline's --quick evaluation has items longer than tiny_model's 256 positions
     paths["model_long"] = work / "inputs" / "model_long"
     if not paths["model_long"].is_dir():
@@ -100,8 +102,8 @@ def commands(inp: dict[str, Path], out: Path) -> dict[str, list[str]]:
     return {
         "compress": ["compress", "--model", str(inp["model"]), "--groups", "2-3,4-5", "--rank-attn", "2", "--rank-mlp", "2",
                      "--calib-samples", "2", "--out", str(out)],
-        "distill": ["distill", str(inp["compressed"]), "--tokens", "4096", "--seq-len", "16", "--batch-size", "4", "--data",
-                    str(inp["text"]), "--checkpoint-every", "4", "--no-progress", "--out", str(out)],
+        "distill": ["distill", str(inp["compressed"]), "--recipe", "deltallm", "--tokens", "4096", "--config", str(inp["distill_config"]),
+                    "--batch-size", "4", "--data", str(inp["text"]), "--no-progress", "--out", str(out)],
         "export": ["export", str(inp["compressed"]), "--out", str(out)],
         "pipeline": ["pipeline", "--model", str(inp["model_long"]), "--quick", "--tokens", "512", "--devices", "rpi5-8gb",
                      "--contexts", "32,64", "--out", str(out)],

@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sys.path.insert(0, str(ROOT))
     WORK.mkdir(parents=True, exist_ok=True)
-    man = read_manifest()
+    man: dict = {}  # this run's parts, merged into peers.json at the end (another part may be building meanwhile)
     if "venv" in parts or "genai" in parts:
         man["venv"] = {"python": str(VENV_PY), "versions": ensure_venv(), "packages": list(VENV_PACKAGES)}
     if "genai" in parts:
@@ -316,9 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         man["gguf"] = ensure_ggufs()
     if "compressed" in parts:
         man["compressed"] = ensure_compressed()
-    man["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    tmp = MANIFEST.with_suffix(".tmp")
-    tmp.write_text(json.dumps(man, indent=1))
+    merged = {**read_manifest(), **man, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    tmp = MANIFEST.with_name(f"{MANIFEST.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(merged, indent=1))
     tmp.replace(MANIFEST)
     log(f"peers ready: {MANIFEST}")
     return 0

@@ -147,7 +147,10 @@ class LlamaCpp:
         return time.perf_counter() - t
 
     def _last(self) -> int:
-        return int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+        # the last position's logits straight from llama.cpp's output buffer (V,); the binding
+        # fills `scores` only with logits_all
+        ptr = self.llm._ctx.get_logits_ith(-1)
+        return int(np.argmax(np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),))))
 
     def decode(self, prompt: list[int], n: int) -> tuple[list[float], list[int]]:
         self.llm.reset()

@@ -150,7 +150,9 @@ def main(argv=None) -> int:
     run_dir, log_path, timing_path = work / "run", work / "pipeline.log", work / "timing.json"
     work.mkdir(parents=True, exist_ok=True)
     if not a.reuse:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if (run_dir / "stages.json").is_file():
+            print(f"{run_dir} holds an earlier run: the pipeline resumes it, and the time measured covers only what "
+                  "is left (delete the folder for a timed run from scratch)", file=sys.stderr)
         write_json_atomic(timing_path, run_pipeline(run_dir, log_path))
     timing = json.loads(timing_path.read_text())
     quality = json.loads((run_dir / "quality.json").read_text())

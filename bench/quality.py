@@ -7,7 +7,8 @@ held-out text (python-docs, sotu-recent); calibration and healing text is mixed-
 (State of the Union addresses <= 1999 and Wikipedia passages from BoolQ's train split).
 The original is evaluated once. Results are rewritten after every evaluated model to
 bench/results/quality.json, so an interrupted run still reports what it measured;
-quality.md and quality.png (retention = % of the original's average) are regenerated from it
+quality.md and quality.png (chance-normalised retention on the tasks where the original beats
+chance and majority) are regenerated from it
 (--report-only does just that).
 
   python bench/quality.py                                  # CPU-sized defaults
@@ -25,12 +26,14 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: only an installed edgedelta has export, runtime, devices
 
-from edgedelta.cli.common import drop_count, positive_int  # noqa: E402
+from edgedelta.cli.common import drop_count  # noqa: E402
 from edgedelta.delta.compress import format_drop_search  # noqa: E402
 from edgedelta.evaluation.api import EvalConfig, evaluate  # noqa: E402
 from edgedelta.evaluation.compare import METHODS, CompareConfig, _texts_note, compare  # noqa: E402
 from edgedelta.evaluation.report import markdown_compare, markdown_paired, retention, retention_chart  # noqa: E402
+from edgedelta.evaluation.tasks import DEFAULT_TASKS  # noqa: E402
 from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
+from edgedelta.recipes import RECIPES  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -38,17 +41,15 @@ def parse_args(argv=None):
     p.add_argument("--model", default="default")
     p.add_argument("--budgets", default="0.88,0.75", help="fractions of unique parameters kept")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--tasks", default="ppl,arc_easy,arc_challenge,hellaswag,piqa,winogrande,boolq,lambada")
+    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
     p.add_argument("--limit", type=int, default=60, help="items per task")
     p.add_argument("--ppl-tokens", type=int, default=4096)
-    p.add_argument("--drop-layers", type=lambda t: drop_count(t, least=1), default=3,
-                   help="layers the deltallm-drop method removes before sharing, or 'auto' (searched by KL to the original on held-out text)")
+    p.add_argument("--drop-layers", type=lambda t: drop_count(t, least=1), default=None,
+                   help="layers the deltallm-drop method removes before sharing, or 'auto' (searched by KL to the original on "
+                        "held-out text); default: the drop-share recipe's count at each budget")
     p.add_argument("--heal-tokens", type=int, default=0, help="equal healing tokens per method (0 = none)")
-    p.add_argument("--heal-lr", type=float, default=3e-4, help="peak learning rate of every method's healing")
-    p.add_argument("--heal-batch", type=positive_int, default=4, help="sequences per optimizer step of every method's healing")
-    p.add_argument("--heal-layer-lora", type=int, default=0,
-                   help="CompareConfig.heal_layer_lora: LoRA rank on the delta models' shared bases and unshared layers "
-                        "during healing (0 = deltas+gates)")
+    p.add_argument("--recipe", choices=[n for n, r in RECIPES.items() if r.distill is not None], default=None,
+                   help="healing protocol of every method (edgedelta/recipes.py); default: the measured best at each budget")
     p.add_argument("--calib-samples", type=int, default=32, help="calibration rows shared by every method (compress default: 32)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 is fastest on an oversubscribed machine")
@@ -72,7 +73,7 @@ def write_report(res: dict, out: Path) -> None:
             if not sel or orig is None:
                 continue
             label = f"{100 * (1 - b['target']):.0f}% fewer · {'healed' if stage == 'healed' else 'no healing'}"
-            md += [f"## {label}", "", markdown_compare([orig] + sel), "", markdown_paired(sel)]
+            md += [f"## {label}", "", markdown_compare([orig] + sel), "", markdown_paired(sel, orig)]
             for r in sel:
                 ret = retention(r["eval"], orig["eval"])
                 if ret is not None:
@@ -161,8 +162,7 @@ def main(argv=None) -> int:
                        "params_fraction": 1.0, "eval": orig_eval}
     for budget in [float(x) for x in a.budgets.split(",")]:
         cfg = CompareConfig(target_params=budget, methods=a.methods.split(","), heal_tokens=a.heal_tokens, drop_layers=a.drop_layers,
-                            heal_lr=a.heal_lr, heal_batch=a.heal_batch, heal_layer_lora=a.heal_layer_lora,
-                            calib_samples=a.calib_samples, eval=ev)
+                            recipe=a.recipe, calib_samples=a.calib_samples, eval=ev)
         entry = {"target": budget, "rows": []}
         res["budgets"].append(entry)
         res["eval_text"] = _texts_note(cfg)

@@ -41,11 +41,11 @@ from edgedelta.export.quant_methods import quantize_weight  # noqa: E402
 
 BITS = {"int4": 4, "int8": 8}
 # (quantize, method, block, act_order, embedding quantized, deltas quantized)
-ROWS = [
-    ("int4", "rtn", 32, False, True, True), ("int4", "hqq", 32, False, True, True), ("int4", "gptq", 32, False, True, True),
-    ("int4", "gptq", 32, True, True, True), ("int4", "gptq", 32, True, False, True),
+ROWS = [  # most decisive first: the file is rewritten after every row
+    ("int4", "rtn", 32, False, True, True), ("int4", "gptq", 32, True, True, True), ("int4", "rtn", 32, False, False, True),
+    ("int4", "gptq", 32, True, False, True), ("int8", "rtn", 32, False, True, True), ("int8", "gptq", 32, True, True, True),
+    ("int4", "hqq", 32, False, True, True), ("int4", "gptq", 32, False, True, True), ("int8", "hqq", 32, False, True, True),
     ("int4", "rtn", 128, False, True, True), ("int4", "gptq", 128, True, True, True),
-    ("int8", "rtn", 32, False, True, True), ("int8", "hqq", 32, False, True, True), ("int8", "gptq", 32, True, True, True),
 ]
 DELTA_ROWS = [("int4", "gptq", 32, True, True, False), ("int8", "gptq", 32, True, True, False)]
 
@@ -58,6 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--calib-samples", type=int, default=32, help="calibration sequences of 512 tokens")
     p.add_argument("--calib-sweep", default="8,32", help="calibration sample counts tried for int4 gptq (act order)")
     p.add_argument("--no-onnx", action="store_true", help="skip exporting the default method through ONNX Runtime")
+    p.add_argument("--onnx-only", action="store_true", help="keep the PyTorch rows of an earlier quant_quality.json; (re)measure the ONNX rows")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     return p.parse_args(argv)
@@ -143,15 +144,19 @@ def measure(label: str, spec: str, args, res: dict, out: Path, rows, with_onnx: 
     model, tok = loaded.model.eval(), loaded.tokenizer
     windows = {name: pack(tokenize_stream(tok, dataset_texts(name)), 512, args.ppl_tokens) for name in EVAL_DATASETS}
     entry = res["models"].setdefault(label, {"spec": spec, "rows": []})
-    t0 = time.perf_counter()
-    entry["float"] = ppl(model, windows)
-    entry["float_seconds"] = round(time.perf_counter() - t0, 1)
-    print(f"{label} float {entry['float']}", flush=True)
+    if args.onnx_only:
+        rows = []
+        entry["onnx"] = []
+    else:
+        t0 = time.perf_counter()
+        entry["float"] = ppl(model, windows)
+        entry["float_seconds"] = round(time.perf_counter() - t0, 1)
+        print(f"{label} float {entry['float']}", flush=True)
     stats_by_n = {}
     for n in sorted({args.calib_samples, *[int(x) for x in args.calib_sweep.split(",") if x]}):
         ids = calibration_batches(tok, n, CALIB_SEQ_LEN, 0, "mixed-train")
         stats_by_n[n] = CalibrationStats(model, ids, text="mixed-train")
-    sweep = [("int4", "gptq", 32, True, True, True, n) for n in stats_by_n if n != args.calib_samples]
+    sweep = [("int4", "gptq", 32, True, True, True, n) for n in stats_by_n if n != args.calib_samples and rows]
     for row in [r + (args.calib_samples,) for r in rows] + sweep:
         quantize, method, block, act, embed, deltas, n = row
         t0 = time.perf_counter()
@@ -227,6 +232,10 @@ def main(argv=None) -> int:
     res = {"_t0": time.perf_counter(), "eval_texts": list(EVAL_DATASETS), "ppl_tokens": args.ppl_tokens, "calib_text": "mixed-train",
            "calib_samples": args.calib_samples, "default_method": DEFAULT_QUANT_METHOD,
            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads", "models": {}}
+    if args.onnx_only:
+        import json
+
+        res.update({k: v for k, v in json.loads((out / "quant_quality.json").read_text()).items() if k != "seconds"})
     measure("original", args.model, args, res, out, ROWS, not args.no_onnx)
     if args.compressed:
         measure("compressed", args.compressed, args, res, out, ROWS + DELTA_ROWS, not args.no_onnx)

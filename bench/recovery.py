@@ -46,6 +46,7 @@ from edgedelta.cli.common import nonneg_int  # noqa: E402
 from edgedelta.data.text import DEFAULT_TRAIN_TEXT, dataset_texts, pack, tokenize_stream, training_texts  # noqa: E402
 from edgedelta.delta.accounting import count_parameters  # noqa: E402
 from edgedelta.fsutil import write_json_atomic  # noqa: E402
+from edgedelta.recipes import DELTALLM, DROP_SHARE, REMOVAL  # noqa: E402
 from edgedelta.distill.config import DistillConfig  # noqa: E402
 from edgedelta.distill.data import TrainData  # noqa: E402
 from edgedelta.distill.distributed import setup  # noqa: E402
@@ -191,18 +192,19 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-at", default="25000,50000", help="token counts at which each arm is evaluated")
     ap.add_argument("--eval-tokens", type=int, default=4096, help="tokens per evaluation text")
     ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--heal-lr", type=float, default=1e-3, help="learning rate of the LoRA healing of arm c")
+    ap.add_argument("--batch", type=int, default=DELTALLM.distill.batch_size)
+    ap.add_argument("--lr", type=float, default=DELTALLM.distill.lr)
+    ap.add_argument("--heal-lr", type=float, default=REMOVAL.heal.lr, help="learning rate of the LoRA healing of arm c")
     ap.add_argument("--recon-tokens", type=int, default=16_384)
     ap.add_argument("--recon-epochs", type=int, default=4)
     ap.add_argument("--recon-lr", type=float, default=1e-3)
     ap.add_argument("--arms", default="a,c,b", help="arms to train, in order (a, b, c, d, e, f)")
     ap.add_argument("--trainable", default="deltas,gates,norms", help="what arms a, b and d train (distill's kinds, e.g. +shared)")
-    ap.add_argument("--drop-layers", type=int, default=3, help="arm e: layers removed before sharing")
+    ap.add_argument("--drop-layers", type=int, default=DROP_SHARE.plan.drop_layers(0.88, 30),
+                    help="arm e: layers removed before sharing (default: the drop-share recipe's count at 12%% on 30 layers)")
     ap.add_argument("--c-lora-rank", type=nonneg_int, default=0,
                     help="arm c's LoRA rank (0: sized to arm a's trainable deltas and gates, rank 20 at 12%%)")
-    ap.add_argument("--dense-lora-rank", type=int, default=20, help="arm d's LoRA rank (arm c's rank at 12%% is 20)")
+    ap.add_argument("--dense-lora-rank", type=int, default=DROP_SHARE.distill.lora_rank, help="arm d's LoRA rank (arm c's rank at 12%% is 20)")
     ap.add_argument("--recon-variants", default="teacher,student", help="reconstruction inputs to try (best kept)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--deadline", type=float, default=0,

@@ -11,9 +11,12 @@ statistics per depth:
   over tokens (ShortGPT's 1 − block influence): near 1 = the layer changes little;
 - weight distance: ‖W_{l+1} − W_l‖_F / ‖W_l‖_F averaged over the 7 projections of the pair
   (about 1.41 for unrelated matrices of equal norm; 0 for identical ones).
-The input covariances the planner whitens with are gathered per pair (only the pair's two
-layers; the forward stops after them), because every layer's at once would not fit the
-1.5B model's MLP inputs (8960² float64 per layer) in memory.
+Each pair runs on the model cut at its first layer (tail_model: the cached hidden state
+entering layer l stands in for the embedding; its logits equal the full model's, checked
+once per model), so the unchanged layers before the pair are not run again for every
+candidate. The input covariances the planner whitens with are gathered per pair (only the
+pair's two layers; the forward stops after them), because every layer's at once would not
+fit the 1.5B model's MLP inputs (8960² float64 per layer) in memory.
 
 Each model runs in a fresh process, which also measures loading it: the first load
 dequantises the GGUF into the fp32 safetensors cache (time, peak RSS), a second fresh
@@ -23,8 +26,8 @@ re-tying them (LM head := embedding) on the calibration rows.
 
 Writes redundancy.{json,md,png} to --out (default bench/results).
 
-    python bench/redundancy.py                       # the three models, 4 rows x 128 tokens
-    python bench/redundancy.py --models smollm2-135m --rows 2 --out bench/_work/red
+    python bench/redundancy.py                       # the three models, 2 rows x 64 tokens, 1 thread
+    python bench/redundancy.py --models smollm2-135m --rows 4 --seq-len 128 --out bench/_work/red
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: only an installed edgedelta has export, runtime, devices
 
+from torch import nn  # noqa: E402
+
 from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
 
 MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
@@ -48,9 +53,10 @@ UNRELATED = 2 ** 0.5  # ‖A − B‖/‖A‖ for independent matrices of equal 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--rows", type=int, default=4, help="calibration rows (the planner's sensitivity uses 4)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per row")
-    p.add_argument("--threads", type=int, default=2)
+    # 2 x 64 tokens: the 1.5B model's 27 pairs then take about half an hour on a shared 2-core machine
+    p.add_argument("--rows", type=int, default=2, help="calibration rows (the planner's sensitivity uses 4)")
+    p.add_argument("--seq-len", type=int, default=64, help="tokens per row")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (2 threads on a loaded 2-core machine ran 7x slower)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one phase in this process
     return p.parse_args(argv)
@@ -124,6 +130,57 @@ def _collect_covariances(model, adapter, layers, projections, ids):
     return {(li, p): covs[(li, readers_of(adapter, p))] for li in layers for p in projections}
 
 
+class _FixedInput(nn.Module):
+    """Stands in for the embedding of a model cut at layer l: returns the hidden state that
+    enters layer l for the calibration rows (rows, T, hidden), whatever ids it is given."""
+
+    def __init__(self, h):
+        super().__init__()
+        self.h = h
+
+    def forward(self, ids):
+        assert tuple(ids.shape) == tuple(self.h.shape[:2]), (ids.shape, self.h.shape)
+        return self.h
+
+
+def tail_model(model, li: int, h):
+    """The same model from decoder layer `li` on (the same layer, norm and head objects), fed
+    the cached hidden state entering layer li: its logits are the full model's, and a pair
+    (li, li+1) becomes its layers (0, 1). The layers before li do not change when the pair is
+    shared, so running them again for every candidate would only repeat the same numbers.
+    Llama/Qwen2 only (no embedding scale inside the decoder stack)."""
+    import copy
+
+    from torch import nn
+
+    base = model.model
+    tail = copy.copy(base)
+    tail._modules = dict(base._modules)  # a copy.copy'd Module shares its _modules dict: give it its own
+    tail._modules["layers"] = nn.ModuleList(list(base.layers)[li:])
+    tail._modules["embed_tokens"] = _FixedInput(h)
+    top = copy.copy(model)
+    top._modules = dict(model._modules)
+    top._modules["model"] = tail
+    return top
+
+
+def layer_inputs(model, adapter, ids) -> list:
+    """The hidden state entering each decoder layer, (rows, T, hidden) each."""
+    import torch
+
+    hs, hooks = {}, []
+    for i, layer in enumerate(adapter.decoder_layers(model)):
+        hooks.append(layer.register_forward_pre_hook(lambda _m, args, kwargs, i=i: hs.__setitem__(i, (args[0] if args else kwargs["hidden_states"]).detach().clone()),
+                                                     with_kwargs=True))
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [hs[i] for i in range(len(hs))]
+
+
 def child_redundancy(name: str) -> dict:
     import torch
     from tqdm.auto import tqdm
@@ -154,20 +211,24 @@ def child_redundancy(name: str) -> dict:
     ranks = {p: min(cfg.rank_for(p, adapter.kinds[p]), max(1, min(adapter.get_linear(layers[0], p).weight.shape) // 8))
              for p in projections}
     ref = log_probs(model, ids)  # (rows, T, vocab)
+    hidden = layer_inputs(model, adapter, ids)
+    mid = n // 2  # the cut model reproduces the full one (checked once)
+    cut_check = float((log_probs(tail_model(model, mid, hidden[mid]), ids) - ref).abs().max())
+    assert cut_check < 1e-3, f"the model cut at layer {mid} differs from the full one by {cut_check}"
     pairs = []
     with torch.no_grad():
         for li in tqdm(range(n - 1), desc=f"{name} pairs"):
-            g = [li, li + 1]
             wd = [float((adapter.get_linear(layers[li + 1], p).weight - adapter.get_linear(layers[li], p).weight).norm()
                         / adapter.get_linear(layers[li], p).weight.norm()) for p in projections]
-            covs = _collect_covariances(model, adapter, g, projections, ids)
-            spec = build_spec(cfg, adapter, [g], model, ranks, influence)
-            kl = group_sensitivity(model, adapter, spec, cfg, covs, ids, ref, WhiteningCache(cfg.damping))
-            pairs.append({"pair": g, "kl": kl, "weight_rel_diff": sum(wd) / len(wd),
+            sub = tail_model(model, li, hidden[li])
+            covs = _collect_covariances(sub, adapter, [0, 1], projections, ids)
+            spec = build_spec(cfg, adapter, [[0, 1]], sub, ranks, influence[li:])
+            kl = group_sensitivity(sub, adapter, spec, cfg, covs, ids, ref, WhiteningCache(cfg.damping))
+            pairs.append({"pair": [li, li + 1], "kl": kl, "weight_rel_diff": sum(wd) / len(wd),
                           "weight_rel_diff_by_proj": dict(zip(projections, [round(x, 4) for x in wd]))})
-            del covs
+            del covs, sub
     out = {"name": name, "title": lm.source.get("name"), "layers": n, "parameters": sum(p.numel() for p in model.parameters()),
-           "load_s": round(load_s, 1), "ranks": ranks, "rows": ARGS.rows, "seq_len": ARGS.seq_len,
+           "load_s": round(load_s, 1), "ranks": ranks, "rows": ARGS.rows, "seq_len": ARGS.seq_len, "cut_model_max_abs_logprob_diff": cut_check,
            "layer_block_cos": [s["block_cos"] for s in sims], "pairs": pairs}
     head, emb = model.get_output_embeddings(), model.get_input_embeddings()
     if head.weight is not emb.weight:  # an untied head: would re-tying it change the model?

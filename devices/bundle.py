@@ -9,8 +9,11 @@
       install.sh        python3 -m venv, then pip install --no-index from wheels/
       bundle.json       the facts: CPU, Python, platform tags, versions, checksums
       README.md         for the person at the device
+      edgedelta-serve.service.in, serve.env   with `service=True`: a systemd unit for
+                        `edgedelta serve` on the first artifact; install.sh fills in the
+                        bundle's path and user and says how to enable it
 
-The device then runs `edgedelta run/profile/plan/devices/inspect` with no network. The wheels
+The device then runs `edgedelta run/serve/profile/plan/devices/inspect` with no network. The wheels
 are manylinux 2.28 or older: the device needs glibc >= 2.28 (ONNX Runtime 1.32's own floor)."""
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ PACKAGED = ("pyproject.toml", "README.md", "edgedelta", "export", "runtime", "de
 class BundleConfig:
     cpu_arch: str  # one of CPU_ARCHS: the device's CPU family
     python: str = "3.11"  # the device's python3, as X.Y (Raspberry Pi OS 12: 3.11; Ubuntu 22.04/JetPack 6: 3.10)
+    service: bool = False  # add a systemd unit that runs `edgedelta serve` on the first artifact
 
     def __post_init__(self):
         if self.cpu_arch not in CPU_ARCHS:
@@ -138,7 +142,10 @@ def build_bundle(artifacts: list[str | Path], out: str | Path, cfg: BundleConfig
             verify_manifest(dst, manifest)
         facts = _facts(cfg, wheels, names, manifests)
         (tmp / "bundle.json").write_text(json.dumps(facts, indent=2) + "\n")
-        (tmp / "install.sh").write_text(_install_sh(cfg))
+        (tmp / "install.sh").write_text(_install_sh(cfg) + (_install_service_sh() if cfg.service else ""))
+        if cfg.service:
+            (tmp / SERVICE_UNIT).write_text(_service_unit(names[0]))
+            (tmp / "serve.env").write_text(_SERVE_ENV)
         (tmp / "install.sh").chmod(0o755)
         (tmp / "README.md").write_text(_readme(facts))
     return Path(out)
@@ -175,6 +182,51 @@ echo "installed. Try: $here/venv/bin/edgedelta run $here/artifacts/NAME --prompt
 """
 
 
+SERVICE_UNIT = "edgedelta-serve.service.in"
+# read by the unit (EnvironmentFile); the server reads EDGEDELTA_API_KEY itself, so the key is
+# not on its command line (visible to every user in `ps`)
+_SERVE_ENV = """# Settings of edgedelta-serve.service (edit, then: sudo systemctl restart edgedelta-serve)
+# 0.0.0.0 answers on every network interface; 127.0.0.1 only on this machine.
+EDGEDELTA_HOST=0.0.0.0
+EDGEDELTA_PORT=8080
+# Clients then send 'Authorization: Bearer <key>'. Empty: no key is asked for.
+EDGEDELTA_API_KEY=
+"""
+
+
+def _service_unit(artifact: str) -> str:
+    """systemd unit; @HERE@ (the bundle folder on the device) and @USER@ are filled in by install.sh.
+    SIGTERM lets the server finish running requests (--drain-seconds 30) within TimeoutStopSec;
+    exit code 2 (a bad artifact or setting) is not retried."""
+    return f"""[Unit]
+Description=edgedelta OpenAI-compatible server (artifacts/{artifact})
+After=network.target
+
+[Service]
+Type=exec
+User=@USER@
+Environment=EDGEDELTA_HOST=127.0.0.1 EDGEDELTA_PORT=8080
+EnvironmentFile=-@HERE@/serve.env
+ExecStart="@HERE@/venv/bin/edgedelta" serve "@HERE@/artifacts/{artifact}" --host ${{EDGEDELTA_HOST}} --port ${{EDGEDELTA_PORT}} --drain-seconds 30
+KillSignal=SIGTERM
+TimeoutStopSec=45
+Restart=on-failure
+RestartSec=5
+RestartPreventExitStatus=2
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _install_service_sh() -> str:
+    return f"""sed -e "s|@HERE@|$here|g" -e "s|@USER@|$(id -un)|g" "$here/{SERVICE_UNIT}" > "$here/edgedelta-serve.service"
+echo "server as a service (settings: $here/serve.env):"
+echo "  sudo cp $here/edgedelta-serve.service /etc/systemd/system/ && sudo systemctl daemon-reload && sudo systemctl enable --now edgedelta-serve"
+echo "  then: curl http://127.0.0.1:8080/health ; logs: journalctl -u edgedelta-serve"
+"""
+
+
 def _readme(facts: dict) -> str:
     arts = "\n".join(f"- `artifacts/{a['name']}` ({a['bytes'] / 2**20:.0f} MiB; shared and tied weights laid out for "
                      f"{a['layout_cpu_arch'] or 'any CPU'})" for a in facts["artifacts"])
@@ -188,11 +240,12 @@ Nothing here needs a network: copy this folder to the device, then
     venv/bin/edgedelta inspect artifacts/{first}
     venv/bin/edgedelta run artifacts/{first} --chat --prompt "How do I reset the conveyor?"
     venv/bin/edgedelta profile artifacts/{first} --device host --context 512,2048
+    venv/bin/edgedelta serve artifacts/{first} --port 8080     # OpenAI-compatible server (Ctrl-C stops it)
 
 Artifacts (each checked against its manifest's checksums when loaded):
 {arts}
 
-This install runs `run`, `profile`, `plan`, `devices` and `inspect`. Compression and export
+This install runs `run`, `serve`, `profile`, `plan`, `devices` and `inspect`. Compression and export
 need the workstation install (`pip install 'edgedelta[compress]'`). bundle.json lists every
 file with its checksum.
 """

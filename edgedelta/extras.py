@@ -1,8 +1,9 @@
 """What a lean install lacks, and which extra brings it.
 
 `pip install edgedelta` installs only what running an exported artifact needs (ONNX Runtime,
-onnx, tokenizers, jinja2, numpy, psutil, tqdm), so a Raspberry Pi or a Jetson runs
-`edgedelta run`, `profile`, `plan`, `devices` and `inspect` without torch. Compressing,
+onnx, tokenizers, jinja2, numpy, psutil, tqdm; starlette and uvicorn for the server), so a
+Raspberry Pi or a Jetson runs `edgedelta run`, `serve`, `profile`, `plan`, `devices` and
+`inspect` without torch. Compressing,
 distilling, evaluating and exporting need the `compress` extra (the workstation:
 `scripts/setup.sh` installs it); charts need `report`. pyproject.toml lists the same packages
 (tests/test_packaging.py checks that the two agree)."""

@@ -111,9 +111,7 @@ class CalibrationStats:
             a = a.detach().float()
             return None if h is None else (a @ torch.from_numpy(h) @ a.T).numpy()
         if id(p) in self.delta_b:
-            a = self.delta_b[id(p)].detach().float()  # (r, K)
-            h = self.hessian(a)
-            return None if h is None else (a @ torch.from_numpy(h) @ a.T).numpy()
+            return self.hessian((self.delta_b[id(p)], self.delta_b[id(p)]))  # x·Aᵀ where x is A's input
         streams = self.readers.get(id(p))
         if not streams:
             return None

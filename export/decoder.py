@@ -195,8 +195,12 @@ class DecoderGraph:
         batch = b.op("Slice", [ids_shape, b.const([0]), b.const([1])])  # (1,)
         seq = b.op("Cast", [b.op("Slice", [ids_shape, b.const([1]), b.const([2])])], to=i32)  # (1,)
         total = b.op("Cast", [b.op("Slice", [b.op("Shape", [mask]), b.const([1]), b.const([2])])], to=i32)  # (1,)
-        self.total_len = b.op("Squeeze", [total, b.const([0])])  # scalar
-        self.seqlens_k = b.op("Expand", [b.op("Sub", [total, b.const([1], np.int32)]), batch])  # (B,)
+        self.total_len = b.op("Squeeze", [total, b.const([0])])  # scalar: an upper bound once query_seqlens is given
+        # seqlens_k: the last attended slot of each row, T-1 for a left-padded mask, and also right
+        # for a mask allocated at full capacity with zeros after the current token (onnxruntime-genai)
+        slots = b.op("Range", [b.const(0), b.op("Squeeze", [b.op("Cast", [total], to=TensorProto.INT64), b.const([0])]), b.const(1)])
+        last = b.op("ReduceMax", [b.op("Mul", [mask, slots]), b.const([1])], keepdims=0)  # (B,)
+        self.seqlens_k = b.op("Cast", [last], to=i32)
         self.query_lens = b.op("Expand", [seq, batch])  # (B,)
 
     def _embed(self, ids: str) -> str:

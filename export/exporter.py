@@ -5,6 +5,7 @@
       config.json                   the transformers config (no edgedelta section: the
                                     artifact is a plain optimum-loadable decoder)
       generation_config.json, tokenizer files
+      genai_config.json             the same folder as an onnxruntime-genai model (genai_config.py)
       manifest.json                 ExportConfig, sharing spec / CompressConfig, parameter and
                                     byte accounting, audit, parity report, versions, sha256s
 
@@ -32,6 +33,8 @@ from .audit import MODEL_FILE, audit, audit_problems
 from .calibration import calibration_for
 from .config import ExportConfig
 from .decoder import ArchFacts, DecoderGraph, gqa_unsupported
+from .genai_config import FILE as GENAI_FILE
+from .genai_config import genai_config
 from .graph import GraphBuilder
 from .prepack import lift_shared_weights
 from .weights import ModelWeights, WeightCollector
@@ -172,6 +175,9 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
             parity = check_parity(model, tmp / MODEL_FILE, facts, cfg, weights.dequantized, tokenizer=loaded.tokenizer)
             say("parity: " + ", ".join(f"{k} {v.get('max_abs_diff', 0):.2e}" for k, v in parity.items()))
         side = _copy_side_files(Path(loaded.path), tmp, model, loaded.tokenizer)
+        gen_cfg = json.loads((tmp / "generation_config.json").read_text()) if (tmp / "generation_config.json").is_file() else {}
+        cfg_json = json.loads((tmp / "config.json").read_text())
+        (tmp / GENAI_FILE).write_text(json.dumps(genai_config(facts, cfg_json, gen_cfg, gqa), indent=2, sort_keys=True) + "\n")
         counts = count_parameters(model)
         spec = get_spec(model)
         unique_bytes = int(counts["total"] * DTYPE_BYTES[cfg.dtype])

@@ -82,7 +82,7 @@ def _nll(logits: np.ndarray, y: np.ndarray) -> float:
 def _summary(acc: np.ndarray) -> dict:
     n = max(acc[3], 1.0)
     ppl_r, ppl_c = math.exp(acc[0] / n), math.exp(acc[1] / n)
-    return {"ppl_float": ppl_r, "ppl_artifact": ppl_c, "ppl_ratio": ppl_c / ppl_r, "agreement": acc[2] / n, "tokens": int(acc[3])}
+    return {"ppl_float": ppl_r, "ppl_artifact": ppl_c, "ppl_ratio": ppl_c / ppl_r, "agreement": float(acc[2] / n), "tokens": int(acc[3])}
 
 
 def judge(result: dict, thresholds: GateThresholds) -> dict:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 import anyio
+import psutil
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -263,8 +264,8 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[bytes]):
-        self.events = events
+    def __init__(self, events: AsyncIterator[bytes], on_end: Callable[[], None]):
+        self.events, self.on_end = events, on_end  # on_end: runs last, however the stream ended
         self.status_code = 200
         self.background = None
         self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -290,6 +291,7 @@ class EventStream(Response):
             tg.start_soon(stream)
             tg.start_soon(listen)
         await self.events.aclose()
+        self.on_end()  # a generator cancelled before its first step never ran its `finally`
 
 
 # ---- the app ----------------------------------------------------------------------------------------------
@@ -324,8 +326,6 @@ def create_app(state: ServeState) -> Starlette:
 
     @endpoint("metrics", quiet=True)
     async def metrics(request: Request, rec: _Record) -> Response:
-        import psutil
-
         eng = state.engine
         gauges = {
             "edgedelta_ready": (1.0 if state.status == "ready" else 0.0, "1 when the model is loaded and requests are taken"),
@@ -375,22 +375,21 @@ def create_app(state: ServeState) -> Starlette:
         rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         if req.stream:
-            return EventStream(_stream(state, engine, job, q, req, rid, created, rec))
+            return EventStream(_stream(state, engine, job, q, req, rid, created, rec),
+                               on_end=lambda: _abandoned(state, engine, job, rec))
         watcher = asyncio.create_task(_watch_disconnect(request.receive, q))
         try:
             pieces = []
             while True:
                 ev = await q.get()
                 if ev is _DISCONNECTED:
-                    engine.cancel(job)
-                    _finished(state, job, rec, "cancelled", job.produced)
-                    rec.write(499)  # nginx's 'client closed request': nobody reads this answer
-                    return Response(status_code=499)
+                    _abandoned(state, engine, job, rec)
+                    return Response(status_code=499)  # nobody reads it
                 if isinstance(ev, Piece):
                     pieces.append(ev.text)
                 elif isinstance(ev, Failed):
                     _finished(state, job, rec, "error")
-                    raise ApiError(500, ev.message, type="server_error")
+                    raise ApiError(ev.status, ev.message, type="server_error")
                 else:
                     _finished(state, job, rec, ev.finish_reason, ev.completion_tokens)
                     return JSONResponse(completion_body(req, rid, created, "".join(pieces), ev.finish_reason,
@@ -467,9 +466,9 @@ async def _stream(state: ServeState, engine: Engine, job: Job, q: asyncio.Queue,
                 continue
             ended = True
             if isinstance(ev, Failed):
-                status = 500
+                status = ev.status
                 _finished(state, job, rec, "error")
-                yield sse(ApiError(500, ev.message, type="server_error").body())
+                yield sse(ApiError(ev.status, ev.message, type="server_error").body())
             else:
                 _finished(state, job, rec, ev.finish_reason, ev.completion_tokens)
                 yield sse(chunk_body(req, rid, created, finish=ev.finish_reason))
@@ -478,8 +477,16 @@ async def _stream(state: ServeState, engine: Engine, job: Job, q: asyncio.Queue,
             yield sse("[DONE]")
             return
     finally:
-        if not ended:  # the client went away (or the server cancelled the stream at its drain deadline)
-            engine.cancel(job)
-            _finished(state, job, rec, "cancelled", job.produced)
-            status = 499
-        rec.write(status)
+        if ended:
+            rec.write(status)
+        else:  # the client went away (or the server cancelled the stream at its drain deadline)
+            _abandoned(state, engine, job, rec)
+
+
+def _abandoned(state: ServeState, engine: Engine, job: Job, rec: _Record) -> None:
+    """A request whose client left before its answer ended: out of the engine, logged as 499 (once)."""
+    if rec.written:
+        return
+    engine.cancel(job)
+    _finished(state, job, rec, "cancelled", job.produced)
+    rec.write(499)  # nginx's 'client closed request'

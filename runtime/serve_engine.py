@@ -56,6 +56,7 @@ class Done:
 @dataclass(frozen=True)
 class Failed:
     message: str
+    status: int = 500  # HTTP status of the answer: 500 a fault, 503 the server stopped
 
 
 Event = Piece | Done | Failed
@@ -221,16 +222,14 @@ class Engine:
             self._draining = True
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the worker after its current step; jobs still waiting are told the server stopped."""
+        """Stop the worker after its current step; jobs still waiting or running are told the server stopped."""
         with self._cond:
             self._stop = True
             left = list(self._waiting)
             self._waiting.clear()
-            for job in self._running:
-                job.cancelled = True
             self._cond.notify_all()
         for job in left:
-            job._finish(Failed("the server stopped before this request ran"))
+            job._finish(Failed("the server stopped before this request ran", 503))
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -342,9 +341,8 @@ class Engine:
             mask[:, p + step] = 1
             logits = s.forward(step_ids, mask[:, :p + step + 1], next_pos, cache)
             next_pos += 1
-        for r, j in enumerate(batch):  # stopped mid-way (engine stop): the rows still open end as cancelled
-            if not j.finished:
-                j._finish(Done("cancelled", produced[r]))
+        for j in batch:  # stopped mid-way (engine stop)
+            j._finish(Failed("the server stopped before this answer ended", 503))
 
     @staticmethod
     def _end(job: Job, row: RowText, reason: str, produced: int) -> None:

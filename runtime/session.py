@@ -10,7 +10,8 @@ and its mapped original is released; the CPU arena is off
 (`enable_cpu_mem_arena=False`) so freed activations go back to the allocator instead of an
 arena that only grows; memory patterns are off (`enable_mem_pattern=False`: shapes change
 every step, a pattern is never reused); glibc's mmap threshold is fixed (memory.py) so the
-allocator returns prefill activations to the OS; ORT threads do not spin (`spin`).
+allocator returns prefill activations to the OS; ORT threads spin only where the cores are
+idle (`spin`).
 Weight prepacking follows the artifact's manifest: on for fp32 and quantized artifacts, whose
 shared weights the exporter stores in a layout ORT does not pack (export/prepack.py), so a
 shared weight is never copied once per consuming MatMul; off for fp16. The KV cache lives in
@@ -79,6 +80,34 @@ def cuda_provider(tf32: bool = True) -> tuple[str, dict[str, str]]:
     return _ORT_NAME["cuda"], {"arena_extend_strategy": "kSameAsRequested", "use_tf32": "1" if tf32 else "0"}
 
 
+SPIN = ("auto", "on", "off")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_spin(spin: bool | str, threads: int | None) -> bool:
+    """Whether ORT's worker threads spin-wait between ops. 'on'/'off' (or a bool) as given;
+    'auto' spins only when the cores the threads need are idle: on a dedicated device spinning
+    saves the wake-up between the hundreds of small ops of a decode step, and on a CPU that
+    other work keeps busy spinning threads starve each other (both measured:
+    bench/results/peers.json)."""
+    if isinstance(spin, bool):
+        return spin
+    if spin not in SPIN:
+        raise ConfigError(f"spin '{spin}' is not supported; allowed: {', '.join(SPIN)}")
+    if spin != "auto":
+        return spin == "on"
+    cores = available_cores()
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return busy + (threads or cores) <= cores + 0.5
+
+
 def session_options(threads: int | None, arena: bool, config: dict[str, str] | None = None):
     """SessionOptions for edge use (see module docstring) + the artifact's session config entries."""
     import onnxruntime as ort
@@ -87,24 +116,26 @@ def session_options(threads: int | None, arena: bool, config: dict[str, str] | N
     so.enable_cpu_mem_arena = arena
     so.enable_mem_pattern = False
     so.log_severity_level = 3
-    if threads is not None:  # 0 or less is a user error, not 'default'
-        if threads < 1:
-            raise ConfigError(f"threads must be ≥ 1, got {threads}")
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
+    if threads is not None and threads < 1:  # 0 or less is a user error, not 'default'
+        raise ConfigError(f"threads must be ≥ 1, got {threads}")
+    # default: every core this process may use (ORT's own default counts physical cores and
+    # ignores a container's cpuset)
+    so.intra_op_num_threads = threads or available_cores()
+    so.inter_op_num_threads = 1
     for k, v in (config or {}).items():
         so.add_session_config_entry(k, v)
     return so
 
 
 def artifact_session_options(art: Artifact, threads: int | None = None, arena: bool = False,
-                             prepack: bool | None = None, spin: bool = False):
+                             prepack: bool | None = None, spin: bool | str = False):
     """SessionOptions for `art` as Session.from_dir builds them (its manifest's session config,
     then `prepack` and `spin` as from_dir documents them); for callers that create the ORT
     session themselves (a profiled session, a variant graph of the artifact)."""
     config = dict(art.ort_session_config)
     if prepack is not None:
         config["session.disable_prepacking"] = "0" if prepack else "1"
+    spin = resolve_spin(spin, threads)
     config["session.intra_op.allow_spinning"] = "1" if spin else "0"
     config["session.inter_op.allow_spinning"] = "1" if spin else "0"
     return session_options(threads, arena, config)
@@ -160,7 +191,7 @@ class Session:
     @classmethod
     def from_dir(cls, path: str | os.PathLike, provider: str = "auto", threads: int | None = None,
                  arena: bool = False, verify: bool = True, tokenizer: str | None = "light",
-                 prepack: bool | None = None, spin: bool = False, tune_malloc: bool = True,
+                 prepack: bool | None = None, spin: bool | str = "auto", tune_malloc: bool = True,
                  cuda_tf32: bool = True) -> "Session":
         """Verify the artifact's checksums, then load it on `provider` ('auto'|'cpu'|'cuda').
         tokenizer: 'light' (tokenizer.json without transformers; falls back to 'hf' when the
@@ -168,15 +199,19 @@ class Session:
         prepack: None follows the artifact's manifest (see the module docstring); False turns
         ORT's weight prepacking off (weights stay memory-mapped until read; slower decode),
         True on (for an fp16 artifact: a shared weight is then packed once per reader).
-        spin: ORT worker threads spin-wait between ops. Default False: on a CPU shared with
+        spin: ORT worker threads spin-wait between ops: 'on', 'off', or 'auto' (the default:
+        on when the cores the threads need are idle, see resolve_spin). On a CPU shared with
         other work spinning threads starve each other (measured on 2 busy cores: 2 tok/s
-        spinning vs 5-12 tok/s not); True may gain a little on a dedicated device.
+        spinning vs 5-12 tok/s not); on idle cores spinning decodes faster.
+        threads: intra-op threads, default every core this process may use.
         tune_malloc: fix glibc's mmap threshold so freed prefill activations go back to the OS
         (peak RSS 1,844 -> ~850 MiB at a 512-token prefill; see memory.py). Process-wide; pass False to leave malloc alone.
         cuda_tf32: TF32 matmuls on CUDA (see cuda_provider); False for logits that match the CPU provider's."""
         import onnxruntime as ort
 
         t0 = time.perf_counter()
+        if not isinstance(spin, bool) and spin not in SPIN:  # before the (slow) checksum pass
+            raise ConfigError(f"spin '{spin}' is not supported; allowed: {', '.join(SPIN)}")
         if tune_malloc:
             from .memory import tune_malloc as _tune
 

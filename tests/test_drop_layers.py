@@ -262,9 +262,9 @@ def test_cli_distills_a_student_with_removed_layers(teacher_and_result, tmp_path
     teacher, res = teacher_and_result
     _save_pair(teacher, res, tmp_path)
     (tmp_path / "manual.txt").write_text("Check the pressure valve before restarting the conveyor belt. " * 60)
-    rc = main(["distill", str(tmp_path / "student"), "--tokens", "256", "--seq-len", "16", "--batch-size", "4",
-               "--data", str(tmp_path / "manual.txt"), "--schedule", "curriculum", "--recon-tokens", "32",
-               "--recon-epochs", "1", "--out", str(tmp_path / "out"), "--no-progress"])
+    (tmp_path / "distill.json").write_text('{"seq_len": 16, "schedule": "curriculum", "recon_tokens": 32, "recon_epochs": 1}')
+    rc = main(["distill", str(tmp_path / "student"), "--tokens", "256", "--batch-size", "4", "--config", str(tmp_path / "distill.json"),
+               "--data", str(tmp_path / "manual.txt"), "--out", str(tmp_path / "out"), "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     assert load_compressed(tmp_path / "out").model.edgedelta_spec.source_layers == res.spec.source_layers
 

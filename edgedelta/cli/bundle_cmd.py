@@ -23,6 +23,8 @@ def add_parser(subparsers):
     p.add_argument("--python", default="3.11", help="the device's python3 version X.Y (default 3.11, Raspberry Pi OS 12; "
                                                     "Ubuntu 22.04 and JetPack 6 have 3.10)")
     p.add_argument("--devices-dir", action="append", default=[], help="extra folder of device files (repeatable)")
+    p.add_argument("--service", action="store_true", help="add a systemd unit that runs `edgedelta serve` on the first "
+                                                          "artifact (install.sh says how to enable it)")
     out_args(p)
     return p
 
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         if dev.cpu_arch is None:
             raise ConfigError(f"device '{dev.name}' has no cpu_arch in its profile; pass --cpu-arch instead")
         arch = dev.cpu_arch
-    cfg = BundleConfig(cpu_arch=arch, python=args.python)
+    cfg = BundleConfig(cpu_arch=arch, python=args.python, service=args.service)
     out = build_bundle(args.artifacts, args.out, cfg, force=args.force, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(f"wrote {out} (copy it to the device, then: sh install.sh)")
     return 0

@@ -9,7 +9,7 @@ import argparse
 import os
 from pathlib import Path
 
-from .common import info, positive_int
+from .common import positive_int
 
 
 def _lr(text: str) -> float:
@@ -107,11 +107,11 @@ def run(args) -> int:
         from ..models.loading import load_model
 
         teacher = load_model(args.teacher).model
-    info(why)
     res = distill(src, cfg, out, teacher=teacher, resume=args.resume, force=args.force,
                   progress=not args.no_progress, device=args.device)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun / accelerate: one report, from rank 0
         return 0
+    print(why)
     for g in res.reconstruction:
         print(f"reconstruction group {g['group']}: normalised MSE {g['mse_before']:.4f} -> {g['mse_after']:.4f}")
     loss = f"{res.final_loss:.4f}" if res.final_loss is not None else "n/a"

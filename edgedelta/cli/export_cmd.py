@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import sys
 
-from edgedelta.export.config import CPU_ARCHS, DTYPES, QUANTIZE
+from edgedelta.data.text import DEFAULT_TRAIN_TEXT
+from edgedelta.export.config import CPU_ARCHS, DEFAULT_QUANT_METHOD, DTYPES, QUANT_METHODS, QUANTIZE
 
 
 def add_parser(subparsers):
@@ -17,8 +18,13 @@ def add_parser(subparsers):
     p.add_argument("--dtype", default="fp32", help=f"weights and activations: {'|'.join(DTYPES)} (default fp32)")
     p.add_argument("--quantize", default="none", help=f"weight-only quantization: {'|'.join(QUANTIZE)} (default none)")
     p.add_argument("--block-size", type=int, default=32, help="quantization block size (default 32)")
-    p.add_argument("--accuracy-level", type=int, default=0, choices=(0, 4),
-                   help="quantized MatMul compute: 0 = fp32 (default, exact), 4 = int8 activations (faster on x86, esp. int8)")
+    p.add_argument("--accuracy-level", type=int, default=None, choices=(0, 4),
+                   help="quantized MatMul compute: 0 = fp32 (exact), 4 = int8 activations (default when quantized; faster on x86, esp. int8)")
+    p.add_argument("--quant-method", default=DEFAULT_QUANT_METHOD,
+                   help=f"how quantized codes are chosen: {'|'.join(QUANT_METHODS)} (default {DEFAULT_QUANT_METHOD}: data-aware, "
+                        "from --calib-text)")
+    p.add_argument("--calib-text", default=DEFAULT_TRAIN_TEXT,
+                   help=f"calibration text of --quant-method gptq: a training text set or a file/folder of your own (default {DEFAULT_TRAIN_TEXT})")
     p.add_argument("--cpu-arch", default="x86_64", help=f"CPU the artifact will run on: {'|'.join(CPU_ARCHS)} (default x86_64); "
                    "lays fp32 shared weights out for ONNX Runtime's single-token kernel on that CPU, same results")
     p.add_argument("--no-validate", action="store_true", help="skip the PyTorch parity checks (checker and audit still run)")
@@ -31,6 +37,7 @@ def run(args) -> int:
     from edgedelta.manifest import read_manifest
 
     cfg = ExportConfig(dtype=args.dtype, quantize=args.quantize, block_size=args.block_size, accuracy_level=args.accuracy_level,
+                       quant_method=args.quant_method, calib_text=args.calib_text,
                        cpu_arch=args.cpu_arch, validate=not args.no_validate)
     out = export_onnx(args.model, cfg, args.out, force=args.force, progress=lambda m: print(f"edgedelta export: {m}", file=sys.stderr))
     m = read_manifest(out)

@@ -15,7 +15,8 @@ def add_parser(subparsers):
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template as a user turn")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--provider", default="auto", help="auto|cpu|cuda (auto falls back to CPU)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: ONNX Runtime's choice)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: every core this process may use)")
+    p.add_argument("--spin", default="auto", choices=("auto", "on", "off"), help="ORT threads spin-wait between ops: on|off|auto (default auto: on when the cores are idle)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
@@ -34,7 +35,7 @@ def run(args) -> int:
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
                            top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=tuple(args.stop), chat=args.chat,
                            prefill_chunk=args.prefill_chunk)
-    sess = Session.from_dir(args.artifact, provider=args.provider, threads=args.threads)
+    sess = Session.from_dir(args.artifact, provider=args.provider, threads=args.threads, spin=args.spin)
     st = sess.stream(args.prompt, cfg)
     for piece in st:
         sys.stdout.write(piece)

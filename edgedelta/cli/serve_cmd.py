@@ -121,8 +121,8 @@ def run(args) -> int:
     # quick checks first (the checksums take seconds on a large artifact: the server verifies them while /health says loading)
     art = Artifact.open(args.artifact, verify=False)
     art.graph_facts  # a KV-cache decoder graph
-    resolve_provider(args.provider)
     _check_listen(args.host, args.port)
+    resolve_provider(args.provider)
     log = _logger()
 
     state = ServeState(cfg, art.name)

@@ -112,7 +112,7 @@ def markdown_compare(rows: list[dict], reference_name: str = "original") -> str:
     if tasks:
         lines.append(_rate_row("*chance*", "chance", ref["eval"], tasks, len(head)))
         lines.append(_rate_row("*majority class*", "majority", ref["eval"], tasks, len(head)))
-    note = ("\n* informative task: the original beats max(chance, majority) by more than 2 standard errors. Retention = "
+    note = ("\n\\* informative task: the original beats max(chance, majority) by more than 2 standard errors. Retention = "
             "Σ(score − chance) / Σ(original − chance) over those tasks, ± its paired standard error (same items).\n")
     return "\n".join(lines) + "\n" + (note if tasks else "")
 

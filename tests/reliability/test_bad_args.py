@@ -95,9 +95,9 @@ CASES = [
     ["distill", "COMP", "--tokens", "many", "--out", "NEW"],
     ["distill", "COMP", "--out", "NEW"],
     ["distill", "COMP", "--tokens", "64", "--lr", "fast", "--out", "NEW"],
-    ["distill", "COMP", "--tokens", "64", "--seq-len", "4", "--out", "NEW"],
-    ["distill", "COMP", "--tokens", "64", "--betas", "a,b", "--out", "NEW"],
-    ["distill", "COMP", "--tokens", "64", "--trainable", "everything", "--out", "NEW"],
+    ["distill", "COMP", "--tokens", "64", "--lr", "0", "--out", "NEW"],
+    ["distill", "COMP", "--tokens", "64", "--batch-size", "0", "--out", "NEW"],
+    ["distill", "COMP", "--tokens", "64", "--recipe", "removal", "--out", "NEW"],
     ["distill", "COMP", "--tokens", "64", "--device", "tpu", "--out", "NEW"],
     ["distill", "COMP", "--tokens", "64", "--config", "BADJSON", "--out", "NEW"],
     ["distill", "COMP", "--tokens", "64", "--config", "LIST", "--out", "NEW"],
@@ -125,6 +125,9 @@ CASES = [
     ["compare", "--model", "PLAIN", "--tokens", "-1", "--out", "NEW"],
     ["compare", "--model", "PLAIN", "--limit", "0", "--out", "NEW"],
     ["compare", "--model", "PLAIN", "--out", "EXISTS"],
+    ["compare", "--model", "PLAIN", "--recipe", "fast", "--out", "NEW"],
+    ["compare", "--model", "PLAIN", "--config", "LIST", "--out", "NEW"],
+    ["compare", "--model", "PLAIN", "--config", "BADJSON", "--out", "NEW"],
     # export
     ["export", "COMP", "--out", "NEW", "--dtype", "fp8"],
     ["export", "COMP", "--out", "NEW", "--quantize", "int3"],
@@ -177,6 +180,9 @@ CASES = [
     ["pipeline", "--model", "PLAIN", "--quick", "--out", "FILE"],
     ["pipeline", "--model", "PLAIN", "--quick", "--devices", "", "--out", "NEW"],
     ["pipeline", "--model", "PLAIN", "--quick", "--contexts", "a,b", "--out", "NEW"],
+    ["pipeline", "--model", "PLAIN", "--quick", "--recipe", "removal", "--out", "NEW"],
+    ["pipeline", "--model", "PLAIN", "--quick", "--config", "LIST", "--out", "NEW"],
+    ["pipeline", "--model", "PLAIN", "--quick", "--config", "MISSING", "--out", "NEW"],
     # no subcommand / unknown subcommand
     ["frobnicate"],
 ]
@@ -319,10 +325,17 @@ DISTILL_FLOATS = ["lr", "recon_lr", "min_lr_ratio", "warmup_frac", "p0", "ramp_f
 
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan", "-1"])
 def test_distill_floats_must_be_finite(ws, value):
-    """Every float of DistillConfig: a non-finite or negative value is refused before training
-    (an infinite --kl-weight or --temperature once trained a model of NaNs and saved it, exit 0)."""
+    """Every float of DistillConfig, in a --config file (and --lr as a flag): a non-finite or
+    negative value is refused before training (an infinite kl_weight or temperature once
+    trained a model of NaNs and saved it, exit 0)."""
+    assert_user_error(["distill", "COMP", "--tokens", "64", f"--lr={value}", "--out", "NEW"], ws)
     for name in DISTILL_FLOATS:
-        assert_user_error(["distill", "COMP", "--tokens", "64", f"--{name.replace('_', '-')}={value}", "--out", "NEW"], ws)
+        with tempfile.NamedTemporaryFile("w", suffix=".json", dir=ws["ROOT"].parent, delete=False) as f:
+            f.write(f'{{"{name}": {value if value != "nan" else "NaN"}}}'.replace("inf", "Infinity"))
+        try:
+            assert_user_error(["distill", "COMP", "--tokens", "64", "--config", f.name, "--out", "NEW"], ws)
+        finally:
+            Path(f.name).unlink()
 
 
 def test_diverged_training_writes_no_model(ws, tmp_path):
@@ -330,7 +343,8 @@ def test_diverged_training_writes_no_model(ws, tmp_path):
     makes the weights non-finite: refused, no output folder."""
     out, text = tmp_path / "out", tmp_path / "text.txt"
     text.write_text("Check the pump bearing before the motor overheats. " * 20)
-    code, err = run_cli(["distill", "COMP", "--tokens", "64", "--seq-len", "16", "--batch-size", "2", "--data", str(text),
+    (tmp_path / "seq16.json").write_text('{"seq_len": 16}')
+    code, err = run_cli(["distill", "COMP", "--tokens", "64", "--config", str(tmp_path / "seq16.json"), "--batch-size", "2", "--data", str(text),
                          "--lr", "1e30", "--no-progress", "--out", str(out)], ws)
     assert code == 2 and "diverged" in err[-1], err
     assert not out.exists()

@@ -77,11 +77,12 @@ def test_stream_disconnect_frees_the_slot_and_stops_the_row(make_server):
     _assert_cancelled_early(srv, time.perf_counter() - t0)
 
 
-def test_non_stream_disconnect_frees_the_slot(make_server):
+@pytest.mark.parametrize("stream", [False, True])
+def test_disconnect_before_any_answer_frees_the_slot(make_server, stream):
     srv = make_server("--max-batch", "1")
     model = _model(srv)
     sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
-    body = json.dumps(_long(model)).encode()
+    body = json.dumps(_long(model, stream=stream)).encode()
     sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
     time.sleep(0.05)  # the request is taken into a batch

@@ -1,0 +1,226 @@
+"""docs/RESULTS.md, and the status table in README.md, from the JSON files the benchmarks
+wrote in bench/results/.
+
+Every number in RESULTS.md comes from one of those files, through a small section function
+per file: nothing is typed by hand. A missing file gives a one-line "not measured" entry, so
+the document can be regenerated at any time. To add a result: write a function
+`section(data) -> list[str]` of markdown lines and add (title, file, function) to SECTIONS.
+
+  python bench/summarize.py            # rewrite docs/RESULTS.md
+  python bench/summarize.py --check    # exit 1 if docs/RESULTS.md differs from what the files give
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT))  # last: only an installed edgedelta has export, runtime, devices
+
+from edgedelta.evaluation.report import markdown_compare, markdown_paired  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "RESULTS.md"
+
+
+def _yes(flag: bool) -> str:
+    return "**met**" if flag else "**missed**"
+
+
+def pipeline_quick(d: dict) -> list[str]:
+    """The product target: `pipeline --quick` against ShortGPT removal at the same budget."""
+    v, t = d["verdict"], d["timing"]
+    lines = [f"Recipe `{d['recipe']}` on {d['model']}, {d['distill_tokens']:,} distillation tokens; removal healed with the "
+             f"`removal` recipe on as many tokens. Machine: {d['machine']}.", "",
+             markdown_compare(d["rows"]), "",
+             "| criterion | result |", "|---|---|",
+             "| held-out perplexity no worse than removal (every text) | " + _yes(v["ppl_no_worse"]) + " — "
+             + "; ".join(f"{k}: {p['compressed']:.2f} vs {p['removal']:.2f}" for k, p in v["ppl"].items()) + " |"]
+    if v["tasks_paired_diff"] is not None:
+        lines.append(f"| tasks no worse, paired on the same items ({', '.join(v['informative_tasks'])}) | "
+                     f"{_yes(v['tasks_no_worse'])} — {100 * v['tasks_paired_diff']:+.1f} ± {100 * v['tasks_paired_se']:.1f} points |")
+    lines.append(f"| ≤ 15 min on 2 cores | {_yes(t['wall_s'] <= 900)} — {t['wall_s'] / 60:.1f} min wall, {t['cpu_s'] / 60:.1f} min CPU "
+                 "(the machine was shared with other work: wall time inflated) |")
+    return lines
+
+
+def quality(d: dict) -> list[str]:
+    """bench/quality.py: every method at one or more budgets, before and after healing."""
+    lines = [f"Model {d['model']}; {d['eval_text']}.", ""]
+    orig = d["original"]
+    for b in d["budgets"]:
+        for stage in ("built", "healed"):
+            sel = [r for r in b["rows"] if r["stage"] == stage and "eval" in r]
+            if not sel:
+                continue
+            lines += [f"**{100 * (1 - b['target']):.0f}% fewer unique parameters, {'healed' if stage == 'healed' else 'no healing'}**",
+                      "", markdown_compare([orig] + sel), markdown_paired(sel, orig), ""]
+    return lines
+
+
+def recovery(d: dict) -> list[str]:
+    """bench/recovery.py: perplexity after distillation, per arm, against the teacher."""
+    teacher = next(p for p in d["points"] if p["arm"] == "teacher")
+    texts = list(d["meta"]["eval_texts"])
+    lines = ["| arm | tokens | " + " | ".join(f"ppl {t}" for t in texts) + " | " + " | ".join(f"× teacher {t}" for t in texts) + " |",
+             "|---|---:|" + "---:|" * (2 * len(texts))]
+    last: dict[str, dict] = {}
+    for p in d["points"]:
+        last[p["arm"]] = p
+    for arm, p in last.items():
+        lines.append(f"| {arm} | {p['tokens']:,} | " + " | ".join(f"{p[t]['ppl']:.2f}" for t in texts) + " | "
+                     + " | ".join(f"{p[t]['ppl'] / teacher[t]['ppl']:.3f}" for t in texts) + " |")
+    what = {a: v.get("what", "") for a, v in d["arms"].items() if a not in ("init",) and not a.startswith("recon")}
+    return lines + [""] + [f"- {a}: {w}" for a, w in what.items() if w]
+
+
+def drop_sweep(d: dict) -> list[str]:
+    """bench/compress_init.py --drop sweep: untrained perplexity by layers removed first."""
+    texts = list(d["eval_texts"])
+    lines = []
+    for target, b in d["budgets"].items():
+        lines += [f"Keep {float(target):.0%}, untrained; original: " + ", ".join(f"{t} {d['original']['ppl'][t]:.2f}" for t in texts), "",
+                  "| variant | unique params | " + " | ".join(f"ppl {t}" for t in texts) + " |", "|---|---:|" + "---:|" * len(texts)]
+        lines += [f"| {name} | {r['params']:,} | " + " | ".join(f"{r['ppl'][t]:.2f}" for t in texts) + " |" for name, r in b["rows"].items()]
+    return lines
+
+
+def runtime(d: dict) -> list[str]:
+    """bench/runtime.py: decode speed ratios from interleaved rounds on the same machine."""
+    r = d["speed"]["ratios"]
+    lines = ["| ratio (decode tok/s, same rounds) | median of round ratios |", "|---|---:|"]
+    lines += [f"| {k} | {v['median_of_round_ratios']:.2f} |" for k, v in r.items()]
+    inter = d["speed"].get("compressed_over_original_interleaved")
+    if inter:
+        lines.append(f"| compressed/original, interleaved in one process | {inter['ratio']:.3f} |")
+    return lines
+
+
+def delta_cost(d: dict) -> list[str]:
+    """bench/delta_cost.py: what the delta branches and scales cost a decode step."""
+    lines = ["| variant | threads | time ratio to the artifact |", "|---|---:|---:|"]
+    lines += [f"| {r['variant']} | {r['threads']} | {r['ratio']:.3f} |" for r in d["runs"]]
+    return lines
+
+
+def _link_only(path: str) -> Callable[[dict], list[str]]:
+    def section(d: dict) -> list[str]:
+        return [f"Measured; the table is in [{path}](../{path}) (no summary function yet)."]
+
+    return section
+
+
+# (title, file under bench/results, section function); a file that is absent is listed as not measured
+SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
+    ("Target: `edgedelta pipeline --quick` vs ShortGPT removal", "pipeline_quick.json", pipeline_quick),
+    ("Quality at 12% fewer parameters, 300 items per task", "quality_healed_b1_12_l300/quality.json", quality),
+    ("Quality at 25% fewer parameters, every method", "quality_healed_b1_25_all/quality.json", quality),
+    ("Recovery at 12%: drop-share", "recovery_b1/b1_f_shared_lora.json", recovery),
+    ("Recovery at 12%: ShortGPT removal healed", "recovery_b1/b1_c.json", recovery),
+    ("Layers removed before sharing", "drop_sweep.json", drop_sweep),
+    ("Runtime speed", "runtime.json", runtime),
+    ("Cost of the delta branches", "delta_cost.json", delta_cost),
+    ("Peers (onnxruntime-genai, llama.cpp)", "peers.json", _link_only("bench/results/peers.md")),
+    ("Quantization quality", "quant_quality.json", _link_only("bench/results/quant_quality.md")),
+    ("Server", "serve.json", _link_only("bench/results/serve.md")),
+]
+
+
+def render(results: Path = RESULTS) -> str:
+    out = ["# Results", "",
+           "Generated by `python bench/summarize.py` from the JSON files in `bench/results/`; do not edit by hand. "
+           "Task columns marked * are the informative ones: the original beats its chance and majority-class rates by "
+           "more than 2 standard errors. Retention is chance-normalised on those tasks, Σ(score − chance) / "
+           "Σ(original − chance), ± its paired standard error. Speed figures are ratios from interleaved runs on a shared "
+           "2-core machine, not absolute times.", ""]
+    for title, rel, fn in SECTIONS:
+        out += [f"## {title}", "", f"Source: `bench/results/{rel}`", ""]
+        path = results / rel
+        if not path.is_file():
+            out += ["Not measured yet (the file is absent).", ""]
+            continue
+        out += fn(json.loads(path.read_text())) + [""]
+    return "\n".join(line.rstrip() for line in "\n".join(out).splitlines()).rstrip() + "\n"
+
+
+README = ROOT / "README.md"
+STATUS_BEGIN, STATUS_END = "<!-- status:begin (bench/summarize.py) -->", "<!-- status:end -->"
+
+
+def _load(rel: str, results: Path) -> dict | None:
+    path = results / rel
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _healed_vs_shortgpt(d: dict) -> str:
+    from edgedelta.evaluation.chance import informative_tasks, paired_on
+
+    b = d["budgets"][0]
+    rows = {r["method"]: r for r in b["rows"] if r["stage"] == "healed" and "eval" in r}
+    ours, sg = rows["deltallm-drop"]["eval"], rows["shortgpt"]["eval"]
+    tasks = informative_tasks(d["original"]["eval"])
+    diff, se = paired_on(ours, sg, tasks)
+    ppl = "; ".join(f"{t} {ours['ppl'][t]['ppl']:.1f} vs {sg['ppl'][t]['ppl']:.1f}" for t in ours["ppl"])
+    return f"tasks {100 * diff:+.1f} ± {100 * se:.1f} points (paired, {len(tasks)} informative tasks); perplexity {ppl}"
+
+
+def status_table(results: Path = RESULTS) -> str:
+    """The README's short table of where the project stands, from the same files."""
+    rows = ["| question | measured | file |", "|---|---|---|"]
+    pq = _load("pipeline_quick.json", results)
+    if pq is None:
+        rows.append("| `pipeline --quick` no worse than ShortGPT removal, ≤ 15 min | not measured yet | `pipeline_quick.json` |")
+    else:
+        v, t = pq["verdict"], pq["timing"]
+        d = "n/a" if v["tasks_paired_diff"] is None else f"{100 * v['tasks_paired_diff']:+.1f} ± {100 * v['tasks_paired_se']:.1f} points"
+        rows.append(f"| `pipeline --quick` no worse than ShortGPT removal, ≤ 15 min | perplexity {_yes(v['ppl_no_worse'])}; "
+                    f"tasks {_yes(v['tasks_no_worse'])} ({d}); {t['wall_s'] / 60:.0f} min wall, {t['cpu_s'] / 60:.0f} min CPU "
+                    "on a shared machine | `pipeline_quick.json` |")
+    for budget, rel in (("12%", "quality_healed_b1_12_l300/quality.json"), ("25%", "quality_healed_b1_25_all/quality.json")):
+        d = _load(rel, results)
+        if d is not None:
+            rows.append(f"| drop-share vs ShortGPT at {budget}, both healed with the same tokens | {_healed_vs_shortgpt(d)} | `{rel}` |")
+    r = _load("runtime.json", results)
+    if r is not None:
+        ratios = r["speed"]["ratios"]
+        rows.append(f"| decode speed vs optimum / PyTorch eager (same artifact, interleaved) | "
+                    f"{ratios['ours/optimum']['median_of_round_ratios']:.2f}× / {ratios['ours/torch_eager']['median_of_round_ratios']:.2f}× "
+                    "| `runtime.json` |")
+        inter = r["speed"].get("compressed_over_original_interleaved")
+        if inter:
+            rows.append(f"| compressed / original decode speed (target ≥ 0.95) | {inter['ratio']:.3f}× | `runtime.json` |")
+    return "\n".join(rows)
+
+
+def readme_with_status(readme: str, results: Path = RESULTS) -> str:
+    """README text with the block between the status markers regenerated."""
+    head, rest = readme.split(STATUS_BEGIN, 1)
+    _, tail = rest.split(STATUS_END, 1)
+    return head + STATUS_BEGIN + "\n" + status_table(results) + "\n" + STATUS_END + tail
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="exit 1 if docs/RESULTS.md is not what the JSON files give")
+    a = ap.parse_args(argv)
+    text = render()
+    readme = readme_with_status(README.read_text())
+    if a.check:
+        if not DOC.is_file() or DOC.read_text() != text or README.read_text() != readme:
+            print("docs/RESULTS.md or README.md's status table is out of date: run python bench/summarize.py", file=sys.stderr)
+            return 1
+        return 0
+    from edgedelta.fsutil import write_text_atomic
+
+    write_text_atomic(DOC, text)
+    write_text_atomic(README, readme)
+    print(f"wrote {DOC} and the status table in {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""Virtual artifacts: byte accounting from a config + export precision, checked against real
+exports of a tiny random Qwen2 (biases, GQA, tied and untied head), and by hand."""
+
+import json
+
+import pytest
+
+from edgedelta.devices import virtual as v
+from edgedelta.devices.planner import facts_of, plan_facts
+from edgedelta.devices.profile import get
+from edgedelta.errors import ConfigError
+
+
+def _tiny_qwen(tmp_path, tied: bool):
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from edgedelta.runtime.tiny import build_tokenizer
+
+    d = tmp_path / f"qwen-{'tied' if tied else 'untied'}"
+    d.mkdir()
+    tok = build_tokenizer(d)
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=tied)
+    model = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():  # distinct norms and biases: identical tensors would be stored once (exporter dedup)
+        for _, p in model.named_parameters():
+            if p.dim() == 1:
+                p.uniform_(0.5, 1.5)
+    model.save_pretrained(d)
+    return d
+
+
+@pytest.mark.parametrize("tied,precision", [(True, "fp32"), (True, "int4"), (False, "int8")])
+def test_virtual_matches_a_real_tiny_export(tmp_path, tied, precision):
+    from edgedelta.export import export_onnx
+    from edgedelta.export.config import ExportConfig
+    from edgedelta.runtime.artifact import Artifact
+
+    src = _tiny_qwen(tmp_path, tied)
+    art_dir = export_onnx(str(src), ExportConfig(quantize="none" if precision == "fp32" else precision, quant_method="rtn",
+                                                 validate=False), tmp_path / "art")
+    art = Artifact.open(art_dir)
+    config = json.loads((src / "config.json").read_text())
+    acc = v.account(config, v.VirtualExport(precision))
+    assert acc.stored == art.manifest["audit"]["bytes_by_kind"]
+    assert acc.total == art.unique_weight_bytes
+    real = art.weight_bytes_read_per_token
+    # the graph's Constant nodes (shape vectors, scalars) are read too: a few hundred bytes
+    assert 0 <= real - acc.read < 1024, (real, acc.read)
+    vf, rf = v.virtual_facts(config, v.VirtualExport(precision), name="x"), facts_of(art)
+    for f in ("num_layers", "kv_heads", "head_dim", "kv_itemsize", "vocab_size", "hidden_size", "intermediate_size",
+              "num_heads", "max_positions", "kv_buffers"):
+        assert getattr(vf, f) == getattr(rf, f), f
+
+
+def test_matrix_bytes_by_hand():
+    # (N=320, K=64): fp32 4·N·K; int8 blocks of 32: 2 blocks a row, 1 B codes, fp32 scales, 1 B zero points
+    assert v.matrix_bytes(320, 64, "fp32") == 81920
+    assert v.matrix_bytes(320, 64, "int8") == 320 * 64 + 320 * 2 * 4 + 320 * 2
+    # int4: half-byte codes; zero points two a byte, each row padded to a whole byte
+    assert v.matrix_bytes(320, 64, "int4") == 320 * 32 + 320 * 2 * 4 + 320 * 1
+    assert v.matrix_bytes(64, 96, "int4") == 64 * 48 + 64 * 3 * 4 + 64 * 2  # 3 blocks: zero points round up
+    # K shorter than the block (a delta's B with K = rank 8): block 16, padded
+    assert v.matrix_bytes(64, 8, "int4") == 64 * 8 + 64 * 4 + 64
+
+
+def _qwen05():
+    return {"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+            "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 32768,
+            "tie_word_embeddings": True}
+
+
+def test_parameter_count_of_qwen05_matches_upstream():
+    assert v.parameter_count(_qwen05()) == 494_032_768  # Qwen2.5-0.5B's published count
+
+
+def test_sharing_for_budget_meets_the_budget_with_the_fewest_groups():
+    cfg = _qwen05()
+    ranks = {p: 32 for p in ("q", "k", "v", "o", "gate", "up", "down")}
+    sharing, orig, comp = v.sharing_for_budget(cfg, 0.88, ranks)
+    assert comp <= 0.88 * orig
+    fewer, _, comp_fewer = v.sharing_for_budget(cfg, 0.90, ranks)
+    assert fewer.groups <= sharing.groups and comp_fewer > comp
+    assert all(sharing.ranks[p] >= 32 for p in ranks)  # slack spent on ranks, never below the start
+    # the compressed virtual artifact stores fewer bytes but reads as many weight bytes per token and more
+    x0, x1 = v.VirtualExport("int4"), v.VirtualExport("int4", sharing=sharing)
+    a0, a1 = v.account(cfg, x0), v.account(cfg, x1)
+    assert a1.total < a0.total and a1.read > a0.read
+
+
+def test_plan_changes_verdict_with_compression_on_a_small_device():
+    cfg = {**_qwen05(), "tie_word_embeddings": False}
+    dev = get("rpi5-2gb")
+    orig = v.virtual_facts(cfg, v.VirtualExport("fp32"))
+    assert plan_facts(orig, dev, 2048).verdict == "does not fit"
+
+
+def test_bad_precision_is_refused():
+    with pytest.raises(ConfigError, match="precision 'int3' is not supported; allowed: fp32, int8, int4"):
+        v.VirtualExport("int3")
+    with pytest.raises(ConfigError, match="config field 'hidden_size'"):
+        v.virtual_facts({"hidden_size": 0}, v.VirtualExport())

@@ -1,0 +1,79 @@
+"""Calibration statistics (export/calibration.py): one input Hessian per Parameter, a shared
+base summed over every layer that reads it, deltas from their own layer, windows that never
+split a group."""
+
+import numpy as np
+import pytest
+import torch
+
+from edgedelta.errors import ConfigError
+from edgedelta.export.calibration import HEAD, CalibrationStats, calibration_for
+from edgedelta.export.config import ExportConfig
+from edgedelta.models.adapters import adapter_for
+from tests.tiny import tiny_ids
+from tests.tiny_compressed import tiny_compressed_model
+
+
+def _inputs(model, ids):
+    """{(layer, proj): x (tokens, K)} read by every projection, and the LM head's input."""
+    ad = adapter_for(model.config)
+    seen, hooks = {}, []
+    for li, layer in enumerate(ad.decoder_layers(model)):
+        for proj in ad.projections:
+            def hook(_m, args, key=(li, proj)):
+                seen.setdefault(key, []).append(args[0].reshape(-1, args[0].shape[-1]).double())
+            hooks.append(ad.get_linear(layer, proj).register_forward_pre_hook(hook))
+    hooks.append(model.get_output_embeddings().register_forward_pre_hook(
+        lambda _m, args: seen.setdefault("head", []).append(args[0].reshape(-1, args[0].shape[-1]).double())))
+    with torch.no_grad():
+        for s in range(0, ids.shape[0], 2):
+            model(input_ids=ids[s:s + 2])
+    for h in hooks:
+        h.remove()
+    return {k: torch.cat(v) for k, v in seen.items()}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_compressed_model("llama")  # groups (0, 1) and (2, 3), every projection shared, rank 4
+    ids = tiny_ids(4, 16)
+    return model, ids, _inputs(model, ids)
+
+
+def test_shared_base_sums_the_inputs_of_every_reader(setup):
+    model, ids, xs = setup
+    stats = CalibrationStats(model, ids, batch_size=2)
+    layers = adapter_for(model.config).decoder_layers(model)
+    for proj, path in (("q", "self_attn.q_proj"), ("down", "mlp.down_proj")):
+        mods = [layers[i].get_submodule(path) for i in (0, 1)]
+        assert mods[0].weight is mods[1].weight  # one Parameter, two readers
+        x = torch.cat([xs[(0, proj)], xs[(1, proj)]])
+        np.testing.assert_allclose(stats.hessian(mods[0].weight), (x.T @ x).numpy(), rtol=1e-4, atol=1e-3)
+        # layer 1's own delta reads only layer 1's input; its B reads x·Aᵀ
+        x1, a = xs[(1, proj)], mods[1].delta_A.detach().double()
+        np.testing.assert_allclose(stats.hessian(mods[1].delta_A), (x1.T @ x1).numpy(), rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(stats.hessian(mods[1].delta_B), (a @ x1.T @ x1 @ a.T).numpy(), rtol=1e-3, atol=1e-3)
+    # the tied LM head's Hessian, keyed by the embedding Parameter it reads
+    emb = model.get_input_embeddings().weight
+    np.testing.assert_allclose(stats.hessian(emb), (xs["head"].T @ xs["head"]).numpy(), rtol=1e-4, atol=1e-3)
+    assert stats.hessian(torch.zeros(3)) is None and stats.passes == 1
+
+
+def test_windows_keep_groups_whole_and_give_the_same_hessians(setup):
+    model, ids, _ = setup
+    whole = CalibrationStats(model, ids, batch_size=2)
+    small = CalibrationStats(model, ids, batch_size=2, max_bytes=1)  # every window as small as the groups allow
+    assert whole.windows == [[0, 1, 2, 3, HEAD]] and small.windows == [[0, 1], [2, 3, HEAD]]
+    layers = adapter_for(model.config).decoder_layers(model)
+    for li in (0, 2):
+        w = layers[li].mlp.up_proj.weight
+        np.testing.assert_allclose(small.hessian(w), whole.hessian(w), rtol=1e-5, atol=1e-4)
+    assert small.passes == 2  # one forward per window, in order
+
+
+def test_calibration_refuses_what_it_cannot_do():
+    model = tiny_compressed_model("llama")
+    assert calibration_for(model, None, ExportConfig(quantize="int4", quant_method="rtn")) is None
+    assert calibration_for(model, None, ExportConfig()) is None  # no quantization
+    with pytest.raises(ConfigError, match="no tokenizer"):
+        calibration_for(model, None, ExportConfig(quantize="int4", quant_method="gptq"))

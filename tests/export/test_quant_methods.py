@@ -1,0 +1,94 @@
+"""Quantization methods (export/quant_methods.py) on random weights: every method writes the
+MatMulNBits format, GPTQ lowers the output error on correlated inputs, HQQ lowers its own
+objective, and bad requests are refused."""
+
+import numpy as np
+import pytest
+
+from edgedelta.errors import ConfigError
+from edgedelta.export.quant_methods import METHODS, quantize_weight
+from edgedelta.export.quantize import quantize_blockwise
+
+
+def _data(n=64, k=96, tokens=2048, seed=0):
+    """W (N, K) with a few outliers; X (tokens, K) with correlated, unevenly scaled channels."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    w[rng.random((n, k)) < 0.01] *= 6
+    mix = rng.standard_normal((k, k)).astype(np.float32) / np.sqrt(k)
+    x = (rng.standard_normal((tokens, k)) @ mix + 0.2 * rng.standard_normal((tokens, k))) * np.exp(rng.standard_normal(k))
+    return w, x.astype(np.float32)
+
+
+def _out_err(x, w, q):
+    return np.linalg.norm(x @ (q.dequantize() - w).T) / np.linalg.norm(x @ w.T)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_output_error_below_rtn(bits, act_order):
+    w, x = _data()
+    h = x.T @ x
+    rtn = _out_err(x, w, quantize_weight(w, bits, 32, "rtn"))
+    gptq = _out_err(x, w, quantize_weight(w, bits, 32, "gptq", h, act_order=act_order))
+    assert gptq < 0.9 * rtn, (gptq, rtn)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("bits,k", [(4, 40), (8, 40), (4, 64)])
+def test_every_method_writes_the_kernel_format(method, bits, k):
+    """Same tensor shapes as RTN, codes in range, K padding decoding to exactly 0."""
+    w, x = _data(24, k)
+    q = quantize_weight(w, bits, 16, method, x.T @ x)
+    ref = quantize_blockwise(w, bits, 16)
+    assert q.packed.shape == ref.packed.shape and q.scales.shape == ref.scales.shape and q.zero_points.shape == ref.zero_points.shape
+    assert q.packed.dtype == np.uint8 and q.zero_points.dtype == np.uint8 and np.all(q.scales > 0)
+    from edgedelta.export.quantize import _unpack
+
+    codes = _unpack(q.packed, bits).reshape(24, -1)  # (N, nb*bs)
+    assert codes.max() < (1 << bits)
+    if k % 16:  # the padding columns of the last block decode to 0
+        pad = codes[:, k:].astype(np.float32)
+        assert np.all((pad - _zp_last(q, bits)[:, None]) * q.scales.reshape(24, -1)[:, -1:] == 0)
+    rel = np.linalg.norm(q.dequantize() - w) / np.linalg.norm(w)
+    assert rel < (0.35 if bits == 4 else 0.03)
+
+
+def _zp_last(q, bits):
+    from edgedelta.export.quantize import _unpack_zp
+
+    nb = q.packed.shape[1]
+    return _unpack_zp(q.zero_points, bits, q.n, nb)[:, -1].astype(np.float32)
+
+
+def test_hqq_lowers_its_lp_objective():
+    """HQQ keeps, per block, the iterate with the lowest Σ|w - ŵ|^0.7 (RTN's start included)."""
+    w, _ = _data(128, 128)
+    lp = {m: np.sum(np.abs(quantize_weight(w, 4, 32, m).dequantize() - w) ** 0.7) for m in ("rtn", "hqq")}
+    assert lp["hqq"] < lp["rtn"]
+
+
+def test_gptq_of_a_row_concatenation_equals_its_parts():
+    """A fused q/k/v weight reads one input: quantizing the concatenation gives the parts."""
+    w, x = _data(48, 64)
+    h = x.T @ x
+    whole = quantize_weight(w, 4, 32, "gptq", h).dequantize()
+    parts = np.concatenate([quantize_weight(p, 4, 32, "gptq", h).dequantize() for p in (w[:16], w[16:40], w[40:])])
+    np.testing.assert_allclose(whole, parts, atol=1e-5)
+
+
+def test_gptq_tolerates_inputs_never_seen():
+    w, x = _data(16, 64)
+    x[:, 5] = 0.0  # a channel the calibration text never excited: H[5, 5] = 0
+    q = quantize_weight(w, 4, 32, "gptq", x.T @ x)
+    assert np.isfinite(q.dequantize()).all()
+
+
+def test_bad_requests_are_refused():
+    w, x = _data(8, 32)
+    with pytest.raises(ConfigError, match="awq.*allowed: rtn, gptq, hqq"):
+        quantize_weight(w, 4, 32, "awq")
+    with pytest.raises(ConfigError, match="needs calibration statistics"):
+        quantize_weight(w, 4, 32, "gptq")
+    with pytest.raises(ConfigError, match="does not fit"):
+        quantize_weight(w, 4, 32, "gptq", np.eye(16))

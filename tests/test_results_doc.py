@@ -1,0 +1,40 @@
+"""docs/RESULTS.md is what bench/summarize.py makes from the JSON files in bench/results/:
+no number in it is typed by hand, and none goes stale when a benchmark writes new results."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _summarize():
+    spec = importlib.util.spec_from_file_location("summarize", ROOT / "bench" / "summarize.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_results_doc_is_generated_from_the_json_files():
+    mod = _summarize()
+    assert (ROOT / "docs" / "RESULTS.md").read_text() == mod.render(), "run: python bench/summarize.py"
+
+
+def test_readme_status_table_is_generated_from_the_json_files():
+    mod = _summarize()
+    readme = (ROOT / "README.md").read_text()
+    assert readme == mod.readme_with_status(readme), "run: python bench/summarize.py"
+    assert mod.STATUS_BEGIN in readme and len(readme.splitlines()) <= 200
+
+
+def test_a_missing_file_is_listed_not_invented(tmp_path):
+    mod = _summarize()
+    text = mod.render(tmp_path)  # no result files at all
+    assert text.count("Not measured yet (the file is absent).") == len(mod.SECTIONS)
+
+
+def test_a_new_section_is_one_function(tmp_path, monkeypatch):
+    mod = _summarize()
+    (tmp_path / "serve.json").write_text(json.dumps({"p50_ms": 12.5}))
+    monkeypatch.setattr(mod, "SECTIONS", [("Server", "serve.json", lambda d: [f"p50 {d['p50_ms']} ms"])])
+    assert "## Server" in mod.render(tmp_path) and "p50 12.5 ms" in mod.render(tmp_path)
