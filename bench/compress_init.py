@@ -26,7 +26,7 @@ import torch
 from edgedelta.baselines import shortgpt
 from edgedelta.data.text import DEFAULT_TRAIN_TEXT, calibration_batches, dataset_texts
 from edgedelta.delta.accounting import count_parameters
-from edgedelta.delta.calibration import input_covariances
+from edgedelta.delta.calibration import Calibration, input_covariances
 from edgedelta.delta.compress import compress
 from edgedelta.delta.config import CompressConfig
 from edgedelta.errors import ConfigError
@@ -77,12 +77,13 @@ def main() -> int:
     adapter = adapter_for(teacher.config)
     projections = CompressConfig(groups=[[0, 1]]).shared_projections(adapter)
     covs = input_covariances(teacher, adapter, range(len(adapter.decoder_layers(teacher))), projections, calib, progress=True)
+    measured = Calibration(calib, covs=covs)
     log(f"calibration done [{time.time() - t0:.0f}s]")
 
     for target in [float(x) for x in args.budgets.split(",")]:
         rows = {}
         planned = compress(teacher, CompressConfig(target_params=target, rank_attn=args.rank, rank_mlp=args.rank,
-                                                   calib_text=args.calib_text), calib_ids=calib, covs=covs)
+                                                   calib_text=args.calib_text), calibration=measured)
         plan = planned.plan
         log(f"plan {target}: groups {plan['groups']} ranks {plan['ranks']} ratio {plan['ratio']:.4f} [{time.time() - t0:.0f}s]")
         # rows fill in place: every write below reports what was measured so far
@@ -92,7 +93,7 @@ def main() -> int:
             anchored = kw.get("base", "anchor") in ("anchor", "first")
             ranks = plan["ranks"] if anchored else {p: r // 2 for p, r in plan["ranks"].items()}
             cfg = CompressConfig(groups=plan["groups"], ranks=ranks, **kw)
-            res = planned if name == DEFAULT else compress(teacher, cfg, calib_ids=calib, covs=covs, progress=False)
+            res = planned if name == DEFAULT else compress(teacher, cfg, calibration=measured, progress=False)
             rows[name] = {"params": count_parameters(res.model)["total"], "ppl": ppl(res.model)}
             log(f"  {name}: {rows[name]} [{time.time() - t0:.0f}s]")
             del res

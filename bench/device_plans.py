@@ -92,47 +92,17 @@ def scenario_name(context: int, chunk: int | None) -> str:
 
 
 def chart(res: dict, path: Path, devices: list) -> None:
-    import matplotlib
+    """devices/report.py's verdict chart: a row per variant, a panel per scenario, the cells where
+    compression changes the verdict framed."""
+    from edgedelta.devices.report import chart_verdicts
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Rectangle
-
-    colors = {"fits": "#4caf50", "tight": "#ffb300", "does not fit": "#e53935"}
-    labels = list(dict.fromkeys(r["label"] for r in res["variants"]))
-    names = [d.name for d in devices]
-    fig, axes = plt.subplots(1, len(SCENARIOS), figsize=(5.5 + 0.62 * len(names) * len(SCENARIOS), 1.6 + 0.42 * len(labels)),
-                             sharey=True)
-    by = {(p["label"], p["device"], p["scenario"]): p for p in res["plans"]}
-    changed = {(c["model"], c["precision"], c["device"], c["scenario"]) for c in res["changes"]}
     meta = {r["label"]: r for r in res["variants"]}
-    for ax, (ctx, chunk) in zip(axes, SCENARIOS):
-        sc = scenario_name(ctx, chunk)
-        grid = [[VERDICTS.index(by[(lab, n, sc)]["verdict"]) for n in names] for lab in labels]
-        ax.imshow(grid, cmap=ListedColormap([colors[v] for v in VERDICTS]), vmin=0, vmax=2, aspect="auto")
-        for i, lab in enumerate(labels):
-            for j, n in enumerate(names):
-                p = by[(lab, n, sc)]
-                ax.text(j, i, f"{p['margin_bytes'] / GIB:+.1f}", ha="center", va="center", fontsize=7)
-                m = meta[lab]
-                if (m["model"], m["precision"], n, sc) in changed:
-                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.2, ec="black"))
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels([f"{d.name}\n{d.memory_gib:g} GiB" for d in devices], rotation=60, ha="right", fontsize=7)
-        ax.set_title(sc)
-        for i in range(1, len(labels)):
-            if i % 2 == 0:
-                ax.axhline(i - 0.5, color="white", lw=2)
-    axes[0].set_yticks(range(len(labels)))
-    axes[0].set_yticklabels([f"{lab} ({meta[lab]['facts']['weight_bytes'] / GIB:.2f} GiB)" for lab in labels], fontsize=7.5)
-    handles = [Rectangle((0, 0), 1, 1, color=colors[v]) for v in VERDICTS] + [Rectangle((0, 0), 1, 1, fill=False, ec="black", lw=2)]
-    fig.legend(handles, ["fits", "tight (margin < 10%)", "does not fit", "compression changes the verdict"],
-               loc="lower center", ncol=4, fontsize=8, frameon=False)
-    fig.suptitle("Will it run? Model (weights in GiB) x device; cell = predicted margin in GiB", fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    row = {lab: f"{lab} ({m['facts']['weight_bytes'] / GIB:.2f} GiB)" for lab, m in meta.items()}
+    cells = {(row[p["label"]], p["device"], p["scenario"]): p for p in res["plans"]}
+    changed = {(row[lab], c["device"], c["scenario"]) for c in res["changes"] for lab, m in meta.items()
+               if (m["model"], m["precision"]) == (c["model"], c["precision"])}
+    chart_verdicts(cells, list(row.values()), res["scenarios"], devices, path, changed,
+                   title="Will it run? Model (weights in GiB) x device.")
 
 
 def write_md(res: dict, out: Path, devices: list) -> None:

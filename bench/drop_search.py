@@ -127,8 +127,9 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     import torch
 
-    from edgedelta.delta.compress import drop_candidates
+    from edgedelta.delta.calibration import Calibration
     from edgedelta.delta.config import CompressConfig
+    from edgedelta.delta.drop_search import drop_candidates, heldout_rows
     from edgedelta.evaluation.api import EvalConfig, evaluate
     from edgedelta.models.loading import load_model
 
@@ -152,7 +153,8 @@ def main(argv=None) -> int:
         cfg = CompressConfig(target_params=budget, drop_layers="auto", drop_search_max=a.max_count)
         entry = {"target": budget, "rows": []}
         res["budgets"].append(entry)
-        for c in drop_candidates(lm.model, cfg, tokenizer=lm.tokenizer, progress=False, counts=counts):
+        calib, held = Calibration.draw(cfg, lm.tokenizer), heldout_rows(cfg, lm.tokenizer)
+        for c in drop_candidates(lm.model, cfg, calib, held, progress=False, counts=counts):
             if c.result is None:
                 entry["stopped"] = f"stopped at {c.stopped}"
                 break

@@ -74,6 +74,13 @@ PEERS: dict[str, tuple[str, str, str | None]] = {
     "llama.cpp-F32": ("llama", "F32", None),
 }
 REFERENCES = ("genai-int4", "genai-fp32")  # roles the md table gives ratios against
+# how each engine runs besides the thread count (peers_worker.py), stated in the results
+ENGINE_SETTINGS = {
+    "edgedelta": "Session.from_dir(provider='cpu', threads=N, **row kwargs): the runtime's defaults otherwise",
+    "genai": "onnxruntime-genai Model/Generator, CPU provider, intra-op threads N, inter-op 1, the builder's other session "
+             "settings (ORT thread spinning at its default, on); greedy via min_length = max_length (EOS never picked)",
+    "llama": "llama-cpp-python binding, n_threads = n_threads_batch = N, n_ctx = the longest sequence of the run, n_batch = n_ubatch = 512, KV cache f16 (its default)",
+}
 
 
 @dataclass
@@ -152,9 +159,19 @@ def check_api(c: Contender, export_fields: set[str], session_params: set[str]) -
     return None
 
 
-def artifact_key(model_id: str, export: dict, revision) -> str:
-    blob = json.dumps({"model": model_id, "export": export, "graph_revision": revision}, sort_keys=True)
+def artifact_key(model_id: str, export: dict, revision, code: str = "") -> str:
+    """Cache key of an exported artifact: the model, the fields, the graph revision and the
+    exporter's source (`code`: an exporter edited without a revision bump still re-exports)."""
+    blob = json.dumps({"model": model_id, "export": export, "graph_revision": revision, "code": code}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def exporter_code_hash() -> str:
+    """sha256 over the exporter's Python sources (export/*.py)."""
+    h = hashlib.sha256()
+    for f in sorted((ROOT / "export").glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 def model_identity(model_dir: Path) -> str:
@@ -191,8 +208,9 @@ def prepare_edgedelta(cs: list[Contender], sources: dict[str, Path | None], reex
         if c.skip is None:
             todo.append(c)
     by_key: dict[str, list[Contender]] = {}
+    code = exporter_code_hash()
     for c in todo:
-        key = artifact_key(model_identity(sources[c.model]), c.export, GRAPH_REVISION)
+        key = artifact_key(model_identity(sources[c.model]), c.export, GRAPH_REVISION, code)
         by_key.setdefault(key, []).append(c)
     for key, group in tqdm(by_key.items(), desc="edgedelta exports", disable=not by_key):
         c0 = group[0]
@@ -208,8 +226,10 @@ def prepare_edgedelta(cs: list[Contender], sources: dict[str, Path | None], reex
                 gc.collect()
         for c in group:
             c.path = str(out)
-        notes[key] = {"model": c0.model, "source": str(sources[c0.model]), "export": c0.export, "graph_revision": GRAPH_REVISION,
-                      "labels": [c.label for c in group]}
+        man = json.loads((out / "manifest.json").read_text())  # what the exporter actually did, defaults filled in
+        notes[key] = {"model": c0.model, "source": str(sources[c0.model]), "export": c0.export, "labels": [c.label for c in group],
+                      "graph_revision": man.get("graph_revision"), "export_config": man.get("export_config"),
+                      "io": man.get("io"), "parity": man.get("parity"), "exporter_code_sha256": code}
     return notes
 
 
@@ -286,6 +306,23 @@ def run_worker(c: Contender, manifest: dict, mode: str, run_dir: Path, opts: dic
     spec_path.unlink()
     out_path.unlink()
     return res
+
+
+def llama_bench(c: Contender, manifest: dict, threads: int, prefill: list[int], new_tokens: int, timeout: float) -> dict:
+    """llama.cpp's own llama-bench on the same GGUF: a cross-check of the binding's figures (its
+    decode test starts from an empty context, not after the prompt; one repetition)."""
+    exe = Path(manifest.get("llama.cpp", {}).get("bin", str(peers_build.LLAMA_BIN))) / "llama-bench"
+    cmd = [str(exe), "-m", c.path, "-t", str(threads), "-p", ",".join(map(str, prefill)), "-n", str(new_tokens), "-r", "1", "-o", "json"]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        rows = json.loads(p.stdout)
+    except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    out = {"command": " ".join(cmd[1:]).replace(c.path, Path(c.path).name)}
+    for r in rows:
+        key = f"decode{r['n_gen']}" if r.get("n_gen") else f"prefill{r['n_prompt']}"
+        out[key] = r.get("avg_ts")
+    return out
 
 
 def round_order(labels: list[str], r: int) -> list[str]:
@@ -426,7 +463,8 @@ def render_markdown(res: dict) -> str:
               f"{res['tokens']['window']} tokens of held-out text ({', '.join(res['tokens']['ppl_text'])}), each window from "
               f"an empty cache, every position after the first scored, for every contender. Speed figures are medians over "
               f"rounds; ratios are medians of same-round ratios. Peak RSS: the worker process's ru_maxrss after load and "
-              f"decode. MiB = 2^20 bytes. Load average at start: {res['machine'].get('loadavg_start')}.", "",
+              f"decode. MiB = 2^20 bytes. Load average (1, 5, 15 min) at start: {res['machine'].get('loadavg_start')}.", ""]
+    lines += [f"- {k}: {v}" for k, v in res.get("engine_settings", {}).items()] + ["",
               "| contender | decode tok/s | prefill@" + " tok/s | prefill@".join(map(str, cfg["prefill"])) + " tok/s "
               "| peak RSS MiB | file MiB | perplexity | " + " | ".join(f"decode ×{r}" for r, _ in refs) + " | greedy = fp32 |",
               "|---|" + "---:|" * (5 + len(cfg["prefill"]) + len(refs))]
@@ -452,6 +490,12 @@ def render_markdown(res: dict) -> str:
     errs = {k: v["errors"] for k, v in summ.items() if v.get("errors")}
     if errs:
         lines += ["", "## Failed runs", ""] + [f"- {k}: {'; '.join(v)}" for k, v in errs.items()]
+    if res.get("llama_bench"):
+        lines += ["", "llama.cpp's own `llama-bench` on the same files (one repetition; its decode starts from an empty "
+                  "context), as a check on the binding's figures:", ""]
+        for k, v in res["llama_bench"].items():
+            lines.append(f"- {k}: " + (v["error"] if "error" in v else
+                                       ", ".join(f"{m} {x:.1f} tok/s" for m, x in v.items() if m != "command" and x is not None)))
     lines += ["", "## How the peers were built", ""]
     for k, v in res["peers"].get("genai", {}).items():
         lines.append(f"- {k}: `{v['builder_command']}` (onnxruntime-genai {res['versions'].get('onnxruntime-genai')})")
@@ -596,7 +640,9 @@ def main(argv=None) -> int:
     for k, v in skipped.items():
         print(f"peers: skipping {k}: {v}", file=sys.stderr)
     by_label = {c.label: c for c in live}
-    opts = {"threads": a.threads, "tokens": str(tok_path), "new_tokens": new_tokens, "prefill_reps": reps}
+    # ctx: the longest sequence of the run (llama.cpp allocates its KV cache for it up front)
+    opts = {"threads": a.threads, "tokens": str(tok_path), "new_tokens": new_tokens, "prefill_reps": reps,
+            "ctx": max([*prefill, a.prompt_tokens + new_tokens + 1, a.ppl_window])}
 
     from tqdm.auto import tqdm
 
@@ -611,6 +657,7 @@ def main(argv=None) -> int:
             res["round"] = r
             results[label].append(res)
             bar.update()
+    cross = {c.label: llama_bench(c, manifest, a.threads, prefill, new_tokens, a.timeout) for c in live if c.engine == "llama"}
     ppl: dict[str, dict] = {}
     if not a.no_ppl:
         for c in live:
@@ -632,8 +679,8 @@ def main(argv=None) -> int:
         "order": [c.label for c in contenders], "engines": {c.label: c.engine for c in contenders},
         "contenders": {c.label: {"engine": c.engine, "role": c.role, "model": c.model, "export": c.export, "session": c.session,
                                  "peer": c.peer, "path": c.path} for c in contenders},
-        "exports": exports, "skipped": skipped, "roles": roles,
-        "summary": summary, "rounds": results, "perplexity": ppl,
+        "exports": exports, "skipped": skipped, "roles": roles, "engine_settings": ENGINE_SETTINGS,
+        "summary": summary, "rounds": results, "perplexity": ppl, "llama_bench": cross,
         "ratios": {label: {ref: {m: ratio(m, label, roles[ref], results, summary) for m in METRICS} for ref in REFERENCES if ref in roles}
                    for label in by_label},
         "greedy_agreement": greedy_agreement(results, roles.get("original-fp32")),

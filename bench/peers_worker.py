@@ -3,7 +3,8 @@
   python bench/peers_worker.py SPEC.json OUT.json
 
 SPEC: {"engine": "edgedelta"|"genai"|"llama", "path": model, "session": {kwargs}, "threads": 2,
-       "mode": "speed"|"ppl", "tokens": tokens.json, "new_tokens": 128, "prefill_reps": 3}
+       "mode": "speed"|"ppl", "tokens": tokens.json, "new_tokens": 128, "prefill_reps": 3,
+       "ctx": longest sequence (llama.cpp's KV cache size)}
 
 speed: load, a short untimed warm-up, then greedy decode of `new_tokens` after the prompt
        (each step timed: one forward of one token + the argmax, or the engine's own greedy
@@ -205,7 +206,7 @@ def main(spec_path: str, out_path: str) -> int:
     tokens = json.loads(Path(spec["tokens"]).read_text())
     res: dict = {"rss_after_import_mib": rss_now_mib()}
     t = time.perf_counter()
-    kw = {"logits_all": True} if spec["engine"] == "llama" and spec["mode"] == "ppl" else {}
+    kw = {"ctx": spec.get("ctx", 640), "logits_all": spec["mode"] == "ppl"} if spec["engine"] == "llama" else {}
     eng = ENGINES[spec["engine"]](spec["path"], spec["threads"], spec.get("session", {}), **kw)
     res["load_s"] = time.perf_counter() - t
     res["rss_after_load_mib"] = rss_now_mib()

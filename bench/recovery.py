@@ -267,7 +267,7 @@ def main(argv=None) -> int:
     only_c = [a for a in args.arms.split(",") if a] == ["c"]
     if only_c and args.groups and not cache.is_dir():
         # arm c needs only the compressed model's parameter count: build the structure, no init
-        from edgedelta.delta.compress import build_spec
+        from edgedelta.delta.groups import build_spec
         from edgedelta.delta.structure import apply_sharing
         from edgedelta.models.adapters import adapter_for
 

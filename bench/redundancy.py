@@ -185,14 +185,14 @@ def child_redundancy(name: str) -> dict:
     import torch
     from tqdm.auto import tqdm
 
-    from edgedelta.baselines.common import layer_similarities
     from edgedelta.data.text import calibration_batches
     from edgedelta.delta.calibration import WhiteningCache
-    from edgedelta.delta.compress import build_spec
+    from edgedelta.delta.groups import build_spec
     from edgedelta.delta.config import CompressConfig
     from edgedelta.delta.plan import group_sensitivity, kl_to, log_probs
     from edgedelta.models.adapters import adapter_for
     from edgedelta.models.loading import load_model
+    from edgedelta.models.similarity import layer_similarities
 
     torch.set_num_threads(ARGS.threads)
     t0 = time.perf_counter()

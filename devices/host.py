@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .profile import GIB, Device
+from .device import GIB, Device
 
 
 def measure_bandwidth(mib: int = 256, repeats: int = 5) -> float:

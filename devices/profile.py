@@ -7,55 +7,22 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from edgedelta.errors import ConfigError
 from edgedelta.export.config import CPU_ARCHS
 
+from .device import GIB, Device  # noqa: F401  (GIB, Device re-exported: the planner and tables import them from here)
+from .host import host_device
+
 SCHEMA_VERSION = 1
-GIB = 1 << 30
 BUILTIN_DIR = Path(__file__).parent / "profiles"
 ENV_DIRS = "EDGEDELTA_DEVICES"
 KINDS = ("cpu", "unified", "gpu")  # weights in host RAM / in RAM shared by CPU+GPU / in GPU memory
 PROVIDERS = ("cpu", "cuda", "tensorrt", "openvino", "qnn", "coreml", "dml", "rocm")
 DTYPES = ("fp32", "fp16", "bf16", "int8", "int4", "fp8")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-
-
-@dataclass(frozen=True)
-class Device:
-    """One target device. Memory figures are GiB; bandwidth is GB/s (10^9 bytes/s)."""
-
-    name: str  # id used on the command line; equals the file name without .json
-    display_name: str
-    kind: str  # one of KINDS: where the model's weights and KV cache live
-    memory_gib: float  # memory that holds weights + KV cache (RAM, unified RAM or GPU memory)
-    os_reserved_gib: float  # kept for the OS, display, other services: not available to the model
-    bandwidth_gbps: float  # sustained memory bandwidth used for the decode ceiling
-    bandwidth_source: str  # where the bandwidth figure comes from (datasheet URL or measurement)
-    cpu_cores: int
-    providers: tuple[str, ...]  # ONNX Runtime execution providers available on it
-    dtypes: tuple[str, ...]  # weight dtypes it runs efficiently
-    peak_bandwidth_gbps: float | None = None  # theoretical peak (datasheet), when bandwidth_gbps is a sustained figure
-    cpu_arch: str | None = None  # one of CPU_ARCHS: which fp32 weight layout to export for it (--cpu-arch)
-    notes: str = ""
-    source_file: str = ""  # filled in by the loader
-
-    @property
-    def memory_bytes(self) -> int:
-        return int(self.memory_gib * GIB)
-
-    @property
-    def available_bytes(self) -> int:
-        """Memory the model may use: total minus the OS reserve."""
-        return int((self.memory_gib - self.os_reserved_gib) * GIB)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "source_file"}
-        d["providers"], d["dtypes"] = list(self.providers), list(self.dtypes)
-        return d
 
 
 _REQUIRED = {"name": str, "display_name": str, "kind": str, "memory_gib": (int, float), "os_reserved_gib": (int, float),
@@ -146,8 +113,6 @@ def all_devices(extra_dirs: list[str | os.PathLike] | None = None) -> dict[str, 
 def get(name: str, extra_dirs: list[str | os.PathLike] | None = None) -> Device:
     """The device called `name`; unknown names list the known ones. 'host' is this machine."""
     if name == "host":
-        from .host import host_device
-
         return host_device()
     devs = all_devices(extra_dirs)
     if name not in devs:

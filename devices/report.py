@@ -1,6 +1,8 @@
-"""`--report DIR`: report.md and report.html with the tables and three PNG charts
+"""`--report DIR`: report.md and report.html with the tables and four PNG charts
 (matplotlib, Agg backend, no display needed):
 
+  verdicts.png           model x device, coloured by verdict (fits / tight / does not fit),
+                         one panel per context: the chart to read first
   memory_per_device.png  predicted peak memory per device, one bar per model (original vs
                          compressed), the memory available to the model as a red line
   context_memory.png     context length vs predicted peak per model, measured host peaks as
@@ -67,6 +69,49 @@ def chart_memory_per_device(plans: list[Plan], devices: list, context: int, path
     ax2.set_xticks(range(len(names)))
     ax2.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+VERDICT_ORDER = ("fits", "tight", "does not fit")
+VERDICT_COLORS = {"fits": "#4caf50", "tight": "#ffb300", "does not fit": "#e53935"}
+
+
+def chart_verdicts(cells: dict, rows: list[str], scenarios: list[str], devices: list, path: Path,
+                   changed: set | frozenset = frozenset(), title: str = "Will it run?") -> None:
+    """The at-a-glance chart: one panel per scenario (e.g. a context length), a row per model
+    (variant), a column per device (smallest memory first), each cell coloured by verdict and
+    labelled with the margin in GiB. cells[(row, device name, scenario)] = Plan (or its dict);
+    cells in `changed` (same keys) get a black frame (e.g. where compression changes the verdict)."""
+    plt = _plt()
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Rectangle
+
+    get = lambda p, k: p[k] if isinstance(p, dict) else getattr(p, k)  # noqa: E731
+    names = [d.name for d in devices]
+    fig, axes = plt.subplots(len(scenarios), 1, squeeze=False, sharex=True,
+                             figsize=(4.5 + 0.62 * len(names), 1.8 + len(scenarios) * (0.3 * len(rows) + 0.4)))
+    for ax, sc in zip(axes[:, 0], scenarios):
+        grid = [[VERDICT_ORDER.index(get(cells[(r, n, sc)], "verdict")) for n in names] for r in rows]
+        ax.imshow(grid, cmap=ListedColormap([VERDICT_COLORS[v] for v in VERDICT_ORDER]), vmin=0, vmax=2, aspect="auto")
+        for i, r in enumerate(rows):
+            for j, n in enumerate(names):
+                ax.text(j, i, f"{get(cells[(r, n, sc)], 'margin_bytes') / GIB:+.1f}", ha="center", va="center", fontsize=7)
+                if (r, n, sc) in changed:
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.2, ec="black"))
+        ax.set_title(str(sc), fontsize=9)
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels(rows, fontsize=7)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([f"{d.name} ({d.memory_gib:g} GiB)" for d in devices], rotation=35, ha="right", fontsize=7.5)
+    handles = [Rectangle((0, 0), 1, 1, color=VERDICT_COLORS[v]) for v in VERDICT_ORDER]
+    labels = ["fits", "tight (margin < 10%)", "does not fit"]
+    if changed:
+        handles.append(Rectangle((0, 0), 1, 1, fill=False, ec="black", lw=2))
+        labels.append("compression changes the verdict")
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle(f"{title} Cell = predicted margin in GiB", fontsize=10)
+    fig.tight_layout(rect=(0, 0.025, 1, 0.98))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -197,6 +242,9 @@ def write_report(out_dir: str | Path, data: dict[str, Any], devices: list) -> Pa
     ctx = max(data["contexts"])
     models = data["models"]
     chart_memory_per_device(plans, devices, ctx, out / "memory_per_device.png")
+    by_size = sorted(devices, key=lambda d: (d.available_bytes, d.name))
+    chart_verdicts({(p.model, p.device, f"context {p.context}"): p for p in plans}, list(dict.fromkeys(p.model for p in plans)),
+                   [f"context {c}" for c in data["contexts"]], by_size, out / "verdicts.png")
     chart_context_memory(models, host_device(), out / "context_memory.png", data["contexts"])
     has_runs = chart_host_measured(models, out / "host_measured.png")
     runs = [r for m in models for r in m.get("runs") or []]
@@ -211,6 +259,7 @@ def write_report(out_dir: str | Path, data: dict[str, Any], devices: list) -> Pa
           "per token: a weight shared by several layers is re-read by each of them, so sharing lowers memory, not this "
           "ceiling. Verdict 'tight' = margin under 10% of the prediction.", "",
           plans_table(plans, markdown=True), "", *layout_notes(models, devices), *gpu_notes(devices),
+          "![verdict per model and device](verdicts.png)", "",
           f"![memory per device](memory_per_device.png)", "",
           "## What the prediction is made of", "", plan_breakdown_table(plans, markdown=True), "",
           "![context length vs memory](context_memory.png)", ""]

@@ -17,7 +17,7 @@ _LAZY = {
     "load_model": "edgedelta.models.loading",
     "save_compressed": "edgedelta.delta.storage",
     "load_compressed": "edgedelta.delta.storage",
-    "merge_model": "edgedelta.delta.compress",
+    "merge_model": "edgedelta.delta.structure",
     "count_parameters": "edgedelta.delta.accounting",
     "DistillConfig": "edgedelta.distill.config",
     "distill": "edgedelta.distill.api",

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import OutputExistsError
+from .errors import ConfigError, OutputExistsError
 
 _CHUNK = 1 << 20
 
@@ -48,9 +48,24 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def check_output_path(out: str | os.PathLike, force: bool) -> Path:
-    """Refuse an existing output unless `force`; returns the resolved path."""
+def check_creatable(out: str | os.PathLike) -> Path:
+    """Refuse at once an output that cannot be created: one of its folders is a file, or the
+    nearest folder that exists is not writable (outputs are built in a sibling folder, so that
+    one must be writable even when `out` exists). Commands call this before any long work."""
     out = Path(out)
+    for parent in Path(os.path.abspath(out)).parents:  # nearest first
+        if parent.is_dir():
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"output '{out}' cannot be written: folder '{parent}' is not writable")
+            break
+        if parent.exists():
+            raise ConfigError(f"output '{out}' cannot be created: '{parent}' is a file, not a folder")
+    return out
+
+
+def check_output_path(out: str | os.PathLike, force: bool) -> Path:
+    """Refuse an output that cannot be created, or an existing one unless `force`; returns the path."""
+    out = check_creatable(out)
     if out.exists() and not force:
         raise OutputExistsError(f"output '{out}' already exists (pass --force to replace it)")
     if out.exists() and not out.is_dir():

@@ -134,3 +134,17 @@ class ExportConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ExportConfig":
         return config_from_dict(cls, d, "export")
+
+
+# Which artifacts run with ORT's weight prepacking (the per-reader copies it makes, and why
+# fp32 shared weights are lifted out of them: prepack.py). fp16 keeps the 2-D layouts its Gemm
+# LM head needs, so it asks for prepacking off. MatMulNBits without prepacking dequantizes its
+# whole weight on every call (int4 decode ~10x slower, measured) and its packed copies are
+# small, so quantized artifacts keep ORT's default, as fp32 does. Loaders apply the manifest's
+# "ort_session_config" (edgedelta.runtime does; with optimum pass session_options).
+NO_PREPACKING = {"session.disable_prepacking": "1"}
+
+
+def session_config(cfg: "ExportConfig") -> dict[str, str]:
+    """ONNX Runtime session config entries an artifact exported with `cfg` should run with."""
+    return dict(NO_PREPACKING) if cfg.dtype == "fp16" and cfg.quantize == "none" else {}

@@ -42,13 +42,26 @@ class ArchFacts:
     vocab: int
     eps: float
     act: str
-    scaling: float  # attention score scale (head_dim ** -0.5 for all supported models)
+    scaling: float  # attention score scale (head_dim ** -0.5, or query_pre_attn_scalar ** -0.5 for Gemma 2/3)
     inv_freq: tuple[float, ...]  # (rotary_dim / 2,) RoPE frequencies
     rope_scale: float  # multiplies cos/sin (yarn/longrope "attention_factor"; 1 otherwise)
     embed_scale: float | None  # Gemma multiplies embeddings by sqrt(hidden)
     sliding_windows: tuple[int | None, ...]  # per layer
     fused: dict  # fused projection -> sizes of its parts (phi3 qkv, gate_up)
     max_positions: int = 0  # config.max_position_embeddings: rows of GroupQueryAttention's cos/sin cache
+    attn_softcap: float | None = None  # Gemma 2: scores <- cap·tanh(scores/cap) after the scale, before the mask
+    final_softcap: float | None = None  # Gemma 2: logits <- cap·tanh(logits/cap)
+    # Gemma 3: sliding layers rotate with their own table (rope_local_base_freq, no scaling)
+    local_inv_freq: tuple[float, ...] | None = None
+    local_rope_scale: float = 1.0
+
+    def rope_table(self, i: int) -> str:
+        """Which rotary table layer i reads: 'local' (a Gemma 3 sliding layer) or 'global'."""
+        return "local" if self.local_inv_freq is not None and self.sliding_windows[i] is not None else "global"
+
+    def rope_of(self, table: str) -> tuple[tuple[float, ...], float]:
+        """(inv_freq, cos/sin scale) of a rotary table."""
+        return (self.local_inv_freq, self.local_rope_scale) if table == "local" else (self.inv_freq, self.rope_scale)
 
     @classmethod
     def from_model(cls, model, adapter) -> "ArchFacts":
@@ -57,7 +70,7 @@ class ArchFacts:
         cfg = model.config
         attn = adapter.decoder_layers(model)[0].self_attn
         head_dim = int(attn.head_dim)
-        act = getattr(cfg, "hidden_act", "silu")
+        act = getattr(cfg, adapter.activation_attr, None) or "silu"
         if act not in ACTIVATIONS:
             raise ModelLoadError(f"activation '{act}' is not supported by the ONNX exporter; supported: {', '.join(ACTIVATIONS)}")
         rope = getattr(cfg, "rope_scaling", None) or {}
@@ -66,10 +79,11 @@ class ArchFacts:
             raise ModelLoadError(f"RoPE type '{rope_type}' is not supported by the ONNX exporter (it depends on the sequence length); supported: {', '.join(STATIC_ROPE)}")
         rotary = model.model.rotary_emb
         inv_freq = rotary.inv_freq.detach().to(torch.float32).cpu().numpy()
+        local = getattr(model.model, adapter.local_rotary) if adapter.local_rotary else None
         n = cfg.num_hidden_layers
         layer_types = getattr(cfg, "layer_types", None)
         window = getattr(cfg, "sliding_window", None)
-        if cfg.model_type in ("mistral", "phi3"):
+        if adapter.window_on_every_layer:
             windows = tuple([window] * n)
         elif layer_types:
             windows = tuple(window if t == "sliding_attention" else None for t in layer_types)
@@ -87,11 +101,20 @@ class ArchFacts:
             rope_scale=float(getattr(rotary, "attention_scaling", 1.0)),
             embed_scale=math.sqrt(cfg.hidden_size) if adapter.embed_scale_sqrt_hidden else None,
             sliding_windows=windows, fused=fused, max_positions=int(getattr(cfg, "max_position_embeddings", 0) or 0),
+            attn_softcap=_cap(getattr(cfg, "attn_logit_softcapping", None)),
+            final_softcap=_cap(getattr(cfg, "final_logit_softcapping", None)),
+            local_inv_freq=None if local is None else tuple(float(f) for f in local.inv_freq.detach().to(torch.float32).cpu().numpy()),
+            local_rope_scale=1.0 if local is None else float(getattr(local, "attention_scaling", 1.0)),
         )
 
     @property
     def rotary_dim(self) -> int:
         return 2 * len(self.inv_freq)
+
+
+def _cap(value) -> float | None:
+    """A soft-capping value from the config: None or 0 means none."""
+    return float(value) if value else None
 
 
 def gqa_unsupported(facts: ArchFacts, dtype: str) -> str | None:
@@ -135,30 +158,42 @@ class DecoderGraph:
             h = self._embed(ids)  # (B, S, H)
             if f.embed_scale is not None:  # Gemma: rounded to the activation dtype, as in HF
                 h = b.op("Mul", [h, b.const(f.embed_scale, self.np_t)])
-        with b.scope("rope"):
-            cos, sin = self._rope_cache() if self.gqa else self._rope(pos)
+        with b.scope("rope"):  # one cos/sin pair per rotary table (Gemma 3: global and local)
+            tables = sorted({f.rope_table(i) for i in range(f.num_layers)})
+            rope = {t: self._rope_cache(t) if self.gqa else self._rope(pos, t) for t in tables}
         with b.scope("mask"):
-            masks = {w: self._mask(ids, mask, w) for w in sorted(set(f.sliding_windows), key=lambda x: x or 0)}
+            # GroupQueryAttention applies a sliding layer's window itself (local_window_size), so
+            # every layer reads the causal + padding mask; the plain graph masks each window
+            windows = {None} if self.gqa else set(f.sliding_windows)
+            masks = {w: self._mask(ids, mask, w) for w in sorted(windows, key=lambda x: x or 0)}
             if self.gqa:
                 self._gqa_lengths(ids, mask)
         branch = None  # the last block's output, not yet added to the residual stream h
         for i, lw in enumerate(self.w.layers):
             with b.scope(f"layers.{i}"):
-                branch, h = self._layer(branch, h, lw, past[i], cos, sin, masks[f.sliding_windows[i]], i)
+                cos, sin = rope[f.rope_table(i)]
+                bias = masks[None if self.gqa else f.sliding_windows[i]]
+                branch, h = self._layer(branch, h, lw, past[i], cos, sin, bias, i)
         with b.scope("final"):
             x, _ = self._add_norm(branch, h, self.w.final_norm)
-            logits = self._lm_head(x)
+            if f.final_softcap is None:
+                logits = self._lm_head(x, "logits")
+            else:  # Gemma 2: logits = cap·tanh(head(x)/cap)
+                raw = self._lm_head(x, None)
+                capped = b.op("Tanh", [b.op("Mul", [raw, b.const(1.0 / f.final_softcap, self.np_t)])])
+                logits = b.op("Mul", [capped, b.const(f.final_softcap, self.np_t)], outputs=["logits"])
         b.add_output(logits, self.T, [BATCH, SEQ, f.vocab])
         for name in self.presents:  # after logits, in layer order (optimum's order)
             b.add_output(name, self.T, [BATCH, f.kv_heads, TOTAL, f.head_dim])
 
     # --- prelude --------------------------------------------------------------------------
-    def _rope(self, pos: str) -> tuple[str, str]:
+    def _rope(self, pos: str, table: str = "global") -> tuple[str, str]:
         """cos, sin computed in fp32 as HF does: (B, S, rotary_dim/2), the halves ONNX's
         RotaryEmbedding takes (opset >= 23), or else (B, 1, S, rotary_dim) for _rotate's
         decomposition."""
         b = self.b
-        inv = b.const(np.array(self.f.inv_freq, np.float32), np.float32)  # (rot/2,)
+        inv_freq, rope_scale = self.f.rope_of(table)
+        inv = b.const(np.array(inv_freq, np.float32), np.float32)  # (rot/2,)
         p = b.op("Unsqueeze", [b.op("Cast", [pos], to=TensorProto.FLOAT), b.const([2])])  # (B, S, 1)
         freqs = b.op("Mul", [p, inv])  # (B, S, rot/2)
         if not self.rotary_op:
@@ -166,22 +201,24 @@ class DecoderGraph:
         out = []
         for fn in ("Cos", "Sin"):
             t = b.op(fn, [freqs])
-            if self.f.rope_scale != 1.0:
-                t = b.op("Mul", [t, b.const(self.f.rope_scale, np.float32)])
+            if rope_scale != 1.0:
+                t = b.op("Mul", [t, b.const(rope_scale, np.float32)])
             if self.fp16:
                 t = b.op("Cast", [t], to=self.T)
             out.append(t if self.rotary_op else b.op("Unsqueeze", [t, b.const([1])]))  # (B, 1, S, rot)
         return out[0], out[1]
 
-    def _rope_cache(self) -> tuple[str, str]:
+    def _rope_cache(self, table: str = "global") -> tuple[str, str]:
         """cos, sin (max_positions, head_dim/2) fp32 initializers for GroupQueryAttention,
         indexed by a token's slot in the KV cache (see _attention_gqa)."""
         f = self.f
-        freqs = np.arange(f.max_positions, dtype=np.float64)[:, None] * np.array(f.inv_freq, np.float32)[None].astype(np.float64)
+        inv_freq, rope_scale = f.rope_of(table)
+        freqs = np.arange(f.max_positions, dtype=np.float64)[:, None] * np.array(inv_freq, np.float32)[None].astype(np.float64)
         freqs = freqs.astype(np.float32)  # HF: fp32 positions times fp32 inv_freq
-        cos = (np.cos(freqs) * f.rope_scale).astype(self.np_t)
-        sin = (np.sin(freqs) * f.rope_scale).astype(self.np_t)
-        return self.b.initializer("rope.cos_cache", cos), self.b.initializer("rope.sin_cache", sin)
+        cos = (np.cos(freqs) * rope_scale).astype(self.np_t)
+        sin = (np.sin(freqs) * rope_scale).astype(self.np_t)
+        prefix = "rope" if table == "global" else f"rope_{table}"
+        return self.b.initializer(f"{prefix}.cos_cache", cos), self.b.initializer(f"{prefix}.sin_cache", sin)
 
     def _gqa_lengths(self, ids: str, mask: str) -> None:
         """The scalars GroupQueryAttention reads, once per graph: T = P+S (int32), seqlens_k
@@ -320,6 +357,12 @@ class DecoderGraph:
                 y = b.op("Add", [y, ref.bias], outputs=names)
         return y
 
+    def _head_norm(self, x: str, weight: str, n: int) -> str:
+        """Per-head RMSNorm of (B, S, n*hd) over each head's hd features -> (B, S, n*hd)."""
+        b = self.b
+        y = self._rms_norm(b.op("Reshape", [x, b.const([0, 0, n, self.f.head_dim])]), weight)  # (B, S, n, hd)
+        return b.op("Reshape", [y, b.const([0, 0, n * self.f.head_dim])])
+
     def _heads(self, x: str, n: int) -> str:
         """(B, S, n*hd) -> (B, n, S, hd)."""
         b = self.b
@@ -339,36 +382,59 @@ class DecoderGraph:
         y = b.op("Add", [b.op("Mul", [xr, cos]), b.op("Mul", [rh, sin])])
         return y if xp is None else b.op("Concat", [y, xp], axis=-1)
 
-    def _attention_gqa(self, x: str, lin: dict[str, LinearRef], past: tuple[str, str], cos: str, sin: str, bias: str, i: int) -> str:
+    def _attention_gqa(self, x: str, lw, past: tuple[str, str], cos: str, sin: str, bias: str, i: int) -> str:
         """ONNX Runtime's GroupQueryAttention: rotary, the KV cache append and attention in
         one node reading the packed (B, S, (nh + 2·kvh)·hd) projection, with no Transpose or
         Reshape around it. Each row's new K/V go to cache slots [T−S, T) of
         past_key_values.{i}.* and present.{i}.*: two (B, kvh, P+S, hd) tensors, or, when a
         caller binds one (B, kvh, capacity, hd) buffer to both (edgedelta.runtime does), that
-        buffer written in place. The additive bias (B, 1, S, T) masks left padding (and a
-        sliding window) as in the plain graph."""
+        buffer written in place. The additive bias (B, 1, S, T) masks left padding and the
+        future; a sliding layer's window is the node's local_window_size (the same W as HF's
+        kv_idx > q_idx - W: tests/export/test_architectures.py), and a soft-capped model its cap (applied after the scale,
+        as HF). Per-head q/k norms (Qwen3, Gemma 3) are applied before the node, on separate
+        q and k inputs: the node's q_norm_weight input is rejected by ONNX Runtime's CPU kernel."""
         b, f = self.b, self.f
-        if "qkv" in lin:
+        lin = lw.linears
+        if lw.q_norm is not None:
+            q, k, v = self._qkv(x, lin)
+            q = self._head_norm(q, lw.q_norm, f.heads)
+            k = self._head_norm(k, lw.k_norm, f.kv_heads)
+            qkv = [q, k, v]
+        elif "qkv" in lin:
             qkv = [self._linear(x, lin["qkv"]), "", ""]
         else:  # parts that could not be fused (mixed sharing) go in as query, key, value
             qkv = [self._linear(x, lin[p]) for p in ("q", "k", "v")]
         inputs = qkv + [past[0], past[1], self.seqlens_k, self.total_len, cos, sin, "", bias, "", "", "", "", "", self.query_lens]
+        extra = {}
+        if f.sliding_windows[i] is not None:
+            extra["local_window_size"] = int(f.sliding_windows[i])
+        if f.attn_softcap is not None:
+            extra["softcap"] = float(f.attn_softcap)
         out = b.op("GroupQueryAttention", inputs, n_out=3, domain=MS_DOMAIN,
                    outputs=[None, f"present.{i}.key", f"present.{i}.value"],
-                   num_heads=f.heads, kv_num_heads=f.kv_heads, do_rotary=1, scale=f.scaling)[0]
+                   num_heads=f.heads, kv_num_heads=f.kv_heads, do_rotary=1, scale=f.scaling, **extra)[0]
         self.presents += [f"present.{i}.key", f"present.{i}.value"]
         return self._linear(out, lin["o"])
 
-    def _attention(self, x: str, lin: dict[str, LinearRef], past: tuple[str, str], cos: str, sin: str, bias: str, i: int) -> str:
+    def _qkv(self, x: str, lin: dict[str, LinearRef]) -> tuple[str, str, str]:
+        """q (B, S, nh*hd), k and v (B, S, kvh*hd): one fused projection (phi3's own, or
+        q/k/v fused at export) split by output rows, or three."""
+        if "qkv" in lin:
+            return self.b.op("Split", [self._linear(x, lin["qkv"]), self.b.const(list(lin["qkv"].parts or self.f.fused["qkv"]))],
+                             n_out=3, axis=-1)
+        return tuple(self._linear(x, lin[p]) for p in ("q", "k", "v"))
+
+    def _attention(self, x: str, lw, past: tuple[str, str], cos: str, sin: str, bias: str, i: int) -> str:
         b, f = self.b, self.f
+        lin = lw.linears
         if self.gqa:
-            return self._attention_gqa(x, lin, past, cos, sin, bias, i)
-        if "qkv" in lin:  # one fused projection (phi3's own, or q/k/v fused at export), split by output rows
-            q, k, v = b.op("Split", [self._linear(x, lin["qkv"]), b.const(list(lin["qkv"].parts or f.fused["qkv"]))], n_out=3, axis=-1)
-        else:
-            q, k, v = (self._linear(x, lin[p]) for p in ("q", "k", "v"))
-        q = self._rotate(self._heads(q, f.heads), cos, sin)  # (B, nh, S, hd)
-        k = self._rotate(self._heads(k, f.kv_heads), cos, sin)  # (B, kvh, S, hd)
+            return self._attention_gqa(x, lw, past, cos, sin, bias, i)
+        q, k, v = self._qkv(x, lin)
+        q, k = self._heads(q, f.heads), self._heads(k, f.kv_heads)  # (B, nh|kvh, S, hd)
+        if lw.q_norm is not None:  # Qwen3/Gemma 3: per-head RMSNorm over hd, before rotary
+            q, k = self._rms_norm(q, lw.q_norm), self._rms_norm(k, lw.k_norm)
+        q = self._rotate(q, cos, sin)  # (B, nh, S, hd)
+        k = self._rotate(k, cos, sin)  # (B, kvh, S, hd)
         v = self._heads(v, f.kv_heads)
         k = b.op("Concat", [past[0], k], axis=2, outputs=[f"present.{i}.key"])  # (B, kvh, P+S, hd)
         v = b.op("Concat", [past[1], v], axis=2, outputs=[f"present.{i}.value"])
@@ -380,7 +446,11 @@ class DecoderGraph:
         # the scale right on the MatMul's output (in the activation dtype, as HF's eager
         # attention): ORT folds it into FusedMatMul's alpha, a free op instead of a pass over
         # the scores (0.8 ms per token at 1k context)
-        scores = b.op("Mul", [scores, b.const(f.scaling, self.np_t)])
+        if f.attn_softcap is None:
+            scores = b.op("Mul", [scores, b.const(f.scaling, self.np_t)])
+        else:  # Gemma 2: cap·tanh(scores·scaling/cap), before the mask as in HF's eager attention
+            scores = b.op("Tanh", [b.op("Mul", [scores, b.const(f.scaling / f.attn_softcap, self.np_t)])])
+            scores = b.op("Mul", [scores, b.const(f.attn_softcap, self.np_t)])
         scores = b.op("Reshape", [scores, b.const([0, f.heads, -1, 0])])  # (B, nh, S, P+S)
         if self.fp16:  # softmax in fp32, as HF's eager attention
             scores = b.op("Cast", [scores], to=TensorProto.FLOAT)
@@ -411,27 +481,37 @@ class DecoderGraph:
 
     def _layer(self, branch, h, lw, past, cos, sin, bias, i) -> tuple[str, str]:
         """One decoder layer on the residual stream h + branch; returns (MLP output, residual),
-        the MLP output still to be added (by the next layer's or the final norm)."""
+        the MLP output still to be added (by the next layer's or the final norm). Gemma 2/3
+        normalise each sub-layer's output before its residual add (attn_output_norm,
+        mlp_output_norm): the normalised output is the branch the next fused Add + norm reads,
+        so SkipSimplifiedLayerNormalization still adds exactly what HF adds."""
         b = self.b
         with b.scope("attn"):
             x, h = self._add_norm(branch, h, lw.input_norm)
-            attn = self._attention(x, lw.linears, past, cos, sin, bias, i)
+            attn = self._attention(x, lw, past, cos, sin, bias, i)
+            if lw.attn_output_norm is not None:
+                attn = self._rms_norm(attn, lw.attn_output_norm)
         with b.scope("mlp"):
             x, h = self._add_norm(attn, h, lw.post_attention_norm)
-            return self._mlp(x, lw.linears), h
+            out = self._mlp(x, lw.linears)
+            if lw.mlp_output_norm is not None:
+                out = self._rms_norm(out, lw.mlp_output_norm)
+            return out, h
 
-    def _lm_head(self, h: str) -> str:
-        """(B, S, H) -> (B, S, vocab). Tied: FusedMatMul (fp32) or Gemm (fp16, no fp32-only
+    def _lm_head(self, h: str, out: str | None) -> str:
+        """(B, S, H) -> (B, S, vocab), written to `out` (the graph output `logits`, or None
+        when a soft-cap follows). Tied: FusedMatMul (fp32) or Gemm (fp16, no fp32-only
         contrib op) with transB reads the (vocab, H) embedding table itself, so the tensor
         exists once (a plain MatMul would need a transposed copy)."""
         b = self.b
+        outputs = [out] if out else None
         if self.w.lm_head is not None:
-            return self._linear(h, self.w.lm_head, out="logits")
+            return self._linear(h, self.w.lm_head, out=out)
         if self.w.embed_quant is not None:  # the quantized table: (vocab, H) rows are MatMulNBits' (N, K)
-            return self._matmul(h, self.w.embed, self.w.embed_quant, outputs=["logits"])
+            return self._matmul(h, self.w.embed, self.w.embed_quant, outputs=outputs)
         if not self.fp16:  # fp32: one op straight into the output (no reshape copy of the logits)
-            return b.op("FusedMatMul", [h, self.w.embed], domain=MS_DOMAIN, outputs=["logits"], transB=1, alpha=1.0)
+            return b.op("FusedMatMul", [h, self.w.embed], domain=MS_DOMAIN, outputs=outputs, transB=1, alpha=1.0)
         h2 = b.op("Reshape", [h, b.const([-1, self.f.hidden])])  # (B*S, H)
         logits = b.op("Gemm", [h2, self.w.embed], transB=1)  # (B*S, vocab)
         shape = b.op("Concat", [b.op("Shape", [h], end=2), b.const([self.f.vocab])], axis=0)
-        return b.op("Reshape", [logits, shape], outputs=["logits"])
+        return b.op("Reshape", [logits, shape], outputs=outputs)

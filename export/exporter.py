@@ -31,7 +31,7 @@ from edgedelta.models.adapters import adapter_for
 
 from .audit import MODEL_FILE, audit, audit_problems
 from .calibration import calibration_for
-from .config import ExportConfig
+from .config import ExportConfig, session_config
 from .decoder import ArchFacts, DecoderGraph, gqa_unsupported
 from .genai_config import FILE as GENAI_FILE
 from .genai_config import genai_config
@@ -54,20 +54,6 @@ ARTIFACT_FORMAT = "edgedelta-onnx"
 GRAPH_REVISION = 9
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
-# Which artifacts run with ORT's weight prepacking (the per-reader copies it makes, and why
-# fp32 shared weights are lifted out of them: prepack.py). fp16 keeps the 2-D layouts its Gemm
-# LM head needs, so it asks for prepacking off. MatMulNBits without prepacking dequantizes its
-# whole weight on every call (int4 decode ~10x slower, measured) and its packed copies are
-# small, so quantized artifacts keep ORT's default, as fp32 does. Loaders apply the manifest's
-# "ort_session_config" (edgedelta.runtime does; with optimum pass session_options).
-NO_PREPACKING = {"session.disable_prepacking": "1"}
-
-
-def session_config(cfg: ExportConfig) -> dict[str, str]:
-    """ONNX Runtime session config entries an artifact exported with `cfg` should run with."""
-    return dict(NO_PREPACKING) if cfg.dtype == "fp16" and cfg.quantize == "none" else {}
-
-
 class ExportError(EdgeDeltaError):
     """The exported graph failed a structural check (checker or sharing audit)."""
 

@@ -29,17 +29,15 @@ import torch
 
 from edgedelta.errors import ParityError
 
-from .config import ExportConfig
+from .config import ExportConfig, session_config
 from .decoder import ArchFacts
 from .quality_gate import GATE_SEQ_LEN, GateThresholds, compare, held_out_windows, judge
 from .quantize import BITS
 
 
 def session_options(cfg: ExportConfig):
-    """ORT options the artifact is meant to run with (see session_config in exporter)."""
+    """ORT options the artifact is meant to run with (see config.session_config)."""
     import onnxruntime as ort
-
-    from .exporter import session_config
 
     so = ort.SessionOptions()
     for k, v in session_config(cfg).items():

@@ -76,9 +76,16 @@ class LinearRef:
 
 @dataclass
 class LayerWeights:
+    """One decoder layer's initializers. Norm weights (hidden,) are stored with the adapter's
+    norm_weight_offset folded in (Gemma's 1 + w), so the graph always multiplies by them."""
+
     linears: dict[str, LinearRef]  # projection short name -> ref
-    input_norm: str
-    post_attention_norm: str
+    input_norm: str  # the norm the attention reads
+    post_attention_norm: str  # the norm the MLP reads (adapter.post_attention_norm)
+    attn_output_norm: str | None = None  # Gemma 2/3: norm of the attention output before the residual add
+    mlp_output_norm: str | None = None  # Gemma 2/3: norm of the MLP output before the residual add
+    q_norm: str | None = None  # Qwen3/Gemma 3: per-head norm (head_dim,) of q before rotary
+    k_norm: str | None = None
 
 
 @dataclass
@@ -140,10 +147,12 @@ class WeightCollector:
                 mod = ad.get_linear(layer, proj)
                 base = self._shared_name(mod.weight, path) or f"layers.{i}.{path}.weight"
                 linears[proj] = self._linear(mod, base, f"layers.{i}.{path}")
+            norm = lambda path: None if path is None else self._norm(f"layers.{i}.{path}.weight", layer.get_submodule(path).weight)  # noqa: E731
+            q_norm, k_norm = ad.qk_norms or (None, None)
             self.out.layers.append(LayerWeights(
-                linears,
-                self._norm(f"layers.{i}.{ad.input_norm}.weight", layer.get_submodule(ad.input_norm).weight),
-                self._norm(f"layers.{i}.{ad.post_attention_norm}.weight", layer.get_submodule(ad.post_attention_norm).weight),
+                linears, norm(ad.input_norm), norm(ad.post_attention_norm),
+                attn_output_norm=norm(ad.attn_output_norm), mlp_output_norm=norm(ad.mlp_output_norm),
+                q_norm=norm(q_norm), k_norm=norm(k_norm),
             ))
         self.out.final_norm = self._norm("norm.weight", ad.final_norm(model).weight)
         lm = model.get_output_embeddings()

@@ -4,7 +4,7 @@ fitted on real sub-layer outputs."""
 import pytest
 import torch
 
-from edgedelta.baselines.shortgpt import block_influence
+from edgedelta.models.similarity import block_influence
 from edgedelta.delta.compress import compress
 from edgedelta.delta.config import CompressConfig
 from edgedelta.delta.layer import DeltaLinear

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from edgedelta.delta.accounting import count_parameters
-from edgedelta.delta.compress import compress, merge_model
+from edgedelta.delta.compress import compress
 from edgedelta.delta.config import CompressConfig
 from edgedelta.delta.layer import DeltaLinear
 from edgedelta.delta.storage import load_compressed, save_compressed
+from edgedelta.delta.structure import merge_model
 from edgedelta.errors import ConfigError, IntegrityError, OutputExistsError
 from edgedelta.models.adapters import adapter_for
 

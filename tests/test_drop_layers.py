@@ -8,10 +8,10 @@ import copy
 import pytest
 import torch
 
-from edgedelta.baselines.common import remove_layers
-from edgedelta.baselines.shortgpt import block_influence
 from edgedelta.delta.accounting import count_parameters
-from edgedelta.delta.compress import compress, drop_candidates, format_plan
+from edgedelta.delta.calibration import Calibration
+from edgedelta.delta.compress import compress, format_plan
+from edgedelta.delta.drop_search import drop_candidates, heldout_rows
 from edgedelta.delta.config import CompressConfig
 from edgedelta.delta.storage import load_compressed, save_compressed
 from edgedelta.distill.api import check_teacher, distill
@@ -21,6 +21,8 @@ from edgedelta.distill.reconstruct import reconstruct_groups
 from edgedelta.distill.trainable import select_trainable
 from edgedelta.errors import ConfigError
 from edgedelta.models.adapters import adapter_for
+from edgedelta.models.similarity import block_influence
+from edgedelta.models.surgery import remove_layers
 
 from .distill.common import rows
 from .tiny import tiny_ids, tiny_model, tiny_tokenizer
@@ -86,7 +88,9 @@ def test_bad_removal_settings_are_clear_errors():
     with pytest.raises(ConfigError, match="already within target_params 0.8: lower drop_layers"):
         compress(teacher, _cfg(target_params=0.8, drop_layers=2), calib_ids=CALIB, progress=False)
     with pytest.raises(ValueError, match="covs"):
-        compress(teacher, _cfg(), calib_ids=CALIB, covs={}, progress=False)
+        compress(teacher, _cfg(), calibration=Calibration(CALIB, covs={}), progress=False)
+    with pytest.raises(ConfigError, match="calib_ids or calibration, not both"):
+        compress(teacher, _cfg(), calib_ids=CALIB, calibration=Calibration(CALIB), progress=False)
 
 
 HELDOUT = tiny_ids(6, 32, seed=5)  # rows the auto search judges on, apart from CALIB (the fitting rows)
@@ -114,7 +118,7 @@ def test_auto_builds_every_count_and_keeps_the_lowest_heldout_kl():
         if count == search["chosen"]:
             assert torch.equal(alone.model(input_ids=CALIB).logits, res.model(input_ids=CALIB).logits)
     assert "layers removed first, searched (held-out KL to the original): 0: " in format_plan(res.plan)
-    (only,) = drop_candidates(teacher, _cfg(drop_layers="auto"), calib_ids=CALIB, heldout_ids=HELDOUT, progress=False, counts=[2])
+    (only,) = drop_candidates(teacher, _cfg(drop_layers="auto"), Calibration(CALIB), HELDOUT, progress=False, counts=[2])
     assert only.count == 2 and only.kl == search["kl"][2] and len(only.result.plan["removed_layers"]) == 2
     capped = compress(teacher, _cfg(drop_layers="auto", drop_search_max=1), calib_ids=CALIB, heldout_ids=HELDOUT,
                       progress=False)
@@ -125,7 +129,6 @@ def test_auto_judges_on_rows_it_does_not_fit():
     """The rows passed as held-out are the ones judged on (the fitting rows give back the old
     criterion), and the rows drawn by default are not calibration rows."""
     from edgedelta.data.text import calibration_batches
-    from edgedelta.delta.compress import heldout_rows
 
     teacher = tiny_model(layers=8)
     on_fit = compress(teacher, _cfg(drop_layers="auto"), calib_ids=CALIB, heldout_ids=CALIB[:8], progress=False)
@@ -145,12 +148,12 @@ def test_auto_judges_on_rows_it_does_not_fit():
 def test_auto_measures_the_originals_block_influence_once(monkeypatch):
     """The search ranks removal candidates by the original's influence for every count, and the
     anchor base (count 0) reuses it; each reduced model is measured once for its own anchors."""
-    import edgedelta.delta.compress as compress_mod
+    import edgedelta.models.similarity as similarity
 
     teacher = tiny_model(layers=8)
     seen = []
-    real = compress_mod.block_influence
-    monkeypatch.setattr(compress_mod, "block_influence", lambda m, c: seen.append(m.config.num_hidden_layers) or real(m, c))
+    real = similarity.layer_similarities
+    monkeypatch.setattr(similarity, "layer_similarities", lambda m, c: seen.append(m.config.num_hidden_layers) or real(m, c))
     res = compress(teacher, _cfg(drop_layers="auto", base="anchor"), calib_ids=CALIB, heldout_ids=HELDOUT, progress=False)
     assert list(res.plan["drop_search"]["kl"]) == [0, 1, 2]
     assert sorted(seen) == [6, 7, 8]  # the original once, then the models with 1 and 2 layers removed

@@ -16,7 +16,9 @@ from torch import nn
 
 from ..delta.accounting import count_parameters
 from ..models.adapters import adapter_for
-from .common import BaselineResult, attn_path, budget_report, copy_model, drop_sublayers, layer_similarities, mlp_path, resolve_target
+from ..models.similarity import layer_similarities
+from ..models.surgery import attn_path, copy_model, drop_sublayers, mlp_path
+from .common import BaselineResult, budget_report, resolve_target
 
 
 def _sublayer_params(layer: nn.Module, path: str, norm: str) -> int:

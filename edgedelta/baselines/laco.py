@@ -21,7 +21,8 @@ from torch import nn
 
 from ..delta.accounting import count_parameters
 from ..models.adapters import adapter_for
-from .common import BaselineResult, budget_report, copy_model, layer_params, remove_layers, resolve_target
+from ..models.surgery import copy_model, layer_params, remove_layers
+from .common import BaselineResult, budget_report, resolve_target
 
 
 @torch.no_grad()

@@ -12,12 +12,9 @@ from torch import nn
 
 from ..delta.accounting import count_parameters
 from ..models.adapters import adapter_for
-from .common import BaselineResult, budget_report, copy_model, layer_params, layer_similarities, remove_layers, resolve_target
-
-
-def block_influence(model: nn.Module, calib_ids: torch.Tensor) -> list[float]:
-    """BI per layer (higher = the layer changes the residual stream more = more important)."""
-    return [1.0 - s["block_cos"] for s in layer_similarities(model, calib_ids)]
+from ..models.similarity import block_influence
+from ..models.surgery import copy_model, layer_params, remove_layers
+from .common import BaselineResult, budget_report, resolve_target
 
 
 def build(model: nn.Module, target: float | int, calib_ids: torch.Tensor) -> BaselineResult:

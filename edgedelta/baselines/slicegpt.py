@@ -34,7 +34,8 @@ from torch import nn
 from ..delta.accounting import count_parameters
 from ..errors import ConfigError
 from ..models.adapters import ModelAdapter, adapter_for
-from .common import BaselineResult, budget_report, copy_model, resolve_target
+from ..models.surgery import copy_model
+from .common import BaselineResult, budget_report, resolve_target
 
 _WRITERS = ("o", "down")
 _READERS_ATTN = ("q", "k", "v", "qkv")  # read the input_layernorm output

@@ -7,6 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import ConfigError
+from ..fsutil import check_creatable
+
 
 def _int_at_least(text: str, low: int, bound: str) -> int:
     try:
@@ -78,8 +81,25 @@ def model_arg(p: argparse.ArgumentParser, default: str | None = "default") -> No
     p.add_argument("--model", default=default, help="'default' (embedded SmolLM2-135M-Instruct), a model directory, or a .gguf file")
 
 
+def output_dir(text: str) -> Path:
+    """An output folder (--out, --report), refused while the arguments are parsed, before any
+    work, when it cannot be created (a file on its path, a folder not writable)."""
+    try:
+        return check_creatable(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def output_file(text: str) -> Path:
+    """An output file (--json): as output_dir, and not an existing folder."""
+    path = output_dir(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"output '{text}' is a folder; give a file name")
+    return path
+
+
 def out_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--out", type=Path, required=required, help="output directory (written atomically)")
+    p.add_argument("--out", type=output_dir, required=required, help="output directory (written atomically)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
 
 

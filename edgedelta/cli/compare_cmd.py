@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import ConfigError
-from .common import model_arg
+from .common import model_arg, output_dir
 
 
 def add_parser(subparsers):
@@ -29,7 +29,7 @@ def add_parser(subparsers):
     p.add_argument("--text", default=DEFAULT_TRAIN_TEXT, help="calibration and healing text: sotu-train, wiki-train, "
                                                            "mixed-train or a file/folder of your own")
     p.add_argument("--config", help="a JSON file of CompareConfig fields (e.g. calib_samples, drop_layers, seed); flags override")
-    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("--out", type=output_dir, required=True, help="output folder (written atomically)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--no-progress", action="store_true")
     return p

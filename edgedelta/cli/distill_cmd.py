@@ -9,7 +9,7 @@ import argparse
 import os
 from pathlib import Path
 
-from .common import positive_int
+from .common import output_dir, positive_int
 
 
 def _lr(text: str) -> float:
@@ -35,7 +35,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                   "wiki-train, or a text file / folder of your own (e.g. manuals, logs)")
     p.add_argument("--lr", type=_lr, help="peak learning rate (default: the recipe's)")
     p.add_argument("--batch-size", type=positive_int, help="sequences per optimizer step (default: the recipe's)")
-    p.add_argument("--out", help="output directory (default: MODEL_DIR-distilled)")
+    p.add_argument("--out", type=output_dir, help="output directory (default: MODEL_DIR-distilled)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in OUT.run/ (same config required)")
     p.add_argument("--force", action="store_true", help="replace an existing OUT (and discard an earlier run folder)")
     p.add_argument("--teacher", help="the original model (default: the source in MODEL_DIR's manifest): 'default', a directory or a .gguf")

@@ -8,6 +8,7 @@ import json
 import sys
 
 from ..errors import ConfigError
+from .common import output_file
 
 
 def add_parser(subparsers):
@@ -26,7 +27,7 @@ def add_parser(subparsers):
     p.add_argument("--task-file", default=None, help="your own multiple-choice items, JSONL (see docs/EVAL.md)")
     p.add_argument("--batch-tokens", type=int, default=2048, help="padded tokens per forward pass")
     p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"], help="ONNX Runtime provider for artifacts: auto|cpu|cuda")
-    p.add_argument("--json", dest="json_out", default=None, help="write results as JSON here")
+    p.add_argument("--json", dest="json_out", type=output_file, default=None, help="write results as JSON here")
     p.add_argument("--no-progress", action="store_true")
     return p
 

@@ -4,11 +4,13 @@ after checking every file against the artifact's manifest."""
 
 from __future__ import annotations
 
+from .common import output_file
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser("inspect", help="audit an ONNX artifact: shared weights, consumers, duplication", description=__doc__)
     p.add_argument("artifact", help="an artifact folder written by `edgedelta export`")
-    p.add_argument("--json", metavar="OUT", help="also write the full audit (every initializer) as JSON")
+    p.add_argument("--json", metavar="OUT", type=output_file, help="also write the full audit (every initializer) as JSON")
     p.add_argument("--no-verify", action="store_true", help="skip the manifest checksum verification")
     return p
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import drop_count, fraction, info, int_list, model_arg
+from .common import drop_count, fraction, info, int_list, model_arg, output_dir
 
 
 def _tokens(text: str) -> int:
@@ -37,7 +37,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--cpu-arch", help="CPU the artifacts will run on: x86_64|arm64 (default x86_64; arm64 for a Pi "
                                       "or Jetson): the shared-weight layout for its ONNX Runtime kernel, same results")
     p.add_argument("--config", help="a JSON file of PipelineConfig fields (flags override them)")
-    p.add_argument("--out", type=Path, default=Path("runs/pipeline"), help="report folder (default runs/pipeline); re-runs resume")
+    p.add_argument("--out", type=output_dir, default=Path("runs/pipeline"), help="report folder (default runs/pipeline); re-runs resume")
     p.add_argument("--quick", action="store_true", help="the same recipe with small budgets: about 15 minutes on 2 cores")
     return p
 

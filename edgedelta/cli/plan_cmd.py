@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sys
 
+from .common import output_file
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser("plan", help="will an artifact fit a device, and how fast can it decode at most",
@@ -19,7 +21,7 @@ def add_parser(subparsers):
                    help="plan for a prompt prefilled this many tokens at a time (run --prefill-chunk)")
     p.add_argument("--calibration", default=None, help="calibration JSON (default: the one beside each artifact)")
     p.add_argument("--devices-dir", action="append", default=[], help="extra folder of device files")
-    p.add_argument("--json", dest="json_out", default=None, help="write the plans as JSON here")
+    p.add_argument("--json", dest="json_out", type=output_file, default=None, help="write the plans as JSON here")
     p.add_argument("--breakdown", action="store_true", help="also print the terms of each prediction")
     return p
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sys
 
+from .common import output_dir, output_file
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser("profile", help="measure an artifact on this host and plan target devices", description=__doc__)
@@ -19,8 +21,8 @@ def add_parser(subparsers):
     p.add_argument("--no-measure", action="store_true", help="only plan (uses saved calibrations)")
     p.add_argument("--no-save-calibration", action="store_true", help="do not write <artifact>.calibration.json")
     p.add_argument("--devices-dir", action="append", default=[], help="extra folder of device files")
-    p.add_argument("--json", dest="json_out", default=None, help="write measurements and plans as JSON here")
-    p.add_argument("--report", default=None, help="write report.md, report.html and PNG charts into this folder")
+    p.add_argument("--json", dest="json_out", type=output_file, default=None, help="write measurements and plans as JSON here")
+    p.add_argument("--report", type=output_dir, default=None, help="write report.md, report.html and PNG charts into this folder")
     return p
 
 

@@ -1,13 +1,40 @@
-"""Calibration statistics: the input covariance C = Σ x xᵀ of every linear projection,
+"""Calibration: the text compress() fits on (one explicit object, `Calibration`) and the
+statistics measured on it: the input covariance C = Σ x xᵀ of every linear projection,
 gathered with forward pre-hooks while the original model reads calibration text.
 Data-aware initialisation minimises ‖(W − Ŵ) X‖ = ‖(W − Ŵ) S‖ with C = S Sᵀ."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tqdm.auto import tqdm
 
+from ..data.text import calibration_batches
+from ..errors import ConfigError
 from ..models.adapters import ModelAdapter
+from .config import CompressConfig
+
+
+@dataclass
+class Calibration:
+    """Calibration text and what compress() measures on it. A caller comparing several configs
+    on one model passes the measurements once (covs, influence); None fields are measured when
+    a config needs them."""
+
+    ids: torch.Tensor | None  # (n, T) token ids; None when the config needs no calibration text
+    covs: dict[tuple[int, str], torch.Tensor] | None = None  # input_covariances over every layer of the model
+    influence: list[float] | None = None  # block influence of each of the model's layers on ids
+
+    @classmethod
+    def draw(cls, cfg: CompressConfig, tokenizer, calib_ids: torch.Tensor | None = None) -> "Calibration":
+        """cfg.calib_samples rows of cfg.calib_text (cfg.calib_seq_len tokens each), or `calib_ids`."""
+        if calib_ids is not None:
+            return cls(calib_ids)
+        if tokenizer is None:
+            raise ConfigError(f"init '{cfg.init}' / gates / anchor base / budget planning / drop_layers need calibration text: "
+                              "pass a tokenizer or calib_ids")
+        return cls(calibration_batches(tokenizer, cfg.calib_samples, cfg.calib_seq_len, cfg.seed, cfg.calib_text))
 
 
 @torch.no_grad()

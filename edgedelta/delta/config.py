@@ -15,7 +15,7 @@ BASES = ("anchor", "first", "mean", "alternating")
 INITS = ("svd", "asvd")
 ALL_PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down", "qkv", "gate_up")
 CONFIG_VERSION = 1
-DROP_AUTO = "auto"  # drop_layers: search the count (compress.py: _compress_searching_drop)
+DROP_AUTO = "auto"  # drop_layers: search the count (drop_search.py)
 
 
 def check_drop_layers(value, least: int = 0) -> None:
@@ -118,6 +118,13 @@ class CompressConfig:
             raise ConfigError(f"CompressConfig version {self.version} is not supported (this edgedelta reads {CONFIG_VERSION})")
 
     # --- projections and ranks --------------------------------------------------------
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether compress() reads calibration text (data-aware init, gates, anchor or
+        alternating base, budget planning, layer removal)."""
+        return (self.init == "asvd" or self.gates or self.base in ("alternating", "anchor") or self.target_params is not None
+                or self.drop_layers != 0)
+
     def shared_projections(self, adapter) -> tuple[str, ...]:
         if self.projections is not None:
             bad = [p for p in self.projections if p not in adapter.projections]

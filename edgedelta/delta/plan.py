@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from .accounting import count_parameters
+from .groups import build_spec, fill_group, group_savings
 from .structure import SharingSpec, apply_sharing
 from .sublayer_gates import fit_sublayer_gates
 
@@ -40,8 +41,6 @@ def group_sensitivity(model, adapter, spec: SharingSpec, cfg, covs, ids: torch.T
     """KL(original ‖ model) per token on ids with spec's single group shared (gates fitted on
     ids), then the model is restored exactly. KL over the whole distribution ranks candidates
     with less noise than the NLL change of a few hundred tokens."""
-    from .compress import fill_group
-
     layers = adapter.decoder_layers(model)
     saved = {(li, p): adapter.get_linear(layers[li], p) for li in spec.groups[0] for p in spec.projections}
     originals = {li: copy.deepcopy(layers[li]) for li in spec.groups[0]} if spec.gates else {}
@@ -61,10 +60,8 @@ def group_sensitivity(model, adapter, spec: SharingSpec, cfg, covs, ids: torch.T
 def plan_budget(model, cfg, adapter, covs, calib_ids: torch.Tensor, progress: bool = True, whiten=None,
                 influence: list[float] | None = None):
     """Returns ({name: groups}, ranks, plan report): one or two candidate plans of equal size
-    and ranks; compress() builds each and keeps the one closest to the original.
+    and ranks; share.share_layers builds each and keeps the one closest to the original.
     `influence`: block influence per layer (anchor base)."""
-    from .compress import build_spec, group_savings
-
     num_layers = len(adapter.decoder_layers(model))
     gs = cfg.group_size
     total = count_parameters(model)["total"]
@@ -135,8 +132,6 @@ def cheapest_groups(cost: list[float], gs: int, num_layers: int, k: int) -> list
 
 def _spend_slack(model, adapter, spec: SharingSpec, n_groups: int, gs: int, need: float, anchored: bool) -> dict[str, int]:
     """Raise all ranks by a common factor while n_groups still save at least `need`."""
-    from .compress import group_savings
-
     best = dict(spec.ranks)
     for step in range(1, 400):
         scale = 1.0 + step * 0.01

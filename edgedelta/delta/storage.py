@@ -23,6 +23,7 @@ from ..errors import IntegrityError, ModelLoadError
 from ..fsutil import atomic_dir
 from ..manifest import read_manifest, verify_manifest, write_manifest
 from ..models.adapters import adapter_for
+from ..models.loaded import LoadedModel, load_tokenizer
 from .accounting import count_parameters, parameter_bytes
 from .structure import SharingSpec, apply_sharing, get_spec
 
@@ -53,8 +54,6 @@ def save_compressed(loaded_or_model, out_dir, *, tokenizer=None, manifest_facts:
     """Write a compressed model directory atomically. Returns the path. `extra_files`
     ({relative name: bytes}, e.g. a training log) are written beside the weights and listed
     in the manifest."""
-    from ..models.loading import LoadedModel
-
     is_loaded = isinstance(loaded_or_model, LoadedModel)
     model = loaded_or_model.model if is_loaded else loaded_or_model
     tokenizer = tokenizer or (loaded_or_model.tokenizer if is_loaded else None)
@@ -91,7 +90,7 @@ def build_compressed_skeleton(config, spec: SharingSpec, dtype=torch.float32) ->
     from transformers.modeling_utils import no_init_weights
 
     with no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=adapter_for(config).attn_implementation(config))
     model.tie_weights()  # tied lm_head is stored once, as the embedding
     apply_sharing(model, spec)
     model.edgedelta_spec = spec
@@ -101,8 +100,6 @@ def build_compressed_skeleton(config, spec: SharingSpec, dtype=torch.float32) ->
 def load_compressed(path, dtype=torch.float32, verify: bool = True):
     """Load a compressed directory (manifest checked first). Returns LoadedModel."""
     from transformers import AutoConfig
-
-    from ..models.loading import LoadedModel, load_tokenizer
 
     path = Path(path)
     manifest = read_manifest(path)

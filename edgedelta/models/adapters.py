@@ -21,11 +21,32 @@ class ModelAdapter:
     projections: dict[str, str]
     # projection short name -> "attn" | "mlp"
     kinds: dict[str, str]
+    # the norm the attention reads, and the norm the MLP reads (Llama's
+    # post_attention_layernorm; Gemma 2/3's pre_feedforward_layernorm)
     input_norm: str = "input_layernorm"
     post_attention_norm: str = "post_attention_layernorm"
+    # Gemma 2/3: RMSNorm of each sub-layer's OUTPUT before its residual add,
+    # h <- h + norm(attn(input_norm(h))), h <- h + norm(mlp(post_attention_norm(h)))
+    attn_output_norm: str | None = None
+    mlp_output_norm: str | None = None
+    # Qwen3, Gemma 3: per-head RMSNorm (weight (head_dim,)) of q and k before rotary; paths
+    # in a layer. Per layer, never shared by compression.
+    qk_norms: tuple[str, str] | None = None
     # Gemma's RMSNorm multiplies by (1 + weight) and scales embeddings by sqrt(hidden).
     norm_weight_offset: float = 0.0
     embed_scale_sqrt_hidden: bool = False
+    # config attribute naming the MLP activation (Gemma 2/3: hidden_activation)
+    activation_attr: str = "hidden_act"
+    # config.sliding_window applies to every layer (Mistral, Phi-3); otherwise only to the
+    # layers config.layer_types calls "sliding_attention"
+    window_on_every_layer: bool = False
+    # Gemma 3: the decoder stack's attribute holding the sliding layers' own rotary embedding
+    # (another base frequency); None: one rotary embedding for every layer
+    local_rotary: str | None = None
+    # HF's sdpa attention drops attention-logit soft-capping: a model with it is loaded with
+    # eager attention so compression and the export's parity reference compute what it defines
+    # (attn_implementation)
+    softcap_needs_eager: bool = False
     # fused projections: short name -> the unfused parts, in output-row order
     fused: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -53,6 +74,19 @@ class ModelAdapter:
     def projections_of(self, kind: str) -> tuple[str, ...]:
         return tuple(p for p, k in self.kinds.items() if k == kind)
 
+    def layer_norms(self) -> tuple[str, ...]:
+        """Paths of every RMSNorm in a decoder layer, in the order the layer applies them."""
+        paths = (self.input_norm, *(self.qk_norms or ()), self.attn_output_norm, self.post_attention_norm, self.mlp_output_norm)
+        return tuple(p for p in paths if p)
+
+    def attn_implementation(self, config) -> str | None:
+        """The transformers attention implementation this model must be loaded with, or None
+        for transformers' default: 'eager' when the config soft-caps attention logits and the
+        adapter says sdpa would drop the cap (Gemma 2)."""
+        if self.softcap_needs_eager and getattr(config, "attn_logit_softcapping", None):
+            return "eager"
+        return None
+
 
 def _base(model: nn.Module) -> nn.Module:
     # LlamaForCausalLM.model (decoder stack) or the stack itself
@@ -64,18 +98,29 @@ _LLAMA_PROJ = {
     "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj",
 }
 _LLAMA_KINDS = {"q": ATTN, "k": ATTN, "v": ATTN, "o": ATTN, "gate": MLP, "up": MLP, "down": MLP}
+_QK_NORMS = ("self_attn.q_norm", "self_attn.k_norm")
+# Gemma 2/3: four norms per layer, (1 + w) norms, sqrt(hidden)-scaled embedding, GELU (tanh)
+_GEMMA2 = dict(post_attention_norm="pre_feedforward_layernorm", attn_output_norm="post_attention_layernorm",
+               mlp_output_norm="post_feedforward_layernorm", norm_weight_offset=1.0, embed_scale_sqrt_hidden=True,
+               activation_attr="hidden_activation")
 
 # Explicit registry keyed by transformers' config.model_type (no registration by import).
+# "llama" covers Llama 2 and 3.x (rope_scaling "llama3" is read from the config).
 ADAPTERS: dict[str, ModelAdapter] = {
     "llama": ModelAdapter("llama", _LLAMA_PROJ, _LLAMA_KINDS),
-    "mistral": ModelAdapter("mistral", _LLAMA_PROJ, _LLAMA_KINDS),
+    "mistral": ModelAdapter("mistral", _LLAMA_PROJ, _LLAMA_KINDS, window_on_every_layer=True),
     "qwen2": ModelAdapter("qwen2", _LLAMA_PROJ, _LLAMA_KINDS),
+    "qwen3": ModelAdapter("qwen3", _LLAMA_PROJ, _LLAMA_KINDS, qk_norms=_QK_NORMS),
     "gemma": ModelAdapter("gemma", _LLAMA_PROJ, _LLAMA_KINDS, norm_weight_offset=1.0, embed_scale_sqrt_hidden=True),
+    "gemma2": ModelAdapter("gemma2", _LLAMA_PROJ, _LLAMA_KINDS, softcap_needs_eager=True, **_GEMMA2),
+    "gemma3_text": ModelAdapter("gemma3_text", _LLAMA_PROJ, _LLAMA_KINDS, qk_norms=_QK_NORMS, local_rotary="rotary_emb_local",
+                                softcap_needs_eager=True, **_GEMMA2),
     "phi3": ModelAdapter(
         "phi3",
         {"qkv": "self_attn.qkv_proj", "o": "self_attn.o_proj", "gate_up": "mlp.gate_up_proj", "down": "mlp.down_proj"},
         {"qkv": ATTN, "o": ATTN, "gate_up": MLP, "down": MLP},
         fused={"qkv": ("q", "k", "v"), "gate_up": ("gate", "up")},
+        window_on_every_layer=True,
     ),
 }
 

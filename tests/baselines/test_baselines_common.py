@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from edgedelta.baselines.common import drop_sublayers, layer_similarities, remove_layers, resolve_target
+from edgedelta.baselines.common import resolve_target
+from edgedelta.models.similarity import layer_similarities
+from edgedelta.models.surgery import drop_sublayers, remove_layers
 from edgedelta.delta.accounting import count_parameters
 from edgedelta.errors import ConfigError
 

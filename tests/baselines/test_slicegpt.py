@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from edgedelta.baselines import slicegpt
-from edgedelta.baselines.common import copy_model
+from edgedelta.models.surgery import copy_model
 from edgedelta.delta.accounting import count_parameters
 from edgedelta.errors import ConfigError
 

@@ -88,11 +88,12 @@ def test_prepare_skips_unknown_field_and_missing_compressed_without_exporting(tm
     assert "no compressed model" in cs[1].skip
 
 
-def test_artifact_key_changes_with_fields_model_and_revision():
-    k = peers.artifact_key("m", {"quantize": "int4"}, 9)
-    assert k == peers.artifact_key("m", {"quantize": "int4"}, 9)
-    assert len({k, peers.artifact_key("m2", {"quantize": "int4"}, 9), peers.artifact_key("m", {"quantize": "int8"}, 9),
-                peers.artifact_key("m", {"quantize": "int4"}, 10)}) == 4
+def test_artifact_key_changes_with_fields_model_revision_and_exporter_code():
+    k = peers.artifact_key("m", {"quantize": "int4"}, 9, "c")
+    assert k == peers.artifact_key("m", {"quantize": "int4"}, 9, "c")
+    assert len({k, peers.artifact_key("m2", {"quantize": "int4"}, 9, "c"), peers.artifact_key("m", {"quantize": "int8"}, 9, "c"),
+                peers.artifact_key("m", {"quantize": "int4"}, 10, "c"), peers.artifact_key("m", {"quantize": "int4"}, 9, "d")}) == 5
+    assert len(peers.exporter_code_hash()) == 64
 
 
 def test_round_order_rotates():

@@ -113,3 +113,33 @@ def test_tune_malloc_idempotent():
 
     assert tune_malloc() == sys.platform.startswith("linux")
     assert tune_malloc() == sys.platform.startswith("linux")
+
+
+def test_spin_modes(monkeypatch):
+    from edgedelta.runtime import session as session_mod
+
+    assert session_mod.resolve_spin("on", 2) is True and session_mod.resolve_spin("off", 2) is False
+    assert session_mod.resolve_spin(True, None) is True
+    monkeypatch.setattr(session_mod, "available_cores", lambda: 4)
+    monkeypatch.setattr(session_mod.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert session_mod.resolve_spin("auto", 2) is True  # idle cores: spin
+    assert session_mod.resolve_spin("auto", None) is True
+    monkeypatch.setattr(session_mod.os, "getloadavg", lambda: (3.0, 0.0, 0.0))
+    assert session_mod.resolve_spin("auto", 2) is False  # busy: spinning threads would starve each other
+    with pytest.raises(ConfigError, match="spin 'fast'"):
+        session_mod.resolve_spin("fast", 2)
+
+
+def test_spin_reaches_ort_and_bad_spin_is_refused_before_loading(tiny_edgedelta, monkeypatch):
+    from edgedelta.runtime import session as session_mod
+
+    art = Artifact.open(tiny_edgedelta[1])
+    so = session_mod.artifact_session_options(art, threads=1, spin="on")
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert so.intra_op_num_threads == 1
+    so = session_mod.artifact_session_options(art, spin="off")
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert so.intra_op_num_threads == session_mod.available_cores()  # default: every core we may use
+    monkeypatch.setattr(session_mod.Artifact, "open", lambda *a, **k: pytest.fail("loaded before the check"))
+    with pytest.raises(ConfigError, match="spin 'sometimes'"):
+        Session.from_dir(tiny_edgedelta[1], spin="sometimes")
