@@ -154,7 +154,7 @@ def check_after_kill(scenario: str, out: Path) -> list[str]:
         if out.exists() and (why := _verifies(out)):
             problems.append(f"{out.name} exists but does not verify: {why}")
         if scenario == "distill":
-            from edgedelta.distill.api import run_dir_for
+            from edgedelta.distill.run_folder import run_dir_for
             from edgedelta.distill.checkpoint import latest_checkpoint, load_checkpoint
 
             run = run_dir_for(out)
@@ -247,7 +247,7 @@ def kill_loop(scenario: str, inp: dict, trials: int, rng: random.Random, log: Pa
         # the next run: resume or restart
         rerun = list(argv)
         if scenario == "distill" and not complete_after_kill:
-            from edgedelta.distill.api import run_dir_for
+            from edgedelta.distill.run_folder import run_dir_for
             from edgedelta.distill.checkpoint import latest_checkpoint
 
             try:

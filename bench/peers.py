@@ -498,7 +498,7 @@ def render_markdown(res: dict) -> str:
                                        ", ".join(f"{m} {x:.1f} tok/s" for m, x in v.items() if m != "command" and x is not None)))
     lines += ["", "## How the peers were built", ""]
     for k, v in res["peers"].get("genai", {}).items():
-        lines.append(f"- {k}: `{v['builder_command']}` (onnxruntime-genai {res['versions'].get('onnxruntime-genai')})")
+        lines.append(f"- {k}: `{v['builder_command']}` (onnxruntime-genai {(res['versions'].get('peers_venv') or {}).get('onnxruntime-genai')})")
     for k, v in res["peers"].get("gguf", {}).items():
         lines.append(f"- llama.cpp {k}: {v['source']}")
     lc = res["peers"].get("llama.cpp", {})
@@ -615,7 +615,9 @@ def main(argv=None) -> int:
             print(f"{c.label:34s} {c.engine:9s} role={c.role or '-':16s} {c.model or c.peer} {c.export or ''} {c.session or ''}")
         return 0
     manifest = peers_build.read_manifest()
-    compressed = Path(a.compressed) if a.compressed else (Path(manifest["compressed"]["dir"]) if "compressed" in manifest else None)
+    compressed = Path(a.compressed) if a.compressed else Path(manifest.get("compressed", {}).get("dir", "/nonexistent"))
+    if not a.compressed and not (compressed / "config.json").is_file():
+        compressed = None  # not built: the compressed rows are skipped with a note
     if a.compressed:
         if not (compressed / "config.json").is_file() or "edgedelta" not in json.loads((compressed / "config.json").read_text()):
             return fail(f"--compressed '{compressed}' is not an edgedelta compressed model dir (config.json with an 'edgedelta' section)")
@@ -686,8 +688,7 @@ def main(argv=None) -> int:
         "greedy_agreement": greedy_agreement(results, roles.get("original-fp32")),
         "targets": None,
         "peers": {k: manifest.get(k) for k in ("genai", "gguf", "llama.cpp", "compressed") if manifest.get(k)},
-        "versions": {**project_versions(), **{f"{k}": v for k, v in manifest.get("venv", {}).get("versions", {}).items() if k == "onnxruntime-genai"},
-                     "peers_venv": manifest.get("venv", {}).get("versions")},
+        "versions": {**project_versions(), "peers_venv": manifest.get("venv", {}).get("versions")},
         "machine": {**machine_facts(), "loadavg_start": load[0] if load else None, "loadavg_per_round": load,
                     "loadavg_end": list(os.getloadavg())},
         "wall_s": round(time.time() - t_start, 1),

@@ -29,7 +29,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: only an insta
 from edgedelta.cli.common import drop_count  # noqa: E402
 from edgedelta.delta.compress import format_drop_search  # noqa: E402
 from edgedelta.evaluation.api import EvalConfig, evaluate  # noqa: E402
-from edgedelta.evaluation.compare import METHODS, CompareConfig, _texts_note, compare  # noqa: E402
+from edgedelta.experiments.compare import METHODS, CompareConfig, _texts_note, compare  # noqa: E402
 from edgedelta.evaluation.report import markdown_compare, markdown_paired, retention, retention_chart  # noqa: E402
 from edgedelta.evaluation.tasks import DEFAULT_TASKS  # noqa: E402
 from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402

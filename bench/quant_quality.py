@@ -202,7 +202,7 @@ def report(res: dict) -> str:
         if "float" not in e:
             continue
         f = e["float"]
-        md += [f"## {label} ({e['spec']})", "", f"Float: " + ", ".join(f"{k} {v:.3f}" for k, v in f.items()), "",
+        md += [f"## {label} ({e['spec']})", "", "Float: " + ", ".join(f"{k} {v:.3f}" for k, v in f.items()), "",
                "| bits | method | block | act order | embedding q | deltas q | calib seqs | " + " | ".join(res["eval_texts"])
                + " | mean | ratio to float |", "|" + "---|" * (9 + len(res["eval_texts"]))]
         for r in e["rows"]:

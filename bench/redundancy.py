@@ -27,6 +27,7 @@ re-tying them (LM head := embedding) on the calibration rows.
 Writes redundancy.{json,md,png} to --out (default bench/results).
 
     python bench/redundancy.py                       # the three models, 2 rows x 64 tokens, 1 thread
+    python bench/redundancy.py --models qwen2.5-coder-1.5b --kl-every 4   # one model, kept beside the others
     python bench/redundancy.py --models smollm2-135m --rows 4 --seq-len 128 --out bench/_work/red
 """
 
@@ -57,6 +58,9 @@ def parse_args(argv=None):
     p.add_argument("--rows", type=int, default=2, help="calibration rows (the planner's sensitivity uses 4)")
     p.add_argument("--seq-len", type=int, default=64, help="tokens per row")
     p.add_argument("--threads", type=int, default=1, help="torch threads (2 threads on a loaded 2-core machine ran 7x slower)")
+    p.add_argument("--kl-every", type=int, default=1,
+                   help="measure the pair KL on pairs (l, l+1) with l a multiple of this (1: all); the other statistics cover all")
+    p.add_argument("--load-only", action="store_true", help="only measure loading again, for models already in the results")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one phase in this process
     return p.parse_args(argv)
@@ -86,8 +90,12 @@ def child_load(name: str) -> dict:
         return {"phase": "build cache (GGUF → fp32 safetensors)", "seconds": round(time.perf_counter() - t0, 1),
                 "peak_rss_bytes": _peak_rss()}
     lm = load_model(name)
+    loaded_s, loaded_rss = time.perf_counter() - t0, _peak_rss()  # safetensors are memory-mapped: pages not yet read
+    with torch.no_grad():  # one short forward reads every weight: the RSS a user of the model sees
+        lm.model(input_ids=lm.tokenizer("def main():", return_tensors="pt").input_ids)
     params = sum(p.numel() for p in lm.model.parameters())
-    return {"phase": "load from cache", "seconds": round(time.perf_counter() - t0, 1), "peak_rss_bytes": _peak_rss(),
+    return {"phase": "load from cache", "seconds": round(loaded_s, 1), "peak_rss_after_load_bytes": loaded_rss,
+            "peak_rss_bytes": _peak_rss(), "peak_rss_note": "after load and one short forward (every weight read)",
             "parameters": params, "tied": lm.model.get_output_embeddings().weight is lm.model.get_input_embeddings().weight}
 
 
@@ -220,15 +228,17 @@ def child_redundancy(name: str) -> dict:
         for li in tqdm(range(n - 1), desc=f"{name} pairs"):
             wd = [float((adapter.get_linear(layers[li + 1], p).weight - adapter.get_linear(layers[li], p).weight).norm()
                         / adapter.get_linear(layers[li], p).weight.norm()) for p in projections]
-            sub = tail_model(model, li, hidden[li])
-            covs = _collect_covariances(sub, adapter, [0, 1], projections, ids)
-            spec = build_spec(cfg, adapter, [[0, 1]], sub, ranks, influence[li:])
-            kl = group_sensitivity(sub, adapter, spec, cfg, covs, ids, ref, WhiteningCache(cfg.damping))
+            kl = None
+            if li % ARGS.kl_every == 0:
+                sub = tail_model(model, li, hidden[li])
+                covs = _collect_covariances(sub, adapter, [0, 1], projections, ids)
+                spec = build_spec(cfg, adapter, [[0, 1]], sub, ranks, influence[li:])
+                kl = group_sensitivity(sub, adapter, spec, cfg, covs, ids, ref, WhiteningCache(cfg.damping))
+                del covs, sub
             pairs.append({"pair": [li, li + 1], "kl": kl, "weight_rel_diff": sum(wd) / len(wd),
                           "weight_rel_diff_by_proj": dict(zip(projections, [round(x, 4) for x in wd]))})
-            del covs, sub
     out = {"name": name, "title": lm.source.get("name"), "layers": n, "parameters": sum(p.numel() for p in model.parameters()),
-           "load_s": round(load_s, 1), "ranks": ranks, "rows": ARGS.rows, "seq_len": ARGS.seq_len, "cut_model_max_abs_logprob_diff": cut_check,
+           "load_s": round(load_s, 1), "ranks": ranks, "kl_every": ARGS.kl_every, "rows": ARGS.rows, "seq_len": ARGS.seq_len, "cut_model_max_abs_logprob_diff": cut_check,
            "layer_block_cos": [s["block_cos"] for s in sims], "pairs": pairs}
     head, emb = model.get_output_embeddings(), model.get_input_embeddings()
     if head.weight is not emb.weight:  # an untied head: would re-tying it change the model?
@@ -269,7 +279,9 @@ def chart(res: dict, path: Path) -> None:
         col = f"C{i}"
         label = f"{m['title']} ({m['parameters'] / 1e6:,.0f}M, {n} layers)"
         xp = [(p["pair"][0] + 1) / n for p in m["pairs"]]  # the boundary between the pair's layers
-        axes[0].plot(xp, [p["kl"] for p in m["pairs"]], "o-", ms=3, color=col, label=label)
+        measured = [(x, p["kl"]) for x, p in zip(xp, m["pairs"]) if p["kl"] is not None]
+        every = m.get("kl_every", 1)
+        axes[0].plot(*zip(*measured), "o-", ms=3, color=col, label=label + (f"; every {every}th pair" if every > 1 else ""))
         axes[1].plot([(li + 0.5) / n for li in range(n)], m["layer_block_cos"], "o-", ms=3, color=col, label=label)
         axes[2].plot(xp, [p["weight_rel_diff"] for p in m["pairs"]], "o-", ms=3, color=col, label=label)
     axes[0].set_yscale("log")
@@ -297,15 +309,15 @@ def write_report(res: dict, out: Path) -> None:
     md = ["# Consecutive-layer redundancy at 135M, 0.5B and 1.5B", "",
           f"Machine: {res['machine']}. Calibration: {res['rows']} rows x {res['seq_len']} tokens of {res['calib_text']} "
           "(each model's own tokenizer), the same rows for every statistic. Written by bench/redundancy.py.", "",
-          "| model | params | layers | pair KL median | pair KL min (pair) | pair KL max | block cos median | "
+          "| model | params | layers | pairs with KL | pair KL median | pair KL min (pair) | pair KL max | block cos median | "
           "weight distance median | load from cache s | load peak RSS | cache build s | build peak RSS |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in res["models"]:
-        kls = [p["kl"] for p in m["pairs"]]
-        best = min(m["pairs"], key=lambda p: p["kl"])
+        kls = [p["kl"] for p in m["pairs"] if p["kl"] is not None]
+        best = min((p for p in m["pairs"] if p["kl"] is not None), key=lambda p: p["kl"])
         ld, bd = m.get("load") or {}, m.get("build") or {}
         gib = lambda b: f"{b / 2**30:.2f} GiB" if b else "-"  # noqa: E731
-        md.append(f"| {m['title']} | {m['parameters'] / 1e6:,.0f}M | {m['layers']} | {_median(kls):.4f} | {best['kl']:.4f} "
+        md.append(f"| {m['title']} | {m['parameters'] / 1e6:,.0f}M | {m['layers']} | {len(kls)} of {len(m['pairs'])} | {_median(kls):.4f} | {best['kl']:.4f} "
                   f"({best['pair'][0]},{best['pair'][1]}) | {max(kls):.3f} | {_median(m['layer_block_cos']):.3f} | "
                   f"{_median([p['weight_rel_diff'] for p in m['pairs']]):.3f} | {ld.get('seconds', '-')} | "
                   f"{gib(ld.get('peak_rss_bytes'))} | {bd.get('seconds', '-')} | {gib(bd.get('peak_rss_bytes'))} |")
@@ -331,7 +343,22 @@ def main() -> None:
     t0 = time.perf_counter()
     res = {"machine": f"{platform.machine()}, {ARGS.threads} threads", "rows": ARGS.rows, "seq_len": ARGS.seq_len,
            "calib_text": "mixed-train", "models": []}
-    for name in ARGS.models.split(","):
+    names = ARGS.models.split(",")
+    old = out / "redundancy.json"
+    if old.is_file():  # keep other models measured with the same rows (runs per model can be split)
+        prev = json.loads(old.read_text())
+        if (prev.get("rows"), prev.get("seq_len"), prev.get("calib_text")) == (ARGS.rows, ARGS.seq_len, "mixed-train"):
+            res["models"] = [m for m in prev.get("models", []) if m["name"] not in names]
+    order = {n: i for i, n in enumerate(MODELS)}
+    if ARGS.load_only:
+        prev = json.loads(old.read_text())
+        for m in prev["models"]:
+            if m["name"] in names:
+                m["load"] = run_child("load", m["name"])
+        write_json_atomic(old, prev)
+        write_report(prev, out)
+        return
+    for name in names:
         build = run_child("load", name)
         load = run_child("load", name) if build["phase"].startswith("build") else build
         print(f"{name}: {load}", file=sys.stderr)
@@ -339,6 +366,7 @@ def main() -> None:
         r["build"] = build if build is not load else None
         r["load"] = load
         res["models"].append(r)
+        res["models"].sort(key=lambda m: order.get(m["name"], len(order)))
         res["seconds"] = round(time.perf_counter() - t0, 1)
         write_json_atomic(out / "redundancy.json", res)
         write_report(res, out)

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ConfigError, EdgeDeltaError, ModelLoadError
-from .fsutil import write_json_atomic, write_text_atomic
+from .models.registry import is_builtin_name
+from .fsutil import check_creatable, write_json_atomic, write_text_atomic
 from .evaluation.tasks import DEFAULT_TASKS, QUICK_TASKS
 from .manifest import MANIFEST, verify_manifest
 from .recipes import RECIPES, Recipe, best_for
@@ -218,9 +219,10 @@ def run_pipeline(cfg: PipelineConfig, out: Path, log: Callable[[str], None] = la
 
 
 def _check_inputs(cfg: PipelineConfig, out: Path) -> None:
+    check_creatable(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out '{out}' exists and is not a folder")
-    if cfg.model == "default":
+    if is_builtin_name(cfg.model) and not Path(cfg.model).exists():  # 'default' or a built-in name: load_model resolves it
         return
     p = Path(cfg.model).expanduser()
     if not ((p.suffix == ".gguf" and p.is_file()) or (p / "config.json").is_file()):
@@ -263,7 +265,8 @@ class _Context:
 
     def distill(self, src: Path, dest: Path, dcfg) -> dict:
         from .delta.storage import load_compressed
-        from .distill.api import distill, run_dir_for
+        from .distill.api import distill
+        from .distill.run_folder import run_dir_for
         from .distill.checkpoint import latest_checkpoint
 
         lm = self.original()

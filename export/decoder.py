@@ -234,9 +234,13 @@ class DecoderGraph:
         total = b.op("Cast", [b.op("Slice", [b.op("Shape", [mask]), b.const([1]), b.const([2])])], to=i32)  # (1,)
         self.total_len = b.op("Squeeze", [total, b.const([0])])  # scalar: an upper bound once query_seqlens is given
         # seqlens_k: the last attended slot of each row, T-1 for a left-padded mask, and also right
-        # for a mask allocated at full capacity with zeros after the current token (onnxruntime-genai)
-        slots = b.op("Range", [b.const(0), b.op("Squeeze", [b.op("Cast", [total], to=TensorProto.INT64), b.const([0])]), b.const(1)])
+        # for a mask allocated at full capacity with zeros after the current token (onnxruntime-genai);
+        # a row with no attended slot yet (a prefill chunk of nothing but left padding) gets T-1 too
+        t64 = b.op("Squeeze", [b.op("Cast", [total], to=TensorProto.INT64), b.const([0])])  # scalar T
+        slots = b.op("Range", [b.const(0), t64, b.const(1)])  # (T,)
         last = b.op("ReduceMax", [b.op("Mul", [mask, slots]), b.const([1])], keepdims=0)  # (B,)
+        seen = b.op("Cast", [b.op("ReduceMax", [mask, b.const([1])], keepdims=0)], to=TensorProto.BOOL)  # (B,)
+        last = b.op("Where", [seen, last, b.op("Sub", [t64, b.const(1)])])
         self.seqlens_k = b.op("Cast", [last], to=i32)
         self.query_lens = b.op("Expand", [seq, batch])  # (B,)
 

@@ -194,7 +194,8 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
                         "shared_fp32": "(1, ...) leading unit axis on every fp32 weight read by several nodes (kept out of ORT prepacking); "
                                        "(1, out, in) read by FusedMatMul with transB=1 where only MatMuls would read it",
                         "cpu_arch": cfg.cpu_arch if cpu_laid_out else None},  # None: no layout depends on the CPU
-            "parameters": {**counts, "unique_bytes_at_dtype": unique_bytes},
+            "parameters": {**counts, "unique_bytes_at_dtype": unique_bytes,
+                           "block_diagonal_zeros": weights.block_diagonal_zeros},
             "bytes": {"data_file": report["data_file_bytes"], "model_file": report["model_file_bytes"],
                       "initializers": report["initializer_bytes"],
                       "data_file_over_unique_param_bytes": report["data_file_bytes"] / unique_bytes if unique_bytes else None},

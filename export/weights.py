@@ -99,6 +99,9 @@ class ModelWeights:
     aliases: dict[str, str] = field(default_factory=dict)  # parameter name -> initializer holding identical bytes
     dequantized: dict[int, np.ndarray] = field(default_factory=dict)  # id(Parameter) -> (out, in) weights as the kernel sees them
     embed_quant: "QRef | None" = None  # the quantized embedding table (quantized exports): `embed` is its packed tensor
+    # zeros stored off the diagonal of fused block-diagonal delta B's: the price of one MatMul
+    # for a layer's whole q/k/v (or gate/up) delta instead of one per part
+    block_diagonal_zeros: int = 0
 
 
 def _np(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
@@ -249,6 +252,7 @@ class WeightCollector:
                 r0 += m.rank
             n_a = sum(m.delta_A.numel() for _, m in ranked)
             n_b = sum(m.delta_B.numel() for _, m in ranked)
+            self.out.block_diagonal_zeros += b_bd.numel() - n_b
             if self.cfg.quantize != "none" and self.cfg.quantize_deltas:
                 qa = self._quantized(f"{prefix}.delta_A", a_cat, "delta")  # (N=ΣR, K)
                 qb = self._quantized(f"{prefix}.delta_B", b_bd, "delta")  # (N=ΣN, K=ΣR)

@@ -10,7 +10,7 @@ _BUILT = {}
 
 def _build(exporter, tmp_path_factory):
     if exporter not in _BUILT:
-        from edgedelta.runtime.tiny import build_tiny_artifact
+        from .tiny_artifact import build_tiny_artifact
 
         # edgedelta-gqa: hidden 64 gives head_dim 16, where the exporter emits GroupQueryAttention
         # with an in-place KV cache; hidden 32 (head_dim 8) keeps the plain attention graph

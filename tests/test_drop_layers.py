@@ -14,10 +14,11 @@ from edgedelta.delta.compress import compress, format_plan
 from edgedelta.delta.drop_search import drop_candidates, heldout_rows
 from edgedelta.delta.config import CompressConfig
 from edgedelta.delta.storage import load_compressed, save_compressed
-from edgedelta.distill.api import check_teacher, distill
+from edgedelta.distill.api import distill
 from edgedelta.distill.config import DistillConfig
 from edgedelta.distill.hybrid import HybridModel, LayerRecorder
 from edgedelta.distill.reconstruct import reconstruct_groups
+from edgedelta.distill.teacher import check_teacher
 from edgedelta.distill.trainable import select_trainable
 from edgedelta.errors import ConfigError
 from edgedelta.models.adapters import adapter_for

@@ -74,7 +74,7 @@ def test_distill_config_reads_the_recipes():
 def test_no_stage_keeps_its_own_copy():
     """The recipe values appear in recipes.py only: the stages and the benchmarks that used to
     define them import them instead."""
-    for rel in ("edgedelta/pipeline.py", "edgedelta/evaluation/compare.py",
+    for rel in ("edgedelta/pipeline.py", "edgedelta/experiments/compare.py",
                 "edgedelta/cli/compare_cmd.py", "edgedelta/cli/pipeline_cmd.py", "edgedelta/cli/distill_cmd.py", "bench/quality.py"):
         text = (ROOT / rel).read_text()
         for literal in ("1e-3", "3e-4", "layer_lora_recipe", "heal_lr", "heal_batch"):

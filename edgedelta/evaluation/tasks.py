@@ -127,10 +127,27 @@ def load_task(name: str) -> tuple[Item, ...]:
     return tuple(items)
 
 
-def load_task_file(path: str | Path) -> tuple[Item, ...]:
+FILE_METRICS = ("acc", "acc_norm")  # a task file's primary metric; acc_norm for answers of unequal length
+
+
+@dataclass(frozen=True)
+class TaskFile:
+    items: tuple[Item, ...]
+    metric: str  # one of FILE_METRICS: the file's settings line, else "acc"
+
+
+def check_file_metric(metric: str, where: str) -> str:
+    if metric not in FILE_METRICS:
+        raise ConfigError(f"{where}: metric {metric!r} is not one of {', '.join(FILE_METRICS)}")
+    return metric
+
+
+def load_task_file(path: str | Path) -> TaskFile:
     """A user's multiple-choice items, one JSON object a line:
     {"context" or "question": str, "choices": [str, ...], "answer": int, "id": optional}.
-    Each choice is scored as the continuation " " + choice (lm-eval's target delimiter)."""
+    Each choice is scored as the continuation " " + choice (lm-eval's target delimiter).
+    An optional first line {"metric": "acc_norm"} makes length-normalised accuracy the file's
+    score (choices of unequal length favour the short ones under plain acc)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"task file '{p}' does not exist")
@@ -138,7 +155,7 @@ def load_task_file(path: str | Path) -> tuple[Item, ...]:
         p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"task file '{p}' is not UTF-8 text: {e}") from None
-    items = []
+    items, metric = [], None
     with open(p, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -150,19 +167,28 @@ def load_task_file(path: str | Path) -> tuple[Item, ...]:
                 raise ConfigError(f"{where}: not valid JSON ({e.msg})") from None
             if not isinstance(obj, dict):
                 raise ConfigError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            ctx = obj.get("context", obj.get("question"))
-            choices, answer = obj.get("choices"), obj.get("answer")
-            if not isinstance(ctx, str):
-                raise ConfigError(f"{where}: needs a string 'context' (or 'question')")
-            if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
-                raise ConfigError(f"{where}: 'choices' must be a list of at least 2 non-empty strings")
-            if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
-                raise ConfigError(f"{where}: 'answer' must be an integer index into choices (0..{len(choices) - 1}), got {answer!r}")
-            conts = tuple(" " + c.strip() for c in choices)
-            items.append(Item(str(obj.get("id", f"line{n}")), (ctx,) * len(choices), conts, answer, tuple(len(c.strip()) for c in choices)))
+            if set(obj) == {"metric"}:  # the settings line
+                if items or metric is not None:
+                    raise ConfigError(f"{where}: the {{\"metric\": ...}} line must be the file's first line")
+                metric = check_file_metric(obj["metric"], where)
+                continue
+            items.append(_file_item(obj, n, where))
     if not items:
         raise ConfigError(f"task file '{p}' has no items")
-    return tuple(items)
+    return TaskFile(tuple(items), metric or "acc")
+
+
+def _file_item(obj: dict, n: int, where: str) -> Item:
+    ctx = obj.get("context", obj.get("question"))
+    choices, answer = obj.get("choices"), obj.get("answer")
+    if not isinstance(ctx, str):
+        raise ConfigError(f"{where}: needs a string 'context' (or 'question')")
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
+        raise ConfigError(f"{where}: 'choices' must be a list of at least 2 non-empty strings")
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+        raise ConfigError(f"{where}: 'answer' must be an integer index into choices (0..{len(choices) - 1}), got {answer!r}")
+    conts = tuple(" " + c.strip() for c in choices)
+    return Item(str(obj.get("id", f"line{n}")), (ctx,) * len(choices), conts, answer, tuple(len(c.strip()) for c in choices))
 
 
 def select(items: tuple[Item, ...] | list[Item], limit: int | None, seed: int = 1234) -> list[Item]:

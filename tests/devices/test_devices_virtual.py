@@ -15,7 +15,7 @@ def _tiny_qwen(tmp_path, tied: bool):
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from edgedelta.runtime.tiny import build_tokenizer
+    from ..tiny_artifact import build_tokenizer
 
     d = tmp_path / f"qwen-{'tied' if tied else 'untied'}"
     d.mkdir()
@@ -114,3 +114,35 @@ def test_bad_precision_is_refused():
         v.VirtualExport("int3")
     with pytest.raises(ConfigError, match="config field 'hidden_size'"):
         v.virtual_facts({"hidden_size": 0}, v.VirtualExport())
+
+
+def test_virtual_sharing_matches_a_real_tiny_compressed_export(tmp_path):
+    """A pair of layers sharing every projection (first-layer base, rank-4 deltas, no gates or
+    scales, int4): shared bases once, the second layer's fused q/k/v and gate/up deltas with a
+    block-diagonal B. (Gate and base-scale scalars, 4 bytes each, are not modelled.)"""
+    import torch
+
+    from edgedelta.delta.compress import compress
+    from edgedelta.delta.config import CompressConfig
+    from edgedelta.delta.storage import save_compressed
+    from edgedelta.export import export_onnx
+    from edgedelta.export.config import ExportConfig
+    from edgedelta.models.loading import load_model
+    from edgedelta.runtime.artifact import Artifact
+
+    src = _tiny_qwen(tmp_path, tied=True)
+    lm = load_model(src)
+    cfg = CompressConfig(groups=[[0, 1]], base="first", init="svd", gates=False, scale_base=False, rank_attn=4, rank_mlp=4)
+    with torch.no_grad():
+        res = compress(lm.model, cfg, progress=False)
+    comp = save_compressed(res.model, tmp_path / "comp", tokenizer=lm.tokenizer)
+    art = Artifact.open(export_onnx(str(comp), ExportConfig(quantize="int4", quant_method="rtn", validate=False), tmp_path / "art"))
+    config = json.loads((src / "config.json").read_text())
+    # base 'first': the first layer is the group's anchor (the base itself, no delta)
+    sharing = v.VirtualSharing(groups=1, ranks={p: 4 for p in ("q", "k", "v", "o", "gate", "up", "down")}, anchored=True)
+    acc = v.account(config, v.VirtualExport("int4", sharing=sharing))
+    real = art.manifest["audit"]["bytes_by_kind"]
+    for kind in ("shared", "delta", "embedding", "norm", "bias", "other"):
+        assert acc.stored.get(kind, 0) == real.get(kind, 0), kind
+    assert acc.total == art.unique_weight_bytes
+    assert 0 <= art.weight_bytes_read_per_token - acc.read < 1024

@@ -7,7 +7,8 @@ from edgedelta.distill.config import DistillConfig
 from edgedelta.distill.hybrid import HybridModel, LayerRecorder, replace
 from edgedelta.distill.losses import hidden_mse, kl_logits, kl_topk
 from edgedelta.distill.schedule import ReplacementSchedule
-from edgedelta.distill.trainable import add_dense_lora, merge_dense_lora, merge_lora, select_trainable
+from edgedelta.delta.lora import merge_lora
+from edgedelta.distill.trainable import add_dense_lora, select_trainable
 from edgedelta.errors import ConfigError
 from edgedelta.models.adapters import adapter_for
 
@@ -106,7 +107,7 @@ def test_lora_on_shared_is_shared_and_merges():
             tp.param.add_(0.01)
     x = rows(2, 16)
     before = student(input_ids=x).logits
-    merge_lora(student, spec)
+    merge_lora(student)
     up0, up1 = student.model.layers[0].mlp.up_proj, student.model.layers[1].mlp.up_proj
     assert up0.weight is up1.weight  # still one shared Parameter
     assert torch.allclose(student(input_ids=x).logits, before, atol=1e-5)
@@ -125,7 +126,7 @@ def test_dense_lora_on_chosen_layers_adds_to_a_selection_and_merges():
             tp.param.add_(0.01)
     x = rows(2, 16)
     before = student(input_ids=x).logits
-    merge_dense_lora(student)
+    merge_lora(student)
     assert isinstance(student.model.layers[3].mlp.up_proj.weight, torch.nn.Parameter)
     assert torch.allclose(student(input_ids=x).logits, before, atol=1e-5)
     assert not torch.allclose(before, teacher(input_ids=x).logits, atol=1e-3)

@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from edgedelta.delta.storage import load_compressed
-from edgedelta.distill.api import distill, run_dir_for
+from edgedelta.distill.api import distill
+from edgedelta.distill.run_folder import run_dir_for
 from edgedelta.distill.checkpoint import CheckpointError, latest_checkpoint
 from edgedelta.distill.config import DistillConfig
 from edgedelta.distill.reconstruct import reconstruct_groups

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from edgedelta.evaluation.api import EvalConfig
-from edgedelta.evaluation.compare import CompareConfig, compare, write_results
+from edgedelta.experiments.compare import CompareConfig, compare, write_results
 from edgedelta.errors import ConfigError
 from edgedelta.recipes import DROP_SHARE
 

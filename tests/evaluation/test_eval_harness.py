@@ -49,8 +49,9 @@ def test_task_file_scored_like_builtin(tmp_path):
     tf = tmp_path / "plant.jsonl"
     tf.write_text(json.dumps({"question": "Q?", "choices": ["aa", "bbbbbbbb"], "answer": 1}) + "\n\n"
                   + json.dumps({"context": "C", "choices": ["x", "y", "z"], "answer": 0, "id": "c1"}) + "\n")
-    items = load_task_file(tf)
-    assert [it.gold for it in items] == [1, 0] and items[1].id == "c1"
+    task = load_task_file(tf)
+    items = task.items
+    assert [it.gold for it in items] == [1, 0] and items[1].id == "c1" and task.metric == "acc"
     assert items[0].continuations == (" aa", " bbbbbbbb") and items[0].norm_chars == (2, 8)
     table = {("Q?", " aa"): (-4.0, False), ("Q?", " bbbbbbbb"): (-6.0, False),
              ("C", " x"): (-1.0, True), ("C", " y"): (-2.0, False), ("C", " z"): (-3.0, False)}

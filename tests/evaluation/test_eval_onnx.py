@@ -10,7 +10,7 @@ pytest.importorskip("onnxruntime")
 
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory):
-    from edgedelta.runtime.tiny import build_tiny_artifact
+    from ..tiny_artifact import build_tiny_artifact
 
     return build_tiny_artifact(tmp_path_factory.mktemp("tiny-eval-onnx"))
 

@@ -113,7 +113,7 @@ def test_arch_facts_come_from_the_adapter_and_config():
     assert f.scaling == pytest.approx(24 ** -0.5) and f.attn_softcap is None and f.final_softcap is None
     g2 = tiny_model("gemma2")
     f2 = ArchFacts.from_model(g2, adapter_for(g2.config))
-    assert (f2.attn_softcap, f2.final_softcap) == (1.0, 0.5) and f2.sliding_windows == (TINY_WINDOW, None) * 2
+    assert (f2.attn_softcap, f2.final_softcap) == (0.02, 0.5) and f2.sliding_windows == (TINY_WINDOW, None) * 2
     assert g2.config._attn_implementation == "eager"  # sdpa would drop the attention soft-cap
     cfg = tiny_config("mistral")
     cfg.sliding_window = 7
@@ -172,3 +172,15 @@ def test_unsupported_architecture_refused_before_weights(tmp_path):
     tiny_tokenizer().save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="unsupported architecture 'gemma3'.*gemma3_text"):
         load_model(tmp_path)
+
+
+def test_adding_a_model_lists_exactly_the_supported_model_types():
+    import re
+    from pathlib import Path
+
+    from edgedelta.models.adapters import ADAPTERS
+
+    doc = (Path(__file__).resolve().parents[2] / "ADDING_A_MODEL.md").read_text()
+    table = doc.split("## Supported architectures", 1)[1].split("\n\n", 2)[1]  # the table: first block after the heading
+    listed = re.findall(r"^\| `([a-z0-9_]+)` \|", table, flags=re.M)[1:]  # after the header row
+    assert sorted(listed) == sorted(ADAPTERS)

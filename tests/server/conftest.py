@@ -8,7 +8,7 @@ from .live import API_KEY, Server
 @pytest.fixture(scope="session")
 def serve_artifact(tmp_path_factory):
     """A 4-layer hidden-32 Llama (tests/artifact_fixtures.py's, with a 2,048-token context) as an artifact."""
-    from edgedelta.runtime.tiny import build_tiny_artifact
+    from ..tiny_artifact import build_tiny_artifact
 
     return build_tiny_artifact(tmp_path_factory.mktemp("serve"), exporter="edgedelta", max_positions=2048)[1]
 

@@ -22,7 +22,7 @@ from ..data.text import DEFAULT_TRAIN_TEXT, check_training_text
 from ..delta.config import check_drop_layers
 from .. import recipes
 from ..errors import ConfigError, EdgeDeltaError
-from .api import EvalConfig, evaluate
+from ..evaluation.api import EvalConfig, evaluate
 from .methods import DEFAULT_METHODS, METHODS
 
 
@@ -195,7 +195,7 @@ def _texts_note(config: CompareConfig) -> str:
 def write_results(res: dict, out_dir: Path, title: str) -> None:
     """results.json, results.md, retention.png into out_dir (already a fresh folder)."""
     from ..fsutil import write_json_atomic
-    from .report import markdown_compare, markdown_paired, retention, retention_chart
+    from ..evaluation.report import markdown_compare, markdown_paired, retention, retention_chart
 
     write_json_atomic(out_dir / "results.json", res)
     ok = [r for r in res["rows"] if "eval" in r]

@@ -1,10 +1,11 @@
-"""A tiny random Llama and its ONNX artifact, built offline in seconds: for tests and demos
-of the runtime and the planner (peft/optimum-style tiny configs).
+"""Test fixture: a tiny random Llama and its ONNX artifact, built offline in seconds, for the
+runtime, server, evaluation and planner tests (peft/optimum-style tiny configs).
 
 The tokenizer is a small byte-level BPE trained here on a few sentences (no hub), with
 ChatML special tokens and a chat template, so chat, EOS and streaming paths are exercised.
-The artifact is written by `edgedelta.export.export_onnx` when that exists, else by
-optimum's exporter (same graph interface) converted to external data + a manifest."""
+The artifact is written by `edgedelta.export.export_onnx`, or by optimum's exporter (the
+same graph interface, converted to external data + a manifest) to check that the runtime
+runs optimum's graphs too."""
 
 from __future__ import annotations
 
@@ -71,8 +72,8 @@ def build_tiny_model_dir(out_dir: Path, layers: int = 4, hidden: int = 32, seed:
 
 
 def export_with_optimum(model_dir: Path, out_dir: Path, name: str | None = None) -> Path:
-    """Fallback exporter: optimum's text-generation-with-past graph, weights moved to
-    model.onnx.data, tokenizer + configs copied, manifest (format edgedelta-onnx) written last."""
+    """optimum's text-generation-with-past graph, weights moved to model.onnx.data, tokenizer
+    + configs copied, manifest (format edgedelta-onnx) written last."""
     import onnx
     from optimum.exporters.onnx import main_export
 
@@ -94,32 +95,25 @@ def export_with_optimum(model_dir: Path, out_dir: Path, name: str | None = None)
     data = out_dir / "model.onnx.data"
     write_manifest(out_dir, "edgedelta-onnx", {
         "name": name or model_dir.name,
-        "exporter": "optimum (fallback until edgedelta.export)",
+        "exporter": "optimum",
         "accounting": {"unique_weight_bytes": data.stat().st_size if data.is_file() else None},
     })
     return out_dir
 
 
-def export_artifact(model_dir: Path, out_dir: Path, exporter: str = "auto") -> Path:
-    """exporter 'edgedelta' (edgedelta.export.export_onnx), 'optimum' (the fallback above), or
-    'auto' (edgedelta when importable)."""
-    if exporter not in ("auto", "edgedelta", "optimum"):
-        raise ValueError(f"unknown exporter '{exporter}'; allowed: auto, edgedelta, optimum")
-    if exporter == "auto":
-        try:
-            from edgedelta.export import export_onnx  # noqa: F401
-            exporter = "edgedelta"
-        except ImportError:
-            exporter = "optimum"
+def export_artifact(model_dir: Path, out_dir: Path, exporter: str = "edgedelta") -> Path:
+    """exporter 'edgedelta' (edgedelta.export.export_onnx) or 'optimum' (export_with_optimum)."""
     if exporter == "optimum":
         return export_with_optimum(model_dir, out_dir)
+    if exporter != "edgedelta":
+        raise ValueError(f"unknown exporter '{exporter}'; allowed: edgedelta, optimum")
     from edgedelta.export import ExportConfig, export_onnx
 
     export_onnx(model_dir, ExportConfig(), out_dir)
     return Path(out_dir)
 
 
-def build_tiny_artifact(root: Path, exporter: str = "auto", **model_kwargs) -> tuple[Path, Path]:
+def build_tiny_artifact(root: Path, exporter: str = "edgedelta", **model_kwargs) -> tuple[Path, Path]:
     """(model_dir, artifact_dir) of a fresh tiny model under root."""
     root = Path(root)
     model_dir = build_tiny_model_dir(root / "tiny-model", **model_kwargs)

@@ -1,4 +1,4 @@
-"""The compression methods `edgedelta compare` knows (edgedelta/evaluation/compare.py builds
+"""The compression methods `edgedelta compare` knows (compare.py builds
 them); here, without torch, so the CLI lists them without importing the stack."""
 
 # deltallm-drop: DeltaLLM after removing the drop_layers least influential layers
