@@ -260,7 +260,7 @@ def child_redundancy(name: str) -> dict:
 
 def run_child(phase: str, name: str) -> dict:
     cmd = [sys.executable, __file__, "--child", f"{phase}:{name}", "--rows", str(ARGS.rows), "--seq-len", str(ARGS.seq_len),
-           "--threads", str(ARGS.threads)]
+           "--threads", str(ARGS.threads), "--kl-every", str(ARGS.kl_every)]
     res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if res.returncode != 0:
         raise SystemExit(f"{phase} of {name} failed (exit {res.returncode})")
