@@ -254,8 +254,10 @@ class WeightCollector:
             n_b = sum(m.delta_B.numel() for _, m in ranked)
             self.out.block_diagonal_zeros += b_bd.numel() - n_b
             if self.cfg.quantize != "none" and self.cfg.quantize_deltas:
-                qa = self._quantized(f"{prefix}.delta_A", a_cat, "delta")  # (N=ΣR, K)
-                qb = self._quantized(f"{prefix}.delta_B", b_bd, "delta")  # (N=ΣN, K=ΣR)
+                # every part's A reads this layer's sub-layer input; B reads x·A_catᵀ
+                first_a = ranked[0][1].delta_A
+                qa = self._quantized(f"{prefix}.delta_A", a_cat, "delta", stats_of=first_a)  # (N=ΣR, K)
+                qb = self._quantized(f"{prefix}.delta_B", b_bd, "delta", stats_of=(first_a, a_cat))  # (N=ΣN, K=ΣR)
                 deq_a = self.out.dequantized.pop(id(a_cat))
                 deq_b = self.out.dequantized.pop(id(b_bd))
                 r0 = 0
