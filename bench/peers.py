@@ -92,12 +92,17 @@ class Contender:
     export: dict = field(default_factory=dict)  # edgedelta: ExportConfig fields
     session: dict = field(default_factory=dict)  # edgedelta: Session.from_dir kwargs
     peer: str | None = None  # peers: build key
+    artifact: str | None = None  # edgedelta: an already-exported artifact to measure as is (no export)
     path: str | None = None  # the model the worker loads (set by prepare)
     skip: str | None = None  # why it is not measured
 
 
+ROW_KEYS = ("label", "model", "export", "session", "role", "artifact")
+
+
 def parse_table(rows: list) -> list[Contender]:
-    """edgedelta rows as tuples (label, model, export, session[, role]) or dicts with those keys.
+    """edgedelta rows as tuples (label, model, export, session[, role]) or dicts with the keys
+    ROW_KEYS ('artifact': an exported artifact dir measured as is, instead of `export`).
     Raises ValueError naming the bad row (a user error: labels unique, model known, dicts)."""
     out, seen, roles = [], set(), set()
     for i, row in enumerate(rows):
@@ -107,9 +112,9 @@ def parse_table(rows: list) -> list[Contender]:
             d = dict(zip(("label", "model", "export", "session", "role"), row))
         else:
             raise ValueError(f"table row {i} must be (label, model, export, session[, role]) or a dict, got {row!r}")
-        unknown = set(d) - {"label", "model", "export", "session", "role"}
+        unknown = set(d) - set(ROW_KEYS)
         if unknown:
-            raise ValueError(f"table row {i}: unknown key(s) {sorted(unknown)}; allowed: label, model, export, session, role")
+            raise ValueError(f"table row {i}: unknown key(s) {sorted(unknown)}; allowed: {', '.join(ROW_KEYS)}")
         label = d.get("label")
         if not isinstance(label, str) or not label:
             raise ValueError(f"table row {i}: label must be a non-empty string, got {label!r}")
@@ -120,12 +125,15 @@ def parse_table(rows: list) -> list[Contender]:
         for k in ("export", "session"):
             if not isinstance(d.get(k, {}), dict):
                 raise ValueError(f"table row '{label}': {k} must be a dict of fields, got {d.get(k)!r}")
+        if d.get("artifact") is not None and d.get("export"):
+            raise ValueError(f"table row '{label}': give either export fields or an artifact, not both")
         role = d.get("role")
         if role is not None and role in roles:
             raise ValueError(f"table row '{label}': role '{role}' is already given to another row")
         seen.add(label)
         roles.add(role)
-        out.append(Contender(label, "edgedelta", role, d["model"], dict(d.get("export") or {}), dict(d.get("session") or {})))
+        out.append(Contender(label, "edgedelta", role, d["model"], dict(d.get("export") or {}), dict(d.get("session") or {}),
+                             artifact=d.get("artifact")))
     return out
 
 
@@ -189,6 +197,7 @@ def prepare_edgedelta(cs: list[Contender], sources: dict[str, Path | None], reex
 
     from tqdm.auto import tqdm
 
+    # imported here, not at the top: --list and bad arguments answer without loading torch
     from edgedelta.export import GRAPH_REVISION, ExportConfig, export_onnx
     from edgedelta.runtime import Session
 
@@ -198,6 +207,15 @@ def prepare_edgedelta(cs: list[Contender], sources: dict[str, Path | None], reex
     todo = []
     for c in cs:
         c.skip = check_api(c, fields, params)
+        if c.skip is None and c.artifact is not None:
+            if (Path(c.artifact) / "manifest.json").is_file():
+                c.path = c.artifact
+                man = json.loads((Path(c.artifact) / "manifest.json").read_text())
+                notes[c.artifact] = {"model": c.model, "labels": [c.label], "given_artifact": True,
+                                     **{k: man.get(k) for k in ("graph_revision", "export_config", "io", "parity")}}
+            else:
+                c.skip = f"artifact '{c.artifact}' has no manifest.json"
+            continue
         if c.skip is None and sources.get(c.model) is None:
             c.skip = "no compressed model (pass --compressed DIR or run bench/peers_build.py)"
         if c.skip is None:

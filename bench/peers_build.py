@@ -241,7 +241,7 @@ def ensure_llama_cpp() -> dict:
         tmp.mkdir(parents=True)
         for f in sorted(built.iterdir()):
             if f.name in LLAMA_TARGETS or ".so" in f.name:
-                shutil.copy2(f, tmp / f.name, follow_symlinks=True)
+                shutil.copy2(f, tmp / f.name, follow_symlinks=False)  # keep the .so version links as links
         replace_dir(tmp, LLAMA_BIN)
         # the binding: its pure-Python package with the same libraries in llama_cpp/lib
         tmp = fresh_tmp(LLAMA_PY)
@@ -249,7 +249,7 @@ def ensure_llama_cpp() -> dict:
         lib = tmp / "llama_cpp" / "lib"
         lib.mkdir(exist_ok=True)
         for f in LLAMA_BIN.glob("*.so*"):
-            shutil.copy2(f, lib / f.name)
+            shutil.copy2(f, lib / f.name, follow_symlinks=False)
         replace_dir(tmp, LLAMA_PY)
         stamp("llama.cpp", key)
     version = subprocess.run([str(LLAMA_BIN / "llama-cli"), "--version"], capture_output=True, text=True)

@@ -117,7 +117,7 @@ def onnx_row(spec: str, model, tokenizer, quantize: str, windows: dict, workdir:
     art = export_onnx(spec, cfg, workdir / f"art-{quantize}", force=True, progress=lambda m: print(f"  export: {m}", flush=True))
     seconds = time.perf_counter() - t0
     m = read_manifest(art)
-    from edgedelta.export.decoder import ArchFacts
+    from edgedelta.export.arch_facts import ArchFacts
 
     facts = ArchFacts.from_model(model, adapter_for(model.config))
     dec = _OrtDecoder(art / "model.onnx", facts, np.float32, cfg)

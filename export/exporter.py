@@ -32,7 +32,8 @@ from edgedelta.models.adapters import adapter_for
 from .audit import MODEL_FILE, audit, audit_problems
 from .calibration import calibration_for
 from .config import ExportConfig, session_config
-from .decoder import ArchFacts, DecoderGraph, gqa_unsupported
+from .arch_facts import ArchFacts, gqa_unsupported
+from .decoder import DecoderGraph
 from .genai_config import FILE as GENAI_FILE
 from .genai_config import genai_config
 from .graph import GraphBuilder

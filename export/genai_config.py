@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .decoder import ArchFacts
+from .arch_facts import ArchFacts
 
 FILE = "genai_config.json"
 

@@ -30,7 +30,7 @@ import torch
 from edgedelta.errors import ParityError
 
 from .config import ExportConfig, session_config
-from .decoder import ArchFacts
+from .arch_facts import ArchFacts
 from .quality_gate import GATE_SEQ_LEN, GateThresholds, compare, held_out_windows, judge
 from .quantize import BITS
 

@@ -254,10 +254,11 @@ class WeightCollector:
             n_b = sum(m.delta_B.numel() for _, m in ranked)
             self.out.block_diagonal_zeros += b_bd.numel() - n_b
             if self.cfg.quantize != "none" and self.cfg.quantize_deltas:
-                # every part's A reads this layer's sub-layer input; B reads x·A_catᵀ
-                first_a = ranked[0][1].delta_A
-                qa = self._quantized(f"{prefix}.delta_A", a_cat, "delta", stats_of=first_a)  # (N=ΣR, K)
-                qb = self._quantized(f"{prefix}.delta_B", b_bd, "delta", stats_of=(first_a, a_cat))  # (N=ΣN, K=ΣR)
+                # every part's A reads this layer's sub-layer input. B is quantized without
+                # statistics (rtn): its off-diagonal zeros stay exactly zero (every block's range
+                # holds 0), where GPTQ would spread error into them and mix the parts
+                qa = self._quantized(f"{prefix}.delta_A", a_cat, "delta", stats_of=ranked[0][1].delta_A)  # (N=ΣR, K)
+                qb = self._quantized(f"{prefix}.delta_B", b_bd, "delta")  # (N=ΣN, K=ΣR)
                 deq_a = self.out.dequantized.pop(id(a_cat))
                 deq_b = self.out.dequantized.pop(id(b_bd))
                 r0 = 0

@@ -88,6 +88,18 @@ def test_prepare_skips_unknown_field_and_missing_compressed_without_exporting(tm
     assert "no compressed model" in cs[1].skip
 
 
+def test_a_given_artifact_is_measured_as_is(tiny_edgedelta, tmp_path):
+    _, art = tiny_edgedelta
+    given, missing = peers.parse_table([{"label": "a", "model": "original", "artifact": str(art)},
+                                        {"label": "b", "model": "original", "artifact": str(tmp_path)}])
+    notes = peers.prepare_edgedelta([given, missing], {"original": None, "compressed": None}, False, root=tmp_path / "arts")
+    assert given.skip is None and given.path == str(art)
+    assert notes[str(art)]["given_artifact"] and notes[str(art)]["export_config"]["dtype"] == "fp32"
+    assert missing.skip == f"artifact '{tmp_path}' has no manifest.json"
+    with pytest.raises(ValueError, match="either export fields or an artifact"):
+        peers.parse_table([{"label": "c", "model": "original", "export": {"quantize": "int4"}, "artifact": str(art)}])
+
+
 def test_artifact_key_changes_with_fields_model_revision_and_exporter_code():
     k = peers.artifact_key("m", {"quantize": "int4"}, 9, "c")
     assert k == peers.artifact_key("m", {"quantize": "int4"}, 9, "c")

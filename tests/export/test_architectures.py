@@ -19,7 +19,7 @@ from edgedelta.delta.config import CompressConfig
 from edgedelta.delta.storage import load_compressed, save_compressed
 from edgedelta.errors import ModelLoadError
 from edgedelta.export import ExportConfig, export_onnx
-from edgedelta.export.decoder import ArchFacts
+from edgedelta.export.arch_facts import ArchFacts
 from edgedelta.models.adapters import adapter_for
 from edgedelta.runtime import Session, generate_ids
 from tests.tiny import TINY_WINDOW, tiny_config, tiny_ids, tiny_model, tiny_tokenizer

@@ -70,7 +70,7 @@ def test_gate_threshold_decides_and_nothing_is_written(src, tmp_path):
 def test_default_gate_fails_an_artifact_of_another_model(src, tmp_path):
     """The default thresholds tell a quantized model from a different one: the artifact of
     `src` judged against another float model (different weights) fails."""
-    from edgedelta.export.decoder import ArchFacts
+    from edgedelta.export.arch_facts import ArchFacts
     from edgedelta.export.validate import _OrtDecoder, quality_gate
     from edgedelta.models.adapters import adapter_for
     from tests.tiny import tiny_tokenizer
