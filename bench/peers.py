@@ -680,9 +680,13 @@ def main(argv=None) -> int:
     cross = {c.label: llama_bench(c, manifest, a.threads, prefill, new_tokens, a.timeout) for c in live if c.engine == "llama"}
     ppl: dict[str, dict] = {}
     if not a.no_ppl:
+        scored: dict[tuple, dict] = {}  # rows that differ only in session settings score the same model once
         for c in live:
             bar.set_postfix_str(f"perplexity: {c.label}")
-            ppl[c.label] = run_worker(c, manifest, "ppl", run_dir, opts, a.timeout)
+            key = (c.engine, c.path)
+            if key not in scored:
+                scored[key] = {**run_worker(c, manifest, "ppl", run_dir, opts, a.timeout), "scored_as": c.label}
+            ppl[c.label] = scored[key]
             bar.update()
     bar.close()
 

@@ -310,7 +310,7 @@ def write_report(res: dict, out: Path) -> None:
           f"Machine: {res['machine']}. Calibration: {res['rows']} rows x {res['seq_len']} tokens of {res['calib_text']} "
           "(each model's own tokenizer), the same rows for every statistic. Written by bench/redundancy.py.", "",
           "| model | params | layers | pairs with KL | pair KL median | pair KL min (pair) | pair KL max | block cos median | "
-          "weight distance median | load from cache s | load peak RSS | cache build s | build peak RSS |",
+          "weight distance median | load from cache s | peak RSS, load + one forward | cache build s | build peak RSS |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in res["models"]:
         kls = [p["kl"] for p in m["pairs"] if p["kl"] is not None]

@@ -82,13 +82,15 @@ def build_graph(model, cfg: ExportConfig, calibration=None) -> tuple[GraphBuilde
 
 def _load(model_dir):
     from edgedelta.models.loading import load_model
+    from edgedelta.models.registry import is_builtin_name
 
-    path = Path(str(model_dir)).expanduser()
-    if str(model_dir) != "default" and not path.exists():
-        raise ModelLoadError(f"model directory '{model_dir}' does not exist")
-    if str(model_dir) != "default" and path.is_file():
-        raise ModelLoadError(f"'{model_dir}' is a file, not a model directory")
-    return load_model(model_dir)
+    if not is_builtin_name(str(model_dir)):  # 'default' or a built-in name: load_model resolves it
+        path = Path(str(model_dir)).expanduser()
+        if not path.exists():
+            raise ModelLoadError(f"model directory '{model_dir}' does not exist")
+        if path.is_file():
+            raise ModelLoadError(f"'{model_dir}' is a file, not a model directory")
+    return load_model(str(model_dir))
 
 
 def _source_facts(path: Path) -> dict[str, Any]:

@@ -118,6 +118,11 @@ def test_uninstalled_builtin_tells_the_install_command(tmp_path, monkeypatch):
 
     with pytest.raises(ModelLoadError, match=r"'qwen2.5-coder-0.5b' is not installed: run `edgedelta models install qwen2.5-coder-0.5b`"):
         load_model("qwen2.5-coder-0.5b")
+    # export takes the name as well (not as a missing directory)
+    from edgedelta.export import export_onnx
+
+    with pytest.raises(ModelLoadError, match=r"is not installed: run `edgedelta models install qwen2.5-coder-0.5b`"):
+        export_onnx("qwen2.5-coder-0.5b", out_dir=tmp_path / "art")
 
 
 def test_cli_lists_and_installs_without_pip(tmp_path, monkeypatch, capsys):
