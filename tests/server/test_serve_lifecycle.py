@@ -46,7 +46,11 @@ def test_full_queue_answers_429_at_once_and_the_rest_complete(make_server):
         results[i] = (status, hdrs, body, time.perf_counter() - t0)
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
-    for t in threads:
+    threads[0].start()  # the first one running before the rest arrive, however busy the machine
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "edgedelta_running_requests 1" not in request(srv.port, "GET", "/metrics")[2]:
+        time.sleep(0.02)
+    for t in threads[1:]:
         t.start()
     for t in threads:
         t.join(60)
