@@ -21,6 +21,17 @@ def _int_at_least(text: str, low: int, bound: str) -> int:
     return v
 
 
+def number_in(text: str, low: float, high: float, unit: str, low_open: bool = False) -> float:
+    """A float in [low, high] ((low, high] with low_open), e.g. seconds or milliseconds."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of {unit}") from None
+    if not ((low < v) if low_open else (low <= v)) or not v <= high:
+        raise argparse.ArgumentTypeError(f"must be in {'(' if low_open else '['}{low:g}, {high:g}] {unit}, got {v:g}")
+    return v
+
+
 def positive_int(text: str) -> int:
     return _int_at_least(text, 1, "> 0")
 

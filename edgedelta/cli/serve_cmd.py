@@ -17,47 +17,23 @@ import socket
 import sys
 
 from ..errors import ConfigError
-from .common import positive_int
+from .common import nonneg_int, number_in, positive_int
 
 
 def _port(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a port number") from None
-    if not 1 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be in 1..65535, got {v}")
-    return v
-
-
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
+    if not text.strip().lstrip("-").isdigit():
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number")
+    if not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 1..65535, got {int(text)}")
+    return int(text)
 
 
 def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
-    if not 0 < v <= 3600:
-        raise argparse.ArgumentTypeError(f"must be in (0, 3600] seconds, got {v:g}")
-    return v
+    return number_in(text, 0.0, 3600.0, "seconds", low_open=True)
 
 
 def _millis(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of milliseconds") from None
-    if not 0 <= v <= 10_000:
-        raise argparse.ArgumentTypeError(f"must be in [0, 10000] ms, got {v:g}")
-    return v
+    return number_in(text, 0.0, 10_000.0, "milliseconds")
 
 
 def add_parser(subparsers):
@@ -68,7 +44,7 @@ def add_parser(subparsers):
     p.add_argument("--port", type=_port, default=8080, help="TCP port (default 8080)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* (default: the "
                                                    "EDGEDELTA_API_KEY environment variable; unset: no key)")
-    p.add_argument("--max-queue", type=_count, default=64, help="requests that may wait for a batch (default 64)")
+    p.add_argument("--max-queue", type=nonneg_int, default=64, help="requests that may wait for a batch (default 64)")
     p.add_argument("--max-batch", type=positive_int, default=8, help="requests decoded together (default 8; 1: no batching)")
     p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto", help="auto|cpu|cuda (auto falls back to CPU)")
     p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (default: one per core)")
