@@ -107,6 +107,36 @@ def delta_cost(d: dict) -> list[str]:
     return lines
 
 
+def quant_quality(d: dict) -> list[str]:
+    """bench/quant_quality.py: held-out perplexity of each quantization against the float model."""
+    lines = []
+    for name, m in d["models"].items():
+        lines += [f"{name}: float mean perplexity {m['float']['mean']:.3f} ({', '.join(d['eval_texts'])})", "",
+                  "| bits | method | block | embedding quantized | ratio to float |", "|---|---|---:|---|---:|"]
+        lines += [f"| {r['quantize']} | {r['method']} | {r['block']} | {'yes' if r['embedding_quantized'] else 'no'} | "
+                  f"{r['ppl_ratio']:.3f} |" for r in m["rows"]]
+        lines.append("")
+    return lines
+
+
+def peers(d: dict) -> list[str]:
+    """bench/peers.py: the issue's targets against onnxruntime-genai and llama.cpp, each met or missed."""
+    lines = ["| target | measured | wanted | met |", "|---|---:|---:|---|"]
+    for t in d.get("targets") or []:
+        got = t.get("value")
+        lines.append(f"| {t['target']} | {'-' if got is None else f'{got:.3f}'} | {t['op']} {t['threshold']} | "
+                     f"{'yes' if t.get('met') else ('not measured' if got is None else 'no')} |")
+    return lines + ["", "Contenders, speeds and sizes: [bench/results/peers.md](../bench/results/peers.md)."]
+
+
+def genai_compat(d: dict) -> list[str]:
+    """bench/genai_compat.py: onnxruntime-genai on edgedelta artifacts, greedy tokens against edgedelta.runtime."""
+    lines = ["| artifact | quantize | loads in onnxruntime-genai | identical greedy prompts |", "|---|---|---|---:|"]
+    lines += [f"| {r['artifact']} | {r['export_config'].get('quantize')} | {'yes' if r['loaded'] else 'no'} | "
+              f"{r.get('identical', '-')}/{r.get('prompts', '-')} |" for r in d["rows"]]
+    return lines
+
+
 def _link_only(path: str) -> Callable[[dict], list[str]]:
     def section(d: dict) -> list[str]:
         return [f"Measured; the table is in [{path}](../{path}) (no summary function yet)."]
@@ -124,8 +154,11 @@ SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("Layers removed before sharing", "drop_sweep.json", drop_sweep),
     ("Runtime speed", "runtime.json", runtime),
     ("Cost of the delta branches", "delta_cost.json", delta_cost),
-    ("Peers (onnxruntime-genai, llama.cpp)", "peers.json", _link_only("bench/results/peers.md")),
-    ("Quantization quality", "quant_quality.json", _link_only("bench/results/quant_quality.md")),
+    ("Peers (onnxruntime-genai, llama.cpp)", "peers.json", peers),
+    ("onnxruntime-genai loads edgedelta artifacts", "genai_compat.json", genai_compat),
+    ("Quantization quality", "quant_quality.json", quant_quality),
+    ("Redundancy of consecutive layers by model size", "redundancy.json", _link_only("bench/results/redundancy.md")),
+    ("Device verdicts at 0.5B and 1.5B", "device_plans.json", _link_only("bench/results/device_plans.md")),
     ("Server", "serve.json", _link_only("bench/results/serve.md")),
 ]
 

@@ -68,11 +68,11 @@ def use_gqa(facts: ArchFacts, cfg: ExportConfig) -> bool:
     return cfg.attention != "plain" and reason is None
 
 
-def build_graph(model, cfg: ExportConfig, calibration=None) -> tuple[GraphBuilder, ModelWeights, ArchFacts]:
+def build_graph(model, cfg: ExportConfig, calibration=None, progress: bool = False) -> tuple[GraphBuilder, ModelWeights, ArchFacts]:
     """Emit `model` (read only) as an ONNX decoder graph into a GraphBuilder."""
     adapter = adapter_for(model.config)
     builder = GraphBuilder("edgedelta_decoder", cfg.opset)
-    weights = WeightCollector(model, adapter, cfg, builder, calibration).collect()
+    weights = WeightCollector(model, adapter, cfg, builder, calibration, progress).collect()
     facts = ArchFacts.from_model(model, adapter)
     DecoderGraph(builder, facts, weights, cfg.dtype, cfg.accuracy_level, gqa=use_gqa(facts, cfg)).build()
     if cfg.dtype == "fp32":
@@ -139,7 +139,8 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
     say(f"loaded {loaded.path} ({t_load:.1f} s)")
     with atomic_dir(out_dir, force=force) as tmp:
         t1 = time.perf_counter()
-        builder, weights, facts = build_graph(model, cfg, calibration_for(model, loaded.tokenizer, cfg, progress=progress is not None))
+        builder, weights, facts = build_graph(model, cfg, calibration_for(model, loaded.tokenizer, cfg, progress=progress is not None),
+                                              progress=progress is not None)
         gqa = use_gqa(facts, cfg)
         builder.save(tmp, MODEL_FILE, metadata={"edgedelta.format": ARTIFACT_FORMAT,
                                                 "edgedelta.ort_session_config": json.dumps(session_config(cfg), sort_keys=True)})

@@ -24,13 +24,14 @@ from edgedelta.errors import ParityError
 
 GATE_TEXTS = ("python-docs", "sotu-recent")  # edgedelta.data.text.EVAL_DATASETS: disjoint from calibration text
 GATE_SEQ_LEN = 512
-# Thresholds per weight bits. Provisional: bench/quant_quality.py has measured only int4 RTN
-# on SmolLM2-135M so far (ratio 1.31 with the 4-bit tied embedding/head, 2 x 2048 held-out
-# tokens), and no exported real artifact yet; set these from bench/results/quant_quality.json
-# (the default export's ratio and agreement plus a margin) once it holds those rows. Tiny
-# random test models measure ratio ~1.00 and agreement >= 0.99 at int4.
-MAX_PPL_RATIO = {8: 1.02, 4: 1.10}
-MIN_AGREEMENT = {8: 0.95, 4: 0.85}
+# Thresholds per weight bits: a broken export (wrong layout, a lost scale) lands far outside them,
+# a sound one inside. int4: SmolLM2-135M exported with the defaults (gptq, block 32, the 4-bit
+# tied embedding/LM head, int8 activations) measured ratio 1.24 and agreement 0.756 on these texts
+# (bench/results/peers.json: the int4 artifact's parity.quality_gate), and onnxruntime-genai's int4
+# build of the same model 1.30 on the benchmark's windows; the thresholds leave a margin over both.
+# int8 has no real-model measurement yet: its thresholds are int4's margin scaled to 8-bit rounding.
+MAX_PPL_RATIO = {8: 1.05, 4: 1.35}
+MIN_AGREEMENT = {8: 0.90, 4: 0.70}
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]  # ids (1, T) int64 -> logits (1, T, V) float32
 

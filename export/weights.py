@@ -112,8 +112,9 @@ class WeightCollector:
     """Adds every parameter of `model` to `builder` once; returns ModelWeights."""
 
     def __init__(self, model: nn.Module, adapter: ModelAdapter, cfg: ExportConfig, builder: GraphBuilder,
-                 calibration: "CalibrationStats | None" = None):
+                 calibration: "CalibrationStats | None" = None, progress: bool = False):
         self.model, self.adapter, self.cfg, self.b = model, adapter, cfg, builder
+        self.progress = progress  # a bar over the layers (data-aware quantization takes minutes)
         self.calibration = calibration  # input Hessians for data-aware quantization (calibration.py)
         self.quant_methods: dict[str, str] = {}  # quantized initializer -> method that chose its codes
         self.dtype = np.dtype(np.float16 if cfg.dtype == "fp16" else np.float32)
@@ -134,7 +135,12 @@ class WeightCollector:
             self.out.embed = self.out.embed_quant.names[0]
         else:
             self.out.embed = self._float("embed_tokens.weight", embed, "embedding")
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(layers), desc=f"{self.cfg.quantize} weights" if self.cfg.quantize != "none" else "weights",
+                   disable=not self.progress, leave=False)
         for i, layer in enumerate(layers):
+            bar.update(1)
             linears = {}
             fused_parts: set[str] = set()
             for fused, parts in FUSIONS.items():
@@ -157,6 +163,7 @@ class WeightCollector:
                 attn_output_norm=norm(ad.attn_output_norm), mlp_output_norm=norm(ad.mlp_output_norm),
                 q_norm=norm(q_norm), k_norm=norm(k_norm),
             ))
+        bar.close()
         self.out.final_norm = self._norm("norm.weight", ad.final_norm(model).weight)
         lm = model.get_output_embeddings()
         if lm.weight is not embed:  # untied: an ordinary projection

