@@ -87,7 +87,8 @@ def run(args) -> int:
     import uvicorn
 
     from ..runtime.artifact import Artifact
-    from ..runtime.serve_app import ServeConfig, ServeState, create_app
+    from ..runtime.serve_app import create_app
+    from ..runtime.serve_state import ServeConfig, ServeState
     from ..runtime.session import resolve_provider
 
     api_key = args.api_key if args.api_key is not None else (os.environ.get("EDGEDELTA_API_KEY") or None)
