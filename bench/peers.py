@@ -5,7 +5,7 @@ greedy:
 
   decode      tok/s of `--new-tokens` greedy steps after a `--prompt-tokens` prompt
   prefill     tok/s of one forward over a prompt of each `--prefill` length
-  peak RSS    the worker's ru_maxrss after load + decode (and after the prefills too)
+  peak RSS    the worker's peak RSS (VmHWM) after load + decode (and after the prefills too)
   file        bytes of the model files on disk (graph + weights; tokenizer files not counted)
   perplexity  held-out text (edgedelta.data EVAL_DATASETS: python-docs, sotu-recent), the same
               windows for every contender, each scored from an empty cache, every position
@@ -480,7 +480,7 @@ def render_markdown(res: dict) -> str:
               f"{res['tokens']['ppl_scored_positions']} positions in {res['tokens']['ppl_windows']} windows of "
               f"{res['tokens']['window']} tokens of held-out text ({', '.join(res['tokens']['ppl_text'])}), each window from "
               f"an empty cache, every position after the first scored, for every contender. Speed figures are medians over "
-              f"rounds; ratios are medians of same-round ratios. Peak RSS: the worker process's ru_maxrss after load and "
+              f"rounds; ratios are medians of same-round ratios. Peak RSS: the worker process's VmHWM after load and "
               f"decode. MiB = 2^20 bytes. Load average (1, 5, 15 min) at start: {res['machine'].get('loadavg_start')}.", ""]
     lines += [f"- {k}: {v}" for k, v in res.get("engine_settings", {}).items()] + ["",
               "| contender | decode tok/s | prefill@" + " tok/s | prefill@".join(map(str, cfg["prefill"])) + " tok/s "

@@ -13,7 +13,7 @@ speed: load, a short untimed warm-up, then greedy decode of `new_tokens` after t
 ppl:   every window of tokens.json scored from an empty cache: one forward over the window,
        the log-probability of each next token from the logits at every position.
 
-Peak RSS is the process's ru_maxrss (the same counter for every engine; mapped weight pages
+Peak RSS is the process's VmHWM (the same counter for every engine; mapped weight pages
 count once touched). The script imports only numpy and the engine's own package, so it runs in
 the project's env (edgedelta) or the peers' venv (onnxruntime-genai, llama.cpp's binding):
 each engine's import sits in its adapter below because the other env does not have it."""
@@ -31,7 +31,16 @@ import numpy as np
 
 
 def rss_peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    """The process's own peak RSS: VmHWM of /proc/self/status (Linux), which exec resets.
+    ru_maxrss is not used: Linux carries the parent's peak at fork into it, so every worker
+    started from a parent that had imported torch (~380 MiB) reported at least that."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # KiB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # not Linux: KiB on most systems
 
 
 def rss_now_mib() -> float:
