@@ -105,8 +105,7 @@ class DecoderGraph:
         indexed by a token's slot in the KV cache (see _attention_gqa)."""
         f = self.f
         inv_freq, rope_scale = f.rope_of(table)
-        freqs = np.arange(f.max_positions, dtype=np.float64)[:, None] * np.array(inv_freq, np.float32)[None].astype(np.float64)
-        freqs = freqs.astype(np.float32)  # HF: fp32 positions times fp32 inv_freq
+        freqs = np.arange(f.max_positions, dtype=np.float32)[:, None] * np.array(inv_freq, np.float32)[None]  # fp32, as HF
         cos = (np.cos(freqs) * rope_scale).astype(self.np_t)
         sin = (np.sin(freqs) * rope_scale).astype(self.np_t)
         prefix = "rope" if table == "global" else f"rope_{table}"

@@ -273,8 +273,7 @@ class WeightCollector:
                     self.out.dequantized[id(m.delta_A)] = deq_a[r0:r0 + m.rank]
                     self.out.dequantized[id(m.delta_B)] = deq_b[offs[j]:offs[j + 1], r0:r0 + m.rank] / factors[j]
                     r0 += m.rank
-                self.out.params[qa.names[0]] = self.out.params.get(qa.names[0], 0) - a_cat.numel() + n_a
-                self.out.params[qb.names[0]] = self.out.params.get(qb.names[0], 0) - b_bd.numel() + n_b
+                self.out.params[qb.names[0]] -= b_bd.numel() - n_b  # the block-diagonal zeros are no parameters
                 ref.delta_A, ref.delta_B, ref.delta_quant = qa.names[0], qb.names[0], (qa, qb)
             else:
                 ref.delta_A = self._add(f"{prefix}.delta_A", _np(a_cat.T, self.dtype), "delta", n_a)  # (K, ΣR)
