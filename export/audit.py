@@ -90,7 +90,10 @@ def audit(artifact_dir: str | os.PathLike) -> dict[str, Any]:
             consumers[inp].append(node.op_type)
     data: dict = {}
     rows, by_hash = [], defaultdict(list)
+    inputs = {i.name for i in graph.input}
     for t in graph.initializer:
+        if t.name in inputs:  # the default of an optional input (logits_to_keep), not a weight
+            continue
         raw = _tensor_bytes(t, folder, data)
         digest = hashlib.sha256(raw).hexdigest()
         itemsize = _ITEMSIZE.get(t.data_type, 1)

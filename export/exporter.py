@@ -51,8 +51,9 @@ ARTIFACT_FORMAT = "edgedelta-onnx"
 # the tied embedding stored (1, hidden, vocab), the LM head a plain MatMul; 9: q/k/v and gate/up
 # fused into one MatMul each (a group's fused base one initializer, its deltas one A and one
 # block-diagonal B), GroupQueryAttention with an in-place KV cache, and in quantized exports the
-# embedding table quantized once, read by a dequantizing Gather and the tied LM head's MatMulNBits).
-GRAPH_REVISION = 9
+# embedding table quantized once, read by a dequantizing Gather and the tied LM head's MatMulNBits;
+# 10: an optional logits_to_keep input, so a prefill runs the LM head on its last position only).
+GRAPH_REVISION = 10
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
 class ExportError(EdgeDeltaError):
@@ -181,7 +182,8 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
             "aliases": weights.aliases,  # parameters stored under an identical tensor's initializer
             "architecture": {"model_type": model.config.model_type, "num_layers": facts.num_layers, "hidden": facts.hidden,
                              "heads": facts.heads, "kv_heads": facts.kv_heads, "head_dim": facts.head_dim, "vocab": facts.vocab},
-            "io": {"inputs": ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key|value"],
+            # logits_to_keep: optional, default 0 (every position); K > 0 gives the last K positions' logits
+            "io": {"inputs": ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key|value", "logits_to_keep"],
                    "outputs": ["logits", "present.{i}.key|value"],
                    "kv_dtype": "float16" if cfg.dtype == "fp16" else "float32",
                    # in_place: one (B, kv_heads, capacity, head_dim) buffer may be bound to both past and

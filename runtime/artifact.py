@@ -207,7 +207,8 @@ def graph_facts(model_file: Path) -> dict[str, Any]:
     except Exception as e:  # protobuf decode errors have many types
         raise ModelLoadError(f"cannot parse '{model_file}': {type(e).__name__}: {e}") from None
     g = model.graph
-    inits = {t.name: t for t in g.initializer}
+    inputs = {i.name for i in g.input}
+    inits = {t.name: t for t in g.initializer if t.name not in inputs}  # an input's default is not a weight
     # node outputs that are constants (Constant nodes) count as weights too
     for node in g.node:
         if node.op_type == "Constant":

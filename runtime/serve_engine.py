@@ -1,20 +1,28 @@
-"""The batching engine of `edgedelta serve`: a bounded queue and one worker thread that runs
-the requests it takes together as one batch over one Session.
+"""The batching engine of `edgedelta serve`: a bounded queue and one worker thread that decodes
+the requests it takes together over one Session.
 
-Static batching: the worker takes up to `max_batch` waiting jobs (waiting `window_s` after
-the first for others to arrive), prefills them together left-padded, and decodes them in one
-loop until the last row ends. Each row samples with its own settings (temperature, top_p,
-seed, stop strings, max_tokens) and ends on its own: its answer is delivered at once, and the
-row keeps feeding a pad token until the batch ends, as generate.py does. A job that arrives
-while a batch runs waits for the next batch. Joining a running batch would need rows to be
-added to a KV cache whose positions are shared by the whole batch, which Session's cache
-does not offer.
+Continuous batching, on an artifact whose KV cache is updated in place (manifest
+io.kv_update, the GroupQueryAttention graph): the worker keeps one cache of `max_batch` rows.
+A request that arrives takes a free row at the next decode step: it is prefilled alone into
+that row (Session.cache_rows), its first token is sampled at once, and from then on it joins
+the batch's decode steps. One request is prefilled per decode step. Rows keep their own lengths (a ragged mask, Session.forward), so no
+request waits for another to end. A request whose prompt plus max_tokens exceeds the cache's
+capacity waits until the running rows end, and the cache is then allocated for it.
+
+Static batching, on other graphs (a plain attention graph whose KV cache is concatenated):
+the worker takes up to `max_batch` waiting jobs (waiting `window_s` after the first for
+others to arrive), prefills them together left-padded, and decodes them in one loop until the
+last row ends; a job that arrives while a batch runs waits for the next batch.
+
+Either way each row samples with its own settings (temperature, top_p, seed, stop strings,
+max_tokens) and ends on its own: its answer is delivered at once.
 
 Threads: the app calls `submit`/`cancel`/`drain` from its event loop; the worker calls each
 job's `emit` from its own thread (the app turns that into a thread-safe hand-over). ONNX
 Runtime releases the GIL while it runs, so the event loop keeps serving during a forward.
-A failure is confined: an error while sampling or detokenising one row ends that row only;
-an error in a forward pass ends the rows of that batch, and the worker goes on with the next."""
+A failure is confined: an error while sampling or detokenising one row ends that row only; an
+error in a prefill ends its request; an error in a decode step ends the rows of that step, and
+the worker goes on with the next requests."""
 
 from __future__ import annotations
 
@@ -170,13 +178,18 @@ class Engine:
     """Bounded queue + batching worker over one Session (see the module docstring).
 
     max_batch: rows decoded together; max_queue: jobs that may wait for a batch (beyond it
-    `submit` raises QueueFull); window_s: how long the worker waits after a job arrives for
-    more to join its batch."""
+    `submit` raises QueueFull); window_s (static batching): how long the worker waits after a
+    job arrives for more to join its batch; min_capacity (continuous batching): KV slots per
+    row the cache is allocated with at least (capped by the context), so that later requests
+    fit it without waiting for the running rows to end. The memory is reserved, not touched:
+    on the CPU a row's pages become resident only as its tokens are written."""
 
     def __init__(self, session, max_batch: int = 8, max_queue: int = 64, window_s: float = 0.01,
-                 on_batch: Callable[[int], None] | None = None):
+                 on_batch: Callable[[int], None] | None = None, min_capacity: int = 2048):
         self.s = session
         self.max_batch, self.max_queue, self.window_s = max_batch, max_queue, window_s
+        context = session.artifact.max_positions
+        self.min_capacity = min(min_capacity, context) if context else min_capacity
         self.on_batch = on_batch  # called with each batch's size (metrics)
         tok = session.tokenizer
         self.eos = set(session.artifact.eos_token_ids)
@@ -247,6 +260,133 @@ class Engine:
             return not self._waiting and not any(not j.finished for j in self._running)
 
     # ---- the worker thread ------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        if getattr(self.s, "in_place", False):
+            self._loop_continuous()
+        else:
+            self._loop_static()
+
+    def _step_row(self, job: Job, row: RowText, logits_row: np.ndarray, first: bool) -> int | None:
+        """Sample `job`'s next token from its logits [1, V] and hand out its text; the token id,
+        or None when the row ended (eos, stop string, length, cancelled, or its own failure)."""
+        if job.cancelled:
+            job._finish(Done("cancelled", job.produced))
+            return None
+        try:
+            t = int(job.sampler(logits_row)[0])
+            job.produced += 1
+            if first:
+                job.t_first = time.perf_counter()
+            if job.config.eos and t in self.eos:
+                self._end(job, row, "eos")
+                return None
+            piece = row.push(t)
+            if piece:
+                job._send(Piece(piece))
+            if row.stopped:
+                self._end(job, row, "stop")
+                return None
+            if job.produced >= job.config.max_new_tokens:
+                self._end(job, row, "length")
+                return None
+            return t
+        except Exception as e:  # this row only (its sampler or detokenisation)
+            job._finish(Failed(f"generation failed: {type(e).__name__}: {' '.join(str(e).split())}"))
+            return None
+
+    @staticmethod
+    def _fail(jobs, e: Exception) -> None:
+        msg = f"generation failed: {type(e).__name__}: {' '.join(str(e).split())}"
+        for job in jobs:
+            job._finish(Failed(msg))
+
+    # continuous batching (in-place KV cache) ------------------------------------------------------------
+    def _loop_continuous(self) -> None:
+        s = self.s
+        rows: list[tuple[Job, RowText] | None] = [None] * self.max_batch  # the cache row each job holds
+        lengths = np.zeros(self.max_batch, dtype=np.int64)  # slots written in each row
+        next_ids = np.full((self.max_batch, 1), self.pad, dtype=np.int64)
+        cache = None
+        while True:
+            with self._cond:
+                while not self._waiting and not any(rows) and not self._stop:
+                    cache = None  # idle: the KV memory goes back
+                    self._cond.wait()
+                if self._stop:
+                    break
+                admitted = []
+                # one prefill per decode step: a running row waits for at most one prompt between
+                # two of its tokens, and requests that arrive together are spread over steps (taken
+                # together, they would end together and arrive together again, in step for good)
+                while self._waiting and None in rows and not admitted:
+                    job = self._waiting[0]
+                    need = len(job.ids) + job.config.max_new_tokens
+                    if cache is not None and need > cache.capacity:
+                        if any(rows):
+                            break  # waits for the running rows to end; the cache is then allocated for it
+                        cache = None
+                    if cache is None:
+                        cache = s.new_cache(self.max_batch, max(need, self.min_capacity))  # (B, kvh, capacity, hd) per K/V
+                    self._waiting.popleft()
+                    r = rows.index(None)
+                    rows[r] = (job, RowText(s.tokenizer, job.config.stop))
+                    admitted.append(r)
+                self._running = [x[0] for x in rows if x is not None]
+            for r in admitted:  # prefill each new request alone, into its own row
+                job, text = rows[r]
+                job.t_start, job.batch_size = time.perf_counter(), sum(x is not None for x in rows)
+                if self.on_batch is not None:
+                    self.on_batch(job.batch_size)
+                try:
+                    view = s.cache_rows(cache, r, r + 1)
+                    ids = np.asarray([job.ids], dtype=np.int64)
+                    n = ids.shape[1]
+                    logits = None
+                    for start in range(0, n, PREFILL_TOKEN_BUDGET):
+                        if job.cancelled:
+                            break
+                        end = min(start + PREFILL_TOKEN_BUDGET, n)
+                        logits = s.forward(ids[:, start:end], np.ones((1, end), np.int64), np.arange(start, end)[None], view)
+                    t = self._step_row(job, text, logits, first=True)  # a job cancelled before its prefill ends here
+                except Exception as e:
+                    self._fail([job], e)
+                    t = None
+                lengths[r] = len(job.ids)
+                if t is None:
+                    rows[r] = None
+                else:
+                    next_ids[r, 0] = t
+            live = [r for r, x in enumerate(rows) if x is not None]
+            if not live:
+                continue
+            hi = live[-1] + 1  # decode rows [0, hi): a prefix of the cache's rows shares its memory
+            width = int(lengths[:hi].max()) + 1
+            mask = (np.arange(width)[None, :] <= lengths[:hi, None]).astype(np.int64)  # [hi, T]: row r attends slots 0..len_r
+            for r in range(hi):
+                if rows[r] is None:  # a free row in the range: a pad token that nothing reads
+                    next_ids[r, 0], mask[r] = self.pad, 0
+            try:
+                logits = s.forward(next_ids[:hi], mask, lengths[:hi, None].copy(), cache)
+            except Exception as e:  # the step's rows end; the worker goes on with new requests
+                self._fail([rows[r][0] for r in live], e)
+                rows = [None] * self.max_batch
+                cache = None
+                continue
+            lengths[live] += 1
+            for r in live:
+                job, text = rows[r]
+                t = self._step_row(job, text, logits[r:r + 1], first=False)
+                if t is None:
+                    rows[r] = None
+                else:
+                    next_ids[r, 0] = t
+            with self._cond:
+                self._running = [x[0] for x in rows if x is not None]
+        for x in rows:  # stopped mid-way (engine stop)
+            if x is not None:
+                x[0]._finish(Failed("the server stopped before this answer ended", 503))
+
+    # static batching (other graphs) ---------------------------------------------------------------------
     def _take(self) -> list[Job] | None:
         with self._cond:
             while not self._waiting and not self._stop:
@@ -263,7 +403,7 @@ class Engine:
             self._running = batch
             return batch
 
-    def _loop(self) -> None:
+    def _loop_static(self) -> None:
         while True:
             batch = self._take()
             if batch is None:
@@ -273,9 +413,7 @@ class Engine:
             try:
                 self._run(batch)
             except Exception as e:  # a forward pass failed: this batch's rows end, the worker goes on
-                msg = f"generation failed: {type(e).__name__}: {' '.join(str(e).split())}"
-                for job in batch:
-                    job._finish(Failed(msg))
+                self._fail(batch, e)
             finally:
                 with self._cond:
                     self._running = []
@@ -306,34 +444,13 @@ class Engine:
             end = min(start + chunk, p)
             logits = s.forward(input_ids[:, start:end], mask[:, :end], pos[:, start:end], cache)
         rows = [RowText(s.tokenizer, j.config.stop) for j in batch]
-        produced = [0] * b
         step_ids = np.full((b, 1), self.pad, dtype=np.int64)
         for step in range(cap - p):
             for r, j in enumerate(batch):
-                if j.finished:
-                    continue
-                if j.cancelled:
-                    j._finish(Done("cancelled", produced[r]))
-                    continue
-                try:
-                    t = int(j.sampler(logits[r:r + 1])[0])  # logits [B, V] -> this row's next token
-                    step_ids[r, 0] = t
-                    produced[r] += 1
-                    j.produced = produced[r]
-                    if step == 0:
-                        j.t_first = time.perf_counter()
-                    if j.config.eos and t in self.eos:
-                        self._end(j, rows[r], "eos", produced[r])
-                        continue
-                    piece = rows[r].push(t)
-                    if piece:
-                        j._send(Piece(piece))
-                    if rows[r].stopped:
-                        self._end(j, rows[r], "stop", produced[r])
-                    elif produced[r] >= j.config.max_new_tokens:
-                        self._end(j, rows[r], "length", produced[r])
-                except Exception as e:  # this row only (its sampler or detokenisation)
-                    j._finish(Failed(f"generation failed: {type(e).__name__}: {' '.join(str(e).split())}"))
+                if not j.finished:
+                    t = self._step_row(j, rows[r], logits[r:r + 1], first=step == 0)
+                    if t is not None:
+                        step_ids[r, 0] = t
             alive = [not j.finished for j in batch]
             if not any(alive) or self._stop:
                 break
@@ -345,8 +462,8 @@ class Engine:
             j._finish(Failed("the server stopped before this answer ended", 503))
 
     @staticmethod
-    def _end(job: Job, row: RowText, reason: str, produced: int) -> None:
+    def _end(job: Job, row: RowText, reason: str) -> None:
         rest = row.flush()  # text held back for a possible stop string, or an incomplete UTF-8 tail
         if rest:
             job._send(Piece(rest))
-        job._finish(Done(reason, produced))
+        job._finish(Done(reason, job.produced))

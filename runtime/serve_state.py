@@ -34,7 +34,7 @@ class ServeConfig:
     api_key: str | None = None  # when set, /v1/* needs `Authorization: Bearer <key>`
     max_queue: int = 64  # requests that may wait for a batch; beyond: 429 + Retry-After
     max_batch: int = 8  # requests decoded together
-    batch_window_ms: float = 10.0  # after a request arrives, wait this long for others to join its batch
+    batch_window_ms: float = 10.0  # static batching: after a request arrives, wait this long for others to join its batch
     default_max_tokens: int = 256  # when a request gives no max_tokens (capped by the context left)
     retry_after_s: int = 1  # Retry-After of a 429 (queue full)
 

@@ -24,10 +24,11 @@ host numpy buffer. Requires the `onnxruntime-gpu` package (extra `edgedelta[cuda
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,9 @@ def artifact_session_options(art: Artifact, threads: int | None = None, arena: b
     return session_options(threads, arena, config)
 
 
+_cache_serials = itertools.count()
+
+
 @dataclass
 class KVCache:
     """KV storage for `batch` rows and up to `capacity` positions.
@@ -156,6 +160,7 @@ class KVCache:
     bufs: dict[str, tuple[Any, Any]]
     length: int = 0
     parity: int = 0
+    serial: int = field(default_factory=lambda: next(_cache_serials))  # tells Session its bindings are still this cache's
 
     def nbytes(self) -> int:
         total = 0
@@ -163,6 +168,17 @@ class KVCache:
             for x in ((a,) if a is b else (a, b)):
                 total += x.nbytes if hasattr(x, "nbytes") else x.tensor_size_in_bytes()
         return total
+
+
+@dataclass(frozen=True)
+class _DeviceRows:
+    """Rows of a device KV buffer (an address inside an OrtValue that keeps the memory)."""
+
+    ptr: int
+    nbytes: int
+
+    def data_ptr(self) -> int:
+        return self.ptr
 
 
 class Session:
@@ -185,7 +201,20 @@ class Session:
         self._logits_dtype = np.dtype(artifact.graph_facts.get("logits_dtype", "float32"))
         self._logits_buf = np.empty(0, dtype=self._logits_dtype)
         self._io = ort_session.io_binding()
+        # what the binding holds between steps: an in-place cache's buffers stay bound (same
+        # pointers and shape every step: 2 x layers calls saved per token), as do the logits
+        # buffer and logits_to_keep while they do not change
+        self._bound_kv: tuple[int, int] | None = None
+        self._bound_logits: tuple[int, tuple[int, ...]] | None = None
+        self._bound_keep: int | None = None
         self.in_place = artifact.kv_update == "in_place"  # one KV buffer bound to past and present
+        # the graph's optional logits_to_keep (an initializer that is also an input: IO binding
+        # takes it only as an OrtValue): 1 for last-position logits, 0 for every position
+        self._keep = None
+        if "logits_to_keep" in {i.name for i in ort_session.get_overridable_initializers()}:
+            import onnxruntime as ort
+
+            self._keep = {k: ort.OrtValue.ortvalue_from_numpy(np.array([k], dtype=np.int64)) for k in (0, 1)}
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
@@ -257,6 +286,24 @@ class Session:
                 bufs[name] = (first, first) if self.in_place else (first, mk())
         return KVCache(batch, capacity, bufs)
 
+    def cache_rows(self, cache: KVCache, start: int, stop: int) -> KVCache:
+        """Rows [start, stop) of an in-place `cache` as a cache of their own, sharing its memory
+        (a prefix of the (B, kvh, capacity, hd) buffer's batch dimension is contiguous): one
+        request's prefill writes straight into its row of the batch."""
+        if not self.in_place:
+            raise ConfigError("cache rows can be shared only with an in-place KV cache (manifest io.kv_update)")
+        if not 0 <= start < stop <= cache.batch:
+            raise ConfigError(f"rows [{start}, {stop}) are outside a cache of {cache.batch} rows")
+        row = self.kv.kv_heads * cache.capacity * self.kv.head_dim
+        bufs = {}
+        for name, (buf, _) in cache.bufs.items():
+            if isinstance(buf, np.ndarray):
+                view = buf[start * row:stop * row]
+            else:  # an OrtValue on the device: the same memory at an offset
+                view = _DeviceRows(buf.data_ptr() + start * row * self._np_dtype.itemsize, (stop - start) * row * self._np_dtype.itemsize)
+            bufs[name] = (view, view)
+        return KVCache(stop - start, cache.capacity, bufs)
+
     @staticmethod
     def _ptr(buf) -> int:
         return buf.ctypes.data if isinstance(buf, np.ndarray) else buf.data_ptr()
@@ -267,10 +314,15 @@ class Session:
         """Run S new tokens per row. input_ids/position_ids: int64 [B, S]; attention_mask:
         int64 [B, past+S]. Appends S positions to `cache`; returns last-position logits [B, V],
         or [B, S, V] with all_logits=True (a view into a reused buffer: copy it if you keep it
-        past the next call)."""
+        past the next call). A graph with the logits_to_keep input runs its LM head on the
+        last position only unless all_logits is asked.
+        An in-place cache also takes ragged rows: the mask's width T is the slots in use, and
+        each row's S new tokens go to the slots ending at its last attended one (a row of
+        length L masks [0, L] with ones and the rest of T with zeros), so rows of different
+        lengths decode together (the server's continuous batching)."""
         b, s = input_ids.shape
         past = cache.length
-        total = past + s
+        total = attention_mask.shape[1] if self.in_place else past + s
         if total > cache.capacity:
             raise ConfigError(f"KV cache capacity {cache.capacity} exceeded ({total} positions)")
         io, dev = self._io, ("cuda" if self.provider == "cuda" else "cpu")
@@ -280,26 +332,37 @@ class Session:
             io.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
         kvh, hd = self.kv.kv_heads, self.kv.head_dim
         src, dst = cache.parity, 1 - cache.parity
-        for past_pair, pres_pair in zip(self._past_names, self._present_names):
-            for pname, oname in zip(past_pair, pres_pair):
-                bufs = cache.bufs[pname]
-                if self.in_place:  # the whole [B, kvh, capacity, hd] buffer as past and present
-                    shape = [b, kvh, cache.capacity, hd]
-                    io.bind_input(pname, dev, 0, self._np_dtype, shape, self._ptr(bufs[0]))
-                    io.bind_output(oname, dev, 0, self._np_dtype, shape, self._ptr(bufs[0]))
-                    continue
-                # past: [B, kvh, past, hd] at the start of buffer `src`; present written into `dst`
-                io.bind_input(pname, dev, 0, self._np_dtype, [b, kvh, past, hd], self._ptr(bufs[src]))
-                io.bind_output(oname, dev, 0, self._np_dtype, [b, kvh, total, hd], self._ptr(bufs[dst]))
+        if not self.in_place or self._bound_kv != (cache.serial, b):
+            for past_pair, pres_pair in zip(self._past_names, self._present_names):
+                for pname, oname in zip(past_pair, pres_pair):
+                    bufs = cache.bufs[pname]
+                    if self.in_place:  # the whole [B, kvh, capacity, hd] buffer as past and present
+                        shape = [b, kvh, cache.capacity, hd]
+                        io.bind_input(pname, dev, 0, self._np_dtype, shape, self._ptr(bufs[0]))
+                        io.bind_output(oname, dev, 0, self._np_dtype, shape, self._ptr(bufs[0]))
+                        continue
+                    # past: [B, kvh, past, hd] at the start of buffer `src`; present written into `dst`
+                    io.bind_input(pname, dev, 0, self._np_dtype, [b, kvh, past, hd], self._ptr(bufs[src]))
+                    io.bind_output(oname, dev, 0, self._np_dtype, [b, kvh, total, hd], self._ptr(bufs[dst]))
+            self._bound_kv = (cache.serial, b) if self.in_place else None
         # logits [B, S, V] into a reused host buffer, grown for a prefill and shrunk again at the
         # next decode step: a 2k-token prompt's logits (400 MB for SmolLM2) must not stay
         # resident into the next prefill, where they would add to its attention peak
         v = self.artifact.vocab_size
-        need = b * s * v
+        k = s
+        if self._keep is not None:  # a prefill's LM head runs on its last position only
+            keep = 0 if all_logits else 1
+            if self._bound_keep != keep:
+                io.bind_ortvalue_input("logits_to_keep", self._keep[keep])
+                self._bound_keep = keep
+            k = s if all_logits else 1
+        need = b * k * v
         if not need <= self._logits_buf.size <= 4 * need:
             self._logits_buf = np.empty(need, dtype=self._logits_dtype)
-        logits = self._logits_buf[:need].reshape(b, s, v)
-        io.bind_output("logits", "cpu", 0, self._logits_dtype, [b, s, v], logits.ctypes.data)
+        logits = self._logits_buf[:need].reshape(b, k, v)
+        if self._bound_logits != (logits.ctypes.data, logits.shape):
+            io.bind_output("logits", "cpu", 0, self._logits_dtype, [b, k, v], logits.ctypes.data)
+            self._bound_logits = (logits.ctypes.data, logits.shape)
         if dev == "cuda":
             io.synchronize_inputs()
         self.ort.run_with_iobinding(io)

@@ -1,8 +1,11 @@
 """`edgedelta serve ART`: an OpenAI-compatible HTTP server on the device runtime (no network
 needed, no torch): /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics.
 
-Concurrent requests are decoded together in batches (--max-batch); at most --max-queue wait
-for a batch, beyond that a request gets 429 with Retry-After. The artifact's checksums are
+Concurrent requests are decoded together (--max-batch rows). On an artifact whose KV cache is
+updated in place (the GroupQueryAttention graph) a request joins the running batch at the next
+decode step (continuous batching); on other graphs requests that arrive within
+--batch-window-ms form a batch that runs to its end. At most --max-queue wait for a row;
+beyond that a request gets 429 with Retry-After. The artifact's checksums are
 verified before /health says ready. SIGTERM (systemctl stop) stops taking requests, lets the
 queued and running ones finish for up to --drain-seconds, then exits 0. One log line per
 request on stderr."""
@@ -50,8 +53,8 @@ def add_parser(subparsers):
     p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (default: one per core)")
     p.add_argument("--drain-seconds", type=_seconds, default=30.0, help="on SIGTERM, how long running requests may "
                                                                         "finish (default 30)")
-    p.add_argument("--batch-window-ms", type=_millis, default=10.0, help="after a request arrives, how long to wait for "
-                                                                         "others to join its batch (default 10)")
+    p.add_argument("--batch-window-ms", type=_millis, default=10.0, help="graphs batched statically (a concatenated KV "
+                   "cache): after a request arrives, how long to wait for others to join its batch (default 10)")
     p.add_argument("--default-max-tokens", type=positive_int, default=256,
                    help="max_tokens of a request that gives none (default 256, capped by the context)")
     return p

@@ -114,6 +114,25 @@ def test_generate_ids_and_all_logits(session, torch_model):
     assert np.abs(full - ref).max() < 1e-4
 
 
+def test_prefill_runs_the_lm_head_on_the_last_position_only(session):
+    """edgedelta's graph takes logits_to_keep (default 0: every position, what genai and
+    optimum get); Session.forward asks for the last position unless all_logits is set."""
+    if session.artifact.manifest.get("exporter", "edgedelta") == "optimum":
+        pytest.skip("optimum's graph has no logits_to_keep input")
+    ids = session.tokenizer(PROMPTS[1])["input_ids"]
+    x = np.array([ids])
+    last = session.forward(x, np.ones_like(x), np.arange(len(ids))[None], session.new_cache(1, len(ids))).copy()
+    assert session._logits_buf.size == session.artifact.vocab_size  # [1, 1, V] came back, not [1, S, V]
+    full = session.forward(x, np.ones_like(x), np.arange(len(ids))[None], session.new_cache(1, len(ids)), all_logits=True)
+    np.testing.assert_allclose(last, full[:, -1], atol=1e-5)
+    kv = session.kv
+    feeds = {i.name: np.zeros((1, kv.kv_heads, 0, kv.head_dim), np.float32)
+             for i in session.ort.get_inputs() if i.name.startswith("past_key_values")}
+    feeds.update(input_ids=x, attention_mask=np.ones_like(x), position_ids=np.arange(len(ids))[None])
+    plain = session.ort.run(["logits"], {k: v for k, v in feeds.items() if k in {i.name for i in session.ort.get_inputs()}})[0]
+    assert plain.shape == (1, len(ids), session.artifact.vocab_size)  # a caller that does not know the input
+
+
 @pytest.mark.parametrize("kw", [dict(max_new_tokens=0), dict(temperature=0.0), dict(top_p=0.0), dict(top_k=-1), dict(stop=[""])])
 def test_bad_config(kw):
     with pytest.raises(ConfigError):

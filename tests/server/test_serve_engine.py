@@ -1,6 +1,7 @@
 """The batching engine in process: incremental detokenisation and stop strings, the bounded
 queue (a cancelled waiting job frees its place), rows ending on their own, and a failure
-confined to its row or its batch while the worker goes on."""
+confined to its row or its batch while the worker goes on; both continuous batching (the
+in-place KV graph) and static batching (the plain graph)."""
 
 import threading
 
@@ -10,9 +11,12 @@ from edgedelta.runtime import GenerationConfig, Session
 from edgedelta.runtime.serve_engine import Done, Draining, Engine, Failed, Job, Piece, QueueFull, RowText
 
 
-@pytest.fixture(scope="module")
-def session(serve_artifact):
-    return Session.from_dir(serve_artifact, provider="cpu", threads=1)
+@pytest.fixture(scope="module", params=["continuous", "static"])
+def session(request, serve_artifact, plain_serve_artifact):
+    art = serve_artifact if request.param == "continuous" else plain_serve_artifact
+    s = Session.from_dir(art, provider="cpu", threads=1)
+    assert s.in_place == (request.param == "continuous")  # the engine batches continuously exactly on in-place graphs
+    return s
 
 
 class Collect:
@@ -90,7 +94,9 @@ def test_rows_end_on_their_own_and_greedy_rows_match_generate(session):
     for j, c in jobs:
         assert c.ended.wait(30)
     eng.stop()
-    assert {j.batch_size for j, _ in jobs} == {3}  # one batch
+    # static: one batch. continuous: one prefill per decode step; "Hello world" (3 tokens) ends
+    # at the second step, before the third request is taken
+    assert [j.batch_size for j, _ in jobs] == ([1, 2, 2] if session.in_place else [3, 3, 3])
     for (j, c), (p, n) in zip(jobs, (("Hello world", 3), ("The pump", 30), ("Check", 12))):
         assert c.last == Done("length", n)
         assert c.text == session.generate(p, max_new_tokens=n, eos=False).text
@@ -115,28 +121,31 @@ def test_a_failing_row_ends_alone(session):
     eng.stop()
     assert isinstance(bad.last, Failed) and "FloatingPointError: bad logits" in bad.last.message
     assert all(c.last == Done("length", 10) for _, c in good)
-    assert bad_job.batch_size == 3
+    # continuous: the bad row ends at its first token, before the third request is taken
+    assert bad_job.batch_size == (2 if session.in_place else 3)
 
 
-def test_a_failing_forward_ends_its_batch_and_the_next_batch_runs(session):
-    class Flaky:
-        """The session, except that its second forward call raises (a decode step of the first batch)."""
+class Flaky:
+    """The session, except that its forward call number `fail_at` raises."""
 
-        def __init__(self, s):
-            self.s, self.calls = s, 0
-            self.tokenizer, self.artifact = s.tokenizer, s.artifact
+    def __init__(self, s, fail_at):
+        self.s, self.calls, self.fail_at = s, 0, fail_at
 
-        def new_cache(self, b, cap):
-            return self.s.new_cache(b, cap)
+    def __getattr__(self, name):
+        return getattr(self.s, name)
 
-        def forward(self, *a):
-            self.calls += 1
-            if self.calls == 2:
-                raise RuntimeError("ORT failed")
-            return self.s.forward(*a)
+    def forward(self, *a):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("ORT failed")
+        return self.s.forward(*a)
 
-    eng = Engine(Flaky(session), max_batch=2, window_s=0.5)
-    first = [_job(session, "Hello", max_new_tokens=5) for _ in range(2)]
+
+def test_a_failing_decode_step_ends_its_rows_and_the_next_request_runs(session):
+    # calls: static = one batched prefill, then decode steps of both rows; continuous = prefill,
+    # step, prefill, step: call 4 is the first decode step of both rows
+    eng = Engine(Flaky(session, fail_at=4 if session.in_place else 3), max_batch=2, window_s=0.5)
+    first = [_job(session, "Hello", max_new_tokens=5, eos=False) for _ in range(2)]
     for j, _ in first:
         eng.submit(j)
     eng.start()
@@ -148,6 +157,57 @@ def test_a_failing_forward_ends_its_batch_and_the_next_batch_runs(session):
     eng.stop()
     assert all(isinstance(c.last, Failed) and "ORT failed" in c.last.message for _, c in first)
     assert c.last == Done("length", 5) and len(c.text) > 0
+
+
+def test_a_failing_prefill_ends_only_its_request_when_batching_continuously(session):
+    if not session.in_place:
+        pytest.skip("static batching prefills a batch in one call: its failure is the batch's")
+    eng = Engine(Flaky(session, fail_at=3), max_batch=2, window_s=0.5)  # prefill, step, prefill
+    (a, ca), (b, cb) = [_job(session, "Hello", max_new_tokens=5, eos=False) for _ in range(2)]
+    eng.submit(a)
+    eng.submit(b)
+    eng.start()
+    assert ca.ended.wait(30) and cb.ended.wait(30)
+    eng.stop()
+    assert ca.last == Done("length", 5) and ca.text == session.generate("Hello", max_new_tokens=5, eos=False).text
+    assert isinstance(cb.last, Failed) and "ORT failed" in cb.last.message
+
+
+def test_a_request_joins_running_rows_without_waiting_for_them(session):
+    """Continuous batching: a request submitted while a long one decodes gets its first token
+    and its whole answer before the long one ends, and both answers equal generate()'s."""
+    if not session.in_place:
+        pytest.skip("static batching: a request arriving mid-batch waits for the batch")
+    eng = Engine(session, max_batch=4)
+    long_, cl = _job(session, "The pump on line three", max_new_tokens=400, eos=False)
+    eng.submit(long_)
+    eng.start()
+    while long_.produced < 20:  # the long row is decoding
+        assert not cl.ended.wait(0.005)
+    short, cs = _job(session, "Check the pressure", max_new_tokens=12, eos=False)
+    eng.submit(short)
+    assert cs.ended.wait(30) and cl.ended.wait(60)
+    eng.stop()
+    assert short.t_end < long_.t_end and short.batch_size == 2
+    assert cs.text == session.generate("Check the pressure", max_new_tokens=12, eos=False).text
+    assert cl.text == session.generate("The pump on line three", max_new_tokens=400, eos=False).text
+
+
+def test_a_request_longer_than_the_cache_waits_for_the_running_rows(session):
+    if not session.in_place:
+        pytest.skip("static batching sizes each batch's cache for its own rows")
+    eng = Engine(session, max_batch=2, min_capacity=64)
+    first, c1 = _job(session, "Hello", max_new_tokens=40, eos=False)
+    eng.submit(first)
+    eng.start()
+    while first.produced < 5:
+        assert not c1.ended.wait(0.005)
+    big, c2 = _job(session, "Hello", max_new_tokens=100, eos=False)  # needs more than the 64 slots
+    eng.submit(big)
+    assert c1.ended.wait(30) and c2.ended.wait(30)
+    eng.stop()
+    assert big.t_start >= first.t_end and big.batch_size == 1
+    assert c2.text == session.generate("Hello", max_new_tokens=100, eos=False).text
 
 
 def test_sampling_rows_keep_their_own_seed(session):
