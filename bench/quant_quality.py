@@ -42,12 +42,24 @@ from edgedelta.export.quant_methods import quantize_weight  # noqa: E402
 BITS = {"int4": 4, "int8": 8}
 # (quantize, method, block, act_order, embedding quantized, deltas quantized)
 ROWS = [  # most decisive first: the file is rewritten after every row
-    ("int4", "rtn", 32, False, True, True), ("int4", "gptq", 32, True, True, True), ("int4", "rtn", 32, False, False, True),
+    ("int4", "rtn", 32, False, True, True), ("int4", "gptq", 32, True, True, True), ("int4", "gptq", 64, True, True, True),
+    ("int4", "gptq", 128, True, True, True), ("int4", "rtn", 32, False, False, True),
     ("int4", "gptq", 32, True, False, True), ("int8", "rtn", 32, False, True, True), ("int8", "gptq", 32, True, True, True),
     ("int4", "hqq", 32, False, True, True), ("int4", "gptq", 32, False, True, True), ("int8", "hqq", 32, False, True, True),
-    ("int4", "rtn", 128, False, True, True), ("int4", "gptq", 128, True, True, True),
+    ("int4", "rtn", 128, False, True, True),
 ]
 DELTA_ROWS = [("int4", "gptq", 32, True, True, False), ("int8", "gptq", 32, True, True, False)]
+
+
+def parse_row(label: str) -> tuple:
+    """'int4-gptq-64' -> ("int4", "gptq", 64, act order for gptq, embedding quantized, deltas quantized)."""
+    try:
+        bits, method, block = label.split("-")
+        if bits not in BITS or method not in ("rtn", "gptq", "hqq"):
+            raise ValueError
+        return (bits, method, int(block), method == "gptq", True, True)
+    except ValueError:
+        raise SystemExit(f"bad row '{label}': expected BITS-METHOD-BLOCK, BITS int4|int8, METHOD rtn|gptq|hqq") from None
 
 
 def parse_args(argv=None):
@@ -59,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--calib-sweep", default="8,32", help="calibration sample counts tried for int4 gptq (act order)")
     p.add_argument("--no-onnx", action="store_true", help="skip exporting the default method through ONNX Runtime")
     p.add_argument("--onnx-only", action="store_true", help="keep the PyTorch rows of an earlier quant_quality.json; (re)measure the ONNX rows")
+    p.add_argument("--rows", default=None, help="only these rows, e.g. 'int4-gptq-64,int4-rtn-64' (act order for gptq, "
+                                                "embedding and deltas quantized); the other rows of an earlier "
+                                                "quant_quality.json are kept")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     return p.parse_args(argv)
@@ -168,7 +183,9 @@ def measure(label: str, spec: str, args, res: dict, out: Path, rows, with_onnx: 
              "quantize_seconds": round(t_q, 1)}
         r["ppl_ratio"] = r["ppl"]["mean"] / entry["float"]["mean"]
         r["ppl_ratio_per_text"] = {k: r["ppl"][k] / entry["float"][k] for k in windows}
-        entry["rows"].append(r)
+        key = lambda x: tuple(x[k] for k in ("quantize", "method", "block", "act_order", "embedding_quantized",  # noqa: E731
+                                              "deltas_quantized", "calib_samples"))
+        entry["rows"] = [x for x in entry["rows"] if key(x) != key(r)] + [r]  # a row measured again replaces the old one
         print(f"{label} {quantize} {method} b{block} act={act} emb={embed} deltas={deltas} n={n}: "
               f"{r['ppl']} ratio {r['ppl_ratio']:.4f} ({t_q:.0f} s)", flush=True)
         del q_model
@@ -232,13 +249,17 @@ def main(argv=None) -> int:
     res = {"_t0": time.perf_counter(), "eval_texts": list(EVAL_DATASETS), "ppl_tokens": args.ppl_tokens, "calib_text": "mixed-train",
            "calib_samples": args.calib_samples, "default_method": DEFAULT_QUANT_METHOD,
            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads", "models": {}}
-    if args.onnx_only:
+    rows, delta_rows = ROWS, DELTA_ROWS
+    if args.rows:
+        rows = [parse_row(x) for x in args.rows.split(",")]
+        delta_rows = [r[:5] + (False,) for r in rows]  # each row again with float deltas (compressed model only)
+    if args.onnx_only or args.rows:
         import json
 
         res.update({k: v for k, v in json.loads((out / "quant_quality.json").read_text()).items() if k != "seconds"})
-    measure("original", args.model, args, res, out, ROWS, not args.no_onnx)
+    measure("original", args.model, args, res, out, rows, not args.no_onnx)
     if args.compressed:
-        measure("compressed", args.compressed, args, res, out, ROWS + DELTA_ROWS, not args.no_onnx)
+        measure("compressed", args.compressed, args, res, out, rows + delta_rows, not args.no_onnx)
     save(res, out)
     return 0
 

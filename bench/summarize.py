@@ -137,6 +137,41 @@ def genai_compat(d: dict) -> list[str]:
     return lines
 
 
+def _targets_table(targets: list[dict], value: str = "measured") -> list[str]:
+    lines = ["| target | measured | result | note |", "|---|---:|---|---|"]
+    for t in targets:
+        lines.append(f"| {t['target']} | {t[value]} | {_yes(t['met'])} | {t.get('note', '')} |")
+    return lines
+
+
+def serve(d: dict) -> list[str]:
+    """bench/serve.py: the server under 1, 4 and 16 clients, batching off, llama-server, the soak."""
+    lines = [f"{d['model']}, `{d['command']}`; llama.cpp: {d['llama_cpp']}. Latency percentiles leave out each "
+             "client's first request (the start burst: its slowest first token is the last column).", "",
+             "| server | clients | failed | tokens/s | TTFT p50 (s) | TTFT p99 (s) | start burst TTFT max (s) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for server, rows in d["levels"].items():
+        for r in rows:
+            lines.append(f"| {server} | {r['clients']} | {r['failed']} | {r['tokens_per_s']:.1f} | {r['ttft_p50_s']} | "
+                         f"{r['ttft_p99_s']} | {r.get('ttft_start_burst_max_s', '-')} |")
+    soak = d.get("soak")
+    lines += [""] + (["Soak: not run."] if not soak else
+                     [f"Soak: 4 clients for {soak['seconds']:.0f} s, {soak['requests']} requests, {soak['failed']} failed, "
+                      f"RSS {soak['rss_start_mib']:.1f} → {soak['rss_end_mib']:.1f} MiB ({soak['rss_drift_pct']:+.2f}%)."])
+    return lines + [""] + _targets_table(d["targets"])
+
+
+def stages(d: dict) -> list[str]:
+    """bench/stages.py: every stage on one model, wall time and the stage's own peak RSS."""
+    lines = [f"Model {d['model']}; host {d['host']}; `{d['command']}`.", "",
+             "| stage | exit | wall (min) | peak RSS (GiB) |", "|---|---:|---:|---:|"]
+    for r in d["stages"]:
+        lines.append(f"| {r['stage']} | {r['exit_code']} | {r['wall_s'] / 60:.1f} | {r['peak_rss_gib']:.2f} |")
+    for sk in d["skipped"]:
+        lines.append(f"| {sk['stage']} | skipped ({sk['why']}) | | |")
+    return lines + [""] + _targets_table(d["targets"])
+
+
 def _link_only(path: str) -> Callable[[dict], list[str]]:
     def section(d: dict) -> list[str]:
         return [f"Measured; the table is in [{path}](../{path}) (no summary function yet)."]
@@ -159,7 +194,8 @@ SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("Quantization quality", "quant_quality.json", quant_quality),
     ("Redundancy of consecutive layers by model size", "redundancy.json", _link_only("bench/results/redundancy.md")),
     ("Device verdicts at 0.5B and 1.5B", "device_plans.json", _link_only("bench/results/device_plans.md")),
-    ("Server", "serve.json", _link_only("bench/results/serve.md")),
+    ("Server", "serve.json", serve),
+    ("Every stage at 1.5B", "stages_qwen2.5-coder-1.5b.json", stages),
 ]
 
 
@@ -229,6 +265,9 @@ def status_table(results: Path = RESULTS) -> str:
         if t["target"] in PEER_STATUS:
             got = "not measured" if t["value"] is None else f"{t['value']:.2f}× ({'met' if t['met'] else 'missed'})"
             rows.append(f"| {t['target']} | {got} | `peers.json` |")
+    sv = _load("serve.json", results)
+    for t in (sv or {}).get("targets") or []:
+        rows.append(f"| server: {t['target']} | {t['measured']} ({'met' if t['met'] else 'missed'}) | `serve.json` |")
     r = _load("runtime.json", results)
     if r is not None:
         ratios = r["speed"]["ratios"]

@@ -134,8 +134,10 @@ DROP_SHARE = Recipe(
             "shared bases and unshared layers (merged)",
     plan=PlanRecipe(drop_share=((0.88, 3 / 30 / 0.12), (0.75, 8 / 30 / 0.25))),
     init=_INIT,
+    # quick: 32k tokens, a third of the quick pipeline's time on 2 cores; with 8k the tasks fell short of
+    # removal healed on as many tokens (bench/results/pipeline_quick.json measures the quick run)
     distill=DistillRecipe(trainable=("deltas", "gates", "norms", "lora", "layer-lora"), lora_rank=20, lr=1e-3, batch_size=1,
-                          schedule="plain", recon_tokens=0),
+                          schedule="plain", recon_tokens=0, quick_tokens=32_768),
     heal=HealRecipe(lr=1e-3, batch_size=1),
     evidence=(
         Evidence(0.88, "bench/results/recovery_b1/b1_f_shared_lora.json",

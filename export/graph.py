@@ -19,8 +19,12 @@ from onnx import TensorProto, helper, numpy_helper
 MS_DOMAIN = "com.microsoft"
 # Tensors at least this large go to model.onnx.data; smaller ones (scalars, inv_freq) stay inline.
 EXTERNAL_THRESHOLD = 1024
-# Offsets in the data file are page aligned so ONNX Runtime can memory-map each tensor.
+# Offsets in the data file: a tensor of 64 KiB or more starts on a page, so ONNX Runtime can
+# memory-map it; smaller ones (norms, scales of small matrices) are read into memory anyway
+# and start on a cache line, which saves the page padding (0.86 MB of an 81 MB int4 file).
 DATA_ALIGNMENT = 4096
+PAGE_ALIGNED_MIN_BYTES = 65536
+SMALL_ALIGNMENT = 64
 
 NP_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
               np.dtype(np.int64): TensorProto.INT64, np.dtype(np.uint8): TensorProto.UINT8,
@@ -107,7 +111,8 @@ class GraphBuilder:
                 t = numpy_helper.from_array(arr, name)
             else:
                 t = TensorProto(name=name, data_type=NP_TO_ONNX[arr.dtype], dims=arr.shape, data_location=TensorProto.EXTERNAL)
-                offset = -(-offset // DATA_ALIGNMENT) * DATA_ALIGNMENT
+                align = DATA_ALIGNMENT if arr.nbytes >= PAGE_ALIGNED_MIN_BYTES else SMALL_ALIGNMENT
+                offset = -(-offset // align) * align
                 for k, v in (("location", data_file), ("offset", str(offset)), ("length", str(arr.nbytes))):
                     entry = t.external_data.add()
                     entry.key, entry.value = k, v

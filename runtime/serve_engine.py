@@ -347,20 +347,21 @@ class Engine:
                             break
                         end = min(start + PREFILL_TOKEN_BUDGET, n)
                         logits = s.forward(ids[:, start:end], np.ones((1, end), np.int64), np.arange(start, end)[None], view)
+                    view = None  # a view of the cache would keep its memory alive once the engine drops it
                     t = self._step_row(job, text, logits, first=True)  # a job cancelled before its prefill ends here
                 except Exception as e:
                     self._fail([job], e)
                     t = None
                 lengths[r] = len(job.ids)
                 if t is None:
-                    rows[r] = None
+                    rows[r], lengths[r] = None, 0
                 else:
                     next_ids[r, 0] = t
             live = [r for r, x in enumerate(rows) if x is not None]
             if not live:
                 continue
             hi = live[-1] + 1  # decode rows [0, hi): a prefix of the cache's rows shares its memory
-            width = int(lengths[:hi].max()) + 1
+            width = int(lengths[live].max()) + 1  # a free row's length is 0
             mask = (np.arange(width)[None, :] <= lengths[:hi, None]).astype(np.int64)  # [hi, T]: row r attends slots 0..len_r
             for r in range(hi):
                 if rows[r] is None:  # a free row in the range: a pad token that nothing reads
@@ -370,6 +371,7 @@ class Engine:
             except Exception as e:  # the step's rows end; the worker goes on with new requests
                 self._fail([rows[r][0] for r in live], e)
                 rows = [None] * self.max_batch
+                lengths[:] = 0
                 cache = None
                 continue
             lengths[live] += 1
@@ -377,7 +379,7 @@ class Engine:
                 job, text = rows[r]
                 t = self._step_row(job, text, logits[r:r + 1], first=False)
                 if t is None:
-                    rows[r] = None
+                    rows[r], lengths[r] = None, 0
                 else:
                     next_ids[r, 0] = t
             with self._cond:

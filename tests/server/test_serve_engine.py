@@ -225,3 +225,43 @@ def test_sampling_rows_keep_their_own_seed(session):
 
     alone, batched = run(0), run(3)
     assert alone == batched and len(alone) > 0
+
+
+def _resident(lo: int, hi: int) -> tuple[int, int, int]:
+    """(bytes mapped, Rss, AnonHugePages) of the mappings that overlap [lo, hi): a buffer can
+    span several (madvise splits a mapping; adjacent buffers can share one)."""
+    out, cur = [0, 0, 0], None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and all(c in "0123456789abcdef-" for c in head):
+                a, b = (int(x, 16) for x in head.split("-"))
+                cur = a < hi and lo < b
+                if cur:
+                    out[0] += b - a
+            elif cur and line.startswith("Rss:"):
+                out[1] += int(line.split()[1]) * 1024
+            elif cur and line.startswith("AnonHugePages:"):
+                out[2] += int(line.split()[1]) * 1024
+    return out[0], out[1], out[2]
+
+
+def test_a_cache_reserved_at_capacity_is_resident_only_where_written(serve_artifact):
+    """The server reserves every row at its capacity; requests that wrote a few slots must
+    not make whole rows resident (numpy's huge pages would: 2 MiB per touched region)."""
+    import sys
+
+    import numpy as np
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/self/smaps")
+    s = Session.from_dir(serve_artifact, provider="cpu", threads=1)
+    cache = s.new_cache(16, 2048)  # 4 MiB per K/V tensor here: numpy would ask for huge pages
+    buf = cache.bufs["past_key_values.0.key"][0]
+    assert buf.nbytes >= 4 << 20 and not buf[:64].any()
+    for row in range(16):  # one token in every row: a page every 256 KiB of each buffer
+        s.forward(np.array([[5]]), np.ones((1, 1), np.int64), np.zeros((1, 1), np.int64), s.cache_rows(cache, row, row + 1))
+    size, rss, huge = _resident(buf.ctypes.data, buf.ctypes.data + buf.nbytes)
+    buffers = max(1, round(size / buf.nbytes))  # adjacent K/V buffers may share one mapping
+    pages = buffers * 16 * s.kv.kv_heads  # one 4 KiB page per row and head of each buffer
+    assert huge == 0 and rss <= 2 * pages * 4096, (rss, huge, buffers)

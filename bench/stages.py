@@ -1,0 +1,204 @@
+"""Every stage on one real model, each in its own process, one after another: wall time, the
+stage's own peak RSS (os.wait4 on the child: its high-water mark, not this script's), its
+exit code, and whether the host swapped (issue 26: every stage at 1.5B on 2 cores, 24 GiB).
+
+  python bench/stages.py --model qwen2.5-coder-1.5b    # the issue's run (hours on 2 cores)
+  python bench/stages.py --model default --quick       # the same stages on SmolLM2-135M (minutes)
+
+Stages: compress at --target-params (the pipeline's recipe defaults), distill a short run
+(--distill-tokens), eval (held-out perplexity), export fp32 and int4 of the compressed model,
+export fp32 of the original, run (32 tokens from the int4 artifact), profile (both fp32
+artifacts at a 512-token context), pipeline --quick. A stage that fails is recorded with its
+exit code and the last lines of its log; the stages after it that need its output are skipped.
+
+Targets (issue 26): compress <= 45 min with peak RSS <= 16 GiB; each export <= 10 min; the
+compressed/original RSS ratio after a 512-token prefill within 0.03 of the unique-parameter
+ratio; no stage killed, no swapping. Writes bench/results/stages_<model>.json and .md;
+logs in bench/_work/stages/<model>/."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WORK = Path(__file__).resolve().parent / "_work" / "stages"
+GIB = 2**30
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "edgedelta.cli", *args]
+
+
+def run_stage(name: str, cmd: list[str], log_dir: Path) -> dict:
+    """Run one stage; wall time, the child's peak RSS (wait4), exit code, swap-outs meanwhile."""
+    log = log_dir / f"{name}.log"
+    swap0 = psutil.swap_memory().sout
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
+    p.returncode = code
+    tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+    row = {"stage": name, "command": " ".join(cmd[2:]), "exit_code": code, "killed": code < 0,
+           "wall_s": round(wall, 1), "peak_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 3),
+           "swapped_out_bytes": psutil.swap_memory().sout - swap0, "log": str(log)}
+    if code != 0:
+        row["log_tail"] = tail
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: exit {code}, {wall / 60:.1f} min, peak RSS {row['peak_rss_gib']:.2f} GiB",
+          file=sys.stderr, flush=True)
+    return row
+
+
+def unique_params(art: Path) -> int:
+    return int(json.loads((art / "manifest.json").read_text())["parameters"]["total"])
+
+
+def rss_ratio(profile_json: Path, orig: Path, comp: Path) -> dict | None:
+    """compressed/original peak RSS of the 512-token prefill, against the unique-parameter ratio."""
+    if not profile_json.is_file():
+        return None
+    data = json.loads(profile_json.read_text())
+    runs = {}
+    for m in data["models"]:
+        for r in m["runs"]:
+            runs[Path(m["artifact"]).resolve()] = r
+    o, c = runs.get(orig.resolve()), runs.get(comp.resolve())
+    if o is None or c is None:
+        return None
+    rss = c["peak_rss_prefill_bytes"] / o["peak_rss_prefill_bytes"]
+    params = unique_params(comp) / unique_params(orig)
+    return {"rss_ratio": round(rss, 4), "unique_param_ratio": round(params, 4), "difference": round(rss - params, 4),
+            "original_prefill_rss_gib": round(o["peak_rss_prefill_bytes"] / GIB, 3),
+            "compressed_prefill_rss_gib": round(c["peak_rss_prefill_bytes"] / GIB, 3)}
+
+
+def targets(res: dict) -> list[dict]:
+    by = {r["stage"]: r for r in res["stages"]}
+    out = []
+
+    def add(target, measured, met, note=""):
+        out.append({"target": target, "measured": measured, "met": bool(met), "note": note})
+
+    if "compress" in by:
+        c = by["compress"]
+        add("compress <= 45 min", round(c["wall_s"] / 60, 1), c["exit_code"] == 0 and c["wall_s"] <= 45 * 60)
+        add("compress peak RSS <= 16 GiB", c["peak_rss_gib"], c["exit_code"] == 0 and c["peak_rss_gib"] <= 16)
+    for name in ("export-fp32", "export-int4", "export-original-fp32"):
+        if name in by:
+            e = by[name]
+            add(f"{name} <= 10 min", round(e["wall_s"] / 60, 1), e["exit_code"] == 0 and e["wall_s"] <= 600)
+    r = res.get("rss")
+    if r:
+        add("RSS after a 512-token prefill, compressed/original, within 0.03 of the unique-parameter ratio",
+            r["difference"], abs(r["difference"]) <= 0.03, f"RSS {r['rss_ratio']}, parameters {r['unique_param_ratio']}")
+    add("no stage killed, nothing swapped", sum(x["killed"] for x in res["stages"]),
+        not any(x["killed"] or x["swapped_out_bytes"] for x in res["stages"]))
+    add("every stage ran", sum(x["exit_code"] != 0 for x in res["stages"]) + len(res["skipped"]),
+        all(x["exit_code"] == 0 for x in res["stages"]) and not res["skipped"])
+    return out
+
+
+def markdown(res: dict) -> str:
+    lines = [f"# Every stage on {res['model']} (bench/stages.py)", "",
+             f"Host: {res['host']}. Command: `{res['command']}`. Each stage is its own process; peak RSS is the "
+             "stage's own high-water mark (wait4).", "",
+             "| stage | exit | wall (min) | peak RSS (GiB) | swapped |", "|---|---:|---:|---:|---|"]
+    for r in res["stages"]:
+        lines.append(f"| {r['stage']} | {r['exit_code']} | {r['wall_s'] / 60:.1f} | {r['peak_rss_gib']:.2f} | "
+                     f"{'yes' if r['swapped_out_bytes'] else 'no'} |")
+    for s in res["skipped"]:
+        lines.append(f"| {s['stage']} | skipped: {s['why']} | | | |")
+    if res.get("rss"):
+        r = res["rss"]
+        lines += ["", f"RSS after a 512-token prefill: original {r['original_prefill_rss_gib']} GiB, compressed "
+                      f"{r['compressed_prefill_rss_gib']} GiB, ratio {r['rss_ratio']} against a unique-parameter ratio of "
+                      f"{r['unique_param_ratio']}."]
+    lines += ["", "| target | measured | met | note |", "|---|---:|---|---|"]
+    for t in res["targets"]:
+        lines.append(f"| {t['target']} | {t['measured']} | {'met' if t['met'] else 'missed'} | {t['note']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="qwen2.5-coder-1.5b", help="a built-in model name, 'default' or a model directory")
+    ap.add_argument("--target-params", default="0.88")
+    ap.add_argument("--distill-tokens", type=int, default=4096, help="tokens of the short distillation run")
+    ap.add_argument("--ppl-tokens", type=int, default=2048)
+    ap.add_argument("--quick", action="store_true", help="fewer tokens everywhere (a check of the script)")
+    ap.add_argument("--skip", default="", help="comma-separated stages to leave out (e.g. pipeline)")
+    ap.add_argument("--out", type=Path, default=None, help="output stem (default bench/results/stages_<model>)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.distill_tokens, args.ppl_tokens = min(args.distill_tokens, 1024), min(args.ppl_tokens, 512)
+    name = Path(args.model).name
+    work = WORK / name
+    work.mkdir(parents=True, exist_ok=True)
+    comp, dist = work / "compressed", work / "distilled"
+    arts = {k: work / f"art-{k}" for k in ("fp32", "int4", "original-fp32")}
+    profile_json = work / "profile.json"
+    plan = [
+        ("compress", cli("compress", "--model", args.model, "--target-params", args.target_params, "--out", str(comp), "--force"), []),
+        ("distill", cli("distill", str(comp), "--tokens", str(args.distill_tokens), "--out", str(dist), "--force", "--no-progress"),
+         ["compress"]),
+        ("eval", cli("eval", str(dist), "--tasks", "ppl", "--ppl-tokens", str(args.ppl_tokens), "--json", str(work / "eval.json"),
+                     "--no-progress"), ["distill"]),
+        ("export-fp32", cli("export", str(dist), "--out", str(arts["fp32"]), "--force"), ["distill"]),
+        ("export-int4", cli("export", str(dist), "--quantize", "int4", "--out", str(arts["int4"]), "--force"), ["distill"]),
+        ("export-original-fp32", cli("export", args.model, "--out", str(arts["original-fp32"]), "--force"), []),
+        ("run", cli("run", str(arts["int4"]), "--prompt", "Write a Python function that checks a pump's pressure.",
+                    "--max-new-tokens", "32"), ["export-int4"]),
+        ("profile", cli("profile", str(arts["original-fp32"]), str(arts["fp32"]), "--context", "512", "--json", str(profile_json),
+                        "--no-save-calibration"), ["export-fp32", "export-original-fp32"]),
+        ("pipeline", cli("pipeline", "--model", args.model, "--quick", "--out", str(work / "pipeline")), []),
+    ]
+    skip = {s for s in args.skip.split(",") if s}
+    unknown = skip - {p[0] for p in plan}
+    if unknown:
+        raise SystemExit(f"unknown stage(s) in --skip: {', '.join(sorted(unknown))}; stages: {', '.join(p[0] for p in plan)}")
+    res = {"model": args.model, "command": " ".join(["python bench/stages.py", *(argv if argv is not None else sys.argv[1:])]),
+           "host": f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / GIB:.0f} GiB, {platform.machine()}",
+           "args": {k: str(v) for k, v in vars(args).items()}, "stages": [], "skipped": []}
+    out = args.out or RESULTS / f"stages_{name}"
+    ok: set[str] = set()
+    for stage, cmd, needs in plan:
+        if stage in skip:
+            res["skipped"].append({"stage": stage, "why": "--skip"})
+            continue
+        missing = [n for n in needs if n not in ok]
+        if missing:
+            res["skipped"].append({"stage": stage, "why": f"needs {', '.join(missing)}"})
+            continue
+        row = run_stage(stage, cmd, work)
+        res["stages"].append(row)
+        if row["exit_code"] == 0:
+            ok.add(stage)
+        res["rss"] = rss_ratio(profile_json, arts["original-fp32"], arts["fp32"]) if "profile" in ok else None
+        save(res, out)  # after every stage: a long run leaves what it measured
+    save(res, out)
+    return 0
+
+
+def save(res: dict, out: Path) -> None:
+    res["targets"] = targets(res)
+    write_json_atomic(out.with_suffix(".json"), res)
+    write_text_atomic(out.with_suffix(".md"), markdown(res))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""bench/stages.py's parts that do not need a real model: a stage's own peak RSS and exit code
+(os.wait4), a killed stage, the RSS ratio against the unique-parameter ratio, and the targets."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import stages  # noqa: E402
+
+
+def test_a_stage_reports_its_own_peak_rss_and_exit_code(tmp_path):
+    grow = "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"  # 300 MiB, every page touched
+    row = stages.run_stage("grow", [sys.executable, "-c", grow], tmp_path)
+    assert row["exit_code"] == 0 and not row["killed"]
+    assert 0.29 <= row["peak_rss_gib"] < 1.0  # the child's high-water mark, not this process's
+    bad = stages.run_stage("bad", [sys.executable, "-c", "print('refused'); raise SystemExit(2)"], tmp_path)
+    assert bad["exit_code"] == 2 and bad["log_tail"] == ["refused"]
+    killed = stages.run_stage("oom", [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], tmp_path)
+    assert killed["killed"] and killed["exit_code"] == -9
+
+
+def _artifact(path: Path, params: int) -> Path:
+    path.mkdir()
+    (path / "manifest.json").write_text(json.dumps({"parameters": {"total": params}}))
+    return path
+
+
+def test_rss_ratio_and_targets(tmp_path):
+    orig, comp = _artifact(tmp_path / "o", 1000), _artifact(tmp_path / "c", 880)
+    prof = tmp_path / "profile.json"
+    prof.write_text(json.dumps({"models": [
+        {"artifact": str(orig), "runs": [{"peak_rss_prefill_bytes": 10 * 2**30}]},
+        {"artifact": str(comp), "runs": [{"peak_rss_prefill_bytes": 9 * 2**30}]}]}))
+    r = stages.rss_ratio(prof, orig, comp)
+    assert r["rss_ratio"] == 0.9 and r["unique_param_ratio"] == 0.88 and r["difference"] == 0.02
+    ok = {"exit_code": 0, "killed": False, "swapped_out_bytes": 0}
+    res = {"stages": [{**ok, "stage": "compress", "wall_s": 50 * 60, "peak_rss_gib": 12.0},
+                      {**ok, "stage": "export-fp32", "wall_s": 300, "peak_rss_gib": 8.0},
+                      {**ok, "stage": "export-int4", "exit_code": 1, "wall_s": 30, "peak_rss_gib": 3.0}],
+           "skipped": [{"stage": "run", "why": "needs export-int4"}], "rss": r}
+    got = {t["target"]: t["met"] for t in stages.targets(res)}
+    assert got["compress <= 45 min"] is False and got["compress peak RSS <= 16 GiB"] is True
+    assert got["export-fp32 <= 10 min"] is True and got["export-int4 <= 10 min"] is False  # it failed
+    assert got["no stage killed, nothing swapped"] is True and got["every stage ran"] is False
+    assert next(v for k, v in got.items() if k.startswith("RSS after")) is True
+    md = stages.markdown({**res, "model": "m", "host": "h", "command": "c", "targets": stages.targets(res)})
+    assert "| run | skipped: needs export-int4 |" in md and "missed" in md
