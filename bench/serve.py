@@ -298,6 +298,7 @@ def targets(res: dict) -> list[dict]:
 
 def markdown(res: dict) -> str:
     a = res["args"]
+    full = a["seconds"] >= 60 and a["soak_seconds"] >= 600
     lines = [
         "# `edgedelta serve` under load (bench/serve.py)", "",
         f"Model: {res['model']} (fp32 artifact `{res['artifact']}`); llama.cpp: {res['llama_cpp']}. "
@@ -306,8 +307,8 @@ def markdown(res: dict) -> str:
         f"`ignore_eos`, {a['max_tokens']} tokens per answer; each level runs {a['seconds']:g} s per round "
         f"({a['rounds']} round(s); requests started in time run to their end), servers in turn within a round.",
         "",
-        f"This run: `{res['command']}` (shorter than the full run because the machine is shared). "
-        f"Full length: `{FULL_COMMAND}`.", "",
+        f"This run: `{res['command']}`" + (" (full length)." if full else f" (shorter than the full run: `{FULL_COMMAND}`)."),
+        "",
         "Latency percentiles leave out each client's first request: the clients start together, and that burst "
         "of prompts is prefilled one after another by any server; its slowest first token is the last column.", "",
         "| server | clients | requests | failed | tokens/s | TTFT p50 (s) | TTFT p99 (s) | per-token p50 (ms) | per-token p99 (ms) | start burst TTFT max (s) |",

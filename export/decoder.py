@@ -110,15 +110,25 @@ class DecoderGraph:
         return out[0], out[1]
 
     def _rope_cache(self, table: str = "global") -> tuple[str, str]:
-        """cos, sin (max_positions, head_dim/2) fp32 initializers for GroupQueryAttention,
-        indexed by a token's slot in the KV cache (see _attention_gqa)."""
-        f = self.f
+        """cos, sin (max_positions, head_dim/2) for GroupQueryAttention, indexed by a token's
+        slot in the KV cache (see _attention_gqa). Built in the graph from the (head_dim/2,)
+        inverse frequencies, positions x inv_freq in fp32 as HF computes them: ONNX Runtime
+        folds the constant subgraph into the two tables when the session is created, so the
+        file does not carry them (2 MiB for SmolLM2's 8,192 positions)."""
+        b, f = self.b, self.f
         inv_freq, rope_scale = f.rope_of(table)
-        freqs = np.arange(f.max_positions, dtype=np.float32)[:, None] * np.array(inv_freq, np.float32)[None]  # fp32, as HF
-        cos = (np.cos(freqs) * rope_scale).astype(self.np_t)
-        sin = (np.sin(freqs) * rope_scale).astype(self.np_t)
         prefix = "rope" if table == "global" else f"rope_{table}"
-        return self.b.initializer(f"{prefix}.cos_cache", cos), self.b.initializer(f"{prefix}.sin_cache", sin)
+        inv = b.initializer(f"{prefix}.inv_freq", np.array(inv_freq, np.float32)[None])  # (1, head_dim/2)
+        positions = b.op("Unsqueeze", [b.op("Range", [b.const(0.0, np.float32), b.const(float(f.max_positions), np.float32),
+                                                         b.const(1.0, np.float32)]), b.const([1])])  # (max_positions, 1)
+        freqs = b.op("Mul", [positions, inv])  # (max_positions, head_dim/2) fp32
+        out = []
+        for fn in ("Cos", "Sin"):
+            t = b.op(fn, [freqs])
+            if rope_scale != 1.0:
+                t = b.op("Mul", [t, b.const(rope_scale, np.float32)])
+            out.append(b.op("Cast", [t], to=self.T) if self.fp16 else t)
+        return out[0], out[1]
 
     def _gqa_lengths(self, ids: str, mask: str) -> None:
         """The scalars GroupQueryAttention reads, once per graph: T = P+S (int32), seqlens_k

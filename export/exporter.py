@@ -52,8 +52,9 @@ ARTIFACT_FORMAT = "edgedelta-onnx"
 # fused into one MatMul each (a group's fused base one initializer, its deltas one A and one
 # block-diagonal B), GroupQueryAttention with an in-place KV cache, and in quantized exports the
 # embedding table quantized once, read by a dequantizing Gather and the tied LM head's MatMulNBits;
-# 10: an optional logits_to_keep input, so a prefill runs the LM head on its last position only).
-GRAPH_REVISION = 10
+# 10: an optional logits_to_keep input, so a prefill runs the LM head on its last position only;
+# 11: GroupQueryAttention's cos/sin tables computed in the graph from inv_freq (folded by ORT at load)).
+GRAPH_REVISION = 11
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
 class ExportError(EdgeDeltaError):

@@ -89,7 +89,8 @@ def groups_arg(text: str) -> list[list[int]]:
 
 
 def model_arg(p: argparse.ArgumentParser, default: str | None = "default") -> None:
-    p.add_argument("--model", default=default, help="'default' (embedded SmolLM2-135M-Instruct), a model directory, or a .gguf file")
+    p.add_argument("--model", default=default, help="'default' (embedded SmolLM2-135M-Instruct), a built-in model name (`edgedelta models`), a model "
+                                                    "directory, or a .gguf file")
 
 
 def output_dir(text: str) -> Path:

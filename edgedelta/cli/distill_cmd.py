@@ -38,7 +38,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", type=output_dir, help="output directory (default: MODEL_DIR-distilled)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in OUT.run/ (same config required)")
     p.add_argument("--force", action="store_true", help="replace an existing OUT (and discard an earlier run folder)")
-    p.add_argument("--teacher", help="the original model (default: the source in MODEL_DIR's manifest): 'default', a directory or a .gguf")
+    p.add_argument("--teacher", help="the original model (default: the source in MODEL_DIR's manifest): 'default', a built-in model name, a directory or a .gguf")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="cuda (bf16 autocast) when available by default")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

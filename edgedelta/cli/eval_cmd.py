@@ -15,7 +15,8 @@ def add_parser(subparsers):
 
     p = subparsers.add_parser("eval", help="zero-shot tasks and perplexity of a model or ONNX artifact",
                               description=__doc__)
-    p.add_argument("model", help="'default', a model directory, a .gguf file, or an ONNX artifact folder")
+    p.add_argument("model", help="'default', a built-in model name (`edgedelta models`), a model directory, a .gguf file, "
+                                       "or an ONNX artifact folder")
     p.add_argument("--tasks", default=None, help=f"comma-separated; known: {','.join(known_tasks())}; or 'all' (default: "
                    f"{','.join(DEFAULT_TASKS)}; with --task-file only that file)")
     p.add_argument("--limit", type=int, default=None, help="items per task (a fixed random subset, same for every model)")

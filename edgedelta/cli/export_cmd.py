@@ -15,7 +15,8 @@ from .common import output_dir
 
 def add_parser(subparsers):
     p = subparsers.add_parser("export", help="export a model (plain or compressed) to an ONNX artifact", description=__doc__)
-    p.add_argument("model", help="'default', a Hugging Face model directory or an edgedelta compressed directory")
+    p.add_argument("model", help="'default', a built-in model name (`edgedelta models`), a Hugging Face model directory "
+                                       "or an edgedelta compressed directory")
     p.add_argument("--out", type=output_dir, required=True, help="artifact folder (written atomically)")
     p.add_argument("--dtype", default="fp32", help=f"weights and activations: {'|'.join(DTYPES)} (default fp32)")
     p.add_argument("--quantize", default="none", help=f"weight-only quantization: {'|'.join(QUANTIZE)} (default none)")
