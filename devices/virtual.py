@@ -13,8 +13,9 @@ compress, per device, needs only the bytes. The rules (export/weights.py, graph 
     embedding            fp32 (vocab, hidden), or quantized like a projection in a quantized
                          export (`embedding`); read one row per token by a Gather
     LM head              tied: the embedding table, read whole per token; untied: a projection
-    norms, biases        fp32; rope cos/sin caches (max_positions, head_dim/2) fp32 each,
-                         read one row per layer per token (GroupQueryAttention)
+    norms, biases        fp32; GroupQueryAttention's rope: inv_freq (head_dim/2) fp32 in the
+                         file, its cos/sin tables (2 x max_positions x head_dim/2 fp32) built
+                         by ONNX Runtime at load, in memory only
     shared bases         stored once per group, read once per layer of the group; the anchor
                          layer has no delta, each other layer a delta A (r, K), B (N, r)
 
@@ -120,8 +121,8 @@ def account(config: dict, x: VirtualExport) -> Accounting:
         acc.add("bias", 4 * shapes[p][0] * layers, 4 * shapes[p][0] * layers)
     acc.add("norm", 4 * h * (2 * layers + 1), 4 * h * (2 * layers + 1))
     max_pos = int(c.get("max_position_embeddings") or 0)
-    if max_pos and hd % 16 == 0:  # GroupQueryAttention's cos/sin caches, read one row per layer
-        acc.add("other", 2 * 4 * max_pos * (hd // 2), 2 * 4 * (hd // 2) * layers)
+    if max_pos and hd % 16 == 0:  # GroupQueryAttention's rope: inv_freq (hd/2,) fp32 in the file
+        acc.add("other", 4 * (hd // 2), 4 * (hd // 2))
     s = x.sharing
     shared = set(s.projections) if s else set()
     n_shared_layers = s.groups * s.group_size if s else 0

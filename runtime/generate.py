@@ -9,13 +9,14 @@ tail that could still become a stop string are held back."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 import numpy as np
 
 from edgedelta.errors import ConfigError
 
+from .row_text import RowText
 from .sampling import GenerationConfig, Sampler
 
 
@@ -35,47 +36,6 @@ class GenerationResult:
     def decode_tokens_per_s(self) -> float:
         """Batch decode throughput: tokens after the first, per second of decoding."""
         return self.batch_decode_tokens / self.decode_s if self.decode_s > 0 else 0.0
-
-
-@dataclass
-class _RowText:
-    """Detokenisation, stop strings and stream bookkeeping of one batch row."""
-
-    tok: object
-    stops: tuple[str, ...]
-    ids: list[int] = field(default_factory=list)
-    text: str = ""
-    emitted: int = 0  # characters of `text` already handed out
-    stopped: bool = False
-
-    def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        self.text = self.tok.decode(self.ids, skip_special_tokens=True)
-        for s in self.stops:
-            i = self.text.find(s)
-            if i >= 0:
-                self.text, self.stopped = self.text[:i], True
-        if self.stopped:
-            return self.flush()
-        safe = len(self.text)
-        while safe > self.emitted and self.text[safe - 1] == "\ufffd":
-            safe -= 1
-        hold = 0
-        for s in self.stops:  # longest tail of the text that is a proper prefix of a stop string
-            for k in range(min(len(s) - 1, safe), hold, -1):
-                if self.text[safe - k:safe] == s[:k]:
-                    hold = k
-                    break
-        return self._emit(safe - hold)
-
-    def _emit(self, upto: int) -> str:
-        if upto <= self.emitted:
-            return ""
-        piece, self.emitted = self.text[self.emitted:upto], upto
-        return piece
-
-    def flush(self) -> str:
-        return self._emit(len(self.text))
 
 
 def encode_prompts(session, prompts: list[str], config: GenerationConfig) -> list[list[int]]:
@@ -132,7 +92,7 @@ class _Generation:
         pos = np.cumsum(mask[:, :p], axis=1) - 1  # [B, P]; padded slots get a harmless 1 (as HF)
         pos[mask[:, :p] == 0] = 1
         next_pos = pos[:, -1:].copy() + 1  # [B, 1]
-        rows = [_RowText(s.tokenizer, c.stop) if s.tokenizer is not None else None for _ in range(b)]
+        rows = [RowText(s.tokenizer, c.stop) if s.tokenizer is not None else None for _ in range(b)]
         gen: list[list[int]] = [[] for _ in range(b)]
         reason = ["length"] * b
         done = np.zeros(b, dtype=bool)

@@ -1,21 +1,15 @@
 """The batching engine of `edgedelta serve`: a bounded queue and one worker thread that decodes
-the requests it takes together over one Session.
+the requests it takes together over one Session. Each row samples with its own settings
+(temperature, top_p, seed, stop strings, max_tokens) and ends on its own.
 
 Continuous batching, on an artifact whose KV cache is updated in place (manifest
 io.kv_update, the GroupQueryAttention graph): the worker keeps one cache of `max_batch` rows.
-A request that arrives takes a free row at the next decode step: it is prefilled alone into
-that row (Session.cache_rows), its first token is sampled at once, and from then on it joins
-the batch's decode steps. One request is prefilled per decode step. Rows keep their own lengths (a ragged mask, Session.forward), so no
-request waits for another to end. A request whose prompt plus max_tokens exceeds the cache's
-capacity waits until the running rows end, and the cache is then allocated for it.
-
-Static batching, on other graphs (a plain attention graph whose KV cache is concatenated):
-the worker takes up to `max_batch` waiting jobs (waiting `window_s` after the first for
-others to arrive), prefills them together left-padded, and decodes them in one loop until the
-last row ends; a job that arrives while a batch runs waits for the next batch.
-
-Either way each row samples with its own settings (temperature, top_p, seed, stop strings,
-max_tokens) and ends on its own: its answer is delivered at once.
+A request takes a free row at the next decode step, is prefilled alone into it
+(Session.cache_rows), one prefill per step, and joins the decode steps with its own length (a
+ragged mask, Session.forward). A request whose prompt plus max_tokens exceeds the cache's
+capacity waits until the running rows end; the cache is then allocated for it.
+Static batching, on other graphs (a concatenated KV cache): up to `max_batch` jobs that arrive
+within `window_s` are prefilled together left-padded and decoded until the last row ends.
 
 Threads: the app calls `submit`/`cancel`/`drain` from its event loop; the worker calls each
 job's `emit` from its own thread (the app turns that into a thread-safe hand-over). ONNX
@@ -35,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 
+from .row_text import RowText
 from .sampling import GenerationConfig, Sampler
 
 # prefill tokens per forward call, summed over the batch: the logits of a prefill chunk are
@@ -106,72 +101,6 @@ class Job:
             self.emit(event)
         except Exception:  # the receiver is gone (event loop closed at shutdown): nothing to tell
             self.cancelled = True
-
-
-class RowText:
-    """Incremental detokenisation and stop strings of one row.
-
-    Decodes only the ids since the last stable point (the prefix/read offsets of TGI and
-    vLLM), so a step costs the same at token 10 and token 2,000: text is appended once it
-    does not end in U+FFFD (an incomplete UTF-8 sequence). A tail that could still grow into
-    a stop string is held back; a stop string ends the row and is not part of the text."""
-
-    def __init__(self, tokenizer, stops: tuple[str, ...]):
-        self.tok, self.stops = tokenizer, stops
-        self.ids: list[int] = []
-        self.text = ""
-        self.emitted = 0  # characters of `text` handed out
-        self.stopped = False
-        self._prefix = 0  # ids[_prefix:_read] decode to the end of `text` (the context for the next piece)
-        self._read = 0
-        self._prefix_text = ""
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids, skip_special_tokens=True)
-
-    def push(self, token_id: int) -> str:
-        """Add one token; returns the text that became final (possibly '')."""
-        self.ids.append(token_id)
-        full = self._decode(self.ids[self._prefix:])
-        if len(full) > len(self._prefix_text) and not full.endswith("\ufffd"):
-            start = len(self.text)
-            self.text += full[len(self._prefix_text):]
-            self._prefix, self._read = self._read, len(self.ids)
-            self._prefix_text = self._decode(self.ids[self._prefix:self._read])
-            self._check_stops(start)
-        if self.stopped:
-            return self._emit(len(self.text))
-        hold = 0
-        for s in self.stops:  # the longest tail of the text that is a proper prefix of a stop string
-            for k in range(min(len(s) - 1, len(self.text) - self.emitted), hold, -1):
-                if self.text.endswith(s[:k]):
-                    hold = k
-                    break
-        return self._emit(len(self.text) - hold)
-
-    def _check_stops(self, start: int) -> None:
-        cut = None
-        for s in self.stops:
-            i = self.text.find(s, max(0, start - len(s) + 1))
-            if i >= 0 and (cut is None or i < cut):
-                cut = i
-        if cut is not None:
-            self.text, self.stopped = self.text[:cut], True
-
-    def flush(self) -> str:
-        """At the end of the row: the rest, including an incomplete UTF-8 tail as U+FFFD."""
-        if not self.stopped and self._read < len(self.ids):
-            start = len(self.text)
-            self.text += self._decode(self.ids[self._prefix:])[len(self._prefix_text):]
-            self._read = len(self.ids)
-            self._check_stops(start)
-        return self._emit(len(self.text))
-
-    def _emit(self, upto: int) -> str:
-        if upto <= self.emitted:
-            return ""
-        piece, self.emitted = self.text[self.emitted:upto], upto
-        return piece
 
 
 class Engine:

@@ -15,21 +15,21 @@ idle (`spin`).
 Weight prepacking follows the artifact's manifest: on for fp32 and quantized artifacts, whose
 shared weights the exporter stores in a layout ORT does not pack (export/prepack.py), so a
 shared weight is never copied once per consuming MatMul; off for fp16. The KV cache lives in
-buffers this class owns: two flat buffers per K/V tensor sized for the whole generation; step
-t reads past from one and ONNX Runtime writes `present` straight into the other (IO binding
-with our pointers), so the decode loop allocates no KV memory and copies nothing in Python.
+buffers this class owns, sized for the whole generation and bound through IO binding with our
+pointers: on a graph that updates its cache in place (GroupQueryAttention) one buffer per K/V
+tensor is bound to both past and present and stays bound from step to step; otherwise two,
+step t reading past from one while ONNX Runtime writes `present` into the other. The decode
+loop allocates no KV memory and copies nothing in Python, and a buffer's pages become resident
+only as tokens are written (host_kv_buffer).
 
 CUDA: the same IO binding over device buffers (OrtValue on 'cuda'); logits come back into a
 host numpy buffer. Requires the `onnxruntime-gpu` package (extra `edgedelta[cuda]`)."""
 
 from __future__ import annotations
 
-import itertools
-import mmap
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ import numpy as np
 from edgedelta.errors import ConfigError, ModelLoadError
 
 from .artifact import Artifact
+from .kv_cache import KVCache, DeviceRows, host_kv_buffer
 
 PROVIDERS = ("auto", "cpu", "cuda")
 _ORT_NAME = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -141,45 +142,6 @@ def artifact_session_options(art: Artifact, threads: int | None = None, arena: b
     config["session.intra_op.allow_spinning"] = "1" if spin else "0"
     config["session.inter_op.allow_spinning"] = "1" if spin else "0"
     return session_options(threads, arena, config)
-
-
-_cache_serials = itertools.count()
-
-
-@dataclass
-class KVCache:
-    """KV storage for `batch` rows and up to `capacity` positions.
-
-    In place (an artifact whose graph updates its cache in place, manifest io.kv_update):
-    bufs[name] = (A, A), one buffer of (batch, kv_heads, capacity, head_dim) bound to both
-    past and present; memory KVSpec.bytes(capacity). Otherwise double-buffered: bufs[name] =
-    (A, B), two flat buffers; `length` positions are valid in bufs[name][parity]; memory
-    2 × KVSpec.bytes(capacity)."""
-
-    batch: int
-    capacity: int
-    bufs: dict[str, tuple[Any, Any]]
-    length: int = 0
-    parity: int = 0
-    serial: int = field(default_factory=lambda: next(_cache_serials))  # tells Session its bindings are still this cache's
-
-    def nbytes(self) -> int:
-        total = 0
-        for a, b in self.bufs.values():
-            for x in ((a,) if a is b else (a, b)):
-                total += x.nbytes if hasattr(x, "nbytes") else x.tensor_size_in_bytes()
-        return total
-
-
-@dataclass(frozen=True)
-class _DeviceRows:
-    """Rows of a device KV buffer (an address inside an OrtValue that keeps the memory)."""
-
-    ptr: int
-    nbytes: int
-
-    def data_ptr(self) -> int:
-        return self.ptr
 
 
 class Session:
@@ -301,7 +263,7 @@ class Session:
             if isinstance(buf, np.ndarray):
                 view = buf[start * row:stop * row]
             else:  # an OrtValue on the device: the same memory at an offset
-                view = _DeviceRows(buf.data_ptr() + start * row * self._np_dtype.itemsize, (stop - start) * row * self._np_dtype.itemsize)
+                view = DeviceRows(buf.data_ptr() + start * row * self._np_dtype.itemsize, (stop - start) * row * self._np_dtype.itemsize)
             bufs[name] = (view, view)
         return KVCache(stop - start, cache.capacity, bufs)
 
@@ -390,18 +352,6 @@ class Session:
         from .generate import stream
 
         return stream(self, prompt, config, **kwargs)
-
-
-def host_kv_buffer(n: int, dtype: np.dtype) -> np.ndarray:
-    """n zeros of `dtype` in anonymous memory that becomes resident page by page as tokens are
-    written, in 4 KiB pages. numpy asks for transparent huge pages on arrays of 4 MiB and more,
-    and a 2 MiB page per row head would make a server's cache, reserved at its capacity but
-    filled a few hundred tokens deep, resident almost whole (measured: 120 MiB per request for
-    SmolLM2 at a 2,048-token capacity, against 3 MiB written)."""
-    mm = mmap.mmap(-1, n * dtype.itemsize)
-    if hasattr(mm, "madvise") and hasattr(mmap, "MADV_NOHUGEPAGE"):
-        mm.madvise(mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(mm, dtype=dtype, count=n)  # the array keeps the mapping alive; unmapped with it
 
 
 def load_artifact_tokenizer(path: Path, kind: str = "light"):

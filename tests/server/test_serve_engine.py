@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from edgedelta.runtime import GenerationConfig, Session
-from edgedelta.runtime.serve_engine import Done, Draining, Engine, Failed, Job, Piece, QueueFull, RowText
+from edgedelta.runtime.row_text import RowText
+from edgedelta.runtime.serve_engine import Done, Draining, Engine, Failed, Job, Piece, QueueFull
 
 
 @pytest.fixture(scope="module", params=["continuous", "static"])
@@ -197,13 +198,11 @@ def test_a_request_longer_than_the_cache_waits_for_the_running_rows(session):
     if not session.in_place:
         pytest.skip("static batching sizes each batch's cache for its own rows")
     eng = Engine(session, max_batch=2, min_capacity=64)
-    first, c1 = _job(session, "Hello", max_new_tokens=40, eos=False)
+    first, c1 = _job(session, "Hello", max_new_tokens=40, eos=False)  # the cache: 64 slots a row
+    big, c2 = _job(session, "Hello", max_new_tokens=100, eos=False)  # needs more than 64
     eng.submit(first)
+    eng.submit(big)  # a row is free, but the cache is too short for it while `first` runs
     eng.start()
-    while first.produced < 5:
-        assert not c1.ended.wait(0.005)
-    big, c2 = _job(session, "Hello", max_new_tokens=100, eos=False)  # needs more than the 64 slots
-    eng.submit(big)
     assert c1.ended.wait(30) and c2.ended.wait(30)
     eng.stop()
     assert big.t_start >= first.t_end and big.batch_size == 1
