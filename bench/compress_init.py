@@ -33,7 +33,7 @@ from edgedelta.errors import ConfigError
 from edgedelta.evaluation.perplexity import perplexity_on_texts
 from edgedelta.fsutil import write_json_atomic, write_text_atomic
 from edgedelta.models.adapters import adapter_for
-from edgedelta.models.loading import load_model
+from edgedelta.loading import load_model
 
 RESULTS = Path(__file__).parent / "results"
 EVAL_SETS = ("python-docs", "sotu-recent")

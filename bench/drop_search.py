@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     from edgedelta.delta.config import CompressConfig
     from edgedelta.delta.drop_search import drop_candidates, heldout_rows
     from edgedelta.evaluation.api import EvalConfig, evaluate
-    from edgedelta.models.loading import load_model
+    from edgedelta.loading import load_model
 
     budgets = [float(x) for x in a.budgets.split(",")]
     counts = [int(x) for x in a.counts.split(",")] if a.counts else None  # parsed before the model loads

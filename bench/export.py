@@ -131,7 +131,7 @@ def build_compressed(work: Path) -> tuple[Path, str]:
     import torch
 
     from edgedelta.delta.storage import save_compressed
-    from edgedelta.models.loading import load_model
+    from edgedelta.loading import load_model
 
     out = work / "compressed-12pct"
     if (out / "manifest.json").is_file():
@@ -206,7 +206,8 @@ def main(argv=None) -> int:
     from edgedelta.data.text import dataset_texts, pack, tokenize_stream
     from edgedelta.evaluation.perplexity import perplexity_on_ids
     from edgedelta.export import ExportConfig, export_onnx
-    from edgedelta.models.loading import ensure_default_model_dir, load_model
+    from edgedelta.loading import load_model
+    from edgedelta.models.loading import ensure_default_model_dir
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

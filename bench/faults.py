@@ -66,7 +66,7 @@ def build_inputs(work: Path) -> dict[str, Path]:
         tiny_tokenizer().save_pretrained(tmp)
         os.replace(tmp, paths["model"])
     if not paths["compressed"].is_dir():
-        from edgedelta.models.loading import load_model
+        from edgedelta.loading import load_model
 
         lm = load_model(paths["model"])
         res = compress(lm.model, CompressConfig(groups=[[2, 3], [4, 5]], rank_attn=2, rank_mlp=2), calib_ids=tiny_ids(), progress=False)

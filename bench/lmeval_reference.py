@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from edgedelta.models.loading import load_model
+    from edgedelta.loading import load_model
 
     lm = load_model("default")
     ref = HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=8)

@@ -61,7 +61,7 @@ def removal_row(run_dir: Path, quality: dict, cfg: dict) -> dict:
     from edgedelta.data.text import DEFAULT_TRAIN_TEXT, calibration_batches
     from edgedelta.delta.accounting import count_parameters
     from edgedelta.evaluation.api import EvalConfig, evaluate
-    from edgedelta.models.loading import load_model
+    from edgedelta.loading import load_model
 
     lm = load_model(cfg["model"])
     comp = next(r for r in quality["rows"] if r["method"] == "compressed")

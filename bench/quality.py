@@ -131,7 +131,7 @@ def main(argv=None) -> int:
         return 0
     import torch
 
-    from edgedelta.models.loading import load_model
+    from edgedelta.loading import load_model
 
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -33,7 +33,7 @@ from edgedelta.delta.layer import DeltaLinear  # noqa: E402
 from edgedelta.evaluation.perplexity import perplexity_on_ids  # noqa: E402
 from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
 from edgedelta.models.adapters import adapter_for  # noqa: E402
-from edgedelta.models.loading import load_model  # noqa: E402
+from edgedelta.loading import load_model  # noqa: E402
 
 from edgedelta.export.calibration import CALIB_SEQ_LEN, CalibrationStats  # noqa: E402
 from edgedelta.export.config import DEFAULT_QUANT_METHOD, ExportConfig  # noqa: E402

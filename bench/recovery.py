@@ -233,7 +233,7 @@ def main(argv=None) -> int:
     from edgedelta.delta.compress import compress
     from edgedelta.delta.config import CompressConfig
     from edgedelta.errors import ConfigError
-    from edgedelta.models.loading import load_model
+    from edgedelta.loading import load_model
 
     ctx = setup(args.device)
     t_start = time.time()

@@ -78,7 +78,8 @@ def child_load(name: str) -> dict:
     """Build the cache if absent (timed), else load it (timed); peak RSS of this process."""
     import torch
 
-    from edgedelta.models.loading import builtin_cache_dir, ensure_builtin_model_dir, load_model
+    from edgedelta.loading import load_model
+    from edgedelta.models.loading import builtin_cache_dir, ensure_builtin_model_dir
     from edgedelta.models.registry import get_builtin
 
     torch.set_num_threads(ARGS.threads)
@@ -199,7 +200,7 @@ def child_redundancy(name: str) -> dict:
     from edgedelta.delta.config import CompressConfig
     from edgedelta.delta.plan import group_sensitivity, kl_to, log_probs
     from edgedelta.models.adapters import adapter_for
-    from edgedelta.models.loading import load_model
+    from edgedelta.loading import load_model
     from edgedelta.models.similarity import layer_similarities
 
     torch.set_num_threads(ARGS.threads)

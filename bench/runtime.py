@@ -161,7 +161,7 @@ def speed(orig: Path, comp: Path | None, n: int, rounds: int, skip_torch: bool, 
             engines["optimum_nospin"] = HFEngine(ORTModelForCausalLM.from_pretrained(
                 str(orig), use_cache=True, use_io_binding=False, provider="CPUExecutionProvider", session_options=so), ids)
     if not skip_torch:
-        from edgedelta.models.loading import load_model
+        from edgedelta.loading import load_model
 
         tm = load_model("default").model.eval()
         engines["torch_eager"] = HFEngine(tm, ids)

@@ -77,7 +77,7 @@ def ensure_artifacts(work: Path, log=print, compressed: Path | None = None,
             from edgedelta.delta.compress import compress
             from edgedelta.delta.config import CompressConfig
             from edgedelta.delta.storage import save_compressed
-            from edgedelta.models.loading import load_model
+            from edgedelta.loading import load_model
         except ImportError as e:
             notes["compressed"] = f"not built: {e}"
             return orig, None, notes

@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "CompressConfig": "edgedelta.delta.config",
     "compress": "edgedelta.delta.compress",
-    "load_model": "edgedelta.models.loading",
+    "load_model": "edgedelta.loading",
     "save_compressed": "edgedelta.delta.storage",
     "load_compressed": "edgedelta.delta.storage",
     "merge_model": "edgedelta.delta.structure",

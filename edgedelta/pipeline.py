@@ -237,7 +237,7 @@ class _Context:
 
     def original(self):
         if self._orig is None:
-            from .models.loading import load_model
+            from .loading import load_model
 
             self._orig = load_model(self.cfg.model)
         return self._orig
@@ -278,7 +278,7 @@ class _Context:
     def evaluate(self, final_dir: Path, dest: Path) -> dict:
         from .delta.accounting import count_parameters
         from .evaluation.api import EvalConfig, evaluate
-        from .models.loading import load_model
+        from .loading import load_model
 
         ecfg = EvalConfig(tasks=self.cfg.tasks, limit=self.cfg.limit, ppl_tokens=self.cfg.ppl_tokens,
                           ppl_seq_len=min(512, self.cfg.ppl_tokens))

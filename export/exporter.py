@@ -83,7 +83,7 @@ def build_graph(model, cfg: ExportConfig, calibration=None, progress: bool = Fal
 
 
 def _load(model_dir):
-    from edgedelta.models.loading import load_model
+    from edgedelta.loading import load_model
     from edgedelta.models.registry import is_builtin_name
 
     if not is_builtin_name(str(model_dir)):  # 'default' or a built-in name: load_model resolves it

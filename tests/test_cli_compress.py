@@ -39,7 +39,7 @@ def test_compress_groups_and_reload(model_dir, tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["compress_config"]["groups"] == [[1, 2], [3, 4]]
     assert manifest["source"]["kind"] == "hf"
-    from edgedelta.models.loading import load_model
+    from edgedelta.loading import load_model
 
     assert load_model(out).source["kind"] == "compressed"
 

@@ -58,7 +58,7 @@ def run(args) -> int:
     from ..experiments.compare import compare, write_results
     from ..evaluation.report import markdown_compare
     from ..fsutil import atomic_dir, check_output_path
-    from ..models.loading import load_model
+    from ..loading import load_model
 
     cfg = config_from_args(args)
     check_output_path(args.out, args.force)  # refuse before the slow part

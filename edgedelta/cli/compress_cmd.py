@@ -63,7 +63,7 @@ def run(args) -> int:
     from ..delta.compress import compress, format_plan
     from ..delta.storage import save_compressed
     from ..fsutil import check_output_path
-    from ..models.loading import load_model
+    from ..loading import load_model
 
     cfg = config_from_args(args)
     check_output_path(args.out, args.force)  # before any work: nothing is written on bad input

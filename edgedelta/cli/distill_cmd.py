@@ -104,7 +104,7 @@ def run(args) -> int:
     out = Path(args.out) if args.out else src.with_name(src.name + "-distilled")
     teacher = None
     if args.teacher:
-        from ..models.loading import load_model
+        from ..loading import load_model
 
         teacher = load_model(args.teacher).model
     res = distill(src, cfg, out, teacher=teacher, resume=args.resume, force=args.force,

@@ -20,7 +20,8 @@ from ..delta.storage import load_compressed, save_compressed
 from ..delta.structure import SharingSpec, get_spec
 from ..errors import ConfigError, EdgeDeltaError, ModelLoadError
 from ..manifest import read_manifest
-from ..models.loading import LoadedModel, load_model
+from ..loading import load_model
+from ..models.loaded import LoadedModel
 from .checkpoint import CheckpointError, load_optimizer_tensors, optimizer_tensors, save_checkpoint
 from .config import DistillConfig
 from .data import TrainData, fingerprint

@@ -47,7 +47,7 @@ def scorer_for(spec: str, batch_tokens: int = 2048, provider: str = "auto"):
         max_len = min(sess.artifact.max_positions or 2048, 2048)
         scorer = LogitsScorer(runtime_logits_fn(sess), sess.tokenizer, max_length=max_len, batch_size=4)
         return scorer, {"kind": "onnx", "path": str(Path(spec).resolve()), "provider": sess.provider}
-    from ..models.loading import load_model
+    from ..loading import load_model
 
     lm = load_model(spec)
     return TorchScorer(lm.model, lm.tokenizer, batch_tokens=batch_tokens), dict(lm.source)

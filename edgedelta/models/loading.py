@@ -175,9 +175,10 @@ def is_compressed_dir(path: Path) -> bool:
         return False
 
 
-def load_model(spec: str | os.PathLike = "default", dtype=torch.float32) -> LoadedModel:
+def load_source_model(spec: str | os.PathLike = "default", dtype=torch.float32) -> LoadedModel:
     """Load a built-in model by name ('default', 'qwen2.5-coder-0.5b', ...: registry.py), a GGUF
-    file, a Hugging Face directory or an edgedelta compressed directory."""
+    file or a Hugging Face directory. edgedelta.loading.load_model also opens compressed
+    directories (delta/storage.py sits above this package)."""
     if str(spec) == "default":
         path = ensure_default_model_dir()
         model, tok = load_hf_dir(path, dtype)
@@ -199,8 +200,6 @@ def load_model(spec: str | os.PathLike = "default", dtype=torch.float32) -> Load
         adapter_for(model.config)
         return LoadedModel(model.eval(), tok, path, {"kind": "gguf", "path": str(path.resolve())})
     if is_compressed_dir(path):
-        from ..delta.storage import load_compressed
-
-        return load_compressed(path, dtype)
+        raise ModelLoadError(f"'{path}' is an edgedelta compressed directory: open it with edgedelta.loading.load_model")
     model, tok = load_hf_dir(path, dtype)
     return LoadedModel(model, tok, path, {"kind": "hf", "path": str(path.resolve())})

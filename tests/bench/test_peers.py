@@ -224,7 +224,7 @@ def test_worker_perplexity_equals_pytorch_on_the_same_windows(tiny_edgedelta):
     """Every window scored from an empty cache, every position after the first: the ONNX worker's
     perplexity equals edgedelta.evaluation's PyTorch perplexity over the same (n, seq) windows."""
     from edgedelta.evaluation.perplexity import perplexity_on_ids
-    from edgedelta.models.loading import load_model
+    from edgedelta.loading import load_model
 
     model_dir, art = tiny_edgedelta
     vocab = json.loads((Path(art) / "config.json").read_text())["vocab_size"]

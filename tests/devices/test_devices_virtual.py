@@ -127,7 +127,7 @@ def test_virtual_sharing_matches_a_real_tiny_compressed_export(tmp_path):
     from edgedelta.delta.storage import save_compressed
     from edgedelta.export import export_onnx
     from edgedelta.export.config import ExportConfig
-    from edgedelta.models.loading import load_model
+    from edgedelta.loading import load_model
     from edgedelta.runtime.artifact import Artifact
 
     src = _tiny_qwen(tmp_path, tied=True)

@@ -18,7 +18,7 @@ PROJ = ["q", "k", "v", "o", "gate", "up", "down"]
 
 
 def test_real_model_distills_a_shared_pair():
-    from edgedelta.models.loading import load_model
+    from edgedelta.loading import load_model
 
     lm = load_model("default")
     teacher = lm.model.eval()

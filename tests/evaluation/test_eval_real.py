@@ -10,7 +10,7 @@ def test_default_model_scores_and_shortgpt():
     from edgedelta.baselines import shortgpt
     from edgedelta.data.text import calibration_batches
     from edgedelta.evaluation.api import EvalConfig, evaluate
-    from edgedelta.models.loading import load_model
+    from edgedelta.loading import load_model
 
     lm = load_model("default")
     cfg = EvalConfig(tasks="ppl,arc_easy", limit=20, ppl_texts=["python-docs"], ppl_tokens=1024)

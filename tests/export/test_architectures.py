@@ -165,7 +165,7 @@ def test_gqa_local_window_is_hf_window():
 def test_unsupported_architecture_refused_before_weights(tmp_path):
     """Gemma 3's multimodal model_type 'gemma3' (not its text model) is refused from the
     config alone: the weights file is garbage and never opened."""
-    from edgedelta.models.loading import load_model
+    from edgedelta.loading import load_model
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"]}))
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")

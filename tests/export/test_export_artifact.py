@@ -18,7 +18,7 @@ from edgedelta.manifest import verify_manifest
 def test_optimum_loads_and_generates_like_pytorch(compressed_artifact, tiny_dirs):
     from optimum.onnxruntime import ORTModelForCausalLM
 
-    from edgedelta.models.loading import load_model
+    from edgedelta.loading import load_model
 
     ort_model = ORTModelForCausalLM.from_pretrained(compressed_artifact)
     assert ort_model.can_use_cache

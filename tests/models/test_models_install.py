@@ -114,7 +114,7 @@ def test_registry_records_are_consistent():
 def test_uninstalled_builtin_tells_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEDELTA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(inst, "package_dir", lambda p: None)
-    from edgedelta.models.loading import load_model
+    from edgedelta.loading import load_model
 
     with pytest.raises(ModelLoadError, match=r"'qwen2.5-coder-0.5b' is not installed: run `edgedelta models install qwen2.5-coder-0.5b`"):
         load_model("qwen2.5-coder-0.5b")
@@ -158,7 +158,7 @@ def test_pip_failure_names_the_packages(tmp_path, monkeypatch):
 
 
 def test_a_name_that_is_neither_builtin_nor_a_path_lists_the_names():
-    from edgedelta.models.loading import load_model
+    from edgedelta.loading import load_model
 
     with pytest.raises(ModelLoadError, match=r"'qwen-7b' is neither a built-in model \(default, smollm2-135m, "
                                              r"qwen2.5-coder-0.5b, qwen2.5-coder-1.5b\) nor an existing"):

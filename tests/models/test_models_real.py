@@ -22,7 +22,7 @@ def test_real_parts_assemble_to_the_recorded_file(name, tmp_path, monkeypatch):
 def test_real_05b_loads_by_name_untied_and_answers():
     import torch
 
-    from edgedelta.models.loading import load_model
+    from edgedelta.loading import load_model
 
     model = BUILTIN_MODELS["qwen2.5-coder-0.5b"]
     if not inst.is_installed(model):

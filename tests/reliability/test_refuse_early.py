@@ -70,7 +70,7 @@ def test_library_refuses_an_output_under_a_file_before_work(box, monkeypatch):
     from edgedelta.distill.api import distill
     from edgedelta.distill.config import DistillConfig
     from edgedelta.export import ExportConfig, export_onnx
-    import edgedelta.models.loading as loading
+    import edgedelta.loading as loading
 
     monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(ConfigError, match="is a file, not a folder"):
@@ -121,7 +121,7 @@ def test_gguf_architecture_is_read_from_the_header(tmp_path):
 def test_unsupported_gguf_is_refused_before_any_tensor_loads(tmp_path, monkeypatch):
     import transformers
 
-    from edgedelta.models.loading import load_model
+    from edgedelta.loading import load_model
 
     def loads(*a, **k):
         raise AssertionError("transformers was asked to load the GGUF")

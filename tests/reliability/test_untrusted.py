@@ -107,7 +107,7 @@ def _cli(argv) -> tuple[int, str]:
 
 @pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pt", "training_args.pkl", "optimizer.ckpt"])
 def test_pickle_beside_safetensors_is_ignored_with_a_warning(plain_dir, tmp_path, name):
-    from edgedelta.models.loading import load_model
+    from edgedelta.loading import load_model
 
     d = copy_of(plain_dir, tmp_path / "m")
     marker = tmp_path / "PWNED"

@@ -30,7 +30,7 @@ def real_artifact(tmp_path_factory):
 def test_real_greedy_chat_equals_pytorch(real_artifact):
     import torch
 
-    from edgedelta.models.loading import load_model
+    from edgedelta.loading import load_model
     from edgedelta.runtime import Session
 
     s = Session.from_dir(real_artifact, provider="cpu")
