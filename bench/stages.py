@@ -32,6 +32,7 @@ import psutil
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
+from summarize import targets_table  # noqa: E402  (bench/summarize.py: the same table in RESULTS.md)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORK = Path(__file__).resolve().parent / "_work" / "stages"
@@ -128,10 +129,7 @@ def markdown(res: dict) -> str:
         lines += ["", f"RSS after a 512-token prefill: original {r['original_prefill_rss_gib']} GiB, compressed "
                       f"{r['compressed_prefill_rss_gib']} GiB, ratio {r['rss_ratio']} against a unique-parameter ratio of "
                       f"{r['unique_param_ratio']}."]
-    lines += ["", "| target | measured | met | note |", "|---|---:|---|---|"]
-    for t in res["targets"]:
-        lines.append(f"| {t['target']} | {t['measured']} | {'met' if t['met'] else 'missed'} | {t['note']} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + [""] + targets_table(res["targets"])) + "\n"
 
 
 def main(argv=None) -> int:

@@ -137,10 +137,11 @@ def genai_compat(d: dict) -> list[str]:
     return lines
 
 
-def _targets_table(targets: list[dict], value: str = "measured") -> list[str]:
+def targets_table(targets: list[dict]) -> list[str]:
+    """A benchmark's targets (dicts: target, measured, met, note) as a markdown table."""
     lines = ["| target | measured | result | note |", "|---|---:|---|---|"]
     for t in targets:
-        lines.append(f"| {t['target']} | {t[value]} | {_yes(t['met'])} | {t.get('note', '')} |")
+        lines.append(f"| {t['target']} | {t['measured']} | {_yes(t['met'])} | {t.get('note', '')} |")
     return lines
 
 
@@ -158,7 +159,7 @@ def serve(d: dict) -> list[str]:
     lines += [""] + (["Soak: not run."] if not soak else
                      [f"Soak: 4 clients for {soak['seconds']:.0f} s, {soak['requests']} requests, {soak['failed']} failed, "
                       f"RSS {soak['rss_start_mib']:.1f} → {soak['rss_end_mib']:.1f} MiB ({soak['rss_drift_pct']:+.2f}%)."])
-    return lines + [""] + _targets_table(d["targets"])
+    return lines + [""] + targets_table(d["targets"])
 
 
 def stages(d: dict) -> list[str]:
@@ -169,7 +170,7 @@ def stages(d: dict) -> list[str]:
         lines.append(f"| {r['stage']} | {r['exit_code']} | {r['wall_s'] / 60:.1f} | {r['peak_rss_gib']:.2f} |")
     for sk in d["skipped"]:
         lines.append(f"| {sk['stage']} | skipped ({sk['why']}) | | |")
-    return lines + [""] + _targets_table(d["targets"])
+    return lines + [""] + targets_table(d["targets"])
 
 
 def _link_only(path: str) -> Callable[[dict], list[str]]:

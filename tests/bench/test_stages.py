@@ -46,4 +46,4 @@ def test_rss_ratio_and_targets(tmp_path):
     assert got["no stage killed, nothing swapped"] is True and got["every stage ran"] is False
     assert next(v for k, v in got.items() if k.startswith("RSS after")) is True
     md = stages.markdown({**res, "model": "m", "host": "h", "command": "c", "targets": stages.targets(res)})
-    assert "| run | skipped: needs export-int4 |" in md and "missed" in md
+    assert "| run | skipped: needs export-int4 |" in md and "**missed**" in md
