@@ -2,9 +2,9 @@
 batch -> one prefill -> a decode loop over the KV cache, yielding text as it becomes final.
 
 Streaming and non-streaming share one loop (`_Generation.events`), so both give the same text.
-Text is detokenised from the whole generated id list each step (cheap next to a forward pass)
-and released only when stable: a trailing U+FFFD (an incomplete UTF-8 byte sequence) and any
-tail that could still become a stop string are held back."""
+Each row's text comes from row_text.RowText (the server's too): detokenised incrementally and
+released only when stable: a trailing U+FFFD (an incomplete UTF-8 byte sequence) and any tail
+that could still become a stop string are held back."""
 
 from __future__ import annotations
 

@@ -220,7 +220,7 @@ class Engine:
                 return None
             return t
         except Exception as e:  # this row only (its sampler or detokenisation)
-            job._finish(Failed(f"generation failed: {type(e).__name__}: {' '.join(str(e).split())}"))
+            self._fail([job], e)
             return None
 
     @staticmethod
