@@ -25,6 +25,7 @@ from typing import Any
 
 from edgedelta.errors import ConfigError
 from edgedelta.fsutil import write_json_atomic
+from edgedelta.runtime.kv_cache import window_slots
 
 from .profile import Device
 
@@ -110,10 +111,15 @@ class ModelFacts:
     compressed: bool = False
     cpu_arch: str | None = None  # the CPU its lifted (shared, tied) weights are laid out for (manifest layouts; None: no matter)
     kv_buffers: int = 2  # KV copies the runtime holds: 1 when the graph updates the cache in place, 2 for past + present
+    sliding_windows: tuple[int | None, ...] = ()  # per layer: W of a sliding-window layer, None for global; () none
 
     def kv_bytes(self, tokens: int, batch: int = 1) -> int:
-        """K and V of every layer for `tokens` positions: [B, kv_heads, tokens, head_dim] x 2 x layers."""
-        return 2 * self.num_layers * batch * self.kv_heads * tokens * self.head_dim * self.kv_itemsize
+        """K and V of every layer for `tokens` positions: [B, kv_heads, slots, head_dim] x 2 per
+        layer, slots = tokens; a sliding-window layer of an in-place cache stays resident at
+        about its window (runtime/kv_cache.py window_slots), past + present copies hold every slot."""
+        windows = self.sliding_windows if self.kv_buffers == 1 and self.sliding_windows else (None,) * self.num_layers
+        slots = sum(tokens if w is None else min(tokens, window_slots(w, self.head_dim, self.kv_itemsize)) for w in windows)
+        return 2 * slots * batch * self.kv_heads * self.head_dim * self.kv_itemsize
 
     def attention_bytes(self, tokens: int, batch: int = 1, keys: int | None = None) -> int:
         """One [B, H, S, T] fp32 attention tensor (scores or probabilities); T = keys or S."""
@@ -149,7 +155,7 @@ def facts_of(artifact) -> ModelFacts:
         hidden_size=hidden, intermediate_size=int(c.get("intermediate_size") or 4 * hidden), num_heads=heads,
         max_positions=artifact.max_positions, compressed=artifact.is_compressed,
         cpu_arch=(artifact.manifest.get("layouts") or {}).get("cpu_arch"),
-        kv_buffers=1 if artifact.kv_update == "in_place" else 2,
+        kv_buffers=1 if artifact.kv_update == "in_place" else 2, sliding_windows=kv.windows,
     )
 
 

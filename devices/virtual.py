@@ -160,7 +160,17 @@ def virtual_facts(config: dict, x: VirtualExport, name: str | None = None) -> Mo
         kv_heads=int(config.get("num_key_value_heads") or heads), head_dim=hd, kv_itemsize=4, vocab_size=config["vocab_size"],
         hidden_size=h, intermediate_size=config["intermediate_size"], num_heads=heads,
         max_positions=int(max_pos) if max_pos else None, compressed=x.sharing is not None,
-        kv_buffers=1 if max_pos and hd % 16 == 0 else 2)
+        kv_buffers=1 if max_pos and hd % 16 == 0 else 2, sliding_windows=_layer_windows(config))
+
+
+def _layer_windows(config: dict) -> tuple[int | None, ...]:
+    """Per layer its sliding window, by the model type's adapter (as the exporter reads it)."""
+    if not config.get("sliding_window"):
+        return ()
+    from edgedelta.models.adapters import ADAPTERS  # torch: only for configs with a window
+
+    adapter = ADAPTERS.get(config.get("model_type"))
+    return adapter.layer_windows(config) if adapter else ()
 
 
 def sharing_for_budget(config: dict, target_params: float, ranks: dict[str, int], group_size: int = 2,

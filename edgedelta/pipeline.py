@@ -255,7 +255,7 @@ class _Context:
         ccfg = CompressConfig(target_params=self.cfg.target_params, calib_samples=self.cfg.calib_samples, drop_layers=drop,
                               share_attn=recipe.plan.share_attn, share_mlp=recipe.plan.share_mlp, base=recipe.init.base,
                               init=recipe.init.init, gates=recipe.init.gates, scale_base=recipe.init.scale_base)
-        res = compress(lm.model, ccfg, tokenizer=lm.tokenizer)
+        res = compress(lm.model, ccfg, tokenizer=lm.tokenizer, reuse_weights=True)  # saved, then dropped: nothing trains either model here
         facts = {"compress_config": ccfg.to_dict(), "plan": res.plan, "init_report": res.report["init"], "source": dict(lm.source)}
         save_compressed(res.model, dest, tokenizer=lm.tokenizer, manifest_facts=facts, force=True)
         plan_text = format_plan(res.plan)

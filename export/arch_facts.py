@@ -65,14 +65,7 @@ class ArchFacts:
         inv_freq = rotary.inv_freq.detach().to(torch.float32).cpu().numpy()
         local = getattr(model.model, adapter.local_rotary) if adapter.local_rotary else None
         n = cfg.num_hidden_layers
-        layer_types = getattr(cfg, "layer_types", None)
-        window = getattr(cfg, "sliding_window", None)
-        if adapter.window_on_every_layer:
-            windows = tuple([window] * n)
-        elif layer_types:
-            windows = tuple(window if t == "sliding_attention" else None for t in layer_types)
-        else:
-            windows = tuple([None] * n)
+        windows = adapter.layer_windows(cfg)
         heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
         fused = {}
         if "qkv" in adapter.fused:

@@ -182,7 +182,9 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
             "sharing": spec.to_dict() if spec else None,
             "aliases": weights.aliases,  # parameters stored under an identical tensor's initializer
             "architecture": {"model_type": model.config.model_type, "num_layers": facts.num_layers, "hidden": facts.hidden,
-                             "heads": facts.heads, "kv_heads": facts.kv_heads, "head_dim": facts.head_dim, "vocab": facts.vocab},
+                             "heads": facts.heads, "kv_heads": facts.kv_heads, "head_dim": facts.head_dim, "vocab": facts.vocab,
+                             # per layer: W for a sliding-window layer (attends to its W latest positions), null for global
+                             "sliding_windows": list(facts.sliding_windows)},
             # logits_to_keep: optional, default 0 (every position); K > 0 gives the last K positions' logits
             "io": {"inputs": ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key|value", "logits_to_keep"],
                    "outputs": ["logits", "present.{i}.key|value"],

@@ -36,6 +36,9 @@ class KVSpec:
     kv_heads: int
     head_dim: int
     dtype: str = "float32"  # numpy dtype name of past_key_values.*
+    # per layer: the sliding window W of a layer that attends to its W latest positions, None
+    # for a global layer; () when the manifest names none (every layer global)
+    windows: tuple[int | None, ...] = ()
 
     @property
     def itemsize(self) -> int:
@@ -133,7 +136,10 @@ class Artifact:
     @property
     def kv(self) -> KVSpec:
         g = self.graph_facts
-        return KVSpec(g["num_layers"], g["kv_heads"], g["head_dim"], g["kv_dtype"])
+        windows = ((self.manifest.get("architecture") or {}).get("sliding_windows")) or ()
+        if len(windows) != g["num_layers"]:
+            windows = ()
+        return KVSpec(g["num_layers"], g["kv_heads"], g["head_dim"], g["kv_dtype"], tuple(windows))
 
     @property
     def unique_weight_bytes(self) -> int:

@@ -20,7 +20,8 @@ pointers: on a graph that updates its cache in place (GroupQueryAttention) one b
 tensor is bound to both past and present and stays bound from step to step; otherwise two,
 step t reading past from one while ONNX Runtime writes `present` into the other. The decode
 loop allocates no KV memory and copies nothing in Python, and a buffer's pages become resident
-only as tokens are written (host_kv_buffer).
+only as tokens are written (host_kv_buffer); a sliding-window layer's pages behind its window
+are given back as it grows (release_behind_windows).
 
 CUDA: the same IO binding over device buffers (OrtValue on 'cuda'); logits come back into a
 host numpy buffer. Requires the `onnxruntime-gpu` package (extra `edgedelta[cuda]`)."""
@@ -38,7 +39,7 @@ import numpy as np
 from edgedelta.errors import ConfigError, ModelLoadError
 
 from .artifact import Artifact
-from .kv_cache import KVCache, DeviceRows, host_kv_buffer
+from .kv_cache import WINDOW_RELEASE_STEP, DeviceRows, KVCache, host_kv_buffer, release_behind_windows, row_lengths
 
 PROVIDERS = ("auto", "cpu", "cuda")
 _ORT_NAME = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -171,6 +172,10 @@ class Session:
         self._bound_logits: tuple[int, tuple[int, ...]] | None = None
         self._bound_keep: int | None = None
         self.in_place = artifact.kv_update == "in_place"  # one KV buffer bound to past and present
+        # sliding-window layers of an in-place host cache: past name -> W; the slots behind each
+        # window are released as the cache grows, so such a layer stays resident at about W slots
+        self._windows = {name: w for names, w in zip(self._past_names, self.kv.windows) if w for name in names} \
+            if self.in_place and provider != "cuda" else {}
         # the graph's optional logits_to_keep (an initializer that is also an input: IO binding
         # takes it only as an OrtValue): 1 for last-position logits, 0 for every position
         self._keep = None
@@ -332,6 +337,11 @@ class Session:
         if dev == "cuda":
             io.synchronize_outputs()
         cache.length, cache.parity = total, (0 if self.in_place else dst)
+        if self._windows:
+            if total < cache.released_at:  # a cache whose rows started over
+                cache.released_at = 0
+            if total - cache.released_at >= WINDOW_RELEASE_STEP:
+                release_behind_windows(cache, self._windows, row_lengths(attention_mask), kvh, hd)
         return logits if all_logits else logits[:, -1, :]
 
     def release_prefill_buffer(self, keep_tokens: int = 1, batch: int = 1) -> None:

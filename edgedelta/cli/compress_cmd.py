@@ -69,7 +69,7 @@ def run(args) -> int:
     check_output_path(args.out, args.force)  # before any work: nothing is written on bad input
     lm = load_model(args.model)
     info(f"compressing {args.model} ...")
-    res = compress(lm.model, cfg, tokenizer=lm.tokenizer)
+    res = compress(lm.model, cfg, tokenizer=lm.tokenizer, reuse_weights=True)  # saved, then dropped: nothing trains either model here
     source = dict(lm.source)
     facts = {"compress_config": cfg.to_dict(), "plan": res.plan, "init_report": res.report["init"], "source": source}
     save_compressed(res.model, args.out, tokenizer=lm.tokenizer, manifest_facts=facts, force=args.force)

@@ -5,6 +5,8 @@ Data-aware initialisation minimises ‖(W − Ŵ) X‖ = ‖(W − Ŵ) S‖ with
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +74,123 @@ def input_covariances(model, adapter: ModelAdapter, layer_indices, projections, 
     return covs
 
 
+class _Stop(Exception):
+    """Raised by the last decoder layer's stand-in: the capture pass needs nothing after it."""
+
+
+class StreamedCovariances:
+    """input_covariances' {(layer, proj): C} computed layer by layer when asked for, so that a
+    large model's covariances never need to be held at once: Qwen2.5-1.5B's down_proj input
+    alone is 8960² float64 = 642 MB a layer, 18 GB for all 28.
+
+    One capture pass runs the embedding for each calibration batch and records every decoder
+    layer's keyword arguments (masks, rotary tables) while the layers are stood in for; then
+    layer i's covariances come from running layer i alone on its input, the hidden states
+    (n, T, H) fp32 after layer i-1, which are kept for every layer (n·T·H·L·4 bytes: 1.4 GB
+    for Qwen2.5-1.5B at the default 32 x 256 calibration tokens), so revisiting a layer
+    costs one layer. Computed covariances are kept, oldest evicted first, within
+    `max_bytes`. The values equal input_covariances' (the same ops on the same inputs)."""
+
+    def __init__(self, model, adapter: ModelAdapter, projections, calib_ids: torch.Tensor, batch_size: int = 4,
+                 max_bytes: int = 2 * 2**30, progress: bool = False):
+        self.model, self.adapter, self.max_bytes, self.progress = model, adapter, max_bytes, progress
+        self.layers = adapter.decoder_layers(model)
+        self.readers = input_readers(adapter, projections)
+        self.projections = list(projections)
+        self.batches = [calib_ids[s : s + batch_size] for s in range(0, calib_ids.shape[0], batch_size)]
+        self._inputs: dict[int, list[torch.Tensor]] = {}  # layer -> per batch (b, T, H) input hidden states
+        self._kwargs: list[list[dict]] = []  # per batch, per layer: the keyword arguments the model passes
+        self._covs: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()  # layer -> {reader proj: C}
+        self.layers_run = 0  # decoder-layer forwards over the calibration set (a test and a report read it)
+
+    def __getitem__(self, key: tuple[int, str]) -> torch.Tensor:
+        li, proj = key
+        if li not in self._covs:
+            self._compute(li)
+        self._covs.move_to_end(li)
+        return self._covs[li][readers_of(self.adapter, proj)]
+
+    @torch.no_grad()
+    def _capture(self) -> None:
+        """Layer 0's inputs and every layer's keyword arguments, per batch; no layer runs."""
+        n = len(self.layers)
+        wrap: list = [None]  # how the model's loop takes a layer's output: a tensor or a tuple
+
+        def stand_in(i, real):
+            def forward(hidden, *args, **kwargs):
+                self._kwargs[-1].append(kwargs)
+                if i == n - 1:
+                    raise _Stop
+                if wrap[0] is None:  # learn the output form once from the real layer
+                    wrap[0] = (lambda h: (h,)) if isinstance(real(hidden, *args, **kwargs), tuple) else (lambda h: h)
+                return wrap[0](hidden)
+            return forward
+
+        def grab_input(_module, args):
+            self._inputs.setdefault(0, []).append(args[0].detach())
+
+        originals = [layer.forward for layer in self.layers]
+        own = [layer.__dict__.get("forward") for layer in self.layers]  # an instance forward to put back (hooks of other tools)
+        hook = self.layers[0].register_forward_pre_hook(grab_input)
+        try:
+            for i, layer in enumerate(self.layers):
+                layer.forward = stand_in(i, originals[i])
+            device = next(self.model.parameters()).device
+            self.model.eval()
+            for batch in self.batches:
+                self._kwargs.append([])
+                try:
+                    self.model(input_ids=batch.to(device), use_cache=False)
+                except _Stop:
+                    pass
+        finally:
+            hook.remove()
+            for layer, f in zip(self.layers, own):
+                if f is None:
+                    del layer.forward  # the class's forward again
+                else:
+                    layer.forward = f
+        if any(len(k) != n for k in self._kwargs):
+            raise RuntimeError("the model did not call every decoder layer once per forward")
+
+    @torch.no_grad()
+    def _compute(self, li: int) -> None:
+        if not self._kwargs:
+            self._capture()
+        start = max(i for i in self._inputs if i <= li)
+        for i in range(start, li + 1):
+            self._run_layer(i)
+
+    def _run_layer(self, i: int) -> None:
+        """Layer i over every batch: its covariances, and layer i+1's inputs."""
+        covs: dict[str, torch.Tensor] = {}
+
+        def make_hook(proj):
+            def hook(_module, args):
+                x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # (tokens, in)
+                c = (x.T @ x).double()
+                covs[proj] = covs[proj] + c if proj in covs else c
+            return hook
+
+        layer = self.layers[i]
+        hooks = [self.adapter.get_linear(layer, p).register_forward_pre_hook(make_hook(p)) for p in self.readers]
+        outs = []
+        try:
+            for b, hidden in enumerate(tqdm(self._inputs[i], desc=f"calibration layer {i}", disable=not self.progress,
+                                            leave=False)):
+                out = layer(hidden, **self._kwargs[b][i])
+                outs.append((out[0] if isinstance(out, tuple) else out).detach())
+        finally:
+            for h in hooks:
+                h.remove()
+        self.layers_run += 1
+        if i + 1 < len(self.layers):
+            self._inputs[i + 1] = outs
+        self._covs[i] = covs
+        while len(self._covs) > 1 and sum(_nbytes(c) for v in self._covs.values() for c in v.values()) > self.max_bytes:
+            self._covs.popitem(last=False)
+
+
 def input_readers(adapter: ModelAdapter, projections) -> list[str]:
     """One projection per distinct input: the first of each sub-layer's input readers
     (everything but o/down reads the normed sub-layer input) plus o and down."""
@@ -88,26 +207,42 @@ def readers_of(adapter: ModelAdapter, proj: str, _=None) -> str:
 
 class WhiteningCache:
     """Whitening factors S (float32) and damped covariances S·Sᵀ computed once per distinct
-    covariance tensor (q/k/v share one; each layer appears in two candidate groups)."""
+    covariance tensor (q/k/v share one; each layer appears in two candidate groups), the most
+    recently used kept within `max_bytes`. An entry holds its covariance by weak reference: a
+    streamed covariance that is evicted (StreamedCovariances) is not kept alive here."""
 
-    def __init__(self, damping: float):
-        self.damping, self._s = damping, {}
+    def __init__(self, damping: float, max_bytes: int = 3 * 2**30):
+        self.damping, self.max_bytes = damping, max_bytes
+        self._s: OrderedDict[int, list] = OrderedDict()  # id(cov) -> [weakref(cov), S, S·Sᵀ or None]
 
     def _entry(self, cov: torch.Tensor) -> list:
         key = id(cov)
-        if key not in self._s:
-            self._s[key] = [cov, whitening_factor(cov, self.damping).float(), None]  # keep cov alive: ids stay unique
-        return self._s[key]
+        e = self._s.get(key)
+        if e is None or e[0]() is not cov:  # new, or an id reused by another tensor
+            e = self._s[key] = [weakref.ref(cov), whitening_factor(cov, self.damping).float(), None]
+        self._s.move_to_end(key)
+        return e
+
+    def _evict(self) -> None:
+        while len(self._s) > 1 and sum(_nbytes(x) for v in self._s.values() for x in v[1:]) > self.max_bytes:
+            self._s.popitem(last=False)
 
     def __call__(self, cov: torch.Tensor) -> torch.Tensor:
-        return self._entry(cov)[1]
+        s = self._entry(cov)[1]
+        self._evict()
+        return s
 
     def damped(self, cov: torch.Tensor) -> torch.Tensor:
         """C + λI (float32), = S·Sᵀ."""
         e = self._entry(cov)
         if e[2] is None:
             e[2] = e[1] @ e[1].T
+        self._evict()
         return e[2]
+
+
+def _nbytes(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
 
 
 def whitening_factor(cov: torch.Tensor, damping: float) -> torch.Tensor:

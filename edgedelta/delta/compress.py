@@ -17,23 +17,27 @@ from .share import CompressResult, share_layers
 
 
 def compress(model, cfg: CompressConfig, tokenizer=None, calib_ids: torch.Tensor | None = None, progress: bool = True, *,
-             calibration: Calibration | None = None, heldout_ids: torch.Tensor | None = None) -> CompressResult:
+             calibration: Calibration | None = None, heldout_ids: torch.Tensor | None = None,
+             reuse_weights: bool = False) -> CompressResult:
     """Return a compressed copy of `model` (which is left untouched) and the plan chosen.
     Calibration text: `calib_ids` (n, T), or cfg.calib_text read with `tokenizer`.
     `calibration` instead passes it with measurements made once on `model` (input covariances
     of every layer, block influence), so several configs can be compared on one pass; covs
     cannot be reused with drop_layers (removal changes every later layer's inputs).
-    `heldout_ids`: the rows drop_layers='auto' judges each count on (default: heldout_rows)."""
+    `heldout_ids`: the rows drop_layers='auto' judges each count on (default: heldout_rows).
+    `reuse_weights`: the result keeps `model`'s tensors wherever compression leaves them
+    unchanged instead of copies (a 1.5B fp32 model: 7 GB less), for a caller that saves the
+    result and trains neither it nor `model` in this process (the CLI, the pipeline)."""
     if calibration is not None and calib_ids is not None:
         raise ConfigError("pass calibration text once: calib_ids or calibration, not both")
     if calibration is None:
         calibration = Calibration.draw(cfg, tokenizer, calib_ids) if cfg.needs_calibration else Calibration(calib_ids)
     if cfg.drop_layers == DROP_AUTO:
         held = heldout_rows(cfg, tokenizer) if heldout_ids is None else heldout_ids
-        return search_drop_count(model, cfg, calibration, held, progress)
+        return search_drop_count(model, cfg, calibration, held, progress, reuse_weights)
     if cfg.drop_layers:
-        return remove_then_share(model, cfg, calibration, progress)
-    return share_layers(model, cfg, calibration, progress)
+        return remove_then_share(model, cfg, calibration, progress, reuse_weights)
+    return share_layers(model, cfg, calibration, progress, reuse_weights)
 
 
 def format_drop_search(search: dict) -> str:

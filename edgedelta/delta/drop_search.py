@@ -67,7 +67,7 @@ def _reference(model, ids: torch.Tensor) -> list[torch.Tensor]:
 
 
 def drop_candidates(model, cfg: CompressConfig, calib: Calibration, heldout_ids: torch.Tensor, progress: bool = True,
-                    counts=None):
+                    counts=None, reuse_weights: bool = False):
     """Yield a DropCandidate for 0, 1, 2, ... layers removed first (each the budget built with
     remove_then_share), until removal alone would meet it or cfg.drop_search_max (`counts`:
     only these, ascending, for benchmarks).
@@ -89,7 +89,8 @@ def drop_candidates(model, cfg: CompressConfig, calib: Calibration, heldout_ids:
     for count in tqdm(range(most + 1) if counts is None else sorted(counts), desc="drop count", disable=not progress):
         try:
             one = dataclasses.replace(cfg, drop_layers=count)
-            res = remove_then_share(model, one, measured, progress) if count else share_layers(model, one, measured, progress)
+            res = (remove_then_share(model, one, measured, progress, reuse_weights) if count
+                   else share_layers(model, one, measured, progress, reuse_weights))
         except ConfigError as e:
             if count == 0:
                 raise
@@ -101,11 +102,11 @@ def drop_candidates(model, cfg: CompressConfig, calib: Calibration, heldout_ids:
 
 
 def search_drop_count(model, cfg: CompressConfig, calib: Calibration, heldout_ids: torch.Tensor,
-                      progress: bool = True) -> CompressResult:
+                      progress: bool = True, reuse_weights: bool = False) -> CompressResult:
     """The candidate with the lowest held-out KL; its plan records every count's
     (plan['drop_search'])."""
     kls, kls_fit, nlls, stop, best = {}, {}, {}, None, None
-    for c in drop_candidates(model, cfg, calib, heldout_ids, progress):
+    for c in drop_candidates(model, cfg, calib, heldout_ids, progress, reuse_weights=reuse_weights):
         if c.result is None:
             stop = c.stopped
             break

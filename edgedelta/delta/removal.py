@@ -17,7 +17,8 @@ from .config import CompressConfig
 from .share import CompressResult, share_layers
 
 
-def remove_then_share(model, cfg: CompressConfig, calib: Calibration, progress: bool = True) -> CompressResult:
+def remove_then_share(model, cfg: CompressConfig, calib: Calibration, progress: bool = True,
+                      reuse_weights: bool = False) -> CompressResult:
     """Remove cfg.drop_layers layers of `model` (a copy: the input is untouched), then share.
     calib.influence, when given, is the original model's block influence on calib.ids; the
     reduced model's own influence (for anchors) is measured afresh."""
@@ -36,7 +37,7 @@ def remove_then_share(model, cfg: CompressConfig, calib: Calibration, progress: 
                           + ("(the others are in sharing groups)" if grouped else "(two must stay to share)"))
     drop = sorted(candidates[:cfg.drop_layers])
     kept_layers = sorted(set(range(num_layers)) - set(drop))
-    reduced = remove_layers(copy_model(model), drop)
+    reduced = remove_layers(copy_model(model, reuse_weights), drop)
     kept = count_parameters(reduced)["total"]
     if cfg.target_params is not None:
         fraction = cfg.target_params * original / kept  # of the reduced model, for the sharing plan
@@ -47,7 +48,7 @@ def remove_then_share(model, cfg: CompressConfig, calib: Calibration, progress: 
     else:
         renumber = {li: j for j, li in enumerate(kept_layers)}
         inner = dataclasses.replace(cfg, drop_layers=0, layer_range=None, groups=[[renumber[li] for li in g] for g in explicit])
-    res = share_layers(reduced, inner, Calibration(calib.ids), progress=progress)
+    res = share_layers(reduced, inner, Calibration(calib.ids), progress=progress, reuse_weights=reuse_weights)
     res.spec.source_layers = kept_layers  # the same object the model carries
     res.plan.update({
         "target_params": cfg.target_params, "sharing_target_params": inner.target_params,

@@ -6,7 +6,6 @@ this on the model that removal leaves."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -14,8 +13,9 @@ from tqdm.auto import tqdm
 
 from ..models.adapters import ModelAdapter, adapter_for
 from ..models.similarity import block_influence
+from ..models.surgery import copy_model
 from .accounting import count_parameters
-from .calibration import Calibration, WhiteningCache, input_covariances
+from .calibration import Calibration, StreamedCovariances, WhiteningCache
 from .config import CompressConfig
 from .groups import build_spec, fill_group
 from .plan import SENSITIVITY_SEQUENCES, kl_to, log_probs, plan_budget
@@ -31,10 +31,14 @@ class CompressResult:
     report: dict = field(default_factory=dict)
 
 
-def share_layers(model, cfg: CompressConfig, calib: Calibration, progress: bool = True) -> CompressResult:
+def share_layers(model, cfg: CompressConfig, calib: Calibration, progress: bool = True,
+                 reuse_weights: bool = False) -> CompressResult:
     """A compressed copy of `model` with cfg's groups (explicit, or planned for
     cfg.target_params) shared. cfg.drop_layers must be 0. calib.covs / calib.influence, when
-    given, were measured on `model` with calib.ids and are reused."""
+    given, were measured on `model` with calib.ids and are reused; otherwise the input
+    covariances are computed layer by layer as they are asked for (StreamedCovariances).
+    reuse_weights: the copy keeps `model`'s tensors where compression leaves them unchanged
+    (surgery.copy_model)."""
     if cfg.drop_layers != 0:
         raise ValueError(f"share_layers shares only; drop_layers {cfg.drop_layers!r} goes through compress()")
     adapter = adapter_for(model.config)
@@ -50,16 +54,16 @@ def share_layers(model, cfg: CompressConfig, calib: Calibration, progress: bool 
 
     if cfg.target_params is not None:
         if covs is None:
-            covs = input_covariances(model, adapter, range(num_layers), projections, ids, progress=progress)
-        spec, student, init_report, plan = _build_best_plan(model, cfg, adapter, covs, ids, whiten, influence, progress)
+            covs = StreamedCovariances(model, adapter, projections, ids, progress=progress)
+        spec, student, init_report, plan = _build_best_plan(model, cfg, adapter, covs, ids, whiten, influence, progress,
+                                                            reuse_weights)
     else:
         groups = cfg.resolve_groups(num_layers)
         spec = build_spec(cfg, adapter, groups, model, influence=influence)
         if covs is None and ids is not None:
-            layers_used = sorted({li for g in groups for li in g})
-            covs = input_covariances(model, adapter, layers_used, projections, ids, progress=progress)
+            covs = StreamedCovariances(model, adapter, projections, ids, progress=progress)
         plan = {"mode": "explicit", "groups": groups}
-        student, init_report = build_student(model, adapter, spec, cfg, covs, whiten, ids, progress)
+        student, init_report = build_student(model, adapter, spec, cfg, covs, whiten, ids, progress, reuse_weights)
     counts = count_parameters(student)
     plan.update({
         "groups": spec.groups, "anchors": spec.anchors, "projections": spec.projections, "ranks": spec.ranks,
@@ -69,7 +73,8 @@ def share_layers(model, cfg: CompressConfig, calib: Calibration, progress: bool 
     return CompressResult(student, spec, plan, {"init": init_report, "parameters": counts})
 
 
-def _build_best_plan(model, cfg: CompressConfig, adapter: ModelAdapter, covs, ids: torch.Tensor, whiten, influence, progress: bool):
+def _build_best_plan(model, cfg: CompressConfig, adapter: ModelAdapter, covs, ids: torch.Tensor, whiten, influence, progress: bool,
+                     reuse_weights: bool = False):
     """Budget mode: build each candidate plan of plan_budget and keep the one whose whole model
     is closest to the original (single-group costs do not add up exactly).
     Returns (spec, student, init report, plan report)."""
@@ -79,7 +84,7 @@ def _build_best_plan(model, cfg: CompressConfig, adapter: ModelAdapter, covs, id
         if any(groups == b[0].groups for b in built.values()):
             continue
         spec = build_spec(cfg, adapter, groups, model, ranks, influence)
-        built[name] = (spec, *build_student(model, adapter, spec, cfg, covs, whiten, ids, progress))
+        built[name] = (spec, *build_student(model, adapter, spec, cfg, covs, whiten, ids, progress, reuse_weights))
     if len(built) > 1:
         rows = ids[:2 * SENSITIVITY_SEQUENCES]
         ref = log_probs(model, rows)
@@ -92,9 +97,12 @@ def _build_best_plan(model, cfg: CompressConfig, adapter: ModelAdapter, covs, id
     return (*built[keep], plan)
 
 
-def build_student(model, adapter: ModelAdapter, spec: SharingSpec, cfg: CompressConfig, covs, whiten, ids, progress: bool):
-    """A compressed copy of `model` with `spec`'s structure and initial values: (student, init report)."""
-    student = copy.deepcopy(model)
+def build_student(model, adapter: ModelAdapter, spec: SharingSpec, cfg: CompressConfig, covs, whiten, ids, progress: bool,
+                  reuse_weights: bool = False):
+    """A compressed copy of `model` with `spec`'s structure and initial values: (student, init
+    report). Sharing writes only into tensors it creates (bases, deltas, gates), so with
+    reuse_weights the student keeps `model`'s other tensors instead of copies."""
+    student = copy_model(model, reuse_weights)
     apply_sharing(student, spec, adapter)
     student.edgedelta_spec = spec
     src_layers = adapter.decoder_layers(model)

@@ -50,6 +50,17 @@ class ModelAdapter:
     # fused projections: short name -> the unfused parts, in output-row order
     fused: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
+    def layer_windows(self, config) -> tuple[int | None, ...]:
+        """Per layer its sliding window W (a token attends to its W latest positions), None for
+        a layer that attends to every position. `config`: a transformers config or its dict."""
+        get = config.get if isinstance(config, dict) else (lambda key: getattr(config, key, None))
+        n, window, layer_types = int(get("num_hidden_layers")), get("sliding_window"), get("layer_types")
+        if not window:
+            return (None,) * n
+        if self.window_on_every_layer:
+            return (int(window),) * n
+        return tuple(int(window) if t == "sliding_attention" else None for t in layer_types or ["full_attention"] * n)
+
     # --- access --------------------------------------------------------------------------
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         return _base(model).layers
