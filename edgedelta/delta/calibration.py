@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from ..data.text import calibration_batches
 from ..errors import ConfigError
 from ..models.adapters import ModelAdapter
+from ..models.layer_inputs import StopForward, stand_ins
 from .config import CompressConfig
 
 
@@ -74,10 +75,6 @@ def input_covariances(model, adapter: ModelAdapter, layer_indices, projections, 
     return covs
 
 
-class _Stop(Exception):
-    """Raised by the last decoder layer's stand-in: the capture pass needs nothing after it."""
-
-
 class StreamedCovariances:
     """input_covariances' {(layer, proj): C} computed layer by layer when asked for, so that a
     large model's covariances never need to be held at once: Qwen2.5-1.5B's down_proj input
@@ -120,7 +117,7 @@ class StreamedCovariances:
             def forward(hidden, *args, **kwargs):
                 self._kwargs[-1].append(kwargs)
                 if i == n - 1:
-                    raise _Stop
+                    raise StopForward
                 if wrap[0] is None:  # learn the output form once from the real layer
                     wrap[0] = (lambda h: (h,)) if isinstance(real(hidden, *args, **kwargs), tuple) else (lambda h: h)
                 return wrap[0](hidden)
@@ -129,27 +126,19 @@ class StreamedCovariances:
         def grab_input(_module, args):
             self._inputs.setdefault(0, []).append(args[0].detach())
 
-        originals = [layer.forward for layer in self.layers]
-        own = [layer.__dict__.get("forward") for layer in self.layers]  # an instance forward to put back (hooks of other tools)
         hook = self.layers[0].register_forward_pre_hook(grab_input)
         try:
-            for i, layer in enumerate(self.layers):
-                layer.forward = stand_in(i, originals[i])
-            device = next(self.model.parameters()).device
-            self.model.eval()
-            for batch in self.batches:
-                self._kwargs.append([])
-                try:
-                    self.model(input_ids=batch.to(device), use_cache=False)
-                except _Stop:
-                    pass
+            with stand_ins(self.layers, stand_in):
+                device = next(self.model.parameters()).device
+                self.model.eval()
+                for batch in self.batches:
+                    self._kwargs.append([])
+                    try:
+                        self.model(input_ids=batch.to(device), use_cache=False)
+                    except StopForward:
+                        pass
         finally:
             hook.remove()
-            for layer, f in zip(self.layers, own):
-                if f is None:
-                    del layer.forward  # the class's forward again
-                else:
-                    layer.forward = f
         if any(len(k) != n for k in self._kwargs):
             raise RuntimeError("the model did not call every decoder layer once per forward")
 

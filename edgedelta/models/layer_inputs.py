@@ -16,7 +16,25 @@ from .adapters import ModelAdapter
 
 
 class StopForward(Exception):
-    """Raised after the last layer a forward inside from_layer(..., stop=) needs."""
+    """Raised after the last layer a forward needs (from_layer(..., stop=), a stand-in)."""
+
+
+@contextmanager
+def stand_ins(layers, make):
+    """Inside the block, layers[i].forward is make(i, its real forward); restored after (an
+    instance forward another tool had set is put back)."""
+    own = [layer.__dict__.get("forward") for layer in layers]
+    real = [layer.forward for layer in layers]
+    for i, layer in enumerate(layers):
+        layer.forward = make(i, real[i])
+    try:
+        yield
+    finally:
+        for layer, f in zip(layers, own):
+            if f is None:
+                del layer.forward  # the class's forward again
+            else:
+                layer.forward = f
 
 
 class LayerInputs:
@@ -66,19 +84,12 @@ class LayerInputs:
         def halt(_module, _args, _out):
             raise StopForward
 
-        own = [layer.__dict__.get("forward") for layer in self.layers[:start]]
         hooks = [self.layers[start].register_forward_pre_hook(feed)]
         if stop is not None:
             hooks.append(self.layers[stop].register_forward_hook(halt))
-        for layer in self.layers[:start]:
-            layer.forward = identity
         try:
-            yield
+            with stand_ins(self.layers[:start], lambda i, real: identity):
+                yield
         finally:
             for h in hooks:
                 h.remove()
-            for layer, f in zip(self.layers[:start], own):
-                if f is None:
-                    del layer.forward
-                else:
-                    layer.forward = f
