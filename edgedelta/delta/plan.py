@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..models.layer_inputs import LayerInputs, StopForward
+from ..models.layer_inputs import LayerInputs
 from .accounting import count_parameters
 from .groups import build_spec, fill_group, group_savings
 from .structure import SharingSpec, apply_sharing
@@ -50,10 +50,9 @@ def group_sensitivity(model, adapter, spec: SharingSpec, cfg, covs, ids: torch.T
     """KL(original ‖ model) per token on ids with spec's single group shared (gates fitted on
     ids), then the model is restored exactly. KL over the whole distribution ranks candidates
     with less noise than the NLL change of a few hundred tokens. `inputs`: the original's
-    layer inputs on ids, so that both forwards start at the group's first layer (and the
-    gates' forward stops after its last)."""
+    layer inputs on ids, so that both forwards start at the group's first layer."""
     layers = adapter.decoder_layers(model)
-    first, last = spec.groups[0][0], spec.groups[0][-1]
+    first = spec.groups[0][0]
     saved = {(li, p): adapter.get_linear(layers[li], p) for li in spec.groups[0] for p in spec.projections}
     originals = {li: copy.deepcopy(layers[li]) for li in spec.groups[0]} if spec.gates else {}
     try:
@@ -61,12 +60,9 @@ def group_sensitivity(model, adapter, spec: SharingSpec, cfg, covs, ids: torch.T
         # no alternating refinement: ranking candidates needs the cheap init only (the final
         # init runs every iteration); this keeps a 30-layer sensitivity sweep to minutes
         fill_group(model, lambda li, p: saved[(li, p)].weight, adapter, spec, 0, cfg, covs, whiten, 0)
-        if spec.gates:
-            with inputs.from_layer(first, stop=last) if inputs else nullcontext():
-                try:
-                    fit_sublayer_gates(model, originals, adapter, spec, ids)
-                except StopForward:
-                    pass
+        if spec.gates:  # its forward ends after the group's last layer
+            with inputs.from_layer(first) if inputs else nullcontext():
+                fit_sublayer_gates(model, originals, adapter, spec, ids)
         with inputs.from_layer(first) if inputs else nullcontext():
             return kl_to(ref_logp, log_probs(model, ids))
     finally:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..models.adapters import ModelAdapter
+from ..models.layer_inputs import StopForward, stop_after
 from .structure import SharingSpec
 
 GATED_PROJECTIONS = ("o", "down")  # the last projection of each sub-layer: its gate scales the sub-layer
@@ -59,11 +60,15 @@ def fit_sublayer_gates(student, original_layers, adapter: ModelAdapter, spec: Sh
         adapter.get_linear(s_layers[li], proj).gate.fill_(1.0)  # the hook sees the ungated output
         sub = s_layers[li].get_submodule(adapter.sublayer_path(proj))
         hooks.append(sub.register_forward_hook(make_hook(li, proj), with_kwargs=True))
+    if gated:  # the forward ends after the last gated layer: no later layer, no logits (5 GB for 32 x 256 tokens of a 152k vocabulary)
+        hooks.append(stop_after(s_layers[gated[-1][0]]))
     was_training = student.training
     try:
         student.eval()
         device = next(student.parameters()).device
         student(input_ids=calib_ids.to(device), use_cache=False)  # one batch: each g sees every token
+    except StopForward:
+        pass
     finally:
         for h in hooks:
             h.remove()

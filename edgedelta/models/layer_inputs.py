@@ -19,6 +19,16 @@ class StopForward(Exception):
     """Raised after the last layer a forward needs (from_layer(..., stop=), a stand-in)."""
 
 
+def _raise_stop(_module, _args, _out):
+    raise StopForward
+
+
+def stop_after(layer):
+    """A forward hook ending the forward once `layer` has run (its other hooks first, when
+    registered before); the caller catches StopForward. Returns the hook's handle."""
+    return layer.register_forward_hook(_raise_stop)
+
+
 @contextmanager
 def stand_ins(layers, make):
     """Inside the block, layers[i].forward is make(i, its real forward); restored after (an
@@ -81,12 +91,9 @@ class LayerInputs:
                                  f"{tuple(stored.shape)}, got {tuple(args[0].shape)}")
             return (stored, *args[1:])
 
-        def halt(_module, _args, _out):
-            raise StopForward
-
         hooks = [self.layers[start].register_forward_pre_hook(feed)]
         if stop is not None:
-            hooks.append(self.layers[stop].register_forward_hook(halt))
+            hooks.append(stop_after(self.layers[stop]))
         try:
             with stand_ins(self.layers[:start], lambda i, real: identity):
                 yield
