@@ -57,12 +57,23 @@ def run_stage(name: str, cmd: list[str], log_dir: Path) -> dict:
     tail = log.read_text(errors="replace").strip().splitlines()[-5:]
     row = {"stage": name, "command": " ".join(cmd[2:]), "exit_code": code, "killed": code < 0,
            "wall_s": round(wall, 1), "peak_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 3),
-           "swapped_out_bytes": psutil.swap_memory().sout - swap0, "log": str(log)}
+           "swapped_out_bytes": psutil.swap_memory().sout - swap0, "log": str(log), "commit": _commit()}
     if code != 0:
         row["log_tail"] = tail
     print(f"[{time.strftime('%H:%M:%S')}] {name}: exit {code}, {wall / 60:.1f} min, peak RSS {row['peak_rss_gib']:.2f} GiB",
           file=sys.stderr, flush=True)
     return row
+
+
+def _commit() -> str:
+    """The code a stage ran: the repository's HEAD (with '+changes' when the tree differs)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout
+    except OSError:
+        return "unknown"
+    return head + ("+changes" if dirty.strip() else "")
 
 
 def unique_params(art: Path) -> int:
@@ -140,6 +151,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ppl-tokens", type=int, default=2048)
     ap.add_argument("--quick", action="store_true", help="fewer tokens everywhere (a check of the script)")
     ap.add_argument("--skip", default="", help="comma-separated stages to leave out (e.g. pipeline)")
+    ap.add_argument("--rerun", default="", help="comma-separated stages to measure again into the existing JSON; "
+                                                "the other rows (and the outputs they left in the work folder) are kept")
     ap.add_argument("--out", type=Path, default=None, help="output stem (default bench/results/stages_<model>)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -166,13 +179,32 @@ def main(argv=None) -> int:
         ("pipeline", cli("pipeline", "--model", args.model, "--quick", "--out", str(work / "pipeline")), []),
     ]
     skip = {s for s in args.skip.split(",") if s}
-    unknown = skip - {p[0] for p in plan}
+    rerun = {s for s in args.rerun.split(",") if s}
+    unknown = (skip | rerun) - {p[0] for p in plan}
     if unknown:
-        raise SystemExit(f"unknown stage(s) in --skip: {', '.join(sorted(unknown))}; stages: {', '.join(p[0] for p in plan)}")
-    res = {"model": args.model, "command": " ".join(["python bench/stages.py", *(argv if argv is not None else sys.argv[1:])]),
+        raise SystemExit(f"unknown stage(s): {', '.join(sorted(unknown))}; stages: {', '.join(p[0] for p in plan)}")
+    command = " ".join(["python bench/stages.py", *(argv if argv is not None else sys.argv[1:])])
+    out = args.out or RESULTS / f"stages_{name}"
+    if rerun:  # the rows of an earlier run, each stage named here measured again in place
+        if not out.with_suffix(".json").is_file():
+            raise SystemExit(f"--rerun needs an earlier run's {out.with_suffix('.json')}")
+        res = json.loads(out.with_suffix(".json").read_text())
+        res.setdefault("reruns", []).append(command)
+        ok = {r["stage"] for r in res["stages"] if r["exit_code"] == 0}
+        for stage, cmd, needs in plan:
+            if stage in rerun:
+                row = run_stage(stage, cmd, work)
+                rows = [r for r in res["stages"] if r["stage"] != stage]
+                order = [p[0] for p in plan]
+                res["stages"] = sorted(rows + [row], key=lambda r: order.index(r["stage"]))
+                res["skipped"] = [r for r in res["skipped"] if r["stage"] != stage]
+                if row["exit_code"] == 0 and stage == "profile":
+                    res["rss"] = rss_ratio(profile_json, arts["original-fp32"], arts["fp32"])
+                save(res, out)
+        return 0
+    res = {"model": args.model, "command": command,
            "host": f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / GIB:.0f} GiB, {platform.machine()}",
            "args": {k: str(v) for k, v in vars(args).items()}, "stages": [], "skipped": []}
-    out = args.out or RESULTS / f"stages_{name}"
     ok: set[str] = set()
     for stage, cmd, needs in plan:
         if stage in skip:

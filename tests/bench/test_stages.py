@@ -47,3 +47,26 @@ def test_rss_ratio_and_targets(tmp_path):
     assert next(v for k, v in got.items() if k.startswith("RSS after")) is True
     md = stages.markdown({**res, "model": "m", "host": "h", "command": "c", "targets": stages.targets(res)})
     assert "| run | skipped: needs export-int4 |" in md and "**missed**" in md
+
+
+def test_rerun_measures_named_stages_again_and_keeps_the_other_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(stages, "WORK", tmp_path / "work")
+    ran = []
+
+    def fake_run(name, cmd, log_dir):
+        ran.append(name)
+        return {"stage": name, "exit_code": 0, "killed": False, "wall_s": 60.0, "peak_rss_gib": 1.5, "swapped_out_bytes": 0}
+
+    monkeypatch.setattr(stages, "run_stage", fake_run)
+    stem = tmp_path / "stages_m"
+    old = {"exit_code": 0, "killed": False, "wall_s": 100.0, "peak_rss_gib": 19.0, "swapped_out_bytes": 0}
+    stem.with_suffix(".json").write_text(json.dumps({
+        "model": "m", "command": "first", "host": "h", "args": {}, "rss": None,
+        "stages": [{**old, "stage": "compress"}, {**old, "stage": "distill"}],
+        "skipped": [{"stage": "pipeline", "why": "--skip"}]}))
+    assert stages.main(["--model", "m", "--rerun", "compress", "--out", str(stem)]) == 0
+    res = json.loads(stem.with_suffix(".json").read_text())
+    assert ran == ["compress"] and res["reruns"] == ["python bench/stages.py --model m --rerun compress --out " + str(stem)]
+    assert [(r["stage"], r["peak_rss_gib"]) for r in res["stages"]] == [("compress", 1.5), ("distill", 19.0)]
+    assert res["skipped"] == [{"stage": "pipeline", "why": "--skip"}]
+    assert "compress" in stem.with_suffix(".md").read_text()
