@@ -32,8 +32,9 @@ def teacher_fingerprint(teacher: torch.nn.Module) -> str:
     """Cheap identity of a model's weights: per-tensor sums and absolute sums (float64)."""
     h = hashlib.sha256(json.dumps(teacher.config.to_dict(), sort_keys=True, default=str).encode())
     for name, p in teacher.named_parameters(remove_duplicate=True):
-        t = p.detach().double()
-        h.update(f"{name}:{tuple(t.shape)}:{t.sum().item():.12e}:{t.abs().sum().item():.12e}".encode())
+        t = p.detach()  # reduced in float64 without a float64 copy (1.9 GB for a 1.5B model's embedding)
+        total, l1 = torch.sum(t, dtype=torch.float64).item(), torch.linalg.vector_norm(t, ord=1, dtype=torch.float64).item()
+        h.update(f"{name}:{tuple(t.shape)}:{total:.12e}:{l1:.12e}".encode())
     return h.hexdigest()[:16]
 
 
