@@ -12,8 +12,9 @@ Cost: projections that read the same input (q/k/v, gate/up) share one accumulato
 layer holds (3·hidden² + mlp²)·4 bytes: 13 MB for SmolLM2-135M (403 MB for all 30 layers),
 350 MB for Qwen2.5-1.5B (9.8 GB for all 28). Layers are therefore gathered in windows of at
 most `max_bytes` (a group's layers always in one window), one forward pass per window that
-stops after the window's last layer; the collector asks for weights in layer order, so each
-window is computed once (plus one pass for a tied head asked for first)."""
+stops after the window's last layer and starts at its first from the hidden states the pass
+before stored; the collector asks for weights in layer order, so each window is computed
+once (plus one pass for a tied head asked for first)."""
 
 from __future__ import annotations
 
@@ -26,16 +27,13 @@ from edgedelta.delta.calibration import readers_of
 from edgedelta.delta.layer import DeltaLinear
 from edgedelta.errors import ConfigError
 from edgedelta.models.adapters import adapter_for
+from edgedelta.models.layer_inputs import StopForward, stand_ins, stop_after
 
 from .quant_methods import DATA_METHODS
 
 CALIB_SEQ_LEN = 512
 DEFAULT_MAX_BYTES = 2 << 30  # accumulators held at once (float32 Hessians)
 HEAD = -1  # pseudo layer index of the LM head's input stream
-
-
-class _Stop(Exception):
-    """Raised by a hook after the window's last layer: the rest of the forward is not needed."""
 
 
 class CalibrationStats:
@@ -72,6 +70,10 @@ class CalibrationStats:
         self._h: dict[tuple[int, str], torch.Tensor] = {}
         self._loaded: int | None = None  # index into self.windows
         self.passes = 0  # forward passes run (one per window loaded)
+        self.layers_run = 0  # decoder layers run over the calibration set, all passes together
+        # layer -> per batch the hidden states entering it, stored by the pass that ended before it
+        self._boundary: dict[int, list[torch.Tensor]] = {}
+        self._tuple_output: bool | None = None  # how the model's loop takes a layer's output
 
     def _read(self, p: torch.Tensor, stream) -> None:
         self.readers.setdefault(id(p), []).append(stream)
@@ -129,7 +131,12 @@ class CalibrationStats:
 
     @torch.no_grad()
     def _gather(self, window: list[int]) -> None:
+        """One pass over the calibration batches with the window's accumulators hooked. It
+        starts at the window's first layer when an earlier pass stored that layer's inputs
+        (the layers before stand in as identities), and stores what its last layer outputs
+        for the next window: every layer runs once over all passes, not once per window after it."""
         hooks = []
+        batch = [0]  # the batch the running forward reads
 
         def accumulate(stream):
             def hook(_module, args):
@@ -138,29 +145,54 @@ class CalibrationStats:
                 self._h[stream] = x.T @ x if h is None else h.addmm_(x.T, x)
             return hook
 
-        def stop(_module, _args, _out):
-            raise _Stop
+        def form(_module, _args, out):
+            self._tuple_output = isinstance(out, tuple)
+
+        def feed(start):
+            def hook(_module, args):
+                return (self._boundary[start][batch[0]], *args[1:])
+            return hook
+
+        def store(_module, _args, out):
+            h = out[0] if isinstance(out, tuple) else out
+            self._boundary.setdefault(last + 1, []).append(h.detach())
+            if HEAD not in window:
+                raise StopForward
 
         for stream, mod in self.stream_module.items():
             if stream[0] in window:
                 hooks.append(mod.register_forward_pre_hook(accumulate(stream)))
-        last = max(window)
-        if HEAD not in window:
-            hooks.append(self.layers[last].register_forward_hook(stop))
+        layers_in = [li for li in window if li != HEAD]
+        first = min(layers_in) if layers_in else len(self.layers)
+        last = max(layers_in) if layers_in else len(self.layers) - 1
+        resume = 0 < first < len(self.layers) and first in self._boundary and self._tuple_output is not None
+        skipped = self.layers[:first] if resume else []
+        if resume:
+            hooks.append(self.layers[first].register_forward_pre_hook(feed(first)))
+        if self._tuple_output is None:
+            hooks.append(self.layers[0].register_forward_hook(form))
+        if last + 1 < len(self.layers) and last + 1 not in self._boundary:
+            hooks.append(self.layers[last].register_forward_hook(store))
+        elif HEAD not in window:
+            hooks.append(stop_after(self.layers[last]))
+        wrap = (lambda h: (h,)) if self._tuple_output else (lambda h: h)
         try:
             self.model.eval()
             device = next(self.model.parameters()).device
-            batches = range(0, self.ids.shape[0], self.batch_size)
+            starts = range(0, self.ids.shape[0], self.batch_size)
             desc = f"calibration pass {self.passes + 1}/{len(self.windows)}"
-            for s in tqdm(batches, desc=desc, disable=not self.progress, leave=False):
-                try:
-                    self.model(input_ids=self.ids[s : s + self.batch_size].to(device))
-                except _Stop:
-                    pass
+            with stand_ins(skipped, lambda i, real: (lambda hidden, *a, **k: wrap(hidden))):
+                for batch[0], s in enumerate(tqdm(starts, desc=desc, disable=not self.progress, leave=False)):
+                    try:
+                        self.model(input_ids=self.ids[s : s + self.batch_size].to(device))
+                    except StopForward:
+                        pass
         finally:
             for h in hooks:
                 h.remove()
+        self._boundary = {k: v for k, v in self._boundary.items() if k > last}  # later windows read only what is after
         self.passes += 1
+        self.layers_run += (last + 1) - (first if resume else 0)
 
     def summary(self) -> dict:
         return {"text": self.text, "sequences": int(self.ids.shape[0]), "seq_len": int(self.ids.shape[1]),

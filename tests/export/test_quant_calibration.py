@@ -77,3 +77,24 @@ def test_calibration_refuses_what_it_cannot_do():
     assert calibration_for(model, None, ExportConfig()) is None  # no quantization
     with pytest.raises(ConfigError, match="no tokenizer"):
         calibration_for(model, None, ExportConfig(quantize="int4", quant_method="gptq"))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_each_window_starts_where_the_one_before_stopped(arch):
+    """A window's pass starts at its first layer from the hidden states the pass before
+    stored: the same Hessians as one whole pass, every layer run once per window (the head,
+    asked for first, is a pass through all of them). Gemma 2's layers return tuples."""
+    model = tiny_compressed_model(arch)
+    ids = tiny_ids(4, 16)
+    whole = CalibrationStats(model, ids, batch_size=2)
+    small = CalibrationStats(model, ids, batch_size=2, max_bytes=1)
+    assert small.windows == [[0, 1], [2, 3, HEAD]]
+    emb = model.get_input_embeddings().weight
+    np.testing.assert_allclose(small.hessian(emb), whole.hessian(emb), rtol=1e-5, atol=1e-4)
+    layers = adapter_for(model.config).decoder_layers(model)
+    for li in range(4):
+        for path in ("mlp.up_proj", "mlp.down_proj", "self_attn.q_proj"):
+            w = layers[li].get_submodule(path).delta_A  # one layer's own reader: each window's own input
+            np.testing.assert_allclose(small.hessian(w), whole.hessian(w), rtol=1e-5, atol=1e-4)
+    assert small.passes == 3 and small.layers_run == 4 + 2 + 2
+    assert not any("forward" in vars(layer) for layer in layers)
