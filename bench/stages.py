@@ -88,7 +88,7 @@ def rss_ratio(profile_json: Path, orig: Path, comp: Path) -> dict | None:
     runs = {}
     for m in data["models"]:
         for r in m["runs"]:
-            runs[Path(m["artifact"]).resolve()] = r
+            runs[Path(m["path"]).resolve()] = r  # `edgedelta profile --json`: models[].path, models[].runs[]
     o, c = runs.get(orig.resolve()), runs.get(comp.resolve())
     if o is None or c is None:
         return None
@@ -152,7 +152,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer tokens everywhere (a check of the script)")
     ap.add_argument("--skip", default="", help="comma-separated stages to leave out (e.g. pipeline)")
     ap.add_argument("--rerun", default="", help="comma-separated stages to measure again into the existing JSON; "
-                                                "the other rows (and the outputs they left in the work folder) are kept")
+                                                "the other rows (and the outputs they left in the work folder) are kept; "
+                                                "'none' rewrites the report from the JSON and the work folder")
     ap.add_argument("--out", type=Path, default=None, help="output stem (default bench/results/stages_<model>)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -180,17 +181,16 @@ def main(argv=None) -> int:
     ]
     skip = {s for s in args.skip.split(",") if s}
     rerun = {s for s in args.rerun.split(",") if s}
-    unknown = (skip | rerun) - {p[0] for p in plan}
+    unknown = (skip | rerun) - {p[0] for p in plan} - {"none"}
     if unknown:
         raise SystemExit(f"unknown stage(s): {', '.join(sorted(unknown))}; stages: {', '.join(p[0] for p in plan)}")
     command = " ".join(["python bench/stages.py", *(argv if argv is not None else sys.argv[1:])])
     out = args.out or RESULTS / f"stages_{name}"
     if rerun:  # the rows of an earlier run, each stage named here measured again in place
-        if not out.with_suffix(".json").is_file():
-            raise SystemExit(f"--rerun needs an earlier run's {out.with_suffix('.json')}")
-        res = json.loads(out.with_suffix(".json").read_text())
+        if not _file(out, ".json").is_file():
+            raise SystemExit(f"--rerun needs an earlier run's {_file(out, '.json')}")
+        res = json.loads(_file(out, ".json").read_text())
         res.setdefault("reruns", []).append(command)
-        ok = {r["stage"] for r in res["stages"] if r["exit_code"] == 0}
         for stage, cmd, needs in plan:
             if stage in rerun:
                 row = run_stage(stage, cmd, work)
@@ -198,9 +198,10 @@ def main(argv=None) -> int:
                 order = [p[0] for p in plan]
                 res["stages"] = sorted(rows + [row], key=lambda r: order.index(r["stage"]))
                 res["skipped"] = [r for r in res["skipped"] if r["stage"] != stage]
-                if row["exit_code"] == 0 and stage == "profile":
-                    res["rss"] = rss_ratio(profile_json, arts["original-fp32"], arts["fp32"])
                 save(res, out)
+        if any(r["stage"] == "profile" and r["exit_code"] == 0 for r in res["stages"]):
+            res["rss"] = rss_ratio(profile_json, arts["original-fp32"], arts["fp32"])
+        save(res, out)
         return 0
     res = {"model": args.model, "command": command,
            "host": f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / GIB:.0f} GiB, {platform.machine()}",
@@ -224,10 +225,14 @@ def main(argv=None) -> int:
     return 0
 
 
+def _file(out: Path, ext: str) -> Path:
+    return out.parent / (out.name + ext)  # not with_suffix: a model name such as qwen2.5-coder-1.5b has dots
+
+
 def save(res: dict, out: Path) -> None:
     res["targets"] = targets(res)
-    write_json_atomic(out.with_suffix(".json"), res)
-    write_text_atomic(out.with_suffix(".md"), markdown(res))
+    write_json_atomic(_file(out, ".json"), res)
+    write_text_atomic(_file(out, ".md"), markdown(res))
 
 
 if __name__ == "__main__":

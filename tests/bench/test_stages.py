@@ -30,9 +30,9 @@ def _artifact(path: Path, params: int) -> Path:
 def test_rss_ratio_and_targets(tmp_path):
     orig, comp = _artifact(tmp_path / "o", 1000), _artifact(tmp_path / "c", 880)
     prof = tmp_path / "profile.json"
-    prof.write_text(json.dumps({"models": [
-        {"artifact": str(orig), "runs": [{"peak_rss_prefill_bytes": 10 * 2**30}]},
-        {"artifact": str(comp), "runs": [{"peak_rss_prefill_bytes": 9 * 2**30}]}]}))
+    prof.write_text(json.dumps({"models": [  # the shape `edgedelta profile --json` writes (runtime/profiler.py)
+        {"name": "o", "path": str(orig), "runs": [{"peak_rss_prefill_bytes": 10 * 2**30}]},
+        {"name": "c", "path": str(comp), "runs": [{"peak_rss_prefill_bytes": 9 * 2**30}]}]}))
     r = stages.rss_ratio(prof, orig, comp)
     assert r["rss_ratio"] == 0.9 and r["unique_param_ratio"] == 0.88 and r["difference"] == 0.02
     ok = {"exit_code": 0, "killed": False, "swapped_out_bytes": 0}
@@ -58,15 +58,15 @@ def test_rerun_measures_named_stages_again_and_keeps_the_other_rows(tmp_path, mo
         return {"stage": name, "exit_code": 0, "killed": False, "wall_s": 60.0, "peak_rss_gib": 1.5, "swapped_out_bytes": 0}
 
     monkeypatch.setattr(stages, "run_stage", fake_run)
-    stem = tmp_path / "stages_m"
+    stem = tmp_path / "stages_qwen2.5-coder-1.5b"  # dots in the name: the suffix is added, not replaced
     old = {"exit_code": 0, "killed": False, "wall_s": 100.0, "peak_rss_gib": 19.0, "swapped_out_bytes": 0}
-    stem.with_suffix(".json").write_text(json.dumps({
+    (tmp_path / "stages_qwen2.5-coder-1.5b.json").write_text(json.dumps({
         "model": "m", "command": "first", "host": "h", "args": {}, "rss": None,
         "stages": [{**old, "stage": "compress"}, {**old, "stage": "distill"}],
         "skipped": [{"stage": "pipeline", "why": "--skip"}]}))
     assert stages.main(["--model", "m", "--rerun", "compress", "--out", str(stem)]) == 0
-    res = json.loads(stem.with_suffix(".json").read_text())
+    res = json.loads((tmp_path / "stages_qwen2.5-coder-1.5b.json").read_text())
     assert ran == ["compress"] and res["reruns"] == ["python bench/stages.py --model m --rerun compress --out " + str(stem)]
     assert [(r["stage"], r["peak_rss_gib"]) for r in res["stages"]] == [("compress", 1.5), ("distill", 19.0)]
     assert res["skipped"] == [{"stage": "pipeline", "why": "--skip"}]
-    assert "compress" in stem.with_suffix(".md").read_text()
+    assert "compress" in (tmp_path / "stages_qwen2.5-coder-1.5b.md").read_text()
