@@ -4,6 +4,7 @@ page by page, and rows of a device buffer addressed inside it."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import itertools
 import mmap
 from dataclasses import dataclass, field
@@ -58,7 +59,10 @@ def host_kv_buffer(n: int, dtype: np.dtype) -> np.ndarray:
     filled a few hundred tokens deep, resident almost whole (measured: 120 MiB per request for
     SmolLM2 at a 2,048-token capacity, against 3 MiB written)."""
     # private: MADV_DONTNEED on a shared anonymous mapping would keep its pages in shmem
-    mm = mmap.mmap(-1, n * dtype.itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MAP_PRIVATE"):
+        mm = mmap.mmap(-1, n * dtype.itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    else:  # Windows: no madvise either, so nothing is released
+        mm = mmap.mmap(-1, n * dtype.itemsize)
     if hasattr(mm, "madvise") and hasattr(mmap, "MADV_NOHUGEPAGE"):
         mm.madvise(mmap.MADV_NOHUGEPAGE)
     return np.frombuffer(mm, dtype=dtype, count=n)  # the array keeps the mapping alive; unmapped with it
@@ -69,8 +73,13 @@ def host_kv_buffer(n: int, dtype: np.dtype) -> np.ndarray:
 WINDOW_RELEASE_STEP = 256
 PAGE = mmap.PAGESIZE
 _MADV_DONTNEED = 4  # Linux
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+@functools.cache
+def _madvise():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc.madvise
 
 
 def window_slots(window: int, head_dim: int, itemsize: int) -> int:
@@ -110,7 +119,7 @@ def release_behind_windows(cache: KVCache, windows: dict[str, int], lengths: np.
                 start = base + (row * kv_heads + h) * chunk
                 lo, hi = -(-start // PAGE) * PAGE, (start + dead) // PAGE * PAGE  # whole pages inside the dead slots
                 if hi > lo:
-                    if _libc.madvise(lo, hi - lo, _MADV_DONTNEED) != 0:
+                    if _madvise()(lo, hi - lo, _MADV_DONTNEED) != 0:
                         raise OSError(ctypes.get_errno(), "madvise(MADV_DONTNEED) on a KV buffer failed")
                     released += hi - lo
     cache.released_at = cache.length

@@ -175,7 +175,7 @@ class Session:
         # sliding-window layers of an in-place host cache: past name -> W; the slots behind each
         # window are released as the cache grows, so such a layer stays resident at about W slots
         self._windows = {name: w for names, w in zip(self._past_names, self.kv.windows) if w for name in names} \
-            if self.in_place and provider != "cuda" else {}
+            if self.in_place and provider != "cuda" and sys.platform == "linux" else {}
         # the graph's optional logits_to_keep (an initializer that is also an input: IO binding
         # takes it only as an OrtValue): 1 for last-position logits, 0 for every position
         self._keep = None

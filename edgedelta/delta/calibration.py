@@ -93,7 +93,6 @@ class StreamedCovariances:
         self.model, self.adapter, self.max_bytes, self.progress = model, adapter, max_bytes, progress
         self.layers = adapter.decoder_layers(model)
         self.readers = input_readers(adapter, projections)
-        self.projections = list(projections)
         self.batches = [calib_ids[s : s + batch_size] for s in range(0, calib_ids.shape[0], batch_size)]
         self._inputs: dict[int, list[torch.Tensor]] = {}  # layer -> per batch (b, T, H) input hidden states
         self._kwargs: list[list[dict]] = []  # per batch, per layer: the keyword arguments the model passes

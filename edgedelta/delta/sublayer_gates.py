@@ -60,7 +60,9 @@ def fit_sublayer_gates(student, original_layers, adapter: ModelAdapter, spec: Sh
         adapter.get_linear(s_layers[li], proj).gate.fill_(1.0)  # the hook sees the ungated output
         sub = s_layers[li].get_submodule(adapter.sublayer_path(proj))
         hooks.append(sub.register_forward_hook(make_hook(li, proj), with_kwargs=True))
-    if gated:  # the forward ends after the last gated layer: no later layer, no logits (5 GB for 32 x 256 tokens of a 152k vocabulary)
+    # the forward ends after the last gated layer: no later layer, and no logits (5 GB for
+    # 32 x 256 tokens of a 152k-token vocabulary)
+    if gated:
         hooks.append(stop_after(s_layers[gated[-1][0]]))
     was_training = student.training
     try:
