@@ -45,10 +45,13 @@ def test_streamed_covariances_stay_within_their_budget():
         model, adapter, [0], PROJ, tiny_ids(n=2), batch_size=4).values()}.values())
     streamed = StreamedCovariances(model, adapter, PROJ, tiny_ids(n=2), max_bytes=one_layer)
     c0 = streamed[(0, "down")]
-    streamed[(1, "down")]
+    full_1 = streamed[(1, "down")]
     assert list(streamed._covs) == [1]  # layer 0 evicted
     again = streamed[(0, "down")]
     assert again is not c0 and torch.equal(again, c0) and streamed.layers_run == 3
+    streamed.release()  # nothing held; asking again starts over from the embedding
+    assert not streamed._covs and not streamed._inputs
+    assert torch.equal(streamed[(1, "down")], full_1) and streamed.layers_run == 3 + 2
 
 
 def test_whitening_cache_is_bounded_and_keeps_no_covariance_alive():

@@ -99,6 +99,13 @@ class StreamedCovariances:
         self._covs: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()  # layer -> {reader proj: C}
         self.layers_run = 0  # decoder-layer forwards over the calibration set (a test and a report read it)
 
+    def release(self) -> None:
+        """Drop what is held (covariances, stored inputs, captured arguments); asking again
+        starts over."""
+        self._covs.clear()
+        self._inputs.clear()
+        self._kwargs.clear()
+
     def __getitem__(self, key: tuple[int, str]) -> torch.Tensor:
         li, proj = key
         if li not in self._covs:
@@ -210,6 +217,9 @@ class WhiteningCache:
             e = self._s[key] = [weakref.ref(cov), whitening_factor(cov, self.damping).float(), None]
         self._s.move_to_end(key)
         return e
+
+    def clear(self) -> None:
+        self._s.clear()
 
     def _evict(self) -> None:
         while len(self._s) > 1 and sum(_nbytes(x) for v in self._s.values() for x in v[1:]) > self.max_bytes:
