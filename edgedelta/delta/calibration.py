@@ -206,7 +206,7 @@ class WhiteningCache:
     recently used kept within `max_bytes`. An entry holds its covariance by weak reference: a
     streamed covariance that is evicted (StreamedCovariances) is not kept alive here."""
 
-    def __init__(self, damping: float, max_bytes: int = 2 * 2**30):
+    def __init__(self, damping: float, max_bytes: int = 3 * 2**29):
         self.damping, self.max_bytes = damping, max_bytes
         self._s: OrderedDict[int, list] = OrderedDict()  # id(cov) -> [weakref(cov), S, S·Sᵀ or None]
 
