@@ -129,12 +129,14 @@ def markdown(res: dict) -> str:
     lines = [f"# Every stage on {res['model']} (bench/stages.py)", "",
              f"Host: {res['host']}. Command: `{res['command']}`. Each stage is its own process; peak RSS is the "
              "stage's own high-water mark (wait4).", "",
-             "| stage | exit | wall (min) | peak RSS (GiB) | swapped |", "|---|---:|---:|---:|---|"]
+             "| stage | exit | wall (min) | peak RSS (GiB) | swapped | code |", "|---|---:|---:|---:|---|---|"]
     for r in res["stages"]:
         lines.append(f"| {r['stage']} | {r['exit_code']} | {r['wall_s'] / 60:.1f} | {r['peak_rss_gib']:.2f} | "
-                     f"{'yes' if r['swapped_out_bytes'] else 'no'} |")
+                     f"{'yes' if r['swapped_out_bytes'] else 'no'} | {r.get('commit', '')} |")
     for s in res["skipped"]:
-        lines.append(f"| {s['stage']} | skipped: {s['why']} | | | |")
+        lines.append(f"| {s['stage']} | skipped: {s['why']} | | | | |")
+    for cmd in res.get("reruns", []):
+        lines += ["", f"Measured again: `{cmd}` (the code column names the commit each row ran)."]
     if res.get("rss"):
         r = res["rss"]
         lines += ["", f"RSS after a 512-token prefill: original {r['original_prefill_rss_gib']} GiB, compressed "

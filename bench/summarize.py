@@ -165,12 +165,13 @@ def serve(d: dict) -> list[str]:
 def stages(d: dict) -> list[str]:
     """bench/stages.py: every stage on one model, wall time and the stage's own peak RSS."""
     lines = [f"Model {d['model']}; host {d['host']}; `{d['command']}`.", "",
-             "| stage | exit | wall (min) | peak RSS (GiB) |", "|---|---:|---:|---:|"]
+             "| stage | exit | wall (min) | peak RSS (GiB) | code |", "|---|---:|---:|---:|---|"]
     for r in d["stages"]:
-        lines.append(f"| {r['stage']} | {r['exit_code']} | {r['wall_s'] / 60:.1f} | {r['peak_rss_gib']:.2f} |")
+        lines.append(f"| {r['stage']} | {r['exit_code']} | {r['wall_s'] / 60:.1f} | {r['peak_rss_gib']:.2f} | {r.get('commit', '')} |")
     for sk in d["skipped"]:
-        lines.append(f"| {sk['stage']} | skipped ({sk['why']}) | | |")
-    return lines + [""] + targets_table(d["targets"])
+        lines.append(f"| {sk['stage']} | skipped ({sk['why']}) | | | |")
+    reruns = [f"Measured again: `{c}`." for c in d.get("reruns", [])]
+    return lines + [""] + reruns + ([""] if reruns else []) + targets_table(d["targets"])
 
 
 def _link_only(path: str) -> Callable[[dict], list[str]]:
