@@ -135,8 +135,9 @@ def markdown(res: dict) -> str:
                      f"{'yes' if r['swapped_out_bytes'] else 'no'} | {r.get('commit', '')} |")
     for s in res["skipped"]:
         lines.append(f"| {s['stage']} | skipped: {s['why']} | | | | |")
-    for cmd in res.get("reruns", []):
-        lines += ["", f"Measured again: `{cmd}` (the code column names the commit each row ran)."]
+    if res.get("reruns"):
+        lines += ["", "Reruns, in order (a row keeps the last measurement of it that finished; the code column "
+                      "names the commit it ran):", *[f"- `{cmd}`" for cmd in res["reruns"]]]
     if res.get("rss"):
         r = res["rss"]
         lines += ["", f"RSS after a 512-token prefill: original {r['original_prefill_rss_gib']} GiB, compressed "
@@ -192,7 +193,8 @@ def main(argv=None) -> int:
         if not _file(out, ".json").is_file():
             raise SystemExit(f"--rerun needs an earlier run's {_file(out, '.json')}")
         res = json.loads(_file(out, ".json").read_text())
-        res.setdefault("reruns", []).append(command)
+        if rerun - {"none"}:
+            res.setdefault("reruns", []).append(command)
         for stage, cmd, needs in plan:
             if stage in rerun:
                 row = run_stage(stage, cmd, work)
@@ -201,6 +203,8 @@ def main(argv=None) -> int:
                 res["stages"] = sorted(rows + [row], key=lambda r: order.index(r["stage"]))
                 res["skipped"] = [r for r in res["skipped"] if r["stage"] != stage]
                 save(res, out)
+        recorded = {r["stage"] for r in res["stages"]} | {r["stage"] for r in res["skipped"]}
+        res["skipped"] += [{"stage": p[0], "why": "not run"} for p in plan if p[0] not in recorded]
         if any(r["stage"] == "profile" and r["exit_code"] == 0 for r in res["stages"]):
             res["rss"] = rss_ratio(profile_json, arts["original-fp32"], arts["fp32"])
         save(res, out)

@@ -170,7 +170,8 @@ def stages(d: dict) -> list[str]:
         lines.append(f"| {r['stage']} | {r['exit_code']} | {r['wall_s'] / 60:.1f} | {r['peak_rss_gib']:.2f} | {r.get('commit', '')} |")
     for sk in d["skipped"]:
         lines.append(f"| {sk['stage']} | skipped ({sk['why']}) | | | |")
-    reruns = [f"Measured again: `{c}`." for c in d.get("reruns", [])]
+    reruns = (["Reruns, in order (a row keeps the last measurement of it that finished):",
+               *[f"- `{c}`" for c in d["reruns"]]] if d.get("reruns") else [])
     return lines + [""] + reruns + ([""] if reruns else []) + targets_table(d["targets"])
 
 
