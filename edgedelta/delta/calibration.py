@@ -40,6 +40,15 @@ class Calibration:
         return cls(calibration_batches(tokenizer, cfg.calib_samples, cfg.calib_seq_len, cfg.seed, cfg.calib_text))
 
 
+def _covariance_hook(covs: dict, key):
+    """A forward pre-hook adding its module's input xᵀx (in, in) float64 to covs[key]."""
+    def hook(_module, args):
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # (tokens, in)
+        c = (x.T @ x).double()
+        covs[key] = covs[key] + c if key in covs else c
+    return hook
+
+
 @torch.no_grad()
 def input_covariances(model, adapter: ModelAdapter, layer_indices, projections, calib_ids: torch.Tensor,
                       batch_size: int = 4, progress: bool = False) -> dict[tuple[int, str], torch.Tensor]:
@@ -51,16 +60,9 @@ def input_covariances(model, adapter: ModelAdapter, layer_indices, projections, 
     hooks = []
     readers = input_readers(adapter, projections)
 
-    def make_hook(key):
-        def hook(_module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # (tokens, in)
-            c = (x.T @ x).double()
-            covs[key] = covs[key] + c if key in covs else c
-        return hook
-
     for li in layer_indices:
         for proj in readers:
-            hooks.append(adapter.get_linear(layers[li], proj).register_forward_pre_hook(make_hook((li, proj))))
+            hooks.append(adapter.get_linear(layers[li], proj).register_forward_pre_hook(_covariance_hook(covs, (li, proj))))
     try:
         model.eval()
         device = next(model.parameters()).device
@@ -159,16 +161,8 @@ class StreamedCovariances:
     def _run_layer(self, i: int) -> None:
         """Layer i over every batch: its covariances, and layer i+1's inputs."""
         covs: dict[str, torch.Tensor] = {}
-
-        def make_hook(proj):
-            def hook(_module, args):
-                x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # (tokens, in)
-                c = (x.T @ x).double()
-                covs[proj] = covs[proj] + c if proj in covs else c
-            return hook
-
         layer = self.layers[i]
-        hooks = [self.adapter.get_linear(layer, p).register_forward_pre_hook(make_hook(p)) for p in self.readers]
+        hooks = [self.adapter.get_linear(layer, p).register_forward_pre_hook(_covariance_hook(covs, p)) for p in self.readers]
         outs = []
         try:
             for b, hidden in enumerate(tqdm(self._inputs[i], desc=f"calibration layer {i}", disable=not self.progress,
