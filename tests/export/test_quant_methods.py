@@ -92,3 +92,25 @@ def test_bad_requests_are_refused():
         quantize_weight(w, 4, 32, "gptq")
     with pytest.raises(ConfigError, match="does not fit"):
         quantize_weight(w, 4, 32, "gptq", np.eye(16))
+
+
+def test_inverse_cholesky_factor_matches_the_float64_textbook_path():
+    """GPTQ's factor in float32 from the reversed Hessian equals the reference's three steps
+    in float64 (Cholesky of H + λI, its inverse, the upper Cholesky of that) on a Hessian of
+    correlated, unevenly scaled inputs with four outlier channels (100x) and one the text
+    never excites."""
+    import torch
+
+    from edgedelta.export.quant_methods import GPTQ_DAMP, _inverse_cholesky
+
+    _, x = _data(k=256, tokens=4096)
+    x[:, 7] = 0.0
+    x[:, :4] *= 100.0
+    h = torch.from_numpy(x.T @ x).double()
+    h[7, 7] = 1.0  # as gptq() sets a dead input
+    damped = h + GPTQ_DAMP * h.diagonal().mean() * torch.eye(256, dtype=torch.float64)
+    ref = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True)
+    u = _inverse_cholesky(h.float())
+    assert u.dtype == torch.float32 and torch.equal(u, torch.triu(u))
+    err = (u.double() - ref).abs().max() / ref.abs().max()
+    assert err < 1e-5, float(err)
