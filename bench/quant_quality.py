@@ -35,7 +35,7 @@ from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
 from edgedelta.models.adapters import adapter_for  # noqa: E402
 from edgedelta.loading import load_model  # noqa: E402
 
-from edgedelta.export.calibration import CALIB_SEQ_LEN, CalibrationStats  # noqa: E402
+from edgedelta.export.calibration import CALIB_SEQ_LEN, CalibrationStats, cpu_has_bf16_matmul  # noqa: E402
 from edgedelta.export.config import DEFAULT_QUANT_METHOD, ExportConfig  # noqa: E402
 from edgedelta.export.quant_methods import quantize_weight  # noqa: E402
 
@@ -69,6 +69,9 @@ def parse_args(argv=None):
     p.add_argument("--ppl-tokens", type=int, default=4096, help="held-out tokens per text set")
     p.add_argument("--calib-samples", type=int, default=32, help="calibration sequences of 512 tokens")
     p.add_argument("--calib-sweep", default="8,32", help="calibration sample counts tried for int4 gptq (act order)")
+    p.add_argument("--forward-sweep", action="store_true",
+                   help="also int4 gptq (act order) with the calibration forward in the other dtype than the export's "
+                        "default (bfloat16 autocast where the CPU has bfloat16 matrix units, else float32)")
     p.add_argument("--no-onnx", action="store_true", help="skip exporting the default method through ONNX Runtime")
     p.add_argument("--onnx-only", action="store_true", help="keep the PyTorch rows of an earlier quant_quality.json; (re)measure the ONNX rows")
     p.add_argument("--rows", default=None, help="only these rows, e.g. 'int4-gptq-64,int4-rtn-64' (act order for gptq, "
@@ -167,27 +170,34 @@ def measure(label: str, spec: str, args, res: dict, out: Path, rows, with_onnx: 
         entry["float"] = ppl(model, windows)
         entry["float_seconds"] = round(time.perf_counter() - t0, 1)
         print(f"{label} float {entry['float']}", flush=True)
-    stats_by_n = {}
+    stats_by = {}  # (calibration sequences, forward dtype) -> statistics
+    default_bf16 = cpu_has_bf16_matmul()  # the export's default forward
+    fwd = "bfloat16" if default_bf16 else "float32"
     for n in sorted({args.calib_samples, *[int(x) for x in args.calib_sweep.split(",") if x]}):
         ids = calibration_batches(tok, n, CALIB_SEQ_LEN, 0, "mixed-train")
-        stats_by_n[n] = CalibrationStats(model, ids, text="mixed-train")
-    sweep = [("int4", "gptq", 32, True, True, True, n) for n in stats_by_n if n != args.calib_samples and rows]
-    for row in [r + (args.calib_samples,) for r in rows] + sweep:
-        quantize, method, block, act, embed, deltas, n = row
+        stats_by[(n, fwd)] = CalibrationStats(model, ids, text="mixed-train", bf16_forward=default_bf16)
+        if args.forward_sweep and n == args.calib_samples:
+            other = "float32" if default_bf16 else "bfloat16"
+            stats_by[(n, other)] = CalibrationStats(model, ids, text="mixed-train", bf16_forward=not default_bf16)
+    sweep = [("int4", "gptq", 32, True, True, True) + k for k in stats_by if k != (args.calib_samples, fwd) and rows]
+    for row in [r + (args.calib_samples, fwd) for r in rows] + sweep:
+        quantize, method, block, act, embed, deltas, n, fwd_row = row
         t0 = time.perf_counter()
-        stats = stats_by_n[n]
+        stats = stats_by[(n, fwd_row)]
         q_model = dequantized_copy(model, stats, BITS[quantize], method, block, act, embed, deltas)
         t_q = time.perf_counter() - t0
         r = {"quantize": quantize, "method": method, "block": block, "act_order": act, "embedding_quantized": embed,
-             "deltas_quantized": deltas, "calib_samples": n if method == "gptq" else None, "ppl": ppl(q_model, windows),
+             "deltas_quantized": deltas, "calib_samples": n if method == "gptq" else None,
+             "calib_forward": fwd_row if method == "gptq" else None, "ppl": ppl(q_model, windows),
              "quantize_seconds": round(t_q, 1)}
         r["ppl_ratio"] = r["ppl"]["mean"] / entry["float"]["mean"]
         r["ppl_ratio_per_text"] = {k: r["ppl"][k] / entry["float"][k] for k in windows}
-        key = lambda x: tuple(x[k] for k in ("quantize", "method", "block", "act_order", "embedding_quantized",  # noqa: E731
-                                              "deltas_quantized", "calib_samples"))
+        key = lambda x: tuple(x.get(k, "float32" if x.get("calib_samples") else None)  # noqa: E731
+                              for k in ("quantize", "method", "block", "act_order", "embedding_quantized",
+                                        "deltas_quantized", "calib_samples", "calib_forward"))  # rows without calib_forward ran float32
         entry["rows"] = [x for x in entry["rows"] if key(x) != key(r)] + [r]  # a row measured again replaces the old one
         print(f"{label} {quantize} {method} b{block} act={act} emb={embed} deltas={deltas} n={n}: "
-              f"{r['ppl']} ratio {r['ppl_ratio']:.4f} ({t_q:.0f} s)", flush=True)
+              f"forward={fwd_row}: {r['ppl']} ratio {r['ppl_ratio']:.4f} ({t_q:.0f} s)", flush=True)
         del q_model
         save(res, out)
     if with_onnx:
@@ -220,12 +230,13 @@ def report(res: dict) -> str:
             continue
         f = e["float"]
         md += [f"## {label} ({e['spec']})", "", "Float: " + ", ".join(f"{k} {v:.3f}" for k, v in f.items()), "",
-               "| bits | method | block | act order | embedding q | deltas q | calib seqs | " + " | ".join(res["eval_texts"])
-               + " | mean | ratio to float |", "|" + "---|" * (9 + len(res["eval_texts"]))]
+               "| bits | method | block | act order | embedding q | deltas q | calib seqs | calib forward | "
+               + " | ".join(res["eval_texts"]) + " | mean | ratio to float |", "|" + "---|" * (10 + len(res["eval_texts"]))]
         for r in e["rows"]:
             md.append(f"| {r['quantize']} | {r['method']} | {r['block']} | {'yes' if r['act_order'] else 'no'} | "
                       f"{'yes' if r['embedding_quantized'] else 'no'} | {'yes' if r['deltas_quantized'] else 'no'} | "
-                      f"{r['calib_samples'] or '-'} | " + " | ".join(f"{r['ppl'][t]:.3f}" for t in res["eval_texts"])
+                      f"{r['calib_samples'] or '-'} | {r.get('calib_forward', 'float32') if r['calib_samples'] else '-'} | "
+                      + " | ".join(f"{r['ppl'][t]:.3f}" for t in res["eval_texts"])
                       + f" | {r['ppl']['mean']:.3f} | {r['ppl_ratio']:.4f} |")
         for r in e.get("onnx", []):
             if "error" in r:

@@ -14,7 +14,15 @@ layer holds (3·hidden² + mlp²)·4 bytes: 13 MB for SmolLM2-135M (403 MB for a
 most `max_bytes` (a group's layers always in one window), one forward pass per window that
 stops after the window's last layer and starts at its first from the hidden states the pass
 before stored; the collector asks for weights in layer order, so each window is computed
-once (plus one pass for a tied head asked for first)."""
+once (plus one pass for a tied head asked for first).
+
+Speed (Qwen2.5-1.5B, 2 cores): a pass's time goes to the window's forward and to the 8960-wide
+xᵀx of each down projection. The Gram is accumulated on its upper block triangle only (8
+column blocks: 0.53 s instead of 0.93 s per 2048 tokens; mirrored when read), and on a CPU
+with bfloat16 matrix units (AMX, AVX512-BF16) the forward runs under bfloat16 autocast (its
+GEMMs 5x faster than float32) while every Gram stays float32: the statistics are estimates
+from a few thousand tokens of text, and a 0.4% rounding of the activations that feed them is
+far below that sampling noise (export perplexity with and without: bench/quant_quality.py)."""
 
 from __future__ import annotations
 
@@ -32,6 +40,7 @@ from edgedelta.models.layer_inputs import StopForward, stand_ins, stop_after
 from .quant_methods import DATA_METHODS
 
 CALIB_SEQ_LEN = 512
+GRAM_BLOCK = 1024  # columns per block of a blocked xᵀx: K = 8960 -> 8 blocks, K <= 2047 -> one plain GEMM
 DEFAULT_MAX_BYTES = 2 << 30  # accumulators held at once (float32 Hessians)
 HEAD = -1  # pseudo layer index of the LM head's input stream
 
@@ -42,8 +51,10 @@ class CalibrationStats:
     hessian(p) -> (K, K) float32 ndarray, or None for a tensor no hooked module reads."""
 
     def __init__(self, model, calib_ids: torch.Tensor, max_bytes: int = DEFAULT_MAX_BYTES, batch_size: int = 4,
-                 progress: bool = False, text: str = ""):
+                 progress: bool = False, text: str = "", bf16_forward: bool | None = None):
         self.model, self.ids, self.batch_size, self.progress, self.text = model, calib_ids, batch_size, progress, text
+        # None: where the CPU multiplies bfloat16 in hardware (see the module docstring)
+        self.bf16_forward = cpu_has_bf16_matmul() if bf16_forward is None else bf16_forward
         self.adapter = adapter_for(model.config)
         self.layers = self.adapter.decoder_layers(model)
         self.tokens = int(calib_ids.numel())
@@ -119,7 +130,7 @@ class CalibrationStats:
             return None
         self._load(streams[0][0])
         h = sum(self._h[s] for s in dict.fromkeys(streams))  # a stream read twice (q and k of one layer) counts once
-        return h.numpy()
+        return symmetric_from_upper(h).numpy()
 
     def _load(self, layer: int) -> None:
         wi = next(i for i, w in enumerate(self.windows) if layer in w)
@@ -141,8 +152,9 @@ class CalibrationStats:
         def accumulate(stream):
             def hook(_module, args):
                 x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # (tokens, K)
-                h = self._h.get(stream)
-                self._h[stream] = x.T @ x if h is None else h.addmm_(x.T, x)
+                if stream not in self._h:
+                    self._h[stream] = torch.zeros(x.shape[1], x.shape[1])
+                add_gram_upper(self._h[stream], x)
             return hook
 
         def form(_module, _args, out):
@@ -181,7 +193,8 @@ class CalibrationStats:
             device = next(self.model.parameters()).device
             starts = range(0, self.ids.shape[0], self.batch_size)
             desc = f"calibration pass {self.passes + 1}/{len(self.windows)}"
-            with stand_ins(skipped, lambda i, real: (lambda hidden, *a, **k: wrap(hidden))):
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16_forward and device.type == "cpu")
+            with stand_ins(skipped, lambda i, real: (lambda hidden, *a, **k: wrap(hidden))), autocast:
                 for batch[0], s in enumerate(tqdm(starts, desc=desc, disable=not self.progress, leave=False)):
                     try:
                         self.model(input_ids=self.ids[s : s + self.batch_size].to(device))
@@ -196,7 +209,35 @@ class CalibrationStats:
 
     def summary(self) -> dict:
         return {"text": self.text, "sequences": int(self.ids.shape[0]), "seq_len": int(self.ids.shape[1]),
-                "tokens": self.tokens, "windows": len(self.windows), "forward_passes": self.passes}
+                "tokens": self.tokens, "windows": len(self.windows), "forward_passes": self.passes,
+                "forward_dtype": "bfloat16" if self.bf16_forward else "float32"}
+
+
+def add_gram_upper(h: torch.Tensor, x: torch.Tensor, block: int = GRAM_BLOCK) -> None:
+    """h (K, K) += xᵀx on its upper block triangle: column blocks of `block`, each block row
+    from its diagonal block rightwards (x (tokens, K)). The blocks below the diagonal are left
+    as they are; symmetric_from_upper() rebuilds the whole matrix."""
+    k = x.shape[1]
+    n = max(1, k // block)
+    edges = [k * i // n for i in range(n + 1)]
+    for a, b in zip(edges[:-1], edges[1:]):
+        h[a:b, a:].addmm_(x[:, a:b].T, x[:, a:])
+
+
+def symmetric_from_upper(h: torch.Tensor) -> torch.Tensor:
+    """The symmetric matrix whose upper triangle (diagonal included) is h's."""
+    return torch.triu(h) + torch.triu(h, 1).T
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (x86 AMX or AVX512-BF16, as
+    /proc/cpuinfo lists them): elsewhere a bfloat16 forward is slower than float32's."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def calibration_for(model, tokenizer, cfg, progress: bool = False) -> CalibrationStats | None:

@@ -42,7 +42,7 @@ def setup():
 
 def test_shared_base_sums_the_inputs_of_every_reader(setup):
     model, ids, xs = setup
-    stats = CalibrationStats(model, ids, batch_size=2)
+    stats = CalibrationStats(model, ids, batch_size=2, bf16_forward=False)
     layers = adapter_for(model.config).decoder_layers(model)
     for proj, path in (("q", "self_attn.q_proj"), ("down", "mlp.down_proj")):
         mods = [layers[i].get_submodule(path) for i in (0, 1)]
@@ -61,8 +61,8 @@ def test_shared_base_sums_the_inputs_of_every_reader(setup):
 
 def test_windows_keep_groups_whole_and_give_the_same_hessians(setup):
     model, ids, _ = setup
-    whole = CalibrationStats(model, ids, batch_size=2)
-    small = CalibrationStats(model, ids, batch_size=2, max_bytes=1)  # every window as small as the groups allow
+    whole = CalibrationStats(model, ids, batch_size=2, bf16_forward=False)
+    small = CalibrationStats(model, ids, batch_size=2, max_bytes=1, bf16_forward=False)  # every window as small as the groups allow
     assert whole.windows == [[0, 1, 2, 3, HEAD]] and small.windows == [[0, 1], [2, 3, HEAD]]
     layers = adapter_for(model.config).decoder_layers(model)
     for li in (0, 2):
@@ -86,8 +86,8 @@ def test_each_window_starts_where_the_one_before_stopped(arch):
     asked for first, is a pass through all of them). Gemma 2's layers return tuples."""
     model = tiny_compressed_model(arch)
     ids = tiny_ids(4, 16)
-    whole = CalibrationStats(model, ids, batch_size=2)
-    small = CalibrationStats(model, ids, batch_size=2, max_bytes=1)
+    whole = CalibrationStats(model, ids, batch_size=2, bf16_forward=False)
+    small = CalibrationStats(model, ids, batch_size=2, max_bytes=1, bf16_forward=False)
     assert small.windows == [[0, 1], [2, 3, HEAD]]
     emb = model.get_input_embeddings().weight
     np.testing.assert_allclose(small.hessian(emb), whole.hessian(emb), rtol=1e-5, atol=1e-4)
@@ -98,3 +98,34 @@ def test_each_window_starts_where_the_one_before_stopped(arch):
             np.testing.assert_allclose(small.hessian(w), whole.hessian(w), rtol=1e-5, atol=1e-4)
     assert small.passes == 3 and small.layers_run == 4 + 2 + 2
     assert not any("forward" in vars(layer) for layer in layers)
+
+
+def test_upper_block_gram_rebuilds_the_whole_matrix():
+    """xᵀx accumulated on the upper block triangle (blocks of 3 columns, K = 10: 3 blocks of
+    3, 3 and 4) and mirrored equals the full product, over two accumulations."""
+    from edgedelta.export.calibration import add_gram_upper, symmetric_from_upper
+
+    x1, x2 = torch.randn(50, 10), torch.randn(30, 10)
+    h = torch.zeros(10, 10)
+    add_gram_upper(h, x1, block=3)
+    add_gram_upper(h, x2, block=3)
+    assert not torch.allclose(h, h.T)  # below the diagonal blocks nothing was added
+    full = x1.T @ x1 + x2.T @ x2
+    torch.testing.assert_close(symmetric_from_upper(h), full, rtol=1e-5, atol=1e-4)
+
+
+def test_bf16_forward_gives_hessians_close_to_float32(setup):
+    """The calibration forward under bfloat16 autocast: every Hessian within 2% (Frobenius) of
+    the float32 forward's, and float32 itself (the Gram is never taken in bfloat16)."""
+    model, ids, _ = setup
+    exact = CalibrationStats(model, ids, batch_size=2, bf16_forward=False)
+    fast = CalibrationStats(model, ids, batch_size=2, bf16_forward=True)
+    assert fast.summary()["forward_dtype"] == "bfloat16" and exact.summary()["forward_dtype"] == "float32"
+    layers = adapter_for(model.config).decoder_layers(model)
+    for li in range(4):
+        for path in ("self_attn.q_proj", "self_attn.o_proj", "mlp.down_proj"):
+            a = layers[li].get_submodule(path).delta_A
+            h32, h16 = exact.hessian(a), fast.hessian(a)
+            assert h16.dtype == np.float32
+            assert np.linalg.norm(h16 - h32) / np.linalg.norm(h32) < 0.02, (li, path)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast left the weights as they were
