@@ -372,14 +372,6 @@ def load_artifact_tokenizer(path: Path, kind: str = "light"):
         from .tokenizer import LightTokenizer
 
         return LightTokenizer(path)
-    from transformers import AutoTokenizer
+    from edgedelta.hf_tokenizer import load_hf_tokenizer
 
-    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
-        raise ModelLoadError(f"artifact '{path}' has no tokenizer (tokenizer.json, tokenizer.model or vocab.json)")
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except Exception as e:
-        raise ModelLoadError(f"cannot load the tokenizer in '{path}': {type(e).__name__}: {e}") from None
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
+    return load_hf_tokenizer(path, "artifact")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelLoadError
+from ..hf_tokenizer import load_hf_tokenizer
 
 
 @dataclass
@@ -20,14 +20,4 @@ class LoadedModel:
 
 
 def load_tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
-    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
-        raise ModelLoadError(f"'{path}' has no tokenizer (tokenizer.json, tokenizer.model or vocab.json)")
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-    except Exception as e:
-        raise ModelLoadError(f"cannot load the tokenizer in '{path}': {type(e).__name__}: {e}") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
+    return load_hf_tokenizer(path)
