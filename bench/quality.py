@@ -55,6 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 is fastest on an oversubscribed machine")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--original-from", default=None, help="reuse the original's evaluation from this quality.json (same tasks/limit)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the quality.json in --out (same model and settings; --heal-tokens may be added to a "
+                        "built-only run): measured rows are kept, and a rebuilt model's built evaluation too")
     p.add_argument("--note", action="append", default=None, help="with --report-only: add a note to the report (kept in the JSON)")
     p.add_argument("--merge", default=None, help="with --report-only: add the budgets of another quality.json (run in parallel)")
     return p.parse_args(argv)
@@ -102,6 +105,27 @@ def _structure(report: dict) -> str:
     return out
 
 
+# arguments that change what a kept row measured; --heal-tokens is checked against the healed rows
+_SAME_IN_A_RESUMED_RUN = ("model", "tasks", "limit", "ppl_tokens", "drop_layers", "recipe", "calib_samples")
+
+
+def _earlier_run(jpath: Path, a) -> dict | None:
+    """The run --resume continues (None when --out has none yet); SystemExit when its settings differ."""
+    if not jpath.exists():
+        return None
+    res = json.loads(jpath.read_text())
+    before = res.get("runs", [res["args"]])[-1]
+    differ = [k for k in _SAME_IN_A_RESUMED_RUN if before.get(k) != getattr(a, k)]
+    if differ:
+        raise SystemExit(f"--resume: {jpath} was measured with other settings: "
+                         + ", ".join(f"{k} {before.get(k)!r} (now {getattr(a, k)!r})" for k in differ))
+    tokens = sorted({r["heal"]["tokens"] for b in res["budgets"] for r in b["rows"] if r["stage"] == "healed" and "heal" in r})
+    row = CompareConfig.heal_seq_len  # healing uses whole rows: a method's count is within one row of --heal-tokens
+    if tokens and (not a.heal_tokens or any(abs(t - a.heal_tokens) > row for t in tokens)):
+        raise SystemExit(f"--resume: {jpath} healed on {tokens} tokens, this run heals on {a.heal_tokens}")
+    return res
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     out = Path(a.out)
@@ -136,18 +160,22 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
 
-    t0 = time.time()
+    earlier = _earlier_run(jpath, a) if a.resume else None
+    t0 = time.time() - (earlier["seconds"] if earlier else 0.0)
     lm = load_model(a.model)
     ev = EvalConfig(tasks=a.tasks, limit=a.limit, ppl_tokens=a.ppl_tokens)
     res = {"model": lm.source.get("name", a.model), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
            "args": vars(a), "budgets": [], "original": None, "seconds": 0.0, "eval_text": ""}
+    if earlier:
+        res["runs"] = earlier.get("runs", [earlier["args"]]) + [vars(a)]
+        res["notes"] = earlier.get("notes", [])
 
     def save():
         res["seconds"] = round(time.time() - t0, 1)
         write_json_atomic(jpath, res)
         write_report(res, out)
 
-    orig_eval = None
+    orig_eval = earlier["original"]["eval"] if earlier else None
     if a.original_from:
         prev = json.loads(Path(a.original_from).read_text())["original"]["eval"]
         if prev["config"] != json.loads(json.dumps(vars(ev))):
@@ -163,15 +191,18 @@ def main(argv=None) -> int:
     for budget in [float(x) for x in a.budgets.split(",")]:
         cfg = CompareConfig(target_params=budget, methods=a.methods.split(","), heal_tokens=a.heal_tokens, drop_layers=a.drop_layers,
                             recipe=a.recipe, calib_samples=a.calib_samples, eval=ev)
-        entry = {"target": budget, "rows": []}
+        previous = next((b for b in earlier["budgets"] if b["target"] == budget), None) if earlier else None
+        entry = {"target": budget, "rows": list(previous["rows"]) if previous else []}
         res["budgets"].append(entry)
         res["eval_text"] = _texts_note(cfg)
 
         def on_row(row, entry=entry):
-            entry["rows"].append(row)
+            key = (row["method"], row["stage"])
+            entry["rows"] = [r for r in entry["rows"] if (r["method"], r["stage"]) != key] + [row]
             save()
 
-        r = compare(lm.model, lm.tokenizer, cfg, source=lm.source, progress=False, original_eval=orig_eval, on_row=on_row)
+        r = compare(lm.model, lm.tokenizer, cfg, source=lm.source, progress=False, original_eval=orig_eval, on_row=on_row,
+                    previous=previous["rows"] if previous else None)
         entry["budget_params"] = r["budget_params"]
         save()
     save()

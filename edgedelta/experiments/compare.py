@@ -125,10 +125,14 @@ def _heal(method: str, student, teacher, tok, rows, config: CompareConfig, lora_
 
 
 def compare(model, tokenizer, config: CompareConfig, source: dict | None = None, progress: bool = True,
-            original_eval: dict | None = None, on_row=None) -> dict:
+            original_eval: dict | None = None, on_row=None, previous: list[dict] | None = None) -> dict:
     """Build, (heal,) evaluate every method; returns the results dict (see write_results).
     `original_eval` reuses an evaluation of the original (same EvalConfig); `on_row(row)` is
-    called after each evaluated row (benchmarks save partial results with it)."""
+    called after each newly evaluated row (benchmarks save partial results with it).
+    `previous` holds the rows of an earlier run at the same budget and settings (an interrupted
+    or a built-only one): a method whose last row (healed, or built without healing) is there is
+    not rebuilt, and a rebuilt method keeps its built row when its unique-parameter count is
+    the same (building is deterministic), so only healing and the healed evaluation are new."""
     from ..data.text import calibration_batches
     from ..delta.accounting import count_parameters
 
@@ -146,10 +150,21 @@ def compare(model, tokenizer, config: CompareConfig, source: dict | None = None,
     notify = on_row or (lambda row: None)
     target: float | int = config.target_params
     lora_params = 0
+    earlier = {(r["method"], r["stage"]): r for r in previous or [] if "eval" in r}
+    last_stage = "healed" if heal_rows is not None else "built"
     # the DeltaLLM methods first (deltallm before deltallm-drop): the first one sets the budget of
     # the rest, and its healing the baselines' LoRA size
     methods = sorted(config.methods, key=lambda m: (not m.startswith("deltallm"), m != "deltallm"))
     for method in methods:
+        if (method, last_stage) in earlier:
+            kept = [earlier[k] for k in ((method, "built"), (method, "healed")) if k in earlier]
+            _log(f"{method}: kept from the earlier run ({', '.join(r['stage'] for r in kept)})")
+            rows += kept
+            if method.startswith("deltallm") and not isinstance(target, int):
+                target = kept[0]["params"]
+            if method.startswith("deltallm") and not lora_params and "heal" in kept[-1]:
+                lora_params = kept[-1]["heal"]["trainable_params"]
+            continue
         _log(f"building {method} at {target if isinstance(target, int) else f'{100 * target:.0f}%'}")
         t_build = time.time()
         try:
@@ -168,9 +183,14 @@ def compare(model, tokenizer, config: CompareConfig, source: dict | None = None,
         report["build_seconds"] = round(time.time() - t_build, 1)
         if method.startswith("deltallm") and not isinstance(target, int):
             target = params
-        rows.append({"method": method, "stage": "built", "params": params, "params_fraction": params / original,
-                     "report": report, "eval": evaluate(student, tokenizer, config.eval, progress=progress)})
-        notify(rows[-1])
+        built = earlier.get((method, "built"))
+        if built is not None and built["params"] == params:
+            _log(f"{method}: same build as the earlier run ({params} parameters), its evaluation kept")
+            rows.append(built)
+        else:
+            rows.append({"method": method, "stage": "built", "params": params, "params_fraction": params / original,
+                         "report": report, "eval": evaluate(student, tokenizer, config.eval, progress=progress)})
+            notify(rows[-1])
         if heal_rows is not None:
             _log(f"healing {method} on {heal_rows.numel()} tokens")
             h = _heal(method, student, model, tokenizer, heal_rows, config, lora_params, progress)

@@ -93,3 +93,35 @@ def test_compare_config_errors():
     with pytest.raises(ConfigError, match="heals only pruned models"):
         CompareConfig(recipe="removal")
     assert CompareConfig(target_params=0.75).recipe == "drop-share"  # the measured best by default
+
+
+def test_a_heal_run_continues_a_built_only_one(tiny_tok, files, monkeypatch):
+    """`previous`: a method whose last row is there is not rebuilt (and still sets the budget and
+    the baselines' LoRA size); a rebuilt one with the same parameter count keeps its built
+    evaluation, so only healing and the healed evaluation run."""
+    import edgedelta.experiments.compare as cmp
+
+    tf, txt = files
+    model = make_model(len(tiny_tok), layers=6)
+    kw = dict(target_params=0.8, methods=["deltallm", "shortgpt"], heal_seq_len=32, recipe="deltallm", calib_samples=4,
+              calib_seq_len=32, compress={"rank_attn": 2, "rank_mlp": 2},
+              eval=EvalConfig(tasks=["ppl"], task_file=str(tf), ppl_texts=[str(txt)], ppl_tokens=128, ppl_seq_len=64))
+    built = compare(model, tiny_tok, CompareConfig(**kw), progress=False)["rows"]
+    calls = []
+    real = cmp.evaluate
+    monkeypatch.setattr(cmp, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fresh = []
+    healed = compare(model, tiny_tok, CompareConfig(**kw, heal_tokens=32), progress=False, original_eval=built[0]["eval"],
+                     previous=built[1:], on_row=fresh.append)["rows"]
+    assert [(r["method"], r["stage"]) for r in healed[1:]] == [("deltallm", "built"), ("deltallm", "healed"),
+                                                              ("shortgpt", "built"), ("shortgpt", "healed")]
+    assert healed[1] is built[1] and healed[3] is built[2]  # same builds: built evaluations kept
+    assert len(calls) == 2 and [r["stage"] for r in fresh] == ["healed", "healed"]
+    # deltallm healed in the earlier run: kept whole; shortgpt still gets its budget and LoRA size from it
+    calls.clear()
+    again = compare(model, tiny_tok, CompareConfig(**kw, heal_tokens=32), progress=False, original_eval=built[0]["eval"],
+                    previous=healed[1:3])
+    rows = {(r["method"], r["stage"]): r for r in again["rows"]}
+    assert rows[("deltallm", "healed")] is healed[2] and len(calls) == 2  # shortgpt's built and healed evaluations
+    assert again["budget_params"] == healed[1]["params"]
+    assert rows[("shortgpt", "healed")]["heal"]["rank"] == healed[4]["heal"]["rank"]

@@ -1,0 +1,35 @@
+"""bench/quality.py --resume: it continues only a run measured with the same settings, and adds
+healing to a built-only run but never mixes healing token counts."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import quality  # noqa: E402
+
+
+def _write(out: Path, args: list[str], healed_tokens: int | None = None) -> None:
+    rows = [{"method": "shortgpt", "stage": "built", "params": 10, "eval": {}}]
+    if healed_tokens:
+        rows.append({"method": "shortgpt", "stage": "healed", "params": 10, "eval": {}, "heal": {"tokens": healed_tokens}})
+    res = {"args": vars(quality.parse_args(args)), "budgets": [{"target": 0.88, "rows": rows}], "seconds": 60.0,
+           "original": {"eval": {}}}
+    (out / "quality.json").write_text(json.dumps(res))
+
+
+def test_resume_checks_the_earlier_settings(tmp_path):
+    base = ["--model", "qwen2.5-coder-0.5b", "--limit", "100", "--out", str(tmp_path)]
+    assert quality._earlier_run(tmp_path / "quality.json", quality.parse_args(base + ["--resume"])) is None  # nothing yet
+    _write(tmp_path, base)
+    res = quality._earlier_run(tmp_path / "quality.json", quality.parse_args(base + ["--resume", "--heal-tokens", "50000"]))
+    assert res["budgets"][0]["rows"][0]["method"] == "shortgpt"
+    with pytest.raises(SystemExit, match=r"limit 100 \(now 60\)"):
+        quality._earlier_run(tmp_path / "quality.json", quality.parse_args(base[:2] + ["--out", str(tmp_path), "--resume"]))
+    _write(tmp_path, base, healed_tokens=49920)
+    quality._earlier_run(tmp_path / "quality.json", quality.parse_args(base + ["--resume", "--heal-tokens", "50000"]))
+    with pytest.raises(SystemExit, match=r"healed on \[49920\] tokens, this run heals on 100000"):
+        quality._earlier_run(tmp_path / "quality.json", quality.parse_args(base + ["--resume", "--heal-tokens", "100000"]))
