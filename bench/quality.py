@@ -166,12 +166,15 @@ def main(argv=None) -> int:
     ev = EvalConfig(tasks=a.tasks, limit=a.limit, ppl_tokens=a.ppl_tokens)
     res = {"model": lm.source.get("name", a.model), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
            "args": vars(a), "budgets": [], "original": None, "seconds": 0.0, "eval_text": ""}
+    budgets = [float(x) for x in a.budgets.split(",")]
     if earlier:
         res["runs"] = earlier.get("runs", [earlier["args"]]) + [vars(a)]
         res["notes"] = earlier.get("notes", [])
+        res["budgets"] = [b for b in earlier["budgets"] if b["target"] not in budgets]  # kept as they were
 
     def save():
         res["seconds"] = round(time.time() - t0, 1)
+        res["budgets"].sort(key=lambda b: -b["target"])
         write_json_atomic(jpath, res)
         write_report(res, out)
 
@@ -188,7 +191,7 @@ def main(argv=None) -> int:
 
     res["original"] = {"method": "original", "stage": "original", "params": count_parameters(lm.model)["total"],
                        "params_fraction": 1.0, "eval": orig_eval}
-    for budget in [float(x) for x in a.budgets.split(",")]:
+    for budget in budgets:
         cfg = CompareConfig(target_params=budget, methods=a.methods.split(","), heal_tokens=a.heal_tokens, drop_layers=a.drop_layers,
                             recipe=a.recipe, calib_samples=a.calib_samples, eval=ev)
         previous = next((b for b in earlier["budgets"] if b["target"] == budget), None) if earlier else None

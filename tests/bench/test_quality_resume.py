@@ -33,3 +33,34 @@ def test_resume_checks_the_earlier_settings(tmp_path):
     quality._earlier_run(tmp_path / "quality.json", quality.parse_args(base + ["--resume", "--heal-tokens", "50000"]))
     with pytest.raises(SystemExit, match=r"healed on \[49920\] tokens, this run heals on 100000"):
         quality._earlier_run(tmp_path / "quality.json", quality.parse_args(base + ["--resume", "--heal-tokens", "100000"]))
+
+
+def test_resume_keeps_the_budgets_it_does_not_run(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    import edgedelta.loading
+
+    base = ["--model", "qwen2.5-coder-0.5b", "--limit", "100", "--out", str(tmp_path), "--methods", "shortgpt"]
+    _write(tmp_path, base)
+    lm = SimpleNamespace(model=torch.nn.Linear(2, 2), tokenizer=None, source={"name": "tiny"})
+    monkeypatch.setattr(edgedelta.loading, "load_model", lambda name: lm)
+    seen = {}
+
+    def fake_compare(model, tok, cfg, previous=None, on_row=None, **kw):
+        seen[cfg.target_params] = previous
+        on_row({"method": "shortgpt", "stage": "built", "params": 5, "eval": {}})
+        return {"budget_params": 5}
+
+    monkeypatch.setattr(quality, "compare", fake_compare)
+    monkeypatch.setattr(quality, "write_report", lambda res, out: (out / "quality.md").write_text("report"))
+    assert quality.main(base + ["--resume", "--budgets", "0.75"]) == 0
+    res = json.loads((tmp_path / "quality.json").read_text())
+    assert [b["target"] for b in res["budgets"]] == [0.88, 0.75] and seen == {0.75: None}
+    assert res["budgets"][0]["rows"][0]["params"] == 10  # the earlier budget as it was
+    assert len(res["runs"]) == 2 and res["runs"][-1]["budgets"] == "0.75"
+    assert quality.main(base + ["--resume", "--budgets", "0.88"]) == 0  # the kept row is handed to compare, then replaced
+    assert seen[0.88][0]["params"] == 10
+    res = json.loads((tmp_path / "quality.json").read_text())
+    assert [(r["method"], r["params"]) for r in res["budgets"][0]["rows"]] == [("shortgpt", 5)]
