@@ -50,7 +50,7 @@ def pipeline_quick(d: dict) -> list[str]:
 
 def quality(d: dict) -> list[str]:
     """bench/quality.py: every method at one or more budgets, before and after healing."""
-    lines = [f"Model {d['model']}; {d['eval_text']}.", ""]
+    lines = [f"Model {d['model']}; {d['eval_text']}.", "", _quality_coverage(d), ""]
     orig = d["original"]
     for b in d["budgets"]:
         for stage in ("built", "healed"):
@@ -60,6 +60,23 @@ def quality(d: dict) -> list[str]:
             lines += [f"**{100 * (1 - b['target']):.0f}% fewer unique parameters, {'healed' if stage == 'healed' else 'no healing'}**",
                       "", markdown_compare([orig] + sel), markdown_paired(sel, orig), ""]
     return lines
+
+
+def _quality_coverage(d: dict) -> str:
+    """One line: which budget × stage × method rows the file holds, of those its runs asked for."""
+    runs = d.get("runs", [d["args"]])
+    asked = sorted({float(t) for r in runs for t in str(r["budgets"]).split(",")}, reverse=True)
+    methods = list(dict.fromkeys(m for r in runs for m in str(r["methods"]).split(",")))
+    by_target = {b["target"]: b["rows"] for b in d["budgets"]}
+    parts = []
+    for t in asked:
+        for stage, name in (("built", "no healing"), ("healed", "healed")):
+            have = [r["method"] for r in by_target.get(t, []) if r["stage"] == stage and "eval" in r]
+            missing = [m for m in methods if m not in have]
+            parts.append(f"{100 * (1 - t):.0f}% fewer, {name}: "
+                         + (f"{len(have)} of {len(methods)} methods" if have else "not measured")
+                         + (f" (not yet: {', '.join(missing)})" if have and missing else ""))
+    return "Rows in this file: " + "; ".join(parts) + "."
 
 
 def recovery(d: dict) -> list[str]:
@@ -187,7 +204,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("Target: `edgedelta pipeline --quick` vs ShortGPT removal", "pipeline_quick.json", pipeline_quick),
     ("Quality at 12% fewer parameters, 300 items per task", "quality_healed_b1_12_l300/quality.json", quality),
     ("Quality at 25% fewer parameters, every method", "quality_healed_b1_25_all/quality.json", quality),
-    ("Quality at 0.5B (Qwen2.5-Coder-0.5B), 12% and 25% fewer parameters", "quality_qwen2.5-coder-0.5b/quality.json", quality),
+    ("Quality at 0.5B (Qwen2.5-Coder-0.5B)", "quality_qwen2.5-coder-0.5b/quality.json", quality),
     ("Recovery at 12%: drop-share", "recovery_b1/b1_f_shared_lora.json", recovery),
     ("Recovery at 12%: ShortGPT removal healed", "recovery_b1/b1_c.json", recovery),
     ("Layers removed before sharing", "drop_sweep.json", drop_sweep),
