@@ -3,7 +3,16 @@
 #
 #   bash bench/gpu_recovery.sh     # results in bench/results/gpu_recovery_{12,25}.{json,md} and _loss.png
 #   DEADLINE12=600 DEADLINE25=400 TOKENS=40000000 bash bench/gpu_recovery.sh   # a longer lease
+#   MODEL=qwen2.5-coder-1.5b TARGETS=12 DEADLINE12=480 GRAD_ACCUM=4 EVAL_TOKENS=8192 bash bench/gpu_recovery.sh
+#                                  # -> bench/results/gpu_recovery_qwen2.5-coder-1.5b_12.*
 #   DEVICE=cpu BATCH=2 SEQ=64 ... bash bench/gpu_recovery.sh                    # dry run of the script on a CPU
+#                                  # (tests/bench/test_gpu_recovery.py runs it so on a tiny random model)
+# MODEL is what --model takes: a built-in name, a GGUF file or a Hugging Face directory. At 1.5B
+# (vocabulary 151,936) one 512-token sequence's logits are 0.3 GB in fp32, student and teacher
+# each: GRAD_ACCUM splits the batch of BATCH sequences into that many micro-batches (the same
+# optimizer steps), and the throughput probe doubles it by itself while a step runs out of GPU
+# memory. The evaluation keeps the teacher's logits on the GPU in fp16: 2 texts x EVAL_TOKENS x
+# vocabulary x 2 bytes (10 GB at 16,384 tokens and 1.5B; 8,192 halves it).
 # On a GPU host without a package registry, bench/gpu_payload.sh carries the inputs there
 # (pack here; stash each part there; then `source bench/gpu_payload.sh env` before this).
 #
@@ -17,9 +26,12 @@
 # set (device runner).
 set -u
 cd "$(dirname "$0")/.."
-export EDGEDELTA_CACHE="${EDGEDELTA_CACHE:-$PWD/bench/_work/cache}"   # default model dequantised here once
+export EDGEDELTA_CACHE="${EDGEDELTA_CACHE:-$PWD/bench/_work/cache}"   # a GGUF model dequantised here once
 export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 DEVICE="${DEVICE:-cuda}"
+MODEL="${MODEL:-default}"
+TARGETS="${TARGETS:-12,25}"          # which runs: 12 (keep 88%: arms a, c, e, f) and/or 25 (keep 75%: arms a, c)
+GRAD_ACCUM="${GRAD_ACCUM:-1}"
 TOKENS="${TOKENS:-20000000}"         # at most this many training tokens per arm
 BATCH="${BATCH:-32}"                 # sequences per step
 SEQ="${SEQ:-512}"
@@ -28,6 +40,9 @@ RECON_TOKENS="${RECON_TOKENS:-262144}"
 DEADLINE12="${DEADLINE12:-290}"      # seconds for the 12% run (arms a, c, e, f)
 DEADLINE25="${DEADLINE25:-190}"      # seconds for the 25% run (arms a and c)
 RES="${RES:-bench/results}"
+WORK="${WORK:-bench/_work}"          # the compressed inits (reused between CPU runs)
+# result names: gpu_recovery_12 for the default model, gpu_recovery_<model>_12 for another
+STEM="${STEM:-gpu_recovery$([ "$MODEL" = default ] || basename "$MODEL" | tr -c 'A-Za-z0-9.\n-' _ | sed 's/^/_/')}"
 mkdir -p "$RES"
 
 if [ "$DEVICE" = cuda ]; then
@@ -40,10 +55,10 @@ EOF
   nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv || true
 fi
 
-common=(--device "$DEVICE" --batch "$BATCH" --seq-len "$SEQ" --tokens "$TOKENS"
+common=(--model "$MODEL" --device "$DEVICE" --batch "$BATCH" --grad-accum "$GRAD_ACCUM" --seq-len "$SEQ" --tokens "$TOKENS"
         --eval-at "$((TOKENS / 10)),$((TOKENS / 2)),$TOKENS" --eval-tokens "$EVAL_TOKENS"
         --recon-tokens "$RECON_TOKENS" --recon-epochs 4 --recon-variants teacher --lr 3e-4 --heal-lr 1e-3
-        --work bench/_work --out "$RES" ${EXTRA:-})
+        --work "$WORK" --out "$RES" ${EXTRA:-})
 
 run() {  # tag, deadline, args...: progress bars dropped from the log, the rest kept
   local tag=$1 deadline=$2; shift 2
@@ -51,11 +66,11 @@ run() {  # tag, deadline, args...: progress bars dropped from the log, the rest 
     | tr '\r' '\n' | grep --line-buffered -v -E '^\s*$|it/s\]$|tok/s\]$|tok/s, loss|calibration:|reconstruct'
   echo "$tag exit: ${PIPESTATUS[0]}"
 }
-run gpu_recovery_12 "$DEADLINE12" --target 0.88 --arms a,c,e,f
-run gpu_recovery_25 "$DEADLINE25" --target 0.75 --arms a,c
+case ",$TARGETS," in *,12,*) run "${STEM}_12" "$DEADLINE12" --target 0.88 --arms a,c,e,f ;; esac
+case ",$TARGETS," in *,25,*) run "${STEM}_25" "$DEADLINE25" --target 0.75 --arms a,c ;; esac
 
-for t in gpu_recovery_12 gpu_recovery_25; do  # reports from whatever was measured
+for t in "${STEM}_12" "${STEM}_25"; do  # reports from whatever was measured
   [ -f "$RES/$t.json" ] && python3 bench/recovery.py --report-only --out "$RES" --tag "$t"
 done
-if [ -n "${OUT:-}" ]; then cp "$RES"/gpu_recovery_* "$OUT"/ 2>/dev/null || true; fi
-ls -la "$RES"/gpu_recovery_* 2>/dev/null
+if [ -n "${OUT:-}" ]; then cp "$RES/${STEM}"_* "$OUT"/ 2>/dev/null || true; fi
+ls -la "$RES/${STEM}"_* 2>/dev/null

@@ -1,5 +1,6 @@
-"""Recovery benchmark: how fast does distillation bring a 12%-compressed SmolLM2-135M back,
-compared with ShortGPT layer removal at the same parameters healed with the same tokens?
+"""Recovery benchmark: how fast does distillation bring a 12%-compressed model (--model, default
+SmolLM2-135M) back, compared with ShortGPT layer removal at the same parameters healed with the
+same tokens?
 
 Arms (same training text, --data, default mixed-train; evaluation: python-docs and sotu-recent, never trained on)
   init      best compress() init (the default): budget planner, anchor base, activation-whitened
@@ -23,6 +24,7 @@ recovery_loss.png are regenerated from the JSON (--report-only does just that).
   python bench/recovery.py                       # CPU defaults (about an hour on 2 cores)
   python bench/recovery.py --tokens 200000 --eval-at 50000,200000
   python bench/recovery.py --device cuda --tokens 10000000 --target 0.75   # see gpu_recovery.sh
+  python bench/recovery.py --device cuda --model qwen2.5-coder-1.5b --grad-accum 4 --deadline 480 ...
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -176,9 +179,38 @@ def probe_tok_s(view, params, cfg: DistillConfig, teacher, data: TrainData, ctx,
     return (state.tokens - before) / (time.time() - t0)
 
 
+def probe_fitting(build, base_cfg: dict, teacher, data: TrainData, ctx) -> tuple[float, float | None]:
+    """probe_tok_s of the arm that build() makes, halving the micro-batch (doubling
+    base_cfg["grad_accum"], which every later arm then uses) while a step runs out of GPU
+    memory. Returns (tokens/s, peak GPU memory in GiB or None on the CPU)."""
+    while True:
+        view, params, cfg = build()
+        if ctx.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            rate = probe_tok_s(view, params, cfg, teacher, data, ctx)
+        except torch.cuda.OutOfMemoryError:
+            del view, params, cfg
+            if base_cfg["grad_accum"] * 2 > base_cfg["batch_size"] or base_cfg["batch_size"] % (base_cfg["grad_accum"] * 2):
+                raise
+            base_cfg["grad_accum"] *= 2
+            if ctx.device.type == "cuda":
+                torch.cuda.empty_cache()
+            print(f"probe: out of GPU memory; grad_accum -> {base_cfg['grad_accum']}", flush=True)
+            continue
+        peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if ctx.device.type == "cuda" else None
+        return rate, peak
+
+
+def model_slug(spec) -> str:
+    """A file-name-safe name of --model for the init cache (a built-in name, or a path's last parts)."""
+    return re.sub(r"[^A-Za-z0-9.]+", "_", "/".join(Path(str(spec)).parts[-2:])).strip("_")[-60:]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench/results", help="folder for recovery.json / .md / _loss.png")
+    ap.add_argument("--model", default="default", help="the teacher: a built-in model name, a GGUF file or a Hugging Face directory")
     ap.add_argument("--target", type=float, default=0.88, help="fraction of unique parameters kept")
     ap.add_argument("--groups", default=None, help="explicit sharing pairs instead of the budget planner, e.g. 4-5,8-9 (cheaper)")
     ap.add_argument("--rank", type=int, default=40, help="delta rank with --groups")
@@ -193,6 +225,9 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-tokens", type=int, default=4096, help="tokens per evaluation text")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch", type=int, default=DELTALLM.distill.batch_size)
+    ap.add_argument("--grad-accum", type=int, default=1,
+                    help="micro-steps per optimizer step: the same batch in smaller pieces (less memory, same result); "
+                         "with --deadline on CUDA it doubles by itself while a probe step runs out of GPU memory")
     ap.add_argument("--lr", type=float, default=DELTALLM.distill.lr)
     ap.add_argument("--heal-lr", type=float, default=REMOVAL.heal.lr, help="learning rate of the LoRA healing of arm c")
     ap.add_argument("--recon-tokens", type=int, default=16_384)
@@ -200,8 +235,8 @@ def main(argv=None) -> int:
     ap.add_argument("--recon-lr", type=float, default=1e-3)
     ap.add_argument("--arms", default="a,c,b", help="arms to train, in order (a, b, c, d, e, f)")
     ap.add_argument("--trainable", default="deltas,gates,norms", help="what arms a, b and d train (distill's kinds, e.g. +shared)")
-    ap.add_argument("--drop-layers", type=int, default=DROP_SHARE.plan.drop_layers(0.88, 30),
-                    help="arm e: layers removed before sharing (default: the drop-share recipe's count at 12%% on 30 layers)")
+    ap.add_argument("--drop-layers", type=int, default=None,
+                    help="arm e: layers removed before sharing (default: the drop-share recipe's count at --target for the model's layers)")
     ap.add_argument("--c-lora-rank", type=nonneg_int, default=0,
                     help="arm c's LoRA rank (0: sized to arm a's trainable deltas and gates, rank 20 at 12%%)")
     ap.add_argument("--dense-lora-rank", type=int, default=DROP_SHARE.distill.lora_rank, help="arm d's LoRA rank (arm c's rank at 12%% is 20)")
@@ -237,12 +272,19 @@ def main(argv=None) -> int:
 
     ctx = setup(args.device)
     t_start = time.time()
-    lm = load_model("default")
+    try:
+        lm = load_model(args.model)
+    except ConfigError as e:
+        raise SystemExit(f"recovery: {e}") from None
     teacher, tok = lm.model.to(ctx.device).eval().requires_grad_(False), lm.tokenizer
-    meta = {"model": "SmolLM2-135M-Instruct (default)", "target_params": args.target if not args.groups else f"groups {args.groups} rank {args.rank}",
+    n_layers = teacher.config.num_hidden_layers
+    if args.drop_layers is None:
+        args.drop_layers = DROP_SHARE.plan.drop_layers(args.target, n_layers)
+    model_name = lm.source.get("name") or Path(str(args.model)).name
+    meta = {"model": f"{model_name} ({n_layers} layers, {count_parameters(teacher)['total']:,} parameters)", "target_params": args.target if not args.groups else f"groups {args.groups} rank {args.rank}",
             "init": f"{args.init}, base {args.base}, gates {not args.no_gates}", "train_text": args.data, "calib_text": args.calib_text,
             "eval_texts": list(EVAL_SETS), "eval_tokens_per_text": args.eval_tokens, "seq_len": args.seq_len,
-            "batch": args.batch, "device": str(ctx.device), "threads": torch.get_num_threads(), "host": platform.node(),
+            "batch": args.batch, "grad_accum": args.grad_accum, "device": str(ctx.device), "threads": torch.get_num_threads(), "host": platform.node(),
             "torch": torch.__version__, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "append": args.append}
     results = Results(out / f"{args.tag}.json", meta)
     evaluate = Evaluator(teacher, tok, args.eval_tokens, args.seq_len, ctx.device)
@@ -254,7 +296,7 @@ def main(argv=None) -> int:
 
     # --- best init: budget planner + whitened SVD + gates, then per-group reconstruction -------
     t0 = time.time()
-    init_key = f"c{args.calib_samples}-{args.init}-{args.base}-g{int(not args.no_gates)}-{args.calib_text}"  # cache name: what the init depends on
+    init_key = f"{model_slug(args.model)}-c{args.calib_samples}-{args.init}-{args.base}-g{int(not args.no_gates)}-{args.calib_text}"  # cache name: what the init depends on
     if args.groups:
         groups = [list(range(int(a), int(b) + 1)) for a, b in (g.split("-") for g in args.groups.split(","))]
         ccfg = CompressConfig(groups=groups, rank_attn=args.rank, rank_mlp=args.rank, calib_samples=args.calib_samples,
@@ -320,8 +362,8 @@ def main(argv=None) -> int:
     results.arm("init", {"best_recon": None if best is student else "kept (lowest KL)"})
 
     arms = [a for a in args.arms.split(",") if a]
-    base_cfg = dict(tokens=args.tokens, seq_len=args.seq_len, batch_size=args.batch, lr=args.lr, checkpoint_every=0,
-                    trainable=args.trainable.split(","))
+    base_cfg = dict(tokens=args.tokens, seq_len=args.seq_len, batch_size=args.batch, grad_accum=args.grad_accum, lr=args.lr,
+                    checkpoint_every=0, trainable=args.trainable.split(","))
     calib = calibration_batches(tok, 32, args.seq_len, 0) if "c" in arms else None
 
     built: dict = {}
@@ -405,7 +447,10 @@ def main(argv=None) -> int:
 
     tokens = args.tokens
     if args.deadline:  # fit the tokens per arm to the time left: same tokens for every arm
-        rates = {arm: probe_tok_s(*build_arm(arm, args.tokens)[:3], teacher, data, ctx) for arm in arms}
+        rates, peak = {}, {}
+        for arm in arms:
+            rates[arm], peak[arm] = probe_fitting(lambda: build_arm(arm, args.tokens)[:3], base_cfg, teacher, data, ctx)
+        results.data["meta"].update(grad_accum=base_cfg["grad_accum"], probe_peak_gib=peak)
         evals = len(arms) * len(eval_at) + ("c" in arms)
         left = args.deadline - (time.time() - t_start) - evals * (evaluate.last_seconds or 30) - 15
         fit = int(0.9 * max(left, 0) / sum(1 / r for r in rates.values()))
@@ -414,7 +459,8 @@ def main(argv=None) -> int:
         eval_at = sorted({max(per_step, round(t * tokens / args.tokens)) for t in eval_at})
         results.data["meta"]["deadline"] = {"seconds": args.deadline, "probe_tok_s": {a: round(r) for a, r in rates.items()},
                                             "tokens_per_arm": tokens, "asked": args.tokens, "eval_at": eval_at}
-        print(f"deadline {args.deadline}s: probe {rates} tok/s -> {tokens:,} tokens per arm (asked {args.tokens:,}), eval at {eval_at}", flush=True)
+        print(f"deadline {args.deadline}s: probe {rates} tok/s (grad_accum {base_cfg['grad_accum']}, peak GiB {peak}) -> "
+              f"{tokens:,} tokens per arm (asked {args.tokens:,}), eval at {eval_at}", flush=True)
     for arm in arms:
         view, params, cfg, info = build_arm(arm, tokens)
         results.arm(arm, info)
