@@ -190,9 +190,11 @@ def probe_fitting(build, base_cfg: dict, teacher, data: TrainData, ctx) -> tuple
         try:
             rate = probe_tok_s(view, params, cfg, teacher, data, ctx)
         except torch.cuda.OutOfMemoryError:
-            del view, params, cfg
             if base_cfg["grad_accum"] * 2 > base_cfg["batch_size"] or base_cfg["batch_size"] % (base_cfg["grad_accum"] * 2):
                 raise
+            rate = None
+        if rate is None:  # out of the except block: its traceback no longer holds the step's tensors
+            del view, params, cfg
             base_cfg["grad_accum"] *= 2
             if ctx.device.type == "cuda":
                 torch.cuda.empty_cache()
