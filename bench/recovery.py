@@ -269,14 +269,14 @@ def main(argv=None) -> int:
     from edgedelta.data.text import calibration_batches
     from edgedelta.delta.compress import compress
     from edgedelta.delta.config import CompressConfig
-    from edgedelta.errors import ConfigError
+    from edgedelta.errors import ConfigError, EdgeDeltaError
     from edgedelta.loading import load_model
 
     ctx = setup(args.device)
     t_start = time.time()
     try:
         lm = load_model(args.model)
-    except ConfigError as e:
+    except EdgeDeltaError as e:
         raise SystemExit(f"recovery: {e}") from None
     teacher, tok = lm.model.to(ctx.device).eval().requires_grad_(False), lm.tokenizer
     n_layers = teacher.config.num_hidden_layers

@@ -65,3 +65,8 @@ def test_a_probe_out_of_gpu_memory_doubles_grad_accum(monkeypatch):
     with pytest.raises(torch.cuda.OutOfMemoryError):
         recovery.probe_fitting(lambda: (None, [], dict(base)), base, None, None, ctx)
     assert base["grad_accum"] == 2
+
+
+def test_an_unknown_model_is_one_line_naming_the_choices(tmp_path):
+    with pytest.raises(SystemExit, match=r"^recovery: 'nope' is neither a built-in model \(default, smollm2-135m"):
+        recovery.main(["--model", "nope", "--device", "cpu", "--out", str(tmp_path)])
