@@ -247,12 +247,15 @@ def _load(rel: str, results: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _healed_vs_shortgpt(d: dict) -> str:
+def _vs_shortgpt(d: dict, budget: dict, method: str, stage: str) -> str | None:
+    """`method` against ShortGPT removal in one budget of a quality.json, at one stage (built
+    or healed); None when either row is missing."""
     from edgedelta.evaluation.chance import informative_tasks, paired_on
 
-    b = d["budgets"][0]
-    rows = {r["method"]: r for r in b["rows"] if r["stage"] == "healed" and "eval" in r}
-    ours, sg = rows["deltallm-drop"]["eval"], rows["shortgpt"]["eval"]
+    rows = {r["method"]: r for r in budget["rows"] if r["stage"] == stage and "eval" in r}
+    if method not in rows or "shortgpt" not in rows:
+        return None
+    ours, sg = rows[method]["eval"], rows["shortgpt"]["eval"]
     tasks = informative_tasks(d["original"]["eval"])
     diff, se = paired_on(ours, sg, tasks)
     ppl = "; ".join(f"{t} {ours['ppl'][t]['ppl']:.1f} vs {sg['ppl'][t]['ppl']:.1f}" for t in ours["ppl"])
@@ -280,8 +283,17 @@ def status_table(results: Path = RESULTS) -> str:
                     "on a shared machine | `pipeline_quick.json` |")
     for budget, rel in (("12%", "quality_healed_b1_12_l300/quality.json"), ("25%", "quality_healed_b1_25_all/quality.json")):
         d = _load(rel, results)
-        if d is not None:
-            rows.append(f"| drop-share vs ShortGPT at {budget}, both healed with the same tokens | {_healed_vs_shortgpt(d)} | `{rel}` |")
+        got = d and _vs_shortgpt(d, d["budgets"][0], "deltallm-drop", "healed")
+        if got:
+            rows.append(f"| 135M: drop-share vs ShortGPT at {budget}, both healed with the same tokens | {got} | `{rel}` |")
+    rel = "quality_qwen2.5-coder-0.5b/quality.json"
+    d = _load(rel, results)
+    for b in (d or {}).get("budgets", []):
+        for stage, how in (("built", "without healing"), ("healed", "both healed with the same tokens")):
+            for method, name in (("deltallm", "pure DeltaLLM"), ("deltallm-drop", "drop-share")):
+                got = _vs_shortgpt(d, b, method, stage)
+                if got is not None:
+                    rows.append(f"| 0.5B: {name} vs ShortGPT at {100 - round(100 * b['target'])}%, {how} | {got} | `{rel}` |")
     pe = _load("peers.json", results)
     for t in (pe or {}).get("targets") or []:
         if t["target"] in PEER_STATUS:
