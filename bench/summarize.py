@@ -143,7 +143,54 @@ def peers(d: dict) -> list[str]:
         got = t.get("value")
         lines.append(f"| {t['target']} | {'-' if got is None else f'{got:.3f}'} | {t['op']} {t['threshold']} | "
                      f"{'yes' if t.get('met') else ('not measured' if got is None else 'no')} |")
-    return lines + ["", "Contenders, speeds and sizes: [bench/results/peers.md](../bench/results/peers.md)."]
+    lines += ["", "Contenders, speeds and sizes: [bench/results/peers.md](../bench/results/peers.md)."]
+    why = _peer_misses(d, _load("zero_points.json", RESULTS))
+    return lines + (["", "Where the missed targets lose, from the same files:", "", *why] if why else [])
+
+
+def _round_ratios(d: dict, num: str, den: str, value) -> list[float]:
+    """num/den of value(round) in each round both measured (paired by round number)."""
+    by_round = {r["round"]: r for r in d["rounds"].get(den, [])}
+    return [value(r) / value(by_round[r["round"]]) for r in d["rounds"].get(num, []) if r["round"] in by_round]
+
+
+def _peer_misses(d: dict, zp: dict | None) -> list[str]:
+    """One line per missed target of peers.json, with the measurements that locate the loss:
+    per-round ratios, memory beside the weights, and the kernel and rounding facts of
+    bench/zero_points.py (zp, None when absent)."""
+    speed = {"decode": lambda r: r["decode"]["tokens_per_s"], "prefill32": lambda r: r["prefill"]["32"]["tokens_per_s"],
+             "prefill512": lambda r: r["prefill"]["512"]["tokens_per_s"]}
+    kernel = {(k["m"], k["zero_points"], k["accuracy_level"]): k["us"] for k in (zp or {}).get("kernels", [])}
+    out = []
+    for t in d.get("targets") or []:
+        if t.get("met") or t.get("value") is None:
+            continue
+        num, den, metric = t["numerator"], t["denominator"], t["metric"]
+        why = None
+        if metric in speed:
+            rr = _round_ratios(d, num, den, speed[metric])
+            why = f"per-round ratios {', '.join(f'{x:.3f}' for x in rr)}"
+            if metric == "prefill512" and "int4" in num and (512, "uint4", 0) in kernel:
+                why += (f"; MatMulNBits at M=512 takes {kernel[(512, 'uint4', 4)] / kernel[(512, 'uint4', 0)]:.2f}x the time at "
+                        f"accuracy level 4 (the int4 default) as at level 0, while at M=1 (decode) level 0 takes "
+                        f"{kernel[(1, 'uint4', 0)] / kernel[(1, 'uint4', 4)]:.2f}x level 4's (zero_points.json)")
+        elif metric == "rss":
+            sn, sd = d["summary"][num], d["summary"][den]
+            imp = {n: sum(r["rss_after_import_mib"] for r in d["rounds"][n]) / len(d["rounds"][n]) for n in (num, den)}
+            why = (f"peak RSS beside the weight file: {sn['peak_rss_mib'] - sn['file_mib']:.0f} MiB against "
+                   f"{sd['peak_rss_mib'] - sd['file_mib']:.0f} MiB (of which the process after importing its runtime: "
+                   f"{imp[num]:.0f} against {imp[den]:.0f} MiB); the weights save {sd['file_mib'] - sn['file_mib']:.1f} MiB")
+        elif metric == "ppl" and zp and "int4" in num and d["contenders"][num].get("model") == "original":
+            w = zp["weights"]
+            why = (f"the float model is the GGUF's Q4_1 blocks dequantised ({w['blocks_on_q4_1_grid']:,} of {w['blocks']:,} blocks "
+                   f"on that grid); MatMulNBits' uint4 zero points re-round them (relative weight error "
+                   f"{w['rel_err_uint4_zp']:.4f} at RTN), float zero points would hold them exactly but decode "
+                   f"{kernel[(1, 'float', 4)] / kernel[(1, 'uint4', 4)]:.0f}x slower at accuracy level 4 (zero_points.json)")
+            if den.startswith("llama"):
+                why += f"; llama.cpp runs the blocks as shipped: perplexity {d['summary'][den]['ppl']:.3f}"
+        if why:
+            out.append(f"- {t['target']} ({t['value']:.3f}): {why}.")
+    return out
 
 
 def genai_compat(d: dict) -> list[str]:

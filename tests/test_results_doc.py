@@ -38,3 +38,21 @@ def test_a_new_section_is_one_function(tmp_path, monkeypatch):
     (tmp_path / "serve.json").write_text(json.dumps({"p50_ms": 12.5}))
     monkeypatch.setattr(mod, "SECTIONS", [("Server", "serve.json", lambda d: [f"p50 {d['p50_ms']} ms"])])
     assert "## Server" in mod.render(tmp_path) and "p50 12.5 ms" in mod.render(tmp_path)
+
+
+def test_a_missed_peer_target_is_located_from_the_measurements():
+    mod = _summarize()
+
+    def rnd(i, tps, rss):
+        return {"round": i, "decode": {"tokens_per_s": tps}, "rss_after_import_mib": 28.0, "rss_peak_decode_mib": rss}
+
+    d = {"rounds": {"ours": [rnd(0, 90.0, 200), rnd(1, 95.0, 201)], "peer": [rnd(0, 100.0, 190), rnd(1, 100.0, 190)]},
+         "summary": {"ours": {"peak_rss_mib": 200.0, "file_mib": 70.0}, "peer": {"peak_rss_mib": 190.0, "file_mib": 80.0}},
+         "contenders": {"ours": {"model": "compressed"}, "peer": {}},
+         "targets": [{"target": "decode", "metric": "decode", "numerator": "ours", "denominator": "peer", "value": 0.925, "met": False},
+                     {"target": "rss", "metric": "rss", "numerator": "ours", "denominator": "peer", "value": 1.05, "met": False},
+                     {"target": "file", "metric": "file", "numerator": "ours", "denominator": "peer", "value": 0.875, "met": True}]}
+    lines = mod._peer_misses(d, None)
+    assert lines == ["- decode (0.925): per-round ratios 0.900, 0.950.",
+                     "- rss (1.050): peak RSS beside the weight file: 130 MiB against 110 MiB (of which the process after "
+                     "importing its runtime: 28 against 28 MiB); the weights save 10.0 MiB."]
