@@ -33,6 +33,7 @@ from edgedelta.experiments.compare import METHODS, CompareConfig, _texts_note, c
 from edgedelta.evaluation.report import markdown_compare, markdown_paired, retention, retention_chart  # noqa: E402
 from edgedelta.evaluation.tasks import DEFAULT_TASKS  # noqa: E402
 from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
+from edgedelta import recipes  # noqa: E402
 from edgedelta.recipes import RECIPES  # noqa: E402
 
 
@@ -105,8 +106,13 @@ def _structure(report: dict) -> str:
     return out
 
 
-# arguments that change what a kept row measured; --heal-tokens is checked against the healed rows
-_SAME_IN_A_RESUMED_RUN = ("model", "tasks", "limit", "ppl_tokens", "drop_layers", "recipe", "calib_samples")
+# arguments that change what a kept row measured; --heal-tokens and --recipe (the healing
+# protocol) are checked against the healed rows only
+_SAME_IN_A_RESUMED_RUN = ("model", "tasks", "limit", "ppl_tokens", "drop_layers", "calib_samples")
+
+
+def _healing_recipe(recipe: str | None, target: float) -> str:
+    return recipe or recipes.best_for(target).recipe.name
 
 
 def _earlier_run(jpath: Path, a) -> dict | None:
@@ -123,6 +129,15 @@ def _earlier_run(jpath: Path, a) -> dict | None:
     row = CompareConfig.heal_seq_len  # healing uses whole rows: a method's count is within one row of --heal-tokens
     if tokens and (not a.heal_tokens or any(abs(t - a.heal_tokens) > row for t in tokens)):
         raise SystemExit(f"--resume: {jpath} healed on {tokens} tokens, this run heals on {a.heal_tokens}")
+    for b in res["budgets"]:
+        if not a.heal_tokens or b["target"] not in [float(x) for x in a.budgets.split(",")]:
+            continue
+        healed = {r["heal"].get("recipe") or _healing_recipe(before.get("recipe"), b["target"])
+                  for r in b["rows"] if r["stage"] == "healed" and "heal" in r}
+        now = _healing_recipe(a.recipe, b["target"])
+        if healed - {now}:
+            raise SystemExit(f"--resume: {jpath} healed its rows at keep {b['target']} with recipe {', '.join(sorted(healed))}; "
+                             f"this run heals with {now}")
     return res
 
 

@@ -109,13 +109,13 @@ def _heal(method: str, student, teacher, tok, rows, config: CompareConfig, lora_
             r = distill(student, cfg, None, teacher=teacher, tokenizer=tok, train_rows=rows, run_dir=Path(run) / "run",
                         progress=progress, device="cpu" if not torch.cuda.is_available() else "auto")
         return {"tokens": r.tokens, "seconds": round(r.seconds, 1), "final_loss": r.final_loss,
-                "trainable_params": r.trainable_params, "lr": cfg.lr, "batch": cfg.batch_size, "how": how}
+                "trainable_params": r.trainable_params, "lr": cfg.lr, "batch": cfg.batch_size, "recipe": recipe.name, "how": how}
     from ..baselines.heal import heal, rank_for_budget
 
     lr, batch = recipe.heal.lr, recipe.heal.batch_size
     rank = recipe.heal.lora_rank or (rank_for_budget(student, lora_params) if lora_params else 8)
     out = heal(student, teacher, rows, rank=rank, lr=lr, batch_size=batch, progress=progress, seed=config.seed)
-    out["lr"], out["batch"] = lr, batch
+    out["lr"], out["batch"], out["recipe"] = lr, batch, recipe.name
     if recipe.heal.lora_rank:
         out["how"] = f"LoRA rank {rank} (recipe {recipe.name}), merged"
     else:

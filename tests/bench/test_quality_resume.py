@@ -64,3 +64,16 @@ def test_resume_keeps_the_budgets_it_does_not_run(tmp_path, monkeypatch):
     assert seen[0.88][0]["params"] == 10
     res = json.loads((tmp_path / "quality.json").read_text())
     assert [(r["method"], r["params"]) for r in res["budgets"][0]["rows"]] == [("shortgpt", 5)]
+
+
+def test_resume_heals_a_budget_with_one_recipe(tmp_path):
+    base = ["--model", "qwen2.5-coder-0.5b", "--limit", "100", "--out", str(tmp_path), "--budgets", "0.88"]
+    _write(tmp_path, base)  # built rows only: any recipe may heal them
+    quality._earlier_run(tmp_path / "quality.json", quality.parse_args(base + ["--resume", "--heal-tokens", "50000",
+                                                                              "--recipe", "deltallm"]))
+    _write(tmp_path, base, healed_tokens=49920)  # healed by the default at keep 88% (drop-share)
+    quality._earlier_run(tmp_path / "quality.json", quality.parse_args(base + ["--resume", "--heal-tokens", "50000",
+                                                                              "--recipe", "drop-share"]))
+    with pytest.raises(SystemExit, match=r"healed its rows at keep 0.88 with recipe drop-share; this run heals with deltallm"):
+        quality._earlier_run(tmp_path / "quality.json", quality.parse_args(base + ["--resume", "--heal-tokens", "50000",
+                                                                                  "--recipe", "deltallm"]))
