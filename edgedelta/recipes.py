@@ -161,8 +161,10 @@ REMOVAL = Recipe(
 )
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (DELTALLM, DROP_SHARE, REMOVAL)}
-# the recipe measured best at each measured budget (target_params -> name)
+# the recipe measured best at each measured budget (target_params -> name), on this model (every
+# Evidence file measured it; a larger model may want another lr: the choice says where it comes from)
 BEST_MEASURED: dict[float, str] = {0.88: "drop-share", 0.75: "drop-share"}
+MEASURED_ON = "SmolLM2-135M-Instruct"
 
 
 def get(name: str) -> Recipe:
@@ -186,7 +188,8 @@ def best_for(target_params: float) -> Choice:
     files = [e for e in recipe.evidence if e.target_params == nearest]
     where = "; ".join(f"{e.file}: {e.what}" for e in files)
     if abs(nearest - target_params) < 1e-9:
-        why = f"measured best at keep {nearest:.0%} ({where})"
+        why = f"measured best at keep {nearest:.0%} on {MEASURED_ON} ({where})"
     else:
-        why = f"not measured at keep {target_params:.0%}; measured best at the nearest budget, keep {nearest:.0%} ({where})"
+        why = (f"not measured at keep {target_params:.0%}; measured best at the nearest budget, keep {nearest:.0%}, "
+               f"on {MEASURED_ON} ({where})")
     return Choice(recipe, why)

@@ -56,6 +56,7 @@ def test_best_for_names_an_existing_result_file():
             assert ev.file in choice.why
     far = best_for(0.5)
     assert far.why.startswith("not measured at keep 50%") and "keep 75%" in far.why
+    assert all("on SmolLM2-135M-Instruct (" in best_for(t).why for t in (0.88, 0.75, 0.5))  # the model measured is named
 
 
 def test_distill_config_reads_the_recipes():
