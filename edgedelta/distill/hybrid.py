@@ -51,11 +51,15 @@ def hidden_of(output: Any) -> torch.Tensor:
 
 
 class _Constant(nn.Module):
-    """Stands in for a decoder layer: ignores its input, returns a recorded layer output."""
+    """Stands in for a decoder layer: ignores its input, returns a recorded layer output. It
+    carries the layer's `attention_type`, which the decoder loop of Qwen2, Qwen3 and Gemma 2/3
+    reads from every layer to pick its mask (sliding or full)."""
 
-    def __init__(self, value: Any):
+    def __init__(self, value: Any, like: nn.Module):
         super().__init__()
         self.value = value
+        if hasattr(like, "attention_type"):
+            self.attention_type = like.attention_type
 
     def forward(self, *args, **kwargs):
         return self.value
@@ -168,8 +172,9 @@ class HybridModel:
         if cut == 0 or (cut - 1) not in teacher_outputs:
             yield 0
             return
-        const = _Constant(teacher_outputs[cut - 1])
-        old = [replace(self.student, self.names[i], const) for i in range(cut)]
+        value = teacher_outputs[cut - 1]
+        old = [replace(self.student, self.names[i], _Constant(value, self.student.get_submodule(self.names[i])))
+               for i in range(cut)]
         try:
             yield cut
         finally:

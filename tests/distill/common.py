@@ -13,11 +13,11 @@ from ..tiny import tiny_model
 PROJ = ["q", "k", "v", "o", "gate", "up", "down"]
 
 
-def make_pair(layers: int = 4, groups=((1, 2),), rank: int = 4, seed: int = 0, gates=("o", "down")):
+def make_pair(layers: int = 4, groups=((1, 2),), rank: int = 4, seed: int = 0, gates=("o", "down"), arch: str = "llama"):
     """(teacher, student): the student shares each group's projections (base = first
     layer's weight) with small random deltas, so it is clearly worse than the teacher and
     every delta receives gradient (A = B = 0 would be a saddle)."""
-    teacher = tiny_model("llama", layers, seed=seed)
+    teacher = tiny_model(arch, layers, seed=seed)
     student = copy.deepcopy(teacher)
     spec = SharingSpec([list(g) for g in groups], PROJ, {p: rank for p in PROJ}, list(gates))
     apply_sharing(student, spec)

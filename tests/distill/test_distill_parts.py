@@ -64,9 +64,12 @@ def test_replace_swaps_and_returns_old():
     assert isinstance(teacher.model.norm, torch.nn.Identity)
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2", "gemma3_text"])
 @torch.no_grad()
-def test_hybrid_all_original_equals_teacher_and_prefix_reuse_is_exact():
-    teacher, student = make_pair(layers=4, groups=((2, 3),))
+def test_hybrid_all_original_equals_teacher_and_prefix_reuse_is_exact(arch):
+    """Qwen2 and Gemma read each layer's attention_type in the decoder loop: the stand-in for a
+    reused prefix layer carries it."""
+    teacher, student = make_pair(layers=4, groups=((2, 3),), arch=arch)
     x = rows(2, 16)
     hy = HybridModel(student, teacher, [2, 3])
     hy.set_active(torch.tensor([False, False]))
