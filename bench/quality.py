@@ -53,6 +53,8 @@ def parse_args(argv=None):
                    help="healing protocol of every method (edgedelta/recipes.py); default: the measured best at each budget")
     p.add_argument("--calib-samples", type=int, default=32, help="calibration rows shared by every method (compress default: 32)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--build-cache", default=str(Path(__file__).resolve().parent / "_work" / "quality_builds"),
+                   help="folder keeping each DeltaLLM build, so a later run at the same settings loads it ('' = none)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 is fastest on an oversubscribed machine")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--original-from", default=None, help="reuse the original's evaluation from this quality.json (same tasks/limit)")
@@ -208,7 +210,7 @@ def main(argv=None) -> int:
                        "params_fraction": 1.0, "eval": orig_eval}
     for budget in budgets:
         cfg = CompareConfig(target_params=budget, methods=a.methods.split(","), heal_tokens=a.heal_tokens, drop_layers=a.drop_layers,
-                            recipe=a.recipe, calib_samples=a.calib_samples, eval=ev)
+                            recipe=a.recipe, calib_samples=a.calib_samples, build_cache=a.build_cache or None, eval=ev)
         previous = next((b for b in earlier["budgets"] if b["target"] == budget), None) if earlier else None
         entry = {"target": budget, "rows": list(previous["rows"]) if previous else []}
         res["budgets"].append(entry)

@@ -12,6 +12,8 @@ sized to the first healed DeltaLLM method's trainable-parameter count."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import tempfile
 import time
@@ -42,6 +44,9 @@ class CompareConfig:
     recipe: str | None = None
     distill: dict = field(default_factory=dict)  # extra DistillConfig fields for the DeltaLLM methods' healing
     drop_layers: int | str | None = None  # layers deltallm-drop removes first; None = the drop-share recipe's count
+    # folder keeping each DeltaLLM build (a compressed model directory per method and settings):
+    # a later run at the same settings loads it instead of compressing again (minutes at 0.5B)
+    build_cache: str | None = None
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
@@ -89,6 +94,30 @@ def _build(method: str, model, tok, target, calib, progress: bool, compress_kw: 
     # LaCo evaluates every candidate merge on the calibration set: a few rows suffice (paper: few-shot sentences)
     r = mod.build(model, target, calib[:2] if method == "laco" else calib)
     return r.model, r.report
+
+
+def _cached_build(method: str, model, tok, target, calib, progress: bool, compress_kw: dict, config: CompareConfig,
+                  source: dict | None):
+    """_build, through config.build_cache for the DeltaLLM methods: the key is everything the
+    build depends on (method, target, calibration rows and text, compress settings, the model's
+    source and size), so a kept build is the one this call would make."""
+    if not (config.build_cache and method.startswith("deltallm")):
+        return _build(method, model, tok, target, calib, progress, compress_kw)
+    from ..delta.accounting import count_parameters
+    from ..delta.storage import load_compressed, save_compressed
+    from ..manifest import read_manifest
+
+    key = {"method": method, "target": target, "calib": list(calib.shape), "calib_sum": int(calib.sum()), "seed": config.seed,
+           "compress": compress_kw, "source": source or {}, "params": count_parameters(model)["total"]}
+    folder = Path(config.build_cache) / f"{method}-{hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]}"
+    if folder.is_dir():
+        _log(f"{method}: the build kept in {folder}")
+        return load_compressed(folder).model, {**read_manifest(folder)["report"], "loaded_from": str(folder)}
+    t0 = time.time()
+    student, report = _build(method, model, tok, target, calib, progress, compress_kw)
+    report["build_seconds"] = round(time.time() - t0, 1)
+    save_compressed(student, folder, tokenizer=tok, manifest_facts={"report": report, "build_key": key}, force=True)
+    return student, report
 
 
 def _heal(method: str, student, teacher, tok, rows, config: CompareConfig, lora_params: int, progress: bool) -> dict:
@@ -172,7 +201,7 @@ def compare(model, tokenizer, config: CompareConfig, source: dict | None = None,
             if method == "deltallm-drop":
                 kw["drop_layers"] = config.drop_layers if config.drop_layers is not None else recipes.DROP_SHARE.plan.drop_layers(
                     float(config.target_params), model.config.num_hidden_layers)
-            student, report = _build(method, model, tokenizer, target, calib, progress, kw)
+            student, report = _cached_build(method, model, tokenizer, target, calib, progress, kw, config, source)
         except EdgeDeltaError as e:
             _log(f"{method} failed: {e}")
             rows.append({"method": method, "stage": "built", "error": str(e)})
@@ -180,7 +209,7 @@ def compare(model, tokenizer, config: CompareConfig, source: dict | None = None,
             continue
         params = count_parameters(student)["total"]
         report["params"] = params
-        report["build_seconds"] = round(time.time() - t_build, 1)
+        report.setdefault("build_seconds", round(time.time() - t_build, 1))  # a kept build keeps the time it took
         if method.startswith("deltallm") and not isinstance(target, int):
             target = params
         built = earlier.get((method, "built"))

@@ -125,3 +125,25 @@ def test_a_heal_run_continues_a_built_only_one(tiny_tok, files, monkeypatch):
     assert rows[("deltallm", "healed")] is healed[2] and len(calls) == 2  # shortgpt's built and healed evaluations
     assert again["budget_params"] == healed[1]["params"]
     assert rows[("shortgpt", "healed")]["heal"]["rank"] == healed[4]["heal"]["rank"]
+
+
+def test_a_kept_deltallm_build_is_loaded_not_rebuilt(tiny_tok, files, monkeypatch, tmp_path):
+    """build_cache: the second run at the same settings loads the first run's compressed model
+    (same parameters, same evaluation, the first build's time) and compresses nothing."""
+    import edgedelta.delta.compress as compress_mod
+
+    tf, txt = files
+    model = make_model(len(tiny_tok), layers=6)
+    kw = dict(target_params=0.8, methods=["deltallm"], calib_samples=4, calib_seq_len=32, compress={"rank_attn": 2, "rank_mlp": 2},
+              build_cache=str(tmp_path / "builds"),
+              eval=EvalConfig(tasks=["ppl"], task_file=str(tf), ppl_texts=[str(txt)], ppl_tokens=128, ppl_seq_len=64))
+    first = compare(model, tiny_tok, CompareConfig(**kw), progress=False, source={"name": "tiny"})["rows"][1]
+    assert len(list((tmp_path / "builds").iterdir())) == 1
+    monkeypatch.setattr(compress_mod, "compress", lambda *a, **k: pytest.fail("compressed again"))
+    again = compare(model, tiny_tok, CompareConfig(**kw), progress=False, source={"name": "tiny"},
+                    original_eval=first["eval"])["rows"][1]
+    assert again["params"] == first["params"] and again["report"]["build_seconds"] == first["report"]["build_seconds"]
+    assert again["eval"]["ppl"] == first["eval"]["ppl"] and "loaded_from" in again["report"]
+    with pytest.raises(pytest.fail.Exception, match="compressed again"):  # other calibration rows: another build
+        compare(model, tiny_tok, CompareConfig(**{**kw, "calib_samples": 3}), progress=False, source={"name": "tiny"},
+                original_eval=first["eval"])
