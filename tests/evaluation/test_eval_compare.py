@@ -147,3 +147,26 @@ def test_a_kept_deltallm_build_is_loaded_not_rebuilt(tiny_tok, files, monkeypatc
     with pytest.raises(pytest.fail.Exception, match="compressed again"):  # other calibration rows: another build
         compare(model, tiny_tok, CompareConfig(**{**kw, "calib_samples": 3}), progress=False, source={"name": "tiny"},
                 original_eval=first["eval"])
+
+
+@pytest.mark.parametrize("recipe", ["deltallm", "drop-share"])
+def test_every_method_heals_a_qwen2_model(tiny_tok, files, recipe):
+    """Qwen2 (the 0.5B and 1.5B models' architecture) through every method, built and healed under
+    both healing protocols: progressive replacement's teacher prefix included."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tf, txt = files
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tiny_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=6,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                         tie_word_embeddings=True)).eval()
+    methods = ["deltallm", "deltallm-drop", "shortgpt", "laco", "jointdrop", "slicegpt"]
+    cfg = CompareConfig(target_params=0.8, methods=methods, heal_seq_len=32, heal_tokens=128, recipe=recipe, calib_samples=4,
+                        calib_seq_len=32, compress={"rank_attn": 2, "rank_mlp": 2},
+                        eval=EvalConfig(tasks=["ppl"], task_file=str(tf), ppl_texts=[str(txt)], ppl_tokens=128, ppl_seq_len=64))
+    rows = compare(model, tiny_tok, cfg, progress=False)["rows"]
+    assert [r.get("error") for r in rows if "error" in r] == []
+    healed = [r for r in rows if r["stage"] == "healed"]
+    assert sorted(r["method"] for r in healed) == sorted(methods)
+    assert [(r["heal"]["recipe"], r["heal"]["tokens"]) for r in healed] == [(recipe, 128)] * len(methods)
