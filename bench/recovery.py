@@ -283,7 +283,8 @@ def main(argv=None) -> int:
     if args.drop_layers is None:
         args.drop_layers = DROP_SHARE.plan.drop_layers(args.target, n_layers)
     model_name = lm.source.get("name") or Path(str(args.model)).name
-    meta = {"model": f"{model_name} ({n_layers} layers, {count_parameters(teacher)['total']:,} parameters)", "target_params": args.target if not args.groups else f"groups {args.groups} rank {args.rank}",
+    meta = {"model": f"{model_name} ({n_layers} layers, {count_parameters(teacher)['total']:,} parameters)",
+            "target_params": args.target if not args.groups else f"groups {args.groups} rank {args.rank}",
             "init": f"{args.init}, base {args.base}, gates {not args.no_gates}", "train_text": args.data, "calib_text": args.calib_text,
             "eval_texts": list(EVAL_SETS), "eval_tokens_per_text": args.eval_tokens, "seq_len": args.seq_len,
             "batch": args.batch, "grad_accum": args.grad_accum, "device": str(ctx.device), "threads": torch.get_num_threads(), "host": platform.node(),
