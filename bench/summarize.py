@@ -58,8 +58,20 @@ def quality(d: dict) -> list[str]:
             if not sel:
                 continue
             lines += [f"**{100 * (1 - b['target']):.0f}% fewer unique parameters, {'healed' if stage == 'healed' else 'no healing'}**",
-                      "", markdown_compare([orig] + sel), markdown_paired(sel, orig), ""]
+                      ""]
+            if stage == "healed":
+                lines += [_healing(sel), ""]
+            lines += [markdown_compare([orig] + sel), markdown_paired(sel, orig), ""]
     return lines
+
+
+def _healing(rows: list[dict]) -> str:
+    """One line: how the healed rows were healed (recipe where recorded, lr, batch, tokens)."""
+    heals = [r["heal"] for r in rows if "heal" in r]
+    how = sorted({(h.get("recipe"), h.get("lr"), h.get("batch")) for h in heals}, key=str)
+    tokens = sorted({h["tokens"] for h in heals})
+    return ("Healing: " + "; ".join((f"recipe {rc}, " if rc else "") + f"lr {lr}, batch {bs}" for rc, lr, bs in how)
+            + f"; {', '.join(f'{t:,}' for t in tokens)} tokens.")
 
 
 def _quality_coverage(d: dict) -> str:
