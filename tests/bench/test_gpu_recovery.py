@@ -29,7 +29,7 @@ def tiny_dir(tmp_path_factory):
 
 def test_the_script_runs_every_arm_on_a_named_model(tiny_dir, tmp_path):
     env = {**os.environ, "DEVICE": "cpu", "MODEL": str(tiny_dir), "TARGETS": "12", "BATCH": "4", "GRAD_ACCUM": "2",
-           "SEQ": "32", "TOKENS": "256", "EVAL_TOKENS": "64", "RECON_TOKENS": "64", "DEADLINE12": "120",
+           "SEQ": "32", "TOKENS": "256", "EVAL_TOKENS": "64", "RECON_TOKENS": "64", "DEADLINE12": "3600",
            "RES": str(tmp_path / "res"), "WORK": str(tmp_path / "work"), "EXTRA": "--calib-samples 4"}
     env.pop("OUT", None)
     run = subprocess.run(["bash", "bench/gpu_recovery.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -37,6 +37,7 @@ def test_the_script_runs_every_arm_on_a_named_model(tiny_dir, tmp_path):
     res = tmp_path / "res"
     data = json.loads((res / "gpu_recovery_tiny-llama_12.json").read_text())
     assert data["meta"]["model"].startswith("tiny-llama (8 layers")
+    # the probe ran; with an hour left, the asked token count is what fits
     assert data["meta"]["grad_accum"] == 2 and data["meta"]["deadline"]["tokens_per_arm"] == 256
     trained = {p["arm"] for p in data["points"] if p["tokens"] == 256}
     assert trained == {"a", "c", "e", "f"}
