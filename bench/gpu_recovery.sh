@@ -32,6 +32,8 @@ DEVICE="${DEVICE:-cuda}"
 MODEL="${MODEL:-default}"
 TARGETS="${TARGETS:-12,25}"          # which runs: 12 (keep 88%: arms a, c, e, f) and/or 25 (keep 75%: arms a, c)
 GRAD_ACCUM="${GRAD_ACCUM:-1}"
+LR="${LR:-3e-4}"                     # distillation of the shared model (arms a, e)
+HEAL_LR="${HEAL_LR:-1e-3}"           # LoRA healing of ShortGPT removal (arm c) and of arm f
 TOKENS="${TOKENS:-20000000}"         # at most this many training tokens per arm
 BATCH="${BATCH:-32}"                 # sequences per step
 SEQ="${SEQ:-512}"
@@ -57,7 +59,7 @@ fi
 
 common=(--model "$MODEL" --device "$DEVICE" --batch "$BATCH" --grad-accum "$GRAD_ACCUM" --seq-len "$SEQ" --tokens "$TOKENS"
         --eval-at "$((TOKENS / 10)),$((TOKENS / 2)),$TOKENS" --eval-tokens "$EVAL_TOKENS"
-        --recon-tokens "$RECON_TOKENS" --recon-epochs 4 --recon-variants teacher --lr 3e-4 --heal-lr 1e-3
+        --recon-tokens "$RECON_TOKENS" --recon-epochs 4 --recon-variants teacher --lr "$LR" --heal-lr "$HEAL_LR"
         --work "$WORK" --out "$RES" ${EXTRA:-})
 
 run() {  # tag, deadline, args...: progress bars dropped from the log, the rest kept
