@@ -377,8 +377,8 @@ def summarize(rounds: dict[str, list[dict]], ppl: dict[str, dict], files: dict[s
     return out
 
 
-def paired_ratio(rounds: dict[str, list[dict]], a: str, b: str, metric) -> float | None:
-    """Median over rounds of metric(a's round r) / metric(b's round r): same-round pairs only."""
+def round_ratios(rounds: dict[str, list[dict]], a: str, b: str, metric) -> list[float]:
+    """metric(a's round r) / metric(b's round r) for each round both measured without error."""
     rs = []
     for ra, rb in zip(rounds.get(a, []), rounds.get(b, [])):
         if "error" in ra or "error" in rb:
@@ -386,6 +386,12 @@ def paired_ratio(rounds: dict[str, list[dict]], a: str, b: str, metric) -> float
         x, y = metric(ra), metric(rb)
         if x is not None and y:
             rs.append(x / y)
+    return rs
+
+
+def paired_ratio(rounds: dict[str, list[dict]], a: str, b: str, metric) -> float | None:
+    """Median over rounds of metric(a's round r) / metric(b's round r): same-round pairs only."""
+    rs = round_ratios(rounds, a, b, metric)
     return statistics.median(rs) if rs else None
 
 

@@ -34,7 +34,6 @@ from edgedelta.evaluation.report import markdown_compare, markdown_paired, reten
 from edgedelta.evaluation.tasks import DEFAULT_TASKS  # noqa: E402
 from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
 from edgedelta import recipes  # noqa: E402
-from edgedelta.recipes import RECIPES  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -49,7 +48,7 @@ def parse_args(argv=None):
                    help="layers the deltallm-drop method removes before sharing, or 'auto' (searched by KL to the original on "
                         "held-out text); default: the drop-share recipe's count at each budget")
     p.add_argument("--heal-tokens", type=int, default=0, help="equal healing tokens per method (0 = none)")
-    p.add_argument("--recipe", choices=[n for n, r in RECIPES.items() if r.distill is not None], default=None,
+    p.add_argument("--recipe", choices=[n for n, r in recipes.RECIPES.items() if r.distill is not None], default=None,
                    help="healing protocol of every method (edgedelta/recipes.py); default: the measured best at each budget")
     p.add_argument("--calib-samples", type=int, default=32, help="calibration rows shared by every method (compress default: 32)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -131,8 +130,9 @@ def _earlier_run(jpath: Path, a) -> dict | None:
     row = CompareConfig.heal_seq_len  # healing uses whole rows: a method's count is within one row of --heal-tokens
     if tokens and (not a.heal_tokens or any(abs(t - a.heal_tokens) > row for t in tokens)):
         raise SystemExit(f"--resume: {jpath} healed on {tokens} tokens, this run heals on {a.heal_tokens}")
+    budgets = [float(x) for x in a.budgets.split(",")]
     for b in res["budgets"]:
-        if not a.heal_tokens or b["target"] not in [float(x) for x in a.budgets.split(",")]:
+        if not a.heal_tokens or b["target"] not in budgets:
             continue
         healed = {r["heal"].get("recipe") or _healing_recipe(before.get("recipe"), b["target"])
                   for r in b["rows"] if r["stage"] == "healed" and "heal" in r}

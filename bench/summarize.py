@@ -20,6 +20,7 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))  # last: only an installed edgedelta has export, runtime, devices
+sys.path.append(str(ROOT / "bench"))  # peers.py: how its ratios are taken (stdlib only)
 
 from edgedelta.evaluation.report import markdown_compare, markdown_paired  # noqa: E402
 
@@ -160,18 +161,12 @@ def peers(d: dict) -> list[str]:
     return lines + (["", "Where the missed targets lose, from the same files:", "", *why] if why else [])
 
 
-def _round_ratios(d: dict, num: str, den: str, value) -> list[float]:
-    """num/den of value(round) in each round both measured (paired by round number)."""
-    by_round = {r["round"]: r for r in d["rounds"].get(den, [])}
-    return [value(r) / value(by_round[r["round"]]) for r in d["rounds"].get(num, []) if r["round"] in by_round]
-
-
 def _peer_misses(d: dict, zp: dict | None) -> list[str]:
     """One line per missed target of peers.json, with the measurements that locate the loss:
     per-round ratios, memory beside the weights, and the kernel and rounding facts of
     bench/zero_points.py (zp, None when absent)."""
-    speed = {"decode": lambda r: r["decode"]["tokens_per_s"], "prefill32": lambda r: r["prefill"]["32"]["tokens_per_s"],
-             "prefill512": lambda r: r["prefill"]["512"]["tokens_per_s"]}
+    from peers import METRICS, round_ratios
+
     kernel = {(k["m"], k["zero_points"], k["accuracy_level"]): k["us"] for k in (zp or {}).get("kernels", [])}
     out = []
     for t in d.get("targets") or []:
@@ -179,8 +174,8 @@ def _peer_misses(d: dict, zp: dict | None) -> list[str]:
             continue
         num, den, metric = t["numerator"], t["denominator"], t["metric"]
         why = None
-        if metric in speed:
-            rr = _round_ratios(d, num, den, speed[metric])
+        if METRICS[metric][0] is not None:  # a speed: the same-round ratios its target's median is taken from
+            rr = round_ratios(d["rounds"], num, den, METRICS[metric][0])
             why = f"per-round ratios {', '.join(f'{x:.3f}' for x in rr)}"
             if metric == "prefill512" and "int4" in num and (512, "uint4", 0) in kernel:
                 why += (f"; MatMulNBits at M=512 takes {kernel[(512, 'uint4', 4)] / kernel[(512, 'uint4', 0)]:.2f}x the time at "
