@@ -98,25 +98,30 @@ def _build(method: str, model, tok, target, calib, progress: bool, compress_kw: 
 
 def _cached_build(method: str, model, tok, target, calib, progress: bool, compress_kw: dict, config: CompareConfig,
                   source: dict | None):
-    """_build, through config.build_cache for the DeltaLLM methods: the key is everything the
-    build depends on (method, target, calibration rows and text, compress settings, the model's
-    source and size), so a kept build is the one this call would make."""
-    if not (config.build_cache and method.startswith("deltallm")):
-        return _build(method, model, tok, target, calib, progress, compress_kw)
-    from ..delta.accounting import count_parameters
-    from ..delta.storage import load_compressed, save_compressed
-    from ..manifest import read_manifest
+    """_build, its time in report["build_seconds"]; through config.build_cache for the DeltaLLM
+    methods: the key is everything the build depends on (method, target, calibration rows and
+    text, compress settings, the model's source and size), so a kept build is the one this call
+    would make, and it keeps the time its build took."""
+    folder = key = None
+    if config.build_cache and method.startswith("deltallm"):
+        from ..delta.accounting import count_parameters
+        from ..delta.storage import load_compressed
+        from ..manifest import read_manifest
 
-    key = {"method": method, "target": target, "calib": list(calib.shape), "calib_sum": int(calib.sum()), "seed": config.seed,
-           "compress": compress_kw, "source": source or {}, "params": count_parameters(model)["total"]}
-    folder = Path(config.build_cache) / f"{method}-{hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]}"
-    if folder.is_dir():
-        _log(f"{method}: the build kept in {folder}")
-        return load_compressed(folder).model, {**read_manifest(folder)["report"], "loaded_from": str(folder)}
+        key = {"method": method, "target": target, "calib": list(calib.shape), "calib_sum": int(calib.sum()),
+               "seed": config.seed, "compress": compress_kw, "source": source or {}, "params": count_parameters(model)["total"]}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        folder = Path(config.build_cache) / f"{method}-{digest}"
+        if folder.is_dir():
+            _log(f"{method}: the build kept in {folder}")
+            return load_compressed(folder).model, {**read_manifest(folder)["report"], "loaded_from": str(folder)}
     t0 = time.time()
     student, report = _build(method, model, tok, target, calib, progress, compress_kw)
     report["build_seconds"] = round(time.time() - t0, 1)
-    save_compressed(student, folder, tokenizer=tok, manifest_facts={"report": report, "build_key": key}, force=True)
+    if folder is not None:
+        from ..delta.storage import save_compressed
+
+        save_compressed(student, folder, tokenizer=tok, manifest_facts={"report": report, "build_key": key}, force=True)
     return student, report
 
 
@@ -195,7 +200,6 @@ def compare(model, tokenizer, config: CompareConfig, source: dict | None = None,
                 lora_params = kept[-1]["heal"]["trainable_params"]
             continue
         _log(f"building {method} at {target if isinstance(target, int) else f'{100 * target:.0f}%'}")
-        t_build = time.time()
         try:
             kw = {"calib_text": config.text, **config.compress}
             if method == "deltallm-drop":
@@ -209,7 +213,6 @@ def compare(model, tokenizer, config: CompareConfig, source: dict | None = None,
             continue
         params = count_parameters(student)["total"]
         report["params"] = params
-        report.setdefault("build_seconds", round(time.time() - t_build, 1))  # a kept build keeps the time it took
         if method.startswith("deltallm") and not isinstance(target, int):
             target = params
         built = earlier.get((method, "built"))
