@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..delta.lora import add_layer_lora, merge_lora
+from ..distill.spike_guard import SpikeGuard
 from ..errors import ConfigError
 from ..models.adapters import adapter_for
 
@@ -45,7 +46,8 @@ def heal(student: nn.Module, teacher: nn.Module, rows: torch.Tensor, rank: int =
     """In place: train LoRA adapters on `student` to match `teacher`'s logits on `rows`
     ((n, seq_len) token ids, the same rows every method gets), then merge them. The LoRA init
     comes from `seed` alone, not the global RNG: the same call heals to the same weights.
-    Returns {tokens, steps, seconds, final_kl, rank, trainable_params}."""
+    A loss spike is rolled back at half the learning rate, as in distillation (spike_guard.py).
+    Returns {tokens, steps, seconds, final_kl, rank, trainable_params, rollbacks}."""
     if rows.ndim != 2 or rows.shape[0] < 1:
         raise ConfigError(f"healing rows must be (n, seq_len) token ids, got shape {tuple(rows.shape)}")
     device = next(student.parameters()).device
@@ -55,7 +57,9 @@ def heal(student: nn.Module, teacher: nn.Module, rows: torch.Tensor, rank: int =
     params = [p for *_, lora in loras for p in (lora.A, lora.B)]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     steps = math.ceil(rows.shape[0] / batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
+    guard = SpikeGuard(params, opt)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: guard.lr_scale * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / max(steps, 1)))))
     teacher.eval()
     student.train()
     t0, kl = time.time(), float("nan")
@@ -70,8 +74,9 @@ def heal(student: nn.Module, teacher: nn.Module, rows: torch.Tensor, rank: int =
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        sched.step()
         kl = float(loss.detach())
+        guard.after_step(s + 1, kl, 1.0)
+        sched.step()
     student.eval()
     try:
         merge_lora(student)
@@ -80,4 +85,4 @@ def heal(student: nn.Module, teacher: nn.Module, rows: torch.Tensor, rank: int =
     for p in student.parameters():
         p.requires_grad_(False)
     return {"tokens": int(rows.numel()), "steps": steps, "seconds": round(time.time() - t0, 1), "final_kl": kl,
-            "rank": rank, "trainable_params": sum(p.numel() for p in params)}
+            "rank": rank, "trainable_params": sum(p.numel() for p in params), "rollbacks": guard.rollbacks}

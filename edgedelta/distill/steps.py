@@ -54,7 +54,8 @@ class DistillResult:
     def to_dict(self) -> dict[str, Any]:
         return {"out_dir": str(self.out_dir) if self.out_dir else None, "steps": self.steps, "tokens": self.tokens,
                 "seconds": round(self.seconds, 1), "tokens_per_s": round(self.tokens_per_s, 1),
-                "final_loss": self.final_loss, "trainable_params": self.trainable_params, "reconstruction": self.reconstruction}
+                "final_loss": self.final_loss, "trainable_params": self.trainable_params, "reconstruction": self.reconstruction,
+                "rollbacks": [{"step": r["step"], **r["rollback"]} for r in self.log if "rollback" in r]}
 
 
 @dataclass
@@ -93,7 +94,7 @@ class Job:
         names = [tp.name for tp in self.trainable]
         state = {"step": st.step, "tokens": st.tokens, "seconds": st.seconds, "config": self.cfg.to_dict(),
                  "data_fingerprint": fingerprint(self.data.rows), "reconstruction": self.recon, "source": self.source,
-                 "world": self.ctx.world}
+                 "world": self.ctx.world, "lr_scale": st.extra.get("lr_scale", 1.0)}
         save_checkpoint(self.run, st.step, {tp.name: tp.param for tp in self.trainable}, optimizer_tensors(self.optimizer, names),
                         state, self.log.lines, self.cfg.keep_checkpoints)
 
@@ -158,7 +159,7 @@ def start(job: Job, ck: Checkpoint | None, progress: bool) -> LoopState:
         _restore(job.trainable, ck.params, ck.path)
         load_optimizer_tensors(job.optimizer, [tp.name for tp in job.trainable], ck.optimizer)
         job.recon = ck.state.get("reconstruction", [])
-        return LoopState(ck.state["step"], ck.state["tokens"], ck.state.get("seconds", 0.0))
+        return LoopState(ck.state["step"], ck.state["tokens"], ck.state.get("seconds", 0.0), {"lr_scale": ck.state.get("lr_scale", 1.0)})
     state = LoopState()
     cfg = job.cfg
     if cfg.recon_tokens > 0:

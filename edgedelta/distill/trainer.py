@@ -5,7 +5,8 @@ checkpoint (parameters + AdamW state) continues exactly as the uninterrupted run
 One optimizer step: sample the mask -> swap modules in the hybrid -> for each micro-batch:
 teacher forward (no grad, recording the layer outputs the student needs) -> student forward
 from the first active compressed layer on (teacher prefix reused) -> loss/accum backward ->
-average gradients over processes -> clip -> AdamW."""
+average gradients over processes -> clip -> AdamW -> the spike guard (spike_guard.py), which
+rolls a diverging run back and halves its learning rate (the scale is checkpointed)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from .hybrid import HybridModel, LayerRecorder, hidden_of
 from .logs import JsonlLog
 from .losses import hidden_mse, kl_logits, kl_topk, lm_loss
 from .schedule import ReplacementSchedule
+from .spike_guard import SpikeGuard
 from .teacher_cache import TopKCache, topk_of
 
 
@@ -138,13 +140,14 @@ def train_loop(hybrid: HybridModel, teacher: nn.Module, params: list[nn.Paramete
     bar = tqdm(total=total * cfg.tokens_per_step, initial=state.tokens, unit="tok", unit_scale=True,
                desc="distill", disable=not (progress and ctx.is_main), dynamic_ncols=True)
     steps_here = 0
+    guard = SpikeGuard(params, optimizer, step=state.step, lr_scale=state.extra.get("lr_scale", 1.0))
     stop = StopRequest()
     with stop:
         while state.step < total:
             t0 = time.time()
             step = state.step
             hybrid.set_active(schedule.sample(step))
-            lr = lr_at(step, cfg)
+            lr = lr_at(step, cfg) * guard.lr_scale
             for grp in optimizer.param_groups:
                 grp["lr"] = lr
             sums = {"loss": 0.0, "kl": 0.0, "hidden": 0.0, "lm": 0.0}
@@ -168,11 +171,18 @@ def train_loop(hybrid: HybridModel, teacher: nn.Module, params: list[nn.Paramete
             state.tokens += cfg.tokens_per_step
             state.seconds += dt
             steps_here += 1
-            if ctx.is_main and (state.step % cfg.log_every == 0 or state.step == total):
+            rollback = guard.after_step(state.step, sums["loss"], schedule.mean_p(step))
+            if rollback is not None:
+                state.extra["lr_scale"] = guard.lr_scale
+                if ctx.is_main and progress:
+                    bar.write(f"distill: loss spiked at step {state.step} (mean {rollback['spike_mean']:.4g} against "
+                              f"{rollback['reference_mean']:.4g}); rolled back to step {rollback['rolled_back_to']}, "
+                              f"learning rate x{guard.lr_scale:g}")
+            if ctx.is_main and (state.step % cfg.log_every == 0 or state.step == total or rollback is not None):
                 log.append({"step": state.step, "tokens": state.tokens, **{k: round(v, 6) for k, v in sums.items()},
                             "lr": lr, "p": round(schedule.mean_p(step), 4), "active": int(hybrid.active.sum()),
                             "grad_norm": round(grad_norm, 4), "tok_s": round(cfg.tokens_per_step / max(dt, 1e-9), 1),
-                            "elapsed_s": round(state.seconds, 1)})
+                            "elapsed_s": round(state.seconds, 1), **({"rollback": rollback} if rollback else {})})
             bar.update(cfg.tokens_per_step)
             bar.set_postfix(loss=f"{sums['loss']:.4f}", p=f"{schedule.mean_p(step):.2f}")
             last = state.step == total

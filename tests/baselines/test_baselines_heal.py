@@ -50,3 +50,24 @@ def test_heal_is_reproducible_whatever_the_global_rng():
     other = copy.deepcopy(pruned)
     heal(other, teacher, rows, rank=2, lr=3e-3, progress=False, seed=8)
     assert any(not torch.equal(healed[0][k], v) for k, v in other.state_dict().items())  # the seed matters
+
+
+def test_a_loss_spike_while_healing_is_rolled_back(monkeypatch):
+    """One step whose KL is 1000x its own lifts the 8-step mean past the guard's 2x the
+    lowest earlier mean: the heal rolls back (edgedelta/distill/spike_guard.py) and goes on."""
+    import edgedelta.baselines.heal as heal_mod
+
+    teacher = make_model(300, layers=6)
+    rows = torch.randint(0, 300, (8, 32), generator=torch.Generator().manual_seed(0))
+    real, calls, seen = F.kl_div, {"n": 0}, []
+
+    def spiking_kl(*a, **kw):
+        calls["n"] += 1
+        out = real(*a, **kw) * (1000.0 if calls["n"] == 9 else 1.0)
+        seen.append(float(out.detach()))
+        return out
+
+    monkeypatch.setattr(heal_mod.F, "kl_div", spiking_kl)
+    student = shortgpt.build(teacher, 0.8, rows[:2]).model
+    info = heal(student, teacher, rows.repeat(6, 1), rank=4, lr=3e-3, progress=False)
+    assert info["steps"] == 12 and info["rollbacks"] == 1, seen

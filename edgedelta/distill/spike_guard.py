@@ -1,0 +1,110 @@
+"""Loss-spike guard: a run whose loss blows up is rolled back to a snapshot taken before the
+blow-up and continues at half the learning rate.
+
+Why: healing pure DeltaLLM on Qwen2.5-Coder-0.5B at lr 1e-3, batch 1 (the recipe measured best
+on SmolLM2-135M) held a KL of 0.74-0.86 over steps 5-8, then jumped to 2-8 nats from step 12
+with gradient norms up to 725 and never came back
+(bench/results/quality_qwen2.5-coder-0.5b/heal_log_deltallm_recipe-drop-share_stopped.jsonl).
+A run like that ends as a model worse than its own start, after the whole token budget.
+
+The test: the mean loss of the last WINDOW steps against the lowest such mean before it, over
+the steps where every compressed layer is active (the plain schedule from step 0, the others
+after their ramp; during a ramp the loss level moves with the sampled mask, so those steps are
+not judged). Over the 25 healthy training logs kept in bench/results (recovery*, gpu_recovery*:
+batch 1 to 8, CPU and GPU, plain and linear schedules, 24 to 781 such steps) that ratio never
+exceeded 1.41; the 0.5B run above passed SPIKE_RATIO at step 16.
+tests/distill/test_spike_guard.py replays all of them.
+
+Snapshots (trained tensors and optimizer state, on the CPU) are taken every WINDOW steps and the
+two latest are kept, so the one restored was taken before the window that spiked began.
+Data and the step count go on: the rows a rolled-back stretch used are not replayed."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import EdgeDeltaError
+
+WINDOW = 8  # steps per mean; also the snapshot interval
+SPIKE_RATIO = 2.0  # window mean / lowest earlier window mean that counts as divergence
+MAX_ROLLBACKS = 3  # then the run stops: lr / 8 still diverged
+
+
+@dataclass
+class _Snapshot:
+    step: int
+    params: list[torch.Tensor]
+    optimizer: dict
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
+
+
+class SpikeGuard:
+    """Call `after_step(step, loss, p)` after each optimizer step; read `lr_scale` before the
+    next. It returns a dict describing a rollback when it made one, else None, and raises
+    EdgeDeltaError after MAX_ROLLBACKS."""
+
+    def __init__(self, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, step: int = 0,
+                 lr_scale: float = 1.0, window: int = WINDOW, ratio: float = SPIKE_RATIO, max_rollbacks: int = MAX_ROLLBACKS):
+        self.params, self.optimizer = params, optimizer
+        self.window, self.ratio, self.max_rollbacks = window, ratio, max_rollbacks
+        self.lr_scale = lr_scale
+        self.rollbacks = 0
+        self._losses: deque[float] = deque(maxlen=window)
+        self._best: float | None = None
+        self._snapshots: deque[_Snapshot] = deque(maxlen=2)
+        self._snapshots.append(self._take(step))
+
+    def _take(self, step: int) -> _Snapshot:
+        return _Snapshot(step, [p.detach().to("cpu", copy=True) for p in self.params], _to_cpu(self.optimizer.state_dict()))
+
+    @torch.no_grad()
+    def _restore(self, snap: _Snapshot) -> None:
+        for p, saved in zip(self.params, snap.params):
+            p.copy_(saved.to(p.device))
+        self.optimizer.load_state_dict(snap.optimizer)  # moves state tensors to each parameter's device
+
+    def after_step(self, step: int, loss: float, p: float) -> dict | None:
+        """`step`: optimizer steps done so far (1-based); `loss`: that step's loss; `p`: its mean
+        replacement probability (only steps at p = 1 are judged)."""
+        if p < 1.0:  # a ramp: the loss level follows the sampled mask
+            self._best = None
+            self._losses.clear()
+        else:
+            self._losses.append(float(loss))
+        if len(self._losses) == self.window:
+            mean = sum(self._losses) / self.window
+            if self._best is not None and not mean <= self.ratio * self._best:  # also catches a NaN mean
+                return self._roll_back(step, mean)
+            self._best = mean if self._best is None else min(self._best, mean)
+        if step % self.window == 0:
+            self._snapshots.append(self._take(step))
+        return None
+
+    def _roll_back(self, step: int, mean: float) -> dict:
+        if self.rollbacks >= self.max_rollbacks:
+            raise EdgeDeltaError(f"training diverged at step {step}: mean loss {mean:.4g} over the last {self.window} steps is "
+                                 f"more than {self.ratio:g}x the lowest earlier mean ({self._best:.4g}), again after "
+                                 f"{self.rollbacks} rollbacks at half the learning rate each (now x{self.lr_scale:g}); "
+                                 "lower --lr further or raise --batch-size; nothing was written")
+        first = step - self.window + 1  # the first step of the window that spiked
+        snap = next((s for s in reversed(self._snapshots) if s.step < first), self._snapshots[0])
+        self._restore(snap)
+        while self._snapshots[-1] is not snap:
+            self._snapshots.pop()
+        self.rollbacks += 1
+        self.lr_scale *= 0.5
+        self._losses.clear()
+        return {"rolled_back_to": snap.step, "spike_mean": round(mean, 6), "reference_mean": round(self._best, 6),
+                "lr_scale": self.lr_scale}
