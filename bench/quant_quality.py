@@ -40,7 +40,7 @@ from edgedelta.export.config import DEFAULT_QUANT_METHOD, ExportConfig  # noqa: 
 from edgedelta.export.quant_methods import quantize_weight  # noqa: E402
 
 BITS = {"int4": 4, "int8": 8}
-# (quantize, method, block, act_order, embedding quantized, deltas quantized)
+# (quantize, method, block, act_order, embedding quantized, deltas quantized[, projections quantized])
 ROWS = [  # most decisive first: the file is rewritten after every row
     ("int4", "rtn", 32, False, True, True), ("int4", "gptq", 32, True, True, True), ("int4", "gptq", 64, True, True, True),
     ("int4", "gptq", 128, True, True, True), ("int4", "rtn", 32, False, False, True),
@@ -49,6 +49,10 @@ ROWS = [  # most decisive first: the file is rewritten after every row
     ("int4", "rtn", 128, False, True, True),
 ]
 DELTA_ROWS = [("int4", "gptq", 32, True, True, False), ("int8", "gptq", 32, True, True, False)]
+# only the tied embedding / LM head quantized, every projection float: on a model whose float
+# weights are a GGUF's int4 blocks (SmolLM2's Q4_1) the projections are then held exactly, so
+# the row splits the int4 error between the head and the projections' re-rounding
+HEAD_ROWS = [("int4", "rtn", 32, False, True, True, False), ("int8", "rtn", 32, False, True, True, False)]
 
 
 def parse_row(label: str) -> tuple:
@@ -77,6 +81,9 @@ def parse_args(argv=None):
     p.add_argument("--rows", default=None, help="only these rows, e.g. 'int4-gptq-64,int4-rtn-64' (act order for gptq, "
                                                 "embedding and deltas quantized); the other rows of an earlier "
                                                 "quant_quality.json are kept")
+    p.add_argument("--head-only", action="store_true", help="only the rows with every projection float and the tied "
+                                                               "embedding / LM head quantized (the others of an earlier "
+                                                               "quant_quality.json are kept)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     return p.parse_args(argv)
@@ -100,13 +107,14 @@ def quantized_params(model) -> dict[int, tuple[torch.nn.Parameter, str]]:
     return out
 
 
-def dequantized_copy(model, stats: CalibrationStats, bits: int, method: str, block: int, act_order: bool, embed: bool, deltas: bool):
+def dequantized_copy(model, stats: CalibrationStats, bits: int, method: str, block: int, act_order: bool, embed: bool, deltas: bool,
+                     projections: bool = True):
     """A deep copy of `model` whose quantized tensors hold their dequantized values."""
     ref = copy.deepcopy(model)  # shared Parameters stay shared in the copy
     pairs = dict(zip([id(p) for p in model.parameters()], ref.parameters()))  # parameters() yields each object once, same order
     with torch.no_grad():
         for pid, (p, kind) in quantized_params(model).items():
-            if (kind == "embedding" and not embed) or (kind == "delta" and not deltas):
+            if (kind == "embedding" and not embed) or (kind == "delta" and not deltas) or (kind == "projection" and not projections):
                 continue
             w = p.detach().float().numpy()
             blk = block if w.shape[1] >= block else 16  # as the exporter: a short K (delta B: K = rank) pads less
@@ -115,6 +123,13 @@ def dequantized_copy(model, stats: CalibrationStats, bits: int, method: str, blo
             q = quantize_weight(w, bits, blk, m, h, act_order=act_order)
             pairs[pid].copy_(torch.from_numpy(q.dequantize()))
     return ref.eval()
+
+
+def row_key(r: dict) -> tuple:
+    """What a row measured: a row measured again replaces the earlier one. Rows written without
+    calib_forward ran float32, without projections_quantized quantized the projections."""
+    return (*(r[k] for k in ("quantize", "method", "block", "act_order", "embedding_quantized", "deltas_quantized", "calib_samples")),
+            r.get("calib_forward", "float32" if r.get("calib_samples") else None), r.get("projections_quantized", True))
 
 
 def ppl(model, windows: dict[str, torch.Tensor]) -> dict:
@@ -173,30 +188,30 @@ def measure(label: str, spec: str, args, res: dict, out: Path, rows, with_onnx: 
     stats_by = {}  # (calibration sequences, forward dtype) -> statistics
     default_bf16 = cpu_has_bf16_matmul()  # the export's default forward
     fwd = "bfloat16" if default_bf16 else "float32"
-    for n in sorted({args.calib_samples, *[int(x) for x in args.calib_sweep.split(",") if x]}):
+    needs_stats = any(r[1] == "gptq" for r in rows)  # data-free rows only: no calibration pass, no sweep
+    if not needs_stats:
+        stats_by[(args.calib_samples, fwd)] = None
+    for n in sorted({args.calib_samples, *[int(x) for x in args.calib_sweep.split(",") if x]}) if needs_stats else []:
         ids = calibration_batches(tok, n, CALIB_SEQ_LEN, 0, "mixed-train")
         stats_by[(n, fwd)] = CalibrationStats(model, ids, text="mixed-train", bf16_forward=default_bf16)
         if args.forward_sweep and n == args.calib_samples:
             other = "float32" if default_bf16 else "bfloat16"
             stats_by[(n, other)] = CalibrationStats(model, ids, text="mixed-train", bf16_forward=not default_bf16)
     sweep = [("int4", "gptq", 32, True, True, True) + k for k in stats_by if k != (args.calib_samples, fwd) and rows]
-    for row in [r + (args.calib_samples, fwd) for r in rows] + sweep:
-        quantize, method, block, act, embed, deltas, n, fwd_row = row
+    for row in [r[:6] + (args.calib_samples, fwd, r[6] if len(r) > 6 else True) for r in rows] + [r + (True,) for r in sweep]:
+        quantize, method, block, act, embed, deltas, n, fwd_row, projections = row
         t0 = time.perf_counter()
         stats = stats_by[(n, fwd_row)]
-        q_model = dequantized_copy(model, stats, BITS[quantize], method, block, act, embed, deltas)
+        q_model = dequantized_copy(model, stats, BITS[quantize], method, block, act, embed, deltas, projections)
         t_q = time.perf_counter() - t0
         r = {"quantize": quantize, "method": method, "block": block, "act_order": act, "embedding_quantized": embed,
-             "deltas_quantized": deltas, "calib_samples": n if method == "gptq" else None,
+             "deltas_quantized": deltas, "projections_quantized": projections, "calib_samples": n if method == "gptq" else None,
              "calib_forward": fwd_row if method == "gptq" else None, "ppl": ppl(q_model, windows),
              "quantize_seconds": round(t_q, 1)}
         r["ppl_ratio"] = r["ppl"]["mean"] / entry["float"]["mean"]
         r["ppl_ratio_per_text"] = {k: r["ppl"][k] / entry["float"][k] for k in windows}
-        key = lambda x: tuple(x.get(k, "float32" if x.get("calib_samples") else None)  # noqa: E731
-                              for k in ("quantize", "method", "block", "act_order", "embedding_quantized",
-                                        "deltas_quantized", "calib_samples", "calib_forward"))  # rows without calib_forward ran float32
-        entry["rows"] = [x for x in entry["rows"] if key(x) != key(r)] + [r]  # a row measured again replaces the old one
-        print(f"{label} {quantize} {method} b{block} act={act} emb={embed} deltas={deltas} n={n}: "
+        entry["rows"] = [x for x in entry["rows"] if row_key(x) != row_key(r)] + [r]  # a row measured again replaces the old one
+        print(f"{label} {quantize} {method} b{block} act={act} emb={embed} deltas={deltas} projections={projections} n={n}: "
               f"forward={fwd_row}: {r['ppl']} ratio {r['ppl_ratio']:.4f} ({t_q:.0f} s)", flush=True)
         del q_model
         save(res, out)
@@ -230,11 +245,11 @@ def report(res: dict) -> str:
             continue
         f = e["float"]
         md += [f"## {label} ({e['spec']})", "", "Float: " + ", ".join(f"{k} {v:.3f}" for k, v in f.items()), "",
-               "| bits | method | block | act order | embedding q | deltas q | calib seqs | calib forward | "
-               + " | ".join(res["eval_texts"]) + " | mean | ratio to float |", "|" + "---|" * (10 + len(res["eval_texts"]))]
+               "| bits | method | block | act order | projections q | embedding q | deltas q | calib seqs | calib forward | "
+               + " | ".join(res["eval_texts"]) + " | mean | ratio to float |", "|" + "---|" * (11 + len(res["eval_texts"]))]
         for r in e["rows"]:
             md.append(f"| {r['quantize']} | {r['method']} | {r['block']} | {'yes' if r['act_order'] else 'no'} | "
-                      f"{'yes' if r['embedding_quantized'] else 'no'} | {'yes' if r['deltas_quantized'] else 'no'} | "
+                      f"{'yes' if r.get('projections_quantized', True) else 'no'} | {'yes' if r['embedding_quantized'] else 'no'} | {'yes' if r['deltas_quantized'] else 'no'} | "
                       f"{r['calib_samples'] or '-'} | {r.get('calib_forward', 'float32') if r['calib_samples'] else '-'} | "
                       + " | ".join(f"{r['ppl'][t]:.3f}" for t in res["eval_texts"])
                       + f" | {r['ppl']['mean']:.3f} | {r['ppl_ratio']:.4f} |")
@@ -260,11 +275,13 @@ def main(argv=None) -> int:
     res = {"_t0": time.perf_counter(), "eval_texts": list(EVAL_DATASETS), "ppl_tokens": args.ppl_tokens, "calib_text": "mixed-train",
            "calib_samples": args.calib_samples, "default_method": DEFAULT_QUANT_METHOD,
            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads", "models": {}}
-    rows, delta_rows = ROWS, DELTA_ROWS
-    if args.rows:
+    rows, delta_rows = ROWS + HEAD_ROWS, DELTA_ROWS
+    if args.head_only:
+        rows, delta_rows = HEAD_ROWS, []
+    elif args.rows:
         rows = [parse_row(x) for x in args.rows.split(",")]
         delta_rows = [r[:5] + (False,) for r in rows]  # each row again with float deltas (compressed model only)
-    if args.onnx_only or args.rows:
+    if args.onnx_only or args.rows or args.head_only:
         import json
 
         res.update({k: v for k, v in json.loads((out / "quant_quality.json").read_text()).items() if k != "seconds"})

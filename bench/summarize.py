@@ -157,14 +157,14 @@ def peers(d: dict) -> list[str]:
         lines.append(f"| {t['target']} | {'-' if got is None else f'{got:.3f}'} | {t['op']} {t['threshold']} | "
                      f"{'yes' if t.get('met') else ('not measured' if got is None else 'no')} |")
     lines += ["", "Contenders, speeds and sizes: [bench/results/peers.md](../bench/results/peers.md)."]
-    why = _peer_misses(d, _load("zero_points.json", RESULTS))
+    why = _peer_misses(d, _load("zero_points.json", RESULTS), _load("quant_quality.json", RESULTS))
     return lines + (["", "Where the missed targets lose, from the same files:", "", *why] if why else [])
 
 
-def _peer_misses(d: dict, zp: dict | None) -> list[str]:
+def _peer_misses(d: dict, zp: dict | None, qq: dict | None = None) -> list[str]:
     """One line per missed target of peers.json, with the measurements that locate the loss:
-    per-round ratios, memory beside the weights, and the kernel and rounding facts of
-    bench/zero_points.py (zp, None when absent)."""
+    per-round ratios, memory beside the weights, the kernel and rounding facts of
+    bench/zero_points.py (zp) and bench/quant_quality.py's head-only rows (qq); None when absent."""
     from peers import METRICS, round_ratios
 
     kernel = {(k["m"], k["zero_points"], k["accuracy_level"]): k["us"] for k in (zp or {}).get("kernels", [])}
@@ -193,6 +193,12 @@ def _peer_misses(d: dict, zp: dict | None) -> list[str]:
                    f"on that grid); MatMulNBits' uint4 zero points re-round them (relative weight error "
                    f"{w['rel_err_uint4_zp']:.4f} at RTN), float zero points would hold them exactly but decode "
                    f"{kernel[(1, 'float', 4)] / kernel[(1, 'uint4', 4)]:.0f}x slower at accuracy level 4 (zero_points.json)")
+            head = {r["quantize"]: r["ppl_ratio"] for r in ((qq or {}).get("models", {}).get("original", {}).get("rows", []))
+                    if r.get("projections_quantized") is False and r["method"] == "rtn"}
+            if head:
+                why += ("; with every projection kept float (its Q4_1 blocks exact) and only the tied embedding / LM head "
+                        "quantized (RTN), perplexity is " + ", ".join(f"{v:.3f}x float at {k}" for k, v in sorted(head.items()))
+                        + " (quant_quality.json)")
             if den.startswith("llama"):
                 why += f"; llama.cpp runs the blocks as shipped: perplexity {d['summary'][den]['ppl']:.3f}"
         if why:

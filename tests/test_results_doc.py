@@ -56,3 +56,20 @@ def test_a_missed_peer_target_is_located_from_the_measurements():
     assert lines == ["- decode (0.925): per-round ratios 0.900, 0.950.",
                      "- rss (1.050): peak RSS beside the weight file: 130 MiB against 110 MiB (of which the process after "
                      "importing its runtime: 28 against 28 MiB); the weights save 10.0 MiB."]
+
+
+def test_a_missed_int4_perplexity_names_the_head_only_rows():
+    mod = _summarize()
+    d = {"rounds": {}, "summary": {"int4": {"ppl": 22.5}, "float": {"ppl": 18.1}},
+         "contenders": {"int4": {"model": "original"}, "float": {}},
+         "targets": [{"target": "ppl", "metric": "ppl", "numerator": "int4", "denominator": "float", "value": 1.243, "met": False}]}
+    zp = {"weights": {"blocks_on_q4_1_grid": 8, "blocks": 8, "rel_err_uint4_zp": 0.08},
+          "kernels": [{"m": 1, "zero_points": z, "accuracy_level": 4, "us": us} for z, us in (("float", 400.0), ("uint4", 10.0))]}
+    qq = {"models": {"original": {"rows": [
+        {"quantize": "int4", "method": "rtn", "projections_quantized": False, "ppl_ratio": 1.086},
+        {"quantize": "int8", "method": "rtn", "projections_quantized": False, "ppl_ratio": 1.0},
+        {"quantize": "int4", "method": "rtn", "embedding_quantized": True, "ppl_ratio": 1.333}]}}}
+    (line,) = mod._peer_misses(d, zp, qq)
+    assert "decode 40x slower" in line
+    assert "perplexity is 1.086x float at int4, 1.000x float at int8 (quant_quality.json)" in line
+    assert "head" not in mod._peer_misses(d, zp, None)[0]
