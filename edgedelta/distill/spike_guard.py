@@ -17,7 +17,9 @@ tests/distill/test_spike_guard.py replays all of them.
 
 Snapshots (trained tensors and optimizer state, on the CPU) are taken every WINDOW steps and the
 two latest are kept, so the one restored was taken before the window that spiked began.
-Data and the step count go on: the rows a rolled-back stretch used are not replayed."""
+Data and the step count go on: the rows a rolled-back stretch used are not replayed. A resumed
+run rebuilds its window and reference from the checkpoint's log (`prime`), so it judges as the
+uninterrupted run would; its oldest snapshot is the checkpoint itself."""
 
 from __future__ import annotations
 
@@ -75,14 +77,28 @@ class SpikeGuard:
             p.copy_(saved.to(p.device))
         self.optimizer.load_state_dict(snap.optimizer)  # moves state tensors to each parameter's device
 
-    def after_step(self, step: int, loss: float, p: float) -> dict | None:
-        """`step`: optimizer steps done so far (1-based); `loss`: that step's loss; `p`: its mean
-        replacement probability (only steps at p = 1 are judged)."""
+    def prime(self, log_lines: list[dict]) -> None:
+        """The window and reference a run had after these log lines (a resumed run's history;
+        exact when every step was logged)."""
+        for line in log_lines:
+            self._judge_input(line["loss"], line.get("p", 1.0))
+            if "rollback" in line:
+                self._losses.clear()
+            elif len(self._losses) == self.window:
+                mean = sum(self._losses) / self.window
+                self._best = mean if self._best is None else min(self._best, mean)
+
+    def _judge_input(self, loss: float, p: float) -> None:
         if p < 1.0:  # a ramp: the loss level follows the sampled mask
             self._best = None
             self._losses.clear()
         else:
             self._losses.append(float(loss))
+
+    def after_step(self, step: int, loss: float, p: float) -> dict | None:
+        """`step`: optimizer steps done so far (1-based); `loss`: that step's loss; `p`: its mean
+        replacement probability (only steps at p = 1 are judged)."""
+        self._judge_input(loss, p)
         if len(self._losses) == self.window:
             mean = sum(self._losses) / self.window
             if self._best is not None and not mean <= self.ratio * self._best:  # also catches a NaN mean

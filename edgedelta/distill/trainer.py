@@ -141,6 +141,7 @@ def train_loop(hybrid: HybridModel, teacher: nn.Module, params: list[nn.Paramete
                desc="distill", disable=not (progress and ctx.is_main), dynamic_ncols=True)
     steps_here = 0
     guard = SpikeGuard(params, optimizer, step=state.step, lr_scale=state.extra.get("lr_scale", 1.0))
+    guard.prime(log.lines)  # a resumed run's history (the checkpoint's log)
     stop = StopRequest()
     with stop:
         while state.step < total:

@@ -116,3 +116,17 @@ def test_a_spike_in_training_rolls_back_halves_the_lr_and_is_checkpointed(tmp_pa
     for r in res.log:  # the learning rate after the rollback is half the schedule's, also after the resume
         want = lr_at(r["step"] - 1, cfg) * (0.5 if r["step"] > rb["step"] else 1.0)
         assert r["lr"] == pytest.approx(want), r["step"]
+
+
+def test_a_resumed_run_judges_with_the_history_of_its_checkpoint(tmp_path, monkeypatch):
+    """The spike starts right after the resume: only the reference from before it (rebuilt from
+    the checkpoint's log) shows the resumed steps as a spike."""
+    torch.set_num_threads(1)
+    cfg = DistillConfig(tokens=16 * 4 * 28, seq_len=16, batch_size=4, lr=3e-3, warmup_frac=0.0, schedule="plain",
+                        checkpoint_every=4)
+    teacher, student = make_pair()
+    _reported_losses(monkeypatch, 2 * WINDOW + 3, 3 * WINDOW + 2)  # steps 19..26 report 3.0
+    with pytest.raises(TrainingInterrupted):
+        distill(student, cfg, tmp_path / "out", teacher=teacher, train_rows=rows(), progress=False, stop_after=2 * WINDOW + 2)
+    res = distill(make_pair()[1], cfg, tmp_path / "out", teacher=teacher, train_rows=rows(), progress=False, resume=True)
+    assert [r["step"] for r in res.log if "rollback" in r] == [2 * WINDOW + 2 + 5]
