@@ -13,7 +13,10 @@ after their ramp; during a ramp the loss level moves with the sampled mask, so t
 not judged). Over the 25 healthy training logs kept in bench/results (recovery*, gpu_recovery*:
 batch 1 to 8, CPU and GPU, plain and linear schedules, 24 to 781 such steps) that ratio never
 exceeded 1.41; the 0.5B run above passed SPIKE_RATIO at step 16.
-tests/distill/test_spike_guard.py replays all of them.
+tests/distill/test_spike_guard.py replays all of them. The same recipe on the 0.5B drop-share
+build spiked the same way (KL 0.78 over steps 1-8, 1.2-2.4 over steps 9-16); the guard rolled it
+back to step 8 at step 16 and it went on without another spike at lr 5e-4
+(bench/results/quality_qwen2.5-coder-0.5b/distill_log_deltallm-drop_recipe-drop-share_guarded_stopped.jsonl).
 
 Snapshots (trained tensors and optimizer state, on the CPU) are taken every WINDOW steps and the
 two latest are kept, so the one restored was taken before the window that spiked began.

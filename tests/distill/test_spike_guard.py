@@ -20,7 +20,8 @@ from edgedelta.errors import EdgeDeltaError
 from .common import make_pair, rows
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
-DIVERGED = RESULTS / "quality_qwen2.5-coder-0.5b" / "heal_log_deltallm_recipe-drop-share_stopped.jsonl"
+DIVERGED = RESULTS / "quality_qwen2.5-coder-0.5b" / "heal_log_deltallm_recipe-drop-share_stopped.jsonl"  # no guard
+GUARDED = RESULTS / "quality_qwen2.5-coder-0.5b" / "distill_log_deltallm-drop_recipe-drop-share_guarded_stopped.jsonl"
 
 
 def _healthy_logs() -> dict[str, list[dict]]:
@@ -58,12 +59,15 @@ def test_no_healthy_training_log_is_rolled_back():
     assert judged > 5000
 
 
-def test_the_diverged_run_is_rolled_back_to_before_its_spike():
-    log = [json.loads(x) for x in DIVERGED.read_text().splitlines() if x.strip()]
+@pytest.mark.parametrize("path", [DIVERGED, GUARDED])
+def test_the_diverged_runs_are_rolled_back_to_before_their_spike(path):
+    log = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     guard, events = _replay(log[:16])
     (step, r, restored), = events
     assert step == 2 * WINDOW and r["rolled_back_to"] == WINDOW and restored == WINDOW  # the state after step 8
     assert r["spike_mean"] > SPIKE_RATIO * r["reference_mean"] and guard.lr_scale == 0.5
+    if "rollback" in log[15]:  # the guarded run recorded the same decision (from unrounded losses)
+        assert log[15]["rollback"] == pytest.approx(r, abs=1e-5)
 
 
 def test_it_stops_with_a_clear_error_after_the_last_rollback():
