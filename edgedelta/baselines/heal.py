@@ -47,7 +47,7 @@ def heal(student: nn.Module, teacher: nn.Module, rows: torch.Tensor, rank: int =
     ((n, seq_len) token ids, the same rows every method gets), then merge them. The LoRA init
     comes from `seed` alone, not the global RNG: the same call heals to the same weights.
     A loss spike is rolled back at half the learning rate, as in distillation (spike_guard.py).
-    Returns {tokens, steps, seconds, final_kl, rank, trainable_params, rollbacks}."""
+    Returns {tokens, steps, seconds, final_kl, rank, trainable_params, losses (per step), rollbacks}."""
     if rows.ndim != 2 or rows.shape[0] < 1:
         raise ConfigError(f"healing rows must be (n, seq_len) token ids, got shape {tuple(rows.shape)}")
     device = next(student.parameters()).device
@@ -62,7 +62,7 @@ def heal(student: nn.Module, teacher: nn.Module, rows: torch.Tensor, rank: int =
         opt, lambda s: guard.lr_scale * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / max(steps, 1)))))
     teacher.eval()
     student.train()
-    t0, kl = time.time(), float("nan")
+    t0, kl, losses = time.time(), float("nan"), []
     for s in tqdm(range(steps), desc="heal", disable=not progress, leave=False):
         x = rows[s * batch_size : (s + 1) * batch_size].to(device)
         with torch.no_grad():
@@ -75,6 +75,7 @@ def heal(student: nn.Module, teacher: nn.Module, rows: torch.Tensor, rank: int =
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         kl = float(loss.detach())
+        losses.append(round(kl, 4))
         guard.after_step(s + 1, kl, 1.0)
         sched.step()
     student.eval()
@@ -85,4 +86,5 @@ def heal(student: nn.Module, teacher: nn.Module, rows: torch.Tensor, rank: int =
     for p in student.parameters():
         p.requires_grad_(False)
     return {"tokens": int(rows.numel()), "steps": steps, "seconds": round(time.time() - t0, 1), "final_kl": kl,
-            "rank": rank, "trainable_params": sum(p.numel() for p in params), "rollbacks": guard.rollbacks}
+            "rank": rank, "trainable_params": sum(p.numel() for p in params),
+            "losses": losses, "rollbacks": guard.rollbacks}

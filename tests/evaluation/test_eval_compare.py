@@ -72,6 +72,7 @@ def test_recipe_heals_every_method_alike(tiny_tok, files):
     drop_heal, sg_heal = rows[("deltallm-drop", "healed")]["heal"], rows[("shortgpt", "healed")]["heal"]
     assert drop_heal["lr"] == sg_heal["lr"] == DROP_SHARE.distill.lr == DROP_SHARE.heal.lr
     assert drop_heal["batch"] == sg_heal["batch"] == 1 and sg_heal["steps"] == 2  # 64 tokens = 2 rows of 32, one per step
+    assert len(drop_heal["losses"]) == len(sg_heal["losses"]) == 2 and drop_heal["rollbacks"] == sg_heal["rollbacks"] == 0
     assert rows[("deltallm-drop", "healed")]["params"] == rows[("deltallm-drop", "built")]["params"]  # LoRA merged
     assert "recipe drop-share: trains deltas+gates+norms+lora+layer-lora (LoRA rank 2, merged)" in drop_heal["how"]
     # the baselines' LoRA is sized to the delta model's trainable count, within one rank step
