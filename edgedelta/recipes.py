@@ -162,7 +162,12 @@ REMOVAL = Recipe(
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (DELTALLM, DROP_SHARE, REMOVAL)}
 # the recipe measured best at each measured budget (target_params -> name), on this model (every
-# Evidence file measured it; a larger model may want another lr: the choice says where it comes from)
+# Evidence file measured it; the choice says where it comes from). A larger model may want another
+# lr: on Qwen2.5-Coder-0.5B, lr 1e-3 at batch 1 spiked within 16 steps on both the pure-sharing
+# and the drop-share build (distill/spike_guard.py rolls such a run back at half the lr), while the
+# deltallm recipe's lr 3e-4 at batch 4 trained both without a spike
+# (bench/results/quality_qwen2.5-coder-0.5b: the *_log_*.jsonl files, replayed by
+# tests/distill/test_spike_guard.py)
 BEST_MEASURED: dict[float, str] = {0.88: "drop-share", 0.75: "drop-share"}
 MEASURED_ON = "SmolLM2-135M-Instruct"
 

@@ -10,9 +10,10 @@ A run like that ends as a model worse than its own start, after the whole token 
 The test: the mean loss of the last WINDOW steps against the lowest such mean before it, over
 the steps where every compressed layer is active (the plain schedule from step 0, the others
 after their ramp; during a ramp the loss level moves with the sampled mask, so those steps are
-not judged). Over the 25 healthy training logs kept in bench/results (recovery*, gpu_recovery*:
-batch 1 to 8, CPU and GPU, plain and linear schedules, 24 to 781 such steps) that ratio never
-exceeded 1.41; the 0.5B run above passed SPIKE_RATIO at step 16.
+not judged). Over the 25 healthy SmolLM2-135M training logs kept in bench/results (recovery*,
+gpu_recovery*: batch 1 to 8, CPU and GPU, plain and linear schedules, 24 to 781 such steps) that
+ratio never exceeded 1.41, nor did it reach 2 on the 0.5B drop-share build trained at lr 3e-4,
+batch 4 (heal_log_deltallm-drop_recipe-deltallm_steps1-48.jsonl); the 0.5B run above passed SPIKE_RATIO at step 16.
 tests/distill/test_spike_guard.py replays all of them. The same recipe on the 0.5B drop-share
 build spiked the same way (KL 0.78 over steps 1-8, 1.2-2.4 over steps 9-16); the guard rolled it
 back to step 8 at step 16 and it went on without another spike at lr 5e-4

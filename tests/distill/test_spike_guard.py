@@ -21,11 +21,12 @@ from .common import make_pair, rows
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 DIVERGED = RESULTS / "quality_qwen2.5-coder-0.5b" / "heal_log_deltallm_recipe-drop-share_stopped.jsonl"  # no guard
+HEALTHY_05B = RESULTS / "quality_qwen2.5-coder-0.5b" / "heal_log_deltallm-drop_recipe-deltallm_steps1-48.jsonl"
 GUARDED = RESULTS / "quality_qwen2.5-coder-0.5b" / "distill_log_deltallm-drop_recipe-drop-share_guarded_stopped.jsonl"
 
 
 def _healthy_logs() -> dict[str, list[dict]]:
-    logs = {}
+    logs = {"0.5B drop-share build, deltallm recipe": [json.loads(x) for x in HEALTHY_05B.read_text().splitlines() if x.strip()]}
     for f in sorted([*RESULTS.glob("recovery*.json"), *RESULTS.glob("recovery*/*.json"), *RESULTS.glob("gpu_recovery*.json")]):
         for arm, a in json.loads(f.read_text()).get("arms", {}).items():
             if a.get("log"):
