@@ -10,6 +10,7 @@ bench/quality.py); calibration text: mixed-train (training text, disjoint from b
 
   python bench/quant_quality.py                          # SmolLM2-135M, CPU-sized
   python bench/quant_quality.py --compressed DIR         # also a compressed model (deltas float vs quantized)
+  python bench/quant_quality.py --head-only --no-onnx    # only the tied embedding / LM head quantized (projections float)
 
 Writes bench/results/quant_quality.json (rewritten after every row) and quant_quality.md."""
 
