@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -175,10 +176,10 @@ def train_loop(hybrid: HybridModel, teacher: nn.Module, params: list[nn.Paramete
             rollback = guard.after_step(state.step, sums["loss"], schedule.mean_p(step))
             if rollback is not None:
                 state.extra["lr_scale"] = guard.lr_scale
-                if ctx.is_main and progress:
-                    bar.write(f"distill: loss spiked at step {state.step} (mean {rollback['spike_mean']:.4g} against "
-                              f"{rollback['reference_mean']:.4g}); rolled back to step {rollback['rolled_back_to']}, "
-                              f"learning rate x{guard.lr_scale:g}")
+                if ctx.is_main:  # on stderr with or without the progress bar
+                    tqdm.write(f"edgedelta distill: loss spiked at step {state.step} (mean {rollback['spike_mean']:.4g} against "
+                               f"{rollback['reference_mean']:.4g}); rolled back to step {rollback['rolled_back_to']}, "
+                               f"learning rate x{guard.lr_scale:g}", file=sys.stderr)
             if ctx.is_main and (state.step % cfg.log_every == 0 or state.step == total or rollback is not None):
                 log.append({"step": state.step, "tokens": state.tokens, **{k: round(v, 6) for k, v in sums.items()},
                             "lr": lr, "p": round(schedule.mean_p(step), 4), "active": int(hybrid.active.sum()),

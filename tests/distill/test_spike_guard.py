@@ -102,7 +102,7 @@ def _reported_losses(monkeypatch, first: int, last: int):
     monkeypatch.setattr(trainer, "_micro_loss", fake)
 
 
-def test_a_spike_in_training_rolls_back_halves_the_lr_and_is_checkpointed(tmp_path, monkeypatch):
+def test_a_spike_in_training_rolls_back_halves_the_lr_and_is_checkpointed(tmp_path, monkeypatch, capsys):
     torch.set_num_threads(1)
     cfg = DistillConfig(tokens=16 * 4 * 24, seq_len=16, batch_size=4, lr=3e-3, warmup_frac=0.0, schedule="plain",
                         checkpoint_every=4)
@@ -110,6 +110,7 @@ def test_a_spike_in_training_rolls_back_halves_the_lr_and_is_checkpointed(tmp_pa
     _reported_losses(monkeypatch, WINDOW + 1, 2 * WINDOW)  # the rolling mean passes 2.0 at the 5th such step
     with pytest.raises(TrainingInterrupted):
         distill(student, cfg, tmp_path / "out", teacher=teacher, train_rows=rows(), progress=False, stop_after=2 * WINDOW + 2)
+    assert "loss spiked at step 13" in capsys.readouterr().err  # said on stderr, also without a progress bar
     run = run_dir_for(tmp_path / "out")
     ck = json.loads((run / json.loads((run / "latest.json").read_text())["checkpoint"] / "state.json").read_text())
     assert ck["step"] == 2 * WINDOW + 2 and ck["lr_scale"] == 0.5
