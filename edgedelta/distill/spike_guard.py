@@ -19,41 +19,40 @@ build spiked the same way (KL 0.78 over steps 1-8, 1.2-2.4 over steps 9-16); the
 back to step 8 at step 16 and it went on without another spike at lr 5e-4
 (bench/results/quality_qwen2.5-coder-0.5b/distill_log_deltallm-drop_recipe-drop-share_guarded_stopped.jsonl).
 
-Snapshots (trained tensors and optimizer state, on the CPU) are taken every WINDOW steps and the
-two latest are kept, so the one restored was taken before the window that spiked began.
+Snapshots (trained tensors and optimizer state) are taken every WINDOW steps and the two latest
+are kept, so the one restored was taken before the window that spiked began. With a run folder
+they are safetensors files there (a 1.5B distillation peaks at 21 GiB of this machine's 24 before
+any snapshot, bench/results/stages_qwen2.5-coder-1.5b.json), else CPU tensors.
 Data and the step count go on: the rows a rolled-back stretch used are not replayed. A resumed
 run rebuilds its window and reference from the checkpoint's log (`prime`), so it judges as the
 uninterrupted run would; its oldest snapshot is the checkpoint itself."""
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..errors import EdgeDeltaError
+from .checkpoint import load_optimizer_tensors, optimizer_tensors
 
 WINDOW = 8  # steps per mean; also the snapshot interval
 SPIKE_RATIO = 2.0  # window mean / lowest earlier window mean that counts as divergence
 MAX_ROLLBACKS = 3  # then the run stops: lr / 8 still diverged
 
 
+SNAPSHOT_GLOB = "spike-snapshot-*.safetensors"
+
+
 @dataclass
 class _Snapshot:
     step: int
-    params: list[torch.Tensor]
-    optimizer: dict
-
-
-def _to_cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    return obj
+    tensors: dict[str, torch.Tensor] | None  # in memory: 'p<i>' parameters and '<p<i>>.<key>' AdamW state
+    path: Path | None = None  # or this file of the same tensors
 
 
 class SpikeGuard:
@@ -62,24 +61,47 @@ class SpikeGuard:
     EdgeDeltaError after MAX_ROLLBACKS."""
 
     def __init__(self, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, step: int = 0,
-                 lr_scale: float = 1.0, window: int = WINDOW, ratio: float = SPIKE_RATIO, max_rollbacks: int = MAX_ROLLBACKS):
-        self.params, self.optimizer = params, optimizer
+                 lr_scale: float = 1.0, window: int = WINDOW, ratio: float = SPIKE_RATIO, max_rollbacks: int = MAX_ROLLBACKS,
+                 spill_dir: Path | None = None):
+        self.params, self.optimizer, self.spill_dir = params, optimizer, spill_dir
+        self._names = [f"p{i}" for i in range(len(params))]
+        if spill_dir is not None:  # an interrupted run's snapshots are not this run's
+            for f in Path(spill_dir).glob(SNAPSHOT_GLOB):
+                f.unlink()
         self.window, self.ratio, self.max_rollbacks = window, ratio, max_rollbacks
         self.lr_scale = lr_scale
         self.rollbacks = 0
         self._losses: deque[float] = deque(maxlen=window)
         self._best: float | None = None
-        self._snapshots: deque[_Snapshot] = deque(maxlen=2)
-        self._snapshots.append(self._take(step))
+        self._snapshots: deque[_Snapshot] = deque()
+        self._keep(step)
 
-    def _take(self, step: int) -> _Snapshot:
-        return _Snapshot(step, [p.detach().to("cpu", copy=True) for p in self.params], _to_cpu(self.optimizer.state_dict()))
+    def _keep(self, step: int) -> None:
+        """Snapshot the state after `step`; the oldest of three is dropped."""
+        tensors = {n: p.detach().to("cpu", copy=True).contiguous() for n, p in zip(self._names, self.params)}
+        tensors.update(optimizer_tensors(self.optimizer, self._names))
+        snap = _Snapshot(step, tensors)
+        if self.spill_dir is not None:
+            snap.path = Path(self.spill_dir) / SNAPSHOT_GLOB.replace("*", f"{step:06d}")
+            tmp = snap.path.with_suffix(".tmp")
+            save_file(tensors, tmp)
+            os.replace(tmp, snap.path)
+            snap.tensors = None
+        self._snapshots.append(snap)
+        while len(self._snapshots) > 2:
+            self._drop(self._snapshots.popleft())
+
+    @staticmethod
+    def _drop(snap: _Snapshot) -> None:
+        if snap.path is not None:
+            snap.path.unlink(missing_ok=True)
 
     @torch.no_grad()
     def _restore(self, snap: _Snapshot) -> None:
-        for p, saved in zip(self.params, snap.params):
-            p.copy_(saved.to(p.device))
-        self.optimizer.load_state_dict(snap.optimizer)  # moves state tensors to each parameter's device
+        tensors = snap.tensors if snap.tensors is not None else load_file(snap.path)
+        for n, p in zip(self._names, self.params):
+            p.copy_(tensors[n].to(p.device, p.dtype))
+        load_optimizer_tensors(self.optimizer, self._names, tensors)
 
     def prime(self, log_lines: list[dict]) -> None:
         """The window and reference a run had after these log lines (a resumed run's history;
@@ -109,7 +131,7 @@ class SpikeGuard:
                 return self._roll_back(step, mean)
             self._best = mean if self._best is None else min(self._best, mean)
         if step % self.window == 0:
-            self._snapshots.append(self._take(step))
+            self._keep(step)
         return None
 
     def _roll_back(self, step: int, mean: float) -> dict:
@@ -122,7 +144,7 @@ class SpikeGuard:
         snap = next((s for s in reversed(self._snapshots) if s.step < first), self._snapshots[0])
         self._restore(snap)
         while self._snapshots[-1] is not snap:
-            self._snapshots.pop()
+            self._drop(self._snapshots.pop())
         self.rollbacks += 1
         self.lr_scale *= 0.5
         self._losses.clear()

@@ -192,7 +192,8 @@ def train(job: Job, state: LoopState, progress: bool, stop_after: int | None) ->
             cache = TopKCache(cfg.teacher_cache, teacher_fingerprint(job.teacher), data_fp, cfg.teacher_topk)
     try:
         return train_loop(job.hybrid, job.teacher, job.params, job.optimizer, job.data, cfg, ctx, state, job.log, job.save,
-                          progress=progress, stop_after=stop_after, topk_cache=cache)
+                          progress=progress, stop_after=stop_after, topk_cache=cache,
+                          snapshot_dir=job.run if ctx.is_main or job.run is None else None)
     except TrainingInterrupted as e:
         where = f" in '{job.run}'" if job.run is not None else " (no run folder: nothing saved)"
         raise TrainingInterrupted(str(e).replace("checkpoint saved", "checkpoint saved" + where)) from None

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -130,10 +131,11 @@ def _micro_loss(hybrid: HybridModel, teacher: nn.Module, t_layers, x: torch.Tens
 def train_loop(hybrid: HybridModel, teacher: nn.Module, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
                data: TrainData, cfg: DistillConfig, ctx: DistContext, state: LoopState, log: JsonlLog,
                save: Callable[[LoopState], None], *, progress: bool = True, stop_after: int | None = None,
-               topk_cache: TopKCache | None = None) -> LoopState:
+               topk_cache: TopKCache | None = None, snapshot_dir: Path | None = None) -> LoopState:
     """Run optimizer steps state.step .. total_steps-1. `save(state)` writes a checkpoint
     (called on the main process only). Raises TrainingInterrupted after saving when asked to
-    stop (signal, or `stop_after` steps in this call)."""
+    stop (signal, or `stop_after` steps in this call). `snapshot_dir`: where the spike guard
+    keeps its snapshots (None: in memory)."""
     schedule = ReplacementSchedule(cfg.schedule, len(hybrid.layers), cfg.total_steps, cfg.p0, cfg.ramp_frac,
                                    cfg.curriculum_order, cfg.seed)
     t_layers = adapter_for(teacher.config).decoder_layers(teacher)
@@ -141,7 +143,7 @@ def train_loop(hybrid: HybridModel, teacher: nn.Module, params: list[nn.Paramete
     bar = tqdm(total=total * cfg.tokens_per_step, initial=state.tokens, unit="tok", unit_scale=True,
                desc="distill", disable=not (progress and ctx.is_main), dynamic_ncols=True)
     steps_here = 0
-    guard = SpikeGuard(params, optimizer, step=state.step, lr_scale=state.extra.get("lr_scale", 1.0))
+    guard = SpikeGuard(params, optimizer, step=state.step, lr_scale=state.extra.get("lr_scale", 1.0), spill_dir=snapshot_dir)
     guard.prime(log.lines)  # a resumed run's history (the checkpoint's log)
     stop = StopRequest()
     with stop:

@@ -34,12 +34,12 @@ def _healthy_logs() -> dict[str, list[dict]]:
     return logs
 
 
-def _replay(log: list[dict]):
+def _replay(log: list[dict], spill_dir=None):
     """Feed a log to a guard over one parameter that holds the step count, as if each step
     had trained it; returns (guard, [(step, rollback, parameter after the step)])."""
     w = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([w], lr=1e-3)
-    guard, events = SpikeGuard([w], opt), []
+    guard, events = SpikeGuard([w], opt, spill_dir=spill_dir), []
     for e in log:
         with torch.no_grad():
             w.fill_(float(e["step"]))
@@ -61,9 +61,13 @@ def test_no_healthy_training_log_is_rolled_back():
 
 
 @pytest.mark.parametrize("path", [DIVERGED, GUARDED])
-def test_the_diverged_runs_are_rolled_back_to_before_their_spike(path):
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_the_diverged_runs_are_rolled_back_to_before_their_spike(path, on_disk, tmp_path):
     log = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    guard, events = _replay(log[:16])
+    (tmp_path / "spike-snapshot-000099.safetensors").write_bytes(b"an interrupted run's")
+    guard, events = _replay(log[:16], tmp_path if on_disk else None)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == (["spike-snapshot-000000.safetensors", "spike-snapshot-000008.safetensors"] if on_disk else ["spike-snapshot-000099.safetensors"])
     (step, r, restored), = events
     assert step == 2 * WINDOW and r["rolled_back_to"] == WINDOW and restored == WINDOW  # the state after step 8
     assert r["spike_mean"] > SPIKE_RATIO * r["reference_mean"] and guard.lr_scale == 0.5
