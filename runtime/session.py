@@ -189,7 +189,7 @@ class Session:
     def from_dir(cls, path: str | os.PathLike, provider: str = "auto", threads: int | None = None,
                  arena: bool = False, verify: bool = True, tokenizer: str | None = "light",
                  prepack: bool | None = None, spin: bool | str = "auto", tune_malloc: bool = True,
-                 cuda_tf32: bool = True) -> "Session":
+                 cuda_tf32: bool = True, release_pages: bool = True) -> "Session":
         """Verify the artifact's checksums, then load it on `provider` ('auto'|'cpu'|'cuda').
         tokenizer: 'light' (tokenizer.json without transformers; falls back to 'hf' when the
         artifact has no tokenizer.json), 'hf' (transformers.AutoTokenizer) or None.
@@ -203,7 +203,9 @@ class Session:
         threads: intra-op threads, default every core this process may use.
         tune_malloc: fix glibc's mmap threshold so freed prefill activations go back to the OS
         (peak RSS 1,844 -> ~850 MiB at a 512-token prefill; see memory.py). Process-wide; pass False to leave malloc alone.
-        cuda_tf32: TF32 matmuls on CUDA (see cuda_provider); False for logits that match the CPU provider's."""
+        cuda_tf32: TF32 matmuls on CUDA (see cuda_provider); False for logits that match the CPU provider's.
+        release_pages: after the session is built, drop the resident pages of the mapped weight
+        files that its prepacked copies made redundant (memory.release_clean_pages; Linux)."""
         import onnxruntime as ort
 
         t0 = time.perf_counter()
@@ -234,6 +236,12 @@ class Session:
                 raise ConfigError("provider 'cuda' is not available: ONNX Runtime could not create a CUDA session (no GPU or CUDA libraries)")
             print("edgedelta: CUDA session failed, running on CPU (provider 'auto')", file=sys.stderr)
             prov = "cpu"
+        if release_pages:
+            from .memory import release_clean_pages
+
+            for f in art.path.iterdir():  # the external weight file(s) ORT mapped
+                if f.is_file() and f.name != art.model_file.name and f.name.startswith(art.model_file.name):
+                    release_clean_pages(f)
         tok = load_artifact_tokenizer(art.path, tokenizer) if tokenizer else None
         return cls(art, sess, prov, tok, time.perf_counter() - t0)
 
