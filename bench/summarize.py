@@ -252,6 +252,18 @@ def stages(d: dict) -> list[str]:
     return lines + [""] + reruns + ([""] if reruns else []) + targets_table(d["targets"])
 
 
+def release_pages(d: dict) -> list[str]:
+    """bench/release_pages.py: RSS with the mapped weight file's pages kept and released after load."""
+    names = {"rss_after_load_mib": "RSS after load", "rss_peak_decode_mib": "peak RSS after decode",
+             "rss_peak_all_mib": "peak RSS after the 512-token prefill"}
+    lines = [f"{d['rounds']} round(s), fresh processes, {d['threads']} threads; ratio = released / kept (same round).", "",
+             "| artifact | measure | kept MiB | released MiB | ratio |", "|---|---|---:|---:|---:|"]
+    for art, e in d["artifacts"].items():
+        lines += [f"| {art} | {label} | {e[m]['kept']:.1f} | {e[m]['released']:.1f} | {e[m]['ratio']:.3f} |" for m, label in names.items()]
+        lines.append(f"| {art} | decode tokens/s | | | {e['decode_tok_s_ratio']:.3f} |")
+    return lines
+
+
 def _link_only(path: str) -> Callable[[dict], list[str]]:
     def section(d: dict) -> list[str]:
         return [f"Measured; the table is in [{path}](../{path}) (no summary function yet)."]
@@ -271,6 +283,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("Runtime speed", "runtime.json", runtime),
     ("Cost of the delta branches", "delta_cost.json", delta_cost),
     ("Peers (onnxruntime-genai, llama.cpp)", "peers.json", peers),
+    ("Releasing the weight file's pages after load", "release_pages.json", release_pages),
     ("onnxruntime-genai loads edgedelta artifacts", "genai_compat.json", genai_compat),
     ("Quantization quality", "quant_quality.json", quant_quality),
     ("Zero points: Q4_1 blocks re-rounded vs held exactly", "zero_points.json", _link_only("bench/results/zero_points.md")),
