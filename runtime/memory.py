@@ -54,10 +54,10 @@ def release_clean_pages(path: str | os.PathLike) -> int:
 
     Why: ONNX Runtime maps an artifact's external weights (one mapping per initializer) and
     reads every quantized weight once at load to build its prepacked copy, which is what the
-    kernels read from then on; the originals' pages stay resident beside that copy. Measured
-    on SmolLM2-135M int4 (2 threads): 65 MiB of the 86 MB weight file resident after load;
-    with them released, RSS after a 128-token decode 196 MiB against 230 MiB, the same tokens.
-    Linux only; elsewhere (or where madvise fails) nothing is released and 0 is returned."""
+    kernels read from then on; the originals' pages stay resident beside that copy. Released,
+    SmolLM2-135M int4's RSS after load is 0.85x, with the same tokens and decode speed
+    (bench/results/release_pages.md). Linux only; elsewhere (or where madvise fails) nothing is
+    released and 0 is returned."""
     if not sys.platform.startswith("linux"):
         return 0
     target = os.path.realpath(path)
@@ -67,6 +67,8 @@ def release_clean_pages(path: str | os.PathLike) -> int:
         with open("/proc/self/smaps") as f:
             for line in f:
                 head = line.split()
+                if not head:
+                    continue
                 if _MAPPING.match(head[0]):  # a mapping's header: address range, perms, offset, dev, inode[, path]
                     cur = None
                     if len(head) >= 6 and head[5] == target:
