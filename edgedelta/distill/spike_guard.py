@@ -29,6 +29,7 @@ uninterrupted run would; its oldest snapshot is the checkpoint itself."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections import deque
 from dataclasses import dataclass
@@ -43,8 +44,6 @@ from .checkpoint import load_optimizer_tensors, optimizer_tensors
 WINDOW = 8  # steps per mean; also the snapshot interval
 SPIKE_RATIO = 2.0  # window mean / lowest earlier window mean that counts as divergence
 MAX_ROLLBACKS = 3  # then the run stops: lr / 8 still diverged
-
-
 SNAPSHOT_GLOB = "spike-snapshot-*.safetensors"
 
 
@@ -70,7 +69,7 @@ class SpikeGuard:
                 f.unlink()
         self.window, self.ratio, self.max_rollbacks = window, ratio, max_rollbacks
         self.lr_scale = lr_scale
-        self.rollbacks = 0
+        self.rollbacks = round(-math.log2(lr_scale)) if 0 < lr_scale < 1 else 0  # a resumed run's earlier ones count
         self._losses: deque[float] = deque(maxlen=window)
         self._best: float | None = None
         self._snapshots: deque[_Snapshot] = deque()

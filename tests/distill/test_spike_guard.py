@@ -85,6 +85,7 @@ def test_it_stops_with_a_clear_error_after_the_last_rollback():
             step, loss = step + 1, loss * 1.5
             guard.after_step(step, loss, 1.0)
     assert guard.rollbacks == MAX_ROLLBACKS and guard.lr_scale == 0.5 ** MAX_ROLLBACKS
+    assert SpikeGuard([w], torch.optim.AdamW([w]), lr_scale=0.25).rollbacks == 2  # a resumed run counts its earlier ones
 
 
 def test_a_ramp_is_not_judged():
