@@ -106,29 +106,32 @@ class SpikeGuard:
         """The window and reference a run had after these log lines (a resumed run's history;
         exact when every step was logged)."""
         for line in log_lines:
-            self._judge_input(line["loss"], line.get("p", 1.0))
+            self._judge(line["loss"], line.get("p", 1.0))
             if "rollback" in line:
                 self._losses.clear()
-            elif len(self._losses) == self.window:
-                mean = sum(self._losses) / self.window
-                self._best = mean if self._best is None else min(self._best, mean)
 
-    def _judge_input(self, loss: float, p: float) -> None:
+    def _judge(self, loss: float, p: float) -> float | None:
+        """Take one step's loss; the window's mean when it spiked, else None (the reference
+        then follows the window)."""
         if p < 1.0:  # a ramp: the loss level follows the sampled mask
             self._best = None
             self._losses.clear()
-        else:
-            self._losses.append(float(loss))
+            return None
+        self._losses.append(float(loss))
+        if len(self._losses) < self.window:
+            return None
+        mean = sum(self._losses) / self.window
+        if self._best is not None and not mean <= self.ratio * self._best:  # also catches a NaN mean
+            return mean
+        self._best = mean if self._best is None else min(self._best, mean)
+        return None
 
     def after_step(self, step: int, loss: float, p: float) -> dict | None:
         """`step`: optimizer steps done so far (1-based); `loss`: that step's loss; `p`: its mean
         replacement probability (only steps at p = 1 are judged)."""
-        self._judge_input(loss, p)
-        if len(self._losses) == self.window:
-            mean = sum(self._losses) / self.window
-            if self._best is not None and not mean <= self.ratio * self._best:  # also catches a NaN mean
-                return self._roll_back(step, mean)
-            self._best = mean if self._best is None else min(self._best, mean)
+        spiked = self._judge(loss, p)
+        if spiked is not None:
+            return self._roll_back(step, spiked)
         if step % self.window == 0:
             self._keep(step)
         return None

@@ -55,7 +55,12 @@ class DistillResult:
         return {"out_dir": str(self.out_dir) if self.out_dir else None, "steps": self.steps, "tokens": self.tokens,
                 "seconds": round(self.seconds, 1), "tokens_per_s": round(self.tokens_per_s, 1),
                 "final_loss": self.final_loss, "trainable_params": self.trainable_params, "reconstruction": self.reconstruction,
-                "rollbacks": [{"step": r["step"], **r["rollback"]} for r in self.log if "rollback" in r]}
+                "rollbacks": self.rollbacks}
+
+    @property
+    def rollbacks(self) -> list[dict]:
+        """The spike guard's rollbacks, from the log: step, the step restored, means, lr scale."""
+        return [{"step": r["step"], **r["rollback"]} for r in self.log if "rollback" in r]
 
 
 @dataclass

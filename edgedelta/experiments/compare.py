@@ -144,7 +144,7 @@ def _heal(method: str, student, teacher, tok, rows, config: CompareConfig, lora_
                         progress=progress, device="cpu" if not torch.cuda.is_available() else "auto")
         return {"tokens": r.tokens, "seconds": round(r.seconds, 1), "final_loss": r.final_loss,
                 "trainable_params": r.trainable_params, "lr": cfg.lr, "batch": cfg.batch_size, "recipe": recipe.name, "how": how,
-                "losses": [round(x["loss"], 4) for x in r.log], "rollbacks": len(r.to_dict()["rollbacks"])}
+                "losses": [round(x["loss"], 4) for x in r.log], "rollbacks": len(r.rollbacks)}
     from ..baselines.heal import heal, rank_for_budget
 
     lr, batch = recipe.heal.lr, recipe.heal.batch_size
