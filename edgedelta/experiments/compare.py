@@ -121,7 +121,8 @@ def _cached_build(method: str, model, tok, target, calib, progress: bool, compre
     if folder is not None:
         from ..delta.storage import save_compressed
 
-        save_compressed(student, folder, tokenizer=tok, manifest_facts={"report": report, "build_key": key}, force=True)
+        save_compressed(student, folder, tokenizer=tok, manifest_facts={"report": report, "build_key": key, "source": source or {}},
+                        force=True)  # the source names the teacher for a later `edgedelta distill` of the kept build
     return student, report
 
 

@@ -132,6 +132,7 @@ def test_a_kept_deltallm_build_is_loaded_not_rebuilt(tiny_tok, files, monkeypatc
     """build_cache: the second run at the same settings loads the first run's compressed model
     (same parameters, same evaluation, the first build's time) and compresses nothing."""
     import edgedelta.delta.compress as compress_mod
+    from edgedelta.manifest import read_manifest
 
     tf, txt = files
     model = make_model(len(tiny_tok), layers=6)
@@ -139,7 +140,8 @@ def test_a_kept_deltallm_build_is_loaded_not_rebuilt(tiny_tok, files, monkeypatc
               build_cache=str(tmp_path / "builds"),
               eval=EvalConfig(tasks=["ppl"], task_file=str(tf), ppl_texts=[str(txt)], ppl_tokens=128, ppl_seq_len=64))
     first = compare(model, tiny_tok, CompareConfig(**kw), progress=False, source={"name": "tiny"})["rows"][1]
-    assert len(list((tmp_path / "builds").iterdir())) == 1
+    (kept,) = (tmp_path / "builds").iterdir()
+    assert read_manifest(kept)["source"] == {"name": "tiny"}  # `edgedelta distill` finds its teacher there
     monkeypatch.setattr(compress_mod, "compress", lambda *a, **k: pytest.fail("compressed again"))
     again = compare(model, tiny_tok, CompareConfig(**kw), progress=False, source={"name": "tiny"},
                     original_eval=first["eval"])["rows"][1]
