@@ -11,6 +11,8 @@ bench/quality.py); calibration text: mixed-train (training text, disjoint from b
   python bench/quant_quality.py                          # SmolLM2-135M, CPU-sized
   python bench/quant_quality.py --compressed DIR         # also a compressed model (deltas float vs quantized)
   python bench/quant_quality.py --head-only --no-onnx    # only the tied embedding / LM head quantized (projections float)
+  python bench/quant_quality.py --symmetric --rows int4-gptq-32,int4-rtn-32,int4-hqq-32
+                                                         # symmetric blocks (no zero points), beside the earlier rows
 
 Writes bench/results/quant_quality.json (rewritten after every row) and quant_quality.md."""
 
@@ -85,6 +87,8 @@ def parse_args(argv=None):
     p.add_argument("--head-only", action="store_true", help="only the rows with every projection float and the tied "
                                                                "embedding / LM head quantized (the others of an earlier "
                                                                "quant_quality.json are kept)")
+    p.add_argument("--symmetric", action="store_true", help="this run's rows (and ONNX exports) quantize symmetric blocks, "
+                                                             "no zero points (the others of an earlier quant_quality.json are kept)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     return p.parse_args(argv)
@@ -109,7 +113,7 @@ def quantized_params(model) -> dict[int, tuple[torch.nn.Parameter, str]]:
 
 
 def dequantized_copy(model, stats: CalibrationStats, bits: int, method: str, block: int, act_order: bool, embed: bool, deltas: bool,
-                     projections: bool = True):
+                     projections: bool = True, symmetric: bool = False):
     """A deep copy of `model` whose quantized tensors hold their dequantized values."""
     ref = copy.deepcopy(model)  # shared Parameters stay shared in the copy
     pairs = dict(zip([id(p) for p in model.parameters()], ref.parameters()))  # parameters() yields each object once, same order
@@ -121,16 +125,18 @@ def dequantized_copy(model, stats: CalibrationStats, bits: int, method: str, blo
             blk = block if w.shape[1] >= block else 16  # as the exporter: a short K (delta B: K = rank) pads less
             h = stats.hessian(p) if method == "gptq" else None
             m = method if method != "gptq" or h is not None else "rtn"
-            q = quantize_weight(w, bits, blk, m, h, act_order=act_order)
+            q = quantize_weight(w, bits, blk, m, h, act_order=act_order, symmetric=symmetric)
             pairs[pid].copy_(torch.from_numpy(q.dequantize()))
     return ref.eval()
 
 
 def row_key(r: dict) -> tuple:
     """What a row measured: a row measured again replaces the earlier one. Rows written without
-    calib_forward ran float32, without projections_quantized quantized the projections."""
+    calib_forward ran float32, without projections_quantized quantized the projections, without
+    symmetric stored zero points."""
     return (*(r[k] for k in ("quantize", "method", "block", "act_order", "embedding_quantized", "deltas_quantized", "calib_samples")),
-            r.get("calib_forward", "float32" if r.get("calib_samples") else None), r.get("projections_quantized", True))
+            r.get("calib_forward", "float32" if r.get("calib_samples") else None), r.get("projections_quantized", True),
+            r.get("symmetric", False))
 
 
 def ppl(model, windows: dict[str, torch.Tensor]) -> dict:
@@ -139,14 +145,14 @@ def ppl(model, windows: dict[str, torch.Tensor]) -> dict:
     return out
 
 
-def onnx_row(spec: str, model, tokenizer, quantize: str, windows: dict, workdir: Path) -> dict:
+def onnx_row(spec: str, model, tokenizer, quantize: str, windows: dict, workdir: Path, symmetric: bool = False) -> dict:
     """Export with the default method (accuracy level 4) and measure the artifact on the same windows."""
     from edgedelta.export import export_onnx
     from edgedelta.export.quality_gate import compare
     from edgedelta.export.validate import _OrtDecoder
     from edgedelta.manifest import read_manifest
 
-    cfg = ExportConfig(quantize=quantize, block_size=32)
+    cfg = ExportConfig(quantize=quantize, block_size=32, symmetric=symmetric)
     t0 = time.perf_counter()
     art = export_onnx(spec, cfg, workdir / f"art-{quantize}", force=True, progress=lambda m: print(f"  export: {m}", flush=True))
     seconds = time.perf_counter() - t0
@@ -164,7 +170,7 @@ def onnx_row(spec: str, model, tokenizer, quantize: str, windows: dict, workdir:
             return model(input_ids=torch.from_numpy(ids)).logits.float().numpy()
 
     res = compare(float_model, artifact, {k: v.numpy() for k, v in windows.items()})
-    return {"quantize": quantize, "method": cfg.quant_method, "block": 32, "accuracy_level": cfg.accuracy_level,
+    return {"quantize": quantize, "method": cfg.quant_method, "block": 32, "accuracy_level": cfg.accuracy_level, "symmetric": symmetric,
             "ppl": {**{k: v["ppl_artifact"] for k, v in res["texts"].items()},
                     "mean": float(np.mean([v["ppl_artifact"] for v in res["texts"].values()]))},
             "ppl_float_same_run": {k: v["ppl_float"] for k, v in res["texts"].items()},
@@ -203,16 +209,18 @@ def measure(label: str, spec: str, args, res: dict, out: Path, rows, with_onnx: 
         quantize, method, block, act, embed, deltas, n, fwd_row, projections = row
         t0 = time.perf_counter()
         stats = stats_by[(n, fwd_row)]
-        q_model = dequantized_copy(model, stats, BITS[quantize], method, block, act, embed, deltas, projections)
+        q_model = dequantized_copy(model, stats, BITS[quantize], method, block, act, embed, deltas, projections, args.symmetric)
         t_q = time.perf_counter() - t0
         r = {"quantize": quantize, "method": method, "block": block, "act_order": act, "embedding_quantized": embed,
-             "deltas_quantized": deltas, "projections_quantized": projections, "calib_samples": n if method == "gptq" else None,
+             "deltas_quantized": deltas, "projections_quantized": projections, "symmetric": args.symmetric,
+             "calib_samples": n if method == "gptq" else None,
              "calib_forward": fwd_row if method == "gptq" else None, "ppl": ppl(q_model, windows),
              "quantize_seconds": round(t_q, 1)}
         r["ppl_ratio"] = r["ppl"]["mean"] / entry["float"]["mean"]
         r["ppl_ratio_per_text"] = {k: r["ppl"][k] / entry["float"][k] for k in windows}
         entry["rows"] = [x for x in entry["rows"] if row_key(x) != row_key(r)] + [r]  # a row measured again replaces the old one
-        print(f"{label} {quantize} {method} b{block} act={act} emb={embed} deltas={deltas} projections={projections} n={n}: "
+        print(f"{label} {quantize} {method} b{block} act={act} emb={embed} deltas={deltas} projections={projections} "
+              f"symmetric={args.symmetric} n={n}: "
               f"forward={fwd_row}: {r['ppl']} ratio {r['ppl_ratio']:.4f} ({t_q:.0f} s)", flush=True)
         del q_model
         save(res, out)
@@ -220,11 +228,12 @@ def measure(label: str, spec: str, args, res: dict, out: Path, rows, with_onnx: 
         with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent / "_work") as work:
             for quantize in ("int4", "int8"):
                 try:
-                    r = onnx_row(spec, model, tok, quantize, windows, Path(work))
+                    r = onnx_row(spec, model, tok, quantize, windows, Path(work), args.symmetric)
                     r["ppl_ratio_vs_float"] = r["ppl"]["mean"] / entry["float"]["mean"]
                 except Exception as e:  # the row records the failure; the PyTorch rows stand
-                    r = {"quantize": quantize, "error": f"{type(e).__name__}: {e}"}
-                entry.setdefault("onnx", []).append(r)
+                    r = {"quantize": quantize, "symmetric": args.symmetric, "error": f"{type(e).__name__}: {e}"}
+                same = (quantize, args.symmetric)  # a row measured again replaces the old one
+                entry["onnx"] = [x for x in entry.get("onnx", []) if (x["quantize"], x.get("symmetric", False)) != same] + [r]
                 print(f"{label} onnx {quantize}: {r}", flush=True)
                 save(res, out)
 
@@ -246,10 +255,10 @@ def report(res: dict) -> str:
             continue
         f = e["float"]
         md += [f"## {label} ({e['spec']})", "", "Float: " + ", ".join(f"{k} {v:.3f}" for k, v in f.items()), "",
-               "| bits | method | block | act order | projections q | embedding q | deltas q | calib seqs | calib forward | "
-               + " | ".join(res["eval_texts"]) + " | mean | ratio to float |", "|" + "---|" * (11 + len(res["eval_texts"]))]
+               "| bits | zero points | method | block | act order | projections q | embedding q | deltas q | calib seqs | calib forward | "
+               + " | ".join(res["eval_texts"]) + " | mean | ratio to float |", "|" + "---|" * (12 + len(res["eval_texts"]))]
         for r in e["rows"]:
-            md.append(f"| {r['quantize']} | {r['method']} | {r['block']} | {'yes' if r['act_order'] else 'no'} | "
+            md.append(f"| {r['quantize']} | {'none (symmetric)' if r.get('symmetric') else 'uint'} | {r['method']} | {r['block']} | {'yes' if r['act_order'] else 'no'} | "
                       f"{'yes' if r.get('projections_quantized', True) else 'no'} | {'yes' if r['embedding_quantized'] else 'no'} | {'yes' if r['deltas_quantized'] else 'no'} | "
                       f"{r['calib_samples'] or '-'} | {r.get('calib_forward', 'float32') if r['calib_samples'] else '-'} | "
                       + " | ".join(f"{r['ppl'][t]:.3f}" for t in res["eval_texts"])
@@ -259,7 +268,8 @@ def report(res: dict) -> str:
                 md += ["", f"ONNX {r['quantize']}: export failed: {r['error']}"]
                 continue
             g = r.get("export_quality_gate") or {}
-            md += ["", f"ONNX {r['quantize']} ({r['method']}, block {r['block']}, accuracy level {r['accuracy_level']}, "
+            md += ["", f"ONNX {r['quantize']} ({r['method']}, block {r['block']}, {'symmetric, ' if r.get('symmetric') else ''}"
+                       f"accuracy level {r['accuracy_level']}, "
                        f"{r['data_file_mb']:.1f} MB): " + ", ".join(f"{k} {v:.3f}" for k, v in r["ppl"].items())
                    + f"; ratio to float {r['ppl_ratio']:.4f}, argmax agreement {r['agreement']:.4f} over {r['tokens']} tokens. "
                    f"Export's own quality gate ({g.get('tokens', '?')} tokens): ratio {g.get('ppl_ratio', float('nan')):.4f}, "
@@ -282,7 +292,7 @@ def main(argv=None) -> int:
     elif args.rows:
         rows = [parse_row(x) for x in args.rows.split(",")]
         delta_rows = [r[:5] + (False,) for r in rows]  # each row again with float deltas (compressed model only)
-    if args.onnx_only or args.rows or args.head_only:
+    if args.onnx_only or args.rows or args.head_only or args.symmetric:
         import json
 
         res.update({k: v for k, v in json.loads((out / "quant_quality.json").read_text()).items() if k != "seconds"})

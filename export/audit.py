@@ -48,7 +48,7 @@ def kind_of(name: str) -> str:
 
 
 def _group_name(name: str) -> str:
-    """Quantized tensors travel in threes: report them under the weight's name."""
+    """Quantized tensors travel in twos or threes: report them under the weight's name."""
     for suffix in (".scales", ".zero_points"):
         if name.endswith(suffix):
             return name[: -len(suffix)]

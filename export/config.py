@@ -52,6 +52,9 @@ class ExportConfig:
         "help": "calibration text of data-aware quantization: a training text set (sotu-train, wiki-train, mixed-train) "
                 "or a file/folder of your own (held-out evaluation sets are refused)"})
     calib_samples: int = field(default=32, metadata={"help": "calibration sequences of 512 tokens for data-aware quantization"})
+    symmetric: bool = field(default=False, metadata={
+        "help": "quantized blocks without zero points (MatMulNBits' 2^(bits-1)): faster single-token MatMulNBits, "
+                "coarser grid (bench/results/symmetric.md)"})
     accuracy_level: int | None = field(default=None, metadata={
         "help": "MatMulNBits compute: 0 = fp32 on the dequantized weights (exact); 4 = int8 activations (x86: int8 weights "
                 "~18x and int4 ~2x faster, adds activation rounding); default 4 for quantized exports, 0 otherwise"})

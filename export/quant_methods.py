@@ -1,6 +1,7 @@
 """How a weight's MatMulNBits codes are chosen. Every method writes the same format
-(quantize.py: asymmetric unsigned codes, one float scale and one integer zero point per block
-of `block_size` along K), so the kernel and the graph do not depend on the method:
+(quantize.py: unsigned codes, one float scale and one integer zero point per block of
+`block_size` along K, the zero point fixed at 2^(bits-1) and not stored when symmetric), so
+the kernel and the graph do not depend on the method:
 
   rtn   round to nearest from each block's min/max (no data)
   gptq  GPTQ (Frantar et al. 2022): quantize K column by column and spread each column's
@@ -11,7 +12,7 @@ of `block_size` along K), so the kernel and the graph do not depend on the metho
   hqq   half-quadratic quantization (Badri & Shaji 2023, no data): alternates a sparse
         outlier estimate (an lp-norm shrinkage, p < 1) with a least-squares fit of each
         block's scale and zero point, keeping the zero point an integer (MatMulNBits reads
-        uint8 zero points)
+        uint8 zero points; symmetric: the scale alone)
 
 Quantization is per output row and per block along K, so quantizing a row-concatenation of
 weights (a fused q/k/v) equals concatenating their quantizations, with each part's Hessian
@@ -39,21 +40,22 @@ HQQ_ITERS, HQQ_P, HQQ_BETA, HQQ_KAPPA = 20, 0.7, 10.0, 1.01  # the HQQ paper's s
 
 
 def quantize_weight(w: np.ndarray, bits: int, block_size: int, method: str = "rtn", stats: np.ndarray | None = None,
-                    act_order: bool = GPTQ_ACT_ORDER) -> QuantizedWeight:
+                    act_order: bool = GPTQ_ACT_ORDER, symmetric: bool = False) -> QuantizedWeight:
     """w (N, K) float32 → MatMulNBits tensors. `stats` is the input Hessian H (K, K) = Σ xᵀx
-    over calibration tokens (required by gptq, ignored by rtn/hqq)."""
+    over calibration tokens (required by gptq, ignored by rtn/hqq). symmetric: every zero
+    point 2^(bits-1), none stored."""
     if method not in METHODS:
         raise ConfigError(f"quantization method '{method}' is not supported; allowed: {', '.join(METHODS)}")
     w = np.asarray(w, np.float32)
     if method == "rtn":
-        return quantize_blockwise(w, bits, block_size)
+        return quantize_blockwise(w, bits, block_size, symmetric)
     if method == "hqq":
-        return hqq(w, bits, block_size)
+        return hqq(w, bits, block_size, symmetric)
     if stats is None:
         raise ConfigError(f"quantization method '{method}' needs calibration statistics (the input Hessian of each weight)")
     if stats.shape != (w.shape[1], w.shape[1]):
         raise ConfigError(f"input Hessian of shape {tuple(stats.shape)} does not fit a weight with K = {w.shape[1]}")
-    return gptq(w, stats, bits, block_size, act_order=act_order)
+    return gptq(w, stats, bits, block_size, act_order=act_order, symmetric=symmetric)
 
 
 def _inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
@@ -76,7 +78,8 @@ def _inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def gptq(w: np.ndarray, h: np.ndarray, bits: int, block_size: int, act_order: bool = False) -> QuantizedWeight:
+def gptq(w: np.ndarray, h: np.ndarray, bits: int, block_size: int, act_order: bool = False,
+         symmetric: bool = False) -> QuantizedWeight:
     """GPTQ with per-block (group) scales. Without act order a block's scale and zero point
     come from its columns as they stand when the block is reached (already carrying the error
     of earlier columns). With act order columns go by decreasing H diagonal and each block's
@@ -98,7 +101,7 @@ def gptq(w: np.ndarray, h: np.ndarray, bits: int, block_size: int, act_order: bo
     Zt = torch.empty(nb, n)  # (nb, N) zero points (integers held as float)
     perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(k)
     if act_order:
-        s0, z0 = minmax_params(pad_blocks(Wt.T.numpy(), block_size), bits)  # (N, nb) each
+        s0, z0 = minmax_params(pad_blocks(Wt.T.numpy(), block_size), bits, symmetric)  # (N, nb) each
         St[:], Zt[:] = torch.from_numpy(s0.T), torch.from_numpy(z0.T.astype(np.float32))
         Wt, H = Wt[perm].contiguous(), H[perm][:, perm]
     hinv = _inverse_cholesky(H)  # (K, K) upper
@@ -113,7 +116,7 @@ def gptq(w: np.ndarray, h: np.ndarray, bits: int, block_size: int, act_order: bo
             g = int(perm[col]) // block_size
             if not act_order and col % block_size == 0:  # a new block: parameters from its current columns
                 blk = W1[i : i + block_size].T.numpy()  # (N, block)
-                s_, z_ = minmax_params(pad_blocks(blk, block_size), bits)
+                s_, z_ = minmax_params(pad_blocks(blk, block_size), bits, symmetric)
                 St[g], Zt[g] = torch.from_numpy(s_[:, 0]), torch.from_numpy(z_[:, 0].astype(np.float32))
             x, s, z = W1[i], St[g], Zt[g]
             torch.div(x, s, out=x_s)
@@ -135,7 +138,7 @@ def gptq(w: np.ndarray, h: np.ndarray, bits: int, block_size: int, act_order: bo
     # the K padding must decode to 0: its code is the block's zero point
     if k % block_size:
         codes[:, -1, k % block_size:] = Z[:, -1][:, None]
-    return from_codes(codes, St.T.numpy(), Z, bits, block_size, k)
+    return from_codes(codes, St.T.numpy(), None if symmetric else Z, bits, block_size, k)
 
 
 def _shrink(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
@@ -145,15 +148,16 @@ def _shrink(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def hqq(w: np.ndarray, bits: int, block_size: int) -> QuantizedWeight:
+def hqq(w: np.ndarray, bits: int, block_size: int, symmetric: bool = False) -> QuantizedWeight:
     """HQQ on (N, nb, bs) blocks, all blocks at once. Each iteration: codes by rounding with
     the current (scale, zero); outliers E = shrink(W − dequant); then the (scale, zero) that fit
     W − E best in least squares, the zero rounded to an integer and the scale refitted for
-    it. Keeps, per block, the iterate with the lowest lp error (the RTN start included)."""
+    it (symmetric: the zero stays 2^(bits-1), only the scale is fitted). Keeps, per block, the
+    iterate with the lowest lp error (the RTN start included)."""
     k = w.shape[1]
     qmax = (1 << bits) - 1
     blocks = torch.from_numpy(pad_blocks(w, block_size))  # (N, nb, bs)
-    s0, z0 = minmax_params(blocks.numpy(), bits)
+    s0, z0 = minmax_params(blocks.numpy(), bits, symmetric)
     s, z = torch.from_numpy(s0)[..., None], torch.from_numpy(z0.astype(np.float32))[..., None]  # (N, nb, 1)
 
     def codes(s, z):
@@ -174,7 +178,8 @@ def hqq(w: np.ndarray, bits: int, block_size: int) -> QuantizedWeight:
         var = ((q - qm) ** 2).sum(-1, keepdim=True)
         a = torch.where(var > 0, ((q - qm) * (t - tm)).sum(-1, keepdim=True) / var.clamp_min(1e-12), s)
         a = torch.where(a.abs() > 1e-12, a, s)
-        z = torch.clamp(torch.round(-(tm - a * qm) / a), 0, qmax)
+        if not symmetric:
+            z = torch.clamp(torch.round(-(tm - a * qm) / a), 0, qmax)
         qz = q - z
         den = (qz * qz).sum(-1, keepdim=True)
         s = torch.where(den > 0, (qz * t).sum(-1, keepdim=True) / den.clamp_min(1e-12), a)
@@ -189,5 +194,5 @@ def hqq(w: np.ndarray, bits: int, block_size: int) -> QuantizedWeight:
         beta *= HQQ_KAPPA
     if k % block_size:  # the K padding decodes to exactly 0, as with RTN
         best_q[:, -1, k % block_size:] = best_z[:, -1]
-    return from_codes(best_q.numpy().astype(np.uint8), best_s[..., 0].numpy(), best_z[..., 0].numpy().astype(np.uint8),
-                      bits, block_size, k)
+    zp = None if symmetric else best_z[..., 0].numpy().astype(np.uint8)
+    return from_codes(best_q.numpy().astype(np.uint8), best_s[..., 0].numpy(), zp, bits, block_size, k)

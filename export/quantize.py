@@ -1,8 +1,10 @@
 """Weight-only block quantization in ONNX Runtime's MatMulNBits layout (com.microsoft).
 
 A weight W (N=out, K=in) is cut into blocks of `block_size` along K; each block gets its
-own scale and zero point (asymmetric, unsigned):
+own scale and zero point (unsigned codes):
     q = clamp(round(w / scale) + zp, 0, 2^bits - 1),   w ≈ (q - zp) · scale
+Asymmetric blocks store an integer zero point each; symmetric blocks store none and use
+MatMulNBits' default 2^(bits-1) (the kernel then skips the zero-point reads).
 MatMulNBits reads B as (N, K/block, block·bits/8) uint8, i.e. the torch (out, in) row
 order, so the stored tensor is exactly what the kernel consumes (no transpose at load).
 A shared weight is quantized once and its three tensors are consumed by every layer of
@@ -21,7 +23,7 @@ BITS = {"int8": 8, "int4": 4}
 class QuantizedWeight:
     packed: np.ndarray  # (N, n_blocks, block_size*bits/8) uint8
     scales: np.ndarray  # (N * n_blocks,) float32, or float16 for fp16 activations
-    zero_points: np.ndarray  # (N * ceil(n_blocks*bits/8),) uint8
+    zero_points: np.ndarray | None  # (N * ceil(n_blocks*bits/8),) uint8; None: symmetric (2^(bits-1))
     bits: int
     block_size: int
     n: int
@@ -31,7 +33,8 @@ class QuantizedWeight:
         """(N, K) float32: what the kernel computes with (the reference for parity)."""
         q = _unpack(self.packed, self.bits).astype(np.float32)  # (N, nb, bs)
         nb = q.shape[1]
-        zp = _unpack_zp(self.zero_points, self.bits, self.n, nb).astype(np.float32)  # (N, nb)
+        zp = (np.full((self.n, nb), 1 << (self.bits - 1), np.float32) if self.zero_points is None
+              else _unpack_zp(self.zero_points, self.bits, self.n, nb).astype(np.float32))  # (N, nb)
         w = (q - zp[..., None]) * self.scales.astype(np.float32).reshape(self.n, nb)[..., None]
         return w.reshape(self.n, -1)[:, : self.k]
 
@@ -45,35 +48,42 @@ def pad_blocks(w: np.ndarray, block_size: int) -> np.ndarray:
     return wp.reshape(n, nb, block_size)
 
 
-def minmax_params(blocks: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+def minmax_params(blocks: np.ndarray, bits: int, symmetric: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Round-to-nearest parameters of (N, nb, bs) blocks: scale (N, nb) float32 and integer
     zero point (N, nb) uint8 from each block's min/max. The range always contains 0, so a
-    zero weight stays exactly zero (and K padding costs nothing)."""
+    zero weight stays exactly zero (and K padding costs nothing). Symmetric: the zero point
+    is 2^(bits-1) = mid and the codes span (q - mid)·scale in [-mid, mid-1]·scale, so the
+    scale is the smallest that holds both the block's min and its max."""
     qmax = (1 << bits) - 1
     lo = np.minimum(blocks.min(axis=2), 0.0)
     hi = np.maximum(blocks.max(axis=2), 0.0)
+    if symmetric:
+        mid = 1 << (bits - 1)
+        scale = np.maximum(hi / (mid - 1), -lo / mid)
+        scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+        return scale, np.full(scale.shape, mid, np.uint8)
     scale = (hi - lo) / qmax
     scale = np.where(scale == 0, 1.0, scale).astype(np.float32)  # all-zero block
     zp = np.clip(np.round(-lo / scale), 0, qmax).astype(np.uint8)
     return scale, zp
 
 
-def from_codes(q: np.ndarray, scale: np.ndarray, zp: np.ndarray, bits: int, block_size: int, k: int) -> QuantizedWeight:
+def from_codes(q: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, bits: int, block_size: int, k: int) -> QuantizedWeight:
     """MatMulNBits tensors from integer codes q (N, nb, bs) in [0, 2^bits), scale (N, nb)
-    and zero points zp (N, nb); k = the unpadded K."""
+    and zero points zp (N, nb), or None for symmetric codes; k = the unpadded K."""
     n = q.shape[0]
     return QuantizedWeight(_pack(q.astype(np.uint8), bits), np.ascontiguousarray(scale, np.float32).reshape(-1),
-                           _pack_zp(zp.astype(np.uint8), bits), bits, block_size, n, k)
+                           None if zp is None else _pack_zp(zp.astype(np.uint8), bits), bits, block_size, n, k)
 
 
-def quantize_blockwise(w: np.ndarray, bits: int, block_size: int) -> QuantizedWeight:
+def quantize_blockwise(w: np.ndarray, bits: int, block_size: int, symmetric: bool = False) -> QuantizedWeight:
     """Round to nearest (RTN): quantize w (N, K) float → MatMulNBits tensors, each block's
     scale and zero point from its min/max. K is zero-padded to a whole block."""
     blocks = pad_blocks(w, block_size)
-    scale, zp = minmax_params(blocks, bits)
+    scale, zp = minmax_params(blocks, bits, symmetric)
     qmax = (1 << bits) - 1
     q = np.clip(np.round(blocks / scale[..., None]) + zp[..., None], 0, qmax).astype(np.uint8)
-    return from_codes(q, scale, zp, bits, block_size, w.shape[1])
+    return from_codes(q, scale, None if symmetric else zp, bits, block_size, w.shape[1])
 
 
 def _pack(q: np.ndarray, bits: int) -> np.ndarray:

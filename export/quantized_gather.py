@@ -1,7 +1,7 @@
 """The rows of a block-quantized table, gathered and dequantized in the graph.
 
 A quantized export stores the embedding table once, as MatMulNBits tensors (packed (N, blocks,
-block·bits/8) uint8, scales (N, blocks), zero points (N, packed bytes)) that the tied LM head's
+block·bits/8) uint8, scales (N, blocks), zero points (N, packed bytes) unless symmetric) that the tied LM head's
 MatMulNBits reads; the lookup reads the same three tensors here, a dozen small ops on the
 (B, S) looked-up rows only. ONNX Runtime's GatherBlockQuantized cannot share them: it needs
 scales of the data's rank (3), where MatMulNBits takes (N, blocks)."""
@@ -9,22 +9,26 @@ scales of the data's rank (3), where MatMulNBits takes (N, blocks)."""
 from __future__ import annotations
 
 import numpy as np
+from onnx import helper
 
 from .graph import GraphBuilder
 
 
 def dequantizing_gather(b: GraphBuilder, q, ids: str, to: int) -> str:
     """(B, S) ids -> (B, S, K) rows of the QRef `q`'s weight, dequantized to ONNX type `to`."""
-    packed, scales, zps = q.names
+    packed, scales = q.names[:2]
     qw = q.q
     nb = qw.packed.shape[1]
     rows = b.op("Gather", [packed, ids], axis=0)  # (B, S, nb, block*bits/8) uint8
     vals = _unpack(b, rows, qw.bits)  # (B, S, nb, block)
-    zp_rows = b.op("Gather", [zps, ids], axis=0)  # (B, S, nb*bits/8 rounded up)
-    zp_vals = _unpack(b, zp_rows, qw.bits)  # (B, S, >= nb)
-    zp_vals = b.op("Slice", [zp_vals, b.const([0]), b.const([nb]), b.const([-1])])  # (B, S, nb)
     sc = b.op("Gather", [scales, ids], axis=0)  # (B, S, nb)
-    centred = b.op("Sub", [b.op("Cast", [vals], to=to), b.op("Unsqueeze", [b.op("Cast", [zp_vals], to=to), b.const([-1])])])
+    if len(q.names) == 2:  # symmetric: every zero point is 2^(bits-1)
+        centred = b.op("Sub", [b.op("Cast", [vals], to=to), b.const(float(1 << (qw.bits - 1)), helper.tensor_dtype_to_np_dtype(to))])
+    else:
+        zp_rows = b.op("Gather", [q.names[2], ids], axis=0)  # (B, S, nb*bits/8 rounded up)
+        zp_vals = _unpack(b, zp_rows, qw.bits)  # (B, S, >= nb)
+        zp_vals = b.op("Slice", [zp_vals, b.const([0]), b.const([nb]), b.const([-1])])  # (B, S, nb)
+        centred = b.op("Sub", [b.op("Cast", [vals], to=to), b.op("Unsqueeze", [b.op("Cast", [zp_vals], to=to), b.const([-1])])])
     deq = b.op("Mul", [centred, b.op("Unsqueeze", [sc, b.const([-1])])])  # (B, S, nb, block)
     flat = b.op("Reshape", [deq, b.const([0, 0, -1])])  # (B, S, nb*block)
     return flat if nb * qw.block_size == qw.k else b.op("Slice", [flat, b.const([0]), b.const([qw.k]), b.const([-1])])

@@ -42,10 +42,10 @@ FUSIONS = {"qkv": ("q", "k", "v"), "gate_up": ("gate", "up")}
 
 @dataclass
 class QRef:
-    """A MatMulNBits weight: its three initializers (each may be shared with an identical
-    tensor elsewhere, e.g. the scales of a delta and of its negation) and the values."""
+    """A MatMulNBits weight: its initializers (each may be shared with an identical tensor
+    elsewhere, e.g. the scales of a delta and of its negation) and the values."""
 
-    names: tuple[str, str, str]  # packed, scales, zero_points
+    names: tuple[str, ...]  # packed, scales[, zero_points]: MatMulNBits' inputs after x (no zero points: symmetric)
     q: QuantizedWeight
 
 
@@ -309,7 +309,7 @@ class WeightCollector:
 
     def _quantized(self, name: str, w: torch.Tensor, kind: str, stats_of: torch.Tensor | None = None) -> QRef:
         """Quantize w (N=out, K=in) into MatMulNBits tensors '{name}', '{name}.scales',
-        '{name}.zero_points' (each stored once even if identical to another's). stats_of: the
+        '{name}.zero_points' (asymmetric only; each stored once even if identical to another's). stats_of: the
         Parameter whose calibration statistics apply when w is not one itself (a fused q/k/v
         weight: its parts read the same input), or (P, A) for a weight that reads x·Aᵀ where
         x is P's input (a fused delta B after the fused A). Without statistics a data-aware
@@ -320,14 +320,16 @@ class WeightCollector:
         if method in DATA_METHODS:  # the input Hessian of w's readers (all of them for a shared base)
             h = self.calibration.hessian(w if stats_of is None else stats_of) if self.calibration is not None else None
             method = method if h is not None else DATA_FREE_FALLBACK  # no calibration inputs reach w
-        q = quantize_weight(_np(w, np.float32), BITS[self.cfg.quantize], block, method, h)
+        q = quantize_weight(_np(w, np.float32), BITS[self.cfg.quantize], block, method, h, symmetric=self.cfg.symmetric)
         self.quant_methods[name] = method
         q.scales = q.scales.astype(self.dtype)  # MatMulNBits: scales in the activation dtype
         # (N, blocks) and (N, packed zero-point bytes): MatMulNBits takes them so, and a Gather can read a row
-        q.scales, q.zero_points = q.scales.reshape(q.n, -1), q.zero_points.reshape(q.n, -1)
+        q.scales = q.scales.reshape(q.n, -1)
         self.out.dequantized[id(w)] = q.dequantize()
-        names = (self._add(name, q.packed, kind, w.numel()), self._add(name + ".scales", q.scales, kind, 0),
-                 self._add(name + ".zero_points", q.zero_points, kind, 0))
+        names = (self._add(name, q.packed, kind, w.numel()), self._add(name + ".scales", q.scales, kind, 0))
+        if q.zero_points is not None:
+            q.zero_points = q.zero_points.reshape(q.n, -1)
+            names += (self._add(name + ".zero_points", q.zero_points, kind, 0),)
         return QRef(names, q)
 
     def _float(self, name: str, p: torch.Tensor, kind: str, transpose: bool = False) -> str:

@@ -23,6 +23,8 @@ def add_parser(subparsers):
     p.add_argument("--block-size", type=int, default=32, help="quantization block size (default 32)")
     p.add_argument("--accuracy-level", type=int, default=None, choices=(0, 4),
                    help="quantized MatMul compute: 0 = fp32 (exact), 4 = int8 activations (default when quantized; faster on x86, esp. int8)")
+    p.add_argument("--symmetric", default=None, choices=("on", "off"),
+                   help="quantized blocks without zero points: on|off (default from the export config)")
     p.add_argument("--quant-method", default=DEFAULT_QUANT_METHOD,
                    help=f"how quantized codes are chosen: {'|'.join(QUANT_METHODS)} (default {DEFAULT_QUANT_METHOD}: data-aware, "
                         "from --calib-text)")
@@ -41,7 +43,8 @@ def run(args) -> int:
 
     cfg = ExportConfig(dtype=args.dtype, quantize=args.quantize, block_size=args.block_size, accuracy_level=args.accuracy_level,
                        quant_method=args.quant_method, calib_text=args.calib_text,
-                       cpu_arch=args.cpu_arch, validate=not args.no_validate)
+                       cpu_arch=args.cpu_arch, validate=not args.no_validate,
+                       **({} if args.symmetric is None else {"symmetric": args.symmetric == "on"}))
     out = export_onnx(args.model, cfg, args.out, force=args.force, progress=lambda m: print(f"edgedelta export: {m}", file=sys.stderr))
     m = read_manifest(out)
     b, a = m["bytes"], m["audit"]

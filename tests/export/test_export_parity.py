@@ -87,6 +87,23 @@ def test_quantized_shared_weight_quantized_once(quant, bits, dtype, tmp_path):
     assert m["ort_session_config"] == {}  # MatMulNBits needs prepacking for speed
 
 
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_symmetric_int4_export_stores_no_zero_points(model_type, tmp_path):
+    """symmetric: every MatMulNBits reads (x, packed, scales) and uses the kernel's default zero
+    point, the dequantizing Gather of a tied table subtracts the same 2^(bits-1), and parity holds."""
+    import onnx
+
+    src = tiny_compressed_dir(tmp_path / "src", model_type)
+    out = export_onnx(src, ExportConfig(quantize="int4", block_size=16, symmetric=True), tmp_path / "art")
+    g = onnx.load(out / "model.onnx", load_external_data=False).graph
+    nbits = [n for n in g.node if n.op_type == "MatMulNBits"]
+    assert nbits and all(len(n.input) == 3 for n in nbits)
+    assert not [t.name for t in g.initializer if t.name.endswith(".zero_points")]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["export_config"]["symmetric"] and m["parity"]["greedy_decode"]["identical"]
+    assert m["parity"]["logits"]["max_abs_diff"] <= m["parity"]["logits"]["tolerance"]
+
+
 def test_build_graph_does_not_mutate_model():
     model = tiny_compressed_model("phi3")
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -54,6 +54,25 @@ def test_every_method_writes_the_kernel_format(method, bits, k):
     assert rel < (0.35 if bits == 4 else 0.03)
 
 
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("bits", [4, 8])
+def test_symmetric_blocks_store_no_zero_points(method, bits):
+    """Every method's symmetric codes: no zero points, decoded around 2^(bits-1); RTN within half
+    a step; a zero weight exactly zero (GPTQ excepted); weight error within 1.5x the asymmetric
+    codes' (a symmetric grid spends levels on the side of zero a block does not reach)."""
+    w, x = _data(24, 40)
+    w[:, 3] = 0.0
+    q = quantize_weight(w, bits, 16, method, x.T @ x, symmetric=True)
+    assert q.zero_points is None and q.packed.shape == quantize_blockwise(w, bits, 16).packed.shape
+    deq = q.dequantize()
+    assert method == "gptq" or np.all(deq[:, 3] == 0.0)  # GPTQ moves earlier columns' error into this one
+    if method == "rtn":  # round to nearest on a grid that holds the block: within half a step
+        step = q.scales.reshape(24, -1).repeat(16, axis=1)[:, :40]
+        assert np.all(np.abs(deq - w) <= 0.5 * step + 1e-6)
+    err = {s: np.linalg.norm(quantize_weight(w, bits, 16, method, x.T @ x, symmetric=s).dequantize() - w) for s in (False, True)}
+    assert err[True] < 1.5 * err[False], err
+
+
 def _zp_last(q, bits):
     from edgedelta.export.quantize import _unpack_zp
 
