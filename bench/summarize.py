@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Callable
@@ -177,6 +178,19 @@ def _peer_misses(d: dict, zp: dict | None, qq: dict | None = None) -> list[str]:
         if METRICS[metric][0] is not None:  # a speed: the same-round ratios its target's median is taken from
             rr = round_ratios(d["rounds"], num, den, METRICS[metric][0])
             why = f"per-round ratios {', '.join(f'{x:.3f}' for x in rr)}"
+            sym = [c for c, v in d["contenders"].items() if (v.get("export") or {}).get("symmetric")
+                   and v.get("model") == d["contenders"][num].get("model") and c in d["rounds"] and c != num]
+            if metric == "decode" and "int4" in num and sym:  # the zero-point choice, measured beside it
+                c = sym[0]
+                sr = statistics.median(round_ratios(d["rounds"], c, den, METRICS[metric][0]))
+                why += (f"; the same export with symmetric blocks (no zero points, {c}) decodes at {sr:.3f}x here with "
+                        f"perplexity {d['summary'][c]['ppl']:.3f} against {d['summary'][num]['ppl']:.3f} (genai int4: "
+                        f"{d['summary'][den]['ppl']:.3f})")
+                if (zp or {}).get("decode"):
+                    ab = zp["decode"]
+                    why += (f"; in one process, alternating, symmetric int4 decodes {ab['uint4_over_none']:.3f}x as fast as "
+                            f"uint4 zero points (quartiles {ab['uint4_over_none_quartiles'][0]:.3f}-"
+                            f"{ab['uint4_over_none_quartiles'][1]:.3f}, zero_points.json)")
             if metric == "prefill512" and "int4" in num and (512, "uint4", 0) in kernel:
                 why += (f"; MatMulNBits at M=512 takes {kernel[(512, 'uint4', 4)] / kernel[(512, 'uint4', 0)]:.2f}x the time at "
                         f"accuracy level 4 (the int4 default) as at level 0, while at M=1 (decode) level 0 takes "

@@ -14,8 +14,12 @@ exactly. Two measurements:
             float zero points, accuracy levels 0 and 4, at M = 1 (a decode step) and M = 512
             (a prefill), interleaved in one process; reported as time relative to uint4
             zero points at the same level and M (ratios: the host is shared)
+  decode    the default model exported at int4 twice, with uint4 zero points (the default) and
+            symmetric (ExportConfig.symmetric: none stored), both loaded in one process and
+            decoding in alternation (greedy, 32 steps after a 32-token prompt, order swapped
+            every alternation): the per-alternation ratio of median step times
 
-  python bench/zero_points.py [--reps 2000]
+  python bench/zero_points.py [--reps 2000] [--alternations 20]
 
 Writes bench/results/zero_points.json and .md."""
 
@@ -34,6 +38,7 @@ import numpy as np  # noqa: E402
 from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+WORK = Path(__file__).parent / "_work" / "zero_points"
 BLOCK = 32  # Q4_1's block and the export's default block_size
 K, N = 576, 1536  # SmolLM2-135M's gate projection
 
@@ -134,6 +139,47 @@ def kernels(reps: int, threads: int) -> list[dict]:
     return out
 
 
+def decode_ab(model_spec: str, threads: int, alternations: int, steps: int = 32) -> dict:
+    """Step time of int4 decode, uint4 zero points against symmetric, in one process."""
+    from edgedelta.export import ExportConfig, export_onnx
+    from edgedelta.runtime import Session
+
+    arts = {}
+    for kind, sym in (("uint4", False), ("none", True)):
+        path = WORK / kind
+        if not (path / "manifest.json").is_file():
+            print(f"exporting {model_spec} int4 ({kind} zero points) to {path}", file=sys.stderr, flush=True)
+            export_onnx(model_spec, ExportConfig(quantize="int4", symmetric=sym), path, force=True)
+        arts[kind] = Session.from_dir(path, provider="cpu", threads=threads, tokenizer=None, spin="on")
+
+    def step_median(s) -> float:
+        cache = s.new_cache(1, 32 + steps + 1)
+
+        def run(ids):
+            x = np.asarray([ids], np.int64)
+            past = cache.length
+            return s.forward(x, np.ones((1, past + x.shape[1]), np.int64), np.arange(past, past + x.shape[1])[None], cache)
+
+        tok, times = int(run([(100 + i) % s.artifact.vocab_size for i in range(32)])[0].argmax()), []
+        for _ in range(steps):
+            t = time.perf_counter()
+            tok = int(run([tok])[0].argmax())
+            times.append(time.perf_counter() - t)
+        return float(np.median(times))
+
+    ratios, ms = [], {k: [] for k in arts}
+    for i in range(alternations):
+        order = list(arts) if i % 2 == 0 else list(arts)[::-1]
+        t = {k: step_median(arts[k]) for k in order}
+        for k in arts:
+            ms[k].append(t[k] * 1e3)
+        ratios.append(t["uint4"] / t["none"])
+    return {"model": model_spec, "steps": steps, "alternations": alternations, "spin": "on",
+            "step_ms_median": {k: float(np.median(v)) for k, v in ms.items()},
+            "uint4_over_none": float(np.median(ratios)), "uint4_over_none_quartiles": np.percentile(ratios, [25, 75]).tolist(),
+            "file_mib": {k: sum((WORK / k / f).stat().st_size for f in ("model.onnx", "model.onnx.data")) / 2**20 for k in arts}}
+
+
 def report(res: dict) -> str:
     w = res["weights"]
     md = ["# Zero points: re-rounding Q4_1 blocks vs holding them exactly", "",
@@ -147,6 +193,16 @@ def report(res: dict) -> str:
           "| M | accuracy level | zero points | µs | × uint4 zero points |", "|---:|---:|---|---:|---:|"]
     for r in res["kernels"]:
         md.append(f"| {r['m']} | {r['accuracy_level']} | {r['zero_points']} | {r['us']:.1f} | {r['x_uint4']:.2f} |")
+    d = res.get("decode")
+    if d:
+        q = d["uint4_over_none_quartiles"]
+        md += ["", f"## Decode of the whole int4 model ({d['model']}): uint4 zero points vs symmetric", "",
+               f"One process, both artifacts loaded, {d['alternations']} alternations of {d['steps']} greedy steps "
+               f"(threads spinning); ratio = uint4 step time / symmetric step time, same alternation.", "",
+               "| zero points | median step ms | graph + weights MiB |", "|---|---:|---:|",
+               *(f"| {k} | {d['step_ms_median'][k]:.2f} | {d['file_mib'][k]:.1f} |" for k in ("uint4", "none")), "",
+               f"uint4 / none: {d['uint4_over_none']:.3f} (quartiles {q[0]:.3f}-{q[1]:.3f}): symmetric decodes "
+               f"{d['uint4_over_none']:.2f}x as fast."]
     return "\n".join(md) + "\n"
 
 
@@ -157,12 +213,14 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="default")
     ap.add_argument("--reps", type=int, default=2000, help="runs per timing at M = 1 (M = 512: a hundredth)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--alternations", type=int, default=20, help="decode alternations of the two int4 artifacts")
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(argv)
-    if a.reps < 1 or a.threads < 1:
-        raise SystemExit(f"--reps and --threads must be >= 1, got {a.reps} and {a.threads}")
+    if a.reps < 1 or a.threads < 1 or a.alternations < 2:
+        raise SystemExit(f"--reps and --threads must be >= 1 and --alternations >= 2, got {a.reps}, {a.threads}, {a.alternations}")
     res = {"machine": platform.machine(), "threads": a.threads, "onnxruntime": ort.__version__,
-           "weights": weight_errors(a.model), "kernels": kernels(a.reps, a.threads)}
+           "weights": weight_errors(a.model), "kernels": kernels(a.reps, a.threads),
+           "decode": decode_ab(a.model, a.threads, a.alternations)}
     write_json_atomic(a.out / "zero_points.json", res)
     write_text_atomic(a.out / "zero_points.md", report(res))
     print(report(res))

@@ -3,8 +3,8 @@
 A quantized export stores the embedding table once, as MatMulNBits tensors (packed (N, blocks,
 block·bits/8) uint8, scales (N, blocks), zero points (N, packed bytes) unless symmetric) that the tied LM head's
 MatMulNBits reads; the lookup reads the same three tensors here, a dozen small ops on the
-(B, S) looked-up rows only. ONNX Runtime's GatherBlockQuantized cannot share them: it needs
-scales of the data's rank (3), where MatMulNBits takes (N, blocks)."""
+(B, S) looked-up rows only. (ONNX Runtime's GatherBlockQuantized takes 2-D data with scales of
+the same rank: it would read the packed table through a Reshape to (N, K·bits/8).)"""
 
 from __future__ import annotations
 

@@ -73,3 +73,23 @@ def test_a_missed_int4_perplexity_names_the_head_only_rows():
     assert "decode 40x slower" in line
     assert "perplexity is 1.086x float at int4, 1.000x float at int8 (quant_quality.json)" in line
     assert "head" not in mod._peer_misses(d, zp, None)[0]
+
+
+def test_a_missed_int4_decode_cites_the_symmetric_export_beside_it():
+    mod = _summarize()
+
+    def rnd(i, tps):
+        return {"round": i, "decode": {"tokens_per_s": tps}}
+
+    d = {"rounds": {"int4": [rnd(0, 90.0), rnd(1, 92.0)], "int4-sym": [rnd(0, 99.0), rnd(1, 104.0)], "peer": [rnd(0, 100.0), rnd(1, 100.0)]},
+         "summary": {"int4": {"ppl": 22.6}, "int4-sym": {"ppl": 23.9}, "peer": {"ppl": 24.3}},
+         "contenders": {"int4": {"model": "original", "export": {"quantize": "int4"}},
+                        "int4-sym": {"model": "original", "export": {"quantize": "int4", "symmetric": True}},
+                        "peer": {}},
+         "targets": [{"target": "decode", "metric": "decode", "numerator": "int4", "denominator": "peer", "value": 0.91, "met": False}]}
+    (line,) = mod._peer_misses(d, None)
+    assert line == ("- decode (0.910): per-round ratios 0.900, 0.920; the same export with symmetric blocks (no zero points, "
+                    "int4-sym) decodes at 1.015x here with perplexity 23.900 against 22.600 (genai int4: 24.300).")
+    zp = {"decode": {"uint4_over_none": 1.116, "uint4_over_none_quartiles": [1.11, 1.123]}}
+    assert mod._peer_misses(d, zp)[0].endswith("; in one process, alternating, symmetric int4 decodes 1.116x as fast as uint4 "
+                                               "zero points (quartiles 1.110-1.123, zero_points.json).")

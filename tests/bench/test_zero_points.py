@@ -23,3 +23,20 @@ def test_q4_1_blocks_are_recovered_exactly_and_others_are_not():
     np.testing.assert_allclose((m2[..., None] + d2[..., None] * codes).reshape(4, 96), w, atol=1e-6)
     noisy = w + 0.01 * rng.standard_normal(w.shape).astype(np.float32)
     assert not zero_points.q4_1_blocks(noisy)[3].any()
+
+
+def test_decode_ab_times_both_zero_point_forms_of_one_model(tmp_path, monkeypatch):
+    """The decode comparison exports the model twice (uint4 zero points, symmetric), runs both in
+    alternation and reports the ratio; the symmetric data file is the smaller (no zero points)."""
+    from tests.tiny import tiny_model, tiny_tokenizer
+
+    src = tmp_path / "src"
+    tiny_model("llama").save_pretrained(src)
+    tiny_tokenizer().save_pretrained(src)
+    monkeypatch.setattr(zero_points, "WORK", tmp_path / "work")
+    d = zero_points.decode_ab(str(src), threads=1, alternations=2, steps=3)
+    assert d["uint4_over_none"] > 0 and set(d["step_ms_median"]) == {"uint4", "none"}
+    assert d["file_mib"]["none"] < d["file_mib"]["uint4"]
+    res = {"machine": "x", "threads": 1, "onnxruntime": "v", "kernels": [], "decode": d,
+           "weights": {"model": "m", "tensors": 1, "blocks": 1, "blocks_on_q4_1_grid": 1, "rel_err_uint4_zp": 0.1, "rel_err_float_zp": 0.0}}
+    assert f"uint4 / none: {d['uint4_over_none']:.3f}" in zero_points.report(res)
