@@ -292,10 +292,13 @@ def main(argv=None) -> int:
     elif args.rows:
         rows = [parse_row(x) for x in args.rows.split(",")]
         delta_rows = [r[:5] + (False,) for r in rows]  # each row again with float deltas (compressed model only)
-    if args.onnx_only or args.rows or args.head_only or args.symmetric:
+    earlier = out / "quant_quality.json"  # the rows this run does not measure are kept from it
+    if args.onnx_only and not earlier.is_file():
+        raise SystemExit(f"--onnx-only keeps the PyTorch rows of an earlier run, and {earlier} does not exist")
+    if (args.onnx_only or args.rows or args.head_only or args.symmetric) and earlier.is_file():
         import json
 
-        res.update({k: v for k, v in json.loads((out / "quant_quality.json").read_text()).items() if k != "seconds"})
+        res.update({k: v for k, v in json.loads(earlier.read_text()).items() if k != "seconds"})
     measure("original", args.model, args, res, out, rows, not args.no_onnx)
     if args.compressed:
         measure("compressed", args.compressed, args, res, out, rows + delta_rows, not args.no_onnx)

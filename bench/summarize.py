@@ -143,8 +143,10 @@ def quant_quality(d: dict) -> list[str]:
     lines = []
     for name, m in d["models"].items():
         lines += [f"{name}: float mean perplexity {m['float']['mean']:.3f} ({', '.join(d['eval_texts'])})", "",
-                  "| bits | method | block | embedding quantized | ratio to float |", "|---|---|---:|---|---:|"]
-        lines += [f"| {r['quantize']} | {r['method']} | {r['block']} | {'yes' if r['embedding_quantized'] else 'no'} | "
+                  "| bits | zero points | method | block | projections quantized | embedding quantized | ratio to float |",
+                  "|---|---|---|---:|---|---|---:|"]
+        lines += [f"| {r['quantize']} | {'none (symmetric)' if r.get('symmetric') else 'uint'} | {r['method']} | {r['block']} | "
+                  f"{'yes' if r.get('projections_quantized', True) else 'no'} | {'yes' if r['embedding_quantized'] else 'no'} | "
                   f"{r['ppl_ratio']:.3f} |" for r in m["rows"]]
         lines.append("")
     return lines
@@ -300,6 +302,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("Releasing the weight file's pages after load", "release_pages.json", release_pages),
     ("onnxruntime-genai loads edgedelta artifacts", "genai_compat.json", genai_compat),
     ("Quantization quality", "quant_quality.json", quant_quality),
+    ("Quantization quality at 0.5B (Qwen2.5-Coder-0.5B)", "quant_quality_qwen2.5-coder-0.5b/quant_quality.json", quant_quality),
     ("Zero points: Q4_1 blocks re-rounded vs held exactly", "zero_points.json", _link_only("bench/results/zero_points.md")),
     ("Redundancy of consecutive layers by model size", "redundancy.json", _link_only("bench/results/redundancy.md")),
     ("Device verdicts at 0.5B and 1.5B", "device_plans.json", _link_only("bench/results/device_plans.md")),
