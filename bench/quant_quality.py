@@ -183,7 +183,9 @@ def measure(label: str, spec: str, args, res: dict, out: Path, rows, with_onnx: 
     loaded = load_model(spec)
     model, tok = loaded.model.eval(), loaded.tokenizer
     windows = {name: pack(tokenize_stream(tok, dataset_texts(name)), 512, args.ppl_tokens) for name in EVAL_DATASETS}
-    entry = res["models"].setdefault(label, {"spec": spec, "rows": []})
+    entry = res["models"].get(label)
+    if entry is None or entry.get("spec") != spec:  # another model's rows are not kept beside this one's
+        entry = res["models"][label] = {"spec": spec, "rows": []}
     if args.onnx_only:
         rows = []
         entry["onnx"] = []

@@ -41,3 +41,15 @@ def test_a_row_without_the_projection_flag_is_keyed_as_quantizing_them():
            "deltas_quantized": True, "calib_samples": None}
     assert quant_quality.row_key(old) == quant_quality.row_key({**old, "projections_quantized": True})
     assert quant_quality.row_key(old) != quant_quality.row_key({**old, "projections_quantized": False})
+
+
+def test_a_symmetric_row_is_its_own_row_and_quantizes_differently():
+    model = _tiny_llama()
+    asym = quant_quality.dequantized_copy(model, None, 4, "rtn", 32, False, True, True)
+    sym = quant_quality.dequantized_copy(model, None, 4, "rtn", 32, False, True, True, symmetric=True)
+    w = "model.layers.0.mlp.down_proj.weight"
+    assert not torch.equal(dict(asym.named_parameters())[w], dict(sym.named_parameters())[w])
+    row = {"quantize": "int4", "method": "rtn", "block": 32, "act_order": False, "embedding_quantized": True,
+           "deltas_quantized": True, "calib_samples": None}
+    assert quant_quality.row_key(row) == quant_quality.row_key({**row, "symmetric": False})
+    assert quant_quality.row_key(row) != quant_quality.row_key({**row, "symmetric": True})
