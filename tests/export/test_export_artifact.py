@@ -136,3 +136,7 @@ def test_cli_export_and_inspect(tiny_dirs, tmp_path, capsys):
     assert json.loads((tmp_path / "audit.json").read_text())["ok"] is True
     assert main(["export", str(tiny_dirs["plain"]), "--out", str(tmp_path / "x"), "--dtype", "bf16"]) == 2
     assert "allowed: fp32, fp16" in capsys.readouterr().err
+    sym = tmp_path / "sym"
+    assert main(["export", str(tiny_dirs["plain"]), "--out", str(sym), "--quantize", "int4", "--block-size", "16",
+                 "--symmetric", "on", "--no-validate"]) == 0
+    assert json.loads((sym / "manifest.json").read_text())["export_config"]["symmetric"] is True
