@@ -54,7 +54,7 @@ class ExportConfig:
     calib_samples: int = field(default=32, metadata={"help": "calibration sequences of 512 tokens for data-aware quantization"})
     symmetric: bool = field(default=False, metadata={
         "help": "quantized blocks without zero points (MatMulNBits' 2^(bits-1)): faster single-token MatMulNBits, "
-                "coarser grid (bench/results/symmetric.md)"})
+                "coarser grid (bench/results/zero_points.md, quant_quality.md)"})
     accuracy_level: int | None = field(default=None, metadata={
         "help": "MatMulNBits compute: 0 = fp32 on the dequantized weights (exact); 4 = int8 activations (x86: int8 weights "
                 "~18x and int4 ~2x faster, adds activation rounding); default 4 for quantized exports, 0 otherwise"})
