@@ -1,9 +1,9 @@
 """The rows of a block-quantized table, gathered and dequantized in the graph.
 
 A quantized export stores the embedding table once, as MatMulNBits tensors (packed (N, blocks,
-block·bits/8) uint8, scales (N, blocks), zero points (N, packed bytes) unless symmetric) that the tied LM head's
-MatMulNBits reads; the lookup reads the same three tensors here, a dozen small ops on the
-(B, S) looked-up rows only. (ONNX Runtime's GatherBlockQuantized takes 2-D data with scales of
+block·bits/8) uint8, scales (N, blocks), zero points (N, packed bytes) unless symmetric) that
+the tied LM head's MatMulNBits reads; the lookup reads the same tensors here, a dozen small ops
+on the (B, S) looked-up rows only. (ONNX Runtime's GatherBlockQuantized takes 2-D data with scales of
 the same rank: it would read the packed table through a Reshape to (N, K·bits/8).)"""
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def dequantizing_gather(b: GraphBuilder, q, ids: str, to: int) -> str:
     vals = _unpack(b, rows, qw.bits)  # (B, S, nb, block)
     sc = b.op("Gather", [scales, ids], axis=0)  # (B, S, nb)
     if len(q.names) == 2:  # symmetric: every zero point is 2^(bits-1)
-        centred = b.op("Sub", [b.op("Cast", [vals], to=to), b.const(float(1 << (qw.bits - 1)), helper.tensor_dtype_to_np_dtype(to))])
+        mid = b.const(float(1 << (qw.bits - 1)), helper.tensor_dtype_to_np_dtype(to))
+        centred = b.op("Sub", [b.op("Cast", [vals], to=to), mid])
     else:
         zp_rows = b.op("Gather", [q.names[2], ids], axis=0)  # (B, S, nb*bits/8 rounded up)
         zp_vals = _unpack(b, zp_rows, qw.bits)  # (B, S, >= nb)
