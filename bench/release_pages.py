@@ -18,7 +18,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -59,7 +58,7 @@ def main(argv=None) -> int:
     missing = [p for p in a.artifact or [] if not (Path(p) / "manifest.json").is_file()]
     if missing:
         raise SystemExit(f"not an exported artifact (no manifest.json): {missing[0]}")
-    from peers import make_tokens, run_worker
+    from peers import Contender, make_tokens, run_worker
 
     arts = [Path(p) for p in a.artifact] if a.artifact else default_artifacts()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -70,8 +69,8 @@ def main(argv=None) -> int:
     for rnd in range(a.rounds):
         for art in arts:
             for release in (False, True):
-                c = SimpleNamespace(engine="edgedelta", path=str(art), label=f"{art.name}-{'released' if release else 'kept'}",
-                                    session={"release_pages": release, "spin": "off"})
+                c = Contender(f"{art.name}-{'released' if release else 'kept'}", "edgedelta", path=str(art),
+                              session={"release_pages": release, "spin": "off"})
                 print(f"round {rnd + 1}/{a.rounds}: {c.label}", file=sys.stderr, flush=True)
                 r = run_worker(c, {}, "speed", WORK, opts, timeout=1800)
                 if "error" in r:

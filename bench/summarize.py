@@ -181,8 +181,9 @@ def _peer_misses(d: dict, zp: dict | None, qq: dict | None = None) -> list[str]:
             rr = round_ratios(d["rounds"], num, den, METRICS[metric][0])
             why = f"per-round ratios {', '.join(f'{x:.3f}' for x in rr)}"
             sym = [c for c, v in d["contenders"].items() if (v.get("export") or {}).get("symmetric")
-                   and v.get("model") == d["contenders"][num].get("model") and c in d["rounds"] and c != num]
-            if metric == "decode" and "int4" in num and sym:  # the zero-point choice, measured beside it
+                   and v.get("model") == d["contenders"][num].get("model") and c in d["rounds"] and c != num] \
+                if metric == "decode" and "int4" in num else []
+            if sym:  # the zero-point choice, measured beside it
                 c = sym[0]
                 sr = statistics.median(round_ratios(d["rounds"], c, den, METRICS[metric][0]))
                 why += (f"; the same export with symmetric blocks (no zero points, {c}) decodes at {sr:.3f}x here with "
