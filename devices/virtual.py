@@ -70,7 +70,7 @@ class VirtualExport:
 
 @dataclass
 class Accounting:
-    stored: dict[str, int] = field(default_factory=dict)  # kind -> bytes (export/audit.py kinds)
+    stored: dict[str, int] = field(default_factory=dict)  # kind -> bytes (export/artifact_audit.py kinds)
     read: int = 0
 
     def add(self, kind: str, stored: int, read: int) -> None:

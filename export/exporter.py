@@ -29,7 +29,7 @@ from edgedelta.fsutil import atomic_dir, check_output_path
 from edgedelta.manifest import read_manifest, write_manifest
 from edgedelta.models.adapters import adapter_for
 
-from .audit import MODEL_FILE, audit, audit_problems
+from .artifact_audit import MODEL_FILE, audit, audit_problems
 from .calibration import calibration_for
 from .config import ExportConfig, session_config
 from .arch_facts import ArchFacts, gqa_unsupported

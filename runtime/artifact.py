@@ -4,7 +4,9 @@ bytes; weight bytes *read* per decoded token, where a shared initializer counts 
 consumer because every layer that uses it streams it from memory again).
 
 The graph is parsed with `onnx.load(load_external_data=False)`: only the .onnx protobuf
-(a few MB) is read, never the weights."""
+(a few MB) is read, never the weights. A session does not parse it: the runtime takes the
+interface from the ONNX Runtime session it builds, so running an artifact never imports the
+onnx package."""
 
 from __future__ import annotations
 
@@ -86,7 +88,7 @@ class Artifact:
 
     @property
     def vocab_size(self) -> int:
-        return int(self.config.get("vocab_size") or self.graph_facts["vocab_size"])
+        return int(self.config.get("vocab_size") or self.interface["vocab_size"])
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -133,9 +135,27 @@ class Artifact:
     def graph_facts(self) -> dict[str, Any]:
         return graph_facts(self.model_file)
 
+    @cached_property
+    def interface(self) -> dict[str, Any]:
+        """The graph's KV-cache interface (INTERFACE_KEYS). Session.from_dir sets it from the ORT
+        session it built (session_interface); otherwise it is parsed from the graph."""
+        return {k: self.graph_facts[k] for k in INTERFACE_KEYS}
+
+    def check_decoder(self) -> None:
+        """Quick check, before any session is built, that the graph is a KV-cache decoder: the
+        manifest's io section where the exporter wrote one (no graph parsing), else the graph."""
+        io = self.manifest.get("io")
+        if not isinstance(io, dict) or not isinstance(io.get("inputs"), list) or not isinstance(io.get("outputs"), list):
+            self.interface
+            return
+        ins, outs = [str(x) for x in io["inputs"]], [str(x) for x in io["outputs"]]
+        if "input_ids" not in ins or not any(x.startswith("past_key_values.") for x in ins) or "logits" not in outs:
+            raise ModelLoadError(f"'{self.model_file}' is not a KV-cache decoder graph: its manifest lists inputs {ins} "
+                                 f"and outputs {outs} (needs input_ids, past_key_values.* and logits)")
+
     @property
     def kv(self) -> KVSpec:
-        g = self.graph_facts
+        g = self.interface
         windows = ((self.manifest.get("architecture") or {}).get("sliding_windows")) or ()
         if len(windows) != g["num_layers"]:
             windows = ()
@@ -163,6 +183,48 @@ class Artifact:
     def weight_bytes_read_per_token(self) -> int:
         """Weight bytes streamed from memory to decode one token (see `graph_facts`)."""
         return int(self.graph_facts["bytes_read_per_token"])
+
+
+INTERFACE_KEYS = ("inputs", "outputs", "num_layers", "kv_heads", "head_dim", "kv_dtype", "vocab_size", "logits_dtype")
+_ORT_TYPE_NAME = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16"}
+
+
+def decoder_interface(inputs: list[tuple[str, list[int | None], str]], outputs: list[tuple[str, list[int | None], str]],
+                      where: str) -> dict[str, Any]:
+    """The KV-cache interface of a decoder graph from its inputs and outputs, each (name, dims
+    with None where symbolic, dtype name); ModelLoadError when it is not one. The same facts
+    come from the ONNX protobuf (graph_facts) or from a built ORT session (session_interface)."""
+    past = [i for i in inputs if i[0].startswith("past_key_values.")]
+    if not past or not any(i[0] == "input_ids" for i in inputs):
+        raise ModelLoadError(f"'{where}' is not a KV-cache decoder graph (needs input_ids and past_key_values.* inputs)")
+    shape = past[0][1]
+    if len(shape) != 4 or shape[1] is None or shape[3] is None:
+        raise ModelLoadError(f"'{where}': past_key_values have shape {shape}; expected [batch, kv_heads, past_seq, head_dim]")
+    logits = next((o for o in outputs if o[0] == "logits"), None)
+    if logits is None:
+        raise ModelLoadError(f"'{where}' has no 'logits' output")
+    return {
+        "inputs": [i[0] for i in inputs],
+        "outputs": [o[0] for o in outputs],
+        "num_layers": len(past) // 2,
+        "kv_heads": int(shape[1]),
+        "head_dim": int(shape[3]),
+        "kv_dtype": past[0][2],
+        "vocab_size": logits[1][-1] if logits[1] else None,
+        "logits_dtype": logits[2],
+    }
+
+
+def session_interface(ort_session, where: str) -> dict[str, Any]:
+    """decoder_interface of a built ONNX Runtime session: what the runtime needs of the graph
+    without importing the onnx package (~15 MiB of resident memory in a server process)."""
+    def args(values) -> list[tuple[str, list[int | None], str]]:
+        return [(v.name, [d if isinstance(d, int) and d > 0 else None for d in v.shape], _ORT_TYPE_NAME.get(v.type, "float32"))
+                for v in values]
+
+    # an input with a default (an initializer, e.g. logits_to_keep) is listed apart by ORT
+    inputs = ort_session.get_inputs() + ort_session.get_overridable_initializers()
+    return decoder_interface(args(inputs), args(ort_session.get_outputs()), where)
 
 
 def _read_json(path: Path, required: bool) -> dict[str, Any]:
@@ -253,26 +315,12 @@ def graph_facts(model_file: Path) -> dict[str, Any]:
                 read += b // max(int(t.dims[0]), 1)
             else:
                 read += b
-    past = [i for i in g.input if i.name.startswith("past_key_values.")]
-    if not past or not any(i.name == "input_ids" for i in g.input):
-        raise ModelLoadError(f"'{model_file}' is not a KV-cache decoder graph (needs input_ids and past_key_values.* inputs)")
-    shape = [d.dim_value if d.dim_value else None for d in past[0].type.tensor_type.shape.dim]
-    if len(shape) != 4 or shape[1] is None or shape[3] is None:
-        raise ModelLoadError(f"'{model_file}': past_key_values have shape {shape}; expected [batch, kv_heads, past_seq, head_dim]")
-    logits = next((o for o in g.output if o.name == "logits"), None)
-    if logits is None:
-        raise ModelLoadError(f"'{model_file}' has no 'logits' output")
-    vocab = logits.type.tensor_type.shape.dim[-1].dim_value or None
-    logits_dtype = _ONNX_DTYPE_NAME.get(logits.type.tensor_type.elem_type, "float32")
+    def args(values) -> list[tuple[str, list[int | None], str]]:
+        return [(v.name, [d.dim_value or None for d in v.type.tensor_type.shape.dim],
+                 _ONNX_DTYPE_NAME.get(v.type.tensor_type.elem_type, "float32")) for v in values]
+
     return {
-        "inputs": [i.name for i in g.input],
-        "outputs": [o.name for o in g.output],
-        "num_layers": len(past) // 2,
-        "kv_heads": int(shape[1]),
-        "head_dim": int(shape[3]),
-        "kv_dtype": _ONNX_DTYPE_NAME.get(past[0].type.tensor_type.elem_type, "float32"),
-        "vocab_size": vocab,
-        "logits_dtype": logits_dtype,
+        **decoder_interface(args(g.input), args(g.output), str(model_file)),
         "unique_initializer_bytes": unique,
         "bytes_read_per_token": read,
         "shared_initializers": shared,

@@ -38,7 +38,7 @@ import numpy as np
 
 from edgedelta.errors import ConfigError, ModelLoadError
 
-from .artifact import Artifact
+from .artifact import Artifact, session_interface
 from .kv_cache import WINDOW_RELEASE_STEP, DeviceRows, KVCache, host_kv_buffer, release_behind_windows, row_lengths
 
 PROVIDERS = ("auto", "cpu", "cuda")
@@ -162,7 +162,7 @@ class Session:
         self._np_dtype = np.dtype(self.kv.dtype) if self.kv.dtype != "bfloat16" else None
         if self._np_dtype is None:
             raise ModelLoadError("bfloat16 KV caches are not supported by the numpy runtime; export with float32/float16")
-        self._logits_dtype = np.dtype(artifact.graph_facts.get("logits_dtype", "float32"))
+        self._logits_dtype = np.dtype(artifact.interface["logits_dtype"])
         self._logits_buf = np.empty(0, dtype=self._logits_dtype)
         self._io = ort_session.io_binding()
         # what the binding holds between steps: an in-place cache's buffers stay bound (same
@@ -216,7 +216,7 @@ class Session:
 
             _tune()
         art = Artifact.open(path, verify=verify)
-        art.graph_facts  # interface check before the (slower) session build
+        art.check_decoder()  # before the (slower) session build
         prov = resolve_provider(provider)
         so = artifact_session_options(art, threads, arena, prepack, spin)
         providers: list[Any] = [_ORT_NAME["cpu"]]
@@ -231,6 +231,7 @@ class Session:
             sess = ort.InferenceSession(str(art.model_file), sess_options=so, providers=providers)
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             raise ModelLoadError(f"ONNX Runtime cannot load '{art.model_file}': {type(e).__name__}: {e}") from None
+        art.interface = session_interface(sess, str(art.model_file))
         if prov == "cuda" and sess.get_providers()[0] != _ORT_NAME["cuda"]:
             if provider == "cuda":
                 raise ConfigError("provider 'cuda' is not available: ONNX Runtime could not create a CUDA session (no GPU or CUDA libraries)")

@@ -90,3 +90,16 @@ def test_device_install_runs_the_device_commands_and_names_the_missing_extra(tin
     for (argv, extra), (rc, err) in zip(refused, results[len(ok):]):
         assert rc == 2 and err.count("\n") == 1 and f"pip install 'edgedelta[{extra}]'" in err, (argv, err)
     assert not any((tmp_path / d).exists() for d in ("c", "p", "rep"))  # refused before any output was made
+
+
+def test_running_an_artifact_does_not_import_onnx(tiny_edgedelta):
+    """`edgedelta run` holds only ONNX Runtime: the onnx package (~15 MiB resident) is for the
+    exporter, the audit and inspect, which parse the graph."""
+    code = ("import contextlib, io, json, sys; from edgedelta.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            "    rc = main(json.loads(sys.argv[1]))\n"
+            "print(json.dumps([rc, 'onnx' in sys.modules]))")
+    argv = ["run", str(tiny_edgedelta[1]), "--prompt", "Hello", "--max-new-tokens", "4", "--provider", "cpu"]
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(argv)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [0, False]

@@ -100,7 +100,7 @@ def run(args) -> int:
                       default_max_tokens=args.default_max_tokens)
     # quick checks first (the checksums take seconds on a large artifact: the server verifies them while /health says loading)
     art = Artifact.open(args.artifact, verify=False)
-    art.graph_facts  # a KV-cache decoder graph
+    art.check_decoder()
     _check_listen(args.host, args.port)
     resolve_provider(args.provider)
     log = _logger()

@@ -2,11 +2,14 @@
 with clear errors, graph facts read without the weights."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from edgedelta.errors import ConfigError, IntegrityError, ModelLoadError
 from edgedelta.runtime import Artifact, Session, resolve_provider
+from edgedelta.runtime.artifact import INTERFACE_KEYS
 
 
 def test_tampered_weights_refused(artifact_copy):
@@ -85,6 +88,31 @@ def test_graph_facts(tiny_artifact):
     assert art.weight_bytes_read_per_token > emb
     assert art.graph_facts["unique_initializer_bytes"] >= art.unique_weight_bytes
 
+
+
+def test_session_reads_the_interface_from_ort_without_importing_onnx(edgedelta_artifacts):
+    """Running an edgedelta artifact never imports the onnx package (~15 MiB resident in the
+    process): the KV-cache interface comes from the ORT session, and it equals the graph's."""
+    tiny_artifact = edgedelta_artifacts
+    code = ("import json, sys; from edgedelta.runtime import Session; s = Session.from_dir(sys.argv[1], provider='cpu'); "
+            "print(json.dumps({'onnx': 'onnx' in sys.modules, 'interface': s.artifact.interface}))")
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_artifact[1])], capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["onnx"] is False
+    graph = Artifact.open(tiny_artifact[1]).graph_facts
+    assert sorted(res["interface"].pop("inputs")) == sorted(graph["inputs"])
+    assert res["interface"] == {k: graph[k] for k in INTERFACE_KEYS if k != "inputs"}
+
+
+def test_check_decoder_reads_the_manifest_io(artifact_copy):
+    manifest = json.loads((artifact_copy / "manifest.json").read_text())
+    Artifact.open(artifact_copy, verify=False).check_decoder()
+    manifest["io"]["inputs"] = ["input_ids", "attention_mask"]
+    (artifact_copy / "manifest.json").write_text(json.dumps(manifest))
+    art = Artifact.open(artifact_copy, verify=False)
+    with pytest.raises(ModelLoadError, match="not a KV-cache decoder graph: its manifest lists inputs"):
+        art.check_decoder()
+    assert "graph_facts" not in vars(art)  # decided without parsing the graph
 
 
 def test_bytes_read_per_token_counts_one_embedding_row_for_the_lookup(tiny_edgedelta):
