@@ -164,6 +164,47 @@ def peers(d: dict) -> list[str]:
     return lines + (["", "Where the missed targets lose, from the same files:", "", *why] if why else [])
 
 
+def _export_of(d: dict, label: str) -> dict:
+    """What the exporter did for an edgedelta contender of peers.json (its exports entry: the
+    export config with symmetric resolved, the symmetric choice); {} for a peer."""
+    path = (d["contenders"].get(label) or {}).get("path")
+    return (d.get("exports") or {}).get(Path(path).name, {}) if path else {}
+
+
+def _zero_point_note(d: dict, num: str, den: str, zp: dict | None) -> str:
+    """For an int4 decode miss: which zero-point form the export took and why, the other form
+    of the same model measured beside it, and (for the zero-point form) zero_points.py's A/B."""
+    from peers import METRICS, round_ratios
+
+    ex = _export_of(d, num)
+    sym = (ex.get("export_config") or {}).get("symmetric")
+    rejected = (ex.get("symmetric_choice") or {}).get("rejected") or []
+    if sym:
+        note = "; exported with symmetric blocks (no zero points)"
+    elif rejected:
+        g = rejected[0]["quality_gate"]
+        note = (f"; exported with uint zero points because its symmetric form missed the quality gate (perplexity ratio "
+                f"{g['ppl_ratio']:.3f}, argmax agreement {g['agreement']:.3f}; thresholds {g['thresholds']['max_ppl_ratio']}, "
+                f"{g['thresholds']['min_agreement']})")
+    else:
+        note = "; exported with uint zero points"
+    model = d["contenders"][num].get("model")
+    other = [c for c in d["contenders"] if c != num and c in d["rounds"] and "int4" in c and d["contenders"][c].get("model") == model
+             and (_export_of(d, c).get("export_config") or {}).get("symmetric") not in (None, sym)]
+    if other:
+        c = other[0]
+        sr = statistics.median(round_ratios(d["rounds"], c, den, METRICS["decode"][0]))
+        note += (f"; the {'zero-point' if sym else 'symmetric'} export of the same model ({c}) decodes at {sr:.3f}x here with "
+                 f"perplexity {d['summary'][c]['ppl']:.3f} against {d['summary'][num]['ppl']:.3f} (genai int4: "
+                 f"{d['summary'][den]['ppl']:.3f})")
+    if not sym and (zp or {}).get("decode"):
+        ab = zp["decode"]
+        note += (f"; in one process, alternating, symmetric int4 decodes {ab['uint4_over_none']:.3f}x as fast as "
+                 f"uint4 zero points (quartiles {ab['uint4_over_none_quartiles'][0]:.3f}-"
+                 f"{ab['uint4_over_none_quartiles'][1]:.3f}, zero_points.json)")
+    return note
+
+
 def _peer_misses(d: dict, zp: dict | None, qq: dict | None = None) -> list[str]:
     """One line per missed target of peers.json, with the measurements that locate the loss:
     per-round ratios, memory beside the weights, the kernel and rounding facts of
@@ -180,20 +221,8 @@ def _peer_misses(d: dict, zp: dict | None, qq: dict | None = None) -> list[str]:
         if METRICS[metric][0] is not None:  # a speed: the same-round ratios its target's median is taken from
             rr = round_ratios(d["rounds"], num, den, METRICS[metric][0])
             why = f"per-round ratios {', '.join(f'{x:.3f}' for x in rr)}"
-            sym = [c for c, v in d["contenders"].items() if (v.get("export") or {}).get("symmetric")
-                   and v.get("model") == d["contenders"][num].get("model") and c in d["rounds"] and c != num] \
-                if metric == "decode" and "int4" in num else []
-            if sym:  # the zero-point choice, measured beside it
-                c = sym[0]
-                sr = statistics.median(round_ratios(d["rounds"], c, den, METRICS[metric][0]))
-                why += (f"; the same export with symmetric blocks (no zero points, {c}) decodes at {sr:.3f}x here with "
-                        f"perplexity {d['summary'][c]['ppl']:.3f} against {d['summary'][num]['ppl']:.3f} (genai int4: "
-                        f"{d['summary'][den]['ppl']:.3f})")
-                if (zp or {}).get("decode"):
-                    ab = zp["decode"]
-                    why += (f"; in one process, alternating, symmetric int4 decodes {ab['uint4_over_none']:.3f}x as fast as "
-                            f"uint4 zero points (quartiles {ab['uint4_over_none_quartiles'][0]:.3f}-"
-                            f"{ab['uint4_over_none_quartiles'][1]:.3f}, zero_points.json)")
+            if metric == "decode" and "int4" in num:
+                why += _zero_point_note(d, num, den, zp)
             if metric == "prefill512" and "int4" in num and (512, "uint4", 0) in kernel:
                 why += (f"; MatMulNBits at M=512 takes {kernel[(512, 'uint4', 4)] / kernel[(512, 'uint4', 0)]:.2f}x the time at "
                         f"accuracy level 4 (the int4 default) as at level 0, while at M=1 (decode) level 0 takes "

@@ -52,9 +52,10 @@ class ExportConfig:
         "help": "calibration text of data-aware quantization: a training text set (sotu-train, wiki-train, mixed-train) "
                 "or a file/folder of your own (held-out evaluation sets are refused)"})
     calib_samples: int = field(default=32, metadata={"help": "calibration sequences of 512 tokens for data-aware quantization"})
-    symmetric: bool = field(default=False, metadata={
+    symmetric: bool | None = field(default=None, metadata={
         "help": "quantized blocks without zero points (MatMulNBits' 2^(bits-1)): faster single-token MatMulNBits, "
-                "coarser grid (bench/results/zero_points.md, quant_quality.md)"})
+                "coarser grid (bench/results/zero_points.md, quant_quality.md). None (auto): symmetric when the "
+                "artifact passes its quality gate, else uint zero points (the manifest's symmetric_choice says which)"})
     accuracy_level: int | None = field(default=None, metadata={
         "help": "MatMulNBits compute: 0 = fp32 on the dequantized weights (exact); 4 = int8 activations (x86: int8 weights "
                 "~18x and int4 ~2x faster, adds activation rounding); default 4 for quantized exports, 0 otherwise"})
@@ -103,6 +104,8 @@ class ExportConfig:
             if v is not None and not (0 < v if name == "gate_max_ppl_ratio" else 0 <= v <= 1):
                 allowed = "> 0" if name == "gate_max_ppl_ratio" else "in 0..1"
                 raise ConfigError(f"{name} must be {allowed}, got {v}")
+        if self.symmetric not in (None, True, False):
+            raise ConfigError(f"symmetric must be true, false or null (auto), got {self.symmetric!r}")
         if self.gate_tokens < 256:
             raise ConfigError(f"gate_tokens must be >= 256 (greedy agreement over a long text), got {self.gate_tokens}")
         if self.accuracy_level is None:  # int8 activations: the fast default of a quantized export

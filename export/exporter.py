@@ -14,6 +14,7 @@ the parity checks pass; the input directory and model are never modified."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -24,7 +25,7 @@ import onnx
 
 from edgedelta.delta.accounting import DTYPE_BYTES, count_parameters
 from edgedelta.delta.structure import get_spec
-from edgedelta.errors import ConfigError, EdgeDeltaError, IntegrityError, ModelLoadError
+from edgedelta.errors import ConfigError, EdgeDeltaError, IntegrityError, ModelLoadError, ParityError
 from edgedelta.fsutil import atomic_dir, check_output_path
 from edgedelta.manifest import read_manifest, write_manifest
 from edgedelta.models.adapters import adapter_for
@@ -123,13 +124,55 @@ def _copy_side_files(src: Path, dst: Path, model, tokenizer) -> list[str]:
     return copied
 
 
+def symmetric_candidates(cfg: ExportConfig, has_tokenizer: bool) -> tuple[bool, ...]:
+    """The zero-point forms an export tries, in order. symmetric=None (auto) on a quantized
+    export whose quality gate can run (validation on, a tokenizer to read held-out text with):
+    symmetric blocks (MatMulNBits reads no zero points: 1.12x faster int4 decode,
+    bench/results/zero_points.md) unless the artifact misses the gate, then uint zero points.
+    Where nothing can judge the symmetric form: zero points, the finer grid."""
+    if cfg.symmetric is not None or cfg.quantize == "none":  # as given (unquantized: no blocks, nothing to choose)
+        return (cfg.symmetric,)
+    return (True, False) if cfg.validate and has_tokenizer else (False,)
+
+
+def _build_and_check(model, tokenizer, cfg: ExportConfig, calibration, tmp: Path, progress, say):
+    """Build the graph into `tmp` and run the checker, the sharing audit and (cfg.validate) the
+    parity checks and quality gate; returns (weights, facts, gqa, audit report, the weights laid
+    out for cfg.cpu_arch, parity report)."""
+    t1 = time.perf_counter()
+    builder, weights, facts = build_graph(model, cfg, calibration, progress=progress is not None)
+    gqa = use_gqa(facts, cfg)
+    builder.save(tmp, MODEL_FILE, metadata={"edgedelta.format": ARTIFACT_FORMAT,
+                                            "edgedelta.ort_session_config": json.dumps(session_config(cfg), sort_keys=True)})
+    del builder
+    say(f"graph written ({time.perf_counter() - t1:.1f} s)")
+    try:
+        onnx.checker.check_model(str(tmp / MODEL_FILE), full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"ONNX checker rejected the exported graph: {str(e).splitlines()[0]}") from None
+    report = audit(tmp)
+    # weights whose layout follows cfg.cpu_arch (prepack.py): lifted, and read by a MatMul
+    cpu_laid_out = [r["name"] for r in report["initializers"] if len(r["shape"]) == 3 and r["shape"][0] == 1
+                    and set(r["consumer_ops"]) & {"MatMul", "FusedMatMul"}]
+    problems = audit_problems(report)
+    if problems:
+        raise ExportError("sharing audit failed: " + "; ".join(problems))
+    parity = None
+    if cfg.validate:
+        from .validate import check_parity
+
+        parity = check_parity(model, tmp / MODEL_FILE, facts, cfg, weights.dequantized, tokenizer=tokenizer)
+        say("parity: " + ", ".join(f"{k} {v.get('max_abs_diff', 0):.2e}" for k, v in parity.items()))
+    return weights, facts, gqa, report, cpu_laid_out, parity
+
+
 def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, force: bool = False, progress=None) -> Path:
     """Export `model_dir` ('default', an HF directory or an edgedelta compressed directory)
     to an ONNX artifact in `out_dir`; validates it and returns the path.
 
     Raises OutputExistsError (out exists, no force), ModelLoadError (bad input),
     ParityError / ExportError (failed validation: nothing is left in out_dir)."""
-    cfg = cfg or ExportConfig()
+    cfg = cfg_in = cfg or ExportConfig()
     if out_dir is None:
         raise ModelLoadError("an output directory is required")
     check_output_path(out_dir, force)  # fail before the (slow) model load
@@ -141,31 +184,22 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
     say(f"loaded {loaded.path} ({t_load:.1f} s)")
     with atomic_dir(out_dir, force=force) as tmp:
         t1 = time.perf_counter()
-        builder, weights, facts = build_graph(model, cfg, calibration_for(model, loaded.tokenizer, cfg, progress=progress is not None),
-                                              progress=progress is not None)
-        gqa = use_gqa(facts, cfg)
-        builder.save(tmp, MODEL_FILE, metadata={"edgedelta.format": ARTIFACT_FORMAT,
-                                                "edgedelta.ort_session_config": json.dumps(session_config(cfg), sort_keys=True)})
-        del builder
+        calibration = calibration_for(model, loaded.tokenizer, cfg, progress=progress is not None)
+        tried: list[dict] = []
+        for symmetric in symmetric_candidates(cfg, loaded.tokenizer is not None):
+            cfg = dataclasses.replace(cfg, symmetric=symmetric)
+            try:
+                built = _build_and_check(model, loaded.tokenizer, cfg, calibration, tmp, progress, say)
+                break
+            except ParityError as e:  # auto: the symmetric form missed the quality gate, uint zero points next
+                if not (symmetric and cfg_in.symmetric is None and getattr(e, "gate", None)):
+                    raise
+                say(f"symmetric blocks miss the quality gate ({e}); exporting with zero points")
+                tried.append({"symmetric": True, "quality_gate": e.gate})
+                for f in tmp.iterdir():
+                    shutil.rmtree(f) if f.is_dir() else f.unlink()
+        weights, facts, gqa, report, cpu_laid_out, parity = built
         t_build = time.perf_counter() - t1
-        say(f"graph written ({t_build:.1f} s)")
-        try:
-            onnx.checker.check_model(str(tmp / MODEL_FILE), full_check=True)
-        except onnx.checker.ValidationError as e:
-            raise ExportError(f"ONNX checker rejected the exported graph: {str(e).splitlines()[0]}") from None
-        report = audit(tmp)
-        # weights whose layout follows cfg.cpu_arch (prepack.py): lifted, and read by a MatMul
-        cpu_laid_out = [r["name"] for r in report["initializers"] if len(r["shape"]) == 3 and r["shape"][0] == 1
-                        and set(r["consumer_ops"]) & {"MatMul", "FusedMatMul"}]
-        problems = audit_problems(report)
-        if problems:
-            raise ExportError("sharing audit failed: " + "; ".join(problems))
-        parity = None
-        if cfg.validate:
-            from .validate import check_parity
-
-            parity = check_parity(model, tmp / MODEL_FILE, facts, cfg, weights.dequantized, tokenizer=loaded.tokenizer)
-            say("parity: " + ", ".join(f"{k} {v.get('max_abs_diff', 0):.2e}" for k, v in parity.items()))
         side = _copy_side_files(Path(loaded.path), tmp, model, loaded.tokenizer)
         gen_cfg = json.loads((tmp / "generation_config.json").read_text()) if (tmp / "generation_config.json").is_file() else {}
         cfg_json = json.loads((tmp / "config.json").read_text())
@@ -175,7 +209,9 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
         unique_bytes = int(counts["total"] * DTYPE_BYTES[cfg.dtype])
         src_facts = _source_facts(Path(loaded.path))
         facts_out = {
-            "export_config": cfg.to_dict(),
+            "export_config": cfg.to_dict(),  # symmetric as exported (auto resolved)
+            # symmetric=None (auto): the forms tried before this one, with the quality gate that rejected each
+            "symmetric_choice": {"mode": "auto" if cfg_in.symmetric is None else "set", "chosen": cfg.symmetric, "rejected": tried},
             "graph_revision": GRAPH_REVISION,
             "compress_config": src_facts.get("compress_config"),  # how the source was compressed (None: plain model)
             "source": {**loaded.source, "path": str(Path(loaded.path).resolve()), "manifest": src_facts},
@@ -212,7 +248,7 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
             "parity": parity,
             "ort_session_config": session_config(cfg),
             "tokenizer_files": side,
-            "timing_s": {"load": round(t_load, 2), "build_and_write": round(t_build, 2), "total": round(time.perf_counter() - t0, 2)},
+            "timing_s": {"load": round(t_load, 2), "build_and_check": round(t_build, 2), "total": round(time.perf_counter() - t0, 2)},
         }
         write_manifest(tmp, ARTIFACT_FORMAT, facts_out)
     return Path(out_dir)

@@ -87,14 +87,22 @@ def _summary(acc: np.ndarray) -> dict:
     return {"ppl_float": ppl_r, "ppl_artifact": ppl_c, "ppl_ratio": ppl_c / ppl_r, "agreement": float(acc[2] / n), "tokens": int(acc[3])}
 
 
+# the ParityError outputs of a missed gate threshold (any other ParityError is a logits mismatch)
+GATE_MEASURES = ("held_out_perplexity_ratio", "greedy_agreement")
+
+
 def judge(result: dict, thresholds: GateThresholds) -> dict:
     """Adds the thresholds and the verdict to `result`; ParityError naming the failed measure."""
     result = {**result, "thresholds": asdict(thresholds), "texts_used": list(GATE_TEXTS)}
+    err = None
     if not result["ppl_ratio"] <= thresholds.max_ppl_ratio:  # also catches NaN
-        raise ParityError("held_out_perplexity_ratio", result["ppl_ratio"], thresholds.max_ppl_ratio,
+        err = ParityError(GATE_MEASURES[0], result["ppl_ratio"], thresholds.max_ppl_ratio,
                           f"float {result['ppl_float']:.3f} -> artifact {result['ppl_artifact']:.3f} on {', '.join(GATE_TEXTS)}")
-    if not result["agreement"] >= thresholds.min_agreement:
-        raise ParityError("greedy_agreement", 1.0 - result["agreement"], 1.0 - thresholds.min_agreement,
+    elif not result["agreement"] >= thresholds.min_agreement:
+        err = ParityError(GATE_MEASURES[1], 1.0 - result["agreement"], 1.0 - thresholds.min_agreement,
                           f"argmax agreement {result['agreement']:.3f} < {thresholds.min_agreement} over {result['tokens']} "
                           "held-out tokens (the values compared are disagreement fractions)")
+    if err is not None:
+        err.gate = {**result, "passed": False}  # what the exporter's symmetric 'auto' records of a rejected form
+        raise err
     return {**result, "passed": True}

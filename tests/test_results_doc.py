@@ -75,21 +75,28 @@ def test_a_missed_int4_perplexity_names_the_head_only_rows():
     assert "head" not in mod._peer_misses(d, zp, None)[0]
 
 
-def test_a_missed_int4_decode_cites_the_symmetric_export_beside_it():
+def test_a_missed_int4_decode_says_which_zero_point_form_and_cites_the_other():
     mod = _summarize()
 
     def rnd(i, tps):
         return {"round": i, "decode": {"tokens_per_s": tps}}
 
+    gate = {"ppl_ratio": 1.36, "agreement": 0.693, "thresholds": {"max_ppl_ratio": 1.35, "min_agreement": 0.7}}
     d = {"rounds": {"int4": [rnd(0, 90.0), rnd(1, 92.0)], "int4-sym": [rnd(0, 99.0), rnd(1, 104.0)], "peer": [rnd(0, 100.0), rnd(1, 100.0)]},
          "summary": {"int4": {"ppl": 22.6}, "int4-sym": {"ppl": 23.9}, "peer": {"ppl": 24.3}},
-         "contenders": {"int4": {"model": "original", "export": {"quantize": "int4"}},
-                        "int4-sym": {"model": "original", "export": {"quantize": "int4", "symmetric": True}},
-                        "peer": {}},
+         "contenders": {"int4": {"model": "original", "path": "/a/k1"}, "int4-sym": {"model": "original", "path": "/a/k2"}, "peer": {}},
+         "exports": {"k1": {"export_config": {"symmetric": False}, "symmetric_choice": {"rejected": [{"quality_gate": gate}]}},
+                     "k2": {"export_config": {"symmetric": True}}},
          "targets": [{"target": "decode", "metric": "decode", "numerator": "int4", "denominator": "peer", "value": 0.91, "met": False}]}
     (line,) = mod._peer_misses(d, None)
-    assert line == ("- decode (0.910): per-round ratios 0.900, 0.920; the same export with symmetric blocks (no zero points, "
-                    "int4-sym) decodes at 1.015x here with perplexity 23.900 against 22.600 (genai int4: 24.300).")
+    assert line == ("- decode (0.910): per-round ratios 0.900, 0.920; exported with uint zero points because its symmetric form "
+                    "missed the quality gate (perplexity ratio 1.360, argmax agreement 0.693; thresholds 1.35, 0.7); the "
+                    "symmetric export of the same model (int4-sym) decodes at 1.015x here with perplexity 23.900 against "
+                    "22.600 (genai int4: 24.300).")
     zp = {"decode": {"uint4_over_none": 1.116, "uint4_over_none_quartiles": [1.11, 1.123]}}
     assert mod._peer_misses(d, zp)[0].endswith("; in one process, alternating, symmetric int4 decodes 1.116x as fast as uint4 "
                                                "zero points (quartiles 1.110-1.123, zero_points.json).")
+    d["targets"][0]["numerator"] = "int4-sym"  # a symmetric export cites the zero-point one, not the A/B
+    line = mod._peer_misses(d, zp)[0]
+    assert "exported with symmetric blocks (no zero points); the zero-point export of the same model (int4)" in line
+    assert "alternating" not in line

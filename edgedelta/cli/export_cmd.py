@@ -23,8 +23,9 @@ def add_parser(subparsers):
     p.add_argument("--block-size", type=int, default=32, help="quantization block size (default 32)")
     p.add_argument("--accuracy-level", type=int, default=None, choices=(0, 4),
                    help="quantized MatMul compute: 0 = fp32 (exact), 4 = int8 activations (default when quantized; faster on x86, esp. int8)")
-    p.add_argument("--symmetric", default=None, choices=("on", "off"),
-                   help="quantized blocks without zero points: on|off (default from the export config)")
+    p.add_argument("--symmetric", default="auto", choices=("auto", "on", "off"),
+                   help="quantized blocks without zero points (faster decode, coarser grid): on|off|auto (default auto: "
+                        "symmetric when the artifact passes its quality gate, else zero points)")
     p.add_argument("--quant-method", default=DEFAULT_QUANT_METHOD,
                    help=f"how quantized codes are chosen: {'|'.join(QUANT_METHODS)} (default {DEFAULT_QUANT_METHOD}: data-aware, "
                         "from --calib-text)")
@@ -44,11 +45,16 @@ def run(args) -> int:
     cfg = ExportConfig(dtype=args.dtype, quantize=args.quantize, block_size=args.block_size, accuracy_level=args.accuracy_level,
                        quant_method=args.quant_method, calib_text=args.calib_text,
                        cpu_arch=args.cpu_arch, validate=not args.no_validate,
-                       **({} if args.symmetric is None else {"symmetric": args.symmetric == "on"}))
+                       symmetric={"auto": None, "on": True, "off": False}[args.symmetric])
     out = export_onnx(args.model, cfg, args.out, force=args.force, progress=lambda m: print(f"edgedelta export: {m}", file=sys.stderr))
     m = read_manifest(out)
     b, a = m["bytes"], m["audit"]
     shared = len(a["shared"])
     print(f"wrote {out}: model.onnx.data {b['data_file'] / 1e6:.2f} MB, {m['parameters']['total']:,} unique parameters, "
           f"{shared} shared weights, duplicated bytes {a['duplicated_bytes']}, export {m['timing_s']['total']:.1f} s")
+    if cfg.quantize != "none":
+        choice = m.get("symmetric_choice") or {}
+        form = "symmetric blocks (no zero points)" if choice.get("chosen") else "blocks with zero points"
+        why = " (symmetric missed the quality gate)" if choice.get("rejected") else ""
+        print(f"{cfg.quantize}: {form}{why}")
     return 0

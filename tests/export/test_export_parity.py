@@ -179,7 +179,8 @@ def test_identical_tensors_stored_once(tmp_path):
 
 def test_quantized_negated_delta_shares_identical_scales(tmp_path):
     """Pair-mean SVD deltas come as A₂ = −A₁: the packed bytes differ but the block scales
-    are identical, so only the scales are stored once (found by the real-model benchmark)."""
+    are identical, so only the scales are stored once (found by the real-model benchmark). With zero
+    points: a symmetric scale spans 2^(bits-1) levels below zero and one fewer above, so −A's differ."""
     from edgedelta.delta.storage import save_compressed
     from edgedelta.models.adapters import adapter_for
     from tests.tiny import tiny_tokenizer
@@ -191,7 +192,7 @@ def test_quantized_negated_delta_shares_identical_scales(tmp_path):
             l0, l1 = (getattr(layers[i].self_attn, proj) for i in (0, 1))
             l1.delta_A.copy_(-l0.delta_A)
     save_compressed(model, tmp_path / "src", tokenizer=tiny_tokenizer())
-    out = export_onnx(tmp_path / "src", ExportConfig(quantize="int4", block_size=16), tmp_path / "art")
+    out = export_onnx(tmp_path / "src", ExportConfig(quantize="int4", block_size=16, symmetric=False), tmp_path / "art")
     rep = audit(out)
     assert rep["ok"], rep["duplicates"]
     m = json.loads((out / "manifest.json").read_text())
@@ -255,3 +256,56 @@ def test_scale_follows_the_delta_add_and_corner_scales_stay_exact(tmp_path):
     assert len(scales) >= 4
     scale_of = lambda n: next(i for i in n.input if i.endswith(".scale"))  # noqa: E731
     assert [scale_of(n) for n in scales if base_outputs & set(n.input)] == ["layers.1.self_attn.q_proj.scale"]  # only α = 0
+
+
+def _gate_failing_symmetric(monkeypatch):
+    """The quality gate with fixed numbers: the symmetric form misses it, the zero-point form passes."""
+    from edgedelta.export import validate
+    from edgedelta.export.quality_gate import GateThresholds, judge
+
+    def gate(model, tokenizer, dec, cfg):
+        return judge({"ppl_float": 10.0, "ppl_artifact": 14.0 if cfg.symmetric else 11.0, "ppl_ratio": 1.4 if cfg.symmetric else 1.1,
+                      "agreement": 0.8, "tokens": 512}, GateThresholds(1.35, 0.7))
+
+    monkeypatch.setattr(validate, "quality_gate", gate)
+
+
+def test_symmetric_auto_takes_symmetric_blocks_where_they_pass_the_gate(tmp_path):
+    import onnx
+
+    out = export_onnx(tiny_model_dir(tmp_path / "src", "llama"), ExportConfig(quantize="int4", block_size=16), tmp_path / "art")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["parity"]["quality_gate"]["passed"]
+    assert m["export_config"]["symmetric"] is True
+    assert m["symmetric_choice"] == {"mode": "auto", "chosen": True, "rejected": []}
+    g = onnx.load(out / "model.onnx", load_external_data=False).graph
+    assert not [t.name for t in g.initializer if t.name.endswith(".zero_points")]
+
+
+def test_symmetric_auto_falls_back_to_zero_points_when_the_gate_rejects_symmetric(tmp_path, monkeypatch):
+    import onnx
+
+    _gate_failing_symmetric(monkeypatch)
+    out = export_onnx(tiny_model_dir(tmp_path / "src", "llama"), ExportConfig(quantize="int4", block_size=16), tmp_path / "art")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["export_config"]["symmetric"] is False and m["parity"]["quality_gate"]["ppl_ratio"] == 1.1
+    (rejected,) = m["symmetric_choice"]["rejected"]
+    assert rejected["symmetric"] is True and rejected["quality_gate"]["ppl_ratio"] == 1.4 and not rejected["quality_gate"]["passed"]
+    g = onnx.load(out / "model.onnx", load_external_data=False).graph
+    assert [t.name for t in g.initializer if t.name.endswith(".zero_points")]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("model.onnx")) == ["model.onnx", "model.onnx.data"]
+
+
+def test_a_set_symmetric_form_is_not_retried(tmp_path, monkeypatch):
+    from edgedelta.errors import ParityError
+
+    _gate_failing_symmetric(monkeypatch)
+    with pytest.raises(ParityError, match="held_out_perplexity_ratio"):
+        export_onnx(tiny_model_dir(tmp_path / "src", "llama"), ExportConfig(quantize="int4", block_size=16, symmetric=True),
+                    tmp_path / "art")
+    assert not (tmp_path / "art").exists()
+    # without a gate to judge it (no validation), auto keeps zero points
+    out = export_onnx(tiny_model_dir(tmp_path / "src2", "llama"), ExportConfig(quantize="int4", block_size=16, validate=False),
+                      tmp_path / "art2")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["export_config"]["symmetric"] is False and m["symmetric_choice"]["rejected"] == []
