@@ -7,7 +7,10 @@ compress, per device, needs only the bytes. The rules (export/weights.py, graph 
     projection, fp32     (in, out) float32: 4 B/param
     projection, int8/int4  MatMulNBits, blocks of `block` along the input (K, padded up;
                          block 16 when K < block): packed N·nb·block·bits/8, scales N·nb·4
-                         (fp32 activations), zero points N·nb (int8) or N·ceil(nb/2) (int4)
+                         (fp32 activations), zero points N·nb (int8) or N·ceil(nb/2) (int4);
+                         symmetric blocks store none (VirtualExport.symmetric: off by default,
+                         since an export on symmetric auto may keep them, and counting them
+                         errs toward fitting less)
     q/k/v, gate/up       fused into one (ΣN, K) weight: the same bytes as the parts, since
                          blocks run along K; a fused delta's B is block-diagonal (ΣN, ΣR)
     embedding            fp32 (vocab, hidden), or quantized like a projection in a quantized
@@ -57,6 +60,7 @@ class VirtualSharing:
 class VirtualExport:
     precision: str = "fp32"
     block_size: int = 32
+    symmetric: bool = False  # quantized blocks without zero points (ExportConfig.symmetric)
     embedding: str = "same"  # see EMBEDDINGS
     sharing: VirtualSharing | None = None
     name: str = ""
@@ -82,14 +86,14 @@ class Accounting:
         return sum(self.stored.values())
 
 
-def matrix_bytes(n: int, k: int, precision: str, block_size: int = 32) -> int:
+def matrix_bytes(n: int, k: int, precision: str, block_size: int = 32, symmetric: bool = False) -> int:
     """Bytes of one (N=out, K=in) weight as the exporter stores it."""
     if precision == "fp32":
         return 4 * n * k
     bits = _BITS[precision]
     block = block_size if k >= block_size else 16
     nb = -(-k // block)
-    zp = n * nb if bits == 8 else n * -(-nb // 2)
+    zp = 0 if symmetric else n * nb if bits == 8 else n * -(-nb // 2)
     return n * nb * block * bits // 8 + n * nb * 4 + zp
 
 
@@ -112,10 +116,10 @@ def account(config: dict, x: VirtualExport) -> Accounting:
     tied = bool(c.get("tie_word_embeddings", False))
     acc = Accounting()
     emb_prec = x.precision if x.embedding == "same" else x.embedding
-    table = matrix_bytes(vocab, h, emb_prec, x.block_size)
+    table = matrix_bytes(vocab, h, emb_prec, x.block_size, x.symmetric)
     acc.add("embedding", table, table // vocab + (table if tied else 0))  # Gather: one row; tied head: all
     if not tied:
-        head = matrix_bytes(vocab, h, x.precision, x.block_size)
+        head = matrix_bytes(vocab, h, x.precision, x.block_size, x.symmetric)
         acc.add("lm_head", head, head)
     for p in _BIASED.get(c.get("model_type"), ()):
         acc.add("bias", 4 * shapes[p][0] * layers, 4 * shapes[p][0] * layers)
@@ -130,14 +134,14 @@ def account(config: dict, x: VirtualExport) -> Accounting:
     for fused in [*_FUSED, *(((p,) for p in ("o", "down")))]:
         n = sum(shapes[p][0] for p in fused)
         k = shapes[fused[0]][1]
-        w = matrix_bytes(n, k, x.precision, x.block_size)
+        w = matrix_bytes(n, k, x.precision, x.block_size, x.symmetric)
         if shared and set(fused) <= shared:
             # shared layers: one base per group, read by each of its layers; the rest as usual
             acc.add("shared", w * s.groups, w * n_shared_layers)
             acc.add("projection", w * (layers - n_shared_layers), w * (layers - n_shared_layers))
             r = sum(s.ranks[p] for p in fused)
             # deltas: A (ΣR, K) and block-diagonal B (ΣN, ΣR), quantized like the bases
-            d = matrix_bytes(r, k, x.precision, x.block_size) + matrix_bytes(n, r, x.precision, x.block_size)
+            d = matrix_bytes(r, k, x.precision, x.block_size, x.symmetric) + matrix_bytes(n, r, x.precision, x.block_size, x.symmetric)
             acc.add("delta", d * n_delta_layers, d * n_delta_layers)
         else:
             acc.add("projection", w * layers, w * layers)

@@ -32,18 +32,19 @@ def _tiny_qwen(tmp_path, tied: bool):
     return d
 
 
-@pytest.mark.parametrize("tied,precision", [(True, "fp32"), (True, "int4"), (False, "int8")])
-def test_virtual_matches_a_real_tiny_export(tmp_path, tied, precision):
+@pytest.mark.parametrize("tied,precision,symmetric", [(True, "fp32", False), (True, "int4", False), (True, "int4", True),
+                                                      (False, "int8", False)])
+def test_virtual_matches_a_real_tiny_export(tmp_path, tied, precision, symmetric):
     from edgedelta.export import export_onnx
     from edgedelta.export.config import ExportConfig
     from edgedelta.runtime.artifact import Artifact
 
     src = _tiny_qwen(tmp_path, tied)
     art_dir = export_onnx(str(src), ExportConfig(quantize="none" if precision == "fp32" else precision, quant_method="rtn",
-                                                 validate=False), tmp_path / "art")
+                                                 validate=False, symmetric=symmetric), tmp_path / "art")
     art = Artifact.open(art_dir)
     config = json.loads((src / "config.json").read_text())
-    acc = v.account(config, v.VirtualExport(precision))
+    acc = v.account(config, v.VirtualExport(precision, symmetric=symmetric))
     assert acc.stored == art.manifest["audit"]["bytes_by_kind"]
     assert acc.total == art.unique_weight_bytes
     real = art.weight_bytes_read_per_token
@@ -64,6 +65,7 @@ def test_matrix_bytes_by_hand():
     assert v.matrix_bytes(64, 96, "int4") == 64 * 48 + 64 * 3 * 4 + 64 * 2  # 3 blocks: zero points round up
     # K shorter than the block (a delta's B with K = rank 8): block 16, padded
     assert v.matrix_bytes(64, 8, "int4") == 64 * 8 + 64 * 4 + 64
+    assert v.matrix_bytes(64, 96, "int4", symmetric=True) == 64 * 48 + 64 * 3 * 4  # symmetric: no zero points
 
 
 def _qwen05():
