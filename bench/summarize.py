@@ -317,6 +317,31 @@ def _link_only(path: str) -> Callable[[dict], list[str]]:
     return section
 
 
+def zero_points_section(path: str) -> Callable[[dict], list[str]]:
+    """bench/zero_points.py: how many projection blocks sit on a Q4_1 grid, and the two int4
+    forms of the model decoding in one process, with each export's quality gate."""
+    def section(d: dict) -> list[str]:
+        w = d["weights"]
+        out = [f"{w['model']}: {w['blocks_on_q4_1_grid']:,} of {w['blocks']:,} projection blocks on a Q4_1 grid; relative "
+               f"int4 weight error {w['rel_err_uint4_zp']:.4f} with uint4 zero points (RTN).", ""]
+        dec = d.get("decode")
+        if dec:
+            q = dec["uint4_over_none_quartiles"]
+            out += [f"{dec['model']} int4, both forms loaded in one process and decoding in alternation ({dec['alternations']} "
+                    f"alternations of {dec['steps']} steps): symmetric blocks decode {dec['uint4_over_none']:.3f}x as fast as "
+                    f"uint4 zero points (quartiles {q[0]:.3f}-{q[1]:.3f}).", "",
+                    "| zero points | file MiB | quality gate: perplexity ratio | argmax agreement |", "|---|---:|---:|---:|"]
+            for k, name in (("uint4", "uint4"), ("none", "none (symmetric)")):
+                g = (dec.get("quality_gate") or {}).get(k)
+                ppl, agree = (f"{g['ppl_ratio']:.3f}", f"{g['agreement']:.3f}") if g else ("-", "-")
+                out.append(f"| {name} | {dec['file_mib'][k]:.1f} | {ppl} | {agree} |")
+            out.append("")
+        out.append(f"Kernel timings and the per-tensor errors: [{path}](../{path}).")
+        return out
+
+    return section
+
+
 # (title, file under bench/results, section function); a file that is absent is listed as not measured
 SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("Target: `edgedelta pipeline --quick` vs ShortGPT removal", "pipeline_quick.json", pipeline_quick),
@@ -333,7 +358,9 @@ SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("onnxruntime-genai loads edgedelta artifacts", "genai_compat.json", genai_compat),
     ("Quantization quality", "quant_quality.json", quant_quality),
     ("Quantization quality at 0.5B (Qwen2.5-Coder-0.5B)", "quant_quality_qwen2.5-coder-0.5b/quant_quality.json", quant_quality),
-    ("Zero points: Q4_1 blocks re-rounded vs held exactly", "zero_points.json", _link_only("bench/results/zero_points.md")),
+    ("Zero points: Q4_1 blocks re-rounded vs held exactly", "zero_points.json", zero_points_section("bench/results/zero_points.md")),
+    ("Zero points at 0.5B (Qwen2.5-Coder-0.5B)", "zero_points_qwen2.5-coder-0.5b/zero_points.json",
+     zero_points_section("bench/results/zero_points_qwen2.5-coder-0.5b/zero_points.md")),
     ("Redundancy of consecutive layers by model size", "redundancy.json", _link_only("bench/results/redundancy.md")),
     ("Device verdicts at 0.5B and 1.5B", "device_plans.json", _link_only("bench/results/device_plans.md")),
     ("Server", "serve.json", serve),

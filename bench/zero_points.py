@@ -26,6 +26,7 @@ Writes bench/results/zero_points.json and .md."""
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
@@ -144,9 +145,9 @@ def decode_ab(model_spec: str, threads: int, alternations: int, steps: int = 32)
     from edgedelta.export import ExportConfig, export_onnx
     from edgedelta.runtime import Session
 
-    arts = {}
+    arts, work = {}, WORK if model_spec == "default" else WORK / model_spec
     for kind, sym in (("uint4", False), ("none", True)):
-        path = WORK / kind
+        path = work / kind
         if not (path / "manifest.json").is_file():
             print(f"exporting {model_spec} int4 ({kind} zero points) to {path}", file=sys.stderr, flush=True)
             export_onnx(model_spec, ExportConfig(quantize="int4", symmetric=sym), path, force=True)
@@ -177,7 +178,20 @@ def decode_ab(model_spec: str, threads: int, alternations: int, steps: int = 32)
     return {"model": model_spec, "steps": steps, "alternations": alternations, "spin": "on",
             "step_ms_median": {k: float(np.median(v)) for k, v in ms.items()},
             "uint4_over_none": float(np.median(ratios)), "uint4_over_none_quartiles": np.percentile(ratios, [25, 75]).tolist(),
-            "file_mib": {k: sum((WORK / k / f).stat().st_size for f in ("model.onnx", "model.onnx.data")) / 2**20 for k in arts}}
+            "quality_gate": {k: _gate(work / k) for k in arts},
+            "file_mib": {k: sum((work / k / f).stat().st_size for f in ("model.onnx", "model.onnx.data")) / 2**20 for k in arts}}
+
+
+def _gate(art: Path) -> dict | None:
+    """The export's quality gate of an artifact (held-out perplexity ratio and greedy agreement
+    against the float model), from its manifest."""
+    g = (json.loads((art / "manifest.json").read_text()).get("parity") or {}).get("quality_gate") or {}
+    return {k: g[k] for k in ("ppl_ratio", "agreement")} if "ppl_ratio" in g else None
+
+
+def _fmt_gate(d: dict, kind: str, key: str) -> str:
+    g = (d.get("quality_gate") or {}).get(kind)
+    return f"{g[key]:.3f}" if g else "-"
 
 
 def report(res: dict) -> str:
@@ -199,8 +213,10 @@ def report(res: dict) -> str:
         md += ["", f"## Decode of the whole int4 model ({d['model']}): uint4 zero points vs symmetric", "",
                f"One process, both artifacts loaded, {d['alternations']} alternations of {d['steps']} greedy steps "
                f"(threads spinning); ratio = uint4 step time / symmetric step time, same alternation.", "",
-               "| zero points | median step ms | graph + weights MiB |", "|---|---:|---:|",
-               *(f"| {k} | {d['step_ms_median'][k]:.2f} | {d['file_mib'][k]:.1f} |" for k in ("uint4", "none")), "",
+               "| zero points | median step ms | graph + weights MiB | quality gate: perplexity ratio | argmax agreement |",
+               "|---|---:|---:|---:|---:|",
+               *(f"| {k} | {d['step_ms_median'][k]:.2f} | {d['file_mib'][k]:.1f} | {_fmt_gate(d, k, 'ppl_ratio')} | "
+                 f"{_fmt_gate(d, k, 'agreement')} |" for k in ("uint4", "none")), "",
                f"uint4 / none: {d['uint4_over_none']:.3f} (quartiles {q[0]:.3f}-{q[1]:.3f}): symmetric decodes "
                f"{d['uint4_over_none']:.2f}x as fast."]
     return "\n".join(md) + "\n"

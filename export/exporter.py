@@ -197,7 +197,10 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
                 say(f"symmetric blocks miss the quality gate ({e}); exporting with zero points")
                 tried.append({"symmetric": True, "quality_gate": e.gate})
                 for f in tmp.iterdir():
-                    shutil.rmtree(f) if f.is_dir() else f.unlink()
+                    if f.is_dir():
+                        shutil.rmtree(f)
+                    else:
+                        f.unlink()
         weights, facts, gqa, report, cpu_laid_out, parity = built
         t_build = time.perf_counter() - t1
         side = _copy_side_files(Path(loaded.path), tmp, model, loaded.tokenizer)
@@ -211,7 +214,8 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
         facts_out = {
             "export_config": cfg.to_dict(),  # symmetric as exported (auto resolved)
             # symmetric=None (auto): the forms tried before this one, with the quality gate that rejected each
-            "symmetric_choice": {"mode": "auto" if cfg_in.symmetric is None else "set", "chosen": cfg.symmetric, "rejected": tried},
+            "symmetric_choice": None if cfg.quantize == "none" else
+            {"mode": "auto" if cfg_in.symmetric is None else "set", "chosen": cfg.symmetric, "rejected": tried},
             "graph_revision": GRAPH_REVISION,
             "compress_config": src_facts.get("compress_config"),  # how the source was compressed (None: plain model)
             "source": {**loaded.source, "path": str(Path(loaded.path).resolve()), "manifest": src_facts},

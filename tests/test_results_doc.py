@@ -100,3 +100,15 @@ def test_a_missed_int4_decode_says_which_zero_point_form_and_cites_the_other():
     line = mod._peer_misses(d, zp)[0]
     assert "exported with symmetric blocks (no zero points); the zero-point export of the same model (int4)" in line
     assert "alternating" not in line
+
+
+def test_zero_points_section_reports_the_decode_ratio_and_each_forms_gate():
+    mod = _summarize()
+    d = {"weights": {"model": "m", "blocks_on_q4_1_grid": 0, "blocks": 10, "rel_err_uint4_zp": 0.05},
+         "decode": {"model": "m", "alternations": 4, "steps": 32, "uint4_over_none": 1.1, "uint4_over_none_quartiles": [1.05, 1.15],
+                    "file_mib": {"uint4": 10.0, "none": 9.5},
+                    "quality_gate": {"uint4": {"ppl_ratio": 1.04, "agreement": 0.8}, "none": None}}}
+    lines = mod.zero_points_section("bench/results/zp/zero_points.md")(d)
+    assert "symmetric blocks decode 1.100x as fast as uint4 zero points (quartiles 1.050-1.150)" in lines[2]
+    assert "| uint4 | 10.0 | 1.040 | 0.800 |" in lines and "| none (symmetric) | 9.5 | - | - |" in lines
+    assert lines[-1] == "Kernel timings and the per-tensor errors: [bench/results/zp/zero_points.md](../bench/results/zp/zero_points.md)."
