@@ -197,6 +197,15 @@ def _zero_point_note(d: dict, num: str, den: str, zp: dict | None) -> str:
         note += (f"; the {'zero-point' if sym else 'symmetric'} export of the same model ({c}) decodes at {sr:.3f}x here with "
                  f"perplexity {d['summary'][c]['ppl']:.3f} against {d['summary'][num]['ppl']:.3f} (genai int4: "
                  f"{d['summary'][den]['ppl']:.3f})")
+    den_sym = (_export_of(d, den).get("export_config") or {}).get("symmetric")
+    if den_sym is not None and den_sym != sym:  # an edgedelta denominator in the other form: compare like with like
+        like = [c for c in d["contenders"] if c not in (num, den) and c in d["rounds"] and "int4" in c
+                and d["contenders"][c].get("model") == d["contenders"][den].get("model")
+                and (_export_of(d, c).get("export_config") or {}).get("symmetric") == sym]
+        if like:
+            r = statistics.median(round_ratios(d["rounds"], num, like[0], METRICS["decode"][0]))
+            note += (f"; {den} took {'symmetric blocks' if den_sym else 'uint zero points'}: against the same model's "
+                     f"{'symmetric' if sym else 'zero-point'} export ({like[0]}) the ratio is {r:.3f}")
     if not sym and (zp or {}).get("decode"):
         ab = zp["decode"]
         note += (f"; in one process, alternating, symmetric int4 decodes {ab['uint4_over_none']:.3f}x as fast as "
@@ -245,6 +254,13 @@ def _peer_misses(d: dict, zp: dict | None, qq: dict | None = None) -> list[str]:
                 why += ("; with every projection kept float (its Q4_1 blocks exact) and only the tied embedding / LM head "
                         "quantized (RTN), perplexity is " + ", ".join(f"{v:.3f}x float at {k}" for k, v in sorted(head.items()))
                         + " (quant_quality.json)")
+            if (_export_of(d, num).get("export_config") or {}).get("symmetric"):
+                zp_rows = [c for c in d["contenders"] if c != num and c in d["summary"] and "int4" in c
+                           and d["contenders"][c].get("model") == "original"
+                           and (_export_of(d, c).get("export_config") or {}).get("symmetric") is False]
+                why += "; this export took symmetric blocks (no zero points: they passed its quality gate)"
+                if zp_rows:
+                    why += f", whose grid is coarser still: the zero-point export ({zp_rows[0]}) has perplexity {d['summary'][zp_rows[0]]['ppl']:.3f}"
             if den.startswith("llama"):
                 why += f"; llama.cpp runs the blocks as shipped: perplexity {d['summary'][den]['ppl']:.3f}"
         if why:

@@ -112,3 +112,23 @@ def test_zero_points_section_reports_the_decode_ratio_and_each_forms_gate():
     assert "symmetric blocks decode 1.100x as fast as uint4 zero points (quartiles 1.050-1.150)" in lines[2]
     assert "| uint4 | 10.0 | 1.040 | 0.800 |" in lines and "| none (symmetric) | 9.5 | - | - |" in lines
     assert lines[-1] == "Kernel timings and the per-tensor errors: [bench/results/zp/zero_points.md](../bench/results/zp/zero_points.md)."
+
+
+def test_a_compressed_over_original_miss_compares_like_with_like():
+    """The original's default export took symmetric blocks and the compressed one zero points: the
+    line gives the compressed model's ratio against the original's zero-point export too."""
+    mod = _summarize()
+
+    def rnd(i, tps):
+        return {"round": i, "decode": {"tokens_per_s": tps}}
+
+    d = {"rounds": {"comp-int4": [rnd(0, 90.0)], "orig-int4": [rnd(0, 100.0)], "orig-int4-zp": [rnd(0, 85.0)]},
+         "summary": {"comp-int4": {"ppl": 40.0}, "orig-int4": {"ppl": 23.9}, "orig-int4-zp": {"ppl": 22.6}},
+         "contenders": {"comp-int4": {"model": "compressed", "path": "/a/c"}, "orig-int4": {"model": "original", "path": "/a/o"},
+                        "orig-int4-zp": {"model": "original", "path": "/a/z"}},
+         "exports": {"c": {"export_config": {"symmetric": False}}, "o": {"export_config": {"symmetric": True}},
+                     "z": {"export_config": {"symmetric": False}}},
+         "targets": [{"target": "c/o", "metric": "decode", "numerator": "comp-int4", "denominator": "orig-int4", "value": 0.9, "met": False}]}
+    (line,) = mod._peer_misses(d, None)
+    assert line.endswith("; exported with uint zero points; orig-int4 took symmetric blocks: against the same model's zero-point "
+                         "export (orig-int4-zp) the ratio is 1.059.")
