@@ -217,7 +217,7 @@ def decoder_interface(inputs: list[tuple[str, list[int | None], str]], outputs: 
 
 def session_interface(ort_session, where: str) -> dict[str, Any]:
     """decoder_interface of a built ONNX Runtime session: what the runtime needs of the graph
-    without importing the onnx package (~15 MiB of resident memory in a server process)."""
+    without importing the onnx package (its modules stay out of a server's resident memory)."""
     def args(values) -> list[tuple[str, list[int | None], str]]:
         return [(v.name, [d if isinstance(d, int) and d > 0 else None for d in v.shape], _ORT_TYPE_NAME.get(v.type, "float32"))
                 for v in values]

@@ -93,7 +93,7 @@ def test_device_install_runs_the_device_commands_and_names_the_missing_extra(tin
 
 
 def test_running_an_artifact_does_not_import_onnx(tiny_edgedelta):
-    """`edgedelta run` holds only ONNX Runtime: the onnx package (~15 MiB resident) is for the
+    """`edgedelta run` holds only ONNX Runtime: the onnx package is for the
     exporter, the audit and inspect, which parse the graph."""
     code = ("import contextlib, io, json, sys; from edgedelta.cli import main\n"
             "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"

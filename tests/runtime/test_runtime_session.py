@@ -91,15 +91,15 @@ def test_graph_facts(tiny_artifact):
 
 
 def test_session_reads_the_interface_from_ort_without_importing_onnx(edgedelta_artifacts):
-    """Running an edgedelta artifact never imports the onnx package (~15 MiB resident in the
+    """Running an edgedelta artifact never imports the onnx package (resident memory in the
     process): the KV-cache interface comes from the ORT session, and it equals the graph's."""
-    tiny_artifact = edgedelta_artifacts
+    art = edgedelta_artifacts[1]
     code = ("import json, sys; from edgedelta.runtime import Session; s = Session.from_dir(sys.argv[1], provider='cpu'); "
             "print(json.dumps({'onnx': 'onnx' in sys.modules, 'interface': s.artifact.interface}))")
-    out = subprocess.run([sys.executable, "-c", code, str(tiny_artifact[1])], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code, str(art)], capture_output=True, text=True, check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["onnx"] is False
-    graph = Artifact.open(tiny_artifact[1]).graph_facts
+    graph = Artifact.open(art).graph_facts
     assert sorted(res["interface"].pop("inputs")) == sorted(graph["inputs"])
     assert res["interface"] == {k: graph[k] for k in INTERFACE_KEYS if k != "inputs"}
 
