@@ -343,7 +343,7 @@ def zero_points_section(path: str) -> Callable[[dict], list[str]]:
         dec = d.get("decode")
         if dec:
             q = dec["uint4_over_none_quartiles"]
-            out += [f"{dec['model']} int4, both forms loaded in one process and decoding in alternation ({dec['alternations']} "
+            out += [f"{w['model']} int4, both forms loaded in one process and decoding in alternation ({dec['alternations']} "
                     f"alternations of {dec['steps']} steps): symmetric blocks decode {dec['uint4_over_none']:.3f}x as fast as "
                     f"uint4 zero points (quartiles {q[0]:.3f}-{q[1]:.3f}).", "",
                     "| zero points | file MiB | quality gate: perplexity ratio | argmax agreement |", "|---|---:|---:|---:|"]

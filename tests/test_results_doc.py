@@ -109,7 +109,7 @@ def test_zero_points_section_reports_the_decode_ratio_and_each_forms_gate():
                     "file_mib": {"uint4": 10.0, "none": 9.5},
                     "quality_gate": {"uint4": {"ppl_ratio": 1.04, "agreement": 0.8}, "none": None}}}
     lines = mod.zero_points_section("bench/results/zp/zero_points.md")(d)
-    assert "symmetric blocks decode 1.100x as fast as uint4 zero points (quartiles 1.050-1.150)" in lines[2]
+    assert lines[2].startswith("m int4, both forms") and "symmetric blocks decode 1.100x as fast as uint4 zero points (quartiles 1.050-1.150)" in lines[2]
     assert "| uint4 | 10.0 | 1.040 | 0.800 |" in lines and "| none (symmetric) | 9.5 | - | - |" in lines
     assert lines[-1] == "Kernel timings and the per-tensor errors: [bench/results/zp/zero_points.md](../bench/results/zp/zero_points.md)."
 
