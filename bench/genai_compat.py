@@ -24,6 +24,14 @@ RESULTS = ROOT / "bench" / "results"
 PROMPTS = ["The maintenance log for pump 3 says", "Write a Python function that returns the mean of a list.",
            "A conveyor belt stopped because", "The difference between a PLC and a microcontroller is"]
 
+def quantize_label(export_config: dict) -> str:
+    """'none', or the bits with the blocks' zero-point form: 'int4 (symmetric)', 'int4 (zero points)'."""
+    q = export_config.get("quantize") or "none"
+    if q == "none":
+        return q
+    return f"{q} ({'symmetric' if export_config.get('symmetric') else 'zero points'})"
+
+
 GENAI_CHILD = r"""
 import json, sys, numpy as np, onnxruntime_genai as og
 art, prompts, n = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
@@ -97,7 +105,7 @@ def main() -> int:
              f"Greedy, {a.tokens} new tokens, {len(PROMPTS)} prompts; `onnxruntime_genai.Model(ART)` against `edgedelta.runtime`.", "",
              "| artifact | quantize | KV update | compressed | loads | identical prompts | first divergence |", "|---|---|---|---|---|---:|---|"]
     for r in rows:
-        q = r["export_config"].get("quantize")
+        q = quantize_label(r["export_config"])
         if r["loaded"]:
             lines.append(f"| {r['artifact']} | {q} | {r['kv_update']} | {r['compressed']} | yes | {r['identical']}/{r['prompts']} | {r['first_divergence']} |")
         else:

@@ -271,7 +271,9 @@ def _peer_misses(d: dict, zp: dict | None, qq: dict | None = None) -> list[str]:
 def genai_compat(d: dict) -> list[str]:
     """bench/genai_compat.py: onnxruntime-genai on edgedelta artifacts, greedy tokens against edgedelta.runtime."""
     lines = ["| artifact | quantize | loads in onnxruntime-genai | identical greedy prompts |", "|---|---|---|---:|"]
-    lines += [f"| {r['artifact']} | {r['export_config'].get('quantize')} | {'yes' if r['loaded'] else 'no'} | "
+    from genai_compat import quantize_label
+
+    lines += [f"| {r['artifact']} | {quantize_label(r['export_config'])} | {'yes' if r['loaded'] else 'no'} | "
               f"{r.get('identical', '-')}/{r.get('prompts', '-')} |" for r in d["rows"]]
     return lines
 
