@@ -127,7 +127,7 @@ def _copy_side_files(src: Path, dst: Path, model, tokenizer) -> list[str]:
 def symmetric_candidates(cfg: ExportConfig, has_tokenizer: bool) -> tuple[bool, ...]:
     """The zero-point forms an export tries, in order. symmetric=None (auto) on a quantized
     export whose quality gate can run (validation on, a tokenizer to read held-out text with):
-    symmetric blocks (MatMulNBits reads no zero points: 1.12x faster int4 decode,
+    symmetric blocks (MatMulNBits reads no zero points: faster int4 decode, measured in
     bench/results/zero_points.md) unless the artifact misses the gate, then uint zero points.
     Where nothing can judge the symmetric form: zero points, the finer grid."""
     if cfg.symmetric is not None or cfg.quantize == "none":  # as given (unquantized: no blocks, nothing to choose)
