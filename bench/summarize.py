@@ -462,7 +462,9 @@ def status_table(results: Path = RESULTS) -> str:
     pe = _load("peers.json", results)
     for t in (pe or {}).get("targets") or []:
         if t["target"] in PEER_STATUS:
-            got = "not measured" if t["value"] is None else f"{t['value']:.2f}× ({'met' if t['met'] else 'missed'})"
+            # two decimals, or three where two would read as the threshold itself
+            digits = 3 if t["value"] is not None and round(t["value"], 2) == t.get("threshold") else 2
+            got = "not measured" if t["value"] is None else f"{t['value']:.{digits}f}× ({'met' if t['met'] else 'missed'})"
             rows.append(f"| {t['target']} | {got} | `peers.json` |")
     sv = _load("serve.json", results)
     for t in (sv or {}).get("targets") or []:

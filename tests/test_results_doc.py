@@ -132,3 +132,13 @@ def test_a_compressed_over_original_miss_compares_like_with_like():
     (line,) = mod._peer_misses(d, None)
     assert line.endswith("; exported with uint zero points; orig-int4 took symmetric blocks: against the same model's zero-point "
                          "export (orig-int4-zp) the ratio is 1.059.")
+
+
+def test_status_table_shows_a_third_decimal_where_two_would_read_as_the_threshold(tmp_path):
+    mod = _summarize()
+    targets = [{"target": "compressed int4 peak RSS ≤ 0.90× genai int4", "threshold": 0.9, "value": 0.9004, "met": False},
+               {"target": "compressed int4 file ≤ 0.90× genai int4", "threshold": 0.9, "value": 0.8879, "met": True}]
+    (tmp_path / "peers.json").write_text(json.dumps({"targets": targets}))
+    table = mod.status_table(tmp_path)
+    assert "| compressed int4 peak RSS ≤ 0.90× genai int4 | 0.900× (missed) | `peers.json` |" in table
+    assert "| compressed int4 file ≤ 0.90× genai int4 | 0.89× (met) | `peers.json` |" in table
