@@ -146,7 +146,7 @@ class Artifact:
         manifest's io section where the exporter wrote one (no graph parsing), else the graph."""
         io = self.manifest.get("io")
         if not isinstance(io, dict) or not isinstance(io.get("inputs"), list) or not isinstance(io.get("outputs"), list):
-            self.interface
+            self.interface  # parses the graph: ModelLoadError when it is not a decoder
             return
         ins, outs = [str(x) for x in io["inputs"]], [str(x) for x in io["outputs"]]
         if "input_ids" not in ins or not any(x.startswith("past_key_values.") for x in ins) or "logits" not in outs:
