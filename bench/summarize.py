@@ -171,14 +171,25 @@ def _export_of(d: dict, label: str) -> dict:
     return (d.get("exports") or {}).get(Path(path).name, {}) if path else {}
 
 
+def _symmetric_of(d: dict, label: str) -> bool | None:
+    """Whether a contender's export took symmetric blocks (None: a peer, or unquantized)."""
+    return (_export_of(d, label).get("export_config") or {}).get("symmetric")
+
+
+def _int4_rows(d: dict, model: str, forms: tuple[bool, ...], exclude: tuple[str, ...], measured: str = "rounds") -> list[str]:
+    """edgedelta int4 contenders of `model` whose export's symmetric value is one of `forms`,
+    measured in d[measured] (rounds or summary)."""
+    return [c for c in d["contenders"] if c not in exclude and c in d[measured] and "int4" in c
+            and d["contenders"][c].get("model") == model and _symmetric_of(d, c) in forms]
+
+
 def _zero_point_note(d: dict, num: str, den: str, zp: dict | None) -> str:
     """For an int4 decode miss: which zero-point form the export took and why, the other form
     of the same model measured beside it, and (for the zero-point form) zero_points.py's A/B."""
     from peers import METRICS, round_ratios
 
-    ex = _export_of(d, num)
-    sym = (ex.get("export_config") or {}).get("symmetric")
-    rejected = (ex.get("symmetric_choice") or {}).get("rejected") or []
+    sym = _symmetric_of(d, num)
+    rejected = (_export_of(d, num).get("symmetric_choice") or {}).get("rejected") or []
     if sym:
         note = "; exported with symmetric blocks (no zero points)"
     elif rejected:
@@ -188,20 +199,16 @@ def _zero_point_note(d: dict, num: str, den: str, zp: dict | None) -> str:
                 f"{g['thresholds']['min_agreement']})")
     else:
         note = "; exported with uint zero points"
-    model = d["contenders"][num].get("model")
-    other = [c for c in d["contenders"] if c != num and c in d["rounds"] and "int4" in c and d["contenders"][c].get("model") == model
-             and (_export_of(d, c).get("export_config") or {}).get("symmetric") not in (None, sym)]
+    other = _int4_rows(d, d["contenders"][num].get("model"), tuple({True, False} - {sym}), (num,))
     if other:
         c = other[0]
         sr = statistics.median(round_ratios(d["rounds"], c, den, METRICS["decode"][0]))
         note += (f"; the {'zero-point' if sym else 'symmetric'} export of the same model ({c}) decodes at {sr:.3f}x here with "
                  f"perplexity {d['summary'][c]['ppl']:.3f} against {d['summary'][num]['ppl']:.3f} (genai int4: "
                  f"{d['summary'][den]['ppl']:.3f})")
-    den_sym = (_export_of(d, den).get("export_config") or {}).get("symmetric")
+    den_sym = _symmetric_of(d, den)
     if den_sym is not None and den_sym != sym:  # an edgedelta denominator in the other form: compare like with like
-        like = [c for c in d["contenders"] if c not in (num, den) and c in d["rounds"] and "int4" in c
-                and d["contenders"][c].get("model") == d["contenders"][den].get("model")
-                and (_export_of(d, c).get("export_config") or {}).get("symmetric") == sym]
+        like = _int4_rows(d, d["contenders"][den].get("model"), (sym,), (num, den))
         if like:
             r = statistics.median(round_ratios(d["rounds"], num, like[0], METRICS["decode"][0]))
             note += (f"; {den} took {'symmetric blocks' if den_sym else 'uint zero points'}: against the same model's "
@@ -254,10 +261,8 @@ def _peer_misses(d: dict, zp: dict | None, qq: dict | None = None) -> list[str]:
                 why += ("; with every projection kept float (its Q4_1 blocks exact) and only the tied embedding / LM head "
                         "quantized (RTN), perplexity is " + ", ".join(f"{v:.3f}x float at {k}" for k, v in sorted(head.items()))
                         + " (quant_quality.json)")
-            if (_export_of(d, num).get("export_config") or {}).get("symmetric"):
-                zp_rows = [c for c in d["contenders"] if c != num and c in d["summary"] and "int4" in c
-                           and d["contenders"][c].get("model") == "original"
-                           and (_export_of(d, c).get("export_config") or {}).get("symmetric") is False]
+            if _symmetric_of(d, num):
+                zp_rows = _int4_rows(d, "original", (False,), (num,), measured="summary")
                 why += "; this export took symmetric blocks (no zero points: they passed its quality gate)"
                 if zp_rows:
                     why += f", whose grid is coarser still: the zero-point export ({zp_rows[0]}) has perplexity {d['summary'][zp_rows[0]]['ppl']:.3f}"
