@@ -8,7 +8,9 @@ the kernel and the graph do not depend on the method:
         rounding error over the columns not yet quantized, weighted by the inverse of the
         input Hessian H = Σ xᵀx from calibration activations, so the error in x·Wᵀ (what the
         layer outputs) is minimised rather than the error in W. Lazy batch updates: the
-        error of a batch of columns reaches the rest of W in one matmul.
+        error of a batch of columns reaches the rest of W in one matmul. Each block's scale
+        (and zero point) is searched over shrunk ranges for the least diag(H)-weighted
+        error (fitted_params).
   hqq   half-quadratic quantization (Badri & Shaji 2023, no data): alternates a sparse
         outlier estimate (an lp-norm shrinkage, p < 1) with a least-squares fit of each
         block's scale and zero point, keeping the zero point an integer (MatMulNBits reads
@@ -37,6 +39,12 @@ GPTQ_ACT_ORDER = True
 GPTQ_DAMP = 0.01  # H + λI with λ = 1% of mean(diag H), as in the GPTQ paper
 GPTQ_BATCH = 128  # columns per lazy batch update
 HQQ_ITERS, HQQ_P, HQQ_BETA, HQQ_KAPPA = 20, 0.7, 10.0, 1.01  # the HQQ paper's settings
+# GPTQ's block scales: the shrink of each block's range (1.0 = min/max) with the least
+# squared error weighted by the input Hessian's diagonal, searched over this grid
+# (fitted_params). Symmetric blocks use a signed scale, so the largest-magnitude weight lands
+# on the code 0 = -2^(bits-1) whichever its sign and all 2^bits levels are used.
+FIT_SHRINK = tuple(1.0 - 0.02 * i for i in range(16))  # 1.00 .. 0.70
+FIT_ROWS = 4096  # rows per chunk: bounds the search's temporaries to ~16 copies of (4096, K)
 
 
 def quantize_weight(w: np.ndarray, bits: int, block_size: int, method: str = "rtn", stats: np.ndarray | None = None,
@@ -56,6 +64,51 @@ def quantize_weight(w: np.ndarray, bits: int, block_size: int, method: str = "rt
     if stats.shape != (w.shape[1], w.shape[1]):
         raise ConfigError(f"input Hessian of shape {tuple(stats.shape)} does not fit a weight with K = {w.shape[1]}")
     return gptq(w, stats, bits, block_size, act_order=act_order, symmetric=symmetric)
+
+
+@torch.no_grad()
+def fitted_params(blocks: np.ndarray, bits: int, symmetric: bool = False, col_weight: np.ndarray | None = None,
+                  shrink: tuple[float, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-block scale (N, nb) float32 and integer zero point (N, nb) uint8 of (N, nb, bs)
+    blocks, each the candidate with the least Σ_j c_j·(w_j − ŵ_j)² over its block, where c
+    (nb, bs) is col_weight (GPTQ passes diag H: the output error of a column's rounding
+    under a diagonal Hessian) or 1. Candidates shrink the block's range by each factor in
+    `shrink`: clipping a few outliers buys a finer grid for the rest.
+
+    Zero points: the range [f·lo, f·hi] with lo ≤ 0 ≤ hi (0 stays exact), zero point
+    round(−f·lo/scale). Symmetric: scale = f·m / −2^(bits−1), m the block's weight of largest
+    magnitude with its sign; MatMulNBits multiplies by the scale as stored, so a negative
+    scale is exact (tests/export/test_quant_methods.py runs the kernel on one)."""
+    n, nb, bs = blocks.shape
+    qmax, mid = (1 << bits) - 1, 1 << (bits - 1)
+    shrink = FIT_SHRINK if shrink is None else shrink
+    c = torch.ones(nb, bs) if col_weight is None else torch.as_tensor(np.asarray(col_weight, np.float32)).reshape(nb, bs)
+    scale_out, zp_out = np.empty((n, nb), np.float32), np.empty((n, nb), np.uint8)
+    for r0 in range(0, n, FIT_ROWS):
+        b = torch.from_numpy(np.ascontiguousarray(blocks[r0 : r0 + FIT_ROWS]))  # (n', nb, bs)
+        if symmetric:
+            peak = b.gather(-1, b.abs().argmax(-1, keepdim=True))[..., 0]  # (n', nb) signed
+            base_lo, base_hi = peak / -mid, None
+        else:
+            base_lo, base_hi = b.amin(-1).clamp_max(0.0), b.amax(-1).clamp_min(0.0)
+        best_err = torch.full(b.shape[:2], float("inf"))
+        best_s, best_z = torch.ones(b.shape[:2]), torch.full(b.shape[:2], float(mid))
+        for f in shrink:
+            if symmetric:
+                s = base_lo * f
+                z = torch.full_like(s, float(mid))
+            else:
+                s = (base_hi - base_lo) * (f / qmax)
+                z = torch.round(-base_lo * f / torch.where(s == 0, 1.0, s)).clamp_(0, qmax)
+            s = torch.where(s == 0, 1.0, s)  # an all-zero block: codes = zero point, exact
+            q = torch.round(b / s[..., None]).add_(z[..., None]).clamp_(0, qmax)
+            err = ((q - z[..., None]) * s[..., None] - b).square_().mul_(c).sum(-1)  # (n', nb)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_s, best_z = torch.where(better, s, best_s), torch.where(better, z, best_z)
+        scale_out[r0 : r0 + FIT_ROWS] = best_s.numpy()
+        zp_out[r0 : r0 + FIT_ROWS] = best_z.numpy().astype(np.uint8)
+    return scale_out, zp_out
 
 
 def _inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
@@ -100,8 +153,11 @@ def gptq(w: np.ndarray, h: np.ndarray, bits: int, block_size: int, act_order: bo
     St = torch.empty(nb, n)  # (nb, N) scales, a block's as one contiguous row
     Zt = torch.empty(nb, n)  # (nb, N) zero points (integers held as float)
     perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(k)
+    diag = np.zeros(nb * block_size, np.float32)
+    diag[:k] = H.diagonal().numpy()  # (nb·bs,) the K padding weighs nothing
+    diag = diag.reshape(nb, block_size)
     if act_order:
-        s0, z0 = minmax_params(pad_blocks(Wt.T.numpy(), block_size), bits, symmetric)  # (N, nb) each
+        s0, z0 = fitted_params(pad_blocks(Wt.T.numpy(), block_size), bits, symmetric, diag)  # (N, nb) each
         St[:], Zt[:] = torch.from_numpy(s0.T), torch.from_numpy(z0.T.astype(np.float32))
         Wt, H = Wt[perm].contiguous(), H[perm][:, perm]
     hinv = _inverse_cholesky(H)  # (K, K) upper
@@ -116,7 +172,7 @@ def gptq(w: np.ndarray, h: np.ndarray, bits: int, block_size: int, act_order: bo
             g = int(perm[col]) // block_size
             if not act_order and col % block_size == 0:  # a new block: parameters from its current columns
                 blk = W1[i : i + block_size].T.numpy()  # (N, block)
-                s_, z_ = minmax_params(pad_blocks(blk, block_size), bits, symmetric)
+                s_, z_ = fitted_params(pad_blocks(blk, block_size), bits, symmetric, diag[g : g + 1])
                 St[g], Zt[g] = torch.from_numpy(s_[:, 0]), torch.from_numpy(z_[:, 0].astype(np.float32))
             x, s, z = W1[i], St[g], Zt[g]
             torch.div(x, s, out=x_s)

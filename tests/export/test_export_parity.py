@@ -180,7 +180,9 @@ def test_identical_tensors_stored_once(tmp_path):
 def test_quantized_negated_delta_shares_identical_scales(tmp_path):
     """Pair-mean SVD deltas come as A₂ = −A₁: the packed bytes differ but the block scales
     are identical, so only the scales are stored once (found by the real-model benchmark). With zero
-    points: a symmetric scale spans 2^(bits-1) levels below zero and one fewer above, so −A's differ."""
+    points: a symmetric scale spans 2^(bits-1) levels below zero and one fewer above, so −A's differ.
+    RTN: its scales come from each block's range alone, where GPTQ's are fitted to the Hessian
+    of each layer's own input and so differ between the two layers."""
     from edgedelta.delta.storage import save_compressed
     from edgedelta.models.adapters import adapter_for
     from tests.tiny import tiny_tokenizer
@@ -192,7 +194,8 @@ def test_quantized_negated_delta_shares_identical_scales(tmp_path):
             l0, l1 = (getattr(layers[i].self_attn, proj) for i in (0, 1))
             l1.delta_A.copy_(-l0.delta_A)
     save_compressed(model, tmp_path / "src", tokenizer=tiny_tokenizer())
-    out = export_onnx(tmp_path / "src", ExportConfig(quantize="int4", block_size=16, symmetric=False), tmp_path / "art")
+    out = export_onnx(tmp_path / "src", ExportConfig(quantize="int4", block_size=16, symmetric=False, quant_method="rtn"),
+                      tmp_path / "art")
     rep = audit(out)
     assert rep["ok"], rep["duplicates"]
     m = json.loads((out / "manifest.json").read_text())

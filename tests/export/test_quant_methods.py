@@ -133,3 +133,54 @@ def test_inverse_cholesky_factor_matches_the_float64_textbook_path():
     assert u.dtype == torch.float32 and torch.equal(u, torch.triu(u))
     err = (u.double() - ref).abs().max() / ref.abs().max()
     assert err < 1e-5, float(err)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_fitted_block_scales_lower_the_weighted_error_of_min_max(symmetric):
+    """GPTQ's block parameters (fitted_params): per block, the searched range's error weighted
+    by diag H is at most min/max's (zero points: min/max is the shrink 1.0 candidate), and in
+    total clearly lower; an all-zero block decodes to zeros."""
+    from edgedelta.export.quant_methods import fitted_params
+    from edgedelta.export.quantize import minmax_params, pad_blocks
+
+    w, x = _data(64, 96)
+    w[:, 32:48] = 0.0  # one all-zero block per row
+    blocks = pad_blocks(w, 16)  # (64, 6, 16)
+    c = np.square(x).sum(0).reshape(6, 16)  # diag H per column
+    qmax = 15
+
+    def weighted_err(scale, zp):
+        q = np.clip(np.round(blocks / scale[..., None]) + zp[..., None], 0, qmax)
+        return (np.square((q - zp[..., None]) * scale[..., None] - blocks) * c).sum(-1), (q - zp[..., None]) * scale[..., None]
+
+    fit, fit_deq = weighted_err(*fitted_params(blocks, 4, symmetric, c))
+    ref, _ = weighted_err(*minmax_params(blocks, 4, symmetric))
+    if not symmetric:
+        assert np.all(fit <= ref * (1 + 1e-3)), (fit / ref).max()
+    assert fit.sum() < 0.9 * ref.sum(), (fit.sum(), ref.sum())
+    assert np.all(fit_deq[:, 2] == 0.0)
+
+
+def test_a_signed_symmetric_scale_uses_the_extra_level_and_the_kernel_reads_it(tmp_path):
+    """Symmetric codes span [-2^(bits-1), 2^(bits-1) - 1]: a block whose largest weight is
+    positive gets a negative scale, so that weight lands on the wider side. MatMulNBits
+    multiplies by the stored scale, so the kernel's output equals x·dequantize()ᵀ."""
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    from edgedelta.export.graph import MS_DOMAIN, GraphBuilder
+
+    w, x = _data(32, 64)
+    w[0, :16] = np.linspace(-1, 3, 16)  # block (0, 0): the peak, 3, is positive
+    q = quantize_weight(w, 4, 16, "gptq", x.T @ x, symmetric=True)
+    scales = q.scales.reshape(32, -1)
+    assert scales[0, 0] < 0 and (scales < 0).any() and (scales > 0).any()
+    b = GraphBuilder("g", 21)
+    xin = b.add_input("x", TensorProto.FLOAT, ["n", 64])
+    b.initializer("w", q.packed)
+    b.initializer("w.scales", q.scales)
+    b.op("MatMulNBits", [xin, "w", "w.scales"], domain=MS_DOMAIN, outputs=["y"], K=64, N=32, bits=4, block_size=16)
+    b.add_output("y", TensorProto.FLOAT, ["n", 32])
+    b.save(tmp_path)
+    got = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x[:3]})[0]
+    np.testing.assert_allclose(got, x[:3] @ q.dequantize().T, rtol=1e-4, atol=1e-3)
