@@ -44,7 +44,7 @@ HQQ_ITERS, HQQ_P, HQQ_BETA, HQQ_KAPPA = 20, 0.7, 10.0, 1.01  # the HQQ paper's s
 # (fitted_params). Symmetric blocks use a signed scale, so the largest-magnitude weight lands
 # on the code 0 = -2^(bits-1) whichever its sign and all 2^bits levels are used.
 FIT_SHRINK = tuple(1.0 - 0.02 * i for i in range(16))  # 1.00 .. 0.70
-FIT_ROWS = 4096  # rows per chunk: bounds the search's temporaries to ~16 copies of (4096, K)
+FIT_ROWS = 256  # rows per chunk: the search's two (256, K) temporaries stay in cache over its 16 passes
 
 
 def quantize_weight(w: np.ndarray, bits: int, block_size: int, method: str = "rtn", stats: np.ndarray | None = None,
@@ -88,26 +88,31 @@ def fitted_params(blocks: np.ndarray, bits: int, symmetric: bool = False, col_we
         b = torch.from_numpy(np.ascontiguousarray(blocks[r0 : r0 + FIT_ROWS]))  # (n', nb, bs)
         if symmetric:
             peak = b.gather(-1, b.abs().argmax(-1, keepdim=True))[..., 0]  # (n', nb) signed
-            base_lo, base_hi = peak / -mid, None
+            base, lo = peak / -mid, None
         else:
-            base_lo, base_hi = b.amin(-1).clamp_max(0.0), b.amax(-1).clamp_min(0.0)
+            lo, hi = b.amin(-1).clamp_max(0.0), b.amax(-1).clamp_min(0.0)
+            base = (hi - lo) / qmax
+        base = torch.where(base == 0, 1.0, base)  # an all-zero block: codes = zero point, exact
+        # the range [f·lo, f·hi] keeps its zero point round(−f·lo / (f·base)) for every f
+        z = None if symmetric else torch.round(-lo / base).clamp_(0, qmax)  # (n', nb)
         best_err = torch.full(b.shape[:2], float("inf"))
-        best_s, best_z = torch.ones(b.shape[:2]), torch.full(b.shape[:2], float(mid))
+        best_s = base.clone()
+        x, d = torch.empty_like(b), torch.empty_like(b)
         for f in shrink:
+            s = base * f
+            # error in units of the step: (q - z) - w/s with q - z = clamp(round(w/s), -z, qmax - z)
+            torch.div(b, s[..., None], out=x)
             if symmetric:
-                s = base_lo * f
-                z = torch.full_like(s, float(mid))
+                torch.round(x, out=d).clamp_(-mid, mid - 1)
             else:
-                s = (base_hi - base_lo) * (f / qmax)
-                z = torch.round(-base_lo * f / torch.where(s == 0, 1.0, s)).clamp_(0, qmax)
-            s = torch.where(s == 0, 1.0, s)  # an all-zero block: codes = zero point, exact
-            q = torch.round(b / s[..., None]).add_(z[..., None]).clamp_(0, qmax)
-            err = ((q - z[..., None]) * s[..., None] - b).square_().mul_(c).sum(-1)  # (n', nb)
+                torch.round(x, out=d)
+                torch.clamp(d, min=-z[..., None], max=(qmax - z)[..., None], out=d)
+            err = d.sub_(x).square_().mul_(c).sum(-1).mul_(s * s)  # (n', nb)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
-            best_s, best_z = torch.where(better, s, best_s), torch.where(better, z, best_z)
+            best_s = torch.where(better, s, best_s)
         scale_out[r0 : r0 + FIT_ROWS] = best_s.numpy()
-        zp_out[r0 : r0 + FIT_ROWS] = best_z.numpy().astype(np.uint8)
+        zp_out[r0 : r0 + FIT_ROWS] = mid if symmetric else z.numpy().astype(np.uint8)
     return scale_out, zp_out
 
 
