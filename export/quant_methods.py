@@ -67,38 +67,34 @@ def quantize_weight(w: np.ndarray, bits: int, block_size: int, method: str = "rt
 
 
 @torch.no_grad()
-def fitted_params(blocks: np.ndarray, bits: int, symmetric: bool = False, col_weight: np.ndarray | None = None,
-                  shrink: tuple[float, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def fitted_params(blocks: np.ndarray, bits: int, symmetric: bool = False,
+                  col_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-block scale (N, nb) float32 and integer zero point (N, nb) uint8 of (N, nb, bs)
     blocks, each the candidate with the least Σ_j c_j·(w_j − ŵ_j)² over its block, where c
     (nb, bs) is col_weight (GPTQ passes diag H: the output error of a column's rounding
     under a diagonal Hessian) or 1. Candidates shrink the block's range by each factor in
-    `shrink`: clipping a few outliers buys a finer grid for the rest.
+    FIT_SHRINK: clipping a few outliers buys a finer grid for the rest.
 
-    Zero points: the range [f·lo, f·hi] with lo ≤ 0 ≤ hi (0 stays exact), zero point
-    round(−f·lo/scale). Symmetric: scale = f·m / −2^(bits−1), m the block's weight of largest
+    Zero points: the range [f·lo, f·hi] of min/max's [lo, hi] (minmax_params; 0 stays
+    exact), whose zero point is min/max's for every f. Symmetric: scale = f·m / −2^(bits−1), m the block's weight of largest
     magnitude with its sign; MatMulNBits multiplies by the scale as stored, so a negative
     scale is exact (tests/export/test_quant_methods.py runs the kernel on one)."""
     n, nb, bs = blocks.shape
     qmax, mid = (1 << bits) - 1, 1 << (bits - 1)
-    shrink = FIT_SHRINK if shrink is None else shrink
     c = torch.ones(nb, bs) if col_weight is None else torch.as_tensor(np.asarray(col_weight, np.float32)).reshape(nb, bs)
     scale_out, zp_out = np.empty((n, nb), np.float32), np.empty((n, nb), np.uint8)
     for r0 in range(0, n, FIT_ROWS):
         b = torch.from_numpy(np.ascontiguousarray(blocks[r0 : r0 + FIT_ROWS]))  # (n', nb, bs)
         if symmetric:
             peak = b.gather(-1, b.abs().argmax(-1, keepdim=True))[..., 0]  # (n', nb) signed
-            base, lo = peak / -mid, None
-        else:
-            lo, hi = b.amin(-1).clamp_max(0.0), b.amax(-1).clamp_min(0.0)
-            base = (hi - lo) / qmax
-        base = torch.where(base == 0, 1.0, base)  # an all-zero block: codes = zero point, exact
-        # the range [f·lo, f·hi] keeps its zero point round(−f·lo / (f·base)) for every f
-        z = None if symmetric else torch.round(-lo / base).clamp_(0, qmax)  # (n', nb)
+            base, z = torch.where(peak == 0, 1.0, peak / -mid), None  # an all-zero block: exact with any scale
+        else:  # shrinking [lo, hi] by f scales the step by f and keeps round(−lo/step)
+            s0, z0 = minmax_params(b.numpy(), bits)  # (n', nb) each
+            base, z = torch.from_numpy(s0), torch.from_numpy(z0.astype(np.float32))
         best_err = torch.full(b.shape[:2], float("inf"))
         best_s = base.clone()
         x, d = torch.empty_like(b), torch.empty_like(b)
-        for f in shrink:
+        for f in FIT_SHRINK:
             s = base * f
             # error in units of the step: (q - z) - w/s with q - z = clamp(round(w/s), -z, qmax - z)
             torch.div(b, s[..., None], out=x)
