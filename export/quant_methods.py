@@ -76,9 +76,10 @@ def fitted_params(blocks: np.ndarray, bits: int, symmetric: bool = False,
     FIT_SHRINK: clipping a few outliers buys a finer grid for the rest.
 
     Zero points: the range [f·lo, f·hi] of min/max's [lo, hi] (minmax_params; 0 stays
-    exact), whose zero point is min/max's for every f. Symmetric: scale = f·m / −2^(bits−1), m the block's weight of largest
-    magnitude with its sign; MatMulNBits multiplies by the scale as stored, so a negative
-    scale is exact (tests/export/test_quant_methods.py runs the kernel on one)."""
+    exact), whose zero point is min/max's for every f. Symmetric: scale = f·m / −2^(bits−1),
+    m the block's weight of largest magnitude with its sign; MatMulNBits multiplies by the
+    scale as stored, so a negative scale is exact (tests/export/test_quant_methods.py runs
+    the kernel on one)."""
     n, nb, bs = blocks.shape
     qmax, mid = (1 << bits) - 1, 1 << (bits - 1)
     c = torch.ones(nb, bs) if col_weight is None else torch.as_tensor(np.asarray(col_weight, np.float32)).reshape(nb, bs)
