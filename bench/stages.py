@@ -32,7 +32,7 @@ import psutil
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
-from summarize import targets_table  # noqa: E402  (bench/summarize.py: the same table in RESULTS.md)
+from summarize import pipeline_lines, targets_table  # noqa: E402  (bench/summarize.py: the same tables in RESULTS.md)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORK = Path(__file__).resolve().parent / "_work" / "stages"
@@ -99,6 +99,23 @@ def rss_ratio(profile_json: Path, orig: Path, comp: Path) -> dict | None:
             "compressed_prefill_rss_gib": round(c["peak_rss_prefill_bytes"] / GIB, 3)}
 
 
+def pipeline_inside(folder: Path) -> dict | None:
+    """What `edgedelta pipeline` recorded inside its own run: each of its stages' seconds
+    (stages.json) and the quality it measured of the original and compressed models."""
+    path = folder / "stages.json"
+    if not path.is_file():
+        return None
+    state = json.loads(path.read_text())
+    out = {"stages": [{"stage": name, "seconds": rec["seconds"]} for name, rec in state.items() if "seconds" in rec]}
+    quality = state.get("evaluate", {}).get("result")
+    if quality:
+        out["quality"] = quality  # {original|compressed: {average, ppl: {text: perplexity}}}
+    distill = state.get("distill", {}).get("result")
+    if distill:
+        out["distill"] = distill  # tokens, seconds, tokens_per_s, final_loss
+    return out
+
+
 def targets(res: dict) -> list[dict]:
     by = {r["stage"]: r for r in res["stages"]}
     out = []
@@ -143,6 +160,8 @@ def markdown(res: dict) -> str:
         lines += ["", f"RSS after a 512-token prefill: original {r['original_prefill_rss_gib']} GiB, compressed "
                       f"{r['compressed_prefill_rss_gib']} GiB, ratio {r['rss_ratio']} against a unique-parameter ratio of "
                       f"{r['unique_param_ratio']}."]
+    if res.get("pipeline"):
+        lines += ["", *pipeline_lines(res["pipeline"])]
     return "\n".join(lines + [""] + targets_table(res["targets"])) + "\n"
 
 
@@ -207,6 +226,8 @@ def main(argv=None) -> int:
         res["skipped"] += [{"stage": p[0], "why": "not run"} for p in plan if p[0] not in recorded]
         if any(r["stage"] == "profile" and r["exit_code"] == 0 for r in res["stages"]):
             res["rss"] = rss_ratio(profile_json, arts["original-fp32"], arts["fp32"])
+        if any(r["stage"] == "pipeline" and r["exit_code"] == 0 for r in res["stages"]):
+            res["pipeline"] = pipeline_inside(work / "pipeline")
         save(res, out)
         return 0
     res = {"model": args.model, "command": command,
@@ -226,6 +247,7 @@ def main(argv=None) -> int:
         if row["exit_code"] == 0:
             ok.add(stage)
         res["rss"] = rss_ratio(profile_json, arts["original-fp32"], arts["fp32"]) if "profile" in ok else None
+        res["pipeline"] = pipeline_inside(work / "pipeline") if "pipeline" in ok else None
         save(res, out)  # after every stage: a long run leaves what it measured
     save(res, out)
     return 0

@@ -318,7 +318,26 @@ def stages(d: dict) -> list[str]:
         lines.append(f"| {sk['stage']} | skipped ({sk['why']}) | | | |")
     reruns = (["Reruns, in order (a row keeps the last measurement of it that finished):",
                *[f"- `{c}`" for c in d["reruns"]]] if d.get("reruns") else [])
-    return lines + [""] + reruns + ([""] if reruns else []) + targets_table(d["targets"])
+    inside = [*pipeline_lines(d["pipeline"]), ""] if d.get("pipeline") else []
+    return lines + [""] + reruns + ([""] if reruns else []) + inside + targets_table(d["targets"])
+
+
+def pipeline_lines(p: dict) -> list[str]:
+    """The pipeline stage's own breakdown (bench/stages.py's report and RESULTS.md)."""
+    lines = ["Inside the pipeline stage (its stages.json):", "", "| pipeline stage | wall (min) |", "|---|---:|"]
+    lines += [f"| {r['stage']} | {r['seconds'] / 60:.1f} |" for r in p["stages"]]
+    if p.get("distill"):
+        d = p["distill"]
+        lines += ["", f"Distillation: {d['tokens']:,} tokens at {d['tokens_per_s']} tokens/s, final loss {d['final_loss']:.4g}."]
+    if p.get("quality"):
+        texts = sorted({t for q in p["quality"].values() for t in (q.get("ppl") or {})})
+        lines += ["", "| model | task average | " + " | ".join(f"ppl {t}" for t in texts) + " |",
+                  "|---|---:|" + "---:|" * len(texts)]
+        for name, q in p["quality"].items():
+            avg = q.get("average")
+            lines.append(f"| {name} | {'' if avg is None else f'{avg:.4f}'} | "
+                         + " | ".join(f"{(q.get('ppl') or {}).get(t, float('nan')):.2f}" for t in texts) + " |")
+    return lines
 
 
 def release_pages(d: dict) -> list[str]:

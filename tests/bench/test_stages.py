@@ -71,3 +71,19 @@ def test_rerun_measures_named_stages_again_and_keeps_the_other_rows(tmp_path, mo
     assert res["skipped"][0] == {"stage": "pipeline", "why": "--skip"}
     assert {"stage": "export-int4", "why": "not run"} in res["skipped"]  # a stage with no row is named, never "ran"
     assert "compress" in (tmp_path / "stages_qwen2.5-coder-1.5b.md").read_text()
+
+
+def test_the_pipeline_stage_reports_its_own_stages_and_quality(tmp_path):
+    assert stages.pipeline_inside(tmp_path) is None  # no stages.json: nothing claimed
+    (tmp_path / "stages.json").write_text(json.dumps({  # the shape edgedelta/pipeline.py's Stages writes
+        "compress": {"key": "k", "output": "compressed", "seconds": 600.0, "result": {}},
+        "distill": {"key": "k", "output": "distilled", "seconds": 1200.0,
+                    "result": {"tokens": 32768, "seconds": 1190.0, "tokens_per_s": 27.5, "final_loss": 0.61}},
+        "evaluate": {"key": "k", "output": "quality.json", "seconds": 300.0, "result": {
+            "original": {"average": 0.5, "ppl": {"python-docs": 9.5}},
+            "compressed": {"average": 0.45, "ppl": {"python-docs": 12.25}}}}}))
+    inside = stages.pipeline_inside(tmp_path)
+    assert [(r["stage"], r["seconds"]) for r in inside["stages"]] == [("compress", 600.0), ("distill", 1200.0), ("evaluate", 300.0)]
+    md = "\n".join(stages.pipeline_lines(inside))
+    assert "| distill | 20.0 |" in md and "32,768 tokens at 27.5 tokens/s" in md
+    assert "| compressed | 0.4500 | 12.25 |" in md and "ppl python-docs" in md
