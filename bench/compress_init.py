@@ -16,7 +16,6 @@ Writes bench/results/compress_init.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -135,7 +134,7 @@ def write(out: dict, stem: Path) -> None:
     for target, b in out["budgets"].items():
         lines += [f"## keep {float(target):.0%} of parameters", "",
                   f"groups {b['plan']['groups']}, anchors {b['plan'].get('anchors')}, ranks {b['plan']['ranks']}", "",
-                  *([f"planner candidates (whole-plan KL to the original on calibration text, nats/token): "
+                  *(["planner candidates (whole-plan KL to the original on calibration text, nats/token): "
                      + "; ".join(f"{n} {c['groups']} KL {c['kl']}" for n, c in b['plan']['candidates'].items())
                      + f"; kept: {b['plan']['chosen']}", ""] if b['plan'].get('candidates') else []),
                   "| method | unique params | " + " | ".join(f"ppl {n}" for n in out["eval_texts"]) + " |",

@@ -201,8 +201,6 @@ def main(argv=None) -> int:
         print(json.dumps(measure(args.measure, args.model_file, args.prepack, args.decode)))
         return 0
 
-    import torch
-
     from edgedelta.data.text import dataset_texts, pack, tokenize_stream
     from edgedelta.evaluation.perplexity import perplexity_on_ids
     from edgedelta.export import ExportConfig, export_onnx

@@ -223,7 +223,6 @@ def kill_loop(scenario: str, inp: dict, trials: int, rng: random.Random, log: Pa
         delay = rng.uniform(0.05, 1.0) * ref_s
         argv = commands(inp, out)[scenario]
         p = start(argv, log)
-        t0 = time.time()
         killed = False
         try:
             p.wait(delay)

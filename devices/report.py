@@ -260,7 +260,7 @@ def write_report(out_dir: str | Path, data: dict[str, Any], devices: list) -> Pa
           "ceiling. Verdict 'tight' = margin under 10% of the prediction.", "",
           plans_table(plans, markdown=True), "", *layout_notes(models, devices), *gpu_notes(devices),
           "![verdict per model and device](verdicts.png)", "",
-          f"![memory per device](memory_per_device.png)", "",
+          "![memory per device](memory_per_device.png)", "",
           "## What the prediction is made of", "", plan_breakdown_table(plans, markdown=True), "",
           "![context length vs memory](context_memory.png)", ""]
     if has_runs:

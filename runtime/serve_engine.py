@@ -183,11 +183,6 @@ class Engine:
     def running(self) -> int:
         return sum(not j.finished for j in self._running)
 
-    @property
-    def idle(self) -> bool:
-        with self._cond:
-            return not self._waiting and not any(not j.finished for j in self._running)
-
     # ---- the worker thread ------------------------------------------------------------------------------
     def _loop(self) -> None:
         if getattr(self.s, "in_place", False):

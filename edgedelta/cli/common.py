@@ -115,13 +115,6 @@ def out_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing --out")
 
 
-def write_json_out(path: Path | None, obj) -> None:
-    if path is not None:
-        from ..fsutil import write_json_atomic
-
-        write_json_atomic(path, obj)
-
-
 def info(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 

@@ -160,9 +160,3 @@ class DistillConfig:
         a, b = self.to_dict(), other.to_dict()
         return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if k not in RESUME_FREE and a[k] != b.get(k)]
 
-
-def help_of(name: str) -> str:
-    for f in dataclasses.fields(DistillConfig):
-        if f.name == name:
-            return f.metadata.get("help", "")
-    raise KeyError(name)

@@ -65,10 +65,6 @@ class TrainData:
         mine = idx[rank * per * grad_accum:(rank + 1) * per * grad_accum]
         return [mine[a * per:(a + 1) * per] for a in range(grad_accum)]
 
-    def micro_batches(self, step: int, batch_size: int, grad_accum: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
-        """Token ids of this process's micro-batches: grad_accum tensors (b, seq_len)."""
-        return [self.rows[i] for i in self.micro_indices(step, batch_size, grad_accum, rank, world)]
-
     def rows_used(self, steps: int, batch_size: int) -> torch.Tensor:
         """Sorted unique row indices that `steps` optimizer steps will read."""
         return torch.unique(torch.cat([self.global_rows(s, batch_size) for s in range(steps)]))

@@ -80,10 +80,3 @@ def average_gradients(params: list[torch.nn.Parameter], ctx: DistContext, extra:
         off += n
     return flat[flat.numel() - len(extra):].tolist()
 
-
-def reduce_sum(values: list[float], ctx: DistContext) -> list[float]:
-    if ctx.world == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64 if ctx.device.type == "cpu" else torch.float32, device=ctx.device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()

@@ -82,14 +82,6 @@ class ModelAdapter:
         """Path of the sub-layer module holding `proj` ("self_attn.o_proj" -> "self_attn")."""
         return self.projections[proj].rpartition(".")[0]
 
-    def projections_of(self, kind: str) -> tuple[str, ...]:
-        return tuple(p for p, k in self.kinds.items() if k == kind)
-
-    def layer_norms(self) -> tuple[str, ...]:
-        """Paths of every RMSNorm in a decoder layer, in the order the layer applies them."""
-        paths = (self.input_norm, *(self.qk_norms or ()), self.attn_output_norm, self.post_attention_norm, self.mlp_output_norm)
-        return tuple(p for p in paths if p)
-
     def attn_implementation(self, config) -> str | None:
         """The transformers attention implementation this model must be loaded with, or None
         for transformers' default: 'eager' when the config soft-caps attention logits and the
