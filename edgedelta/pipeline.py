@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from .errors import ConfigError, EdgeDeltaError, ModelLoadError
 from .models.registry import is_builtin_name
+from .models.size import stored_parameters
 from .fsutil import check_creatable, write_json_atomic, write_text_atomic
 from .evaluation.tasks import DEFAULT_TASKS, QUICK_TASKS
 from .manifest import MANIFEST, verify_manifest
@@ -25,7 +26,15 @@ from .recipes import RECIPES, Recipe, best_for
 from .recipes import get as get_recipe
 
 PIPELINE_VERSION = 1
-DISTILL_TOK_S_2CORES = 110  # measured distillation throughput on 2 cores (DESIGN.md), for time estimates
+# Time estimates on 2 cores: what each stage cost at REFERENCE_PARAMS (SmolLM2-135M) in the quick
+# pipeline's own stage times (bench/results/pipeline_quick.json, stage_seconds), scaled linearly
+# with the stored parameters of the model being compressed.
+REFERENCE_PARAMS = 134_515_008
+COMPRESS_S = 121  # one compression: calibration, layer sensitivity, group initialisation
+DISTILL_TOK_S = 162  # distillation tokens per second (32,768 in 203 s)
+EVAL_S_PER_ITEM = 0.1  # one zero-shot item, per model (300 items in about 30 s)
+EVAL_S_PER_PPL_TOKEN = 1.4e-3  # one held-out token, per model (2 x 4,096 in about 11 s)
+EXPORT_AND_PLAN_S = 33  # both fp32 exports, the sample generation and the device plans
 
 
 # budgets (a recipe sets the method; these set how much is spent measuring it)
@@ -100,6 +109,11 @@ class PipelineConfig:
         """Budgets that finish in about 15 minutes on 2 cores: a real but small result."""
         return cls(quick=True, **{k: v for k, v in overrides.items() if v is not None})
 
+    def quick_twin(self) -> "PipelineConfig":
+        """This run's model, budget and recipe with the quick budgets."""
+        return PipelineConfig.quick_config(model=self.model, target_params=self.target_params, recipe=self.recipe,
+                                           drop_layers=self.drop_layers)
+
     @classmethod
     def from_json_file(cls, path) -> "PipelineConfig":
         from .configio import config_from_json_file
@@ -113,12 +127,15 @@ class PipelineConfig:
         return DistillConfig.from_recipe(self.the_recipe(), self.quick, tokens=self.tokens, recon_tokens=self.recon_tokens,
                                          checkpoint_every=20)
 
-    def expected_minutes(self) -> float:
-        """A rough wall-time estimate on 2 cores (printed before a long run starts)."""
-        train = (self.tokens + 2 * self.recon_tokens) / DISTILL_TOK_S_2CORES / 60
-        evaluation = 2 * (len(self.tasks) * (self.limit or 1000) * 4 * 60 / 400 / 60 + 2 * self.ppl_tokens / 400 / 60)
-        compression = 3 * (6 if self.drop_layers == "auto" else 1)  # 'auto' compresses once per count (about 5 at 12%)
-        return round(compression + train + evaluation + 4, 1)
+    def expected_minutes(self, params: int | None = None) -> float:
+        """A rough wall-time estimate on 2 cores (printed before the run starts), for a model of
+        `params` stored parameters (None: the reference model's size)."""
+        compression = COMPRESS_S * (6 if self.drop_layers == "auto" else 1)  # 'auto' compresses once per count (about 5 at 12%)
+        train = (self.tokens + 2 * self.recon_tokens) / DISTILL_TOK_S
+        items = sum(t != "ppl" for t in self.tasks) * (self.limit or 1000)
+        evaluation = 2 * (items * EVAL_S_PER_ITEM + 2 * self.ppl_tokens * EVAL_S_PER_PPL_TOKEN)  # original and compressed
+        scale = (params or REFERENCE_PARAMS) / REFERENCE_PARAMS
+        return round((compression + train + evaluation + EXPORT_AND_PLAN_S) * scale / 60, 1)
 
 
 def _digest(obj: Any) -> str:
@@ -186,8 +203,10 @@ def run_pipeline(cfg: PipelineConfig, out: Path, log: Callable[[str], None] = la
     write_json_atomic(out / "pipeline_config.json", asdict(cfg))
     stages = Stages(out, log, total=7)
     log(f"recipe {cfg.recipe}: {cfg.recipe_why}")
-    if not cfg.quick:
-        log(f"edgedelta pipeline: full budgets, expect roughly {cfg.expected_minutes():.0f} min on 2 cores (use --quick for ~15 min)")
+    params = stored_parameters(cfg.model)
+    size = f" for {params / 1e6:,.0f}M parameters" if params else ""
+    log(f"edgedelta pipeline: {'quick' if cfg.quick else 'full'} budgets, expect roughly {cfg.expected_minutes(params):.0f} min "
+        f"on 2 cores{size}" + ("" if cfg.quick else f" (--quick: about {PipelineConfig.quick_config().expected_minutes(params):.0f} min)"))
     ctx = _Context(cfg)
 
     comp_dir = out / "compressed"

@@ -3,7 +3,9 @@ tensor data (`general.architecture` is written first by llama.cpp and gguf-py). 
 takes milliseconds, so an unsupported model is refused before transformers dequantises any
 tensor (tens of seconds for a 1.5B model). Layout (gguf-py's constants):
 magic "GGUF", version u32, tensor count u64, key-value count u64, then per pair a string key
-(u64 length + UTF-8), a u32 value type and the value; arrays are (u32 type, u64 count, items)."""
+(u64 length + UTF-8), a u32 value type and the value; arrays are (u32 type, u64 count, items).
+The tensor infos follow: per tensor its name (string), u32 dimension count, u64 dimensions, u32
+ggml type and u64 data offset, so the parameter count is read without touching tensor data."""
 
 from __future__ import annotations
 
@@ -58,19 +60,24 @@ class _Header:
             raise ModelLoadError(f"GGUF file '{self.path}' has an unknown value type {vtype} in its header")
 
 
+    def start(self) -> int:
+        """Check the magic and version; returns the tensor count (the key-value count is next)."""
+        if self.read("I") != GGUF_MAGIC:
+            raise ModelLoadError(f"'{self.path}' is not a GGUF file (no GGUF magic at its start)")
+        version = self.read("I")
+        if version > 0xFFFF:  # written big-endian
+            self.order, version = ">", struct.unpack(">I", struct.pack("<I", version))[0]
+        if version < 2:
+            raise ModelLoadError(f"GGUF file '{self.path}' is version {version}; versions 2 and 3 are read")
+        return self.read("Q")
+
+
 def gguf_architecture(path: str | Path) -> str:
     """`general.architecture` of a GGUF file (e.g. 'llama', 'qwen2', 'gemma3'), from its header only."""
     path = Path(path)
     with open(path, "rb") as f:
         h = _Header(f, path)
-        if h.read("I") != GGUF_MAGIC:
-            raise ModelLoadError(f"'{path}' is not a GGUF file (no GGUF magic at its start)")
-        version = h.read("I")
-        if version > 0xFFFF:  # written big-endian
-            h.order, version = ">", struct.unpack(">I", struct.pack("<I", version))[0]
-        if version < 2:
-            raise ModelLoadError(f"GGUF file '{path}' is version {version}; versions 2 and 3 are read")
-        h.read("Q")  # tensor count
+        h.start()
         for _ in range(h.read("Q")):
             key, vtype = h.string(), h.read("I")
             if key == ARCH_KEY and vtype == GGUFValueType.STRING:
@@ -83,3 +90,24 @@ def gguf_model_type(path: str | Path) -> str:
     """The transformers model_type a GGUF file loads as."""
     arch = gguf_architecture(path)
     return MODEL_TYPE_OF_GGUF_ARCH.get(arch, arch)
+
+
+def gguf_parameter_count(path: str | Path) -> int:
+    """Elements in all of a GGUF file's tensors, from its tensor infos (a tied LM head counts
+    once when the file stores it once)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        h = _Header(f, path)
+        tensors = h.start()
+        for _ in range(h.read("Q")):
+            h.string()
+            h.skip(h.read("I"))
+        total = 0
+        for _ in range(tensors):
+            h.string()  # name
+            n = 1
+            for _ in range(h.read("I")):
+                n *= h.read("Q")
+            h.read("I"), h.read("Q")  # ggml type, data offset
+            total += n
+    return total
