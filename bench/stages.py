@@ -224,10 +224,11 @@ def main(argv=None) -> int:
                 save(res, out)
         recorded = {r["stage"] for r in res["stages"]} | {r["stage"] for r in res["skipped"]}
         res["skipped"] += [{"stage": p[0], "why": "not run"} for p in plan if p[0] not in recorded]
+        # read again from the work folder; an earlier run's figures stay when its files are gone
         if any(r["stage"] == "profile" and r["exit_code"] == 0 for r in res["stages"]):
-            res["rss"] = rss_ratio(profile_json, arts["original-fp32"], arts["fp32"])
+            res["rss"] = rss_ratio(profile_json, arts["original-fp32"], arts["fp32"]) or res.get("rss")
         if any(r["stage"] == "pipeline" and r["exit_code"] == 0 for r in res["stages"]):
-            res["pipeline"] = pipeline_inside(work / "pipeline")
+            res["pipeline"] = pipeline_inside(work / "pipeline") or res.get("pipeline")
         save(res, out)
         return 0
     res = {"model": args.model, "command": command,
