@@ -160,6 +160,8 @@ def markdown(res: dict) -> str:
         lines += ["", f"RSS after a 512-token prefill: original {r['original_prefill_rss_gib']} GiB, compressed "
                       f"{r['compressed_prefill_rss_gib']} GiB, ratio {r['rss_ratio']} against a unique-parameter ratio of "
                       f"{r['unique_param_ratio']}."]
+    if res.get("notes"):
+        lines += ["", "Notes:", *[f"- {n}" for n in res["notes"]]]
     if res.get("pipeline"):
         lines += ["", *pipeline_lines(res["pipeline"])]
     return "\n".join(lines + [""] + targets_table(res["targets"])) + "\n"
@@ -177,6 +179,7 @@ def main(argv=None) -> int:
                                                 "the other rows (and the outputs they left in the work folder) are kept; "
                                                 "'none' rewrites the report from the JSON and the work folder")
     ap.add_argument("--out", type=Path, default=None, help="output stem (default bench/results/stages_<model>)")
+    ap.add_argument("--note", default="", help="a line kept with the results (e.g. where a rerun stage's input came from)")
     args = ap.parse_args(argv)
     if args.quick:
         args.distill_tokens, args.ppl_tokens = min(args.distill_tokens, 1024), min(args.ppl_tokens, 512)
@@ -214,6 +217,8 @@ def main(argv=None) -> int:
         res = json.loads(_file(out, ".json").read_text())
         if rerun - {"none"}:
             res.setdefault("reruns", []).append(command)
+        if args.note:
+            res.setdefault("notes", []).append(args.note)
         for stage, cmd, needs in plan:
             if stage in rerun:
                 row = run_stage(stage, cmd, work)

@@ -318,8 +318,9 @@ def stages(d: dict) -> list[str]:
         lines.append(f"| {sk['stage']} | skipped ({sk['why']}) | | | |")
     reruns = (["Reruns, in order (a row keeps the last measurement of it that finished):",
                *[f"- `{c}`" for c in d["reruns"]]] if d.get("reruns") else [])
+    notes = ["Notes:", *[f"- {n}" for n in d["notes"]], ""] if d.get("notes") else []
     inside = [*pipeline_lines(d["pipeline"]), ""] if d.get("pipeline") else []
-    return lines + [""] + reruns + ([""] if reruns else []) + inside + targets_table(d["targets"])
+    return lines + [""] + reruns + ([""] if reruns else []) + notes + inside + targets_table(d["targets"])
 
 
 def pipeline_lines(p: dict) -> list[str]:
@@ -493,6 +494,10 @@ def status_table(results: Path = RESULTS) -> str:
     sv = _load("serve.json", results)
     for t in (sv or {}).get("targets") or []:
         rows.append(f"| server: {t['target']} | {t['measured']} ({'met' if t['met'] else 'missed'}) | `serve.json` |")
+    st = _load("stages_qwen2.5-coder-1.5b.json", results)
+    for t in (st or {}).get("targets") or []:
+        rows.append(f"| 1.5B on 2 cores, 24 GiB: {t['target']} | {t['measured']} ({'met' if t['met'] else 'missed'}) "
+                    "| `stages_qwen2.5-coder-1.5b.json` |")
     r = _load("runtime.json", results)
     if r is not None:
         ratios = r["speed"]["ratios"]

@@ -76,8 +76,10 @@ def test_rerun_measures_named_stages_again_and_keeps_the_other_rows(tmp_path, mo
     res["rss"] = {"rss_ratio": 0.9, "unique_param_ratio": 0.88, "difference": 0.02, "original_prefill_rss_gib": 1.0,
                   "compressed_prefill_rss_gib": 0.9}
     (tmp_path / "stages_qwen2.5-coder-1.5b.json").write_text(json.dumps(res))
-    assert stages.main(["--model", "m", "--rerun", "none", "--out", str(stem)]) == 0
-    assert json.loads((tmp_path / "stages_qwen2.5-coder-1.5b.json").read_text())["rss"] == res["rss"]
+    assert stages.main(["--model", "m", "--rerun", "none", "--out", str(stem), "--note", "input from elsewhere"]) == 0
+    again = json.loads((tmp_path / "stages_qwen2.5-coder-1.5b.json").read_text())
+    assert again["rss"] == res["rss"] and again["notes"] == ["input from elsewhere"]
+    assert "- input from elsewhere" in (tmp_path / "stages_qwen2.5-coder-1.5b.md").read_text()
 
 
 def test_the_pipeline_stage_reports_its_own_stages_and_quality(tmp_path):

@@ -1,6 +1,9 @@
 """Stored parameters read from file headers only: a GGUF's tensor infos, a folder's
 safetensors headers; and the pipeline's time estimate that scales with them."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 from safetensors.torch import save_file
@@ -45,3 +48,14 @@ def test_the_time_estimate_grows_with_the_model():
     assert cfg.expected_minutes() == cfg.expected_minutes(REFERENCE_PARAMS)
     assert abs(cfg.expected_minutes(10 * REFERENCE_PARAMS) - 10 * cfg.expected_minutes()) <= 1
     assert cfg.quick_twin().tokens == cfg.tokens < PipelineConfig().tokens
+
+
+def test_the_estimate_matches_the_measured_quick_pipeline_at_both_sizes():
+    results = Path(__file__).resolve().parents[2] / "bench" / "results"
+    quick = PipelineConfig.quick_config()
+    at_135m = json.loads((results / "pipeline_quick.json").read_text())["timing"]["wall_s"] / 60
+    assert abs(quick.expected_minutes() / at_135m - 1) < 0.25
+    rows = json.loads((results / "stages_qwen2.5-coder-1.5b.json").read_text())["stages"]
+    at_15b = next(r for r in rows if r["stage"] == "pipeline")["wall_s"] / 60
+    # 1,777,088,000: the tensor infos of the qwen2.5-coder-1.5b GGUF (sha256-pinned in models/registry.py)
+    assert abs(quick.expected_minutes(1_777_088_000) / at_15b - 1) < 0.25
