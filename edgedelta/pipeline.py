@@ -209,7 +209,7 @@ def run_pipeline(cfg: PipelineConfig, out: Path, log: Callable[[str], None] = la
     params = stored_parameters(cfg.model)
     size = f" for {params / 1e6:,.0f}M parameters" if params else ""
     log(f"edgedelta pipeline: {'quick' if cfg.quick else 'full'} budgets, expect roughly {cfg.expected_minutes(params):.0f} min "
-        f"on 2 cores{size}" + ("" if cfg.quick else f" (--quick: about {PipelineConfig.quick_config().expected_minutes(params):.0f} min)"))
+        f"on 2 cores{size}" + ("" if cfg.quick else f" (--quick: about {cfg.quick_twin().expected_minutes(params):.0f} min)"))
     ctx = _Context(cfg)
 
     comp_dir = out / "compressed"

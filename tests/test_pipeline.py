@@ -39,7 +39,8 @@ def test_pipeline_end_to_end_and_resume(tiny_dir, tmp_path):
     # the default recipe is the one measured best at the budget, and the log names the file that measured it
     assert any(m.startswith("recipe drop-share: measured best at keep 88%") and "bench/results/" in m for m in logs)
     # the time estimate is printed before any work, for the parameters the model's files store
-    assert any(m.startswith("edgedelta pipeline: full budgets, expect roughly") and "M parameters" in m for m in logs)
+    assert any(m.startswith("edgedelta pipeline: full budgets, expect roughly") and "M parameters" in m and "(--quick: about" in m
+               for m in logs)
     state = json.loads((out / "stages.json").read_text())
     assert set(state) == {"compress", "distill", "evaluate", "export original", "export compressed", "sample generation", "devices"}
     assert state["compress"]["result"]["ratio"] <= 0.88

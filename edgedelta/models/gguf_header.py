@@ -59,7 +59,6 @@ class _Header:
         else:
             raise ModelLoadError(f"GGUF file '{self.path}' has an unknown value type {vtype} in its header")
 
-
     def start(self) -> int:
         """Check the magic and version; returns the tensor count (the key-value count is next)."""
         if self.read("I") != GGUF_MAGIC:
