@@ -18,13 +18,18 @@ once (plus one pass for a tied head asked for first).
 
 Speed (Qwen2.5-1.5B, 2 cores): a pass's time goes to the window's forward and to the 8960-wide
 xᵀx of each down projection. The Gram is accumulated on its upper block triangle only (8
-column blocks: 0.53 s instead of 0.93 s per 2048 tokens; mirrored when read), and on a CPU
-with bfloat16 matrix units (AMX, AVX512-BF16) the forward runs under bfloat16 autocast (its
-GEMMs 5x faster than float32) while every Gram stays float32: the statistics are estimates
-from a few thousand tokens of text, and a 0.4% rounding of the activations that feed them is
-far below that sampling noise (export perplexity with and without: bench/quant_quality.py)."""
+column blocks: 0.53 s instead of 0.93 s per 2048 tokens; mirrored when read). On a CPU with
+bfloat16 matrix units (AMX, AVX512-BF16) the forward runs under bfloat16 autocast (its GEMMs
+5x faster than float32), and each batch's Gram blocks are bfloat16 products summed into
+float32 accumulators: the statistics are estimates from a few thousand tokens of text, and a
+0.4% rounding of the activations and of each batch's product is far below that sampling
+noise. bench/gram_precision.py measures both on a real model: the Gram's time, how far the
+bfloat16 Hessian is from the float32 one, and GPTQ's output error under each (judged by the
+float32 Hessian)."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import torch
@@ -81,6 +86,7 @@ class CalibrationStats:
         self._h: dict[tuple[int, str], torch.Tensor] = {}
         self._loaded: int | None = None  # index into self.windows
         self.passes = 0  # forward passes run (one per window loaded)
+        self.seconds = 0.0  # wall time of those passes, Gram accumulation included
         self.layers_run = 0  # decoder layers run over the calibration set, all passes together
         # layer -> per batch the hidden states entering it, stored by the pass that ended before it
         self._boundary: dict[int, list[torch.Tensor]] = {}
@@ -146,15 +152,16 @@ class CalibrationStats:
         starts at the window's first layer when an earlier pass stored that layer's inputs
         (the layers before stand in as identities), and stores what its last layer outputs
         for the next window: every layer runs once over all passes, not once per window after it."""
+        t0 = time.perf_counter()
         hooks = []
         batch = [0]  # the batch the running forward reads
 
         def accumulate(stream):
             def hook(_module, args):
-                x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # (tokens, K)
+                x = args[0].detach().reshape(-1, args[0].shape[-1])  # (tokens, K)
                 if stream not in self._h:
                     self._h[stream] = torch.zeros(x.shape[1], x.shape[1])
-                add_gram_upper(self._h[stream], x)
+                add_gram_upper(self._h[stream], x if self.bf16_forward else x.float(), bf16=self.bf16_forward)
             return hook
 
         def form(_module, _args, out):
@@ -206,20 +213,29 @@ class CalibrationStats:
         self._boundary = {k: v for k, v in self._boundary.items() if k > last}  # later windows read only what is after
         self.passes += 1
         self.layers_run += (last + 1) - (first if resume else 0)
+        self.seconds += time.perf_counter() - t0
 
     def summary(self) -> dict:
         return {"text": self.text, "sequences": int(self.ids.shape[0]), "seq_len": int(self.ids.shape[1]),
                 "tokens": self.tokens, "windows": len(self.windows), "forward_passes": self.passes,
-                "forward_dtype": "bfloat16" if self.bf16_forward else "float32"}
+                "forward_dtype": "bfloat16" if self.bf16_forward else "float32", "seconds": round(self.seconds, 2)}
 
 
-def add_gram_upper(h: torch.Tensor, x: torch.Tensor, block: int = GRAM_BLOCK) -> None:
-    """h (K, K) += xᵀx on its upper block triangle: column blocks of `block`, each block row
-    from its diagonal block rightwards (x (tokens, K)). The blocks below the diagonal are left
-    as they are; symmetric_from_upper() rebuilds the whole matrix."""
+def add_gram_upper(h: torch.Tensor, x: torch.Tensor, block: int = GRAM_BLOCK, bf16: bool = False) -> None:
+    """h (K, K) float32 += xᵀx on its upper block triangle: column blocks of `block`, each
+    block row from its diagonal block rightwards (x (tokens, K)). The blocks below the diagonal
+    are left as they are; symmetric_from_upper() rebuilds the whole matrix.
+
+    bf16: each block product from bfloat16 x (float32 sums inside the matrix unit, the
+    product rounded to bfloat16) added into float32 h; see the module docstring."""
     k = x.shape[1]
     n = max(1, k // block)
     edges = [k * i // n for i in range(n + 1)]
+    if bf16:
+        xb = x.to(torch.bfloat16)
+        for a, b in zip(edges[:-1], edges[1:]):
+            h[a:b, a:].add_(xb[:, a:b].T @ xb[:, a:])
+        return
     for a, b in zip(edges[:-1], edges[1:]):
         h[a:b, a:].addmm_(x[:, a:b].T, x[:, a:])
 

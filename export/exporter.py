@@ -138,13 +138,17 @@ def symmetric_candidates(cfg: ExportConfig, has_tokenizer: bool) -> tuple[bool, 
 def _build_and_check(model, tokenizer, cfg: ExportConfig, calibration, tmp: Path, progress, say):
     """Build the graph into `tmp` and run the checker, the sharing audit and (cfg.validate) the
     parity checks and quality gate; returns (weights, facts, gqa, audit report, the weights laid
-    out for cfg.cpu_arch, parity report)."""
+    out for cfg.cpu_arch, parity report, {phase: seconds}): graph (weights collected and
+    quantized, calibration passes included), write, check (checker and audit), parity and
+    quality_gate."""
     t1 = time.perf_counter()
     builder, weights, facts = build_graph(model, cfg, calibration, progress=progress is not None)
+    seconds = {"graph": time.perf_counter() - t1}
     gqa = use_gqa(facts, cfg)
     builder.save(tmp, MODEL_FILE, metadata={"edgedelta.format": ARTIFACT_FORMAT,
                                             "edgedelta.ort_session_config": json.dumps(session_config(cfg), sort_keys=True)})
     del builder
+    seconds["write"] = time.perf_counter() - t1 - seconds["graph"]
     say(f"graph written ({time.perf_counter() - t1:.1f} s)")
     try:
         onnx.checker.check_model(str(tmp / MODEL_FILE), full_check=True)
@@ -157,13 +161,14 @@ def _build_and_check(model, tokenizer, cfg: ExportConfig, calibration, tmp: Path
     problems = audit_problems(report)
     if problems:
         raise ExportError("sharing audit failed: " + "; ".join(problems))
+    seconds["check"] = time.perf_counter() - t1 - seconds["graph"] - seconds["write"]
     parity = None
     if cfg.validate:
         from .validate import check_parity
 
-        parity = check_parity(model, tmp / MODEL_FILE, facts, cfg, weights.dequantized, tokenizer=tokenizer)
+        parity = check_parity(model, tmp / MODEL_FILE, facts, cfg, weights.dequantized, tokenizer=tokenizer, seconds=seconds)
         say("parity: " + ", ".join(f"{k} {v.get('max_abs_diff', 0):.2e}" for k, v in parity.items()))
-    return weights, facts, gqa, report, cpu_laid_out, parity
+    return weights, facts, gqa, report, cpu_laid_out, parity, seconds
 
 
 def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, force: bool = False, progress=None) -> Path:
@@ -201,7 +206,7 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
                         shutil.rmtree(f)
                     else:
                         f.unlink()
-        weights, facts, gqa, report, cpu_laid_out, parity = built
+        weights, facts, gqa, report, cpu_laid_out, parity, seconds = built
         t_build = time.perf_counter() - t1
         side = _copy_side_files(Path(loaded.path), tmp, model, loaded.tokenizer)
         gen_cfg = json.loads((tmp / "generation_config.json").read_text()) if (tmp / "generation_config.json").is_file() else {}
@@ -252,7 +257,13 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
             "parity": parity,
             "ort_session_config": session_config(cfg),
             "tokenizer_files": side,
-            "timing_s": {"load": round(t_load, 2), "build_and_check": round(t_build, 2), "total": round(time.perf_counter() - t0, 2)},
+            # data-aware quantization's calibration: its text, tokens and forward passes (None: none ran)
+            "calibration": calibration.summary() if calibration is not None else None,
+            # build_and_check: the accepted form's phases below, plus any form the quality gate rejected
+            "timing_s": {"load": round(t_load, 2), "build_and_check": round(t_build, 2),
+                         "phases": {k: round(v, 2) for k, v in seconds.items()},
+                         "calibration_passes": round(calibration.seconds, 2) if calibration is not None else 0.0,
+                         "total": round(time.perf_counter() - t0, 2)},
         }
         write_manifest(tmp, ARTIFACT_FORMAT, facts_out)
     return Path(out_dir)

@@ -119,7 +119,13 @@ def _inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
     JMJ upper, so U = (JMJ)⁻¹ = J·M⁻¹·J: one factorisation and one triangular inverse, half
     the work of factorising H, inverting and factorising H⁻¹. In float32, as GPTQ's reference
     does it: λ = 1% of mean(diag H) bounds the conditioning, and the factor agrees with
-    float64's to 1e-5 of its largest entry (tests/export/test_quant_methods.py)."""
+    float64's to 1e-5 of its largest entry (tests/export/test_quant_methods.py).
+
+    The triangular inverse is LAPACK's trtri (K³/3 flops) rather than a triangular solve
+    against the identity (K³): for Qwen2.5-1.5B's K = 8960 down projection 1.9 s instead of
+    3.2 s on 2 cores, of 4.6 s for the whole factor."""
+    from scipy.linalg.lapack import strtri
+
     h = h.float()
     lam = GPTQ_DAMP * h.diagonal().mean().clamp_min(1e-12)
     eye = torch.eye(h.shape[0], dtype=h.dtype)
@@ -127,8 +133,9 @@ def _inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
     for attempt in range(6):  # raise the damping if H is numerically indefinite
         low, info = torch.linalg.cholesky_ex(flipped + lam * (10**attempt) * eye)
         if info.item() == 0:
-            inv = torch.linalg.solve_triangular(low, eye, upper=False)  # M⁻¹, lower
-            return inv.flip(0, 1)
+            inv, bad = strtri(low.numpy(), lower=1, overwrite_c=1)  # M⁻¹, lower
+            if bad == 0:
+                return torch.tril(torch.from_numpy(inv)).flip(0, 1)
     raise ValueError("input Hessian is not positive definite even with heavy damping")
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -98,18 +99,25 @@ def _check(name: str, got: np.ndarray, ref: np.ndarray, valid: np.ndarray, cfg: 
 
 @torch.no_grad()
 def check_parity(model: torch.nn.Module, onnx_path, facts: ArchFacts, cfg: ExportConfig, dequantized: dict | None = None,
-                 tokenizer=None) -> dict[str, Any]:
+                 tokenizer=None, seconds: dict | None = None) -> dict[str, Any]:
     """Run the three checks (for a quantized export: at accuracy level 0, then the quality
-    gate on the artifact as shipped); returns {check: {max_abs_diff, tolerance, ...}}."""
+    gate on the artifact as shipped); returns {check: {max_abs_diff, tolerance, ...}}.
+    seconds: where given, gets the wall time of the parity checks and of the quality gate."""
+    seconds = {} if seconds is None else seconds
+    t0 = time.perf_counter()
     np_dtype = np.float16 if cfg.dtype == "fp16" else np.float32
     if cfg.quantize == "none":
-        return _parity_checks(model, _OrtDecoder(onnx_path, facts, np_dtype, cfg), facts, cfg)
+        report = _parity_checks(model, _OrtDecoder(onnx_path, facts, np_dtype, cfg), facts, cfg)
+        seconds["parity"] = time.perf_counter() - t0
+        return report
     level0 = dataclasses.replace(cfg, accuracy_level=0)
     with _at_accuracy_level_zero(Path(onnx_path), cfg.accuracy_level) as path0:
         report = _parity_checks(reference_model(model, dequantized or {}), _OrtDecoder(path0, facts, np_dtype, level0), facts, level0)
     for check in report.values():
         check["accuracy_level"] = 0
+    seconds["parity"] = time.perf_counter() - t0
     report["quality_gate"] = quality_gate(model, tokenizer, _OrtDecoder(onnx_path, facts, np_dtype, cfg), cfg)
+    seconds["quality_gate"] = time.perf_counter() - t0 - seconds["parity"]
     return report
 
 

@@ -283,6 +283,13 @@ def test_symmetric_auto_takes_symmetric_blocks_where_they_pass_the_gate(tmp_path
     assert m["symmetric_choice"] == {"mode": "auto", "chosen": True, "rejected": []}
     g = onnx.load(out / "model.onnx", load_external_data=False).graph
     assert not [t.name for t in g.initializer if t.name.endswith(".zero_points")]
+    # where the time went: each phase of the accepted build, and the calibration passes inside "graph"
+    t = m["timing_s"]
+    assert set(t["phases"]) == {"graph", "write", "check", "parity", "quality_gate"}
+    assert all(v >= 0 for v in t["phases"].values())
+    assert sum(t["phases"].values()) <= t["build_and_check"] + 0.01 and t["build_and_check"] <= t["total"]
+    assert 0 < t["calibration_passes"] <= t["phases"]["graph"]
+    assert m["calibration"]["forward_passes"] >= 1 and m["calibration"]["seconds"] == t["calibration_passes"]
 
 
 def test_symmetric_auto_falls_back_to_zero_points_when_the_gate_rejects_symmetric(tmp_path, monkeypatch):
