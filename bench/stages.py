@@ -32,7 +32,7 @@ import psutil
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
-from summarize import pipeline_lines, targets_table  # noqa: E402  (bench/summarize.py: the same tables in RESULTS.md)
+from summarize import export_lines, pipeline_lines, targets_table  # noqa: E402  (bench/summarize.py: the same tables in RESULTS.md)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORK = Path(__file__).resolve().parent / "_work" / "stages"
@@ -116,6 +116,18 @@ def pipeline_inside(folder: Path) -> dict | None:
     return out
 
 
+def exports_inside(arts: dict[str, Path]) -> dict[str, dict]:
+    """Where each export stage's time went, from its artifact's manifest: the phases of
+    `timing_s` (load, graph with its calibration passes, write, check, parity, quality gate)."""
+    out = {}
+    for stage, art in arts.items():
+        path = art / "manifest.json"
+        if path.is_file():
+            m = json.loads(path.read_text())
+            out[stage] = {"timing_s": m.get("timing_s"), "calibration": m.get("calibration")}
+    return out
+
+
 def targets(res: dict) -> list[dict]:
     by = {r["stage"]: r for r in res["stages"]}
     out = []
@@ -162,6 +174,8 @@ def markdown(res: dict) -> str:
                       f"{r['unique_param_ratio']}."]
     if res.get("notes"):
         lines += ["", "Notes:", *[f"- {n}" for n in res["notes"]]]
+    if export_lines(res.get("exports") or {}):
+        lines += ["", *export_lines(res["exports"])]
     if res.get("pipeline"):
         lines += ["", *pipeline_lines(res["pipeline"])]
     return "\n".join(lines + [""] + targets_table(res["targets"])) + "\n"
@@ -189,6 +203,7 @@ def main(argv=None) -> int:
     comp, dist = work / "compressed", work / "distilled"
     arts = {k: work / f"art-{k}" for k in ("fp32", "int4", "original-fp32")}
     profile_json = work / "profile.json"
+    export_arts = {f"export-{k}": v for k, v in arts.items()}
     plan = [
         ("compress", cli("compress", "--model", args.model, "--target-params", args.target_params, "--out", str(comp), "--force"), []),
         ("distill", cli("distill", str(comp), "--tokens", str(args.distill_tokens), "--out", str(dist), "--force", "--no-progress"),
@@ -234,6 +249,7 @@ def main(argv=None) -> int:
             res["rss"] = rss_ratio(profile_json, arts["original-fp32"], arts["fp32"]) or res.get("rss")
         if any(r["stage"] == "pipeline" and r["exit_code"] == 0 for r in res["stages"]):
             res["pipeline"] = pipeline_inside(work / "pipeline") or res.get("pipeline")
+        res["exports"] = {**res.get("exports", {}), **exports_inside(export_arts)}
         save(res, out)
         return 0
     res = {"model": args.model, "command": command,
@@ -254,6 +270,7 @@ def main(argv=None) -> int:
             ok.add(stage)
         res["rss"] = rss_ratio(profile_json, arts["original-fp32"], arts["fp32"]) if "profile" in ok else None
         res["pipeline"] = pipeline_inside(work / "pipeline") if "pipeline" in ok else None
+        res["exports"] = exports_inside({k: v for k, v in export_arts.items() if k in ok})
         save(res, out)  # after every stage: a long run leaves what it measured
     save(res, out)
     return 0

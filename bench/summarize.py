@@ -320,7 +320,9 @@ def stages(d: dict) -> list[str]:
                *[f"- `{c}`" for c in d["reruns"]]] if d.get("reruns") else [])
     notes = ["Notes:", *[f"- {n}" for n in d["notes"]], ""] if d.get("notes") else []
     inside = [*pipeline_lines(d["pipeline"]), ""] if d.get("pipeline") else []
-    return lines + [""] + reruns + ([""] if reruns else []) + notes + inside + targets_table(d["targets"])
+    exports = export_lines(d.get("exports") or {})
+    return (lines + [""] + reruns + ([""] if reruns else []) + notes + exports + ([""] if exports else []) + inside
+            + targets_table(d["targets"]))
 
 
 def pipeline_lines(p: dict) -> list[str]:
@@ -341,6 +343,21 @@ def pipeline_lines(p: dict) -> list[str]:
     return lines
 
 
+def export_lines(exports: dict[str, dict]) -> list[str]:
+    """One line per export stage with its phases in seconds (bench/stages.py's report and
+    RESULTS.md); a manifest without phases gives no line."""
+    lines = []
+    for stage, e in exports.items():
+        t = e.get("timing_s") or {}
+        if "phases" not in t:
+            continue
+        ph = t["phases"]
+        parts = [f"load {t['load']:.0f}", f"graph {ph['graph']:.0f} (calibration passes {t['calibration_passes']:.0f})"]
+        parts += [f"{k.replace('_', ' ')} {ph[k]:.0f}" for k in ("write", "check", "parity", "quality_gate") if k in ph]
+        lines.append(f"- {stage}: " + ", ".join(parts) + f"; total {t['total']:.0f} s (the artifact's manifest)")
+    return (["Inside the export stages (seconds):", *lines] if lines else [])
+
+
 def release_pages(d: dict) -> list[str]:
     """bench/release_pages.py: RSS with the mapped weight file's pages kept and released after load."""
     names = {"rss_after_load_mib": "RSS after load", "rss_peak_decode_mib": "peak RSS after decode",
@@ -350,6 +367,16 @@ def release_pages(d: dict) -> list[str]:
     for art, e in d["artifacts"].items():
         lines += [f"| {art} | {label} | {e[m]['kept']:.1f} | {e[m]['released']:.1f} | {e[m]['ratio']:.3f} |" for m, label in names.items()]
         lines.append(f"| {art} | decode tokens/s | | | {e['decode_tok_s_ratio']:.3f} |")
+    return lines
+
+
+def gram_precision(d: dict) -> list[str]:
+    """bench/gram_precision.py: the calibration Gram in bfloat16 against float32, and what it does to GPTQ."""
+    lines = [f"{d['model']}, layer {d['layer']}: {d['tokens']:,} calibration tokens, forward in {d['forward']}. "
+             "GPTQ int4 output error judged by the float32 Hessian.", "",
+             "| projection | Gram speedup (bf16 vs fp32) | ‖ΔH‖/‖H‖ | GPTQ error, bf16 H / fp32 H |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['projection']} | {r['speedup']:.2f}x | {r['hessian_rel_diff']:.1e} | {r['gptq_output_err_ratio']:.4f} |"
+              for r in d["rows"]]
     return lines
 
 
@@ -404,6 +431,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("Zero points: Q4_1 blocks re-rounded vs held exactly", "zero_points.json", zero_points_section("bench/results/zero_points.md")),
     ("Zero points at 0.5B (Qwen2.5-Coder-0.5B)", "zero_points_qwen2.5-coder-0.5b/zero_points.json",
      zero_points_section("bench/results/zero_points_qwen2.5-coder-0.5b/zero_points.md")),
+    ("Calibration Grams in bfloat16 (Qwen2.5-Coder-1.5B)", "gram_precision.json", gram_precision),
     ("Redundancy of consecutive layers by model size", "redundancy.json", _link_only("bench/results/redundancy.md")),
     ("Device verdicts at 0.5B and 1.5B", "device_plans.json", _link_only("bench/results/device_plans.md")),
     ("Server", "serve.json", serve),

@@ -18,7 +18,7 @@ from .errors import EdgeDeltaError
 EXTRAS: dict[str, tuple[str, ...]] = {
     "report": ("matplotlib",),
     "compress": ("torch", "transformers", "optimum", "onnxscript", "onnx_ir", "gguf", "accelerate", "safetensors",
-                 "matplotlib"),
+                 "matplotlib", "scipy"),
 }
 
 

@@ -25,6 +25,24 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux reports it in /proc)."""
+    try:
+        with open("/proc/self/status") as f:
+            return int(next(line.split()[1] for line in f if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)  # elsewhere: set and restore
+        os.umask(mask)
+        return mask
+
+
+def as_created(path: str | os.PathLike, mode: int) -> None:
+    """Give a mkstemp/mkdtemp path (private: 0600/0700) the mode an ordinary open() or mkdir()
+    would have given it, so an output renamed into place is readable as any other file of its
+    user (a service account, a bundle copied to a device)."""
+    os.chmod(path, mode & ~_umask())
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` via a temporary file in the same folder and an atomic rename:
     an interrupted write never leaves a truncated file behind."""
@@ -36,6 +54,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        as_created(tmp, 0o666)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -98,6 +117,7 @@ def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     _remove_stale_partials(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     try:
+        as_created(tmp, 0o777)
         yield tmp
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ModelLoadError
-from ..fsutil import write_json_atomic
+from ..fsutil import as_created, write_json_atomic
 from .registry import BuiltinModel, Package
 
 _CHUNK = 1 << 20
@@ -133,7 +133,7 @@ def assemble(model: BuiltinModel, progress: bool = True) -> Path:
             raise ModelLoadError(f"assembled '{model.gguf_file}' does not match its record ({written:,} bytes, sha256 "
                                  f"{whole.hexdigest()[:16]}…; expected {model.total_bytes:,} bytes, {model.sha256[:16]}…): "
                                  f"reinstall packages {model.packages[0].name} … {model.packages[-1].name}")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is readable like any installed file
+        as_created(tmp, 0o666)  # mkstemp makes it private; the cache is readable like any installed file
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

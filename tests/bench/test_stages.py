@@ -96,3 +96,20 @@ def test_the_pipeline_stage_reports_its_own_stages_and_quality(tmp_path):
     md = "\n".join(stages.pipeline_lines(inside))
     assert "| distill | 20.0 |" in md and "32,768 tokens at 27.5 tokens/s" in md
     assert "| compressed | 0.4500 | 12.25 |" in md and "ppl python-docs" in md
+
+
+def test_export_stages_report_their_phases_from_the_manifest(tmp_path):
+    arts = {"export-int4": tmp_path / "art-int4", "export-fp32": tmp_path / "art-fp32", "export-old": tmp_path / "art-old"}
+    arts["export-int4"].mkdir()
+    timing = {"load": 14.0, "build_and_check": 500.0, "calibration_passes": 120.4, "total": 520.0,
+              "phases": {"graph": 380.0, "write": 20.0, "check": 5.0, "parity": 40.0, "quality_gate": 55.0}}
+    (arts["export-int4"] / "manifest.json").write_text(json.dumps({"timing_s": timing, "calibration": {"forward_passes": 4}}))
+    arts["export-old"].mkdir()  # an artifact whose manifest predates the phases: kept, but no line claimed
+    (arts["export-old"] / "manifest.json").write_text(json.dumps({"timing_s": {"load": 1.0, "total": 2.0}}))
+    inside = stages.exports_inside(arts)
+    assert set(inside) == {"export-int4", "export-old"}  # export-fp32 has no artifact: nothing claimed
+    assert inside["export-int4"] == {"timing_s": timing, "calibration": {"forward_passes": 4}}
+    lines = stages.export_lines(inside)
+    assert lines == ["Inside the export stages (seconds):",
+                     "- export-int4: load 14, graph 380 (calibration passes 120), write 20, check 5, parity 40, "
+                     "quality gate 55; total 520 s (the artifact's manifest)"]
