@@ -228,6 +228,7 @@ def run_pipeline(cfg: PipelineConfig, out: Path, log: Callable[[str], None] = la
     eval_path = out / "quality.json"
     quality = stages.run("evaluate", [manifest_digest(final_dir), cfg.tasks, cfg.limit, cfg.ppl_tokens, cfg.model], eval_path,
                          lambda: ctx.evaluate(final_dir, eval_path))
+    ctx.release_original()
     art_orig, art_comp = out / "artifacts" / "original", out / "artifacts" / "compressed"
     stages.run("export original", [cfg.model, "fp32", cfg.cpu_arch], art_orig, lambda: ctx.export(cfg.model, art_orig))
     stages.run("export compressed", [manifest_digest(final_dir), "fp32", cfg.cpu_arch], art_comp,
@@ -256,6 +257,15 @@ class _Context:
 
     def __init__(self, cfg: PipelineConfig):
         self.cfg, self._orig = cfg, None
+
+    def release_original(self) -> None:
+        """Drop the original model once no later stage reads it: each export loads what it
+        exports, so holding it would keep one more model's weights (6 GB at 1.5B) through the
+        export stages."""
+        import gc
+
+        self._orig = None
+        gc.collect()
 
     def original(self):
         if self._orig is None:

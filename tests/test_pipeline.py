@@ -28,10 +28,22 @@ def _cfg(model_dir, **kw):
     return PipelineConfig(**base)
 
 
-def test_pipeline_end_to_end_and_resume(tiny_dir, tmp_path):
+def test_pipeline_end_to_end_and_resume(tiny_dir, tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    from edgedelta import pipeline
+
     out = tmp_path / "run"
     logs = []
+    originals, alive_at_export = [], []  # the original model is not held through the exports
+    load, export = pipeline._Context.original, pipeline._Context.export
+    monkeypatch.setattr(pipeline._Context, "original", lambda self: originals.append(weakref.ref(load(self).model)) or self._orig)
+    monkeypatch.setattr(pipeline._Context, "export",
+                        lambda self, *a: alive_at_export.append(any(r() is not None for r in originals)) or export(self, *a))
     index = run_pipeline(_cfg(tiny_dir), out, log=logs.append)
+    gc.collect()
+    assert originals and alive_at_export == [False, False]
     text = index.read_text()
     for section in ("Compression plan", "Quality", "sharing audit", "Sample generation", "Devices", "Recipe: `drop-share`"):
         assert section in text
