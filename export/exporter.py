@@ -259,7 +259,8 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
             "tokenizer_files": side,
             # data-aware quantization's calibration: its text, tokens and forward passes (None: none ran)
             "calibration": calibration.summary() if calibration is not None else None,
-            # build_and_check: the accepted form's phases below, plus any form the quality gate rejected
+            # build_and_check: the accepted form's phases below, plus any form the quality gate rejected;
+            # calibration_passes: the forward passes of every form built (inside their "graph" phases)
             "timing_s": {"load": round(t_load, 2), "build_and_check": round(t_build, 2),
                          "phases": {k: round(v, 2) for k, v in seconds.items()},
                          "calibration_passes": round(calibration.seconds, 2) if calibration is not None else 0.0,
