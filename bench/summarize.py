@@ -526,6 +526,9 @@ def status_table(results: Path = RESULTS) -> str:
     for t in (st or {}).get("targets") or []:
         rows.append(f"| 1.5B on 2 cores, 24 GiB: {t['target']} | {t['measured']} ({'met' if t['met'] else 'missed'}) "
                     "| `stages_qwen2.5-coder-1.5b.json` |")
+    if st and st.get("stages"):  # what a machine needs for each stage at this size
+        per = ", ".join(f"{r['stage']} {r['wall_s'] / 60:.1f} min / {r['peak_rss_gib']:.1f} GiB" for r in st["stages"] if r["exit_code"] == 0)
+        rows.append(f"| 1.5B: wall time / peak RSS of each stage | {per} | `stages_qwen2.5-coder-1.5b.json` |")
     r = _load("runtime.json", results)
     if r is not None:
         ratios = r["speed"]["ratios"]
