@@ -44,25 +44,80 @@ def cli(*args: str) -> list[str]:
 
 
 def run_stage(name: str, cmd: list[str], log_dir: Path) -> dict:
-    """Run one stage; wall time, the child's peak RSS (wait4), exit code, swap-outs meanwhile."""
+    """Run one stage; wall time, the child's peak RSS (wait4), exit code, swap-outs meanwhile,
+    and where in the stage the memory peak falls (rss_timeline)."""
     log = log_dir / f"{name}.log"
     swap0 = psutil.swap_memory().sout
     t0 = time.perf_counter()
     with open(log, "w") as f:
         p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        sampler = RssSampler(p.pid, log)
+        sampler.start()
         _, status, usage = os.wait4(p.pid, 0)
+        sampler.stop()
     wall = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)
     p.returncode = code
     tail = log.read_text(errors="replace").strip().splitlines()[-5:]
     row = {"stage": name, "command": " ".join(cmd[2:]), "exit_code": code, "killed": code < 0,
            "wall_s": round(wall, 1), "peak_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 3),
-           "swapped_out_bytes": psutil.swap_memory().sout - swap0, "log": str(log), "commit": _commit()}
+           "swapped_out_bytes": psutil.swap_memory().sout - swap0, "log": str(log), "commit": _commit(),
+           "rss_timeline": sampler.summary()}
     if code != 0:
         row["log_tail"] = tail
     print(f"[{time.strftime('%H:%M:%S')}] {name}: exit {code}, {wall / 60:.1f} min, peak RSS {row['peak_rss_gib']:.2f} GiB",
           file=sys.stderr, flush=True)
     return row
+
+
+class RssSampler:
+    """Samples the RSS of a process and its descendants (summed: what they hold in RAM
+    together, pages they share counted in each) every `interval` seconds, with the size of the
+    stage's log at each sample, so a peak can be placed after the last line logged before it."""
+
+    def __init__(self, pid: int, log: Path, interval: float = 1.0, points: int = 120):
+        import threading
+
+        self.pid, self.log, self.interval, self.points = pid, log, interval, points
+        self.samples: list[tuple[float, int, int]] = []  # (seconds since start, bytes, log size)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._t0 = time.perf_counter()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            proc = psutil.Process(self.pid)
+        except psutil.Error:
+            return
+        while not self._done.is_set():
+            try:
+                rss = sum(q.memory_info().rss for q in [proc, *proc.children(recursive=True)])
+                size = self.log.stat().st_size if self.log.is_file() else 0
+            except psutil.Error:  # the process ended between two reads
+                break
+            self.samples.append((time.perf_counter() - self._t0, rss, size))
+            self._done.wait(self.interval)
+
+    def summary(self) -> dict | None:
+        """The sampled peak, when it came and the log line before it, and at most `points`
+        (seconds, GiB) pairs, each the largest sample of its stretch of the run."""
+        if not self.samples:
+            return None
+        t_peak, peak, size = max(self.samples, key=lambda x: x[1])
+        text = self.log.read_bytes()[:size].decode(errors="replace") if self.log.is_file() else ""
+        before = [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
+        step = -(-len(self.samples) // self.points)
+        chunks = [self.samples[i : i + step] for i in range(0, len(self.samples), step)]
+        return {"interval_s": self.interval, "peak_gib": round(peak / GIB, 3), "peak_at_s": round(t_peak, 1),
+                "log_before_peak": before[-1][:200] if before else None,
+                "points": [[round(c[0][0], 1), round(max(x[1] for x in c) / GIB, 3)] for c in chunks]}
 
 
 def _commit() -> str:

@@ -15,6 +15,15 @@ def test_a_stage_reports_its_own_peak_rss_and_exit_code(tmp_path):
     row = stages.run_stage("grow", [sys.executable, "-c", grow], tmp_path)
     assert row["exit_code"] == 0 and not row["killed"]
     assert 0.29 <= row["peak_rss_gib"] < 1.0  # the child's high-water mark, not this process's
+    # where the peak falls: after the line the stage logged before allocating, in a sampled timeline
+    grow_slowly = ("import time; print('loading', flush=True); time.sleep(1.5); b = bytearray(300 * 2**20); "
+                   "b[::4096] = b'x' * len(b[::4096]); print('grown', flush=True); time.sleep(2.5); del b; "
+                   "print('released', flush=True); time.sleep(1.5)")
+    row = stages.run_stage("grow-slowly", [sys.executable, "-c", grow_slowly], tmp_path)
+    tl = row["rss_timeline"]
+    assert 0.29 <= tl["peak_gib"] <= row["peak_rss_gib"] + 0.01 and 1.0 < tl["peak_at_s"] < 5.0
+    assert tl["log_before_peak"] == "grown"
+    assert tl["points"][-1][1] < 0.29 < max(g for _, g in tl["points"])  # released before the end
     bad = stages.run_stage("bad", [sys.executable, "-c", "print('refused'); raise SystemExit(2)"], tmp_path)
     assert bad["exit_code"] == 2 and bad["log_tail"] == ["refused"]
     killed = stages.run_stage("oom", [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], tmp_path)
