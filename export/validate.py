@@ -23,7 +23,7 @@ import dataclasses
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -48,18 +48,19 @@ def session_options(cfg: ExportConfig):
 
 
 @contextmanager
-def kernel_weights(model: torch.nn.Module, dequantized: dict[int, np.ndarray]):
+def kernel_weights(model: torch.nn.Module, dequantized: dict[int, Callable[[], np.ndarray]]):
     """Inside the block the model's quantized parameters hold the weights as the kernel sees
-    them (their dequantized values, sharing the arrays' memory); every parameter gets its own
-    tensor back on exit, error or not. Swapping in place rather than deep-copying the model
-    keeps one model's weights fewer in memory during parity: 6 GB at 1.5B parameters."""
+    them (dequantized[id(p)]() computes them from the packed codes); every parameter gets its
+    own tensor back on exit, error or not, and the dequantized arrays are freed. Swapping in
+    place rather than deep-copying the model keeps one model's weights fewer in memory during
+    parity: 6 GB at 1.5B parameters."""
     saved: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = {}
     try:
         with torch.no_grad():
             for p in model.parameters():  # each Parameter once: a tied embedding/LM head is one
                 if id(p) in dequantized and id(p) not in saved:
                     saved[id(p)] = (p, p.data)
-                    p.data = torch.from_numpy(dequantized[id(p)]).to(p.dtype)
+                    p.data = torch.from_numpy(dequantized[id(p)]()).to(p.dtype)
         yield model
     finally:
         for p, data in saved.values():

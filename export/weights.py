@@ -18,8 +18,11 @@ In fp32, build_graph then gives every weight with several readers a leading unit
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import weakref
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -97,11 +100,45 @@ class ModelWeights:
     kinds: dict[str, str] = field(default_factory=dict)  # initializer -> shared|projection|delta|gate|bias|norm|embedding|lm_head
     params: dict[str, int] = field(default_factory=dict)  # initializer -> model parameters it stores
     aliases: dict[str, str] = field(default_factory=dict)  # parameter name -> initializer holding identical bytes
-    dequantized: dict[int, np.ndarray] = field(default_factory=dict)  # id(Parameter) -> (out, in) weights as the kernel sees them
+    # id(Parameter) -> a function giving its (out, in) weights as the kernel sees them, computed
+    # from the packed codes when parity asks: held as arrays they would be one more float32
+    # copy of the model through quantization and the quality gate (6 GB at 1.5B)
+    dequantized: dict[int, Callable[[], np.ndarray]] = field(default_factory=dict)
     embed_quant: "QRef | None" = None  # the quantized embedding table (quantized exports): `embed` is its packed tensor
     # zeros stored off the diagonal of fused block-diagonal delta B's: the price of one MatMul
     # for a layer's whole q/k/v (or gate/up) delta instead of one per part
     block_diagonal_zeros: int = 0
+
+
+class _Once:
+    """A dequantizing function whose result is computed once while anything still uses it:
+    the parts of a fused weight are views of one array, which is freed (weakly held here) as
+    soon as parity gives the last part back."""
+
+    def __init__(self, fn: Callable[[], np.ndarray]):
+        self.fn, self.ref = fn, None
+
+    def __call__(self) -> np.ndarray:
+        w = self.ref() if self.ref is not None else None
+        if w is None:
+            w = self.fn()
+            if w.base is not None:  # a view's slices point at its base, not at it: keep an owner
+                w = w.copy()
+            self.ref = weakref.ref(w)
+        return w
+
+
+def _rows(deq: Callable[[], np.ndarray], a: int, b: int) -> np.ndarray:
+    """Rows [a, b) of a fused weight's dequantized values: a view, sharing its memory."""
+    return deq()[a:b]
+
+
+def _block(deq: Callable[[], np.ndarray], rows: tuple[int, int] | None, cols: tuple[int, int] | None,
+           factor: float) -> np.ndarray:
+    """A block of dequantized values times `factor` (a delta B given back its gate or scale)."""
+    w = deq()
+    w = w if rows is None else w[rows[0]:rows[1]]
+    return (w if cols is None else w[:, cols[0]:cols[1]]) * factor
 
 
 def _np(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
@@ -266,12 +303,13 @@ class WeightCollector:
                 # holds 0), where GPTQ would spread error into them and mix the parts
                 qa = self._quantized(f"{prefix}.delta_A", a_cat, "delta", stats_of=ranked[0][1].delta_A)  # (N=ΣR, K)
                 qb = self._quantized(f"{prefix}.delta_B", b_bd, "delta")  # (N=ΣN, K=ΣR)
-                deq_a = self.out.dequantized.pop(id(a_cat))
-                deq_b = self.out.dequantized.pop(id(b_bd))
+                deq_a = _Once(self.out.dequantized.pop(id(a_cat)))
+                deq_b = _Once(self.out.dequantized.pop(id(b_bd)))
                 r0 = 0
                 for j, m in ranked:  # the parity reference keeps each part's A, and B = B'/factor
-                    self.out.dequantized[id(m.delta_A)] = deq_a[r0:r0 + m.rank]
-                    self.out.dequantized[id(m.delta_B)] = deq_b[offs[j]:offs[j + 1], r0:r0 + m.rank] / factors[j]
+                    self.out.dequantized[id(m.delta_A)] = functools.partial(_rows, deq_a, r0, r0 + m.rank)
+                    self.out.dequantized[id(m.delta_B)] = functools.partial(
+                        _block, deq_b, (offs[j], offs[j + 1]), (r0, r0 + m.rank), 1.0 / factors[j])
                     r0 += m.rank
                 self.out.params[qb.names[0]] -= b_bd.numel() - n_b  # the block-diagonal zeros are no parameters
                 ref.delta_A, ref.delta_B, ref.delta_quant = qa.names[0], qb.names[0], (qa, qb)
@@ -285,11 +323,12 @@ class WeightCollector:
             ref.scale = self._add(f"{prefix}.scale", value, "gate", n_scalars)
 
     def _split_dequantized(self, w_cat: torch.Tensor, parts: list[torch.Tensor], axis: int) -> None:
-        """The parity reference holds each part: split a fused weight's dequantized values."""
-        deq = self.out.dequantized.pop(id(w_cat))
+        """The parity reference holds each part: split a fused weight's dequantized values (the
+        parts are views of one dequantized array, computed once)."""
+        deq = _Once(self.out.dequantized.pop(id(w_cat)))
         offs = np.cumsum([0] + [int(p.shape[axis]) for p in parts])
         for p, a, b in zip(parts, offs[:-1], offs[1:]):
-            self.out.dequantized[id(p)] = deq[a:b]
+            self.out.dequantized[id(p)] = functools.partial(_rows, deq, int(a), int(b))
 
     # --- pieces ------------------------------------------------------------------------
     def _add(self, name: str, arr: np.ndarray, kind: str, params: int) -> str:
@@ -325,7 +364,7 @@ class WeightCollector:
         q.scales = q.scales.astype(self.dtype)  # MatMulNBits: scales in the activation dtype
         # (N, blocks) and (N, packed zero-point bytes): MatMulNBits takes them so, and a Gather can read a row
         q.scales = q.scales.reshape(q.n, -1)
-        self.out.dequantized[id(w)] = q.dequantize()
+        self.out.dequantized[id(w)] = q.dequantize
         names = (self._add(name, q.packed, kind, w.numel()), self._add(name + ".scales", q.scales, kind, 0))
         if q.zero_points is not None:
             q.zero_points = q.zero_points.reshape(q.n, -1)
@@ -374,7 +413,7 @@ class WeightCollector:
             # the parity reference keeps g, α and B apart: give it B from the dequantized B'
             deq_b = self.out.dequantized.pop(id(delta_b))
             if b_to_ref is not None:
-                self.out.dequantized[id(mod.delta_B)] = deq_b * b_to_ref
+                self.out.dequantized[id(mod.delta_B)] = functools.partial(_block, deq_b, None, None, b_to_ref)
             ref.delta_A, ref.delta_B, ref.delta_quant = qa.names[0], qb.names[0], (qa, qb)
         elif shared and mod.rank:
             ref.delta_A = self._add(f"{prefix}.delta_A", _np(mod.delta_A.T, self.dtype), "delta", mod.delta_A.numel())  # (in, r)
