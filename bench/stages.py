@@ -32,7 +32,7 @@ import psutil
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
-from summarize import export_lines, pipeline_lines, targets_table  # noqa: E402  (bench/summarize.py: the same tables in RESULTS.md)
+from summarize import export_lines, peak_lines, pipeline_lines, targets_table  # noqa: E402  (bench/summarize.py: the same tables in RESULTS.md)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORK = Path(__file__).resolve().parent / "_work" / "stages"
@@ -219,6 +219,8 @@ def markdown(res: dict) -> str:
                      f"{'yes' if r['swapped_out_bytes'] else 'no'} | {r.get('commit', '')} |")
     for s in res["skipped"]:
         lines.append(f"| {s['stage']} | skipped: {s['why']} | | | | |")
+    if peak_lines(res):
+        lines += ["", *peak_lines(res)]
     if res.get("reruns"):
         lines += ["", "Reruns, in order (a row keeps the last measurement of it that finished; the code column "
                       "names the commit it ran):", *[f"- `{cmd}`" for cmd in res["reruns"]]]
@@ -337,8 +339,37 @@ def _file(out: Path, ext: str) -> Path:
 
 def save(res: dict, out: Path) -> None:
     res["targets"] = targets(res)
+    if any(r.get("rss_timeline") for r in res["stages"]):
+        res["rss_chart"] = _file(out, "_rss.png").name
+        plot_rss(res, _file(out, "_rss.png"))
     write_json_atomic(_file(out, ".json"), res)
     write_text_atomic(_file(out, ".md"), markdown(res))
+
+
+def plot_rss(res: dict, path: Path) -> None:
+    """RSS over each sampled stage's run, one line per stage, the host's RAM as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in res["stages"]:
+        tl = r.get("rss_timeline")
+        if tl and tl["points"]:
+            t, g = zip(*tl["points"])
+            ax.plot([x / 60 for x in t], g, label=f"{r['stage']} (peak {tl['peak_gib']:.1f} GiB)")
+    ax.axhline(psutil.virtual_memory().total / GIB, color="grey", ls="--", lw=1, label="this host's RAM")
+    ax.set_xlabel("minutes into the stage")
+    ax.set_ylabel("RSS (GiB, process tree)")
+    ax.set_title(f"{res['model']}: memory over each stage (bench/stages.py)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -320,7 +320,7 @@ def stages(d: dict) -> list[str]:
                *[f"- `{c}`" for c in d["reruns"]]] if d.get("reruns") else [])
     notes = ["Notes:", *[f"- {n}" for n in d["notes"]], ""] if d.get("notes") else []
     inside = [*pipeline_lines(d["pipeline"]), ""] if d.get("pipeline") else []
-    exports = export_lines(d.get("exports") or {})
+    exports = export_lines(d.get("exports") or {}) + ([""] if peak_lines(d) else []) + peak_lines(d, "../bench/results/")
     return (lines + [""] + reruns + ([""] if reruns else []) + notes + exports + ([""] if exports else []) + inside
             + targets_table(d["targets"]))
 
@@ -341,6 +341,17 @@ def pipeline_lines(p: dict) -> list[str]:
             lines.append(f"| {name} | {'' if avg is None else f'{avg:.4f}'} | "
                          + " | ".join(f"{(q.get('ppl') or {}).get(t, float('nan')):.2f}" for t in texts) + " |")
     return lines
+
+
+def peak_lines(res: dict, chart_dir: str = "") -> list[str]:
+    """Where each sampled stage's memory peaks (bench/stages.py's report and RESULTS.md)."""
+    peaks = [(r["stage"], r["rss_timeline"]) for r in res["stages"] if r.get("rss_timeline")]
+    if not peaks:
+        return []
+    chart = f"; chart: [{res['rss_chart']}]({chart_dir}{res['rss_chart']})" if res.get("rss_chart") else ""
+    return [f"Where the memory peaks (RSS of the stage's process tree, sampled every second{chart}):",
+            *[f"- {st}: {tl['peak_gib']:.2f} GiB at {tl['peak_at_s']:.0f} s, after the log line `{tl['log_before_peak']}`"
+              for st, tl in peaks]]
 
 
 def export_lines(exports: dict[str, dict]) -> list[str]:

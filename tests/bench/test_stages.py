@@ -122,3 +122,17 @@ def test_export_stages_report_their_phases_from_the_manifest(tmp_path):
     assert lines == ["Inside the export stages (seconds):",
                      "- export-int4: load 14, graph 380 (calibration passes 120), write 20, check 5, parity 40, "
                      "quality gate 55; total 520 s (the artifact's manifest)"]
+
+
+def test_the_report_places_each_sampled_peak_and_draws_the_timelines(tmp_path):
+    tl = {"interval_s": 1.0, "peak_gib": 19.1, "peak_at_s": 547.4, "log_before_peak": "edgedelta export: graph written (432.0 s)",
+          "points": [[0.0, 0.3], [300.0, 14.0], [547.4, 19.1]]}
+    res = {"model": "m", "command": "c", "host": "h", "args": {}, "skipped": [], "rss": None,
+           "stages": [{"stage": "export-int4", "exit_code": 0, "killed": False, "wall_s": 550.0, "peak_rss_gib": 19.3,
+                       "swapped_out_bytes": 0, "rss_timeline": tl},
+                      {"stage": "eval", "exit_code": 0, "killed": False, "wall_s": 60.0, "peak_rss_gib": 12.0, "swapped_out_bytes": 0}]}
+    stages.save(res, tmp_path / "stages_m")
+    md = (tmp_path / "stages_m.md").read_text()
+    assert "- export-int4: 19.10 GiB at 547 s, after the log line `edgedelta export: graph written (432.0 s)`" in md
+    assert "chart: [stages_m_rss.png](stages_m_rss.png)" in md and (tmp_path / "stages_m_rss.png").stat().st_size > 1000
+    assert "- eval:" not in md  # measured before sampling: nothing claimed
