@@ -219,8 +219,9 @@ def markdown(res: dict) -> str:
                      f"{'yes' if r['swapped_out_bytes'] else 'no'} | {r.get('commit', '')} |")
     for s in res["skipped"]:
         lines.append(f"| {s['stage']} | skipped: {s['why']} | | | | |")
-    if peak_lines(res):
-        lines += ["", *peak_lines(res)]
+    peaks = peak_lines(res)
+    if peaks:
+        lines += ["", *peaks]
     if res.get("reruns"):
         lines += ["", "Reruns, in order (a row keeps the last measurement of it that finished; the code column "
                       "names the commit it ran):", *[f"- `{cmd}`" for cmd in res["reruns"]]]
@@ -231,8 +232,9 @@ def markdown(res: dict) -> str:
                       f"{r['unique_param_ratio']}."]
     if res.get("notes"):
         lines += ["", "Notes:", *[f"- {n}" for n in res["notes"]]]
-    if export_lines(res.get("exports") or {}):
-        lines += ["", *export_lines(res["exports"])]
+    exports = export_lines(res.get("exports") or {})
+    if exports:
+        lines += ["", *exports]
     if res.get("pipeline"):
         lines += ["", *pipeline_lines(res["pipeline"])]
     return "\n".join(lines + [""] + targets_table(res["targets"])) + "\n"

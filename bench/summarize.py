@@ -320,9 +320,10 @@ def stages(d: dict) -> list[str]:
                *[f"- `{c}`" for c in d["reruns"]]] if d.get("reruns") else [])
     notes = ["Notes:", *[f"- {n}" for n in d["notes"]], ""] if d.get("notes") else []
     inside = [*pipeline_lines(d["pipeline"]), ""] if d.get("pipeline") else []
-    exports = export_lines(d.get("exports") or {}) + ([""] if peak_lines(d) else []) + peak_lines(d, "../bench/results/")
-    return (lines + [""] + reruns + ([""] if reruns else []) + notes + exports + ([""] if exports else []) + inside
-            + targets_table(d["targets"]))
+    # each block followed by a blank line
+    inside_exports = [line for block in (export_lines(d.get("exports") or {}), peak_lines(d, "../bench/results/")) if block
+                      for line in (*block, "")]
+    return lines + [""] + reruns + ([""] if reruns else []) + notes + inside_exports + inside + targets_table(d["targets"])
 
 
 def pipeline_lines(p: dict) -> list[str]:
