@@ -69,6 +69,13 @@ EDGEDELTA: list[tuple[str, str, dict, dict, str | None]] = [
     # points (the manifest's symmetric_choice, kept in this JSON's exports); this row is the
     # zero-point form of the original, the quality-first choice, beside it
     ("edgedelta-int4-zp-spin", "original", {"quantize": "int4", "accuracy_level": 4, "symmetric": False}, {"spin": "on"}, None),
+    # float zero points (ExportConfig.float_zero_points: a GGUF's Q4_1 projections held exactly) with the
+    # embedding/LM head at 4 bits, and at 8 (the GGUF's Q8_0 table held too): quality against decode speed
+    ("edgedelta-int4-fzp-spin", "original", {"quantize": "int4", "accuracy_level": 4, "float_zero_points": True}, {"spin": "on"}, None),
+    ("edgedelta-int4-fzp-e8-spin", "original", {"quantize": "int4", "accuracy_level": 4, "float_zero_points": True, "embedding_bits": 8},
+     {"spin": "on"}, None),
+    ("edgedelta-compressed-int4-fzp-spin", "compressed", {"quantize": "int4", "accuracy_level": 4, "float_zero_points": True},
+     {"spin": "on"}, None),
 ]
 # peers: label -> (engine, build key in bench/_work/peers/peers.json, role)
 PEERS: dict[str, tuple[str, str, str | None]] = {

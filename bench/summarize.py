@@ -253,8 +253,8 @@ def _peer_misses(d: dict, zp: dict | None, qq: dict | None = None) -> list[str]:
             w = zp["weights"]
             why = (f"the float model is the GGUF's Q4_1 blocks dequantised ({w['blocks_on_q4_1_grid']:,} of {w['blocks']:,} blocks "
                    f"on that grid); MatMulNBits' uint4 zero points re-round them (relative weight error "
-                   f"{w['rel_err_uint4_zp']:.4f} at RTN), float zero points would hold them exactly but decode "
-                   f"{kernel[(1, 'float', 4)] / kernel[(1, 'uint4', 4)]:.0f}x slower at accuracy level 4 (zero_points.json)")
+                   f"{w['rel_err_uint4_zp']:.4f} at RTN); MatMulNBits' own float zero points would hold them exactly but run "
+                   f"{kernel[(1, 'float', 4)] / kernel[(1, 'uint4', 4)]:.0f}x slower at one token (zero_points.json)")
             head = {r["quantize"]: r["ppl_ratio"] for r in ((qq or {}).get("models", {}).get("original", {}).get("rows", []))
                     if r.get("projections_quantized") is False and r["method"] == "rtn"}
             if head:
@@ -268,9 +268,35 @@ def _peer_misses(d: dict, zp: dict | None, qq: dict | None = None) -> list[str]:
                     why += f", whose grid is coarser still: the zero-point export ({zp_rows[0]}) has perplexity {d['summary'][zp_rows[0]]['ppl']:.3f}"
             if den.startswith("llama"):
                 why += f"; llama.cpp runs the blocks as shipped: perplexity {d['summary'][den]['ppl']:.3f}"
+            why += _float_zp_note(d, num, den)
+        elif metric == "ppl" and "int4" in num:
+            why = _float_zp_note(d, num, den).removeprefix("; ") or None
         if why:
             out.append(f"- {t['target']} ({t['value']:.3f}): {why}.")
     return out
+
+
+def _float_zp_note(d: dict, num: str, den: str) -> str:
+    """The same model's float-zero-point exports (ExportConfig.float_zero_points) measured in the
+    same run: their perplexity against `den`'s and their decode against onnxruntime-genai int4's."""
+    from peers import METRICS, round_ratios
+
+    model = d["contenders"][num].get("model")
+    genai = (d.get("roles") or {}).get("genai-int4")
+    rows = [c for c in d["contenders"] if c in d["summary"] and d["contenders"][c].get("model") == model
+            and (_export_of(d, c).get("export_config") or {}).get("float_zero_points")]
+    parts = []
+    for c in rows:
+        cfg = _export_of(d, c)["export_config"]
+        dec = round_ratios(d["rounds"], c, genai, METRICS["decode"][0]) if genai in d.get("rounds", {}) else []
+        parts.append(f"{c} (embedding {cfg.get('embedding_bits') or 4}-bit): perplexity "
+                     f"{d['summary'][c]['ppl'] / d['summary'][den]['ppl']:.3f}x {den}'s"
+                     + (f", decode {statistics.median(dec):.3f}x genai int4" if dec else "")
+                     + f", file {d['summary'][c]['file_mib']:.1f} MiB")
+    if not parts:
+        return ""
+    return ("; the export's float zero points (symmetric codes plus an 8-bit per-block offset table read on the input's "
+            "block sums), measured in this run: " + "; ".join(parts))
 
 
 def genai_compat(d: dict) -> list[str]:

@@ -56,6 +56,13 @@ class ExportConfig:
         "help": "quantized blocks without zero points (MatMulNBits' 2^(bits-1)): faster single-token MatMulNBits, "
                 "coarser grid (bench/results/zero_points.md, quant_quality.md). None (auto): symmetric when the "
                 "artifact passes its quality gate, else uint zero points (the manifest's symmetric_choice says which)"})
+    float_zero_points: bool = field(default=False, metadata={
+        "help": "float zero points (llama.cpp Q4_1-style blocks: scale and offset) on the projections, held as symmetric "
+                "codes plus an 8-bit per-block offset table (quantize.py): a GGUF's Q4_1 weights exactly, at a cost in decode "
+                "speed (bench/results/peers.md); deltas and the embedding stay symmetric. Needs symmetric auto or on"})
+    embedding_bits: int | None = field(default=None, metadata={
+        "help": "bits of the quantized embedding table and LM head: 4 or 8 (default: the projections' bits). 8 holds a "
+                "GGUF's Q8_0 embedding, at a cost in file size and decode speed"})
     accuracy_level: int | None = field(default=None, metadata={
         "help": "MatMulNBits compute: 0 = fp32 on the dequantized weights (exact); 4 = int8 activations (x86: int8 weights "
                 "~18x and int4 ~2x faster, adds activation rounding); default 4 for quantized exports, 0 otherwise"})
@@ -106,6 +113,19 @@ class ExportConfig:
                 raise ConfigError(f"{name} must be {allowed}, got {v}")
         if self.symmetric not in (None, True, False):
             raise ConfigError(f"symmetric must be true, false or null (auto), got {self.symmetric!r}")
+        if self.float_zero_points not in (True, False):
+            raise ConfigError(f"float_zero_points must be true or false, got {self.float_zero_points!r}")
+        if self.float_zero_points:
+            if self.quantize == "none":
+                raise ConfigError("float_zero_points needs a quantized export (quantize int4 or int8)")
+            if self.symmetric is False:
+                raise ConfigError("float_zero_points stores symmetric codes plus offsets: symmetric must be auto or on, got off")
+            self.symmetric = True  # every stored code is symmetric; the offsets carry the zero points
+        if self.embedding_bits is not None:
+            if self.quantize == "none":
+                raise ConfigError("embedding_bits needs a quantized export (quantize int4 or int8)")
+            if self.embedding_bits not in (4, 8):
+                raise ConfigError(f"embedding_bits must be 4 or 8, got {self.embedding_bits!r}")
         if self.gate_tokens < 256:
             raise ConfigError(f"gate_tokens must be >= 256 (greedy agreement over a long text), got {self.gate_tokens}")
         if self.accuracy_level is None:  # int8 activations: the fast default of a quantized export

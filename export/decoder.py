@@ -42,6 +42,7 @@ class DecoderGraph:
         self.np_t = np.float16 if self.fp16 else np.float32
         self.rotary_op = b.opset >= 23  # ONNX RotaryEmbedding
         self.presents: list[str] = []
+        self._block_sums: dict[tuple[str, int], str] = {}  # (input, block) -> its block sums (float zero points)
 
     def build(self) -> None:
         b, f = self.b, self.f
@@ -211,8 +212,22 @@ class DecoderGraph:
         if quant is None:
             return self.b.op("MatMul", [x, weight], outputs=outputs)
         q = quant.q
-        return self.b.op("MatMulNBits", [x, *quant.names], domain=MS_DOMAIN, outputs=outputs,
-                         K=q.k, N=q.n, bits=q.bits, block_size=q.block_size, accuracy_level=self.accuracy_level)
+        if quant.offsets is None:
+            return self.b.op("MatMulNBits", [x, *quant.names], domain=MS_DOMAIN, outputs=outputs,
+                             K=q.k, N=q.n, bits=q.bits, block_size=q.block_size, accuracy_level=self.accuracy_level)
+        # float zero points (quantize.py): x·Wᵀ = MatMulNBits(x) + S(x)·Cᵀ, S (B, S, nb) the
+        # block sums of x, C (N, nb) the 8-bit offset table
+        y = self.b.op("MatMulNBits", [x, *quant.names], domain=MS_DOMAIN,
+                      K=q.k, N=q.n, bits=q.bits, block_size=q.block_size, accuracy_level=self.accuracy_level)
+        nb = q.k // q.block_size
+        key = (x, q.block_size)
+        if key not in self._block_sums:  # one per input: q/k/v or gate/up apart still sum x once
+            blocks = self.b.op("Reshape", [x, self.b.const([0, 0, nb, q.block_size])])  # (B, S, nb, block)
+            self._block_sums[key] = self.b.op("ReduceSum", [blocks, self.b.const([-1])], keepdims=0)  # (B, S, nb)
+        c = q.offsets
+        corr = self.b.op("MatMulNBits", [self._block_sums[key], *quant.offsets], domain=MS_DOMAIN,
+                         K=nb, N=q.n, bits=c.bits, block_size=c.block_size, accuracy_level=self.accuracy_level)  # (B, S, N)
+        return self.b.op("Add", [y, corr], outputs=outputs)
 
     def _linear(self, x: str, ref: LinearRef, out: str | None = None) -> str:
         """x (..., in) -> (..., out): s·(x·W + (x·Aᵀ)·B'ᵀ) + bias (gate and α folded, see

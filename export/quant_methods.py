@@ -16,6 +16,10 @@ the kernel and the graph do not depend on the method:
         block's scale and zero point, keeping the zero point an integer (MatMulNBits reads
         uint8 zero points; symmetric: the scale alone)
 
+float_zp: every method can also give float zero points (quantize.py: symmetric codes plus an
+offset table), which hold a GGUF's Q4_1 blocks exactly: rtn from each block's own min/max,
+gptq's fitted ranges unrounded, hqq's least-squares zero left unrounded.
+
 Quantization is per output row and per block along K, so quantizing a row-concatenation of
 weights (a fused q/k/v) equals concatenating their quantizations, with each part's Hessian
 equal when they read the same input."""
@@ -48,28 +52,31 @@ FIT_ROWS = 256  # rows per chunk: the search's two (256, K) temporaries stay in 
 
 
 def quantize_weight(w: np.ndarray, bits: int, block_size: int, method: str = "rtn", stats: np.ndarray | None = None,
-                    act_order: bool = GPTQ_ACT_ORDER, symmetric: bool = False) -> QuantizedWeight:
+                    act_order: bool = GPTQ_ACT_ORDER, symmetric: bool = False, float_zp: bool = False) -> QuantizedWeight:
     """w (N, K) float32 → MatMulNBits tensors. `stats` is the input Hessian H (K, K) = Σ xᵀx
     over calibration tokens (required by gptq, ignored by rtn/hqq). symmetric: every zero
-    point 2^(bits-1), none stored."""
+    point 2^(bits-1), none stored. float_zp: float zero points (the offset table)."""
+    if symmetric and float_zp:
+        raise ConfigError("float zero points are asymmetric blocks: symmetric and float_zp exclude each other")
     if method not in METHODS:
         raise ConfigError(f"quantization method '{method}' is not supported; allowed: {', '.join(METHODS)}")
     w = np.asarray(w, np.float32)
     if method == "rtn":
-        return quantize_blockwise(w, bits, block_size, symmetric)
+        return quantize_blockwise(w, bits, block_size, symmetric, float_zp)
     if method == "hqq":
-        return hqq(w, bits, block_size, symmetric)
+        return hqq(w, bits, block_size, symmetric, float_zp)
     if stats is None:
         raise ConfigError(f"quantization method '{method}' needs calibration statistics (the input Hessian of each weight)")
     if stats.shape != (w.shape[1], w.shape[1]):
         raise ConfigError(f"input Hessian of shape {tuple(stats.shape)} does not fit a weight with K = {w.shape[1]}")
-    return gptq(w, stats, bits, block_size, act_order=act_order, symmetric=symmetric)
+    return gptq(w, stats, bits, block_size, act_order=act_order, symmetric=symmetric, float_zp=float_zp)
 
 
 @torch.no_grad()
 def fitted_params(blocks: np.ndarray, bits: int, symmetric: bool = False,
-                  col_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-block scale (N, nb) float32 and integer zero point (N, nb) uint8 of (N, nb, bs)
+                  col_weight: np.ndarray | None = None, float_zp: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per-block scale (N, nb) float32 and integer zero point (N, nb) uint8 (float_zp: float32,
+    the range shrunk about its own min/max's zero point, as for integers) of (N, nb, bs)
     blocks, each the candidate with the least Σ_j c_j·(w_j − ŵ_j)² over its block, where c
     (nb, bs) is col_weight (GPTQ passes diag H: the output error of a column's rounding
     under a diagonal Hessian) or 1. Candidates shrink the block's range by each factor in
@@ -83,14 +90,14 @@ def fitted_params(blocks: np.ndarray, bits: int, symmetric: bool = False,
     n, nb, bs = blocks.shape
     qmax, mid = (1 << bits) - 1, 1 << (bits - 1)
     c = torch.ones(nb, bs) if col_weight is None else torch.as_tensor(np.asarray(col_weight, np.float32)).reshape(nb, bs)
-    scale_out, zp_out = np.empty((n, nb), np.float32), np.empty((n, nb), np.uint8)
+    scale_out, zp_out = np.empty((n, nb), np.float32), np.empty((n, nb), np.float32 if float_zp else np.uint8)
     for r0 in range(0, n, FIT_ROWS):
         b = torch.from_numpy(np.ascontiguousarray(blocks[r0 : r0 + FIT_ROWS]))  # (n', nb, bs)
         if symmetric:
             peak = b.gather(-1, b.abs().argmax(-1, keepdim=True))[..., 0]  # (n', nb) signed
             base, z = torch.where(peak == 0, 1.0, peak / -mid), None  # an all-zero block: exact with any scale
         else:  # shrinking [lo, hi] by f scales the step by f and keeps round(−lo/step)
-            s0, z0 = minmax_params(b.numpy(), bits)  # (n', nb) each
+            s0, z0 = minmax_params(b.numpy(), bits, float_zp=float_zp)  # (n', nb) each
             base, z = torch.from_numpy(s0), torch.from_numpy(z0.astype(np.float32))
         best_err = torch.full(b.shape[:2], float("inf"))
         best_s = base.clone()
@@ -101,6 +108,8 @@ def fitted_params(blocks: np.ndarray, bits: int, symmetric: bool = False,
             torch.div(b, s[..., None], out=x)
             if symmetric:
                 torch.round(x, out=d).clamp_(-mid, mid - 1)
+            elif float_zp:  # q − z with q = clamp(round(w/s + z), 0, qmax)
+                torch.add(x, z[..., None], out=d).round_().clamp_(0, qmax).sub_(z[..., None])
             else:
                 torch.round(x, out=d)
                 torch.clamp(d, min=-z[..., None], max=(qmax - z)[..., None], out=d)
@@ -109,7 +118,7 @@ def fitted_params(blocks: np.ndarray, bits: int, symmetric: bool = False,
             best_err = torch.where(better, err, best_err)
             best_s = torch.where(better, s, best_s)
         scale_out[r0 : r0 + FIT_ROWS] = best_s.numpy()
-        zp_out[r0 : r0 + FIT_ROWS] = mid if symmetric else z.numpy().astype(np.uint8)
+        zp_out[r0 : r0 + FIT_ROWS] = mid if symmetric else z.numpy().astype(zp_out.dtype)
     return scale_out, zp_out
 
 
@@ -141,7 +150,7 @@ def _inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def gptq(w: np.ndarray, h: np.ndarray, bits: int, block_size: int, act_order: bool = False,
-         symmetric: bool = False) -> QuantizedWeight:
+         symmetric: bool = False, float_zp: bool = False) -> QuantizedWeight:
     """GPTQ with per-block (group) scales. Without act order a block's scale and zero point
     come from its columns as they stand when the block is reached (already carrying the error
     of earlier columns). With act order columns go by decreasing H diagonal and each block's
@@ -160,13 +169,13 @@ def gptq(w: np.ndarray, h: np.ndarray, bits: int, block_size: int, act_order: bo
     Wt[dead] = 0.0
     nb = -(-k // block_size)
     St = torch.empty(nb, n)  # (nb, N) scales, a block's as one contiguous row
-    Zt = torch.empty(nb, n)  # (nb, N) zero points (integers held as float)
+    Zt = torch.empty(nb, n)  # (nb, N) zero points (integers held as float, unless float_zp)
     perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(k)
     diag = np.zeros(nb * block_size, np.float32)
     diag[:k] = H.diagonal().numpy()  # (nb·bs,) the K padding weighs nothing
     diag = diag.reshape(nb, block_size)
     if act_order:
-        s0, z0 = fitted_params(pad_blocks(Wt.T.numpy(), block_size), bits, symmetric, diag)  # (N, nb) each
+        s0, z0 = fitted_params(pad_blocks(Wt.T.numpy(), block_size), bits, symmetric, diag, float_zp)  # (N, nb) each
         St[:], Zt[:] = torch.from_numpy(s0.T), torch.from_numpy(z0.T.astype(np.float32))
         Wt, H = Wt[perm].contiguous(), H[perm][:, perm]
     hinv = _inverse_cholesky(H)  # (K, K) upper
@@ -181,11 +190,14 @@ def gptq(w: np.ndarray, h: np.ndarray, bits: int, block_size: int, act_order: bo
             g = int(perm[col]) // block_size
             if not act_order and col % block_size == 0:  # a new block: parameters from its current columns
                 blk = W1[i : i + block_size].T.numpy()  # (N, block)
-                s_, z_ = fitted_params(pad_blocks(blk, block_size), bits, symmetric, diag[g : g + 1])
+                s_, z_ = fitted_params(pad_blocks(blk, block_size), bits, symmetric, diag[g : g + 1], float_zp)
                 St[g], Zt[g] = torch.from_numpy(s_[:, 0]), torch.from_numpy(z_[:, 0].astype(np.float32))
             x, s, z = W1[i], St[g], Zt[g]
             torch.div(x, s, out=x_s)
-            torch.round(x_s, out=q).add_(z).clamp_(0, qmax)
+            if float_zp:
+                torch.add(x_s, z, out=q).round_().clamp_(0, qmax)
+            else:
+                torch.round(x_s, out=q).add_(z).clamp_(0, qmax)
             Qt[col] = q
             # err = (x - (q - z)·s) / Hinv[i, i]
             torch.sub(q, z, out=err).mul_(s).neg_().add_(x).div_(Hi[i, i])
@@ -199,10 +211,10 @@ def gptq(w: np.ndarray, h: np.ndarray, bits: int, block_size: int, act_order: bo
     codes = np.zeros((n, nb * block_size), np.uint8)
     codes[:, :k] = Qt.T.numpy().astype(np.uint8)
     codes = codes.reshape(n, nb, block_size)
-    Z = Zt.T.numpy().astype(np.uint8)  # (N, nb)
-    # the K padding must decode to 0: its code is the block's zero point
+    Z = Zt.T.numpy().astype(np.float32 if float_zp else np.uint8)  # (N, nb)
+    # the K padding must decode to 0 (as near as a float zero point allows): its code is the block's zero point
     if k % block_size:
-        codes[:, -1, k % block_size:] = Z[:, -1][:, None]
+        codes[:, -1, k % block_size:] = np.clip(np.round(Z[:, -1]), 0, qmax)[:, None]
     return from_codes(codes, St.T.numpy(), None if symmetric else Z, bits, block_size, k)
 
 
@@ -213,7 +225,7 @@ def _shrink(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def hqq(w: np.ndarray, bits: int, block_size: int, symmetric: bool = False) -> QuantizedWeight:
+def hqq(w: np.ndarray, bits: int, block_size: int, symmetric: bool = False, float_zp: bool = False) -> QuantizedWeight:
     """HQQ on (N, nb, bs) blocks, all blocks at once. Each iteration: codes by rounding with
     the current (scale, zero); outliers E = shrink(W − dequant); then the (scale, zero) that fit
     W − E best in least squares, the zero rounded to an integer and the scale refitted for
@@ -222,10 +234,12 @@ def hqq(w: np.ndarray, bits: int, block_size: int, symmetric: bool = False) -> Q
     k = w.shape[1]
     qmax = (1 << bits) - 1
     blocks = torch.from_numpy(pad_blocks(w, block_size))  # (N, nb, bs)
-    s0, z0 = minmax_params(blocks.numpy(), bits, symmetric)
+    s0, z0 = minmax_params(blocks.numpy(), bits, symmetric, float_zp)
     s, z = torch.from_numpy(s0)[..., None], torch.from_numpy(z0.astype(np.float32))[..., None]  # (N, nb, 1)
 
     def codes(s, z):
+        if float_zp:
+            return torch.clamp(torch.round(blocks / s + z), 0, qmax)
         return torch.clamp(torch.round(blocks / s) + z, 0, qmax)
 
     def lp_error(q, s, z):  # (N, nb)
@@ -243,7 +257,9 @@ def hqq(w: np.ndarray, bits: int, block_size: int, symmetric: bool = False) -> Q
         var = ((q - qm) ** 2).sum(-1, keepdim=True)
         a = torch.where(var > 0, ((q - qm) * (t - tm)).sum(-1, keepdim=True) / var.clamp_min(1e-12), s)
         a = torch.where(a.abs() > 1e-12, a, s)
-        if not symmetric:
+        if float_zp:
+            z = -(tm - a * qm) / a
+        elif not symmetric:
             z = torch.clamp(torch.round(-(tm - a * qm) / a), 0, qmax)
         qz = q - z
         den = (qz * qz).sum(-1, keepdim=True)
@@ -258,6 +274,6 @@ def hqq(w: np.ndarray, bits: int, block_size: int, symmetric: bool = False) -> Q
         best_z = torch.where(better[..., None], z, best_z)
         beta *= HQQ_KAPPA
     if k % block_size:  # the K padding decodes to exactly 0, as with RTN
-        best_q[:, -1, k % block_size:] = best_z[:, -1]
-    zp = None if symmetric else best_z[..., 0].numpy().astype(np.uint8)
+        best_q[:, -1, k % block_size:] = best_z[:, -1].round().clamp(0, qmax)
+    zp = None if symmetric else best_z[..., 0].numpy().astype(np.float32 if float_zp else np.uint8)
     return from_codes(best_q.numpy().astype(np.uint8), best_s[..., 0].numpy(), zp, bits, block_size, k)

@@ -5,6 +5,14 @@ own scale and zero point (unsigned codes):
     q = clamp(round(w / scale) + zp, 0, 2^bits - 1),   w ≈ (q - zp) · scale
 Asymmetric blocks store an integer zero point each; symmetric blocks store none and use
 MatMulNBits' default 2^(bits-1) (the kernel then skips the zero-point reads).
+
+Float zero points (llama.cpp's Q4_1 form, w = d·q + m per block) hold a block exactly that an
+integer zero point re-rounds, but MatMulNBits runs them 9-20x slower at one token
+(bench/results/zero_points.md). So they are stored as symmetric codes plus a per-block offset:
+    w = (q - 2^(bits-1))·scale + c,   c = scale·(2^(bits-1) - zp)      (N, blocks)
+and x·Wᵀ = MatMulNBits(x) + S(x)·Cᵀ, where S(x) (..., blocks) sums x over each block and the
+offset table C (N, blocks) is itself an 8-bit symmetric MatMulNBits weight (`offsets`): a Q4_1
+block comes back to within half a step of its row's table.
 MatMulNBits reads B as (N, K/block, block·bits/8) uint8, i.e. the torch (out, in) row
 order, so the stored tensor is exactly what the kernel consumes (no transpose at load).
 A shared weight is quantized once and its three tensors are consumed by every layer of
@@ -28,6 +36,7 @@ class QuantizedWeight:
     block_size: int
     n: int
     k: int
+    offsets: "QuantizedWeight | None" = None  # float zero points: the (N, n_blocks) offset table C, 8-bit
 
     def dequantize(self) -> np.ndarray:
         """(N, K) float32: what the kernel computes with (the reference for parity)."""
@@ -36,6 +45,8 @@ class QuantizedWeight:
         zp = (np.full((self.n, nb), 1 << (self.bits - 1), np.float32) if self.zero_points is None
               else _unpack_zp(self.zero_points, self.bits, self.n, nb).astype(np.float32))  # (N, nb)
         w = (q - zp[..., None]) * self.scales.astype(np.float32).reshape(self.n, nb)[..., None]
+        if self.offsets is not None:
+            w += self.offsets.dequantize()[..., None]  # (N, nb): one offset a block
         return w.reshape(self.n, -1)[:, : self.k]
 
 
@@ -48,13 +59,21 @@ def pad_blocks(w: np.ndarray, block_size: int) -> np.ndarray:
     return wp.reshape(n, nb, block_size)
 
 
-def minmax_params(blocks: np.ndarray, bits: int, symmetric: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def minmax_params(blocks: np.ndarray, bits: int, symmetric: bool = False,
+                  float_zp: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Round-to-nearest parameters of (N, nb, bs) blocks: scale (N, nb) float32 and integer
     zero point (N, nb) uint8 from each block's min/max. The range always contains 0, so a
-    zero weight stays exactly zero (and K padding costs nothing). Symmetric: the zero point
+    zero weight stays exactly zero (and K padding costs nothing). float_zp: the block's own
+    [min, max] (0 need not be in it; Q4_1's d = (max - min)/qmax, m = min) and the zero point
+    −min/scale unrounded, float32 (N, nb): a Q4_1 block comes back exactly. Symmetric: the zero point
     is 2^(bits-1) = mid and the codes span (q - mid)·scale in [-mid, mid-1]·scale, so the
     scale is the smallest that holds both the block's min and its max."""
     qmax = (1 << bits) - 1
+    if float_zp:
+        lo, hi = blocks.min(axis=2), blocks.max(axis=2)
+        scale = (hi - lo) / qmax
+        scale = np.where(scale == 0, np.where(lo == 0, 1.0, np.abs(lo)), scale).astype(np.float32)  # a constant block
+        return scale, (-lo / scale).astype(np.float32)
     lo = np.minimum(blocks.min(axis=2), 0.0)
     hi = np.maximum(blocks.max(axis=2), 0.0)
     if symmetric:
@@ -70,19 +89,36 @@ def minmax_params(blocks: np.ndarray, bits: int, symmetric: bool = False) -> tup
 
 def from_codes(q: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, bits: int, block_size: int, k: int) -> QuantizedWeight:
     """MatMulNBits tensors from integer codes q (N, nb, bs) in [0, 2^bits), scale (N, nb)
-    and zero points zp (N, nb), or None for symmetric codes; k = the unpadded K."""
+    and zero points zp (N, nb), or None for symmetric codes; k = the unpadded K. A float
+    zp becomes symmetric codes plus the offset table (the module docstring)."""
     n = q.shape[0]
-    return QuantizedWeight(_pack(q.astype(np.uint8), bits), np.ascontiguousarray(scale, np.float32).reshape(-1),
-                           None if zp is None else _pack_zp(zp.astype(np.uint8), bits), bits, block_size, n, k)
+    scale = np.ascontiguousarray(scale, np.float32)
+    float_zp = zp is not None and np.issubdtype(zp.dtype, np.floating)
+    stored_zp = None if zp is None or float_zp else _pack_zp(zp.astype(np.uint8), bits)
+    out = QuantizedWeight(_pack(q.astype(np.uint8), bits), scale.reshape(-1), stored_zp, bits, block_size, n, k)
+    if float_zp:
+        c = scale * ((1 << (bits - 1)) - zp.astype(np.float32))  # (N, nb)
+        out.offsets = quantize_blockwise(c, 8, offset_block(c.shape[1]), symmetric=True)
+    return out
 
 
-def quantize_blockwise(w: np.ndarray, bits: int, block_size: int, symmetric: bool = False) -> QuantizedWeight:
+def offset_block(n_blocks: int) -> int:
+    """Block size of the offset table's 8-bit codes along its K = n_blocks: one block (one
+    scale per output row) up to 256 blocks, MatMulNBits' largest block."""
+    return min(256, max(16, 1 << (n_blocks - 1).bit_length()))
+
+
+def quantize_blockwise(w: np.ndarray, bits: int, block_size: int, symmetric: bool = False,
+                       float_zp: bool = False) -> QuantizedWeight:
     """Round to nearest (RTN): quantize w (N, K) float → MatMulNBits tensors, each block's
     scale and zero point from its min/max. K is zero-padded to a whole block."""
     blocks = pad_blocks(w, block_size)
-    scale, zp = minmax_params(blocks, bits, symmetric)
+    scale, zp = minmax_params(blocks, bits, symmetric, float_zp)
     qmax = (1 << bits) - 1
-    q = np.clip(np.round(blocks / scale[..., None]) + zp[..., None], 0, qmax).astype(np.uint8)
+    if float_zp:
+        q = np.clip(np.round(blocks / scale[..., None] + zp[..., None]), 0, qmax).astype(np.uint8)
+    else:
+        q = np.clip(np.round(blocks / scale[..., None]) + zp[..., None], 0, qmax).astype(np.uint8)
     return from_codes(q, scale, None if symmetric else zp, bits, block_size, w.shape[1])
 
 

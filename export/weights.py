@@ -50,6 +50,7 @@ class QRef:
 
     names: tuple[str, ...]  # packed, scales[, zero_points]: MatMulNBits' inputs after x (no zero points: symmetric)
     q: QuantizedWeight
+    offsets: tuple[str, str] | None = None  # float zero points: the offset table's packed 8-bit codes and scales
 
 
 @dataclass
@@ -355,11 +356,17 @@ class WeightCollector:
         method falls back to the data-free one (quant_methods.DATA_FREE_FALLBACK)."""
         k = w.shape[1]
         block = self.cfg.block_size if k >= self.cfg.block_size else 16  # a short K (delta_B: K = rank) pads less
+        # float zero points on the weights that carry the model (projections, shared bases, an
+        # untied head) when K is whole blocks (the graph sums x per block by a Reshape);
+        # deltas and the embedding table keep symmetric codes
+        float_zp = self.cfg.float_zero_points and kind in ("projection", "shared", "lm_head") and k % block == 0
+        bits = self.cfg.embedding_bits if kind in ("embedding", "lm_head") and self.cfg.embedding_bits else BITS[self.cfg.quantize]
         method, h = self.cfg.quant_method, None
         if method in DATA_METHODS:  # the input Hessian of w's readers (all of them for a shared base)
             h = self.calibration.hessian(w if stats_of is None else stats_of) if self.calibration is not None else None
             method = method if h is not None else DATA_FREE_FALLBACK  # no calibration inputs reach w
-        q = quantize_weight(_np(w, np.float32), BITS[self.cfg.quantize], block, method, h, symmetric=self.cfg.symmetric)
+        q = quantize_weight(_np(w, np.float32), bits, block, method, h, symmetric=bool(self.cfg.symmetric) and not float_zp,
+                            float_zp=float_zp)
         self.quant_methods[name] = method
         q.scales = q.scales.astype(self.dtype)  # MatMulNBits: scales in the activation dtype
         # (N, blocks) and (N, packed zero-point bytes): MatMulNBits takes them so, and a Gather can read a row
@@ -369,7 +376,12 @@ class WeightCollector:
         if q.zero_points is not None:
             q.zero_points = q.zero_points.reshape(q.n, -1)
             names += (self._add(name + ".zero_points", q.zero_points, kind, 0),)
-        return QRef(names, q)
+        offsets = None
+        if q.offsets is not None:  # (N, nb) table, 8-bit: (N, 1 or 2 blocks, block) codes and (N, blocks) scales
+            q.offsets.scales = q.offsets.scales.astype(self.dtype).reshape(q.n, -1)
+            offsets = (self._add(name + ".offsets", q.offsets.packed, kind, 0),
+                       self._add(name + ".offsets.scales", q.offsets.scales, kind, 0))
+        return QRef(names, q, offsets)
 
     def _float(self, name: str, p: torch.Tensor, kind: str, transpose: bool = False) -> str:
         if id(p) in self.by_id:

@@ -70,9 +70,27 @@ def test_a_missed_int4_perplexity_names_the_head_only_rows():
         {"quantize": "int8", "method": "rtn", "projections_quantized": False, "ppl_ratio": 1.0},
         {"quantize": "int4", "method": "rtn", "embedding_quantized": True, "ppl_ratio": 1.333}]}}}
     (line,) = mod._peer_misses(d, zp, qq)
-    assert "decode 40x slower" in line
+    assert "run 40x slower at one token" in line
     assert "perplexity is 1.086x float at int4, 1.000x float at int8 (quant_quality.json)" in line
     assert "head" not in mod._peer_misses(d, zp, None)[0]
+    assert "float zero points" not in line.split("(zero_points.json)")[1]  # no float-zero-point export measured
+
+
+def test_a_missed_int4_perplexity_cites_the_float_zero_point_exports():
+    """The same model's float_zero_points exports of the run, with their perplexity against the
+    target's denominator, decode against genai int4 (same-round ratios) and file size."""
+    mod = _summarize()
+    rounds = {c: [{"round": i, "decode": {"tokens_per_s": tps * (1 + 0.01 * i)}} for i in range(3)]
+              for c, tps in (("int4", 100.0), ("fzp", 80.0), ("genai", 100.0))}
+    d = {"rounds": rounds, "roles": {"genai-int4": "genai"},
+         "summary": {"int4": {"ppl": 22.5}, "float": {"ppl": 18.0}, "fzp": {"ppl": 18.9, "file_mib": 87.25}, "genai": {"ppl": 24.0}},
+         "contenders": {"int4": {"model": "original", "path": "/a/int4"}, "float": {}, "genai": {},
+                        "fzp": {"model": "original", "path": "/a/fzp"}},
+         "exports": {"int4": {"export_config": {"symmetric": True}},
+                     "fzp": {"export_config": {"symmetric": True, "float_zero_points": True, "embedding_bits": None}}},
+         "targets": [{"target": "ppl", "metric": "ppl", "numerator": "int4", "denominator": "float", "value": 1.25, "met": False}]}
+    (line,) = mod._peer_misses(d, None, None)
+    assert "fzp (embedding 4-bit): perplexity 1.050x float's, decode 0.800x genai int4, file 87.2 MiB" in line
 
 
 def test_a_missed_int4_decode_says_which_zero_point_form_and_cites_the_other():

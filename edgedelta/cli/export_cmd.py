@@ -1,5 +1,5 @@
 """`edgedelta export DIR|default --out ART [--dtype fp32|fp16] [--quantize none|int8|int4]
-[--cpu-arch x86_64|arm64] [--force]`: an ONNX artifact with a KV cache whose shared weights are
+[--float-zero-points] [--embedding-bits 4|8] [--cpu-arch x86_64|arm64] [--force]`: an ONNX artifact with a KV cache whose shared weights are
 stored once, validated against PyTorch (logits, cached logits, 32-token greedy decode) and
 audited for duplicated weights."""
 
@@ -26,6 +26,11 @@ def add_parser(subparsers):
     p.add_argument("--symmetric", default="auto", choices=("auto", "on", "off"),
                    help="quantized blocks without zero points (faster decode, coarser grid): on|off|auto (default auto: "
                         "symmetric when the artifact passes its quality gate, else zero points)")
+    p.add_argument("--float-zero-points", action="store_true",
+                   help="float zero points on the projections (llama.cpp Q4_1-style blocks; holds a GGUF's Q4_1 weights "
+                        "exactly): held-out perplexity near the float model's, slower decode (bench/results/peers.md)")
+    p.add_argument("--embedding-bits", type=int, default=None, choices=(4, 8),
+                   help="bits of the quantized embedding table and LM head (default: --quantize's); 8 holds a GGUF's Q8_0 embedding")
     p.add_argument("--quant-method", default=DEFAULT_QUANT_METHOD,
                    help=f"how quantized codes are chosen: {'|'.join(QUANT_METHODS)} (default {DEFAULT_QUANT_METHOD}: data-aware, "
                         "from --calib-text)")
@@ -45,7 +50,8 @@ def run(args) -> int:
     cfg = ExportConfig(dtype=args.dtype, quantize=args.quantize, block_size=args.block_size, accuracy_level=args.accuracy_level,
                        quant_method=args.quant_method, calib_text=args.calib_text,
                        cpu_arch=args.cpu_arch, validate=not args.no_validate,
-                       symmetric={"auto": None, "on": True, "off": False}[args.symmetric])
+                       symmetric={"auto": None, "on": True, "off": False}[args.symmetric],
+                       float_zero_points=args.float_zero_points, embedding_bits=args.embedding_bits)
     out = export_onnx(args.model, cfg, args.out, force=args.force, progress=lambda m: print(f"edgedelta export: {m}", file=sys.stderr))
     m = read_manifest(out)
     b, a = m["bytes"], m["audit"]
@@ -55,6 +61,8 @@ def run(args) -> int:
     if cfg.quantize != "none":
         choice = m.get("symmetric_choice") or {}
         form = "symmetric blocks (no zero points)" if choice.get("chosen") else "blocks with zero points"
+        if cfg.float_zero_points:
+            form = "symmetric codes with float zero points (per-block offsets) on the projections"
         why = " (symmetric missed the quality gate)" if choice.get("rejected") else ""
         print(f"{cfg.quantize}: {form}{why}")
     return 0

@@ -319,3 +319,46 @@ def test_a_set_symmetric_form_is_not_retried(tmp_path, monkeypatch):
                       tmp_path / "art2")
     m = json.loads((out / "manifest.json").read_text())
     assert m["export_config"]["symmetric"] is False and m["symmetric_choice"]["rejected"] == []
+
+
+def test_float_zero_point_export(tmp_path):
+    """float_zero_points on a compressed model: each projection (and each group's shared base,
+    once) is symmetric codes plus an 8-bit offset table read by a second MatMulNBits on the
+    input's block sums; deltas and the table keep plain symmetric codes; embedding_bits=8
+    puts the tied table and head at 8 bits. Parity against the dequantized weights holds."""
+    import onnx
+
+    src = tiny_compressed_dir(tmp_path / "src", "llama")
+    cfg = ExportConfig(quantize="int4", block_size=16, float_zero_points=True, embedding_bits=8)
+    assert cfg.symmetric is True  # the stored codes are all symmetric
+    out = export_onnx(src, cfg, tmp_path / "art")
+    g = onnx.load(out / "model.onnx", load_external_data=False).graph
+    inits = {t.name for t in g.initializer}
+    offsets = sorted(n for n in inits if n.endswith(".offsets"))
+    nbits = [n for n in g.node if n.op_type == "MatMulNBits"]
+    assert offsets and not any(n.endswith(".zero_points") for n in inits)
+    assert not any("delta" in n or "embed" in n for n in offsets)
+    readers = [n for n in nbits if n.input[1] in offsets]
+    assert len(readers) > len(offsets)  # a shared base's one table is read by every layer of its group
+    assert {n.input[0] for n in readers} <= {o for n in g.node if n.op_type == "ReduceSum" for o in n.output}
+    head = [n for n in nbits if n.input[1] == "embed_tokens.weight"]
+    assert head and {a.i for a in head[0].attribute if a.name == "bits"} == {8}
+    rep = audit(out)
+    assert rep["ok"], rep["duplicates"]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["export_config"]["float_zero_points"] and m["export_config"]["embedding_bits"] == 8
+    assert m["parity"]["greedy_decode"]["identical"]
+    assert m["parity"]["logits"]["max_abs_diff"] <= m["parity"]["logits"]["tolerance"]
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"float_zero_points": True}, "quantized export"),
+    ({"quantize": "int4", "float_zero_points": True, "symmetric": False}, "symmetric must be auto or on"),
+    ({"quantize": "int4", "embedding_bits": 6}, "embedding_bits must be 4 or 8, got 6"),
+    ({"embedding_bits": 8}, "quantized export"),
+])
+def test_float_zero_point_options_refused(kw, match):
+    from edgedelta.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        ExportConfig(**kw)

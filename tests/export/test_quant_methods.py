@@ -194,3 +194,28 @@ def test_a_signed_symmetric_scale_uses_the_extra_level_and_the_kernel_reads_it(a
     else:
         abs_tol, rel_tol = INT8_ACTIVATION_TOLERANCE
         assert np.abs(got - ref).max() <= abs_tol + rel_tol * np.abs(ref).max(), (np.abs(got - ref).max(), np.abs(ref).max())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_float_zero_points_hold_q4_1_weights(method):
+    """On weights that are Q4_1 blocks every method, given float zero points, lands on the
+    blocks (error = the 8-bit offset table's rounding only), far below its integer-zero-point
+    error; on ordinary weights its output error is no worse than with integer zero points."""
+    from tests.export.test_export_quantize import _q4_1_weights
+
+    rng = np.random.default_rng(5)
+    w, _ = _q4_1_weights(rng, 64, 128)
+    _, x = _data(k=128)
+    h = x.T @ x
+    fz = quantize_weight(w, 4, 32, method, h, float_zp=True)
+    uint = quantize_weight(w, 4, 32, method, h)
+    assert fz.zero_points is None and fz.offsets is not None
+    assert _out_err(x, w, fz) < 0.2 * _out_err(x, w, uint), (_out_err(x, w, fz), _out_err(x, w, uint))
+    w2, _ = _data(k=128, seed=1)
+    assert _out_err(x, w2, quantize_weight(w2, 4, 32, method, h, float_zp=True)) <= 1.05 * _out_err(x, w2, quantize_weight(w2, 4, 32, method, h))
+
+
+def test_float_zero_points_are_not_symmetric():
+    w, _ = _data()
+    with pytest.raises(ConfigError, match="float_zp"):
+        quantize_weight(w, 4, 32, "rtn", symmetric=True, float_zp=True)
