@@ -10,11 +10,15 @@ compress, per device, needs only the bytes. The rules (export/weights.py, graph 
                          (fp32 activations), zero points N·nb (int8) or N·ceil(nb/2) (int4);
                          symmetric blocks store none (VirtualExport.symmetric: off by default,
                          since an export on symmetric auto may keep them, and counting them
-                         errs toward fitting less)
+                         errs toward fitting less); float zero points (VirtualExport.float_zp,
+                         projections and bases whose K is whole blocks): symmetric codes plus an
+                         8-bit offset table, N·nbc·bc codes + N·nbc·4 scales (bc =
+                         export.quantize.offset_block(nb), nbc = ceil(nb/bc))
     q/k/v, gate/up       fused into one (ΣN, K) weight: the same bytes as the parts, since
                          blocks run along K; a fused delta's B is block-diagonal (ΣN, ΣR)
     embedding            fp32 (vocab, hidden), or quantized like a projection in a quantized
-                         export (`embedding`); read one row per token by a Gather
+                         export (`embedding`: int8/int4 as ExportConfig.embedding_bits, which an
+                         untied LM head follows too); read one row per token by a Gather
     LM head              tied: the embedding table, read whole per token; untied: a projection
     norms, biases        fp32; GroupQueryAttention's rope: inv_freq (head_dim/2) fp32 in the
                          file, its cos/sin tables (2 x max_positions x head_dim/2 fp32) built
@@ -37,7 +41,7 @@ from edgedelta.errors import ConfigError
 from .planner import ModelFacts
 
 PRECISIONS = ("fp32", "int8", "int4")
-EMBEDDINGS = ("same", "fp32", "int4")  # the export's precision (the exporter today), float, or 4-bit whatever the export
+EMBEDDINGS = ("same", "fp32", "int8", "int4")  # the export's precision, float, or ExportConfig.embedding_bits
 _BITS = {"int8": 8, "int4": 4}
 _ATTN, _MLP = ("q", "k", "v", "o"), ("gate", "up", "down")
 _FUSED = (("q", "k", "v"), ("gate", "up"))
@@ -61,6 +65,7 @@ class VirtualExport:
     precision: str = "fp32"
     block_size: int = 32
     symmetric: bool = False  # quantized blocks without zero points (ExportConfig.symmetric)
+    float_zp: bool = False  # ExportConfig.float_zero_points (implies symmetric codes)
     embedding: str = "same"  # see EMBEDDINGS
     sharing: VirtualSharing | None = None
     name: str = ""
@@ -86,15 +91,23 @@ class Accounting:
         return sum(self.stored.values())
 
 
-def matrix_bytes(n: int, k: int, precision: str, block_size: int = 32, symmetric: bool = False) -> int:
-    """Bytes of one (N=out, K=in) weight as the exporter stores it."""
+def matrix_bytes(n: int, k: int, precision: str, block_size: int = 32, symmetric: bool = False, float_zp: bool = False) -> int:
+    """Bytes of one (N=out, K=in) weight as the exporter stores it (float_zp: where the
+    exporter gives it float zero points, i.e. K whole blocks)."""
     if precision == "fp32":
         return 4 * n * k
     bits = _BITS[precision]
     block = block_size if k >= block_size else 16
     nb = -(-k // block)
-    zp = 0 if symmetric else n * nb if bits == 8 else n * -(-nb // 2)
-    return n * nb * block * bits // 8 + n * nb * 4 + zp
+    offsets = 0
+    if float_zp and k % block == 0:
+        from edgedelta.export.quantize import offset_block
+
+        bc = offset_block(nb)
+        nbc = -(-nb // bc)
+        offsets, symmetric = n * nbc * bc + n * nbc * 4, True
+    zp = 0 if symmetric or float_zp else n * nb if bits == 8 else n * -(-nb // 2)
+    return n * nb * block * bits // 8 + n * nb * 4 + zp + offsets
 
 
 def _shapes(c: dict) -> dict[str, tuple[int, int]]:
@@ -116,10 +129,12 @@ def account(config: dict, x: VirtualExport) -> Accounting:
     tied = bool(c.get("tie_word_embeddings", False))
     acc = Accounting()
     emb_prec = x.precision if x.embedding == "same" else x.embedding
-    table = matrix_bytes(vocab, h, emb_prec, x.block_size, x.symmetric)
+    sym = x.symmetric or x.float_zp  # weights without float zero points keep symmetric codes
+    table = matrix_bytes(vocab, h, emb_prec, x.block_size, sym)
     acc.add("embedding", table, table // vocab + (table if tied else 0))  # Gather: one row; tied head: all
-    if not tied:
-        head = matrix_bytes(vocab, h, x.precision, x.block_size, x.symmetric)
+    if not tied:  # an untied head is a projection at the embedding's bits (ExportConfig.embedding_bits)
+        head_prec = emb_prec if x.embedding in ("int8", "int4") and x.precision != "fp32" else x.precision
+        head = matrix_bytes(vocab, h, head_prec, x.block_size, sym, x.float_zp)
         acc.add("lm_head", head, head)
     for p in _BIASED.get(c.get("model_type"), ()):
         acc.add("bias", 4 * shapes[p][0] * layers, 4 * shapes[p][0] * layers)
@@ -134,14 +149,14 @@ def account(config: dict, x: VirtualExport) -> Accounting:
     for fused in [*_FUSED, *(((p,) for p in ("o", "down")))]:
         n = sum(shapes[p][0] for p in fused)
         k = shapes[fused[0]][1]
-        w = matrix_bytes(n, k, x.precision, x.block_size, x.symmetric)
+        w = matrix_bytes(n, k, x.precision, x.block_size, sym, x.float_zp)
         if shared and set(fused) <= shared:
             # shared layers: one base per group, read by each of its layers; the rest as usual
             acc.add("shared", w * s.groups, w * n_shared_layers)
             acc.add("projection", w * (layers - n_shared_layers), w * (layers - n_shared_layers))
             r = sum(s.ranks[p] for p in fused)
             # deltas: A (ΣR, K) and block-diagonal B (ΣN, ΣR), quantized like the bases
-            d = matrix_bytes(r, k, x.precision, x.block_size, x.symmetric) + matrix_bytes(n, r, x.precision, x.block_size, x.symmetric)
+            d = matrix_bytes(r, k, x.precision, x.block_size, sym) + matrix_bytes(n, r, x.precision, x.block_size, sym)
             acc.add("delta", d * n_delta_layers, d * n_delta_layers)
         else:
             acc.add("projection", w * layers, w * layers)

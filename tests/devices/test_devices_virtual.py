@@ -32,19 +32,27 @@ def _tiny_qwen(tmp_path, tied: bool):
     return d
 
 
-@pytest.mark.parametrize("tied,precision,symmetric", [(True, "fp32", False), (True, "int4", False), (True, "int4", True),
-                                                      (False, "int8", False)])
-def test_virtual_matches_a_real_tiny_export(tmp_path, tied, precision, symmetric):
+@pytest.mark.parametrize("tied,precision,symmetric,float_zp,embedding", [
+    (True, "fp32", False, False, "same"), (True, "int4", False, False, "same"), (True, "int4", True, False, "same"),
+    (False, "int8", False, False, "same"), (True, "int4", None, True, "int8"), (False, "int4", None, True, "int8")])
+def test_virtual_matches_a_real_tiny_export(tmp_path, tied, precision, symmetric, float_zp, embedding):
     from edgedelta.export import export_onnx
     from edgedelta.export.config import ExportConfig
     from edgedelta.runtime.artifact import Artifact
 
     src = _tiny_qwen(tmp_path, tied)
     art_dir = export_onnx(str(src), ExportConfig(quantize="none" if precision == "fp32" else precision, quant_method="rtn",
-                                                 validate=False, symmetric=symmetric), tmp_path / "art")
+                                                 validate=False, symmetric=symmetric, float_zero_points=float_zp,
+                                                 embedding_bits=None if embedding == "same" else int(embedding[3:])),
+                          tmp_path / "art")
     art = Artifact.open(art_dir)
     config = json.loads((src / "config.json").read_text())
-    acc = v.account(config, v.VirtualExport(precision, symmetric=symmetric))
+    acc = v.account(config, v.VirtualExport(precision, symmetric=bool(symmetric), float_zp=float_zp, embedding=embedding))
+    if float_zp:  # the case measures what it names: offset tables are in the graph
+        import onnx
+
+        names = {t.name for t in onnx.load(art_dir / "model.onnx", load_external_data=False).graph.initializer}
+        assert any(n.endswith(".offsets") for n in names)
     assert acc.stored == art.manifest["audit"]["bytes_by_kind"]
     assert acc.total == art.unique_weight_bytes
     real = art.weight_bytes_read_per_token
