@@ -140,3 +140,11 @@ def test_cli_export_and_inspect(tiny_dirs, tmp_path, capsys):
     assert main(["export", str(tiny_dirs["plain"]), "--out", str(sym), "--quantize", "int4", "--block-size", "16",
                  "--symmetric", "on", "--no-validate"]) == 0
     assert json.loads((sym / "manifest.json").read_text())["export_config"]["symmetric"] is True
+    fzp = tmp_path / "fzp"
+    assert main(["export", str(tiny_dirs["plain"]), "--out", str(fzp), "--quantize", "int4", "--block-size", "16",
+                 "--float-zero-points", "--embedding-bits", "8", "--no-validate"]) == 0
+    cfg = json.loads((fzp / "manifest.json").read_text())["export_config"]
+    assert cfg["float_zero_points"] is True and cfg["embedding_bits"] == 8 and cfg["symmetric"] is True
+    assert "float zero points" in capsys.readouterr().out
+    assert main(["export", str(tiny_dirs["plain"]), "--out", str(tmp_path / "y"), "--float-zero-points"]) == 2
+    assert "float_zero_points needs a quantized export" in capsys.readouterr().err
