@@ -14,10 +14,12 @@ exactly. Two measurements:
             float zero points, accuracy levels 0 and 4, at M = 1 (a decode step) and M = 512
             (a prefill), interleaved in one process; reported as time relative to uint4
             zero points at the same level and M (ratios: the host is shared)
-  decode    the default model exported at int4 twice, with uint4 zero points (the default) and
-            symmetric (ExportConfig.symmetric: none stored), both loaded in one process and
-            decoding in alternation (greedy, 32 steps after a 32-token prompt, order swapped
-            every alternation): the per-alternation ratio of median step times
+  decode    the model exported at int4 three times: uint4 zero points, symmetric
+            (ExportConfig.symmetric: none stored) and float zero points (ExportConfig.
+            float_zero_points: symmetric codes plus an 8-bit per-block offset table), all loaded
+            in one process and decoding in alternation (greedy, 32 steps after a 32-token
+            prompt, order reversed every alternation): per-alternation ratios of median step
+            times against the symmetric form, and each export's quality gate
 
   python bench/zero_points.py [--reps 2000] [--alternations 20]
 
@@ -140,17 +142,21 @@ def kernels(reps: int, threads: int) -> list[dict]:
     return out
 
 
+# the int4 forms decode_ab exports: zero-point kind -> ExportConfig fields
+FORMS = {"uint4": {"symmetric": False}, "none": {"symmetric": True}, "float": {"float_zero_points": True}}
+
+
 def decode_ab(model_spec: str, threads: int, alternations: int, steps: int = 32) -> dict:
-    """Step time of int4 decode, uint4 zero points against symmetric, in one process."""
+    """Step time of int4 decode in each zero-point form (FORMS), in one process."""
     from edgedelta.export import ExportConfig, export_onnx
     from edgedelta.runtime import Session
 
-    arts, work = {}, WORK if model_spec == "default" else WORK / model_spec
-    for kind, sym in (("uint4", False), ("none", True)):
+    arts, work = {}, WORK if model_spec == "default" else WORK / Path(model_spec).name
+    for kind, fields in FORMS.items():
         path = work / kind
         if not (path / "manifest.json").is_file():
             print(f"exporting {model_spec} int4 ({kind} zero points) to {path}", file=sys.stderr, flush=True)
-            export_onnx(model_spec, ExportConfig(quantize="int4", symmetric=sym), path, force=True)
+            export_onnx(model_spec, ExportConfig(quantize="int4", **fields), path, force=True)
         arts[kind] = Session.from_dir(path, provider="cpu", threads=threads, tokenizer=None, spin="on")
 
     def step_median(s) -> float:
@@ -168,16 +174,18 @@ def decode_ab(model_spec: str, threads: int, alternations: int, steps: int = 32)
             times.append(time.perf_counter() - t)
         return float(np.median(times))
 
-    ratios, ms = [], {k: [] for k in arts}
+    ratios, ms = {k: [] for k in arts if k != "none"}, {k: [] for k in arts}
     for i in range(alternations):
         order = list(arts) if i % 2 == 0 else list(arts)[::-1]
         t = {k: step_median(arts[k]) for k in order}
         for k in arts:
             ms[k].append(t[k] * 1e3)
-        ratios.append(t["uint4"] / t["none"])
+        for k in ratios:
+            ratios[k].append(t[k] / t["none"])
     return {"model": model_spec, "steps": steps, "alternations": alternations, "spin": "on",
             "step_ms_median": {k: float(np.median(v)) for k, v in ms.items()},
-            "uint4_over_none": float(np.median(ratios)), "uint4_over_none_quartiles": np.percentile(ratios, [25, 75]).tolist(),
+            **{f"{k}_over_none": float(np.median(r)) for k, r in ratios.items()},
+            **{f"{k}_over_none_quartiles": np.percentile(r, [25, 75]).tolist() for k, r in ratios.items()},
             "quality_gate": {k: _gate(work / k) for k in arts},
             "file_mib": {k: sum((work / k / f).stat().st_size for f in ("model.onnx", "model.onnx.data")) / 2**20 for k in arts}}
 
@@ -210,15 +218,20 @@ def report(res: dict) -> str:
     d = res.get("decode")
     if d:
         q = d["uint4_over_none_quartiles"]
-        md += ["", f"## Decode of the whole int4 model ({d['model']}): uint4 zero points vs symmetric", "",
-               f"One process, both artifacts loaded, {d['alternations']} alternations of {d['steps']} greedy steps "
-               f"(threads spinning); ratio = uint4 step time / symmetric step time, same alternation.", "",
+        kinds = [k for k in ("uint4", "none", "float") if k in d["step_ms_median"]]
+        md += ["", f"## Decode of the whole int4 model ({d['model']}): zero-point forms", "",
+               f"One process, the artifacts loaded together, {d['alternations']} alternations of {d['steps']} greedy steps "
+               f"(threads spinning); ratio = a form's step time / the symmetric form's, same alternation. float = "
+               f"symmetric codes plus an 8-bit per-block offset table (ExportConfig.float_zero_points).", "",
                "| zero points | median step ms | graph + weights MiB | quality gate: perplexity ratio | argmax agreement |",
                "|---|---:|---:|---:|---:|",
                *(f"| {k} | {d['step_ms_median'][k]:.2f} | {d['file_mib'][k]:.1f} | {_fmt_gate(d, k, 'ppl_ratio')} | "
-                 f"{_fmt_gate(d, k, 'agreement')} |" for k in ("uint4", "none")), "",
+                 f"{_fmt_gate(d, k, 'agreement')} |" for k in kinds), "",
                f"uint4 / none: {d['uint4_over_none']:.3f} (quartiles {q[0]:.3f}-{q[1]:.3f}): symmetric decodes "
                f"{d['uint4_over_none']:.2f}x as fast."]
+        if "float_over_none" in d:
+            fq = d["float_over_none_quartiles"]
+            md.append(f"float / none: {d['float_over_none']:.3f} (quartiles {fq[0]:.3f}-{fq[1]:.3f}).")
     return "\n".join(md) + "\n"
 
 

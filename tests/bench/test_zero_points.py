@@ -25,9 +25,10 @@ def test_q4_1_blocks_are_recovered_exactly_and_others_are_not():
     assert not zero_points.q4_1_blocks(noisy)[3].any()
 
 
-def test_decode_ab_times_both_zero_point_forms_of_one_model(tmp_path, monkeypatch):
-    """The decode comparison exports the model twice (uint4 zero points, symmetric), runs both in
-    alternation and reports the ratio; the symmetric data file is the smaller (no zero points)."""
+def test_decode_ab_times_the_zero_point_forms_of_one_model(tmp_path, monkeypatch):
+    """The decode comparison exports the model in each form (uint4 zero points, symmetric, float
+    zero points), runs them in alternation and reports ratios against symmetric; the symmetric
+    data file is the smallest (no zero points, no offset tables)."""
     from tests.tiny import tiny_model, tiny_tokenizer
 
     src = tmp_path / "src"
@@ -35,8 +36,10 @@ def test_decode_ab_times_both_zero_point_forms_of_one_model(tmp_path, monkeypatc
     tiny_tokenizer().save_pretrained(src)
     monkeypatch.setattr(zero_points, "WORK", tmp_path / "work")
     d = zero_points.decode_ab(str(src), threads=1, alternations=2, steps=3)
-    assert d["uint4_over_none"] > 0 and set(d["step_ms_median"]) == {"uint4", "none"}
-    assert d["file_mib"]["none"] < d["file_mib"]["uint4"]
+    assert d["uint4_over_none"] > 0 and d["float_over_none"] > 0 and set(d["step_ms_median"]) == {"uint4", "none", "float"}
+    assert d["file_mib"]["none"] < d["file_mib"]["uint4"] and d["file_mib"]["none"] < d["file_mib"]["float"]
+    assert len(d["float_over_none_quartiles"]) == 2
     res = {"machine": "x", "threads": 1, "onnxruntime": "v", "kernels": [], "decode": d,
            "weights": {"model": "m", "tensors": 1, "blocks": 1, "blocks_on_q4_1_grid": 1, "rel_err_uint4_zp": 0.1, "rel_err_float_zp": 0.0}}
     assert f"uint4 / none: {d['uint4_over_none']:.3f}" in zero_points.report(res)
+    assert f"float / none: {d['float_over_none']:.3f}" in zero_points.report(res)
