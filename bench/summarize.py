@@ -426,8 +426,8 @@ def _link_only(path: str) -> Callable[[dict], list[str]]:
 
 
 def zero_points_section(path: str) -> Callable[[dict], list[str]]:
-    """bench/zero_points.py: how many projection blocks sit on a Q4_1 grid, and the two int4
-    forms of the model decoding in one process, with each export's quality gate."""
+    """bench/zero_points.py: how many projection blocks sit on a Q4_1 grid, and the int4 forms
+    of the model decoding in one process, with each export's quality gate."""
     def section(d: dict) -> list[str]:
         w = d["weights"]
         out = [f"{w['model']}: {w['blocks_on_q4_1_grid']:,} of {w['blocks']:,} projection blocks on a Q4_1 grid; relative "
@@ -435,11 +435,16 @@ def zero_points_section(path: str) -> Callable[[dict], list[str]]:
         dec = d.get("decode")
         if dec:
             q = dec["uint4_over_none_quartiles"]
-            out += [f"{w['model']} int4, both forms loaded in one process and decoding in alternation ({dec['alternations']} "
+            fl = (f"; float zero points (symmetric codes plus an 8-bit offset table) take {dec['float_over_none']:.3f}x the "
+                  f"symmetric step time (quartiles {dec['float_over_none_quartiles'][0]:.3f}-"
+                  f"{dec['float_over_none_quartiles'][1]:.3f})" if "float_over_none" in dec else "")
+            out += [f"{w['model']} int4, the forms loaded in one process and decoding in alternation ({dec['alternations']} "
                     f"alternations of {dec['steps']} steps): symmetric blocks decode {dec['uint4_over_none']:.3f}x as fast as "
-                    f"uint4 zero points (quartiles {q[0]:.3f}-{q[1]:.3f}).", "",
+                    f"uint4 zero points (quartiles {q[0]:.3f}-{q[1]:.3f}){fl}.", "",
                     "| zero points | file MiB | quality gate: perplexity ratio | argmax agreement |", "|---|---:|---:|---:|"]
-            for k, name in (("uint4", "uint4"), ("none", "none (symmetric)")):
+            for k, name in (("uint4", "uint4"), ("none", "none (symmetric)"), ("float", "float (offset table)")):
+                if k not in dec["file_mib"]:
+                    continue
                 g = (dec.get("quality_gate") or {}).get(k)
                 ppl, agree = (f"{g['ppl_ratio']:.3f}", f"{g['agreement']:.3f}") if g else ("-", "-")
                 out.append(f"| {name} | {dec['file_mib'][k]:.1f} | {ppl} | {agree} |")
@@ -469,6 +474,8 @@ SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("Zero points: Q4_1 blocks re-rounded vs held exactly", "zero_points.json", zero_points_section("bench/results/zero_points.md")),
     ("Zero points at 0.5B (Qwen2.5-Coder-0.5B)", "zero_points_qwen2.5-coder-0.5b/zero_points.json",
      zero_points_section("bench/results/zero_points_qwen2.5-coder-0.5b/zero_points.md")),
+    ("Zero points at 1.5B (Qwen2.5-Coder-1.5B)", "zero_points_qwen2.5-coder-1.5b/zero_points.json",
+     zero_points_section("bench/results/zero_points_qwen2.5-coder-1.5b/zero_points.md")),
     ("Calibration Grams in bfloat16 (Qwen2.5-Coder-1.5B)", "gram_precision.json", gram_precision),
     ("Redundancy of consecutive layers by model size", "redundancy.json", _link_only("bench/results/redundancy.md")),
     ("Device verdicts at 0.5B and 1.5B", "device_plans.json", _link_only("bench/results/device_plans.md")),
