@@ -243,7 +243,7 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
                    "position_ids": "unused" if gqa else "rotary positions"},
             "layouts": {"projection": "(in, out) for MatMul", "delta_A": "(in, r) = Aᵀ", "delta_B": "(r, out) = Bᵀ",
                         "quantized": "MatMulNBits (out, in/block, block*bits/8) uint8 + scales + zero_points (none when symmetric)",
-                        # float_zero_points: '{w}.offsets' (out, 1|2 blocks, block) uint8 + '{w}.offsets.scales', an 8-bit
+                        # float_zero_points: '{w}.offsets' (out, table blocks, table block) uint8 + '{w}.offsets.scales', an 8-bit
                         # MatMulNBits over the input's block sums, added to the symmetric product
                         "float_zero_points": "{w}.offsets: 8-bit (out, in/block) offset table read on the input's block sums"
                                              if cfg.float_zero_points else None,

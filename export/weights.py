@@ -377,7 +377,7 @@ class WeightCollector:
             q.zero_points = q.zero_points.reshape(q.n, -1)
             names += (self._add(name + ".zero_points", q.zero_points, kind, 0),)
         offsets = None
-        if q.offsets is not None:  # (N, nb) table, 8-bit: (N, 1 or 2 blocks, block) codes and (N, blocks) scales
+        if q.offsets is not None:  # the (N, nb) table, 8-bit: (N, table blocks, table block) codes, (N, table blocks) scales
             q.offsets.scales = q.offsets.scales.astype(self.dtype).reshape(q.n, -1)
             offsets = (self._add(name + ".offsets", q.offsets.packed, kind, 0),
                        self._add(name + ".offsets.scales", q.offsets.scales, kind, 0))
