@@ -7,7 +7,7 @@ Asymmetric blocks store an integer zero point each; symmetric blocks store none 
 MatMulNBits' default 2^(bits-1) (the kernel then skips the zero-point reads).
 
 Float zero points (llama.cpp's Q4_1 form, w = d·q + m per block) hold a block exactly that an
-integer zero point re-rounds, but MatMulNBits runs them 9-20x slower at one token
+integer zero point re-rounds, but MatMulNBits runs them an order of magnitude slower at one token
 (bench/results/zero_points.md). So they are stored as symmetric codes plus a per-block offset:
     w = (q - 2^(bits-1))·scale + c,   c = scale·(2^(bits-1) - zp)      (N, blocks)
 and x·Wᵀ = MatMulNBits(x) + S(x)·Cᵀ, where S(x) (..., blocks) sums x over each block and the
