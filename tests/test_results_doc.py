@@ -127,9 +127,16 @@ def test_zero_points_section_reports_the_decode_ratio_and_each_forms_gate():
                     "file_mib": {"uint4": 10.0, "none": 9.5},
                     "quality_gate": {"uint4": {"ppl_ratio": 1.04, "agreement": 0.8}, "none": None}}}
     lines = mod.zero_points_section("bench/results/zp/zero_points.md")(d)
-    assert lines[2].startswith("m int4, both forms") and "symmetric blocks decode 1.100x as fast as uint4 zero points (quartiles 1.050-1.150)" in lines[2]
+    assert lines[2].startswith("m int4, the forms") and "symmetric blocks decode 1.100x as fast as uint4 zero points (quartiles 1.050-1.150)." in lines[2]
     assert "| uint4 | 10.0 | 1.040 | 0.800 |" in lines and "| none (symmetric) | 9.5 | - | - |" in lines
+    assert not any("float" in x for x in lines)  # a file without the float form: no float row, no float ratio
     assert lines[-1] == "Kernel timings and the per-tensor errors: [bench/results/zp/zero_points.md](../bench/results/zp/zero_points.md)."
+    d["decode"].update({"float_over_none": 1.17, "float_over_none_quartiles": [1.16, 1.18]})
+    d["decode"]["file_mib"]["float"] = 11.0
+    d["decode"]["quality_gate"]["float"] = {"ppl_ratio": 1.01, "agreement": 0.9}
+    lines = mod.zero_points_section("bench/results/zp/zero_points.md")(d)
+    assert "float zero points (symmetric codes plus an 8-bit offset table) take 1.170x the symmetric step time (quartiles 1.160-1.180)" in lines[2]
+    assert "| float (offset table) | 11.0 | 1.010 | 0.900 |" in lines
 
 
 def test_a_compressed_over_original_miss_compares_like_with_like():
