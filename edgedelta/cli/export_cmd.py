@@ -1,7 +1,7 @@
 """`edgedelta export DIR|default --out ART [--dtype fp32|fp16] [--quantize none|int8|int4]
-[--float-zero-points] [--embedding-bits 4|8] [--cpu-arch x86_64|arm64] [--force]`: an ONNX artifact with a KV cache whose shared weights are
-stored once, validated against PyTorch (logits, cached logits, 32-token greedy decode) and
-audited for duplicated weights."""
+[--float-zero-points] [--embedding-bits 4|8] [--cpu-arch x86_64|arm64] [--force]`: an ONNX
+artifact with a KV cache whose shared weights are stored once, validated against PyTorch
+(logits, cached logits, 32-token greedy decode) and audited for duplicated weights."""
 
 from __future__ import annotations
 
