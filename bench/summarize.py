@@ -172,8 +172,10 @@ def _export_of(d: dict, label: str) -> dict:
 
 
 def _symmetric_of(d: dict, label: str) -> bool | None:
-    """Whether a contender's export took symmetric blocks (None: a peer, or unquantized)."""
-    return (_export_of(d, label).get("export_config") or {}).get("symmetric")
+    """Whether a contender's export took symmetric blocks (None: a peer, unquantized, or float
+    zero points: symmetric codes with offset tables, a form of their own)."""
+    cfg = _export_of(d, label).get("export_config") or {}
+    return None if cfg.get("float_zero_points") else cfg.get("symmetric")
 
 
 def _int4_rows(d: dict, model: str, forms: tuple[bool, ...], exclude: tuple[str, ...], measured: str = "rounds") -> list[str]:
@@ -283,11 +285,11 @@ def _float_zp_note(d: dict, num: str, den: str) -> str:
 
     model = d["contenders"][num].get("model")
     genai = (d.get("roles") or {}).get("genai-int4")
-    rows = [c for c in d["contenders"] if c in d["summary"] and d["contenders"][c].get("model") == model
-            and (_export_of(d, c).get("export_config") or {}).get("float_zero_points")]
     parts = []
-    for c in rows:
-        cfg = _export_of(d, c)["export_config"]
+    for c in d["contenders"]:
+        cfg = _export_of(d, c).get("export_config") or {}
+        if c not in d["summary"] or d["contenders"][c].get("model") != model or not cfg.get("float_zero_points"):
+            continue
         dec = round_ratios(d["rounds"], c, genai, METRICS["decode"][0]) if genai in d.get("rounds", {}) else []
         parts.append(f"{c} (embedding {cfg.get('embedding_bits') or 4}-bit): perplexity "
                      f"{d['summary'][c]['ppl'] / d['summary'][den]['ppl']:.3f}x {den}'s"

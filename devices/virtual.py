@@ -105,8 +105,8 @@ def matrix_bytes(n: int, k: int, precision: str, block_size: int = 32, symmetric
 
         bc = offset_block(nb)
         nbc = -(-nb // bc)
-        offsets, symmetric = n * nbc * bc + n * nbc * 4, True
-    zp = 0 if symmetric or float_zp else n * nb if bits == 8 else n * -(-nb // 2)
+        offsets = n * nbc * bc + n * nbc * 4
+    zp = 0 if symmetric or float_zp else n * nb if bits == 8 else n * -(-nb // 2)  # float_zp: every code symmetric
     return n * nb * block * bits // 8 + n * nb * 4 + zp + offsets
 
 

@@ -212,13 +212,12 @@ class DecoderGraph:
         if quant is None:
             return self.b.op("MatMul", [x, weight], outputs=outputs)
         q = quant.q
+        y = self.b.op("MatMulNBits", [x, *quant.names], domain=MS_DOMAIN, outputs=None if quant.offsets else outputs,
+                      K=q.k, N=q.n, bits=q.bits, block_size=q.block_size, accuracy_level=self.accuracy_level)
         if quant.offsets is None:
-            return self.b.op("MatMulNBits", [x, *quant.names], domain=MS_DOMAIN, outputs=outputs,
-                             K=q.k, N=q.n, bits=q.bits, block_size=q.block_size, accuracy_level=self.accuracy_level)
+            return y
         # float zero points (quantize.py): x·Wᵀ = MatMulNBits(x) + S(x)·Cᵀ, S (B, S, nb) the
         # block sums of x, C (N, nb) the 8-bit offset table
-        y = self.b.op("MatMulNBits", [x, *quant.names], domain=MS_DOMAIN,
-                      K=q.k, N=q.n, bits=q.bits, block_size=q.block_size, accuracy_level=self.accuracy_level)
         nb = q.k // q.block_size
         key = (x, q.block_size)
         if key not in self._block_sums:  # one per input: q/k/v or gate/up apart still sum x once

@@ -243,10 +243,9 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
                    "position_ids": "unused" if gqa else "rotary positions"},
             "layouts": {"projection": "(in, out) for MatMul", "delta_A": "(in, r) = Aᵀ", "delta_B": "(r, out) = Bᵀ",
                         "quantized": "MatMulNBits (out, in/block, block*bits/8) uint8 + scales + zero_points (none when symmetric)",
-                        # float_zero_points: '{w}.offsets' (out, table blocks, table block) uint8 + '{w}.offsets.scales', an 8-bit
-                        # MatMulNBits over the input's block sums, added to the symmetric product
-                        "float_zero_points": "{w}.offsets: 8-bit (out, in/block) offset table read on the input's block sums"
-                                             if cfg.float_zero_points else None,
+                        "float_zero_points": "'{w}.offsets' (out, table blocks, table block) uint8 + '{w}.offsets.scales': the "
+                                             "8-bit (out, in/block) offset table, a MatMulNBits over the input's block sums "
+                                             "added to the symmetric product" if cfg.float_zero_points else None,
                         "tied_embedding": "(vocab, hidden), (1, vocab, hidden) in fp32, read by Gather and by FusedMatMul/Gemm with transB=1; "
                                           "(1, hidden, vocab) read by Gather on axis 2 and by MatMul where cpu_arch is arm64",
                         "shared_fp32": "(1, ...) leading unit axis on every fp32 weight read by several nodes (kept out of ORT prepacking); "

@@ -91,6 +91,8 @@ def test_a_missed_int4_perplexity_cites_the_float_zero_point_exports():
          "targets": [{"target": "ppl", "metric": "ppl", "numerator": "int4", "denominator": "float", "value": 1.25, "met": False}]}
     (line,) = mod._peer_misses(d, None, None)
     assert "fzp (embedding 4-bit): perplexity 1.050x float's, decode 0.800x genai int4, file 87.2 MiB" in line
+    # a float-zero-point export is a form of its own, never the symmetric form a like-with-like comparison picks
+    assert mod._symmetric_of(d, "fzp") is None and mod._int4_rows(d, "original", (True,), ()) == ["int4"]
 
 
 def test_a_missed_int4_decode_says_which_zero_point_form_and_cites_the_other():

@@ -60,9 +60,10 @@ def run(args) -> int:
           f"{shared} shared weights, duplicated bytes {a['duplicated_bytes']}, export {m['timing_s']['total']:.1f} s")
     if cfg.quantize != "none":
         choice = m.get("symmetric_choice") or {}
-        form = "symmetric blocks (no zero points)" if choice.get("chosen") else "blocks with zero points"
         if cfg.float_zero_points:
             form = "symmetric codes with float zero points (per-block offsets) on the projections"
+        else:
+            form = "symmetric blocks (no zero points)" if choice.get("chosen") else "blocks with zero points"
         why = " (symmetric missed the quality gate)" if choice.get("rejected") else ""
         print(f"{cfg.quantize}: {form}{why}")
     return 0
