@@ -1,5 +1,5 @@
 """Every stage on one real model, each in its own process, one after another: wall time, the
-stage's own peak RSS (os.wait4 on the child: its high-water mark, not this script's), its
+stage's own peak RSS (os.wait4 in rusage_shim.py: the stage's high-water mark, not this script's), its
 exit code, and whether the host swapped (issue 26: every stage at 1.5B on 2 cores, 24 GiB).
 
   python bench/stages.py --model qwen2.5-coder-1.5b    # the issue's run (hours on 2 cores)
@@ -37,6 +37,7 @@ from summarize import export_lines, peak_lines, pipeline_lines, targets_table  #
 RESULTS = Path(__file__).resolve().parent / "results"
 WORK = Path(__file__).resolve().parent / "_work" / "stages"
 GIB = 2**30
+SHIM = Path(__file__).resolve().parent / "rusage_shim.py"
 
 
 def cli(*args: str) -> list[str]:
@@ -49,18 +50,22 @@ def run_stage(name: str, cmd: list[str], log_dir: Path) -> dict:
     log = log_dir / f"{name}.log"
     swap0 = psutil.swap_memory().sout
     t0 = time.perf_counter()
-    with open(log, "w") as f:
-        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+    result = log_dir / f"{name}.rusage.json"
+    result.unlink(missing_ok=True)
+    with open(log, "w") as f:  # through rusage_shim.py: ru_maxrss without this process's own mark
+        p = subprocess.Popen([sys.executable, str(SHIM), str(result), *cmd], stdout=f, stderr=subprocess.STDOUT)
         sampler = RssSampler(p.pid, log)
         sampler.start()
-        _, status, usage = os.wait4(p.pid, 0)
+        shim_code = p.wait()
         sampler.stop()
     wall = time.perf_counter() - t0
-    code = os.waitstatus_to_exitcode(status)
-    p.returncode = code
+    # the shim itself killed (it has no rusage to give): its own exit code, no peak
+    usage = json.loads(result.read_text()) if result.is_file() else {"exit_code": shim_code, "maxrss_kib": 0}
+    result.unlink(missing_ok=True)
+    code = usage["exit_code"]
     tail = log.read_text(errors="replace").strip().splitlines()[-5:]
     row = {"stage": name, "command": " ".join(cmd[2:]), "exit_code": code, "killed": code < 0,
-           "wall_s": round(wall, 1), "peak_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 3),
+           "wall_s": round(wall, 1), "peak_rss_gib": round(usage["maxrss_kib"] * 1024 / GIB, 3),
            "swapped_out_bytes": psutil.swap_memory().sout - swap0, "log": str(log), "commit": _commit(),
            "rss_timeline": sampler.summary()}
     if code != 0:
@@ -71,9 +76,10 @@ def run_stage(name: str, cmd: list[str], log_dir: Path) -> dict:
 
 
 class RssSampler:
-    """Samples the RSS of a process and its descendants (summed: what they hold in RAM
-    together, pages they share counted in each) every `interval` seconds, with the size of the
-    stage's log at each sample, so a peak can be placed after the last line logged before it."""
+    """Samples the RSS of a launcher's descendants (summed: what they hold in RAM together,
+    pages they share counted in each; the launcher, rusage_shim.py, left out) every `interval`
+    seconds, with the size of the stage's log at each sample, so a peak can be placed after
+    the last line logged before it."""
 
     def __init__(self, pid: int, log: Path, interval: float = 1.0, points: int = 120):
         import threading
@@ -98,10 +104,13 @@ class RssSampler:
             return
         while not self._done.is_set():
             try:
-                rss = sum(q.memory_info().rss for q in [proc, *proc.children(recursive=True)])
+                rss = sum(q.memory_info().rss for q in proc.children(recursive=True))
                 size = self.log.stat().st_size if self.log.is_file() else 0
-            except psutil.Error:  # the process ended between two reads
-                break
+            except psutil.Error:  # a process ended between two reads
+                if not proc.is_running():
+                    break
+                self._done.wait(0.05)
+                continue
             self.samples.append((time.perf_counter() - self._t0, rss, size))
             self._done.wait(self.interval)
 

@@ -11,6 +11,9 @@ import stages  # noqa: E402
 
 
 def test_a_stage_reports_its_own_peak_rss_and_exit_code(tmp_path):
+    # this process past 1 GiB first: a launcher's own high-water mark must not reach the stage's figure
+    held = bytearray(1100 * 2**20)
+    held[::4096] = b"x" * len(held[::4096])
     grow = "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"  # 300 MiB, every page touched
     row = stages.run_stage("grow", [sys.executable, "-c", grow], tmp_path)
     assert row["exit_code"] == 0 and not row["killed"]
@@ -28,6 +31,9 @@ def test_a_stage_reports_its_own_peak_rss_and_exit_code(tmp_path):
     assert bad["exit_code"] == 2 and bad["log_tail"] == ["refused"]
     killed = stages.run_stage("oom", [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], tmp_path)
     assert killed["killed"] and killed["exit_code"] == -9
+    missing = stages.run_stage("missing", ["edgedelta-no-such-command"], tmp_path)
+    assert missing["exit_code"] == 127
+    del held
 
 
 def _artifact(path: Path, params: int) -> Path:
