@@ -410,6 +410,21 @@ def release_pages(d: dict) -> list[str]:
     return lines
 
 
+def arena(d: dict) -> list[str]:
+    """bench/arena.py: the CPU memory arena on (shrunk after each prefill) against off, fresh processes."""
+    lines = [f"{d['rounds']} round(s), each measurement a fresh process, the settings alternating; {d['threads']} threads; "
+             f"model {d['model']}; onnxruntime {d['onnxruntime']}. Ratios are medians of same-round on/off ratios.", "",
+             "| artifact @ prompt | prefill tok/s off | on | on/off | prefill peak MiB off | on | on/off "
+             "| RSS after prefill on/off | decode peak on/off | decode step on/off |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for key, e in d["summary"].items():
+        m, q = e["median"], e["on_over_off"]
+        lines.append(f"| {key} | {m['off']['prefill_tok_s']:.0f} | {m['on']['prefill_tok_s']:.0f} | {q['prefill_tok_s']:.3f} "
+                     f"| {m['off']['prefill_peak_mib']:.0f} | {m['on']['prefill_peak_mib']:.0f} | {q['prefill_peak_mib']:.3f} "
+                     f"| {q['rss_after_prefill_mib']:.3f} | {q['decode_peak_mib']:.3f} | {q['decode_ms']:.3f} |")
+    return lines
+
+
 def gram_precision(d: dict) -> list[str]:
     """bench/gram_precision.py: the calibration Gram in bfloat16 against float32, and what it does to GPTQ."""
     lines = [f"{d['model']}, layer {d['layer']}: {d['tokens']:,} calibration tokens, forward in {d['forward']}. "
@@ -470,6 +485,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("Cost of the delta branches", "delta_cost.json", delta_cost),
     ("Peers (onnxruntime-genai, llama.cpp)", "peers.json", peers),
     ("Releasing the weight file's pages after load", "release_pages.json", release_pages),
+    ("CPU memory arena on and off", "arena.json", arena),
     ("onnxruntime-genai loads edgedelta artifacts", "genai_compat.json", genai_compat),
     ("Quantization quality", "quant_quality.json", quant_quality),
     ("Quantization quality at 0.5B (Qwen2.5-Coder-0.5B)", "quant_quality_qwen2.5-coder-0.5b/quant_quality.json", quant_quality),

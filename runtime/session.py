@@ -6,9 +6,11 @@ Runtime reads model.onnx.data itself (no Python-side copy of the weights).
 Edge memory settings (CPU), measured in bench/results/runtime.md: the weights in
 model.onnx.data are memory-mapped by ONNX Runtime (pages count once touched, never copied),
 except those ORT prepacks: a weight with one reader is repacked into a blocked copy at load
-and its mapped original is released; the CPU arena is off
-(`enable_cpu_mem_arena=False`) so freed activations go back to the allocator instead of an
-arena that only grows; memory patterns are off (`enable_mem_pattern=False`: shapes change
+and its mapped original is released; the CPU arena is on, and a run of more than one token
+(a prefill) ends by shrinking it (`memory.enable_memory_arena_shrinkage`), so its activations
+go back to the OS instead of staying in an arena that only grows (bench/arena.py: the arena
+prefills faster than the allocator path, at a higher prefill peak; `arena=False` trades the
+speed for that peak); memory patterns are off (`enable_mem_pattern=False`: shapes change
 every step, a pattern is never reused); glibc's mmap threshold is fixed (memory.py) so the
 allocator returns prefill activations to the OS; ORT threads spin only where the cores are
 idle (`spin`).
@@ -131,7 +133,7 @@ def session_options(threads: int | None, arena: bool, config: dict[str, str] | N
     return so
 
 
-def artifact_session_options(art: Artifact, threads: int | None = None, arena: bool = False,
+def artifact_session_options(art: Artifact, threads: int | None = None, arena: bool = True,
                              prepack: bool | None = None, spin: bool | str = False):
     """SessionOptions for `art` as Session.from_dir builds them (its manifest's session config,
     then `prepack` and `spin` as from_dir documents them); for callers that create the ORT
@@ -149,7 +151,8 @@ class Session:
     """A loaded artifact: `Session.from_dir(path)`, then `generate`/`stream` (see generate.py)
     or the low-level `new_cache` + `forward`."""
 
-    def __init__(self, artifact: Artifact, ort_session, provider: str, tokenizer, load_seconds: float):
+    def __init__(self, artifact: Artifact, ort_session, provider: str, tokenizer, load_seconds: float,
+                 shrink_arena: bool = False):
         self.artifact = artifact
         self.ort = ort_session
         self.provider = provider
@@ -178,6 +181,14 @@ class Session:
             if self.in_place and provider != "cuda" and sys.platform == "linux" else {}
         # the graph's optional logits_to_keep (an initializer that is also an input: IO binding
         # takes it only as an OrtValue): 1 for last-position logits, 0 for every position
+        # a multi-token run's activations leave the CPU arena when it ends: without this, a
+        # 2k-token prefill's peak would stay resident through the decode after it
+        self._prefill_run = None
+        if shrink_arena:
+            import onnxruntime as ort
+
+            self._prefill_run = ort.RunOptions()
+            self._prefill_run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self._keep = None
         if "logits_to_keep" in {i.name for i in ort_session.get_overridable_initializers()}:
             import onnxruntime as ort
@@ -187,7 +198,7 @@ class Session:
     # ---- construction ----------------------------------------------------------------------
     @classmethod
     def from_dir(cls, path: str | os.PathLike, provider: str = "auto", threads: int | None = None,
-                 arena: bool = False, verify: bool = True, tokenizer: str | None = "light",
+                 arena: bool = True, verify: bool = True, tokenizer: str | None = "light",
                  prepack: bool | None = None, spin: bool | str = "auto", tune_malloc: bool = True,
                  cuda_tf32: bool = True, release_pages: bool = True) -> "Session":
         """Verify the artifact's checksums, then load it on `provider` ('auto'|'cpu'|'cuda').
@@ -201,6 +212,8 @@ class Session:
         other work spinning threads starve each other (measured on 2 busy cores: 2 tok/s
         spinning vs 5-12 tok/s not); on idle cores spinning decodes faster.
         threads: intra-op threads, default every core this process may use.
+        arena: ORT's CPU memory arena, shrunk after each multi-token run (see the module
+        docstring); False hands every activation to the allocator instead.
         tune_malloc: fix glibc's mmap threshold so freed prefill activations go back to the OS
         (peak RSS 1,844 -> ~850 MiB at a 512-token prefill; see memory.py). Process-wide; pass False to leave malloc alone.
         cuda_tf32: TF32 matmuls on CUDA (see cuda_provider); False for logits that match the CPU provider's.
@@ -244,7 +257,7 @@ class Session:
                 if f.is_file() and f.name != art.model_file.name and f.name.startswith(art.model_file.name):
                     release_clean_pages(f)
         tok = load_artifact_tokenizer(art.path, tokenizer) if tokenizer else None
-        return cls(art, sess, prov, tok, time.perf_counter() - t0)
+        return cls(art, sess, prov, tok, time.perf_counter() - t0, shrink_arena=arena and prov == "cpu")
 
     # ---- KV cache ----------------------------------------------------------------------------
     def new_cache(self, batch: int, capacity: int) -> KVCache:
@@ -342,7 +355,7 @@ class Session:
             self._bound_logits = (logits.ctypes.data, logits.shape)
         if dev == "cuda":
             io.synchronize_inputs()
-        self.ort.run_with_iobinding(io)
+        self.ort.run_with_iobinding(io, self._prefill_run if s > 1 else None)
         if dev == "cuda":
             io.synchronize_outputs()
         cache.length, cache.parity = total, (0 if self.in_place else dst)

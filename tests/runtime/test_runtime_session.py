@@ -171,3 +171,37 @@ def test_spin_reaches_ort_and_bad_spin_is_refused_before_loading(tiny_edgedelta,
     monkeypatch.setattr(session_mod.Artifact, "open", lambda *a, **k: pytest.fail("loaded before the check"))
     with pytest.raises(ConfigError, match="spin 'sometimes'"):
         Session.from_dir(tiny_edgedelta[1], spin="sometimes")
+
+
+def test_arena_is_on_and_shrunk_after_each_prefill(tiny_edgedelta):
+    """The CPU arena prefills faster than the allocator path (bench/arena.py); a run of more
+    than one token ends by shrinking it, so a prefill's activations do not stay resident."""
+    import numpy as np
+
+    def runs(**kw):
+        s = Session.from_dir(tiny_edgedelta[1], provider="cpu", tokenizer=None, **kw)
+        seen, real = [], s.ort
+
+        class Recorder:  # the ORT session, recording the run options of each run
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def run_with_iobinding(self, io, run_options=None):
+                seen.append(None if run_options is None else
+                            run_options.get_run_config_entry("memory.enable_memory_arena_shrinkage"))
+                return real.run_with_iobinding(io, run_options)
+
+        s.ort = Recorder()
+        cache, out = s.new_cache(1, 8), []
+        for ids in ([[5, 6, 7, 8]], [[9]], [[10, 11]]):
+            x, past = np.array(ids, np.int64), cache.length
+            mask = np.ones((1, past + x.shape[1]), np.int64)
+            out.append(s.forward(x, mask, np.arange(past, past + x.shape[1])[None], cache).copy())
+        return seen, out
+
+    seen_on, logits_on = runs()
+    assert seen_on == ["cpu:0", None, "cpu:0"]  # the prefill and the 2-token chunk shrink; a decode step does not
+    seen_off, logits_off = runs(arena=False)
+    assert seen_off == [None, None, None]  # no arena: nothing to shrink (ORT would refuse the option)
+    for a, b in zip(logits_on, logits_off):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

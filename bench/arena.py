@@ -1,0 +1,157 @@
+"""The runtime's CPU memory arena on (its default: shrunk after each multi-token run) against off
+(every activation from glibc's allocator), on the default model's fp32 and int4 exports.
+
+  python bench/arena.py [--model default] [--rounds 3] [--prompts 512 2048] [--threads 2]
+
+Each measurement is a fresh process (peak RSS is a process's high-water mark), the two settings
+alternating within a round. A process decodes 64 tokens after a 32-token prompt (peak RSS so
+far: decode), then prefills a prompt of P tokens four times, each into a fresh cache (the first
+untimed), then reads its RSS (after prefill) and its high-water mark (prefill peak).
+Reports same-round on/off ratios. Writes bench/results/arena.json and arena.md; artifacts in
+bench/_work/arena/<model>/."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
+from summarize import arena as arena_lines  # noqa: E402  (the same table in RESULTS.md)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WORK = Path(__file__).resolve().parent / "_work" / "arena"
+KINDS = {"fp32": {}, "int4": {"quantize": "int4"}}
+SETTINGS = ("off", "on")
+MIB = 2**20
+
+
+def _status(field: str) -> float:
+    """A /proc/self/status memory field in MiB (VmRSS, VmHWM)."""
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def worker(art: str, setting: str, prompt: int, threads: int) -> dict:
+    """One process's figures for one artifact, arena setting and prompt length."""
+    from edgedelta.runtime import Session
+
+    s = Session.from_dir(art, provider="cpu", threads=threads, tokenizer=None, spin="on", arena=setting == "on")
+    vocab = s.artifact.vocab_size
+    rng = np.random.default_rng(0)
+
+    def run(ids: np.ndarray, cache) -> np.ndarray:
+        past, n = cache.length, ids.shape[1]
+        return s.forward(ids, np.ones((1, past + n), np.int64), np.arange(past, past + n)[None], cache)
+
+    cache = s.new_cache(1, 32 + 64 + 1)
+    tok = int(run(rng.integers(0, vocab, (1, 32)), cache)[0].argmax())
+    steps = []
+    for _ in range(64):
+        t = time.perf_counter()
+        tok = int(run(np.array([[tok]]), cache)[0].argmax())
+        steps.append(time.perf_counter() - t)
+    decode_peak = _status("VmHWM")
+    ids, times = rng.integers(0, vocab, (1, prompt)), []
+    for _ in range(4):
+        cache = s.new_cache(1, prompt)
+        t = time.perf_counter()
+        run(ids, cache)
+        times.append(time.perf_counter() - t)
+    del cache
+    return {"decode_ms": 1e3 * float(np.median(steps)), "decode_peak_mib": decode_peak,
+            "prefill_tok_s": prompt / float(np.median(times[1:])), "prefill_peak_mib": _status("VmHWM"),
+            "rss_after_prefill_mib": _status("VmRSS")}
+
+
+def artifacts(model: str) -> dict[str, Path]:
+    """The model's fp32 and int4 exports, built once."""
+    from edgedelta.export import ExportConfig, export_onnx
+
+    out = {}
+    for kind, fields in KINDS.items():
+        path = WORK / Path(model).name / kind
+        if not (path / "manifest.json").is_file():
+            print(f"exporting {model} {kind} to {path}", file=sys.stderr, flush=True)
+            export_onnx(model, ExportConfig(**fields), path, force=True)
+        out[kind] = path
+    return out
+
+
+def measure(arts: dict[str, Path], prompts: list[int], rounds: int, threads: int) -> dict:
+    rows: dict[str, dict[str, list[dict]]] = {}  # "kind@P" -> setting -> one dict per round
+    for r in range(rounds):
+        for kind, path in arts.items():
+            for p in prompts:
+                order = SETTINGS if r % 2 == 0 else SETTINGS[::-1]
+                for setting in order:
+                    cmd = [sys.executable, __file__, "--worker", str(path), setting, str(p), str(threads)]
+                    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+                    if out.returncode != 0:
+                        raise SystemExit(f"worker {kind} {setting} {p} failed: {out.stderr.strip().splitlines()[-1:]}")
+                    row = json.loads(out.stdout.strip().splitlines()[-1])
+                    rows.setdefault(f"{kind}@{p}", {}).setdefault(setting, []).append(row)
+                    print(f"round {r + 1}/{rounds} {kind} P={p} arena {setting}: prefill {row['prefill_tok_s']:.0f} tok/s, "
+                          f"peak {row['prefill_peak_mib']:.0f} MiB", file=sys.stderr, flush=True)
+    return {"rows": rows, "summary": summarize_rows(rows)}
+
+
+def summarize_rows(rows: dict[str, dict[str, list[dict]]]) -> dict:
+    """Per "kind@P": each setting's medians, and the medians of same-round on/off ratios."""
+    summary = {}
+    for key, by in rows.items():
+        on, off = by["on"], by["off"]
+
+        def ratio(metric: str) -> float:  # median of same-round on/off ratios
+            return float(np.median([a[metric] / b[metric] for a, b in zip(on, off)]))
+
+        summary[key] = {"median": {s: {m: float(np.median([x[m] for x in by[s]])) for m in on[0]} for s in SETTINGS},
+                        "on_over_off": {m: ratio(m) for m in on[0]}}
+    return summary
+
+
+def report(res: dict) -> str:
+    return "\n".join(["# CPU memory arena: on (shrunk after each prefill) vs off", "", *arena_lines(res), "",
+                      "Written by `bench/arena.py`; per-process figures in `arena.json`.", ""])
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        art, setting, prompt, threads = argv[1:5]
+        print(json.dumps(worker(art, setting, int(prompt), int(threads))))
+        return 0
+    import onnxruntime as ort
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--prompts", type=int, nargs="+", default=[512, 2048])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    a = ap.parse_args(argv)
+    if a.rounds < 1 or a.threads < 1 or min(a.prompts) < 2:
+        print(f"error: --rounds and --threads must be >= 1 and each --prompts >= 2, got {a.rounds}, {a.threads}, {a.prompts}",
+              file=sys.stderr)
+        return 2
+    arts = artifacts(a.model)
+    res = {"model": a.model, "machine": platform.machine(), "threads": a.threads, "rounds": a.rounds, "prompts": a.prompts,
+           "onnxruntime": ort.__version__, **measure(arts, a.prompts, a.rounds, a.threads)}
+    write_json_atomic(a.out / "arena.json", res)
+    write_text_atomic(a.out / "arena.md", report(res))
+    print(report(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,26 @@
+"""bench/arena.py's summary: per-setting medians and same-round on/off ratios, and its table."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import arena  # noqa: E402
+
+
+def _row(prefill: float, peak: float) -> dict:
+    return {"decode_ms": 5.0, "decode_peak_mib": 100.0, "prefill_tok_s": prefill, "prefill_peak_mib": peak,
+            "rss_after_prefill_mib": 110.0}
+
+
+def test_ratios_are_medians_of_same_round_ratios():
+    # round 2 is slow for both settings: same-round ratios 1.5, 1.5, 1.25 -> 1.5; the medians' ratio would be 400/300
+    rows = {"int4@512": {"off": [_row(300, 200), _row(100, 200), _row(400, 200)],
+                         "on": [_row(450, 220), _row(150, 230), _row(500, 240)]}}
+    s = arena.summarize_rows(rows)["int4@512"]
+    assert s["on_over_off"]["prefill_tok_s"] == 1.5
+    assert s["median"]["on"]["prefill_tok_s"] == 450 and s["median"]["off"]["prefill_tok_s"] == 300
+    assert abs(s["on_over_off"]["prefill_peak_mib"] - 1.15) < 1e-9
+    res = {"model": "default", "threads": 2, "rounds": 3, "onnxruntime": "x", "summary": {"int4@512": s}}
+    md = arena.report(res)
+    assert "| int4@512 | 300 | 450 | 1.500 | 200 | 230 | 1.150 | 1.000 | 1.000 | 1.000 |" in md
