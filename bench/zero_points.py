@@ -42,7 +42,7 @@ from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 WORK = Path(__file__).parent / "_work" / "zero_points"
-BLOCK = 32  # Q4_1's block and the export's default block_size
+BLOCK = 32  # Q4_1's block (the export's block_size with float zero points)
 K, N = 576, 1536  # SmolLM2-135M's gate projection
 
 

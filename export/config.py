@@ -73,7 +73,11 @@ class ExportConfig:
         "help": "quality gate: smallest fraction of held-out positions where the ONNX argmax equals the float model's "
                 "(default per bits, quality_gate.py)"})
     gate_tokens: int = field(default=1024, metadata={"help": "quality gate: held-out tokens per text set (python-docs, sotu-recent)"})
-    block_size: int = field(default=32, metadata={"help": "quantization block size along the input dimension (16..256, power of 2)"})
+    block_size: int | None = field(default=None, metadata={
+        "help": "quantization block size along the input dimension (16..256, power of 2). Default (None): 64 for int4 "
+                "(MatMulNBits at int8 activations does fewer scale steps per row: faster decode and prefill, a smaller "
+                "file, a somewhat higher perplexity; bench/results/peers.md, edgedelta-int4-spin against "
+                "edgedelta-int4-b32-spin), 32 for int8 and with float zero points (a GGUF Q4_1 block)"})
     cpu_arch: str = field(default="x86_64", metadata={"help": f"CPU the fp32 artifact is laid out for: one of {CPU_ARCHS} (shared "
                                                    "weights (1, out, in) read with transB on x86_64, (1, in, out) on arm64, where the tied "
                                                    "embedding is (1, hidden, vocab) too; same results)"})
@@ -132,6 +136,8 @@ class ExportConfig:
             self.accuracy_level = 4 if self.quantize != "none" else 0
         if self.accuracy_level not in (0, 4):
             raise ConfigError(f"accuracy_level must be 0 (fp32 compute) or 4 (int8 activations), got {self.accuracy_level}")
+        if self.block_size is None:
+            self.block_size = 64 if self.quantize == "int4" and not self.float_zero_points else 32
         bs = int(self.block_size)
         if bs < 16 or bs > 256 or bs & (bs - 1):
             raise ConfigError(f"block_size must be a power of 2 in 16..256, got {self.block_size}")
