@@ -68,7 +68,7 @@ EDGEDELTA: list[tuple[str, str, dict, dict, str | None]] = [
     # faster single-token MatMulNBits) where the artifact passes its quality gate, else uint zero
     # points (the manifest's symmetric_choice, kept in this JSON's exports); this row is the
     # zero-point form of the original, the quality-first choice, beside it
-    # block 32 (the default is 64 for int4: ExportConfig.block_size): what the larger block costs in perplexity and saves in time
+    # block 32 (the default is 64 for symmetric int4: ExportConfig.block_size): what the larger block costs in perplexity and saves in time
     ("edgedelta-int4-b32-spin", "original", {"quantize": "int4", "accuracy_level": 4, "block_size": 32}, {"spin": "on"}, None),
     ("edgedelta-int4-zp-spin", "original", {"quantize": "int4", "accuracy_level": 4, "symmetric": False}, {"spin": "on"}, None),
     # float zero points (ExportConfig.float_zero_points: a GGUF's Q4_1 projections held exactly) with the

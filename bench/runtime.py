@@ -10,7 +10,7 @@
               of this machine's copy bandwidth (large numpy copy).
   memory      the planner's predicted peak RSS vs the measured one across context lengths
               (each length in a fresh process; overhead calibrated at the smallest), and the
-              CPU arena on vs off (the runtime's default is off).
+              CPU arena on vs off (the runtime's default is on, shrunk after each prefill).
 Writes bench/results/runtime.json, runtime.md and runtime_report/ (the device report).
 
   python bench/runtime.py                       # ~15-25 min on 2 shared cores
@@ -215,7 +215,7 @@ def memory(arts: list[Path], contexts: list[int], new_tokens: int) -> dict:
     data = assess(arts, contexts, devs, new_tokens=new_tokens, provider="cpu", log=log)
     mid = sorted(contexts)[len(contexts) // 2]
     settings = {}
-    for label, kw in (("default (arena off, prepack per manifest)", {}), ("arena on", {"arena": True}),
+    for label, kw in (("default (arena on, shrunk after prefill; prepack per manifest)", {}), ("arena off", {"arena": False}),
                       ("prepack off", {"prepack": False})):
         for a in arts:
             r = measure_isolated(a, mid, new_tokens, "cpu", None, **kw)

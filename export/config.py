@@ -75,9 +75,11 @@ class ExportConfig:
     gate_tokens: int = field(default=1024, metadata={"help": "quality gate: held-out tokens per text set (python-docs, sotu-recent)"})
     block_size: int | None = field(default=None, metadata={
         "help": "quantization block size along the input dimension (16..256, power of 2). Default (None): 64 for int4 "
-                "(MatMulNBits at int8 activations does fewer scale steps per row: faster decode and prefill, a smaller "
-                "file, a somewhat higher perplexity; bench/results/peers.md, edgedelta-int4-spin against "
-                "edgedelta-int4-b32-spin), 32 for int8 and with float zero points (a GGUF Q4_1 block)"})
+                "with symmetric auto or on (MatMulNBits at int8 activations does fewer scale steps per row: faster decode "
+                "and prefill, a smaller file, a somewhat higher perplexity; bench/results/peers.md, edgedelta-int4-spin "
+                "against edgedelta-int4-b32-spin); 32 for int8, for uint zero points (symmetric off: at 64 ONNX "
+                "Runtime's kernel missed the fp32 parity tolerance on the default model) and with float zero points "
+                "(a GGUF Q4_1 block)"})
     cpu_arch: str = field(default="x86_64", metadata={"help": f"CPU the fp32 artifact is laid out for: one of {CPU_ARCHS} (shared "
                                                    "weights (1, out, in) read with transB on x86_64, (1, in, out) on arm64, where the tied "
                                                    "embedding is (1, hidden, vocab) too; same results)"})
@@ -137,7 +139,7 @@ class ExportConfig:
         if self.accuracy_level not in (0, 4):
             raise ConfigError(f"accuracy_level must be 0 (fp32 compute) or 4 (int8 activations), got {self.accuracy_level}")
         if self.block_size is None:
-            self.block_size = 64 if self.quantize == "int4" and not self.float_zero_points else 32
+            self.block_size = 64 if self.quantize == "int4" and self.symmetric is not False and not self.float_zero_points else 32
         bs = int(self.block_size)
         if bs < 16 or bs > 256 or bs & (bs - 1):
             raise ConfigError(f"block_size must be a power of 2 in 16..256, got {self.block_size}")

@@ -179,8 +179,6 @@ class Session:
         # window are released as the cache grows, so such a layer stays resident at about W slots
         self._windows = {name: w for names, w in zip(self._past_names, self.kv.windows) if w for name in names} \
             if self.in_place and provider != "cuda" and sys.platform == "linux" else {}
-        # the graph's optional logits_to_keep (an initializer that is also an input: IO binding
-        # takes it only as an OrtValue): 1 for last-position logits, 0 for every position
         # a multi-token run's activations leave the CPU arena when it ends: without this, a
         # 2k-token prefill's peak would stay resident through the decode after it
         self._prefill_run = None
@@ -189,6 +187,8 @@ class Session:
 
             self._prefill_run = ort.RunOptions()
             self._prefill_run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        # the graph's optional logits_to_keep (an initializer that is also an input: IO binding
+        # takes it only as an OrtValue): 1 for last-position logits, 0 for every position
         self._keep = None
         if "logits_to_keep" in {i.name for i in ort_session.get_overridable_initializers()}:
             import onnxruntime as ort
