@@ -18,8 +18,9 @@ def main() -> None:
     if pid == 0:
         try:
             os.execvp(cmd[0], cmd)
-        finally:
-            os._exit(127)  # exec failed: the shell's "command not found" code
+        except OSError as e:
+            print(f"rusage_shim: cannot run {cmd[0]!r}: {e.strerror}", file=sys.stderr, flush=True)
+        os._exit(127)  # exec failed: the shell's "command not found" code
     _, status, usage = os.wait4(pid, 0)
     tmp = result + ".tmp"
     with open(tmp, "w") as f:

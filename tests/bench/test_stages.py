@@ -32,7 +32,7 @@ def test_a_stage_reports_its_own_peak_rss_and_exit_code(tmp_path):
     killed = stages.run_stage("oom", [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], tmp_path)
     assert killed["killed"] and killed["exit_code"] == -9
     missing = stages.run_stage("missing", ["edgedelta-no-such-command"], tmp_path)
-    assert missing["exit_code"] == 127
+    assert missing["exit_code"] == 127 and "cannot run 'edgedelta-no-such-command'" in missing["log_tail"][-1]
     del held
 
 
