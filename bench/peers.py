@@ -70,6 +70,8 @@ EDGEDELTA: list[tuple[str, str, dict, dict, str | None]] = [
     # zero-point form of the original, the quality-first choice, beside it
     # block 32 (the default is 64 for symmetric int4: ExportConfig.block_size): what the larger block costs in perplexity and saves in time
     ("edgedelta-int4-b32-spin", "original", {"quantize": "int4", "accuracy_level": 4, "block_size": 32}, {"spin": "on"}, None),
+    # the embedding table and LM head at 8 bits (the GGUF's Q8_0 table held), projections as the default
+    ("edgedelta-int4-e8-spin", "original", {"quantize": "int4", "accuracy_level": 4, "embedding_bits": 8}, {"spin": "on"}, None),
     ("edgedelta-int4-zp-spin", "original", {"quantize": "int4", "accuracy_level": 4, "symmetric": False}, {"spin": "on"}, None),
     # float zero points (ExportConfig.float_zero_points: a GGUF's Q4_1 projections held exactly) with the
     # embedding/LM head at 4 bits, and at 8 (the GGUF's Q8_0 table held too): quality against decode speed
