@@ -156,7 +156,7 @@ def decode_ab(model_spec: str, threads: int, alternations: int, steps: int = 32)
         path = work / kind
         if not (path / "manifest.json").is_file():
             print(f"exporting {model_spec} int4 ({kind} zero points) to {path}", file=sys.stderr, flush=True)
-            export_onnx(model_spec, ExportConfig(quantize="int4", **fields), path, force=True)
+            export_onnx(model_spec, ExportConfig(quantize="int4", block_size=BLOCK, **fields), path, force=True)
         arts[kind] = Session.from_dir(path, provider="cpu", threads=threads, tokenizer=None, spin="on")
 
     def step_median(s) -> float:
