@@ -68,7 +68,7 @@ EDGEDELTA: list[tuple[str, str, dict, dict, str | None]] = [
     # faster single-token MatMulNBits) where the artifact passes its quality gate, else uint zero
     # points (the manifest's symmetric_choice, kept in this JSON's exports); this row is the
     # zero-point form of the original, the quality-first choice, beside it
-    # block 32 (the default is 64 for symmetric int4: ExportConfig.block_size): what the larger block costs in perplexity and saves in time
+    # block 32 (the default is 64 for int4: ExportConfig.block_size): what the larger block costs in perplexity and saves in time
     ("edgedelta-int4-b32-spin", "original", {"quantize": "int4", "accuracy_level": 4, "block_size": 32}, {"spin": "on"}, None),
     # the embedding table and LM head at 8 bits (the GGUF's Q8_0 table held), projections as the default
     ("edgedelta-int4-e8-spin", "original", {"quantize": "int4", "accuracy_level": 4, "embedding_bits": 8}, {"spin": "on"}, None),

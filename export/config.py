@@ -31,6 +31,11 @@ DEFAULT_TOLERANCE = {"fp32": (1e-3, 0.0), "fp16": (2e-2, 1e-2)}
 # accuracy_level 4 rounds each block of activations to int8 inside MatMulNBits: the
 # reference (dequantized weights, fp32 activations) differs by that rounding
 INT8_ACTIVATION_TOLERANCE = (5e-2, 2e-2)
+# A quantized graph at accuracy level 0 against PyTorch on the same dequantized weights: each
+# MatMulNBits matches its own reference to ~1e-6 relative at blocks of 32, 64 and 128, but
+# accumulates in its own order; over SmolLM2-135M's 30 layers, blocks of 64 left logits up to
+# 1.7e-3 apart (32: 2e-4), above the plain fp32 1e-3. A graph error is orders larger.
+QUANTIZED_LEVEL0_REL_TOL = 1e-4
 # How the codes of a quantized weight are chosen (quant_methods.py). gptq is the default: on
 # random weights with correlated inputs its output error is 0.64-0.81x RTN's (int4 and int8,
 # tests/export/test_quant_methods.py); the held-out perplexity comparison on SmolLM2-135M is
@@ -75,11 +80,9 @@ class ExportConfig:
     gate_tokens: int = field(default=1024, metadata={"help": "quality gate: held-out tokens per text set (python-docs, sotu-recent)"})
     block_size: int | None = field(default=None, metadata={
         "help": "quantization block size along the input dimension (16..256, power of 2). Default (None): 64 for int4 "
-                "with symmetric auto or on (MatMulNBits at int8 activations does fewer scale steps per row: faster decode "
-                "and prefill, a smaller file, a somewhat higher perplexity; bench/results/peers.md, edgedelta-int4-spin "
-                "against edgedelta-int4-b32-spin); 32 for int8, for uint zero points (symmetric off: at 64 ONNX "
-                "Runtime's kernel missed the fp32 parity tolerance on the default model) and with float zero points "
-                "(a GGUF Q4_1 block)"})
+                "(MatMulNBits at int8 activations does fewer scale steps per row: faster decode and prefill, a smaller "
+                "file, a somewhat higher perplexity; bench/results/peers.md, edgedelta-int4-spin against "
+                "edgedelta-int4-b32-spin); 32 for int8 and with float zero points (a GGUF Q4_1 block)"})
     cpu_arch: str = field(default="x86_64", metadata={"help": f"CPU the fp32 artifact is laid out for: one of {CPU_ARCHS} (shared "
                                                    "weights (1, out, in) read with transB on x86_64, (1, in, out) on arm64, where the tied "
                                                    "embedding is (1, hidden, vocab) too; same results)"})
@@ -139,7 +142,7 @@ class ExportConfig:
         if self.accuracy_level not in (0, 4):
             raise ConfigError(f"accuracy_level must be 0 (fp32 compute) or 4 (int8 activations), got {self.accuracy_level}")
         if self.block_size is None:
-            self.block_size = 64 if self.quantize == "int4" and self.symmetric is not False and not self.float_zero_points else 32
+            self.block_size = 64 if self.quantize == "int4" and not self.float_zero_points else 32
         bs = int(self.block_size)
         if bs < 16 or bs > 256 or bs & (bs - 1):
             raise ConfigError(f"block_size must be a power of 2 in 16..256, got {self.block_size}")
@@ -159,6 +162,8 @@ class ExportConfig:
         a, r = DEFAULT_TOLERANCE[self.dtype]
         if self.quantize != "none" and self.accuracy_level == 4:  # activations rounded to int8 per block
             a, r = max(a, INT8_ACTIVATION_TOLERANCE[0]), max(r, INT8_ACTIVATION_TOLERANCE[1])
+        elif self.quantize != "none":
+            r = max(r, QUANTIZED_LEVEL0_REL_TOL)
         a = a if self.abs_tol is None else self.abs_tol
         r = r if self.rel_tol is None else self.rel_tol
         return a + r * ref_max_abs

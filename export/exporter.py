@@ -191,10 +191,8 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
         t1 = time.perf_counter()
         calibration = calibration_for(model, loaded.tokenizer, cfg, progress=progress is not None)
         tried: list[dict] = []
-        # the default block size follows the form tried (ExportConfig.block_size: 64 symmetric, 32 uint zero points)
-        default_block = cfg_in.block_size == dataclasses.replace(cfg_in, block_size=None).block_size
         for symmetric in symmetric_candidates(cfg, loaded.tokenizer is not None):
-            cfg = dataclasses.replace(cfg, symmetric=symmetric, block_size=None if default_block else cfg_in.block_size)
+            cfg = dataclasses.replace(cfg, symmetric=symmetric)
             try:
                 built = _build_and_check(model, loaded.tokenizer, cfg, calibration, tmp, progress, say)
                 break

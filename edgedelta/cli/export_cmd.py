@@ -21,7 +21,7 @@ def add_parser(subparsers):
     p.add_argument("--dtype", default="fp32", help=f"weights and activations: {'|'.join(DTYPES)} (default fp32)")
     p.add_argument("--quantize", default="none", help=f"weight-only quantization: {'|'.join(QUANTIZE)} (default none)")
     p.add_argument("--block-size", type=int, default=None,
-                   help="quantization block size (default 64 for int4 with --symmetric auto/on, else 32)")
+                   help="quantization block size (default 64 for int4, 32 for int8 and with --float-zero-points)")
     p.add_argument("--accuracy-level", type=int, default=None, choices=(0, 4),
                    help="quantized MatMul compute: 0 = fp32 (exact), 4 = int8 activations (default when quantized; faster on x86, esp. int8)")
     p.add_argument("--symmetric", default="auto", choices=("auto", "on", "off"),

@@ -151,17 +151,25 @@ def test_cli_export_and_inspect(tiny_dirs, tmp_path, capsys):
 
 
 def test_block_size_default_follows_the_bits():
-    """Symmetric int4 in blocks of 64 (faster MatMulNBits at int8 activations); 32 for int8, uint
-    zero points and float zero points (a GGUF Q4_1 block); an explicit size is kept."""
+    """int4 in blocks of 64 (faster MatMulNBits at int8 activations); 32 for int8 and for float
+    zero points (a GGUF Q4_1 block); an explicit size is kept."""
     from edgedelta.devices.virtual import VirtualExport
 
     assert ExportConfig(quantize="int4").block_size == 64
     assert ExportConfig(quantize="int4", float_zero_points=True).block_size == 32
-    assert ExportConfig(quantize="int4", symmetric=False).block_size == 32  # uint zero points
+    assert ExportConfig(quantize="int4", symmetric=False).block_size == 64
     assert ExportConfig(quantize="int8").block_size == 32
     assert ExportConfig(quantize="int4", block_size=16).block_size == 16
     assert ExportConfig.from_dict(ExportConfig(quantize="int4").to_dict()).block_size == 64
     # the device planner's virtual exports count the same blocks
-    assert VirtualExport("int4", symmetric=True).block_size == 64 and VirtualExport("int4").block_size == 32
+    assert VirtualExport("int4", symmetric=True).block_size == 64 and VirtualExport("int4").block_size == 64
     assert VirtualExport("int4", float_zp=True).block_size == 32
     assert VirtualExport("int8").block_size == 32
+
+
+def test_quantized_parity_at_level_0_allows_accumulation_order():
+    """A quantized graph checked at accuracy level 0 gets 1e-4 of the largest reference logit on
+    top of fp32's 1e-3 (MatMulNBits accumulates in its own block order); plain fp32 gets none."""
+    assert ExportConfig().tolerance(30.0) == pytest.approx(1e-3)
+    assert ExportConfig(quantize="int4", accuracy_level=0).tolerance(30.0) == pytest.approx(1e-3 + 30 * 1e-4)
+    assert ExportConfig(quantize="int4").tolerance(30.0) == pytest.approx(5e-2 + 30 * 2e-2)  # level 4: int8 activations
