@@ -63,7 +63,7 @@ class VirtualSharing:
 @dataclass(frozen=True)
 class VirtualExport:
     precision: str = "fp32"
-    block_size: int | None = None  # None: the exporter's default (ExportConfig.block_size: 64 for int4, else 32)
+    block_size: int | None = None  # None: the exporter's default (export.config.default_block_size)
     symmetric: bool = False  # quantized blocks without zero points (ExportConfig.symmetric)
     float_zp: bool = False  # ExportConfig.float_zero_points (implies symmetric codes)
     embedding: str = "same"  # see EMBEDDINGS
@@ -76,7 +76,9 @@ class VirtualExport:
         if self.embedding not in EMBEDDINGS:
             raise ConfigError(f"embedding '{self.embedding}' is not supported; allowed: {', '.join(EMBEDDINGS)}")
         if self.block_size is None:
-            object.__setattr__(self, "block_size", 64 if self.precision == "int4" and not self.float_zp else 32)
+            from edgedelta.export.config import default_block_size
+
+            object.__setattr__(self, "block_size", default_block_size(self.precision, self.float_zp))
 
 
 @dataclass

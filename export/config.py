@@ -45,6 +45,12 @@ DEFAULT_QUANT_METHOD = "gptq"
 CONFIG_VERSION = 1
 
 
+def default_block_size(quantize: str, float_zero_points: bool) -> int:
+    """The block size an export takes when none is given (see ExportConfig.block_size); the
+    device planner's virtual exports count the same blocks."""
+    return 64 if quantize == "int4" and not float_zero_points else 32
+
+
 @dataclass
 class ExportConfig:
     dtype: str = field(default="fp32", metadata={"help": f"weight and activation dtype: one of {DTYPES}"})
@@ -142,7 +148,7 @@ class ExportConfig:
         if self.accuracy_level not in (0, 4):
             raise ConfigError(f"accuracy_level must be 0 (fp32 compute) or 4 (int8 activations), got {self.accuracy_level}")
         if self.block_size is None:
-            self.block_size = 64 if self.quantize == "int4" and not self.float_zero_points else 32
+            self.block_size = default_block_size(self.quantize, self.float_zero_points)
         bs = int(self.block_size)
         if bs < 16 or bs > 256 or bs & (bs - 1):
             raise ConfigError(f"block_size must be a power of 2 in 16..256, got {self.block_size}")
