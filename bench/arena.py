@@ -46,7 +46,14 @@ def worker(art: str, setting: str, prompt: int, threads: int) -> dict:
     """One process's figures for one artifact, arena setting and prompt length."""
     from edgedelta.runtime import Session
 
-    s = Session.from_dir(art, provider="cpu", threads=threads, tokenizer=None, spin="on", arena=setting == "on")
+    return process_figures(Session.from_dir(art, provider="cpu", threads=threads, tokenizer=None, spin="on",
+                                            arena=setting == "on"), prompt)
+
+
+def process_figures(s, prompt: int) -> dict:
+    """A fresh process's figures for a loaded Session `s`: 64 greedy decode steps after a
+    32-token prompt (median step; peak RSS so far), then a `prompt`-token prefill four times,
+    each into a fresh cache, the first untimed (median tok/s; peak RSS; RSS after)."""
     vocab = s.artifact.vocab_size
     rng = np.random.default_rng(0)
 

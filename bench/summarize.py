@@ -425,6 +425,27 @@ def arena(d: dict) -> list[str]:
     return lines
 
 
+def embedding_lookup(d: dict) -> list[str]:
+    """bench/embedding_lookup.py: the quantized embedding lookup as the exporter's dequantizing
+    Gather and as ONNX Runtime's GatherBlockQuantized, over the same packed table."""
+    lines = [f"Model {d['model']}, {d['threads']} threads, onnxruntime {d['onnxruntime']}. Decode: both graphs in one process, "
+             "alternating, step-time ratio gbq/dequantize (quartiles); the rest: fresh processes, the graphs alternating, "
+             f"medians of same-round gbq/dequantize ratios over {d['rounds']} round(s).", "",
+             "| export | max \\|Δlogit\\| | decode step | prefill | prefill tok/s | prefill peak RSS | peak RSS MiB dequantize → gbq "
+             "| RSS after prefill | peak RSS after decode |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for kind, e in d["kinds"].items():
+        dec = e["decode"]
+        for n, (prompt, p) in enumerate(e["process"].items()):
+            q, med = p["gbq_over_dequantize"], p["median"]
+            head = (f"| {kind} | {e['max_abs_logit_diff']:.1e} | {dec['gbq_over_dequantize']:.3f} "
+                    f"({dec['quartiles'][0]:.3f}-{dec['quartiles'][1]:.3f})") if n == 0 else "| | |"
+            lines.append(f"{head} | {prompt} tokens | {q['prefill_tok_s']:.3f} | {q['prefill_peak_mib']:.3f} | "
+                         f"{med['dequantize']['prefill_peak_mib']:.0f} → {med['gbq']['prefill_peak_mib']:.0f} | "
+                         f"{q['rss_after_prefill_mib']:.3f} | {q['decode_peak_mib']:.3f} |")
+    return lines
+
+
 def gram_precision(d: dict) -> list[str]:
     """bench/gram_precision.py: the calibration Gram in bfloat16 against float32, and what it does to GPTQ."""
     lines = [f"{d['model']}, layer {d['layer']}: {d['tokens']:,} calibration tokens, forward in {d['forward']}. "
@@ -486,6 +507,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("Peers (onnxruntime-genai, llama.cpp)", "peers.json", peers),
     ("Releasing the weight file's pages after load", "release_pages.json", release_pages),
     ("CPU memory arena on and off", "arena.json", arena),
+    ("Quantized embedding lookup: dequantizing Gather vs GatherBlockQuantized", "embedding_lookup.json", embedding_lookup),
     ("onnxruntime-genai loads edgedelta artifacts", "genai_compat.json", genai_compat),
     ("Quantization quality", "quant_quality.json", quant_quality),
     ("Quantization quality at 0.5B (Qwen2.5-Coder-0.5B)", "quant_quality_qwen2.5-coder-0.5b/quant_quality.json", quant_quality),

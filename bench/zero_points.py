@@ -159,25 +159,10 @@ def decode_ab(model_spec: str, threads: int, alternations: int, steps: int = 32)
             export_onnx(model_spec, ExportConfig(quantize="int4", block_size=BLOCK, **fields), path, force=True)
         arts[kind] = Session.from_dir(path, provider="cpu", threads=threads, tokenizer=None, spin="on")
 
-    def step_median(s) -> float:
-        cache = s.new_cache(1, 32 + steps + 1)
-
-        def run(ids):
-            x = np.asarray([ids], np.int64)
-            past = cache.length
-            return s.forward(x, np.ones((1, past + x.shape[1]), np.int64), np.arange(past, past + x.shape[1])[None], cache)
-
-        tok, times = int(run([(100 + i) % s.artifact.vocab_size for i in range(32)])[0].argmax()), []
-        for _ in range(steps):
-            t = time.perf_counter()
-            tok = int(run([tok])[0].argmax())
-            times.append(time.perf_counter() - t)
-        return float(np.median(times))
-
     ratios, ms = {k: [] for k in arts if k != "none"}, {k: [] for k in arts}
     for i in range(alternations):
         order = list(arts) if i % 2 == 0 else list(arts)[::-1]
-        t = {k: step_median(arts[k]) for k in order}
+        t = {k: decode_step_median(arts[k], steps) for k in order}
         for k in arts:
             ms[k].append(t[k] * 1e3)
         for k in ratios:
@@ -188,6 +173,23 @@ def decode_ab(model_spec: str, threads: int, alternations: int, steps: int = 32)
             **{f"{k}_over_none_quartiles": np.percentile(r, [25, 75]).tolist() for k, r in ratios.items()},
             "quality_gate": {k: _gate(work / k) for k in arts},
             "file_mib": {k: sum((work / k / f).stat().st_size for f in ("model.onnx", "model.onnx.data")) / 2**20 for k in arts}}
+
+
+def decode_step_median(s, steps: int) -> float:
+    """Median seconds of `steps` greedy decode steps of Session `s` after a fixed 32-token prompt."""
+    cache = s.new_cache(1, 32 + steps + 1)
+
+    def run(ids):
+        x = np.asarray([ids], np.int64)
+        past = cache.length
+        return s.forward(x, np.ones((1, past + x.shape[1]), np.int64), np.arange(past, past + x.shape[1])[None], cache)
+
+    tok, times = int(run([(100 + i) % s.artifact.vocab_size for i in range(32)])[0].argmax()), []
+    for _ in range(steps):
+        t = time.perf_counter()
+        tok = int(run([tok])[0].argmax())
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
 
 
 def _gate(art: Path) -> dict | None:

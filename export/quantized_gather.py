@@ -3,8 +3,15 @@
 A quantized export stores the embedding table once, as MatMulNBits tensors (packed (N, blocks,
 block·bits/8) uint8, scales (N, blocks), zero points (N, packed bytes) unless symmetric) that
 the tied LM head's MatMulNBits reads; the lookup reads the same tensors here, a dozen small ops
-on the (B, S) looked-up rows only. (ONNX Runtime's GatherBlockQuantized takes 2-D data with scales of
-the same rank: it would read the packed table through a Reshape to (N, K·bits/8).)"""
+on the (B, S) looked-up rows only.
+
+ONNX Runtime's GatherBlockQuantized can read the same packed table too (quantize_axis = 2, one
+block per innermost row), but it wants scales of the data's rank, (N, blocks, 1), which
+MatMulNBits refuses: a Reshape that ORT folds into a copy at load, and for uint zero points a
+second, unpacked table. bench/embedding_lookup.py builds that graph over the same weight file
+and measures both (bench/results/embedding_lookup.md): the same logits; GatherBlockQuantized
+decodes a little faster, prefills a little slower, and its prefill peak RSS is higher. Peak
+memory decides whether a model fits a device, so the export keeps this form."""
 
 from __future__ import annotations
 
