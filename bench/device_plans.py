@@ -26,13 +26,13 @@ from pathlib import Path
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: only an installed edgedelta has export, runtime, devices
 
 from edgedelta.devices import all_devices  # noqa: E402
-from edgedelta.devices.planner import DEFAULT_OVERHEAD_BYTES, plan_facts  # noqa: E402
+from edgedelta.devices.planner import DEFAULT_HIDDEN_FACTOR, DEFAULT_OVERHEAD_BYTES, plan_facts  # noqa: E402
 from edgedelta.devices.virtual import PRECISIONS, VirtualExport, account, sharing_for_budget, virtual_facts  # noqa: E402
 from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
 
 MODELS = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 # (context, prefill chunk): the runtime's default prefills the whole prompt in one step, whose
-# logits [S, vocab] fp32 dominate at 8k with a 152k vocabulary; `run --prefill-chunk 512` bounds them
+# per-token activations dominate at 8k; `run --prefill-chunk 512` bounds them
 SCENARIOS = ((2048, None), (8192, None), (8192, 512))
 TARGET = 0.88
 VERDICTS = ("fits", "tight", "does not fit")
@@ -109,7 +109,8 @@ def write_md(res: dict, out: Path, devices: list) -> None:
     md = ["# Device plans for the 0.5B and 1.5B models: original vs 12% compressed", "",
           f"Virtual artifacts (devices/virtual.py: the exporter's byte layout, from each GGUF's header) planned with the "
           f"planner's default runtime overhead ({DEFAULT_OVERHEAD_BYTES >> 20} MiB, not calibrated on a device), KV cache "
-          "fp32 in one in-place buffer, activations of a full-context prefill. Compressed: the planner's parameter "
+          f"fp32 in one in-place buffer, the per-token activations of a prefill (the planner's default factor, "
+          f"{DEFAULT_HIDDEN_FACTOR:g}) of the whole context or of one chunk, the LM head on the last position. Compressed: the planner's parameter "
           "arithmetic for 12% fewer parameters. Written by bench/device_plans.py.", "",
           "## The variants", "", "| variant | parameters | weights stored | read per token |", "|---|---|---|---|"]
     for r in res["variants"]:

@@ -128,7 +128,20 @@ def runtime(d: dict) -> list[str]:
     inter = d["speed"].get("compressed_over_original_interleaved")
     if inter:
         lines.append(f"| compressed/original, interleaved in one process | {inter['ratio']:.3f} |")
+    runs = _planner_runs(d)
+    if runs:
+        lines += ["", "The device planner's predicted peak RSS against the measured one (each context a fresh process; "
+                  "the runtime's overhead and per-token factor fitted on the contexts marked fit):", "",
+                  "| model | context | measured MiB | predicted MiB | error |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['model']} | {r['context']} | {r['peak_rss_bytes'] / 2**20:.0f} | {r['predicted_peak_bytes'] / 2**20:.0f} "
+                  f"| {r['prediction_error']:+.1%}{' (fit)' if r['calibration_point'] else ''} |" for r in runs]
     return lines
+
+
+def _planner_runs(d: dict) -> list[dict]:
+    """bench/runtime.py's memory runs, each with the planner's prediction."""
+    return [r for m in ((d.get("memory") or {}).get("assess") or {}).get("models", []) for r in m.get("runs", [])
+            if "predicted_peak_bytes" in r]
 
 
 def delta_cost(d: dict) -> list[str]:
@@ -620,6 +633,11 @@ def status_table(results: Path = RESULTS) -> str:
         rows.append(f"| decode speed vs optimum / PyTorch eager (same artifact, interleaved; an earlier graph) | "
                     f"{ratios['ours/optimum']['median_of_round_ratios']:.2f}× / {ratios['ours/torch_eager']['median_of_round_ratios']:.2f}× "
                     "| `runtime.json` |")
+        held_out = [abs(x["prediction_error"]) for x in _planner_runs(r) if not x["calibration_point"]]
+        if held_out:
+            rows.append(f"| device planner: peak RSS predicted vs measured, worst of the contexts not fitted "
+                        f"(SmolLM2 fp32, original and compressed, to {max(x['context'] for x in _planner_runs(r))} tokens) "
+                        f"| {max(held_out):.1%} | `runtime.json` |")
     return "\n".join(rows)
 
 

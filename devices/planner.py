@@ -5,8 +5,9 @@
                      double-buffers past/present unless the graph updates the cache in place; the KV cache is never shared between layers)
                    + activations (prefill of the whole context in one step: per-token
                      activations (fitted factor x S x (4 hidden + 3 intermediate) fp32) + the
-                     larger of the logits buffer [B,S,V] fp32 and attention [B,H,S,S] fp32 x
-                     ATTN_FACTOR; see ModelFacts.activation_bytes)
+                     larger of the logits buffer [B,S,V] fp32 (B,1,V when the graph keeps the
+                     last position's logits) and, for a graph that builds attention from plain
+                     ops, attention [B,H,S,S] fp32 x ATTN_FACTOR; see ModelFacts.activation_bytes)
                    + runtime overhead (interpreter, ONNX Runtime, tokenizer, allocator slack;
                      calibrated from a measured peak RSS on the host, see calibrate())
 
@@ -33,6 +34,11 @@ CALIBRATION_FORMAT = "edgedelta-runtime-calibration"
 # Used when no calibration exists: Python + numpy + onnxruntime + tokenizers with the light
 # tokenizer, measured on this project's host at ~80 MiB; rounded up.
 DEFAULT_OVERHEAD_BYTES = 100 << 20
+# Per-token activations without a calibration, in units of ModelFacts.hidden_bytes: the runtime's
+# fit over SmolLM2-135M's fp32 GroupQueryAttention graphs, each model alone (bench/results/
+# runtime.json: 2.5 original, 3.8 compressed, whose delta branches hold a second output beside
+# each base product), taken at the larger and rounded up
+DEFAULT_HIDDEN_FACTOR = 4.0
 # [B, H, S, T] fp32 tensors live at once in an attention-bound prefill (scores and
 # probabilities; the mask is added in place): SmolLM2's 4k-token prefill measured 1.81 with
 # graph revision 6, 2.84 while a Where per layer wrote a third (bench/results/runtime.md)
@@ -111,6 +117,10 @@ class ModelFacts:
     compressed: bool = False
     cpu_arch: str | None = None  # the CPU its lifted (shared, tied) weights are laid out for (manifest layouts; None: no matter)
     kv_buffers: int = 2  # KV copies the runtime holds: 1 when the graph updates the cache in place, 2 for past + present
+    last_logits_only: bool = False  # the graph takes logits_to_keep: a prefill's LM head runs on its last position only
+    # GroupQueryAttention: scores are not graph tensors; the peak RSS of SmolLM2's prefills up to
+    # 2k tokens grows linearly in S (bench/results/runtime.json), so no [B, H, S, T] term
+    fused_attention: bool = False
     sliding_windows: tuple[int | None, ...] = ()  # per layer: W of a sliding-window layer, None for global; () none
 
     def kv_bytes(self, tokens: int, batch: int = 1) -> int:
@@ -133,19 +143,22 @@ class ModelFacts:
                          keys: int | None = None) -> int:
         """Prefill of `tokens` positions in one step (fp32): per-token activations
         (hidden_factor x hidden_bytes) + the larger of two phases that never overlap: the
-        layers' `attn_factor` live [B, H, S, S] attention tensors (grow as S²), or the logits
-        [B, S, V], whose pages are first written by the last op, after every layer's attention
-        is freed (edgedelta.runtime also drops a prefill-sized logits buffer at the next decode
-        step, so a long-running process does not hold it into its next prefill). Measured on
-        SmolLM2: up to 2k tokens the logits phase is the peak, at 4k the attention phase."""
-        logits = batch * tokens * self.vocab_size * 4
-        attn = attn_factor * self.attention_bytes(tokens, batch, keys)
+        layers' `attn_factor` live [B, H, S, S] attention tensors (grow as S²; none with
+        fused_attention), or the logits [B, S, V] ([B, 1, V] with last_logits_only), whose pages
+        are first written by the last op, after every layer's attention is freed
+        (edgedelta.runtime also drops a prefill-sized logits buffer at the next decode step, so
+        a long-running process does not hold it into its next prefill). Measured on SmolLM2's
+        plain-attention graph: up to 2k tokens the logits phase is the peak, at 4k the attention
+        phase."""
+        logits = batch * (1 if self.last_logits_only else tokens) * self.vocab_size * 4
+        attn = 0 if self.fused_attention else attn_factor * self.attention_bytes(tokens, batch, keys)
         return int(hidden_factor * self.hidden_bytes(tokens, batch) + max(logits, attn))
 
 
 def facts_of(artifact) -> ModelFacts:
     """ModelFacts from an opened edgedelta.runtime.Artifact."""
     c, kv = artifact.config, artifact.kv
+    io = artifact.manifest.get("io") if isinstance(artifact.manifest.get("io"), dict) else {}
     hidden = int(c.get("hidden_size") or kv.kv_heads * kv.head_dim)
     heads = int(c.get("num_attention_heads") or kv.kv_heads)
     return ModelFacts(
@@ -156,6 +169,7 @@ def facts_of(artifact) -> ModelFacts:
         max_positions=artifact.max_positions, compressed=artifact.is_compressed,
         cpu_arch=(artifact.manifest.get("layouts") or {}).get("cpu_arch"),
         kv_buffers=1 if artifact.kv_update == "in_place" else 2, sliding_windows=kv.windows,
+        last_logits_only="logits_to_keep" in io.get("inputs", ()), fused_attention=io.get("attention") == "GroupQueryAttention",
     )
 
 
@@ -209,7 +223,7 @@ def plan_facts(m: ModelFacts, device: Device, context: int, batch: int = 1, cali
     if prefill_chunk and prefill_chunk < step:
         step, keys = prefill_chunk, context
     act = m.activation_bytes(step, batch, calibration.attn_factor if calibration else ATTN_FACTOR,
-                             calibration.hidden_factor if calibration else 1.0, keys)
+                             calibration.hidden_factor if calibration else DEFAULT_HIDDEN_FACTOR, keys)
     over = calibration.overhead_bytes if calibration else DEFAULT_OVERHEAD_BYTES
     peak = m.weight_bytes + kv + act + over
     avail = device.available_bytes
@@ -250,6 +264,7 @@ def calibrate_joint(pairs: list[tuple[ModelFacts, dict]], host: str = "", provid
     """Fit the runtime's overhead and hidden_factor to profiler runs ({context, prompt_tokens,
     peak_rss_bytes}) of one or more models by least squares:
         measured - (weights + KV + max(logits, attn_factor x attention)) = overhead + hidden_factor x hidden_bytes(S)
+    (logits and attention as ModelFacts.activation_bytes counts them for the model's graph).
     Both belong to the runtime, not the model, so several models share one fit (keeping
     original-vs-compressed comparisons free of per-model fitting noise). With one context
     length hidden_factor stays 1 and only the overhead is fitted. attn_factor is not fitted."""
@@ -258,7 +273,7 @@ def calibrate_joint(pairs: list[tuple[ModelFacts, dict]], host: str = "", provid
     y, x = [], []
     for m, r in pairs:
         s = r["prompt_tokens"]
-        base = m.weight_bytes + m.kv_buffers * m.kv_bytes(r["context"]) + max(m.vocab_size * s * 4, attn_factor * m.attention_bytes(s))
+        base = m.weight_bytes + m.kv_buffers * m.kv_bytes(r["context"]) + m.activation_bytes(s, 1, attn_factor, hidden_factor=0.0)
         y.append(r["peak_rss_bytes"] - base)
         x.append(m.hidden_bytes(s))
     ya, xa = np.array(y, dtype=float), np.array(x, dtype=float)

@@ -168,8 +168,10 @@ def account(config: dict, x: VirtualExport) -> Accounting:
 
 
 def virtual_facts(config: dict, x: VirtualExport, name: str | None = None) -> ModelFacts:
-    """ModelFacts for plan_facts(), as facts_of() would give for the exported artifact
-    (fp32 KV cache in one in-place buffer, as graph revision 9 exports)."""
+    """ModelFacts for plan_facts(), as facts_of() would give for the exported artifact: fp32
+    KV cache in one in-place buffer and GroupQueryAttention where the exporter's attention
+    'auto' chooses it (a head_dim of whole 16s and a known max_positions), the LM head on a
+    prefill's last position (the graph's logits_to_keep)."""
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
         if not isinstance(config.get(key), int) or config[key] <= 0:
             raise ConfigError(f"config field '{key}' must be a positive integer to plan a virtual artifact, got {config.get(key)!r}")
@@ -177,13 +179,14 @@ def virtual_facts(config: dict, x: VirtualExport, name: str | None = None) -> Mo
     h, heads = config["hidden_size"], config["num_attention_heads"]
     hd = int(config.get("head_dim") or h // heads)
     max_pos = config.get("max_position_embeddings")
+    gqa = bool(max_pos) and hd % 16 == 0
     return ModelFacts(
         name=name or x.name or f"{config.get('model_type', 'model')}-{x.precision}", weight_bytes=acc.total,
         weight_bytes_read_per_token=acc.read, num_layers=config["num_hidden_layers"],
         kv_heads=int(config.get("num_key_value_heads") or heads), head_dim=hd, kv_itemsize=4, vocab_size=config["vocab_size"],
         hidden_size=h, intermediate_size=config["intermediate_size"], num_heads=heads,
         max_positions=int(max_pos) if max_pos else None, compressed=x.sharing is not None,
-        kv_buffers=1 if max_pos and hd % 16 == 0 else 2, sliding_windows=_layer_windows(config))
+        kv_buffers=1 if gqa else 2, sliding_windows=_layer_windows(config), last_logits_only=True, fused_attention=gqa)
 
 
 def _layer_windows(config: dict) -> tuple[int | None, ...]:

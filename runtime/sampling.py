@@ -24,7 +24,7 @@ class GenerationConfig:
     eos: bool = True  # stop at the model's EOS token(s)
     chat: bool = False  # wrap each prompt in the tokenizer's chat template as a user turn
     prefill_chunk: int | None = None  # run the prompt through the model this many tokens at a time (bounds
-    # prefill memory: logits [B, chunk, V] and attention [B, H, chunk, T] instead of [B, S, V] and [B, H, S, S])
+    # prefill memory: the activations of `chunk` tokens instead of the whole prompt's)
 
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:

@@ -29,6 +29,10 @@ def test_arithmetic_by_hand():
     # a long context: attention (S²) overtakes the logits
     long = plan_facts(ModelFacts(**{**M.__dict__, "max_positions": 4096}), DEV, 4000, calibration=Calibration(0))
     assert long.activation_bytes == 4000 * (4 * 8 + 3 * 16) * 4 + 2 * 2 * 4000 * 4000 * 4
+    # GroupQueryAttention and logits_to_keep: no [B, H, S, S] term, and one position's logits
+    fused = ModelFacts(**{**M.__dict__, "max_positions": 4096, "last_logits_only": True, "fused_attention": True})
+    assert plan_facts(fused, DEV, 3, calibration=Calibration(0)).activation_bytes == hidden + 1 * 10 * 4
+    assert plan_facts(fused, DEV, 4000, calibration=Calibration(0)).activation_bytes == 4000 * (4 * 8 + 3 * 16) * 4 + 40
     assert p.bytes_read_per_token == 1500 + kv_one == 1692
     assert p.decode_ceiling_tok_s == pytest.approx(1e9 / 1692)
     assert p.overhead_calibrated
@@ -68,7 +72,10 @@ def test_plan_tiny_edgedelta(tiny_edgedelta, tmp_path):
         plan(art, DEV, 1000)
     assert calibration_path(art).parent == art.parent and load_calibration(art) is None
     # nothing shared but the tied embedding, whose layout follows the CPU (export/prepack.py)
-    assert facts_of(Artifact.open(art)).cpu_arch == "x86_64"
+    facts = facts_of(Artifact.open(art))
+    assert facts.cpu_arch == "x86_64"
+    # the exported graph takes logits_to_keep; its head_dim of 8 keeps attention in plain ops
+    assert facts.last_logits_only and not facts.fused_attention and facts.kv_buffers == 2
 
 
 def test_calibrate_runs_recovers_overhead_and_hidden_factor():
