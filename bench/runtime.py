@@ -8,9 +8,11 @@
               (optimum's setting) as well as off (ours).
   bandwidth   achieved weight bandwidth (weight bytes read per token x tokens/s) as a fraction
               of this machine's copy bandwidth (large numpy copy).
-  memory      the planner's predicted peak RSS vs the measured one across context lengths
-              (each length in a fresh process; overhead calibrated at the smallest), and the
-              CPU arena on vs off (the runtime's default is on, shrunk after each prefill).
+  memory      the planner's predicted peak RSS vs the measured one across context lengths, for
+              the original, the compressed and the original's int4 export (each length in a
+              fresh process; the runtime's overhead and per-token factor fitted jointly at the
+              two smallest), and the CPU arena on vs off (the runtime's default is on, shrunk
+              after each prefill).
 Writes bench/results/runtime.json, runtime.md and runtime_report/ (the device report).
 
   python bench/runtime.py                       # ~15-25 min on 2 shared cores
@@ -399,7 +401,9 @@ def main() -> int:
         from edgedelta.devices.report import write_report
         from edgedelta.runtime.profiler import parse_contexts
 
-        mem = memory([orig] + ([comp] if comp else []), parse_contexts(a.contexts), 16)
+        from runtime_artifacts import ensure_quantized
+
+        mem = memory([orig] + ([comp] if comp else []) + [ensure_quantized(Path(a.work), log=log)], parse_contexts(a.contexts), 16)
         write_report(out / "runtime_report", mem["assess"], mem["devices"])
         res["memory"] = {**mem, "assess": {**mem["assess"], "plans": [p.to_dict() for p in mem["assess"]["plans"]]},
                          "devices": [d.name for d in mem["devices"]]}

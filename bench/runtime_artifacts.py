@@ -24,14 +24,25 @@ TARGET_PARAMS = 0.88
 PLAN_KEYS = ("groups", "anchors", "ranks", "original_params", "compressed_params", "ratio")  # recorded in the notes
 
 
-def _ok(path: Path) -> bool:
+def _ok(path: Path, config=None) -> bool:
+    """Whether `path` verifies and was exported with `config` (default ExportConfig()) by today's graph revision."""
     from edgedelta.export import GRAPH_REVISION, ExportConfig
 
     try:
         manifest = verify_manifest(path)
     except EdgeDeltaError:
         return False
-    return manifest.get("export_config") == ExportConfig().to_dict() and manifest.get("graph_revision") == GRAPH_REVISION
+    return manifest.get("export_config") == (config or ExportConfig()).to_dict() and manifest.get("graph_revision") == GRAPH_REVISION
+
+
+def ensure_quantized(work: Path, log=print) -> Path:
+    """The default model's int4 export (the export's defaults otherwise), built once."""
+    from edgedelta.export import ExportConfig, export_onnx
+
+    path, cfg = work / "smollm2-int4-onnx", ExportConfig(quantize="int4")
+    if not _ok(path, cfg):
+        export_onnx("default", cfg, path, force=True, progress=log)
+    return path
 
 
 def recorded_plan(path: Path) -> dict:

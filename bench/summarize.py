@@ -635,9 +635,10 @@ def status_table(results: Path = RESULTS) -> str:
                     "| `runtime.json` |")
         held_out = [abs(x["prediction_error"]) for x in _planner_runs(r) if not x["calibration_point"]]
         if held_out:
+            runs = _planner_runs(r)
+            models = ", ".join(dict.fromkeys(x["model"] for x in runs))
             rows.append(f"| device planner: peak RSS predicted vs measured, worst of the contexts not fitted "
-                        f"(SmolLM2 fp32, original and compressed, to {max(x['context'] for x in _planner_runs(r))} tokens) "
-                        f"| {max(held_out):.1%} | `runtime.json` |")
+                        f"({models}; to {max(x['context'] for x in runs)} tokens) | {max(held_out):.1%} | `runtime.json` |")
     return "\n".join(rows)
 
 

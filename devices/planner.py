@@ -34,10 +34,11 @@ CALIBRATION_FORMAT = "edgedelta-runtime-calibration"
 # Used when no calibration exists: Python + numpy + onnxruntime + tokenizers with the light
 # tokenizer, measured on this project's host at ~80 MiB; rounded up.
 DEFAULT_OVERHEAD_BYTES = 100 << 20
-# Per-token activations without a calibration, in units of ModelFacts.hidden_bytes: the runtime's
-# fit over SmolLM2-135M's fp32 GroupQueryAttention graphs, each model alone (bench/results/
-# runtime.json: 2.5 original, 3.8 compressed, whose delta branches hold a second output beside
-# each base product), taken at the larger and rounded up
+# Per-token activations without a calibration, in units of ModelFacts.hidden_bytes. The runtime's
+# joint fit over SmolLM2-135M's GroupQueryAttention graphs (fp32 original and compressed, int4;
+# bench/results/runtime.json, memory.assess.calibration) under-predicts the compressed graph,
+# whose delta branches hold a second output beside each base product (its runs alone fit about
+# 1.5x the original's factor); an uncalibrated plan takes that larger factor, rounded up
 DEFAULT_HIDDEN_FACTOR = 4.0
 # [B, H, S, T] fp32 tensors live at once in an attention-bound prefill (scores and
 # probabilities; the mask is added in place): SmolLM2's 4k-token prefill measured 1.81 with
