@@ -83,11 +83,16 @@ def process_figures(s, prompt: int) -> dict:
 
 def artifacts(model: str) -> dict[str, Path]:
     """The model's fp32 and int4 exports, built once."""
+    return exports(model, KINDS, WORK)
+
+
+def exports(model: str, kinds: dict[str, dict], work: Path) -> dict[str, Path]:
+    """kind -> the model exported with that kind's ExportConfig fields in work/<model>/<kind>, built once."""
     from edgedelta.export import ExportConfig, export_onnx
 
     out = {}
-    for kind, fields in KINDS.items():
-        path = WORK / Path(model).name / kind
+    for kind, fields in kinds.items():
+        path = work / Path(model).name / kind
         if not (path / "manifest.json").is_file():
             print(f"exporting {model} {kind} to {path}", file=sys.stderr, flush=True)
             export_onnx(model, ExportConfig(**fields), path, force=True)
@@ -140,24 +145,43 @@ def main(argv=None) -> int:
         return 0
     import onnxruntime as ort
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = process_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter), argv)
+    if a is None:
+        return 2
+    arts = artifacts(a.model)
+    res = {**run_header(a, ort.__version__), **measure(arts, a.prompts, a.rounds, a.threads)}
+    write_results(a.out, "arena", res, report(res))
+    return 0
+
+
+def process_args(ap: argparse.ArgumentParser, argv) -> argparse.Namespace | None:
+    """The options of a fresh-process benchmark (--model, --rounds, --prompts, --threads, --out, and
+    what `ap` already has), parsed; None after a one-line error on stderr for a bad value."""
     ap.add_argument("--model", default="default")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--prompts", type=int, nargs="+", default=[512, 2048])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(argv)
-    if a.rounds < 1 or a.threads < 1 or min(a.prompts) < 2:
-        print(f"error: --rounds and --threads must be >= 1 and each --prompts >= 2, got {a.rounds}, {a.threads}, {a.prompts}",
-              file=sys.stderr)
-        return 2
-    arts = artifacts(a.model)
-    res = {"model": a.model, "machine": platform.machine(), "threads": a.threads, "rounds": a.rounds, "prompts": a.prompts,
-           "onnxruntime": ort.__version__, **measure(arts, a.prompts, a.rounds, a.threads)}
-    write_json_atomic(a.out / "arena.json", res)
-    write_text_atomic(a.out / "arena.md", report(res))
-    print(report(res))
-    return 0
+    counts = {k: v for k, v in vars(a).items() if k in ("rounds", "threads", "alternations")}
+    if min(counts.values()) < 1 or min(a.prompts) < 2:
+        print(f"error: {', '.join('--' + k for k in counts)} must be >= 1 and each --prompts >= 2, got "
+              f"{', '.join(str(v) for v in counts.values())}, {a.prompts}", file=sys.stderr)
+        return None
+    return a
+
+
+def run_header(a: argparse.Namespace, ort_version: str) -> dict:
+    """What a results file records of its run."""
+    return {"model": a.model, "machine": platform.machine(), "threads": a.threads, "rounds": a.rounds, "prompts": a.prompts,
+            "onnxruntime": ort_version}
+
+
+def write_results(out: Path, name: str, res: dict, md: str) -> None:
+    """`name`.json and `name`.md in `out`, each written whole; the markdown also to stdout."""
+    write_json_atomic(out / f"{name}.json", res)
+    write_text_atomic(out / f"{name}.md", md)
+    print(md)
 
 
 if __name__ == "__main__":

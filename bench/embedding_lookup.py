@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -43,7 +42,6 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: only an insta
 
 import numpy as np  # noqa: E402
 
-from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORK = Path(__file__).resolve().parent / "_work" / "embedding_lookup"
@@ -115,16 +113,10 @@ def _uint8_initializer(art: Path, t) -> np.ndarray:
 
 def artifacts(model: str) -> dict[str, dict[str, Path]]:
     """kind -> form -> artifact dir: each kind exported once, its gbq graph beside it."""
-    from edgedelta.export import ExportConfig, export_onnx
+    from arena import exports
 
-    out = {}
-    for kind, fields in KINDS.items():
-        path = WORK / Path(model).name / kind
-        if not (path / "manifest.json").is_file():
-            print(f"exporting {model} {kind} to {path}", file=sys.stderr, flush=True)
-            export_onnx(model, ExportConfig(**fields), path, force=True)
-        out[kind] = {"dequantize": path, "gbq": gbq_graph(path, path.with_name(kind + "-gbq"))}
-    return out
+    return {kind: {"dequantize": path, "gbq": gbq_graph(path, path.with_name(kind + "-gbq"))}
+            for kind, path in exports(model, KINDS, WORK).items()}
 
 
 def _session(path: Path, threads: int):
@@ -194,27 +186,19 @@ def main(argv=None) -> int:
         return 0
     import onnxruntime as ort
 
+    from arena import process_args, run_header, write_results
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default")
-    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--alternations", type=int, default=20)
-    ap.add_argument("--prompts", type=int, nargs="+", default=[512, 2048])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    a = ap.parse_args(argv)
-    if a.rounds < 1 or a.alternations < 1 or a.threads < 1 or min(a.prompts) < 2:
-        print(f"error: --rounds, --alternations and --threads must be >= 1 and each --prompts >= 2, got {a.rounds}, "
-              f"{a.alternations}, {a.threads}, {a.prompts}", file=sys.stderr)
+    a = process_args(ap, argv)
+    if a is None:
         return 2
-    res = {"model": a.model, "machine": platform.machine(), "threads": a.threads, "rounds": a.rounds, "prompts": a.prompts,
-           "onnxruntime": ort.__version__, "kinds": {}}
+    res = {**run_header(a, ort.__version__), "kinds": {}}
     for kind, forms in artifacts(a.model).items():
         print(f"{kind}: parity, decode A/B, {a.rounds} round(s) of processes", file=sys.stderr, flush=True)
         res["kinds"][kind] = {"max_abs_logit_diff": parity(forms, a.threads), "decode": decode_ab(forms, a.threads, a.alternations),
                               "process": {str(p): processes(forms, a.rounds, p, a.threads) for p in a.prompts}}
-    write_json_atomic(a.out / "embedding_lookup.json", res)
-    write_text_atomic(a.out / "embedding_lookup.md", report(res))
-    print(report(res))
+    write_results(a.out, "embedding_lookup", res, report(res))
     return 0
 
 

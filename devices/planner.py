@@ -119,8 +119,8 @@ class ModelFacts:
     cpu_arch: str | None = None  # the CPU its lifted (shared, tied) weights are laid out for (manifest layouts; None: no matter)
     kv_buffers: int = 2  # KV copies the runtime holds: 1 when the graph updates the cache in place, 2 for past + present
     last_logits_only: bool = False  # the graph takes logits_to_keep: a prefill's LM head runs on its last position only
-    # GroupQueryAttention: scores are not graph tensors; the peak RSS of SmolLM2's prefills up to
-    # 2k tokens grows linearly in S (bench/results/runtime.json), so no [B, H, S, T] term
+    # GroupQueryAttention: scores are no graph tensors, and the peak RSS of SmolLM2's prefills up
+    # to 2k tokens grows linearly in S within a few MiB (bench/results/runtime.json): no [B, H, S, T] term
     fused_attention: bool = False
     sliding_windows: tuple[int | None, ...] = ()  # per layer: W of a sliding-window layer, None for global; () none
 
