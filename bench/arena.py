@@ -24,7 +24,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
+from results_io import write_results  # noqa: E402
 from summarize import arena as arena_lines  # noqa: E402  (the same table in RESULTS.md)
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -176,12 +176,6 @@ def run_header(a: argparse.Namespace, ort_version: str) -> dict:
     return {"model": a.model, "machine": platform.machine(), "threads": a.threads, "rounds": a.rounds, "prompts": a.prompts,
             "onnxruntime": ort_version}
 
-
-def write_results(out: Path, name: str, res: dict, md: str) -> None:
-    """`name`.json and `name`.md in `out`, each written whole; the markdown also to stdout."""
-    write_json_atomic(out / f"{name}.json", res)
-    write_text_atomic(out / f"{name}.md", md)
-    print(md)
 
 
 if __name__ == "__main__":

@@ -186,7 +186,8 @@ def main(argv=None) -> int:
         return 0
     import onnxruntime as ort
 
-    from arena import process_args, run_header, write_results
+    from arena import process_args, run_header
+    from results_io import write_results
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--alternations", type=int, default=20)

@@ -459,6 +459,21 @@ def embedding_lookup(d: dict) -> list[str]:
     return lines
 
 
+def planner_check(d: dict) -> list[str]:
+    """bench/planner_check.py: the planner's uncalibrated prediction against measured peak RSS."""
+    lines = [f"Each context a fresh process on this host ({d['machine']}, onnxruntime {d['onnxruntime']}): the prompt "
+             f"prefilled in one step, then {d['new_tokens']} decode steps. Predicted with the planner's defaults "
+             "(no calibration), as for a device that has not run the model.", "",
+             "| artifact | parameters | quantize | context | measured peak MiB | predicted MiB | error |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    for r in d["rows"]:
+        params = f"{r['parameters'] / 1e6:,.0f}M" if r.get("parameters") else "?"
+        lines.append(f"| {Path(r['artifact']).parent.name}/{Path(r['artifact']).name} | {params} | "
+                     f"{(r.get('export_config') or {}).get('quantize', '?')} | {r['context']} | {r['peak_rss_bytes'] / 2**20:.0f} | "
+                     f"{r['predicted_peak_bytes'] / 2**20:.0f} | {r['error']:+.1%} |")
+    return lines
+
+
 def gram_precision(d: dict) -> list[str]:
     """bench/gram_precision.py: the calibration Gram in bfloat16 against float32, and what it does to GPTQ."""
     lines = [f"{d['model']}, layer {d['layer']}: {d['tokens']:,} calibration tokens, forward in {d['forward']}. "
@@ -532,6 +547,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("Calibration Grams in bfloat16 (Qwen2.5-Coder-1.5B)", "gram_precision.json", gram_precision),
     ("Redundancy of consecutive layers by model size", "redundancy.json", _link_only("bench/results/redundancy.md")),
     ("Device verdicts at 0.5B and 1.5B", "device_plans.json", _link_only("bench/results/device_plans.md")),
+    ("The planner without calibration at 1.5B", "planner_check.json", planner_check),
     ("Server", "serve.json", serve),
     ("Every stage at 1.5B", "stages_qwen2.5-coder-1.5b.json", stages),
 ]

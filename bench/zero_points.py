@@ -38,7 +38,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: only an insta
 
 import numpy as np  # noqa: E402
 
-from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
+from results_io import write_results  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 WORK = Path(__file__).parent / "_work" / "zero_points"
@@ -252,9 +252,7 @@ def main(argv=None) -> int:
     res = {"machine": platform.machine(), "threads": a.threads, "onnxruntime": ort.__version__,
            "weights": weight_errors(a.model), "kernels": kernels(a.reps, a.threads),
            "decode": decode_ab(a.model, a.threads, a.alternations)}
-    write_json_atomic(a.out / "zero_points.json", res)
-    write_text_atomic(a.out / "zero_points.md", report(res))
-    print(report(res))
+    write_results(a.out, "zero_points", res, report(res))
     return 0
 
 
