@@ -42,7 +42,6 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: only an insta
 
 import numpy as np  # noqa: E402
 
-
 RESULTS = Path(__file__).resolve().parent / "results"
 WORK = Path(__file__).resolve().parent / "_work" / "embedding_lookup"
 KINDS = {"int4": {"quantize": "int4", "symmetric": True}, "int4-zp": {"quantize": "int4", "symmetric": False}}
@@ -68,6 +67,9 @@ def gbq_graph(art: Path, out: Path) -> Path:
     cfg = json.loads((art / "manifest.json").read_text())["export_config"]
     bits = cfg["embedding_bits"] or {"int4": 4, "int8": 8}[cfg["quantize"]]
     block = row_bytes * 8 // bits
+    hidden = json.loads((art / "config.json").read_text())["hidden_size"]
+    if n_blocks * block != hidden:  # the exporter pads K to whole blocks; GBQ's rows would carry the padding
+        raise SystemExit(f"error: {art}: hidden size {hidden} is not a whole number of {block}-blocks; this rewrite needs it")
     gbq_in = [TABLE, "input_ids", "gbq.scales"]
     g.initializer.append(numpy_helper.from_array(np.array([n_rows, n_blocks, 1], np.int64), "gbq.scales_shape"))
     if TABLE + ".zero_points" in inits:  # (N, ceil(blocks·bits/8)) packed -> (N, blocks, 1), one a byte
