@@ -130,8 +130,8 @@ def chart_context_memory(models: list[dict], host, path: Path, contexts: list[in
         col = _COLORS[i % len(_COLORS)]
         ax.plot(grid, [plan_facts(facts, host, c, calibration=cal).predicted_peak_bytes / MIB for c in grid], color=col,
                 label=f"{m['name']}: predicted peak")
-        ax.plot(grid, [2 * facts.kv_bytes(c) / MIB for c in grid], color=col, linestyle="--", alpha=0.7,
-                label=f"{m['name']}: KV cache (2 buffers)")
+        ax.plot(grid, [facts.kv_buffers * facts.kv_bytes(c) / MIB for c in grid], color=col, linestyle="--", alpha=0.7,
+                label=f"{m['name']}: KV cache")
         runs = m.get("runs") or []
         if runs:
             ax.scatter([r["context"] for r in runs], [r["peak_rss_bytes"] / MIB for r in runs], color=col, marker="o",
@@ -254,7 +254,8 @@ def write_report(out_dir: str | Path, data: dict[str, Any], devices: list) -> Pa
           f"Contexts: {', '.join(map(str, data['contexts']))}. Host: {h['display_name']}, {h['memory_gib']} GiB RAM, "
           f"measured copy bandwidth {h['bandwidth_gbps']} GB/s.", "",
           "## Fit and decode ceiling per device", "",
-          "Predicted peak = unique weight bytes + KV cache (every layer keeps its own K/V; two buffers) + activations of a "
+          "Predicted peak = unique weight bytes + KV cache (every layer keeps its own K/V: one buffer that "
+          "GroupQueryAttention updates in place, else past + present) + activations of a "
           "full-context prefill + runtime overhead calibrated on this host. Decode ceiling = device bandwidth / bytes read "
           "per token: a weight shared by several layers is re-read by each of them, so sharing lowers memory, not this "
           "ceiling. Verdict 'tight' = margin under 10% of the prediction.", "",

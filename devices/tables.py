@@ -72,7 +72,7 @@ def plan_breakdown_table(plans: list[Plan], markdown: bool = False) -> str:
         rows.append([p.model, p.context, fmt_bytes(p.weights_bytes), fmt_bytes(p.kv_bytes), fmt_bytes(p.activation_bytes),
                      fmt_bytes(p.overhead_bytes) + ("" if p.overhead_calibrated else " (default)"), fmt_bytes(p.predicted_peak_bytes),
                      fmt_bytes(p.bytes_read_per_token)])
-    return table(["model", "context", "weights", "KV (2 buffers)", "activations", "overhead", "predicted peak", "read/token"], rows, markdown)
+    return table(["model", "context", "weights", "KV cache", "activations", "overhead", "predicted peak", "read/token"], rows, markdown)
 
 
 def runs_table(runs: list[dict[str, Any]], markdown: bool = False) -> str:
