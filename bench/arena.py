@@ -76,7 +76,7 @@ def process_figures(s, prompt: int) -> dict:
         run(ids, cache)
         times.append(time.perf_counter() - t)
     del cache
-    return {"decode_ms": 1e3 * float(np.median(steps)), "decode_peak_mib": decode_peak,
+    return {"load_s": s.load_seconds, "decode_ms": 1e3 * float(np.median(steps)), "decode_peak_mib": decode_peak,
             "prefill_tok_s": prompt / float(np.median(times[1:])), "prefill_peak_mib": _status("VmHWM"),
             "rss_after_prefill_mib": _status("VmRSS")}
 
@@ -100,20 +100,22 @@ def exports(model: str, kinds: dict[str, dict], work: Path) -> dict[str, Path]:
     return out
 
 
-def measure(arts: dict[str, Path], prompts: list[int], rounds: int, threads: int) -> dict:
+def measure(arts: dict[str, Path], prompts: list[int], rounds: int, threads: int, script: str = __file__) -> dict:
+    """Every (artifact, prompt, setting) in a fresh process of `script --worker PATH SETTING P
+    THREADS`, the settings alternating within a round; their per-round figures and summary."""
     rows: dict[str, dict[str, list[dict]]] = {}  # "kind@P" -> setting -> one dict per round
     for r in range(rounds):
         for kind, path in arts.items():
             for p in prompts:
                 order = SETTINGS if r % 2 == 0 else SETTINGS[::-1]
                 for setting in order:
-                    cmd = [sys.executable, __file__, "--worker", str(path), setting, str(p), str(threads)]
+                    cmd = [sys.executable, script, "--worker", str(path), setting, str(p), str(threads)]
                     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
                     if out.returncode != 0:
                         raise SystemExit(f"worker {kind} {setting} {p} failed: {out.stderr.strip().splitlines()[-1:]}")
                     row = json.loads(out.stdout.strip().splitlines()[-1])
                     rows.setdefault(f"{kind}@{p}", {}).setdefault(setting, []).append(row)
-                    print(f"round {r + 1}/{rounds} {kind} P={p} arena {setting}: prefill {row['prefill_tok_s']:.0f} tok/s, "
+                    print(f"round {r + 1}/{rounds} {kind} P={p} {Path(script).stem} {setting}: prefill {row['prefill_tok_s']:.0f} tok/s, "
                           f"peak {row['prefill_peak_mib']:.0f} MiB", file=sys.stderr, flush=True)
     return {"rows": rows, "summary": summarize_rows(rows)}
 

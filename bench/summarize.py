@@ -424,17 +424,20 @@ def release_pages(d: dict) -> list[str]:
 
 
 def arena(d: dict) -> list[str]:
-    """bench/arena.py: the CPU memory arena on (shrunk after each prefill) against off, fresh processes."""
+    """bench/arena.py: the CPU memory arena on (shrunk after each prefill) against off, fresh
+    processes; bench/huge_pages.py's table has the same shape, with load times."""
+    load = all("load_s" in e["on_over_off"] for e in d["summary"].values())
     lines = [f"{d['rounds']} round(s), each measurement a fresh process, the settings alternating; {d['threads']} threads; "
              f"model {d['model']}; onnxruntime {d['onnxruntime']}. Ratios are medians of same-round on/off ratios.", "",
              "| artifact @ prompt | prefill tok/s off | on | on/off | prefill peak MiB off | on | on/off "
-             "| RSS after prefill on/off | decode peak on/off | decode step on/off |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| RSS after prefill on/off | decode peak on/off | decode step on/off |" + (" load on/off |" if load else ""),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if load else "")]
     for key, e in d["summary"].items():
         m, q = e["median"], e["on_over_off"]
         lines.append(f"| {key} | {m['off']['prefill_tok_s']:.0f} | {m['on']['prefill_tok_s']:.0f} | {q['prefill_tok_s']:.3f} "
                      f"| {m['off']['prefill_peak_mib']:.0f} | {m['on']['prefill_peak_mib']:.0f} | {q['prefill_peak_mib']:.3f} "
-                     f"| {q['rss_after_prefill_mib']:.3f} | {q['decode_peak_mib']:.3f} | {q['decode_ms']:.3f} |")
+                     f"| {q['rss_after_prefill_mib']:.3f} | {q['decode_peak_mib']:.3f} | {q['decode_ms']:.3f} |"
+                     + (f" {q['load_s']:.2f} |" if load else ""))
     return lines
 
 
@@ -535,6 +538,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("Peers (onnxruntime-genai, llama.cpp)", "peers.json", peers),
     ("Releasing the weight file's pages after load", "release_pages.json", release_pages),
     ("CPU memory arena on and off", "arena.json", arena),
+    ("Transparent huge pages for the prepacked weights, on and off", "huge_pages.json", arena),
     ("Quantized embedding lookup: dequantizing Gather vs GatherBlockQuantized", "embedding_lookup.json", embedding_lookup),
     ("onnxruntime-genai loads edgedelta artifacts", "genai_compat.json", genai_compat),
     ("Quantization quality", "quant_quality.json", quant_quality),

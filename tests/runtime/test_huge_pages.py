@@ -1,0 +1,63 @@
+"""Transparent huge pages for a session's large resident memory (edgedelta/runtime/memory.py
+collapse_huge_pages): a resident anonymous block is collapsed with its bytes kept, a mostly
+unresident one is left alone (collapsing would fill it), and Session.from_dir collapses on CPU
+unless asked not to, after the session is built and before any KV cache exists."""
+
+import ctypes
+import mmap
+import sys
+
+import numpy as np
+import pytest
+
+from edgedelta.runtime import Session, memory
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc/self/smaps are Linux's")
+MIB = 1 << 20
+
+
+def _mapping(addr: int) -> dict:
+    """The smaps entry (Rss, AnonHugePages in KiB) of the mapping that holds `addr`."""
+    out, cur = {}, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if memory._MAPPING.match(head[0]):
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                cur = lo <= addr < hi
+            elif cur and head[0] in ("Rss:", "AnonHugePages:"):
+                out[head[0][:-1]] = int(head[1])
+    return out
+
+
+def _anonymous(size: int) -> tuple[mmap.mmap, int]:
+    m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return m, ctypes.addressof(ctypes.c_char.from_buffer(m))
+
+
+def test_resident_block_is_collapsed_with_its_bytes_and_a_sparse_one_is_not():
+    full, full_addr = _anonymous(32 * MIB)
+    data = np.random.default_rng(0).integers(0, 256, 32 * MIB, dtype=np.uint8)
+    full[:] = data.tobytes()  # every page resident
+    sparse, sparse_addr = _anonymous(64 * MIB)
+    sparse[0] = 1  # one page resident
+    done = memory.collapse_huge_pages(min_bytes=16 * MIB)
+    if done == 0 or _mapping(full_addr).get("AnonHugePages", 0) == 0:
+        pytest.skip("this kernel does not collapse into huge pages (MADV_COLLAPSE: Linux 6.1+, THP built in)")
+    assert done >= 28 * MIB and _mapping(full_addr)["AnonHugePages"] >= 28 * 1024
+    assert bytes(full[:]) == data.tobytes()
+    assert _mapping(sparse_addr)["Rss"] < 1024 and _mapping(sparse_addr).get("AnonHugePages", 0) == 0
+    full.close()
+    sparse.close()
+
+
+def test_session_collapses_after_build_unless_told_not_to(tiny_edgedelta, monkeypatch):
+    _, art = tiny_edgedelta
+    calls = []
+    monkeypatch.setattr(memory, "collapse_huge_pages", lambda *a, **k: calls.append(1) or 0)
+    ref = Session.from_dir(art, provider="cpu", threads=1, huge_pages=False)
+    assert calls == []
+    s = Session.from_dir(art, provider="cpu", threads=1)
+    assert calls == [1]
+    prompt = "The pump on line 3"
+    assert s.generate(prompt, max_new_tokens=8).token_ids == ref.generate(prompt, max_new_tokens=8).token_ids
