@@ -134,12 +134,26 @@ def summarize_rows(rows: dict[str, dict[str, list[dict]]]) -> dict:
     return summary
 
 
+TITLE = "# CPU memory arena: on (shrunk after each prefill) vs off"
+
+
 def report(res: dict) -> str:
-    return "\n".join(["# CPU memory arena: on (shrunk after each prefill) vs off", "", *arena_lines(res), "",
-                      "Written by `bench/arena.py`; per-process figures in `arena.json`.", ""])
+    return on_off_report(res, "arena", TITLE)
+
+
+def on_off_report(res: dict, name: str, title: str) -> str:
+    """The markdown of an on/off benchmark's results (the table: summarize.arena)."""
+    return "\n".join([title, "", *arena_lines(res), "", f"Written by `bench/{name}.py`; per-process figures in `{name}.json`.", ""])
 
 
 def main(argv=None) -> int:
+    return on_off_main(argv, __doc__, "arena", TITLE, worker, artifacts, __file__)
+
+
+def on_off_main(argv, doc: str, name: str, title: str, worker, artifacts_of, script: str) -> int:
+    """main() of a benchmark that runs a setting on and off in fresh processes: `--worker PATH
+    SETTING P THREADS` runs `worker` and prints its figures; otherwise parse the options, build
+    `artifacts_of(model)`, measure, and write `name`.json and .md."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
         art, setting, prompt, threads = argv[1:5]
@@ -147,12 +161,12 @@ def main(argv=None) -> int:
         return 0
     import onnxruntime as ort
 
-    a = process_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter), argv)
+    a = process_args(argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter), argv)
     if a is None:
         return 2
-    arts = artifacts(a.model)
-    res = {**run_header(a, ort.__version__), **measure(arts, a.prompts, a.rounds, a.threads)}
-    write_results(a.out, "arena", res, report(res))
+    arts = artifacts_of(a.model)
+    res = {**run_header(a, ort.__version__), **measure(arts, a.prompts, a.rounds, a.threads, script=script)}
+    write_results(a.out, name, res, on_off_report(res, name, title))
     return 0
 
 

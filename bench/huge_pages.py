@@ -11,15 +11,12 @@ after). Reports same-round on/off ratios. Writes bench/results/huge_pages.json a
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: only an installed edgedelta has export, runtime, devices
 
-from arena import measure, process_args, process_figures, run_header  # noqa: E402
-from results_io import write_results  # noqa: E402
+from arena import on_off_main, on_off_report, process_figures  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / "_work"
 
@@ -31,34 +28,25 @@ def worker(art: str, setting: str, prompt: int, threads: int) -> dict:
                                             huge_pages=setting == "on"), prompt)
 
 
-def report(res: dict) -> str:
-    from summarize import arena
+TITLE = "# Prepacked weights on transparent huge pages: on vs off"
 
-    return "\n".join(["# Prepacked weights on transparent huge pages: on vs off", "", *arena(res), "",
-                      "Written by `bench/huge_pages.py`; per-process figures in `huge_pages.json`.", ""])
+
+def report(res: dict) -> str:
+    return on_off_report(res, "huge_pages", TITLE)
+
+
+def artifacts(model: str) -> dict[str, Path]:
+    """The default model's fp32 and int4 exports, as bench/runtime.py builds them."""
+    from runtime_artifacts import ensure_artifacts, ensure_quantized
+
+    if model != "default":
+        raise SystemExit(f"error: --model {model}: this benchmark runs the default model's exports only")
+    say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    return {"fp32": ensure_artifacts(WORK, log=say, original_only=True)[0], "int4": ensure_quantized(WORK, log=say)}
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--worker"]:
-        art, setting, prompt, threads = argv[1:5]
-        print(json.dumps(worker(art, setting, int(prompt), int(threads))))
-        return 0
-    import onnxruntime as ort
-
-    from runtime_artifacts import ensure_artifacts, ensure_quantized
-
-    a = process_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter), argv)
-    if a is None:
-        return 2
-    if a.model != "default":
-        print(f"error: --model {a.model}: this benchmark runs the default model's exports only", file=sys.stderr)
-        return 2
-    fp32, _, _ = ensure_artifacts(WORK, log=lambda m: print(m, file=sys.stderr), original_only=True)
-    arts = {"fp32": fp32, "int4": ensure_quantized(WORK, log=lambda m: print(m, file=sys.stderr))}
-    res = {**run_header(a, ort.__version__), **measure(arts, a.prompts, a.rounds, a.threads, script=__file__)}
-    write_results(a.out, "huge_pages", res, report(res))
-    return 0
+    return on_off_main(argv, __doc__, "huge_pages", TITLE, worker, artifacts, __file__)
 
 
 if __name__ == "__main__":

@@ -24,3 +24,18 @@ def test_ratios_are_medians_of_same_round_ratios():
     res = {"model": "default", "threads": 2, "rounds": 3, "onnxruntime": "x", "summary": {"int4@512": s}}
     md = arena.report(res)
     assert "| int4@512 | 300 | 450 | 1.500 | 200 | 230 | 1.150 | 1.000 | 1.000 | 1.000 |" in md
+
+
+def test_huge_pages_shares_the_table_and_adds_load_time(tiny_edgedelta):
+    import huge_pages
+
+    _, art = tiny_edgedelta
+    on, off = huge_pages.worker(str(art), "on", 8, 1), huge_pages.worker(str(art), "off", 8, 1)
+    assert on["load_s"] > 0 and on["decode_ms"] > 0 and on["prefill_peak_mib"] > 0
+    rows = {"fp32@8": {"off": [off], "on": [on]}}
+    res = {"model": "default", "threads": 1, "rounds": 1, "onnxruntime": "x", "summary": arena.summarize_rows(rows)}
+    md = huge_pages.report(res)
+    assert md.startswith("# Prepacked weights on transparent huge pages") and "load on/off |" in md
+    assert f" {on['load_s'] / off['load_s']:.2f} |" in md
+    assert "load on/off" not in arena.report({**res, "summary": {k: {**v, "on_over_off": {m: x for m, x in v["on_over_off"].items() if m != "load_s"}}
+                                                                  for k, v in res["summary"].items()}})
