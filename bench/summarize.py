@@ -653,9 +653,9 @@ def status_table(results: Path = RESULTS) -> str:
         rows.append(f"| decode speed vs optimum / PyTorch eager (same artifact, interleaved; an earlier graph) | "
                     f"{ratios['ours/optimum']['median_of_round_ratios']:.2f}× / {ratios['ours/torch_eager']['median_of_round_ratios']:.2f}× "
                     "| `runtime.json` |")
-        held_out = [abs(x["prediction_error"]) for x in _planner_runs(r) if not x["calibration_point"]]
+        runs = _planner_runs(r)
+        held_out = [abs(x["prediction_error"]) for x in runs if not x["calibration_point"]]
         if held_out:
-            runs = _planner_runs(r)
             models = ", ".join(dict.fromkeys(x["model"] for x in runs))
             rows.append(f"| device planner: peak RSS predicted vs measured, worst of the contexts not fitted "
                         f"({models}; to {max(x['context'] for x in runs)} tokens) | {max(held_out):.1%} | `runtime.json` |")
