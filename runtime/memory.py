@@ -54,7 +54,7 @@ _MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+$")
 
 def _mappings() -> list[dict]:
     """This process's mappings from /proc/self/smaps: start, end, path ('' when anonymous),
-    and the KiB of its Rss and Anonymous lines."""
+    and the KiB of its Rss, Anonymous and AnonHugePages lines (rss, anonymous, huge)."""
     out: list[dict] = []
     with open("/proc/self/smaps") as f:
         for line in f:
@@ -63,10 +63,14 @@ def _mappings() -> list[dict]:
                 continue
             if _MAPPING.match(head[0]):  # a mapping's header: address range, perms, offset, dev, inode[, path]
                 start, end = (int(x, 16) for x in head[0].split("-"))
-                out.append({"start": start, "end": end, "path": head[5] if len(head) >= 6 else "", "rss": 0, "anonymous": 0})
-            elif out and head[0] in ("Rss:", "Anonymous:"):
-                out[-1]["rss" if head[0] == "Rss:" else "anonymous"] = int(head[1])
+                out.append({"start": start, "end": end, "path": head[5] if len(head) >= 6 else "", "rss": 0, "anonymous": 0,
+                            "huge": 0})
+            elif out and head[0] in _SMAPS_FIELDS:
+                out[-1][_SMAPS_FIELDS[head[0]]] = int(head[1])
     return out
+
+
+_SMAPS_FIELDS = {"Rss:": "rss", "Anonymous:": "anonymous", "AnonHugePages:": "huge"}  # KiB each
 
 
 def _libc():
@@ -113,7 +117,8 @@ def collapse_huge_pages(min_bytes: int = 8 << 20, min_resident: float = 0.9) -> 
     reserve would grow RSS. The same bytes stay resident, now in fewer, larger pages.
     Call it once a session is built and before its KV cache exists. Linux 6.1+ only; where
     madvise refuses (an older kernel, no huge page free), that range keeps its pages and 0
-    bytes count for it."""
+    bytes count for it. A range already in huge pages (an earlier call: every session built in
+    the process calls it) is not asked again."""
     if not sys.platform.startswith("linux"):
         return 0
     try:
@@ -129,6 +134,8 @@ def collapse_huge_pages(min_bytes: int = 8 << 20, min_resident: float = 0.9) -> 
             continue
         start = -(-m["start"] // HUGE_PAGE) * HUGE_PAGE  # the whole huge pages inside the mapping
         end = m["end"] // HUGE_PAGE * HUGE_PAGE
-        if end > start and libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_COLLAPSE) == 0:
+        if end <= start or (m["huge"] << 10) >= end - start:
+            continue
+        if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_COLLAPSE) == 0:
             done += end - start
     return done

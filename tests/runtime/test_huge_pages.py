@@ -1,6 +1,6 @@
 """Transparent huge pages for a session's large resident memory (edgedelta/runtime/memory.py
-collapse_huge_pages): a resident anonymous block is collapsed with its bytes kept, a mostly
-unresident one is left alone (collapsing would fill it), and Session.from_dir collapses on CPU
+collapse_huge_pages): a resident anonymous block is collapsed with its bytes kept and not asked
+again, a mostly unresident one is left alone (collapsing would fill it), and Session.from_dir collapses on CPU
 unless asked not to, after the session is built and before any KV cache exists."""
 
 import ctypes
@@ -35,7 +35,7 @@ def _anonymous(size: int) -> tuple[mmap.mmap, int]:
     return m, ctypes.addressof(ctypes.c_char.from_buffer(m))
 
 
-def test_resident_block_is_collapsed_with_its_bytes_and_a_sparse_one_is_not():
+def test_resident_block_is_collapsed_once_with_its_bytes_and_a_sparse_one_is_not(monkeypatch):
     full, full_addr = _anonymous(32 * MIB)
     data = np.random.default_rng(0).integers(0, 256, 32 * MIB, dtype=np.uint8)
     full[:] = data.tobytes()  # every page resident
@@ -47,6 +47,12 @@ def test_resident_block_is_collapsed_with_its_bytes_and_a_sparse_one_is_not():
     assert done >= 28 * MIB and _mapping(full_addr)["AnonHugePages"] >= 28 * 1024
     assert bytes(full[:]) == data.tobytes()
     assert _mapping(sparse_addr)["Rss"] < 1024 and _mapping(sparse_addr).get("AnonHugePages", 0) == 0
+    asked = []  # a second call (a second session in the process) leaves the collapsed block alone
+    libc = memory._libc()
+    monkeypatch.setattr(memory, "_libc", lambda: type("Libc", (), {"madvise": lambda self, a, n, adv: asked.append(
+        (a.value, n.value)) or libc.madvise(a, n, adv)})())
+    memory.collapse_huge_pages(min_bytes=16 * MIB)
+    assert not [a for a, n in asked if a < full_addr + 32 * MIB and full_addr < a + n]
     full.close()
     sparse.close()
 
