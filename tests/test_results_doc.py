@@ -169,3 +169,14 @@ def test_status_table_shows_a_third_decimal_where_two_would_read_as_the_threshol
     table = mod.status_table(tmp_path)
     assert "| compressed int4 peak RSS ≤ 0.90× genai int4 | 0.900× (missed) | `peers.json` |" in table
     assert "| compressed int4 file ≤ 0.90× genai int4 | 0.89× (met) | `peers.json` |" in table
+
+
+def test_status_table_shows_every_missed_peer_target_and_only_the_chosen_met_ones(tmp_path):
+    mod = _summarize()
+    targets = [{"target": "a target outside the chosen ones", "threshold": 1.0, "value": 1.2, "met": False},
+               {"target": "another target outside them", "threshold": 1.0, "value": 0.8, "met": True},
+               {"target": "one not measured", "threshold": 1.0, "value": None, "met": False}]
+    (tmp_path / "peers.json").write_text(json.dumps({"targets": targets}))
+    table = mod.status_table(tmp_path)
+    assert "| a target outside the chosen ones | 1.20× (missed) | `peers.json` |" in table
+    assert "another target outside them" not in table and "one not measured" not in table
