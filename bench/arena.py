@@ -107,17 +107,26 @@ def measure(arts: dict[str, Path], prompts: list[int], rounds: int, threads: int
     for r in range(rounds):
         for kind, path in arts.items():
             for p in prompts:
-                order = SETTINGS if r % 2 == 0 else SETTINGS[::-1]
-                for setting in order:
-                    cmd = [sys.executable, script, "--worker", str(path), setting, str(p), str(threads)]
-                    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-                    if out.returncode != 0:
-                        raise SystemExit(f"worker {kind} {setting} {p} failed: {out.stderr.strip().splitlines()[-1:]}")
-                    row = json.loads(out.stdout.strip().splitlines()[-1])
+                got = alternate(SETTINGS, r, lambda s, path=path, p=p: [sys.executable, script, "--worker", str(path), s, str(p), str(threads)])
+                for setting, row in got.items():
                     rows.setdefault(f"{kind}@{p}", {}).setdefault(setting, []).append(row)
                     print(f"round {r + 1}/{rounds} {kind} P={p} {Path(script).stem} {setting}: prefill {row['prefill_tok_s']:.0f} tok/s, "
                           f"peak {row['prefill_peak_mib']:.0f} MiB", file=sys.stderr, flush=True)
     return {"rows": rows, "summary": summarize_rows(rows)}
+
+
+def alternate(labels, round_index: int, command) -> dict[str, dict]:
+    """One round of fresh processes, `command(label)` for each label, in order on even rounds
+    and reversed on odd ones (neither setting always runs on the warmer machine): label -> the
+    JSON the process printed last."""
+    out = {}
+    for label in (labels if round_index % 2 == 0 else labels[::-1]):
+        cmd = command(label)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:  # the worker's arguments (after `script --worker`) name what failed
+            raise SystemExit(f"worker {' '.join(cmd[3:])} failed: {done.stderr.strip().splitlines()[-1:]}")
+        out[label] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
 
 
 def summarize_rows(rows: dict[str, dict[str, list[dict]]]) -> dict:

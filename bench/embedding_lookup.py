@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -156,14 +155,12 @@ def decode_ab(forms: dict[str, Path], threads: int, alternations: int, steps: in
 def processes(forms: dict[str, Path], rounds: int, prompt: int, threads: int) -> dict:
     """Fresh processes, the forms alternating within a round: bench/arena.py's figures each
     for a `prompt`-token prefill."""
+    from arena import alternate
+
     rows = {f: [] for f in FORMS}
     for r in range(rounds):
-        for f in (FORMS if r % 2 == 0 else FORMS[::-1]):
-            cmd = [sys.executable, __file__, "--worker", str(forms[f]), str(prompt), str(threads)]
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-            if out.returncode != 0:
-                raise SystemExit(f"worker {forms[f]} failed: {out.stderr.strip().splitlines()[-1:]}")
-            rows[f].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        for f, row in alternate(FORMS, r, lambda f: [sys.executable, __file__, "--worker", str(forms[f]), str(prompt), str(threads)]).items():
+            rows[f].append(row)
     metrics = list(rows["gbq"][0])
     return {"rows": rows, "median": {f: {m: float(np.median([x[m] for x in rows[f]])) for m in metrics} for f in FORMS},
             "gbq_over_dequantize": {m: float(np.median([a[m] / b[m] for a, b in zip(rows["gbq"], rows["dequantize"])]))

@@ -3,6 +3,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import arena  # noqa: E402
@@ -39,3 +41,18 @@ def test_huge_pages_shares_the_table_and_adds_load_time(tiny_edgedelta):
     assert f" {on['load_s'] / off['load_s']:.2f} |" in md
     assert "load on/off" not in arena.report({**res, "summary": {k: {**v, "on_over_off": {m: x for m, x in v["on_over_off"].items() if m != "load_s"}}
                                                                   for k, v in res["summary"].items()}})
+
+
+def test_alternate_runs_a_fresh_process_per_label_reversing_the_order_on_odd_rounds(tmp_path):
+    log, worker = tmp_path / "order", tmp_path / "worker.py"
+    worker.write_text(f"import json, sys\nif sys.argv[2] == 'bad':\n    raise SystemExit(3)\n"
+                      f"open({str(log)!r}, 'a').write(sys.argv[2])\nprint('noise')\nprint(json.dumps({{'x': sys.argv[2]}}))\n")
+
+    def command(label):  # as the benchmarks call their workers: python SCRIPT --worker ARGS...
+        return [sys.executable, str(worker), "--worker", label]
+
+    assert arena.alternate(("on", "off"), 0, command) == {"on": {"x": "on"}, "off": {"x": "off"}}
+    arena.alternate(("on", "off"), 1, command)
+    assert log.read_text() == "onoffoffon"
+    with pytest.raises(SystemExit, match="worker bad failed"):
+        arena.alternate(("bad",), 0, command)
