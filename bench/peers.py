@@ -73,6 +73,9 @@ EDGEDELTA: list[tuple[str, str, dict, dict, str | None]] = [
     # the embedding table and LM head at 8 bits (the GGUF's Q8_0 table held), projections as the default
     ("edgedelta-int4-e8-spin", "original", {"quantize": "int4", "accuracy_level": 4, "embedding_bits": 8}, {"spin": "on"}, None),
     ("edgedelta-int4-zp-spin", "original", {"quantize": "int4", "accuracy_level": 4, "symmetric": False}, {"spin": "on"}, None),
+    # the value projection at 4 bits like the rest (ExportConfig.value_bits; the default holds it at 8):
+    # q/k/v then one fused MatMulNBits
+    ("edgedelta-int4-v4-spin", "original", {"quantize": "int4", "accuracy_level": 4, "value_bits": 4}, {"spin": "on"}, None),
     # float zero points (ExportConfig.float_zero_points: a GGUF's Q4_1 projections held exactly) with the
     # embedding/LM head at 4 bits, and at 8 (the GGUF's Q8_0 table held too): quality against decode speed
     ("edgedelta-int4-fzp-spin", "original", {"quantize": "int4", "accuracy_level": 4, "float_zero_points": True}, {"spin": "on"}, None),

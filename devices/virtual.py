@@ -15,7 +15,9 @@ compress, per device, needs only the bytes. The rules (export/weights.py, graph 
                          8-bit offset table, N·nbc·bc codes + N·nbc·4 scales (bc =
                          export.quantize.offset_block(nb), nbc = ceil(nb/bc))
     q/k/v, gate/up       fused into one (ΣN, K) weight: the same bytes as the parts, since
-                         blocks run along K; a fused delta's B is block-diagonal (ΣN, ΣR)
+                         blocks run along K; a fused delta's B is block-diagonal (ΣN, ΣR).
+                         With v at other bits (VirtualExport.value_bits, the exporter's default
+                         8 in an int4 export) q, k and v are three weights, v's at its bits
     embedding            fp32 (vocab, hidden), or quantized like a projection in a quantized
                          export (`embedding`: int8/int4 as ExportConfig.embedding_bits, which an
                          untied LM head follows too); read one row per token by a Gather
@@ -67,6 +69,7 @@ class VirtualExport:
     symmetric: bool = False  # quantized blocks without zero points (ExportConfig.symmetric)
     float_zp: bool = False  # ExportConfig.float_zero_points (implies symmetric codes)
     embedding: str = "same"  # see EMBEDDINGS
+    value_bits: int | None = None  # ExportConfig.value_bits; None: the exporter's default for a quantized export
     sharing: VirtualSharing | None = None
     name: str = ""
 
@@ -79,6 +82,13 @@ class VirtualExport:
             from edgedelta.export.config import default_block_size
 
             object.__setattr__(self, "block_size", default_block_size(self.precision, self.float_zp))
+        if self.value_bits is None and self.precision != "fp32":
+            from edgedelta.export.config import DEFAULT_VALUE_BITS
+
+            object.__setattr__(self, "value_bits", DEFAULT_VALUE_BITS)
+        if self.value_bits not in (None, 4, 8) or (self.value_bits is not None and self.precision == "fp32"):
+            raise ConfigError(f"value_bits {self.value_bits!r} is not supported with precision {self.precision}; "
+                              "allowed: 4 or 8 with int8/int4")
 
 
 @dataclass
@@ -150,17 +160,21 @@ def account(config: dict, x: VirtualExport) -> Accounting:
     shared = set(s.projections) if s else set()
     n_shared_layers = s.groups * s.group_size if s else 0
     n_delta_layers = s.groups * (s.group_size - 1 if s.anchored else s.group_size) if s else 0
-    for fused in [*_FUSED, *(((p,) for p in ("o", "down")))]:
+    # v at other bits than the rest (ExportConfig.value_bits): q, k and v each their own weight
+    v_prec = {8: "int8", 4: "int4"}.get(x.value_bits, x.precision)
+    groups = [("q",), ("k",), ("v",), *_FUSED[1:]] if v_prec != x.precision else list(_FUSED)
+    for fused in [*groups, ("o",), ("down",)]:
         n = sum(shapes[p][0] for p in fused)
         k = shapes[fused[0]][1]
-        w = matrix_bytes(n, k, x.precision, x.block_size, sym, x.float_zp)
+        prec = v_prec if fused == ("v",) else x.precision
+        w = matrix_bytes(n, k, prec, x.block_size, sym, x.float_zp)
         if shared and set(fused) <= shared:
             # shared layers: one base per group, read by each of its layers; the rest as usual
             acc.add("shared", w * s.groups, w * n_shared_layers)
             acc.add("projection", w * (layers - n_shared_layers), w * (layers - n_shared_layers))
             r = sum(s.ranks[p] for p in fused)
             # deltas: A (ΣR, K) and block-diagonal B (ΣN, ΣR), quantized like the bases
-            d = matrix_bytes(r, k, x.precision, x.block_size, sym) + matrix_bytes(n, r, x.precision, x.block_size, sym)
+            d = matrix_bytes(r, k, prec, x.block_size, sym) + matrix_bytes(n, r, prec, x.block_size, sym)
             acc.add("delta", d * n_delta_layers, d * n_delta_layers)
         else:
             acc.add("projection", w * layers, w * layers)

@@ -43,6 +43,9 @@ QUANTIZED_LEVEL0_REL_TOL = 1e-4
 QUANT_METHODS = ("rtn", "gptq", "hqq")
 DEFAULT_QUANT_METHOD = "gptq"
 CONFIG_VERSION = 1
+# the attention value projection of a quantized export: its 4-bit error costs the most
+# perplexity per byte of any projection (bench/results/peers.md, the -v4 row)
+DEFAULT_VALUE_BITS = 8
 
 
 def default_block_size(quantize: str, float_zero_points: bool) -> int:
@@ -74,6 +77,11 @@ class ExportConfig:
     embedding_bits: int | None = field(default=None, metadata={
         "help": "bits of the quantized embedding table and LM head: 4 or 8 (default: the projections' bits). 8 holds a "
                 "GGUF's Q8_0 embedding, at a cost in file size and decode speed"})
+    value_bits: int | None = field(default=None, metadata={
+        "help": "bits of the attention value projection (v) in a quantized export: 4 or 8 (default 8: of all the "
+                "projections, v's 4-bit error costs the most held-out perplexity per byte; bench/results/peers.md, "
+                "edgedelta-int4-spin against edgedelta-int4-v4-spin). q, k and v are then three MatMulNBits instead of "
+                "one; a model whose q/k/v is one weight (phi3) keeps it at the projections' bits"})
     accuracy_level: int | None = field(default=None, metadata={
         "help": "MatMulNBits compute: 0 = fp32 on the dequantized weights (exact); 4 = int8 activations (x86: int8 weights "
                 "~18x and int4 ~2x faster, adds activation rounding); default 4 for quantized exports, 0 otherwise"})
@@ -141,6 +149,13 @@ class ExportConfig:
                 raise ConfigError("embedding_bits needs a quantized export (quantize int4 or int8)")
             if self.embedding_bits not in (4, 8):
                 raise ConfigError(f"embedding_bits must be 4 or 8, got {self.embedding_bits!r}")
+        if self.value_bits is not None:
+            if self.quantize == "none":
+                raise ConfigError("value_bits needs a quantized export (quantize int4 or int8)")
+            if self.value_bits not in (4, 8):
+                raise ConfigError(f"value_bits must be 4 or 8, got {self.value_bits!r}")
+        elif self.quantize != "none":
+            self.value_bits = DEFAULT_VALUE_BITS
         if self.gate_tokens < 256:
             raise ConfigError(f"gate_tokens must be >= 256 (greedy agreement over a long text), got {self.gate_tokens}")
         if self.accuracy_level is None:  # int8 activations: the fast default of a quantized export

@@ -177,12 +177,16 @@ class WeightCollector:
 
         bar = tqdm(total=len(layers), desc=f"{self.cfg.quantize} weights" if self.cfg.quantize != "none" else "weights",
                    disable=not self.progress, leave=False)
+        # v at other bits than q and k (ExportConfig.value_bits): MatMulNBits has one bit width,
+        # so q/k/v stay three projections
+        value_bits = self.cfg.value_bits if self.cfg.quantize != "none" else None
+        split_v = value_bits is not None and value_bits != BITS[self.cfg.quantize]
         for i, layer in enumerate(layers):
             bar.update(1)
             linears = {}
             fused_parts: set[str] = set()
             for fused, parts in FUSIONS.items():
-                if fused in ad.projections or not all(p in ad.projections for p in parts):
+                if fused in ad.projections or not all(p in ad.projections for p in parts) or (split_v and "v" in parts):
                     continue
                 mods = [ad.get_linear(layer, p) for p in parts]
                 if self._fusable(mods):
@@ -193,7 +197,7 @@ class WeightCollector:
                     continue
                 mod = ad.get_linear(layer, proj)
                 base = self._shared_name(mod.weight, path) or f"layers.{i}.{path}.weight"
-                linears[proj] = self._linear(mod, base, f"layers.{i}.{path}")
+                linears[proj] = self._linear(mod, base, f"layers.{i}.{path}", bits=value_bits if proj == "v" else None)
             norm = lambda path: None if path is None else self._norm(f"layers.{i}.{path}.weight", layer.get_submodule(path).weight)  # noqa: E731
             q_norm, k_norm = ad.qk_norms or (None, None)
             self.out.layers.append(LayerWeights(
@@ -347,20 +351,23 @@ class WeightCollector:
         self.out.kinds[name], self.out.params[name] = kind, params
         return name
 
-    def _quantized(self, name: str, w: torch.Tensor, kind: str, stats_of: torch.Tensor | None = None) -> QRef:
+    def _quantized(self, name: str, w: torch.Tensor, kind: str, stats_of: torch.Tensor | None = None,
+                   bits: int | None = None) -> QRef:
         """Quantize w (N=out, K=in) into MatMulNBits tensors '{name}', '{name}.scales',
         '{name}.zero_points' (asymmetric only; each stored once even if identical to another's). stats_of: the
         Parameter whose calibration statistics apply when w is not one itself (a fused q/k/v
         weight: its parts read the same input), or (P, A) for a weight that reads x·Aᵀ where
         x is P's input (a fused delta B after the fused A). Without statistics a data-aware
-        method falls back to the data-free one (quant_methods.DATA_FREE_FALLBACK)."""
+        method falls back to the data-free one (quant_methods.DATA_FREE_FALLBACK). bits: the
+        projection's own bit width (value_bits), else the export's (embedding_bits for the table)."""
         k = w.shape[1]
         block = self.cfg.block_size if k >= self.cfg.block_size else 16  # a short K (delta_B: K = rank) pads less
         # float zero points on the weights that carry the model (projections, shared bases, an
         # untied head) when K is whole blocks (the graph sums x per block by a Reshape);
         # deltas and the embedding table keep symmetric codes
         float_zp = self.cfg.float_zero_points and kind in ("projection", "shared", "lm_head") and k % block == 0
-        bits = self.cfg.embedding_bits if kind in ("embedding", "lm_head") and self.cfg.embedding_bits else BITS[self.cfg.quantize]
+        if bits is None:
+            bits = self.cfg.embedding_bits if kind in ("embedding", "lm_head") and self.cfg.embedding_bits else BITS[self.cfg.quantize]
         method, h = self.cfg.quant_method, None
         if method in DATA_METHODS:  # the input Hessian of w's readers (all of them for a shared base)
             h = self.calibration.hessian(w if stats_of is None else stats_of) if self.calibration is not None else None
@@ -395,7 +402,8 @@ class WeightCollector:
         off = self.adapter.norm_weight_offset
         return self._add(name, _np(w.detach().float() + off, self.dtype), "norm", w.numel())
 
-    def _linear(self, mod: nn.Module, base: str, prefix: str, kind: str | None = None) -> LinearRef:
+    def _linear(self, mod: nn.Module, base: str, prefix: str, kind: str | None = None, bits: int | None = None) -> LinearRef:
+        """A projection's LinearRef; `bits` its MatMulNBits bit width, base and deltas (None: the export's)."""
         w = mod.weight  # (out, in)
         shared = isinstance(mod, DeltaLinear)
         kind = kind or ("shared" if shared else "projection")
@@ -404,7 +412,7 @@ class WeightCollector:
             first = self.by_id[id(w)]
             ref.weight, ref.quant = first.weight, first.quant
         elif self.cfg.quantize != "none":
-            ref.quant = self._quantized(base, w, kind)
+            ref.quant = self._quantized(base, w, kind, bits=bits)
             ref.weight = ref.quant.names[0]
             self.by_id[id(w)] = ref
         else:
@@ -420,8 +428,8 @@ class WeightCollector:
         delta_b = mod.delta_B.detach() * b_factor if shared and mod.rank else None
         if shared and mod.rank and self.cfg.quantize != "none" and self.cfg.quantize_deltas:
             # deltas quantized too: left in fp32 they would outweigh what int4 sharing saves
-            qa = self._quantized(f"{prefix}.delta_A", mod.delta_A, "delta")  # (N=r, K=in)
-            qb = self._quantized(f"{prefix}.delta_B", delta_b, "delta")  # (N=out, K=r)
+            qa = self._quantized(f"{prefix}.delta_A", mod.delta_A, "delta", bits=bits)  # (N=r, K=in)
+            qb = self._quantized(f"{prefix}.delta_B", delta_b, "delta", bits=bits)  # (N=out, K=r)
             # the parity reference keeps g, α and B apart: give it B from the dequantized B'
             deq_b = self.out.dequantized.pop(id(delta_b))
             if b_to_ref is not None:

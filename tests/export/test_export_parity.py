@@ -351,7 +351,36 @@ def test_float_zero_point_export(tmp_path):
     assert m["parity"]["logits"]["max_abs_diff"] <= m["parity"]["logits"]["tolerance"]
 
 
+@pytest.mark.parametrize("value_bits", [8, 4])
+def test_value_projection_bits(tmp_path, value_bits):
+    """value_bits on a compressed int4 model: at 8 (the default) q, k and v are three
+    MatMulNBits, v's (its shared base and its deltas too) at 8 bits and q's and k's at 4; at 4
+    q/k/v are fused where their sharing allows, all at 4 bits. Parity against the dequantized weights holds either way."""
+    import onnx
+
+    src = tiny_compressed_dir(tmp_path / "src", "llama")
+    cfg = ExportConfig(quantize="int4", block_size=16, **({} if value_bits == 8 else {"value_bits": 4}))
+    assert cfg.value_bits == value_bits
+    out = export_onnx(src, cfg, tmp_path / "art")
+    g = onnx.load(out / "model.onnx", load_external_data=False).graph
+    bits = {n.input[1]: {a.name: a.i for a in n.attribute}["bits"] for n in g.node if n.op_type == "MatMulNBits"}
+    if value_bits == 8:
+        assert not any("qkv_proj" in w for w in bits)
+        v = {w: b for w, b in bits.items() if "v_proj" in w}
+        assert any("shared" in w for w in v) and any("delta" in w for w in v) and set(v.values()) == {8}
+        assert {b for w, b in bits.items() if "q_proj" in w or "k_proj" in w} == {4}
+    else:
+        assert any("qkv_proj" in w for w in bits) and set(bits.values()) == {4}
+    assert audit(out)["ok"]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["export_config"]["value_bits"] == value_bits
+    assert m["parity"]["greedy_decode"]["identical"]
+    assert m["parity"]["logits"]["max_abs_diff"] <= m["parity"]["logits"]["tolerance"]
+
+
 @pytest.mark.parametrize("kw,match", [
+    ({"quantize": "int4", "value_bits": 2}, "value_bits must be 4 or 8, got 2"),
+    ({"value_bits": 8}, "value_bits needs a quantized export"),
     ({"float_zero_points": True}, "quantized export"),
     ({"quantize": "int4", "float_zero_points": True, "symmetric": False}, "symmetric must be auto or on"),
     ({"quantize": "int4", "embedding_bits": 6}, "embedding_bits must be 4 or 8, got 6"),
