@@ -283,12 +283,29 @@ def _peer_misses(d: dict, zp: dict | None, qq: dict | None = None) -> list[str]:
                     why += f", whose grid is coarser still: the zero-point export ({zp_rows[0]}) has perplexity {d['summary'][zp_rows[0]]['ppl']:.3f}"
             if den.startswith("llama"):
                 why += f"; llama.cpp runs the blocks as shipped: perplexity {d['summary'][den]['ppl']:.3f}"
+            why += _value_bits_note(d, num)
             why += _float_zp_note(d, num, den)
         elif metric == "ppl" and "int4" in num:
             why = _float_zp_note(d, num, den).removeprefix("; ") or None
         if why:
             out.append(f"- {t['target']} ({t['value']:.3f}): {why}.")
     return out
+
+
+def _value_bits_note(d: dict, num: str) -> str:
+    """The same model's export with the value projection at other bits than `num`'s
+    (ExportConfig.value_bits), measured in the same run: its perplexity and decode against `num`."""
+    from peers import METRICS, round_ratios
+
+    mine = (_export_of(d, num).get("export_config") or {}).get("value_bits")
+    for c in d["contenders"]:
+        cfg = _export_of(d, c).get("export_config") or {}
+        if (c in d["summary"] and d["contenders"][c].get("model") == d["contenders"][num].get("model") and cfg.get("value_bits")
+                and mine and cfg["value_bits"] != mine and c in d.get("rounds", {})):
+            dec = statistics.median(round_ratios(d["rounds"], num, c, METRICS["decode"][0]))
+            return (f"; with the value projection at {mine} bits (this export) against {cfg['value_bits']} ({c}): perplexity "
+                    f"{d['summary'][num]['ppl']:.3f} against {d['summary'][c]['ppl']:.3f}, decode {dec:.3f}x")
+    return ""
 
 
 def _float_zp_note(d: dict, num: str, den: str) -> str:

@@ -180,3 +180,20 @@ def test_status_table_shows_every_missed_peer_target_and_only_the_chosen_met_one
     table = mod.status_table(tmp_path)
     assert "| a target outside the chosen ones | 1.20× (missed) | `peers.json` |" in table
     assert "another target outside them" not in table and "one not measured" not in table
+
+
+def test_value_bits_note_compares_the_same_model_at_other_value_bits():
+    mod = _summarize()
+
+    def rnd(tps):
+        return {"round": 0, "decode": {"tokens_per_s": tps}}
+
+    d = {"rounds": {"v8": [rnd(94.0)], "v4": [rnd(100.0)], "other": [rnd(50.0)]},
+         "summary": {"v8": {"ppl": 21.4}, "v4": {"ppl": 22.8}, "other": {"ppl": 30.0}},
+         "contenders": {"v8": {"model": "original", "path": "/a/8"}, "v4": {"model": "original", "path": "/a/4"},
+                        "other": {"model": "compressed", "path": "/a/c"}},
+         "exports": {"8": {"export_config": {"value_bits": 8}}, "4": {"export_config": {"value_bits": 4}},
+                     "c": {"export_config": {"value_bits": 4}}}}
+    assert mod._value_bits_note(d, "v8") == ("; with the value projection at 8 bits (this export) against 4 (v4): perplexity "
+                                             "21.400 against 22.800, decode 0.940x")
+    assert mod._value_bits_note(d, "other") == ""  # no other form of the compressed model
