@@ -50,6 +50,7 @@ def tune_malloc(mmap_threshold: int = 128 << 10) -> bool:
 
 MADV_DONTNEED = 4  # Linux madvise advice number
 _MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+$")
+_SMAPS_FIELDS = {"Rss:": "rss", "Anonymous:": "anonymous", "AnonHugePages:": "huge"}  # KiB each
 
 
 def _mappings() -> list[dict]:
@@ -68,9 +69,6 @@ def _mappings() -> list[dict]:
             elif out and head[0] in _SMAPS_FIELDS:
                 out[-1][_SMAPS_FIELDS[head[0]]] = int(head[1])
     return out
-
-
-_SMAPS_FIELDS = {"Rss:": "rss", "Anonymous:": "anonymous", "AnonHugePages:": "huge"}  # KiB each
 
 
 def _libc():

@@ -17,17 +17,8 @@ MIB = 1 << 20
 
 
 def _mapping(addr: int) -> dict:
-    """The smaps entry (Rss, AnonHugePages in KiB) of the mapping that holds `addr`."""
-    out, cur = {}, False
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            head = line.split()
-            if memory._MAPPING.match(head[0]):
-                lo, hi = (int(x, 16) for x in head[0].split("-"))
-                cur = lo <= addr < hi
-            elif cur and head[0] in ("Rss:", "AnonHugePages:"):
-                out[head[0][:-1]] = int(head[1])
-    return out
+    """The smaps entry (rss, huge: Rss and AnonHugePages in KiB) of the mapping that holds `addr`."""
+    return next(m for m in memory._mappings() if m["start"] <= addr < m["end"])
 
 
 def _anonymous(size: int) -> tuple[mmap.mmap, int]:
@@ -42,11 +33,11 @@ def test_resident_block_is_collapsed_once_with_its_bytes_and_a_sparse_one_is_not
     sparse, sparse_addr = _anonymous(64 * MIB)
     sparse[0] = 1  # one page resident
     done = memory.collapse_huge_pages(min_bytes=16 * MIB)
-    if done == 0 or _mapping(full_addr).get("AnonHugePages", 0) == 0:
+    if done == 0 or _mapping(full_addr)["huge"] == 0:
         pytest.skip("this kernel does not collapse into huge pages (MADV_COLLAPSE: Linux 6.1+, THP built in)")
-    assert done >= 28 * MIB and _mapping(full_addr)["AnonHugePages"] >= 28 * 1024
+    assert done >= 28 * MIB and _mapping(full_addr)["huge"] >= 28 * 1024
     assert bytes(full[:]) == data.tobytes()
-    assert _mapping(sparse_addr)["Rss"] < 1024 and _mapping(sparse_addr).get("AnonHugePages", 0) == 0
+    assert _mapping(sparse_addr)["rss"] < 1024 and _mapping(sparse_addr)["huge"] == 0
     asked = []  # a second call (a second session in the process) leaves the collapsed block alone
     libc = memory._libc()
     monkeypatch.setattr(memory, "_libc", lambda: type("Libc", (), {"madvise": lambda self, a, n, adv: asked.append(
