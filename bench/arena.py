@@ -202,6 +202,5 @@ def run_header(a: argparse.Namespace, ort_version: str) -> dict:
             "onnxruntime": ort_version}
 
 
-
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -161,7 +161,7 @@ def account(config: dict, x: VirtualExport) -> Accounting:
     n_shared_layers = s.groups * s.group_size if s else 0
     n_delta_layers = s.groups * (s.group_size - 1 if s.anchored else s.group_size) if s else 0
     # v at other bits than the rest (ExportConfig.value_bits): q, k and v each their own weight
-    v_prec = {8: "int8", 4: "int4"}.get(x.value_bits, x.precision)
+    v_prec = next((prec for prec, bits in _BITS.items() if bits == x.value_bits), x.precision)
     groups = [("q",), ("k",), ("v",), *_FUSED[1:]] if v_prec != x.precision else list(_FUSED)
     for fused in [*groups, ("o",), ("down",)]:
         n = sum(shapes[p][0] for p in fused)
