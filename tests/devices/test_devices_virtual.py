@@ -64,6 +64,24 @@ def test_virtual_matches_a_real_tiny_export(tmp_path, tied, precision, symmetric
         assert getattr(vf, f) == getattr(rf, f), f
 
 
+@pytest.mark.parametrize("value_bits", [4, 8])
+def test_virtual_counts_the_value_projection_at_its_bits(tmp_path, value_bits):
+    """ExportConfig.value_bits: v at 8 bits (the default) is its own weight beside 4-bit q and k;
+    at 4 q/k/v are one fused weight. The virtual artifact stores what the real export does."""
+    from edgedelta.export import export_onnx
+    from edgedelta.export.config import ExportConfig
+    from edgedelta.runtime.artifact import Artifact
+
+    src = _tiny_qwen(tmp_path, True)
+    art = Artifact.open(export_onnx(str(src), ExportConfig(quantize="int4", quant_method="rtn", validate=False, value_bits=value_bits),
+                                    tmp_path / "art"))
+    acc = v.account(json.loads((src / "config.json").read_text()), v.VirtualExport("int4", value_bits=value_bits))
+    assert acc.stored == art.manifest["audit"]["bytes_by_kind"]
+    assert 0 <= art.weight_bytes_read_per_token - acc.read < 1024
+    with pytest.raises(ConfigError, match="value_bits 6"):
+        v.VirtualExport("int4", value_bits=6)
+
+
 def test_matrix_bytes_by_hand():
     # (N=320, K=64): fp32 4·N·K; int8 blocks of 32: 2 blocks a row, 1 B codes, fp32 scales, 1 B zero points
     assert v.matrix_bytes(320, 64, "fp32") == 81920
