@@ -173,7 +173,10 @@ def peers(d: dict) -> list[str]:
         lines.append(f"| {t['target']} | {'-' if got is None else f'{got:.3f}'} | {t['op']} {t['threshold']} | "
                      f"{'yes' if t.get('met') else ('not measured' if got is None else 'no')} |")
     lines += ["", "Contenders, speeds and sizes: [bench/results/peers.md](../bench/results/peers.md)."]
-    why = _peer_misses(d, _load("zero_points.json", RESULTS), _load("quant_quality.json", RESULTS))
+    from peers_build import COMPRESSED
+
+    qs = {"original": _load("quant_sensitivity.json", RESULTS), "compressed": _load(f"quant_sensitivity_{COMPRESSED.name}.json", RESULTS)}
+    why = _peer_misses(d, _load("zero_points.json", RESULTS), _load("quant_quality.json", RESULTS), qs)
     return lines + (["", "Where the missed targets lose, from the same files:", "", *why] if why else [])
 
 
@@ -236,10 +239,12 @@ def _zero_point_note(d: dict, num: str, den: str, zp: dict | None) -> str:
     return note
 
 
-def _peer_misses(d: dict, zp: dict | None, qq: dict | None = None) -> list[str]:
+def _peer_misses(d: dict, zp: dict | None, qq: dict | None = None, qs: dict[str, dict | None] | None = None) -> list[str]:
     """One line per missed target of peers.json, with the measurements that locate the loss:
     per-round ratios, memory beside the weights, the kernel and rounding facts of
-    bench/zero_points.py (zp) and bench/quant_quality.py's head-only rows (qq); None when absent."""
+    bench/zero_points.py (zp), bench/quant_quality.py's head-only rows (qq) and
+    bench/quant_sensitivity.py's parts at 8 bits (qs: per contender model, "original" or
+    "compressed"); None when absent."""
     from peers import METRICS, round_ratios
 
     kernel = {(k["m"], k["zero_points"], k["accuracy_level"]): k["us"] for k in (zp or {}).get("kernels", [])}
@@ -284,9 +289,11 @@ def _peer_misses(d: dict, zp: dict | None, qq: dict | None = None) -> list[str]:
             if den.startswith("llama"):
                 why += f"; llama.cpp runs the blocks as shipped: perplexity {d['summary'][den]['ppl']:.3f}"
             why += _value_bits_note(d, num)
+            why += _sensitivity_note(d, num, (qs or {}).get("original"))
             why += _float_zp_note(d, num, den)
         elif metric == "ppl" and "int4" in num:
-            why = _float_zp_note(d, num, den).removeprefix("; ") or None
+            own = (qs or {}).get(d["contenders"][num].get("model"))
+            why = (_sensitivity_note(d, num, own) + _float_zp_note(d, num, den)).removeprefix("; ") or None
         if why:
             out.append(f"- {t['target']} ({t['value']:.3f}): {why}.")
     return out
@@ -306,6 +313,21 @@ def _value_bits_note(d: dict, num: str) -> str:
             return (f"; with the value projection at {mine} bits (this export) against {cfg['value_bits']} ({c}): perplexity "
                     f"{d['summary'][num]['ppl']:.3f} against {d['summary'][c]['ppl']:.3f}, decode {dec:.3f}x")
     return ""
+
+
+def _sensitivity_note(d: dict, num: str, qs: dict | None) -> str:
+    """What bench/quant_sensitivity.py found for the int4 form `num` was exported in (the same
+    block, bits of v and zero-point form; "" for another form or no file)."""
+    cfg = _export_of(d, num).get("export_config") or {}
+    same_form = (cfg.get("quantize") == "int4" and cfg.get("embedding_bits") in (None, 4) and not cfg.get("float_zero_points")
+                 and all(cfg.get(k) == qs["export"][k] for k in ("block_size", "value_bits", "symmetric")) if qs else False)
+    if not same_form:
+        return ""
+    p = _sensitivity_parts(qs)
+    return (f"; this int4 form's error is spread over the model: in PyTorch ({p['default']['ratio']:.3f}x float there), one "
+            f"part at a time at 8 bits gives at best {p['kind']['ratio']:.3f}x ({_part_name(p['kind'])}, "
+            f"+{p['kind']['added_mib']:.1f} MiB) and {p['layer']['ratio']:.3f}x for the best single layer, against "
+            f"{p['all']['ratio']:.4f}x with every weight at 8 bits (quant_sensitivity.json)")
 
 
 def _float_zp_note(d: dict, num: str, den: str) -> str:
@@ -504,6 +526,41 @@ def gram_precision(d: dict) -> list[str]:
     return lines
 
 
+def _sensitivity_parts(d: dict) -> dict:
+    """bench/quant_sensitivity.py's rows: the default, all at 8 bits, the best kind and the best
+    layer (each the row of lowest perplexity in its group), and the layers' median ratio."""
+    rows = d["rows"]
+    layers = sorted(r["ratio"] for r in rows if r["group"] == "layer")
+    return {"default": next(r for r in rows if r["group"] == "default"), "all": next(r for r in rows if r["group"] == "all"),
+            "kind": min((r for r in rows if r["group"] == "kind"), key=lambda r: r["ratio"]),
+            "layer": min((r for r in rows if r["group"] == "layer"), key=lambda r: r["ratio"]),
+            "layer_median": layers[len(layers) // 2]}
+
+
+def _part_name(row: dict) -> str:
+    """A quant_sensitivity kind row as words: the tied table, the deltas, or every projection K."""
+    kind = row["row"].removeprefix("kind ")
+    return {"table": "the tied embedding / LM head", "delta": "every delta"}.get(kind, f"every {kind} projection")
+
+
+def quant_sensitivity_section(stem: str) -> Callable[[dict], list[str]]:
+    """bench/quant_sensitivity.py (results `stem`.json, .md, .png): the default int4 form's
+    perplexity with one part at a time at 8 bits."""
+    def section(d: dict) -> list[str]:
+        p = _sensitivity_parts(d)
+        e = d["export"]
+        return [f"{d['model']}, the default int4 form ({e['method']}, block {e['block_size']}, "
+                f"{'symmetric' if e['symmetric'] else 'uint zero points'}, v at {e['value_bits']} bits) in PyTorch: "
+                f"{p['default']['ratio']:.3f}x float perplexity, KL {p['default']['kl']:.3f} nats/token. Every weight at 8 bits: "
+                f"{p['all']['ratio']:.4f}x. One part at 8 bits at a time: the best kind, {_part_name(p['kind'])}, "
+                f"gives {p['kind']['ratio']:.3f}x (+{p['kind']['added_mib']:.1f} MiB); the best single layer, "
+                f"{p['layer']['row'].removeprefix('layer ')}, {p['layer']['ratio']:.3f}x; the median layer {p['layer_median']:.3f}x.", "",
+                f"Every row and the chart: [bench/results/{stem}.md](../bench/results/{stem}.md), "
+                f"[{stem}.png](../bench/results/{stem}.png)."]
+
+    return section
+
+
 def _link_only(path: str) -> Callable[[dict], list[str]]:
     def section(d: dict) -> list[str]:
         return [f"Measured; the table is in [{path}](../{path}) (no summary function yet)."]
@@ -560,6 +617,9 @@ SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("onnxruntime-genai loads edgedelta artifacts", "genai_compat.json", genai_compat),
     ("Quantization quality", "quant_quality.json", quant_quality),
     ("Quantization quality at 0.5B (Qwen2.5-Coder-0.5B)", "quant_quality_qwen2.5-coder-0.5b/quant_quality.json", quant_quality),
+    ("int4 perplexity by part: one part at a time at 8 bits", "quant_sensitivity.json", quant_sensitivity_section("quant_sensitivity")),
+    ("int4 perplexity by part: the peers' compressed model", "quant_sensitivity_compressed-12.json",
+     quant_sensitivity_section("quant_sensitivity_compressed-12")),
     ("Zero points: Q4_1 blocks re-rounded vs held exactly", "zero_points.json", zero_points_section("bench/results/zero_points.md")),
     ("Zero points at 0.5B (Qwen2.5-Coder-0.5B)", "zero_points_qwen2.5-coder-0.5b/zero_points.json",
      zero_points_section("bench/results/zero_points_qwen2.5-coder-0.5b/zero_points.md")),

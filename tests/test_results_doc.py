@@ -197,3 +197,35 @@ def test_value_bits_note_compares_the_same_model_at_other_value_bits():
     assert mod._value_bits_note(d, "v8") == ("; with the value projection at 8 bits (this export) against 4 (v4): perplexity "
                                              "21.400 against 22.800, decode 0.940x")
     assert mod._value_bits_note(d, "other") == ""  # no other form of the compressed model
+
+
+def test_a_missed_int4_perplexity_cites_the_parts_at_8_bits_of_the_same_form():
+    """bench/quant_sensitivity.py's best kind, best layer and all-8-bit rows are cited for the
+    int4 export of the same form (block, v bits, symmetric), and for no other form."""
+    mod = _summarize()
+
+    def row(name, group, ratio, mib=0.0):
+        return {"row": name, "group": group, "ratio": ratio, "kl": 0.1, "added_mib": mib}
+
+    qs = {"model": "m", "export": {"block_size": 64, "value_bits": 8, "symmetric": True, "method": "gptq"},
+          "rows": [row("default", "default", 1.155), row("all 8-bit", "all", 1.0007, 60.0), row("kind up", "kind", 1.129, 7.5),
+                   row("kind down", "kind", 1.108, 7.5), row("layer 0", "layer", 1.143, 1.5), row("layer 1", "layer", 1.150, 1.5),
+                   row("layer 2", "layer", 1.152, 1.5)]}
+    cfg = {"quantize": "int4", "block_size": 64, "value_bits": 8, "symmetric": True, "embedding_bits": None}
+    d = {"rounds": {}, "summary": {"int4": {"ppl": 21.4, "file_mib": 74.2}, "float": {"ppl": 18.2}},
+         "contenders": {"int4": {"model": "original", "path": "/a/k"}, "float": {}}, "exports": {"k": {"export_config": cfg}},
+         "targets": [{"target": "ppl", "metric": "ppl", "numerator": "int4", "denominator": "float", "value": 1.18, "met": False}]}
+    zp = {"weights": {"blocks_on_q4_1_grid": 8, "blocks": 8, "rel_err_uint4_zp": 0.08},
+          "kernels": [{"m": 1, "zero_points": z, "accuracy_level": 4, "us": us} for z, us in (("float", 400.0), ("uint4", 10.0))]}
+    (line,) = mod._peer_misses(d, zp, None, {"original": qs})
+    assert ("one part at a time at 8 bits gives at best 1.108x (every down projection, +7.5 MiB) and 1.143x for the best single layer, "
+            "against 1.0007x with every weight at 8 bits (quant_sensitivity.json)") in line
+    for other in ({"block_size": 32}, {"value_bits": 4}, {"symmetric": False}, {"embedding_bits": 8}, {"float_zero_points": True}):
+        d["exports"]["k"]["export_config"] = {**cfg, **other}
+        assert "quant_sensitivity" not in "".join(mod._peer_misses(d, zp, None, {"original": qs})), other
+    d["exports"]["k"]["export_config"] = cfg
+    d["contenders"]["int4"]["model"] = "compressed"  # the compressed model's file is cited for its own export only
+    assert "quant_sensitivity" not in "".join(mod._peer_misses(d, zp, None, {"original": qs}))
+    assert "every down projection, +7.5 MiB" in mod._peer_misses(d, zp, None, {"compressed": qs})[0]
+    section = "\n".join(mod.quant_sensitivity_section("quant_sensitivity")(qs))
+    assert "the best kind, every down projection, gives 1.108x (+7.5 MiB); the best single layer, 0, 1.143x; the median layer 1.150x" in section
