@@ -76,6 +76,11 @@ EDGEDELTA: list[tuple[str, str, dict, dict, str | None]] = [
     # the value projection at 4 bits like the rest (ExportConfig.value_bits; the default holds it at 8):
     # q/k/v then one fused MatMulNBits
     ("edgedelta-int4-v4-spin", "original", {"quantize": "int4", "accuracy_level": 4, "value_bits": 4}, {"spin": "on"}, None),
+    # the embedding table / LM head in blocks of 32 (ExportConfig.embedding_block_size; the default
+    # takes the projections' 64): part of the table's 4-bit loss back, at a cost in decode speed
+    ("edgedelta-int4-t32-spin", "original", {"quantize": "int4", "accuracy_level": 4, "embedding_block_size": 32}, {"spin": "on"}, None),
+    ("edgedelta-compressed-int4-t32-spin", "compressed", {"quantize": "int4", "accuracy_level": 4, "embedding_block_size": 32},
+     {"spin": "on"}, None),
     # float zero points (ExportConfig.float_zero_points: a GGUF's Q4_1 projections held exactly) with the
     # embedding/LM head at 4 bits, and at 8 (the GGUF's Q8_0 table held too): quality against decode speed
     ("edgedelta-int4-fzp-spin", "original", {"quantize": "int4", "accuracy_level": 4, "float_zero_points": True}, {"spin": "on"}, None),

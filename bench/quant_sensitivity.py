@@ -126,7 +126,8 @@ def measure(model_name: str, symmetric: bool, ppl_tokens: int) -> dict:
     def dequantized(i: int, bits: int) -> torch.Tensor:
         p = tensors[i]["param"]
         w = original[i].float().numpy()  # (N, K)
-        block = cfg.block_size if w.shape[1] >= cfg.block_size else 16  # as the exporter: a short K (delta B) pads less
+        block = cfg.embedding_block_size if tensors[i]["kind"] == TABLE else cfg.block_size
+        block = block if w.shape[1] >= block else 16  # as the exporter: a short K (delta B) pads less
         q = quantize_weight(w, bits, block, cfg.quant_method, stats.hessian(p), act_order=GPTQ_ACT_ORDER, symmetric=symmetric)
         return torch.from_numpy(q.dequantize()).to(p.dtype)
 
@@ -147,7 +148,8 @@ def measure(model_name: str, symmetric: bool, ppl_tokens: int) -> dict:
                          "added_mib": sum(tensors[i]["param"].numel() * (8 - BITS) / 8 for i in moved) / 2**20})
             print(f"{name}: {r['mean']:.3f} ({rows[-1]['ratio']:.4f}x float), KL {kl:.4f}", flush=True)
     return {"model": model_name, "layers": n_layers, "float_ppl": float_ppl, "rows": rows,
-            "export": {"bits": BITS, "value_bits": cfg.value_bits, "block_size": cfg.block_size, "method": cfg.quant_method,
+            "export": {"bits": BITS, "value_bits": cfg.value_bits, "block_size": cfg.block_size,
+                       "embedding_block_size": cfg.embedding_block_size, "method": cfg.quant_method,
                        "act_order": GPTQ_ACT_ORDER, "symmetric": symmetric, "calib_text": cfg.calib_text,
                        "calib_samples": cfg.calib_samples, "calib_forward": "bfloat16" if stats.bf16_forward else "float32"},
             "held_out": {n: int(ids.numel()) for n, ids in windows.items()}, "window": 512,
@@ -158,7 +160,7 @@ def report(res: dict) -> str:
     e = res["export"]
     default = next(r for r in res["rows"] if r["group"] == "default")
     lines = [f"# int4 perplexity by part: {res['model']}", "",
-             f"The default int4 export's weights ({e['method']}, block {e['block_size']}, "
+             f"The default int4 export's weights ({e['method']}, block {e['block_size']} (table {e['embedding_block_size']}), "
              f"{'symmetric' if e['symmetric'] else 'uint zero points'}, v at {e['value_bits']} bits; calibration "
              f"{e['calib_samples']} × 512 of {e['calib_text']}), dequantized into the float model; each row moves one part to "
              f"8 bits. Held-out text: {', '.join(f'{n} ({k} tokens)' for n, k in res['held_out'].items())}, windows of "

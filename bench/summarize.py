@@ -288,29 +288,36 @@ def _peer_misses(d: dict, zp: dict | None, qq: dict | None = None, qs: dict[str,
                     why += f", whose grid is coarser still: the zero-point export ({zp_rows[0]}) has perplexity {d['summary'][zp_rows[0]]['ppl']:.3f}"
             if den.startswith("llama"):
                 why += f"; llama.cpp runs the blocks as shipped: perplexity {d['summary'][den]['ppl']:.3f}"
-            why += _value_bits_note(d, num)
+            why += "".join(_ab_note(d, num, key, words) for key, words in AB_OPTIONS)
             why += _sensitivity_note(d, num, (qs or {}).get("original"))
             why += _float_zp_note(d, num, den)
         elif metric == "ppl" and "int4" in num:
             own = (qs or {}).get(d["contenders"][num].get("model"))
-            why = (_sensitivity_note(d, num, own) + _float_zp_note(d, num, den)).removeprefix("; ") or None
+            ab = "".join(_ab_note(d, num, key, words) for key, words in AB_OPTIONS)
+            why = (ab + _sensitivity_note(d, num, own) + _float_zp_note(d, num, den)).removeprefix("; ") or None
         if why:
             out.append(f"- {t['target']} ({t['value']:.3f}): {why}.")
     return out
 
 
-def _value_bits_note(d: dict, num: str) -> str:
-    """The same model's export with the value projection at other bits than `num`'s
-    (ExportConfig.value_bits), measured in the same run: its perplexity and decode against `num`."""
+# export options with an A/B pair of the same model in peers.json: (ExportConfig field, what its value means)
+AB_OPTIONS = (("value_bits", "the value projection at {} bits"), ("embedding_block_size", "the embedding table / LM head in blocks of {}"))
+
+
+def _ab_note(d: dict, num: str, key: str, words: str) -> str:
+    """The export of the same model that differs from `num`'s only in ExportConfig field `key`,
+    measured in the same run: its perplexity and `num`'s decode against it; "" when there is none."""
     from peers import METRICS, round_ratios
 
-    mine = (_export_of(d, num).get("export_config") or {}).get("value_bits")
+    mine = _export_of(d, num).get("export_config") or {}
+    rest = {k: v for k, v in mine.items() if k != key}
     for c in d["contenders"]:
         cfg = _export_of(d, c).get("export_config") or {}
-        if (c in d["summary"] and d["contenders"][c].get("model") == d["contenders"][num].get("model") and cfg.get("value_bits")
-                and mine and cfg["value_bits"] != mine and c in d.get("rounds", {})):
+        if (c != num and c in d["summary"] and c in d.get("rounds", {}) and mine.get(key) is not None
+                and d["contenders"][c].get("model") == d["contenders"][num].get("model")
+                and cfg.get(key) not in (None, mine[key]) and {k: v for k, v in cfg.items() if k != key} == rest):
             dec = statistics.median(round_ratios(d["rounds"], num, c, METRICS["decode"][0]))
-            return (f"; with the value projection at {mine} bits (this export) against {cfg['value_bits']} ({c}): perplexity "
+            return (f"; with {words.format(mine[key])} (this export) against {cfg[key]} ({c}): perplexity "
                     f"{d['summary'][num]['ppl']:.3f} against {d['summary'][c]['ppl']:.3f}, decode {dec:.3f}x")
     return ""
 
@@ -320,7 +327,8 @@ def _sensitivity_note(d: dict, num: str, qs: dict | None) -> str:
     block, bits of v and zero-point form; "" for another form or no file)."""
     cfg = _export_of(d, num).get("export_config") or {}
     same_form = (cfg.get("quantize") == "int4" and cfg.get("embedding_bits") in (None, 4) and not cfg.get("float_zero_points")
-                 and all(cfg.get(k) == qs["export"][k] for k in ("block_size", "value_bits", "symmetric")) if qs else False)
+                 and all(cfg.get(k) == qs["export"].get(k) for k in ("block_size", "embedding_block_size", "value_bits", "symmetric"))
+                 if qs else False)
     if not same_form:
         return ""
     p = _sensitivity_parts(qs)
@@ -549,7 +557,8 @@ def quant_sensitivity_section(stem: str) -> Callable[[dict], list[str]]:
     def section(d: dict) -> list[str]:
         p = _sensitivity_parts(d)
         e = d["export"]
-        return [f"{d['model']}, the default int4 form ({e['method']}, block {e['block_size']}, "
+        table = f" (table {e['embedding_block_size']})" if e.get("embedding_block_size") else ""
+        return [f"{d['model']}, the default int4 form ({e['method']}, block {e['block_size']}{table}, "
                 f"{'symmetric' if e['symmetric'] else 'uint zero points'}, v at {e['value_bits']} bits) in PyTorch: "
                 f"{p['default']['ratio']:.3f}x float perplexity, KL {p['default']['kl']:.3f} nats/token. Every weight at 8 bits: "
                 f"{p['all']['ratio']:.4f}x. One part at 8 bits at a time: the best kind, {_part_name(p['kind'])}, "

@@ -20,7 +20,8 @@ compress, per device, needs only the bytes. The rules (export/weights.py, graph 
                          8 in an int4 export) q, k and v are three weights, v's at its bits
     embedding            fp32 (vocab, hidden), or quantized like a projection in a quantized
                          export (`embedding`: int8/int4 as ExportConfig.embedding_bits, which an
-                         untied LM head follows too); read one row per token by a Gather
+                         untied LM head follows too) in blocks of VirtualExport.embedding_block_size
+                         (the exporter's default: the projections' block); read one row per token by a Gather
     LM head              tied: the embedding table, read whole per token; untied: a projection
     norms, biases        fp32; GroupQueryAttention's rope: inv_freq (head_dim/2) fp32 in the
                          file, its cos/sin tables (2 x max_positions x head_dim/2 fp32) built
@@ -70,6 +71,7 @@ class VirtualExport:
     float_zp: bool = False  # ExportConfig.float_zero_points (implies symmetric codes)
     embedding: str = "same"  # see EMBEDDINGS
     value_bits: int | None = None  # ExportConfig.value_bits; None: the exporter's default for a quantized export
+    embedding_block_size: int | None = None  # ExportConfig.embedding_block_size; None: the exporter's default
     sharing: VirtualSharing | None = None
     name: str = ""
 
@@ -82,6 +84,8 @@ class VirtualExport:
             from edgedelta.export.config import default_block_size
 
             object.__setattr__(self, "block_size", default_block_size(self.precision, self.float_zp))
+        if self.embedding_block_size is None:  # the exporter's default: the projections' block
+            object.__setattr__(self, "embedding_block_size", self.block_size)
         if self.value_bits is None and self.precision != "fp32":
             from edgedelta.export.config import DEFAULT_VALUE_BITS
 
@@ -144,11 +148,11 @@ def account(config: dict, x: VirtualExport) -> Accounting:
     acc = Accounting()
     emb_prec = x.precision if x.embedding == "same" else x.embedding
     sym = x.symmetric or x.float_zp  # weights without float zero points keep symmetric codes
-    table = matrix_bytes(vocab, h, emb_prec, x.block_size, sym)
+    table = matrix_bytes(vocab, h, emb_prec, x.embedding_block_size, sym)
     acc.add("embedding", table, table // vocab + (table if tied else 0))  # Gather: one row; tied head: all
     if not tied:  # an untied head is a projection at the embedding's bits (ExportConfig.embedding_bits)
         head_prec = emb_prec if x.embedding in ("int8", "int4") and x.precision != "fp32" else x.precision
-        head = matrix_bytes(vocab, h, head_prec, x.block_size, sym, x.float_zp)
+        head = matrix_bytes(vocab, h, head_prec, x.embedding_block_size, sym, x.float_zp)
         acc.add("lm_head", head, head)
     for p in _BIASED.get(c.get("model_type"), ()):
         acc.add("bias", 4 * shapes[p][0] * layers, 4 * shapes[p][0] * layers)

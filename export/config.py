@@ -54,6 +54,11 @@ def default_block_size(quantize: str, float_zero_points: bool) -> int:
     return 64 if quantize == "int4" and not float_zero_points else 32
 
 
+def _check_block(name: str, value) -> None:
+    if not isinstance(value, int) or value < 16 or value > 256 or value & (value - 1):
+        raise ConfigError(f"{name} must be a power of 2 in 16..256, got {value!r}")
+
+
 @dataclass
 class ExportConfig:
     dtype: str = field(default="fp32", metadata={"help": f"weight and activation dtype: one of {DTYPES}"})
@@ -82,6 +87,10 @@ class ExportConfig:
                 "projections, v's 4-bit error costs the most held-out perplexity per byte; bench/results/peers.md, "
                 "edgedelta-int4-spin against edgedelta-int4-v4-spin). q, k and v are then three MatMulNBits instead of "
                 "one; a model whose q/k/v is one weight (phi3) keeps it at the projections' bits"})
+    embedding_block_size: int | None = field(default=None, metadata={
+        "help": "quantization block of the embedding table and LM head (16..256, power of 2; default: block_size). At int4 "
+                "the table's 4-bit error is the largest single part of the loss (bench/results/quant_sensitivity.md): "
+                "32 takes off part of it at a cost in decode speed (bench/results/peers.md, the -t32 rows)"})
     accuracy_level: int | None = field(default=None, metadata={
         "help": "MatMulNBits compute: 0 = fp32 on the dequantized weights (exact); 4 = int8 activations (x86: int8 weights "
                 "~18x and int4 ~2x faster, adds activation rounding); default 4 for quantized exports, 0 otherwise"})
@@ -164,9 +173,13 @@ class ExportConfig:
             raise ConfigError(f"accuracy_level must be 0 (fp32 compute) or 4 (int8 activations), got {self.accuracy_level}")
         if self.block_size is None:
             self.block_size = default_block_size(self.quantize, self.float_zero_points)
-        bs = int(self.block_size)
-        if bs < 16 or bs > 256 or bs & (bs - 1):
-            raise ConfigError(f"block_size must be a power of 2 in 16..256, got {self.block_size}")
+        _check_block("block_size", self.block_size)
+        if self.embedding_block_size is not None:
+            if self.quantize == "none":
+                raise ConfigError("embedding_block_size needs a quantized export (quantize int4 or int8)")
+            _check_block("embedding_block_size", self.embedding_block_size)
+        elif self.quantize != "none":
+            self.embedding_block_size = self.block_size
         if not 18 <= int(self.opset) <= 23:
             raise ConfigError(f"opset must be in 18..23, got {self.opset}")
         if self.decode_tokens < 1 or self.prompt_tokens < 2:

@@ -361,13 +361,15 @@ class WeightCollector:
         method falls back to the data-free one (quant_methods.DATA_FREE_FALLBACK). bits: the
         projection's own bit width (value_bits), else the export's (embedding_bits for the table)."""
         k = w.shape[1]
-        block = self.cfg.block_size if k >= self.cfg.block_size else 16  # a short K (delta_B: K = rank) pads less
+        table = kind in ("embedding", "lm_head")
+        block = self.cfg.embedding_block_size if table else self.cfg.block_size
+        block = block if k >= block else 16  # a short K (delta_B: K = rank) pads less
         # float zero points on the weights that carry the model (projections, shared bases, an
         # untied head) when K is whole blocks (the graph sums x per block by a Reshape);
         # deltas and the embedding table keep symmetric codes
         float_zp = self.cfg.float_zero_points and kind in ("projection", "shared", "lm_head") and k % block == 0
         if bits is None:
-            bits = self.cfg.embedding_bits if kind in ("embedding", "lm_head") and self.cfg.embedding_bits else BITS[self.cfg.quantize]
+            bits = self.cfg.embedding_bits if table and self.cfg.embedding_bits else BITS[self.cfg.quantize]
         method, h = self.cfg.quant_method, None
         if method in DATA_METHODS:  # the input Hessian of w's readers (all of them for a shared base)
             h = self.calibration.hessian(w if stats_of is None else stats_of) if self.calibration is not None else None

@@ -182,21 +182,26 @@ def test_status_table_shows_every_missed_peer_target_and_only_the_chosen_met_one
     assert "another target outside them" not in table and "one not measured" not in table
 
 
-def test_value_bits_note_compares_the_same_model_at_other_value_bits():
+def test_ab_note_compares_the_export_that_differs_in_that_option_only():
     mod = _summarize()
 
     def rnd(tps):
         return {"round": 0, "decode": {"tokens_per_s": tps}}
 
-    d = {"rounds": {"v8": [rnd(94.0)], "v4": [rnd(100.0)], "other": [rnd(50.0)]},
-         "summary": {"v8": {"ppl": 21.4}, "v4": {"ppl": 22.8}, "other": {"ppl": 30.0}},
+    base = {"quantize": "int4", "symmetric": True, "embedding_block_size": 32}
+    d = {"rounds": {"v8": [rnd(94.0)], "v4": [rnd(100.0)], "v4zp": [rnd(99.0)], "other": [rnd(50.0)]},
+         "summary": {"v8": {"ppl": 21.4}, "v4": {"ppl": 22.8}, "v4zp": {"ppl": 22.7}, "other": {"ppl": 30.0}},
          "contenders": {"v8": {"model": "original", "path": "/a/8"}, "v4": {"model": "original", "path": "/a/4"},
-                        "other": {"model": "compressed", "path": "/a/c"}},
-         "exports": {"8": {"export_config": {"value_bits": 8}}, "4": {"export_config": {"value_bits": 4}},
-                     "c": {"export_config": {"value_bits": 4}}}}
-    assert mod._value_bits_note(d, "v8") == ("; with the value projection at 8 bits (this export) against 4 (v4): perplexity "
-                                             "21.400 against 22.800, decode 0.940x")
-    assert mod._value_bits_note(d, "other") == ""  # no other form of the compressed model
+                        "v4zp": {"model": "original", "path": "/a/4zp"}, "other": {"model": "compressed", "path": "/a/c"}},
+         "exports": {"8": {"export_config": {**base, "value_bits": 8}}, "4": {"export_config": {**base, "value_bits": 4}},
+                     "4zp": {"export_config": {**base, "value_bits": 4, "symmetric": False}},
+                     "c": {"export_config": {**base, "value_bits": 4}}}}
+    assert mod._ab_note(d, "v8", *mod.AB_OPTIONS[0]) == (
+        "; with the value projection at 8 bits (this export) against 4 (v4): perplexity 21.400 against 22.800, decode 0.940x")
+    assert mod._ab_note(d, "other", *mod.AB_OPTIONS[0]) == ""  # no other form of the compressed model
+    assert mod._ab_note(d, "v8", *mod.AB_OPTIONS[1]) == ""  # every export here has the table in blocks of 32
+    d["exports"]["4"]["export_config"]["embedding_block_size"] = 64  # v4 now differs in two options: no A/B left
+    assert mod._ab_note(d, "v8", *mod.AB_OPTIONS[0]) == ""
 
 
 def test_a_missed_int4_perplexity_cites_the_parts_at_8_bits_of_the_same_form():

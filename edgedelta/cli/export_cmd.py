@@ -1,5 +1,5 @@
 """`edgedelta export DIR|default --out ART [--dtype fp32|fp16] [--quantize none|int8|int4]
-[--float-zero-points] [--embedding-bits 4|8] [--value-bits 4|8] [--cpu-arch x86_64|arm64] [--force]`: an ONNX
+[--float-zero-points] [--embedding-bits 4|8] [--embedding-block-size N] [--value-bits 4|8] [--cpu-arch x86_64|arm64] [--force]`: an ONNX
 artifact with a KV cache whose shared weights are stored once, validated against PyTorch
 (logits, cached logits, 32-token greedy decode) and audited for duplicated weights."""
 
@@ -32,6 +32,10 @@ def add_parser(subparsers):
                         "exactly): held-out perplexity near the float model's, slower decode (bench/results/peers.md)")
     p.add_argument("--embedding-bits", type=int, default=None, choices=(4, 8),
                    help="bits of the quantized embedding table and LM head (default: --quantize's); 8 holds a GGUF's Q8_0 embedding")
+    p.add_argument("--embedding-block-size", type=int, default=None,
+                   help="quantization block of the embedding table and LM head (default: --block-size); at int4, 32 takes off part "
+                        "of the table's 4-bit loss, the largest single part of it, at a cost in decode speed "
+                        "(bench/results/quant_sensitivity.md; bench/results/peers.md, the -t32 rows)")
     p.add_argument("--value-bits", type=int, default=None, choices=(4, 8),
                    help="bits of the attention value projection (v) when quantized (default 8: v's 4-bit error costs the "
                         "most perplexity per byte; bench/results/peers.md, the -v4 row)")
@@ -55,7 +59,8 @@ def run(args) -> int:
                        quant_method=args.quant_method, calib_text=args.calib_text,
                        cpu_arch=args.cpu_arch, validate=not args.no_validate,
                        symmetric={"auto": None, "on": True, "off": False}[args.symmetric],
-                       float_zero_points=args.float_zero_points, embedding_bits=args.embedding_bits, value_bits=args.value_bits)
+                       float_zero_points=args.float_zero_points, embedding_bits=args.embedding_bits, value_bits=args.value_bits,
+                       embedding_block_size=args.embedding_block_size)
     out = export_onnx(args.model, cfg, args.out, force=args.force, progress=lambda m: print(f"edgedelta export: {m}", file=sys.stderr))
     m = read_manifest(out)
     b, a = m["bytes"], m["audit"]

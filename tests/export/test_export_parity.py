@@ -378,8 +378,35 @@ def test_value_projection_bits(tmp_path, value_bits):
     assert m["parity"]["logits"]["max_abs_diff"] <= m["parity"]["logits"]["tolerance"]
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("embedding_block", [32, 16])
+def test_embedding_block_size(tmp_path, arch, embedding_block):
+    """embedding_block_size: the table (the lookup and a tied head; an untied head too) in its own
+    blocks while the projections keep block_size (64 here); parity holds."""
+    import onnx
+
+    assert ExportConfig(quantize="int4").embedding_block_size == 64  # the default: the projections' block
+    cfg = ExportConfig(quantize="int4", embedding_block_size=embedding_block)
+    assert cfg.block_size == 64 and cfg.embedding_block_size == embedding_block
+    out = export_onnx(tiny_model_dir(tmp_path / "src", arch, hidden=64), cfg, tmp_path / "art")
+    g = onnx.load(out / "model.onnx", load_external_data=False).graph
+    blocks = {n.input[1]: {a.name: a.i for a in n.attribute}["block_size"] for n in g.node if n.op_type == "MatMulNBits"}
+    table = {w: b for w, b in blocks.items() if "embed_tokens" in w or "lm_head" in w}
+    assert table and set(table.values()) == {cfg.embedding_block_size}
+    assert {b for w, b in blocks.items() if w not in table} == {64}
+    packed = {i.name: tuple(i.dims) for i in g.initializer}["embed_tokens.weight"]
+    assert packed[1:] == (64 // cfg.embedding_block_size, cfg.embedding_block_size // 2)  # (vocab, blocks, block/2 bytes)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["export_config"]["embedding_block_size"] == cfg.embedding_block_size
+    assert m["parity"]["greedy_decode"]["identical"]
+    assert m["parity"]["logits"]["max_abs_diff"] <= m["parity"]["logits"]["tolerance"]
+
+
 @pytest.mark.parametrize("kw,match", [
     ({"quantize": "int4", "value_bits": 2}, "value_bits must be 4 or 8, got 2"),
+    ({"quantize": "int4", "embedding_block_size": 48}, "embedding_block_size must be a power of 2 in 16..256, got 48"),
+    ({"quantize": "int8", "embedding_block_size": 8}, "embedding_block_size must be a power of 2 in 16..256, got 8"),
+    ({"embedding_block_size": 32}, "embedding_block_size needs a quantized export"),
     ({"value_bits": 8}, "value_bits needs a quantized export"),
     ({"float_zero_points": True}, "quantized export"),
     ({"quantize": "int4", "float_zero_points": True, "symmetric": False}, "symmetric must be auto or on"),
