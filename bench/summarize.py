@@ -175,7 +175,8 @@ def peers(d: dict) -> list[str]:
     lines += ["", "Contenders, speeds and sizes: [bench/results/peers.md](../bench/results/peers.md)."]
     from peers_build import COMPRESSED
 
-    qs = {"original": _load("quant_sensitivity.json", RESULTS), "compressed": _load(f"quant_sensitivity_{COMPRESSED.name}.json", RESULTS)}
+    qs = {model: (name, _load(name, RESULTS)) for model, name in (("original", "quant_sensitivity.json"),
+                                                                   ("compressed", f"quant_sensitivity_{COMPRESSED.name}.json"))}
     why = _peer_misses(d, _load("zero_points.json", RESULTS), _load("quant_quality.json", RESULTS), qs)
     return lines + (["", "Where the missed targets lose, from the same files:", "", *why] if why else [])
 
@@ -239,12 +240,12 @@ def _zero_point_note(d: dict, num: str, den: str, zp: dict | None) -> str:
     return note
 
 
-def _peer_misses(d: dict, zp: dict | None, qq: dict | None = None, qs: dict[str, dict | None] | None = None) -> list[str]:
+def _peer_misses(d: dict, zp: dict | None, qq: dict | None = None, qs: dict[str, tuple[str, dict | None]] | None = None) -> list[str]:
     """One line per missed target of peers.json, with the measurements that locate the loss:
     per-round ratios, memory beside the weights, the kernel and rounding facts of
     bench/zero_points.py (zp), bench/quant_quality.py's head-only rows (qq) and
     bench/quant_sensitivity.py's parts at 8 bits (qs: per contender model, "original" or
-    "compressed"); None when absent."""
+    "compressed", its file name and contents); None when absent."""
     from peers import METRICS, round_ratios
 
     kernel = {(k["m"], k["zero_points"], k["accuracy_level"]): k["us"] for k in (zp or {}).get("kernels", [])}
@@ -289,12 +290,12 @@ def _peer_misses(d: dict, zp: dict | None, qq: dict | None = None, qs: dict[str,
             if den.startswith("llama"):
                 why += f"; llama.cpp runs the blocks as shipped: perplexity {d['summary'][den]['ppl']:.3f}"
             why += "".join(_ab_note(d, num, key, words) for key, words in AB_OPTIONS)
-            why += _sensitivity_note(d, num, (qs or {}).get("original"))
+            why += _sensitivity_note(d, num, *(qs or {}).get("original", ("", None)))
             why += _float_zp_note(d, num, den)
         elif metric == "ppl" and "int4" in num:
-            own = (qs or {}).get(d["contenders"][num].get("model"))
+            own = (qs or {}).get(d["contenders"][num].get("model"), ("", None))
             ab = "".join(_ab_note(d, num, key, words) for key, words in AB_OPTIONS)
-            why = (ab + _sensitivity_note(d, num, own) + _float_zp_note(d, num, den)).removeprefix("; ") or None
+            why = (ab + _sensitivity_note(d, num, *own) + _float_zp_note(d, num, den)).removeprefix("; ") or None
         if why:
             out.append(f"- {t['target']} ({t['value']:.3f}): {why}.")
     return out
@@ -322,9 +323,9 @@ def _ab_note(d: dict, num: str, key: str, words: str) -> str:
     return ""
 
 
-def _sensitivity_note(d: dict, num: str, qs: dict | None) -> str:
-    """What bench/quant_sensitivity.py found for the int4 form `num` was exported in (the same
-    block, bits of v and zero-point form; "" for another form or no file)."""
+def _sensitivity_note(d: dict, num: str, source: str, qs: dict | None) -> str:
+    """What bench/quant_sensitivity.py found (file `source`, contents `qs`) for the int4 form `num`
+    was exported in (the same blocks, bits of v and zero-point form; "" for another form or no file)."""
     cfg = _export_of(d, num).get("export_config") or {}
     same_form = (cfg.get("quantize") == "int4" and cfg.get("embedding_bits") in (None, 4) and not cfg.get("float_zero_points")
                  and all(cfg.get(k) == qs["export"].get(k) for k in ("block_size", "embedding_block_size", "value_bits", "symmetric"))
@@ -335,7 +336,7 @@ def _sensitivity_note(d: dict, num: str, qs: dict | None) -> str:
     return (f"; this int4 form's error is spread over the model: in PyTorch ({p['default']['ratio']:.3f}x float there), one "
             f"part at a time at 8 bits gives at best {p['kind']['ratio']:.3f}x ({_part_name(p['kind'])}, "
             f"+{p['kind']['added_mib']:.1f} MiB) and {p['layer']['ratio']:.3f}x for the best single layer, against "
-            f"{p['all']['ratio']:.4f}x with every weight at 8 bits (quant_sensitivity.json)")
+            f"{p['all']['ratio']:.4f}x with every weight at 8 bits ({source})")
 
 
 def _float_zp_note(d: dict, num: str, den: str) -> str:

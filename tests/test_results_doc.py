@@ -222,15 +222,15 @@ def test_a_missed_int4_perplexity_cites_the_parts_at_8_bits_of_the_same_form():
          "targets": [{"target": "ppl", "metric": "ppl", "numerator": "int4", "denominator": "float", "value": 1.18, "met": False}]}
     zp = {"weights": {"blocks_on_q4_1_grid": 8, "blocks": 8, "rel_err_uint4_zp": 0.08},
           "kernels": [{"m": 1, "zero_points": z, "accuracy_level": 4, "us": us} for z, us in (("float", 400.0), ("uint4", 10.0))]}
-    (line,) = mod._peer_misses(d, zp, None, {"original": qs})
+    (line,) = mod._peer_misses(d, zp, None, {"original": ("qs.json", qs)})
     assert ("one part at a time at 8 bits gives at best 1.108x (every down projection, +7.5 MiB) and 1.143x for the best single layer, "
-            "against 1.0007x with every weight at 8 bits (quant_sensitivity.json)") in line
+            "against 1.0007x with every weight at 8 bits (qs.json)") in line
     for other in ({"block_size": 32}, {"value_bits": 4}, {"symmetric": False}, {"embedding_bits": 8}, {"float_zero_points": True}):
         d["exports"]["k"]["export_config"] = {**cfg, **other}
-        assert "quant_sensitivity" not in "".join(mod._peer_misses(d, zp, None, {"original": qs})), other
+        assert "qs.json" not in "".join(mod._peer_misses(d, zp, None, {"original": ("qs.json", qs)})), other
     d["exports"]["k"]["export_config"] = cfg
     d["contenders"]["int4"]["model"] = "compressed"  # the compressed model's file is cited for its own export only
-    assert "quant_sensitivity" not in "".join(mod._peer_misses(d, zp, None, {"original": qs}))
-    assert "every down projection, +7.5 MiB" in mod._peer_misses(d, zp, None, {"compressed": qs})[0]
+    assert "qs.json" not in "".join(mod._peer_misses(d, zp, None, {"original": ("qs.json", qs)}))
+    assert "every down projection, +7.5 MiB" in mod._peer_misses(d, zp, None, {"compressed": ("qs.json", qs)})[0]
     section = "\n".join(mod.quant_sensitivity_section("quant_sensitivity")(qs))
     assert "the best kind, every down projection, gives 1.108x (+7.5 MiB); the best single layer, 0, 1.143x; the median layer 1.150x" in section
