@@ -94,21 +94,24 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def quantized_params(model) -> dict[int, tuple[torch.nn.Parameter, str]]:
-    """id -> (Parameter, kind) of every tensor a quantized export stores as MatMulNBits, each once."""
+def quantized_params(model) -> dict[int, tuple[torch.nn.Parameter, str, set[tuple[int, str]]]]:
+    """id -> (Parameter, kind, readers) of every tensor a quantized export stores as MatMulNBits,
+    each once. kind: projection, delta, embedding or lm_head; readers: the (decoder layer,
+    projection) pairs that read it (every layer of its group for a shared base; none for the
+    table)."""
     ad = adapter_for(model.config)
     out = {}
-    for layer in ad.decoder_layers(model):
+    for li, layer in enumerate(ad.decoder_layers(model)):
         for proj in ad.projections:
             m = ad.get_linear(layer, proj)
-            out.setdefault(id(m.weight), (m.weight, "projection"))
+            out.setdefault(id(m.weight), (m.weight, "projection", set()))[2].add((li, proj))
             if isinstance(m, DeltaLinear) and m.rank:
-                out[id(m.delta_A)] = (m.delta_A, "delta")
-                out[id(m.delta_B)] = (m.delta_B, "delta")
+                out[id(m.delta_A)] = (m.delta_A, "delta", {(li, proj)})
+                out[id(m.delta_B)] = (m.delta_B, "delta", {(li, proj)})
     emb = ad.embed_tokens(model).weight
-    out.setdefault(id(emb), (emb, "embedding"))
+    out.setdefault(id(emb), (emb, "embedding", set()))
     head = model.get_output_embeddings()
-    out.setdefault(id(head.weight), (head.weight, "lm_head"))
+    out.setdefault(id(head.weight), (head.weight, "lm_head", set()))  # tied: the embedding's entry
     return out
 
 
@@ -118,7 +121,7 @@ def dequantized_copy(model, stats: CalibrationStats, bits: int, method: str, blo
     ref = copy.deepcopy(model)  # shared Parameters stay shared in the copy
     pairs = dict(zip([id(p) for p in model.parameters()], ref.parameters()))  # parameters() yields each object once, same order
     with torch.no_grad():
-        for pid, (p, kind) in quantized_params(model).items():
+        for pid, (p, kind, _) in quantized_params(model).items():
             if (kind == "embedding" and not embed) or (kind == "delta" and not deltas) or (kind == "projection" and not projections):
                 continue
             w = p.detach().float().numpy()

@@ -43,23 +43,17 @@ BITS = 4  # the export's int4; a row moves its part to 8
 
 
 def quantized_tensors(model) -> list[dict]:
-    """Each tensor a quantized export stores as MatMulNBits, once: {param, kind, layers} where
-    kind is a projection name, "table" or "delta", and layers the decoder layers that read it."""
-    from edgedelta.delta.layer import DeltaLinear
-    from edgedelta.models.adapters import adapter_for
+    """Each tensor a quantized export stores as MatMulNBits, once (quant_quality.quantized_params):
+    {param, kind, layers} where kind is a projection name, "table" (the embedding and an untied
+    LM head) or "delta", and layers the decoder layers that read it."""
+    from quant_quality import quantized_params
 
-    ad = adapter_for(model.config)
-    by_id: dict[int, dict] = {}
-    for li, layer in enumerate(ad.decoder_layers(model)):
-        for proj in ad.projections:
-            m = ad.get_linear(layer, proj)
-            by_id.setdefault(id(m.weight), {"param": m.weight, "kind": proj, "layers": set()})["layers"].add(li)
-            if isinstance(m, DeltaLinear) and m.rank:
-                for p in (m.delta_A, m.delta_B):
-                    by_id[id(p)] = {"param": p, "kind": DELTA, "layers": {li}}
-    emb = ad.embed_tokens(model).weight  # tied: the LM head reads the same Parameter
-    by_id.setdefault(id(emb), {"param": emb, "kind": TABLE, "layers": set()})
-    return list(by_id.values())
+    out = []
+    for p, kind, readers in quantized_params(model).values():
+        if kind == "projection":
+            kind = next(iter(readers))[1]  # every reader of a shared base is the same projection
+        out.append({"param": p, "kind": {"embedding": TABLE, "lm_head": TABLE}.get(kind, kind), "layers": {li for li, _ in readers}})
+    return out
 
 
 def default_bits(kind: str, value_bits: int) -> int:

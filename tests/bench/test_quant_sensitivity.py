@@ -31,6 +31,20 @@ def test_rows_cover_each_kind_and_layer_and_skip_parts_already_at_8_bits():
     assert "kind v" in {name for name, _, _ in qs.rows_to_measure(tensors, 4, n)}
 
 
+def test_an_untied_lm_head_is_part_of_the_table():
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tiny import tiny_config
+
+    cfg = tiny_config("qwen2", 4, 128, 32)
+    cfg.tie_word_embeddings = False
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg)
+    table = [t["param"] for t in qs.quantized_tensors(model) if t["kind"] == qs.TABLE]
+    assert len(table) == 2 and table[1] is model.get_output_embeddings().weight and table[0] is not table[1]
+
+
 def test_a_shared_base_is_listed_once_and_moves_with_each_reader_layer():
     model = tiny_compressed_model("llama", groups=((0, 1), (2, 3)))
     tensors = qs.quantized_tensors(model)
