@@ -291,7 +291,7 @@ def _peer_misses(d: dict, zp: dict | None, qq: dict | None = None, qs: dict[str,
                 why += f"; llama.cpp runs the blocks as shipped: perplexity {d['summary'][den]['ppl']:.3f}"
             why += "".join(_ab_note(d, num, key, words) for key, words in AB_OPTIONS)
             why += _sensitivity_note(d, num, *(qs or {}).get("original", ("", None)))
-            why += _float_zp_note(d, num, den)
+            why += _float_zp_note(d, num, den) + _exact_block_note(d, num)
         elif metric == "ppl" and "int4" in num:
             own = (qs or {}).get(d["contenders"][num].get("model"), ("", None))
             ab = "".join(_ab_note(d, num, key, words) for key, words in AB_OPTIONS)
@@ -360,6 +360,29 @@ def _float_zp_note(d: dict, num: str, den: str) -> str:
         return ""
     return ("; the export's float zero points (symmetric codes plus an 8-bit per-block offset table read on the input's "
             "block sums), measured in this run: " + "; ".join(parts))
+
+
+def _exact_block_note(d: dict, num: str) -> str:
+    """Why no export of the Q4_1 blocks' width can meet `num`'s decode target: the same model's
+    symmetric int4 export in those blocks (no offset table, the cheapest form of that width)
+    against onnxruntime-genai int4 in the same run; "" without such an export or target."""
+    from peers import METRICS, round_ratios
+    from zero_points import BLOCK
+
+    genai = (d.get("roles") or {}).get("genai-int4")
+    target = next((t for t in d.get("targets") or [] if t["metric"] == "decode" and t["numerator"] == num
+                   and t["denominator"] == genai), None)
+    model = d["contenders"][num].get("model")
+    for c in d["contenders"]:
+        cfg = _export_of(d, c).get("export_config") or {}
+        if (target and c in d.get("rounds", {}) and genai in d.get("rounds", {}) and d["contenders"][c].get("model") == model
+                and cfg.get("quantize") == "int4" and cfg.get("block_size") == BLOCK and cfg.get("symmetric")
+                and not cfg.get("float_zero_points")):
+            dec = statistics.median(round_ratios(d["rounds"], c, genai, METRICS["decode"][0]))
+            return (f"; holding the Q4_1 blocks needs blocks of {BLOCK}, and in blocks of {BLOCK} even symmetric codes with no "
+                    f"offset table ({c}) decode at {dec:.3f}x genai int4 in this run, against the {target['threshold']:.2f}x "
+                    f"this export's decode target asks")
+    return ""
 
 
 def genai_compat(d: dict) -> list[str]:

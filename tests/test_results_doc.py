@@ -234,3 +234,31 @@ def test_a_missed_int4_perplexity_cites_the_parts_at_8_bits_of_the_same_form():
     assert "every down projection, +7.5 MiB" in mod._peer_misses(d, zp, None, {"compressed": ("qs.json", qs)})[0]
     section = "\n".join(mod.quant_sensitivity_section("quant_sensitivity")(qs))
     assert "the best kind, every down projection, gives 1.108x (+7.5 MiB); the best single layer, 0, 1.143x; the median layer 1.150x" in section
+
+
+def test_a_missed_int4_perplexity_gives_the_decode_of_the_q4_1_block_width():
+    """Holding the GGUF's Q4_1 blocks needs their width: the note gives the same model's symmetric
+    export of that width (no offset table) against genai int4, and the decode target it is read against."""
+    mod = _summarize()
+
+    def rnd(tps):
+        return {"round": 0, "decode": {"tokens_per_s": tps}}
+
+    cfg = {"quantize": "int4", "block_size": 64, "symmetric": True}
+    d = {"rounds": {"int4": [rnd(105.0)], "b32": [rnd(98.0)], "fzp": [rnd(70.0)], "genai": [rnd(100.0)]},
+         "summary": {n: {"ppl": p, "file_mib": 80.0} for n, p in (("int4", 21.4), ("b32", 20.6), ("fzp", 19.0), ("float", 18.2))},
+         "contenders": {"int4": {"model": "original", "path": "/a/k"}, "b32": {"model": "original", "path": "/a/b"},
+                        "fzp": {"model": "original", "path": "/a/f"}, "genai": {}, "float": {}},
+         "exports": {"k": {"export_config": cfg}, "b": {"export_config": {**cfg, "block_size": 32}},
+                     "f": {"export_config": {**cfg, "block_size": 32, "float_zero_points": True}}},
+         "roles": {"genai-int4": "genai"},
+         "targets": [{"target": "decode", "metric": "decode", "numerator": "int4", "denominator": "genai", "threshold": 1.05,
+                      "value": 1.05, "met": True},
+                     {"target": "ppl", "metric": "ppl", "numerator": "int4", "denominator": "float", "value": 1.18, "met": False}]}
+    zp = {"weights": {"blocks_on_q4_1_grid": 8, "blocks": 8, "rel_err_uint4_zp": 0.08},
+          "kernels": [{"m": 1, "zero_points": z, "accuracy_level": 4, "us": us} for z, us in (("float", 400.0), ("uint4", 10.0))]}
+    (line,) = mod._peer_misses(d, zp)
+    assert line.endswith("; holding the Q4_1 blocks needs blocks of 32, and in blocks of 32 even symmetric codes with no offset "
+                         "table (b32) decode at 0.980x genai int4 in this run, against the 1.05x this export's decode target asks.")
+    d["exports"]["b"]["export_config"]["block_size"] = 16  # no export of the Q4_1 width: no note
+    assert "holding the Q4_1 blocks" not in mod._peer_misses(d, zp)[0]
