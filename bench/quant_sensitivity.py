@@ -24,16 +24,14 @@ Writes bench/results/quant_sensitivity[_MODEL].json, .md and .png."""
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: only an installed edgedelta has export, runtime, devices
 
-import numpy as np  # noqa: E402
-
 from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
+from held_out import evaluate as held_out_evaluate, held_out_batches  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_MODEL = "smollm2-135m"
@@ -74,7 +72,7 @@ def rows_to_measure(tensors: list[dict], value_bits: int, n_layers: int) -> list
 def measure(model_name: str, symmetric: bool, ppl_tokens: int) -> dict:
     import torch
 
-    from edgedelta.data.text import EVAL_DATASETS, calibration_batches, dataset_texts, pack, tokenize_stream
+    from edgedelta.data.text import calibration_batches
     from edgedelta.export.calibration import CALIB_SEQ_LEN, CalibrationStats, cpu_has_bf16_matmul
     from edgedelta.export.config import ExportConfig
     from edgedelta.export.quant_methods import GPTQ_ACT_ORDER, quantize_weight
@@ -86,32 +84,13 @@ def measure(model_name: str, symmetric: bool, ppl_tokens: int) -> dict:
     loaded = load_model(model_name)
     model, tok = loaded.model.eval(), loaded.tokenizer
     n_layers = len(adapter_for(model.config).decoder_layers(model))
-    windows = {n: pack(tokenize_stream(tok, dataset_texts(n)), 512, ppl_tokens) for n in EVAL_DATASETS}
+    windows, batches = held_out_batches(tok, ppl_tokens, batch=4)
 
-    # (text, (B, 512) windows) in batches of 4, the same order on every pass
-    batches = [(n, ids[s : s + 4]) for n, ids in windows.items() for s in range(0, ids.shape[0], 4)]
-
-    def evaluate(reference: list[torch.Tensor] | None) -> tuple[dict, float, list[torch.Tensor]]:
-        """Held-out perplexity per text and the mean KL(float ‖ this model) per scored position,
-        in one pass. Without a reference (the float model's own pass) it returns the
-        log-probabilities instead: fp16, one (B, 511, V) tensor per batch."""
-        nll, tokens = dict.fromkeys(windows, 0.0), dict.fromkeys(windows, 0)
-        kl_sum, logps = 0.0, []
-        for b, (name, x) in enumerate(batches):
-            logp = torch.log_softmax(model(input_ids=x).logits[:, :-1].float(), -1)  # (B, 511, V)
-            nll[name] -= logp.gather(-1, x[:, 1:, None]).sum().item()
-            tokens[name] += x[:, 1:].numel()
-            if reference is None:
-                logps.append(logp.half())
-            else:
-                ref = reference[b].float()
-                kl_sum += (ref.exp() * (ref - logp)).sum().item()
-        ppl = {n: math.exp(nll[n] / tokens[n]) for n in windows}
-        return {**ppl, "mean": float(np.mean(list(ppl.values())))}, kl_sum / sum(tokens.values()), logps
+    def evaluate(reference):
+        return held_out_evaluate(model, batches, reference)
 
     t0 = time.perf_counter()
-    with torch.no_grad():
-        float_ppl, _, float_logp = evaluate(None)
+    float_ppl, _, float_logp = evaluate(None)
     ids = calibration_batches(tok, cfg.calib_samples, CALIB_SEQ_LEN, seed=0, source=cfg.calib_text)
     stats = CalibrationStats(model, ids, text=cfg.calib_text, bf16_forward=cpu_has_bf16_matmul())
     tensors = quantized_tensors(model)

@@ -302,7 +302,8 @@ def _peer_misses(d: dict, zp: dict | None, qq: dict | None = None, qs: dict[str,
 
 
 # export options with an A/B pair of the same model in peers.json: (ExportConfig field, what its value means)
-AB_OPTIONS = (("value_bits", "the value projection at {} bits"), ("embedding_block_size", "the embedding table / LM head in blocks of {}"))
+AB_OPTIONS = (("value_bits", "the value projection at {} bits"), ("embedding_block_size", "the embedding table / LM head in blocks of {}"),
+              ("tune_steps", "{} steps of block-scale tuning"))
 
 
 def _ab_note(d: dict, num: str, key: str, words: str) -> str:
@@ -594,6 +595,63 @@ def quant_sensitivity_section(stem: str) -> Callable[[dict], list[str]]:
     return section
 
 
+def scale_tuning(d: dict) -> list[str]:
+    """bench/scale_tuning.py: the default int4 form's perplexity after block-scale tuning, by
+    learning rate and steps (PyTorch), and the artifacts without and with it (ONNX Runtime)."""
+    from edgedelta.export.scale_tuning import TUNE_LR
+
+    e, base = d["export"], d["rows"][0]
+    at_rate = [r for r in d["rows"][1:] if r["lr"] == TUNE_LR]
+    best = min(d["rows"][1:], key=lambda r: r["ratio"], default=None)
+    text = (f"{d['model']}, the default int4 form ({e['method']}, symmetric blocks of {e['block_size']}, v at {e['value_bits']} "
+            f"bits) in PyTorch: {base['ratio']:.4f}x float perplexity before tuning (KL {base['kl']:.4f} nats/token)")
+    if at_rate:
+        text += (f"; at the export's learning rate ({TUNE_LR:g}) "
+                 + ", ".join(f"{r['steps']} steps give {r['ratio']:.4f}x (KL {r['kl']:.4f}, {r['seconds']:.0f} s)" for r in at_rate))
+    if best and best not in at_rate:
+        text += f"; the best row is {best['steps']} steps at {best['lr']:g}, {best['ratio']:.4f}x"
+    onnx = [f"- artifact with tune_steps {o['tune_steps']} (ONNX Runtime, accuracy level {o['accuracy_level']}): perplexity "
+            f"{o['ppl']:.3f}, {o['ppl_ratio']:.4f}x float, argmax agreement {o['agreement']:.3f}, data file "
+            f"{o['data_file_bytes'] / 2**20:.1f} MiB" for o in d.get("onnx") or []]
+    return [text + ".", ""] + onnx + ([""] if onnx else []) + [
+        "Every row: [bench/results/scale_tuning.md](../bench/results/scale_tuning.md)."]
+
+
+def tuned_peers(d: dict) -> list[str]:
+    """A bench/peers.py run of the scale-tuned exports (ExportConfig.tune_steps) beside the
+    default ones: each tuned export against the export of the same model that differs from it
+    in tune_steps only, measured in the same run, and the peers' figures beside them."""
+    from peers import METRICS, round_ratios
+
+    genai = (d.get("roles") or {}).get("genai-int4")
+    lines = ["| contender | decode ×genai-int4 | perplexity | file MiB |", "|---|---:|---:|---:|"]
+    for c in (c for c in d.get("order", d["summary"]) if c in d["summary"]):
+        s = d["summary"][c]
+        dec = (d["ratios"].get(c) or {}).get("genai-int4", {}).get("decode")
+        lines.append(f"| {c} | {'-' if dec is None else f'{dec:.3f}'} | {s['ppl']:.3f} | {s['file_mib']:.1f} |")
+    notes = []
+    for c in (c for c in d.get("order", d["summary"]) if c in d["summary"]):
+        mine = _export_of(d, c).get("export_config") or {}
+        if not mine.get("tune_steps"):
+            continue
+        fl = (d.get("roles") or {}).get(f"{d['contenders'][c].get('model')}-fp32")
+        for o in d["summary"]:
+            cfg = _export_of(d, o).get("export_config") or {}
+            if o != c and cfg and {k: v for k, v in cfg.items() if k != "tune_steps"} == {k: v for k, v in mine.items() if k != "tune_steps"} \
+                    and d["contenders"][o].get("model") == d["contenders"][c].get("model") and not cfg.get("tune_steps"):
+                dec = statistics.median(round_ratios(d["rounds"], c, o, METRICS["decode"][0]))
+                vs_float = (f"; {d['summary'][c]['ppl'] / d['summary'][fl]['ppl']:.3f}x against "
+                            f"{d['summary'][o]['ppl'] / d['summary'][fl]['ppl']:.3f}x the float model's ({fl})"
+                            if fl in d["summary"] else "")
+                notes.append(f"- {c} ({mine['tune_steps']} steps) against {o}: perplexity {d['summary'][c]['ppl']:.3f} against "
+                             f"{d['summary'][o]['ppl']:.3f} ({d['summary'][c]['ppl'] / d['summary'][o]['ppl']:.3f}x{vs_float}), decode "
+                             f"{dec:.3f}x, file {d['summary'][c]['file_mib']:.1f} against {d['summary'][o]['file_mib']:.1f} MiB")
+    rounds = d["config"]["rounds"]
+    return ([f"{rounds} round(s), the contenders interleaved as in the full peer run (its protocol and perplexity text); "
+             f"ratios are medians of same-round ratios{'' if genai else ' (no genai-int4 in this run)'}.", ""] + lines
+            + ([""] + notes if notes else []) + ["", "Every figure: [bench/results/peers_tuned/peers.md](../bench/results/peers_tuned/peers.md)."])
+
+
 def _link_only(path: str) -> Callable[[dict], list[str]]:
     def section(d: dict) -> list[str]:
         return [f"Measured; the table is in [{path}](../{path}) (no summary function yet)."]
@@ -653,6 +711,8 @@ SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("int4 perplexity by part: one part at a time at 8 bits", "quant_sensitivity.json", quant_sensitivity_section("quant_sensitivity")),
     ("int4 perplexity by part: the peers' compressed model", "quant_sensitivity_compressed-12.json",
      quant_sensitivity_section("quant_sensitivity_compressed-12")),
+    ("Block-scale tuning of the int4 export", "scale_tuning.json", scale_tuning),
+    ("Peers: the scale-tuned exports beside the defaults", "peers_tuned/peers.json", tuned_peers),
     ("Zero points: Q4_1 blocks re-rounded vs held exactly", "zero_points.json", zero_points_section("bench/results/zero_points.md")),
     ("Zero points at 0.5B (Qwen2.5-Coder-0.5B)", "zero_points_qwen2.5-coder-0.5b/zero_points.json",
      zero_points_section("bench/results/zero_points_qwen2.5-coder-0.5b/zero_points.md")),

@@ -91,6 +91,10 @@ class ExportConfig:
         "help": "quantization block of the embedding table and LM head (16..256, power of 2; default: block_size). At int4 "
                 "the table's 4-bit error is the largest single part of the loss (bench/results/quant_sensitivity.md): "
                 "32 takes off part of it at a cost in decode speed (bench/results/peers.md, the -t32 rows)"})
+    tune_steps: int = field(default=0, metadata={
+        "help": "steps of end-to-end block-scale tuning after quantization (scale_tuning.py): the codes stay, each block's "
+                "scale is trained against the float model's next-token distribution on the calibration text, 2 windows of "
+                "512 tokens a step; same file size and speed (bench/results/scale_tuning.md). 0: off"})
     accuracy_level: int | None = field(default=None, metadata={
         "help": "MatMulNBits compute: 0 = fp32 on the dequantized weights (exact); 4 = int8 activations (x86: int8 weights "
                 "~18x and int4 ~2x faster, adds activation rounding); default 4 for quantized exports, 0 otherwise"})
@@ -165,6 +169,13 @@ class ExportConfig:
                 raise ConfigError(f"value_bits must be 4 or 8, got {self.value_bits!r}")
         elif self.quantize != "none":
             self.value_bits = DEFAULT_VALUE_BITS
+        if not isinstance(self.tune_steps, int) or isinstance(self.tune_steps, bool) or self.tune_steps < 0:
+            raise ConfigError(f"tune_steps must be an integer >= 0, got {self.tune_steps!r}")
+        if self.tune_steps:
+            if self.quantize == "none":
+                raise ConfigError("tune_steps needs a quantized export (quantize int4 or int8)")
+            if self.float_zero_points:
+                raise ConfigError("tune_steps tunes the scales of integer codes: it does not take float_zero_points")
         if self.gate_tokens < 256:
             raise ConfigError(f"gate_tokens must be >= 256 (greedy agreement over a long text), got {self.gate_tokens}")
         if self.accuracy_level is None:  # int8 activations: the fast default of a quantized export

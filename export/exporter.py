@@ -31,7 +31,7 @@ from edgedelta.manifest import read_manifest, write_manifest
 from edgedelta.models.adapters import adapter_for
 
 from .artifact_audit import MODEL_FILE, audit, audit_problems
-from .calibration import calibration_for
+from .calibration import calibration_for, cpu_has_bf16_matmul
 from .config import ExportConfig, session_config
 from .arch_facts import ArchFacts, gqa_unsupported
 from .decoder import DecoderGraph
@@ -39,7 +39,8 @@ from .genai_config import FILE as GENAI_FILE
 from .genai_config import genai_config
 from .graph import GraphBuilder
 from .prepack import lift_shared_weights
-from .weights import ModelWeights, WeightCollector
+from .scale_tuning import tune_scales, tuning_windows
+from .weights import ModelWeights, WeightCollector, quantize_base_weights
 
 ARTIFACT_FORMAT = "edgedelta-onnx"
 # Bumped whenever the graph emitted for the same ExportConfig changes, and recorded in the
@@ -71,11 +72,13 @@ def use_gqa(facts: ArchFacts, cfg: ExportConfig) -> bool:
     return cfg.attention != "plain" and reason is None
 
 
-def build_graph(model, cfg: ExportConfig, calibration=None, progress: bool = False) -> tuple[GraphBuilder, ModelWeights, ArchFacts]:
-    """Emit `model` (read only) as an ONNX decoder graph into a GraphBuilder."""
+def build_graph(model, cfg: ExportConfig, calibration=None, progress: bool = False,
+                prequantized=None) -> tuple[GraphBuilder, ModelWeights, ArchFacts]:
+    """Emit `model` (read only) as an ONNX decoder graph into a GraphBuilder. prequantized:
+    id(Parameter) -> (QuantizedWeight, method) taken as they are (the scale-tuned weights)."""
     adapter = adapter_for(model.config)
     builder = GraphBuilder("edgedelta_decoder", cfg.opset)
-    weights = WeightCollector(model, adapter, cfg, builder, calibration, progress).collect()
+    weights = WeightCollector(model, adapter, cfg, builder, calibration, progress, prequantized).collect()
     facts = ArchFacts.from_model(model, adapter)
     DecoderGraph(builder, facts, weights, cfg.dtype, cfg.accuracy_level, gqa=use_gqa(facts, cfg)).build()
     if cfg.dtype == "fp32":
@@ -135,14 +138,25 @@ def symmetric_candidates(cfg: ExportConfig, has_tokenizer: bool) -> tuple[bool, 
     return (True, False) if cfg.validate and has_tokenizer else (False,)
 
 
-def _build_and_check(model, tokenizer, cfg: ExportConfig, calibration, tmp: Path, progress, say):
+def _tuned_weights(model, cfg: ExportConfig, calibration, tune_ids, progress, say) -> tuple[dict, dict]:
+    """The weights quantized as the collector would, then their block scales tuned end to end
+    (scale_tuning.py): (id(Parameter) -> (QuantizedWeight, method), the tuning's summary)."""
+    pre = quantize_base_weights(model, adapter_for(model.config), cfg, calibration)
+    tuned, summary = tune_scales(model, {i: q for i, (q, _) in pre.items()}, tune_ids, cfg.tune_steps,
+                                 bf16=cpu_has_bf16_matmul(), progress=progress is not None)
+    say(f"scale tuning: KL {summary['kl_first']:.4f} -> {summary['kl_last']:.4f} ({summary['seconds']:.0f} s)")
+    return {i: (tuned[i], method) for i, (_, method) in pre.items()}, summary
+
+
+def _build_and_check(model, tokenizer, cfg: ExportConfig, calibration, tmp: Path, progress, say, tune_ids=None):
     """Build the graph into `tmp` and run the checker, the sharing audit and (cfg.validate) the
     parity checks and quality gate; returns (weights, facts, gqa, audit report, the weights laid
-    out for cfg.cpu_arch, parity report, {phase: seconds}): graph (weights collected and
-    quantized, calibration passes included), write, check (checker and audit), parity and
-    quality_gate."""
+    out for cfg.cpu_arch, parity report, {phase: seconds}, scale tuning summary or None): graph
+    (weights collected and quantized, calibration passes and scale tuning included), write,
+    check (checker and audit), parity and quality_gate."""
     t1 = time.perf_counter()
-    builder, weights, facts = build_graph(model, cfg, calibration, progress=progress is not None)
+    prequantized, tuning = _tuned_weights(model, cfg, calibration, tune_ids, progress, say) if cfg.tune_steps else (None, None)
+    builder, weights, facts = build_graph(model, cfg, calibration, progress=progress is not None, prequantized=prequantized)
     seconds = {"graph": time.perf_counter() - t1}
     gqa = use_gqa(facts, cfg)
     builder.save(tmp, MODEL_FILE, metadata={"edgedelta.format": ARTIFACT_FORMAT,
@@ -168,7 +182,7 @@ def _build_and_check(model, tokenizer, cfg: ExportConfig, calibration, tmp: Path
 
         parity = check_parity(model, tmp / MODEL_FILE, facts, cfg, weights.dequantized, tokenizer=tokenizer, seconds=seconds)
         say("parity: " + ", ".join(f"{k} {v.get('max_abs_diff', 0):.2e}" for k, v in parity.items()))
-    return weights, facts, gqa, report, cpu_laid_out, parity, seconds
+    return weights, facts, gqa, report, cpu_laid_out, parity, seconds, tuning
 
 
 def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, force: bool = False, progress=None) -> Path:
@@ -190,11 +204,12 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
     with atomic_dir(out_dir, force=force) as tmp:
         t1 = time.perf_counter()
         calibration = calibration_for(model, loaded.tokenizer, cfg, progress=progress is not None)
+        tune_ids = tuning_windows(loaded.tokenizer, cfg) if cfg.tune_steps else None
         tried: list[dict] = []
         for symmetric in symmetric_candidates(cfg, loaded.tokenizer is not None):
             cfg = dataclasses.replace(cfg, symmetric=symmetric)
             try:
-                built = _build_and_check(model, loaded.tokenizer, cfg, calibration, tmp, progress, say)
+                built = _build_and_check(model, loaded.tokenizer, cfg, calibration, tmp, progress, say, tune_ids)
                 break
             except ParityError as e:  # auto: the symmetric form missed the quality gate, uint zero points next
                 if not (symmetric and cfg_in.symmetric is None and getattr(e, "gate", None)):
@@ -206,7 +221,7 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
                         shutil.rmtree(f)
                     else:
                         f.unlink()
-        weights, facts, gqa, report, cpu_laid_out, parity, seconds = built
+        weights, facts, gqa, report, cpu_laid_out, parity, seconds, tuning = built
         t_build = time.perf_counter() - t1
         side = _copy_side_files(Path(loaded.path), tmp, model, loaded.tokenizer)
         gen_cfg = json.loads((tmp / "generation_config.json").read_text()) if (tmp / "generation_config.json").is_file() else {}
@@ -262,6 +277,8 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
             "tokenizer_files": side,
             # data-aware quantization's calibration: its text, tokens and forward passes (None: none ran)
             "calibration": calibration.summary() if calibration is not None else None,
+            # end-to-end block-scale tuning (scale_tuning.py): steps, tokens, KL before and after (None: none ran)
+            "scale_tuning": tuning,
             # build_and_check: the accepted form's phases below, plus any form the quality gate rejected;
             # calibration_passes: the forward passes of every form built (inside their "graph" phases)
             "timing_s": {"load": round(t_load, 2), "build_and_check": round(t_build, 2),

@@ -37,6 +37,7 @@ from .graph import GraphBuilder
 from .calibration import CalibrationStats
 from .quant_methods import DATA_FREE_FALLBACK, DATA_METHODS, quantize_weight
 from .quantize import BITS, QuantizedWeight
+from .scale_tuning import concat_rows
 
 
 # Projections that read the same input, emitted as one MatMul when the model keeps them apart
@@ -146,12 +147,66 @@ def _np(t: torch.Tensor, dtype: np.dtype) -> np.ndarray:
     return t.detach().to(torch.float32).cpu().numpy().astype(dtype)
 
 
+def quant_form(cfg: ExportConfig, kind: str, k: int, bits: int | None = None) -> tuple[int, int, bool]:
+    """(bits, block, float zero points) of a weight of `kind` with K = k in a quantized export.
+    bits: the projection's own width (value_bits), else the export's (embedding_bits for the table)."""
+    table = kind in ("embedding", "lm_head")
+    block = cfg.embedding_block_size if table else cfg.block_size
+    block = block if k >= block else 16  # a short K (delta_B: K = rank) pads less
+    # float zero points on the weights that carry the model (projections, shared bases, an
+    # untied head) when K is whole blocks (the graph sums x per block by a Reshape);
+    # deltas and the embedding table keep symmetric codes
+    float_zp = cfg.float_zero_points and kind in ("projection", "shared", "lm_head") and k % block == 0
+    if bits is None:
+        bits = cfg.embedding_bits if table and cfg.embedding_bits else BITS[cfg.quantize]
+    return bits, block, float_zp
+
+
+def base_weights(model: nn.Module, adapter: ModelAdapter, cfg: ExportConfig) -> list[tuple[torch.Tensor, str, int | None]]:
+    """(Parameter, kind, bits) of each weight a quantized export stores as MatMulNBits, once,
+    except the delta A/B: the table, every projection or shared base (bits: value_bits for v,
+    else None = the export's), an untied LM head. WeightCollector quantizes exactly these with
+    the same forms (a fused q/k/v or gate/up as the concatenation of its parts)."""
+    out, seen = [], set()
+    groups = {id(adapter.get_linear(layer, p).weight) for layer in adapter.decoder_layers(model) for p in adapter.projections
+              if isinstance(adapter.get_linear(layer, p), DeltaLinear)}
+    embed = adapter.embed_tokens(model).weight
+    for p, kind, bits in [(embed, "embedding", None)] + [
+            (adapter.get_linear(layer, proj).weight, "shared" if id(adapter.get_linear(layer, proj).weight) in groups else "projection",
+             cfg.value_bits if proj == "v" else None)
+            for layer in adapter.decoder_layers(model) for proj in adapter.projections] + [
+            (model.get_output_embeddings().weight, "lm_head", None)]:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append((p, kind, bits))
+    return out
+
+
+def quantize_base_weights(model: nn.Module, adapter: ModelAdapter, cfg: ExportConfig,
+                          calibration: "CalibrationStats | None") -> dict[int, tuple[QuantizedWeight, str]]:
+    """id(Parameter) -> (QuantizedWeight, method) of every weight base_weights lists, quantized
+    as WeightCollector quantizes it (method, Hessian of all its readers, form)."""
+    out = {}
+    for p, kind, bits in base_weights(model, adapter, cfg):
+        bits, block, float_zp = quant_form(cfg, kind, p.shape[1], bits)
+        method = cfg.quant_method
+        h = calibration.hessian(p) if method in DATA_METHODS and calibration is not None else None
+        method = method if method not in DATA_METHODS or h is not None else DATA_FREE_FALLBACK
+        out[id(p)] = (quantize_weight(_np(p, np.float32), bits, block, method, h,
+                                      symmetric=bool(cfg.symmetric) and not float_zp, float_zp=float_zp), method)
+    return out
+
+
 class WeightCollector:
     """Adds every parameter of `model` to `builder` once; returns ModelWeights."""
 
     def __init__(self, model: nn.Module, adapter: ModelAdapter, cfg: ExportConfig, builder: GraphBuilder,
-                 calibration: "CalibrationStats | None" = None, progress: bool = False):
+                 calibration: "CalibrationStats | None" = None, progress: bool = False,
+                 prequantized: dict[int, tuple[QuantizedWeight, str]] | None = None):
         self.model, self.adapter, self.cfg, self.b = model, adapter, cfg, builder
+        # id(Parameter) -> (its codes as chosen beforehand, the method that chose them): the
+        # scale-tuned weights (scale_tuning.py); any other weight is quantized here
+        self.prequantized = prequantized or {}
         self.progress = progress  # a bar over the layers (data-aware quantization takes minutes)
         self.calibration = calibration  # input Hessians for data-aware quantization (calibration.py)
         self.quant_methods: dict[str, str] = {}  # quantized initializer -> method that chose its codes
@@ -268,7 +323,7 @@ class WeightCollector:
                     else f"layers.{i}.{fused_path}.weight")
             w_cat = torch.cat([w.detach().float() for w in ws], 0)  # (ΣN, K)
             if self.cfg.quantize != "none":
-                ref.quant = self._quantized(name, w_cat, kind, stats_of=ws[0])
+                ref.quant = self._quantized(name, w_cat, kind, stats_of=ws[0], parts=ws)
                 ref.weight = ref.quant.names[0]
                 self._split_dequantized(w_cat, ws, axis=0)
             else:
@@ -352,30 +407,29 @@ class WeightCollector:
         return name
 
     def _quantized(self, name: str, w: torch.Tensor, kind: str, stats_of: torch.Tensor | None = None,
-                   bits: int | None = None) -> QRef:
+                   bits: int | None = None, parts: list[torch.Tensor] | None = None) -> QRef:
         """Quantize w (N=out, K=in) into MatMulNBits tensors '{name}', '{name}.scales',
         '{name}.zero_points' (asymmetric only; each stored once even if identical to another's). stats_of: the
         Parameter whose calibration statistics apply when w is not one itself (a fused q/k/v
         weight: its parts read the same input), or (P, A) for a weight that reads x·Aᵀ where
         x is P's input (a fused delta B after the fused A). Without statistics a data-aware
         method falls back to the data-free one (quant_methods.DATA_FREE_FALLBACK). bits: the
-        projection's own bit width (value_bits), else the export's (embedding_bits for the table)."""
-        k = w.shape[1]
-        table = kind in ("embedding", "lm_head")
-        block = self.cfg.embedding_block_size if table else self.cfg.block_size
-        block = block if k >= block else 16  # a short K (delta_B: K = rank) pads less
-        # float zero points on the weights that carry the model (projections, shared bases, an
-        # untied head) when K is whole blocks (the graph sums x per block by a Reshape);
-        # deltas and the embedding table keep symmetric codes
-        float_zp = self.cfg.float_zero_points and kind in ("projection", "shared", "lm_head") and k % block == 0
-        if bits is None:
-            bits = self.cfg.embedding_bits if table and self.cfg.embedding_bits else BITS[self.cfg.quantize]
-        method, h = self.cfg.quant_method, None
-        if method in DATA_METHODS:  # the input Hessian of w's readers (all of them for a shared base)
-            h = self.calibration.hessian(w if stats_of is None else stats_of) if self.calibration is not None else None
-            method = method if h is not None else DATA_FREE_FALLBACK  # no calibration inputs reach w
-        q = quantize_weight(_np(w, np.float32), bits, block, method, h, symmetric=bool(self.cfg.symmetric) and not float_zp,
-                            float_zp=float_zp)
+        projection's own bit width (value_bits), else the export's (embedding_bits for the table).
+        parts: the Parameters a fused w concatenates (rows); with every part (or w itself) in
+        `prequantized`, their codes are taken as they are."""
+        bits, block, float_zp = quant_form(self.cfg, kind, w.shape[1], bits)
+        pre = [self.prequantized.get(id(p)) for p in (parts or [w])]
+        if all(x is not None for x in pre):
+            if any((x[0].bits, x[0].block_size, x[0].offsets is not None) != (bits, block, float_zp) for x in pre):
+                raise ValueError(f"'{name}': its prequantized parts are not in the form this export stores it in")
+            q, method = concat_rows([x[0] for x in pre]), pre[0][1]
+        else:
+            method, h = self.cfg.quant_method, None
+            if method in DATA_METHODS:  # the input Hessian of w's readers (all of them for a shared base)
+                h = self.calibration.hessian(w if stats_of is None else stats_of) if self.calibration is not None else None
+                method = method if h is not None else DATA_FREE_FALLBACK  # no calibration inputs reach w
+            q = quantize_weight(_np(w, np.float32), bits, block, method, h, symmetric=bool(self.cfg.symmetric) and not float_zp,
+                                float_zp=float_zp)
         self.quant_methods[name] = method
         q.scales = q.scales.astype(self.dtype)  # MatMulNBits: scales in the activation dtype
         # (N, blocks) and (N, packed zero-point bytes): MatMulNBits takes them so, and a Gather can read a row

@@ -262,3 +262,42 @@ def test_a_missed_int4_perplexity_gives_the_decode_of_the_q4_1_block_width():
                          "table (b32) decode at 0.980x genai int4 in this run, against the 1.05x this export's decode target asks.")
     d["exports"]["b"]["export_config"]["block_size"] = 16  # no export of the Q4_1 width: no note
     assert "holding the Q4_1 blocks" not in mod._peer_misses(d, zp)[0]
+
+
+def test_tuned_peers_compares_each_tuned_export_with_its_untuned_twin():
+    mod = _summarize()
+
+    def rnd(tps):
+        return {"round": 0, "decode": {"tokens_per_s": tps}}
+
+    cfg = {"quantize": "int4", "block_size": 64, "symmetric": True, "tune_steps": 0}
+    d = {"config": {"rounds": 1}, "roles": {"genai-int4": "genai", "original-fp32": "fp32"},
+         "rounds": {"int4": [rnd(100.0)], "tuned": [rnd(99.0)], "comp-tuned": [rnd(120.0)], "genai": [rnd(95.0)]},
+         "summary": {n: {"ppl": p, "file_mib": 74.0} for n, p in (("int4", 21.4), ("tuned", 20.5), ("comp-tuned", 40.0), ("genai", 24.2),
+                                                                  ("fp32", 18.0))},
+         "ratios": {"int4": {"genai-int4": {"decode": 1.05}}, "tuned": {"genai-int4": {"decode": 1.04}}},
+         "contenders": {"int4": {"model": "original", "path": "/a/i"}, "tuned": {"model": "original", "path": "/a/t"},
+                        "comp-tuned": {"model": "compressed", "path": "/a/c"}, "genai": {}, "fp32": {"model": "original"}},
+         "exports": {"i": {"export_config": cfg}, "t": {"export_config": {**cfg, "tune_steps": 50}},
+                     "c": {"export_config": {**cfg, "tune_steps": 50}}}}
+    lines = mod.tuned_peers(d)
+    assert "| tuned | 1.040 | 20.500 | 74.0 |" in lines and "| comp-tuned | - | 40.000 | 74.0 |" in lines
+    notes = [x for x in lines if x.startswith("- ")]
+    assert notes == ["- tuned (50 steps) against int4: perplexity 20.500 against 21.400 (0.958x; 1.139x against 1.189x the float "
+                     "model's (fp32)), decode 0.990x, file 74.0 against 74.0 MiB"]
+
+
+def test_scale_tuning_section_reads_the_rows_at_the_exports_rate():
+    mod = _summarize()
+    from edgedelta.export.scale_tuning import TUNE_LR
+
+    def row(lr, steps, ratio):
+        return {"lr": lr, "steps": steps, "ratio": ratio, "kl": ratio - 1, "seconds": 10.0 * steps}
+
+    d = {"model": "m", "export": {"method": "gptq", "block_size": 64, "value_bits": 8},
+         "rows": [row(None, 0, 1.15), row(TUNE_LR / 4, 50, 1.12), row(TUNE_LR, 50, 1.11), row(TUNE_LR * 4, 50, 1.09)]}
+    text = mod.scale_tuning(d)[0]
+    assert text.endswith(f"at the export's learning rate ({TUNE_LR:g}) 50 steps give 1.1100x (KL 0.1100, 500 s); "
+                         f"the best row is 50 steps at {TUNE_LR * 4:g}, 1.0900x.")
+    d["onnx"] = [{"tune_steps": 50, "accuracy_level": 4, "ppl": 20.5, "ppl_ratio": 1.13, "agreement": 0.8, "data_file_bytes": 2**20}]
+    assert "- artifact with tune_steps 50 (ONNX Runtime, accuracy level 4): perplexity 20.500, 1.1300x float" in mod.scale_tuning(d)[2]

@@ -1,5 +1,5 @@
 """`edgedelta export DIR|default --out ART [--dtype fp32|fp16] [--quantize none|int8|int4]
-[--float-zero-points] [--embedding-bits 4|8] [--embedding-block-size N] [--value-bits 4|8] [--cpu-arch x86_64|arm64] [--force]`: an ONNX
+[--float-zero-points] [--embedding-bits 4|8] [--embedding-block-size N] [--value-bits 4|8] [--tune-steps N] [--cpu-arch x86_64|arm64] [--force]`: an ONNX
 artifact with a KV cache whose shared weights are stored once, validated against PyTorch
 (logits, cached logits, 32-token greedy decode) and audited for duplicated weights."""
 
@@ -39,6 +39,10 @@ def add_parser(subparsers):
     p.add_argument("--value-bits", type=int, default=None, choices=(4, 8),
                    help="bits of the attention value projection (v) when quantized (default 8: v's 4-bit error costs the "
                         "most perplexity per byte; bench/results/peers.md, the -v4 row)")
+    p.add_argument("--tune-steps", type=int, default=0,
+                   help="steps of end-to-end block-scale tuning after quantization (default 0: off): each block's scale is "
+                        "trained against the float model on --calib-text, the codes kept; same file and speed, lower "
+                        "perplexity (bench/results/scale_tuning.md)")
     p.add_argument("--quant-method", default=DEFAULT_QUANT_METHOD,
                    help=f"how quantized codes are chosen: {'|'.join(QUANT_METHODS)} (default {DEFAULT_QUANT_METHOD}: data-aware, "
                         "from --calib-text)")
@@ -60,7 +64,7 @@ def run(args) -> int:
                        cpu_arch=args.cpu_arch, validate=not args.no_validate,
                        symmetric={"auto": None, "on": True, "off": False}[args.symmetric],
                        float_zero_points=args.float_zero_points, embedding_bits=args.embedding_bits, value_bits=args.value_bits,
-                       embedding_block_size=args.embedding_block_size)
+                       embedding_block_size=args.embedding_block_size, tune_steps=args.tune_steps)
     out = export_onnx(args.model, cfg, args.out, force=args.force, progress=lambda m: print(f"edgedelta export: {m}", file=sys.stderr))
     m = read_manifest(out)
     b, a = m["bytes"], m["audit"]
@@ -75,4 +79,7 @@ def run(args) -> int:
             form = "symmetric blocks (no zero points)" if choice.get("chosen") else "blocks with zero points"
         why = " (symmetric missed the quality gate)" if choice.get("rejected") else ""
         print(f"{cfg.quantize}: {form}{why}")
+        if m.get("scale_tuning"):
+            t = m["scale_tuning"]
+            print(f"scale tuning: {t['steps']} steps, KL to the float model {t['kl_first']:.4f} -> {t['kl_last']:.4f}")
     return 0
