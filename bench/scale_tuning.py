@@ -29,8 +29,8 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: only an insta
 
 import numpy as np  # noqa: E402
 
-from edgedelta.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
 from held_out import evaluate as held_out_evaluate, held_out_batches  # noqa: E402
+from results_io import write_results  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_MODEL = "smollm2-135m"
@@ -184,9 +184,7 @@ def main(argv=None) -> int:
     stem = "scale_tuning" if a.model == DEFAULT_MODEL else f"scale_tuning_{Path(a.model).name}"
     res = measure(a.model, rows, a.ppl_tokens, a.onnx, Path(__file__).parent / "_work" / stem)
     a.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(a.out / f"{stem}.json", res)
-    write_text_atomic(a.out / f"{stem}.md", report(res))
-    print(report(res))
+    write_results(a.out, stem, res, report(res))
     return 0
 
 
