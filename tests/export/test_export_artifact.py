@@ -148,6 +148,12 @@ def test_cli_export_and_inspect(tiny_dirs, tmp_path, capsys):
     assert "float zero points" in capsys.readouterr().out
     assert main(["export", str(tiny_dirs["plain"]), "--out", str(tmp_path / "y"), "--float-zero-points"]) == 2
     assert "float_zero_points needs a quantized export" in capsys.readouterr().err
+    tuned = tmp_path / "tuned"
+    assert main(["export", str(tiny_dirs["plain"]), "--out", str(tuned), "--quantize", "int4", "--block-size", "16",
+                 "--tune-steps", "2", "--no-validate"]) == 0
+    m = json.loads((tuned / "manifest.json").read_text())
+    assert m["export_config"]["tune_steps"] == 2 and m["scale_tuning"]["steps"] == 2
+    assert "scale tuning: 2 steps, KL to the float model" in capsys.readouterr().out
 
 
 def test_block_size_default_follows_the_bits():

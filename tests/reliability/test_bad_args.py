@@ -133,6 +133,8 @@ CASES = [
     ["export", "COMP", "--out", "NEW", "--quantize", "int3"],
     ["export", "COMP", "--out", "NEW", "--quantize", "int4", "--block-size", "7"],
     ["export", "COMP", "--out", "NEW", "--block-size", "x"],
+    ["export", "COMP", "--out", "NEW", "--quantize", "int4", "--tune-steps", "-1"],
+    ["export", "COMP", "--out", "NEW", "--tune-steps", "5"],
     ["export", "COMP", "--out", "EXISTS"],
     ["export", "MISSING", "--out", "NEW"],
     ["export", "EMPTY", "--out", "NEW"],
