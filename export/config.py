@@ -94,7 +94,8 @@ class ExportConfig:
     tune_steps: int = field(default=0, metadata={
         "help": "steps of end-to-end block-scale tuning after quantization (scale_tuning.py): the codes stay, each block's "
                 "scale is trained against the float model's next-token distribution on the calibration text, 2 windows of "
-                "512 tokens a step; same file size and speed (bench/results/scale_tuning.md). 0: off"})
+                "512 tokens a step; the same file size and decode speed (bench/results/peers_tuned/peers.md), lower held-out "
+                "perplexity (bench/results/scale_tuning.md). 0: off"})
     accuracy_level: int | None = field(default=None, metadata={
         "help": "MatMulNBits compute: 0 = fp32 on the dequantized weights (exact); 4 = int8 activations (x86: int8 weights "
                 "~18x and int4 ~2x faster, adds activation rounding); default 4 for quantized exports, 0 otherwise"})

@@ -41,8 +41,8 @@ def add_parser(subparsers):
                         "most perplexity per byte; bench/results/peers.md, the -v4 row)")
     p.add_argument("--tune-steps", type=int, default=0,
                    help="steps of end-to-end block-scale tuning after quantization (default 0: off): each block's scale is "
-                        "trained against the float model on --calib-text, the codes kept; same file and speed, lower "
-                        "perplexity (bench/results/scale_tuning.md)")
+                        "trained against the float model on --calib-text, the codes kept; the same file and decode speed, lower "
+                        "perplexity (bench/results/scale_tuning.md, bench/results/peers_tuned/peers.md)")
     p.add_argument("--quant-method", default=DEFAULT_QUANT_METHOD,
                    help=f"how quantized codes are chosen: {'|'.join(QUANT_METHODS)} (default {DEFAULT_QUANT_METHOD}: data-aware, "
                         "from --calib-text)")
