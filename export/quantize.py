@@ -20,7 +20,7 @@ its group."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -120,6 +120,24 @@ def quantize_blockwise(w: np.ndarray, bits: int, block_size: int, symmetric: boo
     else:
         q = np.clip(np.round(blocks / scale[..., None]) + zp[..., None], 0, qmax).astype(np.uint8)
     return from_codes(q, scale, None if symmetric else zp, bits, block_size, w.shape[1])
+
+
+def concat_rows(parts: list[QuantizedWeight]) -> QuantizedWeight:
+    """The row-concatenation (along N) of weights quantized alike: what quantizing the
+    concatenated weight gives, since every row and block is quantized on its own."""
+    first = parts[0]
+    if len(parts) == 1:
+        return replace(first)
+    if any((p.bits, p.block_size, p.k, p.zero_points is None, p.offsets) != (first.bits, first.block_size, first.k,
+                                                                            first.zero_points is None, None) for p in parts):
+        raise ValueError("only weights of one form (bits, block, K, zero points, no offsets) concatenate")
+    zp = None
+    if first.zero_points is not None:  # per row: ceil(nb·bits/8) bytes, so rows concatenate as bytes do
+        nb = first.packed.shape[1]
+        zp = _pack_zp(np.concatenate([_unpack_zp(p.zero_points, p.bits, p.n, nb) for p in parts]), first.bits)
+    return replace(first, packed=np.concatenate([p.packed for p in parts]),
+                               scales=np.concatenate([np.asarray(p.scales).reshape(-1) for p in parts]),
+                               zero_points=zp, n=sum(p.n for p in parts))
 
 
 def _pack(q: np.ndarray, bits: int) -> np.ndarray:

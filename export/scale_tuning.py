@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from .quantize import QuantizedWeight, _pack_zp, _unpack, _unpack_zp
+from .quantize import QuantizedWeight, _unpack, _unpack_zp
 
 TUNE_LR = 1e-3  # Adam, on the relative change u (scale = s0·(1 + u)); SmolLM2-135M by rate and steps: bench/results/scale_tuning.md
 TUNE_BATCH = 2  # calibration windows per step
@@ -111,21 +111,3 @@ def tune_scales(model: torch.nn.Module, quantized: dict[int, QuantizedWeight], i
                "kl_first": float(np.mean(head)) if losses else None, "kl_last": float(np.mean(tail)) if losses else None,
                "bf16_forward": bf16, "tensors": len(quantized), "seconds": round(time.perf_counter() - t0, 1)}
     return out, summary
-
-
-def concat_rows(parts: list[QuantizedWeight]) -> QuantizedWeight:
-    """The row-concatenation (along N) of weights quantized alike: what quantizing the
-    concatenated weight gives, since every row and block is quantized on its own."""
-    first = parts[0]
-    if len(parts) == 1:
-        return dataclasses.replace(first)
-    if any((p.bits, p.block_size, p.k, p.zero_points is None, p.offsets) != (first.bits, first.block_size, first.k,
-                                                                            first.zero_points is None, None) for p in parts):
-        raise ValueError("only weights of one form (bits, block, K, zero points, no offsets) concatenate")
-    zp = None
-    if first.zero_points is not None:  # per row: ceil(nb·bits/8) bytes, so rows concatenate as bytes do
-        nb = first.packed.shape[1]
-        zp = _pack_zp(np.concatenate([_unpack_zp(p.zero_points, p.bits, p.n, nb) for p in parts]), first.bits)
-    return dataclasses.replace(first, packed=np.concatenate([p.packed for p in parts]),
-                               scales=np.concatenate([np.asarray(p.scales).reshape(-1) for p in parts]),
-                               zero_points=zp, n=sum(p.n for p in parts))

@@ -36,8 +36,7 @@ from .config import ExportConfig
 from .graph import GraphBuilder
 from .calibration import CalibrationStats
 from .quant_methods import DATA_FREE_FALLBACK, DATA_METHODS, quantize_weight
-from .quantize import BITS, QuantizedWeight
-from .scale_tuning import concat_rows
+from .quantize import BITS, QuantizedWeight, concat_rows
 
 
 # Projections that read the same input, emitted as one MatMul when the model keeps them apart
@@ -162,38 +161,37 @@ def quant_form(cfg: ExportConfig, kind: str, k: int, bits: int | None = None) ->
     return bits, block, float_zp
 
 
-def base_weights(model: nn.Module, adapter: ModelAdapter, cfg: ExportConfig) -> list[tuple[torch.Tensor, str, int | None]]:
-    """(Parameter, kind, bits) of each weight a quantized export stores as MatMulNBits, once,
-    except the delta A/B: the table, every projection or shared base (bits: value_bits for v,
-    else None = the export's), an untied LM head. WeightCollector quantizes exactly these with
-    the same forms (a fused q/k/v or gate/up as the concatenation of its parts)."""
-    out, seen = [], set()
-    groups = {id(adapter.get_linear(layer, p).weight) for layer in adapter.decoder_layers(model) for p in adapter.projections
-              if isinstance(adapter.get_linear(layer, p), DeltaLinear)}
-    embed = adapter.embed_tokens(model).weight
-    for p, kind, bits in [(embed, "embedding", None)] + [
-            (adapter.get_linear(layer, proj).weight, "shared" if id(adapter.get_linear(layer, proj).weight) in groups else "projection",
-             cfg.value_bits if proj == "v" else None)
-            for layer in adapter.decoder_layers(model) for proj in adapter.projections] + [
-            (model.get_output_embeddings().weight, "lm_head", None)]:
-        if id(p) not in seen:
-            seen.add(id(p))
-            out.append((p, kind, bits))
-    return out
+def quantize_as_exported(cfg: ExportConfig, calibration: "CalibrationStats | None", w: torch.Tensor, kind: str,
+                         bits: int | None = None, stats_of=None) -> tuple[QuantizedWeight, str]:
+    """(QuantizedWeight, method) of w (N=out, K=in) in the form quant_form gives `kind`. stats_of:
+    the Parameter (or (P, A) pair) whose calibration statistics apply when w is not one itself.
+    Without statistics a data-aware method falls back to the data-free one
+    (quant_methods.DATA_FREE_FALLBACK)."""
+    bits, block, float_zp = quant_form(cfg, kind, w.shape[1], bits)
+    method, h = cfg.quant_method, None
+    if method in DATA_METHODS:  # the input Hessian of w's readers (all of them for a shared base)
+        h = calibration.hessian(w if stats_of is None else stats_of) if calibration is not None else None
+        method = method if h is not None else DATA_FREE_FALLBACK  # no calibration inputs reach w
+    q = quantize_weight(_np(w, np.float32), bits, block, method, h, symmetric=bool(cfg.symmetric) and not float_zp,
+                        float_zp=float_zp)
+    return q, method
 
 
 def quantize_base_weights(model: nn.Module, adapter: ModelAdapter, cfg: ExportConfig,
                           calibration: "CalibrationStats | None") -> dict[int, tuple[QuantizedWeight, str]]:
-    """id(Parameter) -> (QuantizedWeight, method) of every weight base_weights lists, quantized
-    as WeightCollector quantizes it (method, Hessian of all its readers, form)."""
+    """id(Parameter) -> (QuantizedWeight, method) of each weight a quantized export stores as
+    MatMulNBits except the delta A/B, once: the table, every projection or shared base (v at
+    value_bits), an untied LM head; each quantized as WeightCollector quantizes it (a fused
+    q/k/v or gate/up is the row-concatenation of its parts). A shared base takes the projection
+    form, as in the collector."""
+    weights = [(adapter.embed_tokens(model).weight, "embedding", None)]
+    weights += [(adapter.get_linear(layer, proj).weight, "projection", cfg.value_bits if proj == "v" else None)
+                for layer in adapter.decoder_layers(model) for proj in adapter.projections]
+    weights.append((model.get_output_embeddings().weight, "lm_head", None))  # tied: the table, already listed
     out = {}
-    for p, kind, bits in base_weights(model, adapter, cfg):
-        bits, block, float_zp = quant_form(cfg, kind, p.shape[1], bits)
-        method = cfg.quant_method
-        h = calibration.hessian(p) if method in DATA_METHODS and calibration is not None else None
-        method = method if method not in DATA_METHODS or h is not None else DATA_FREE_FALLBACK
-        out[id(p)] = (quantize_weight(_np(p, np.float32), bits, block, method, h,
-                                      symmetric=bool(cfg.symmetric) and not float_zp, float_zp=float_zp), method)
+    for p, kind, bits in weights:
+        if id(p) not in out:
+            out[id(p)] = quantize_as_exported(cfg, calibration, p, kind, bits)
     return out
 
 
@@ -417,19 +415,14 @@ class WeightCollector:
         projection's own bit width (value_bits), else the export's (embedding_bits for the table).
         parts: the Parameters a fused w concatenates (rows); with every part (or w itself) in
         `prequantized`, their codes are taken as they are."""
-        bits, block, float_zp = quant_form(self.cfg, kind, w.shape[1], bits)
         pre = [self.prequantized.get(id(p)) for p in (parts or [w])]
         if all(x is not None for x in pre):
+            bits, block, float_zp = quant_form(self.cfg, kind, w.shape[1], bits)
             if any((x[0].bits, x[0].block_size, x[0].offsets is not None) != (bits, block, float_zp) for x in pre):
                 raise ValueError(f"'{name}': its prequantized parts are not in the form this export stores it in")
             q, method = concat_rows([x[0] for x in pre]), pre[0][1]
         else:
-            method, h = self.cfg.quant_method, None
-            if method in DATA_METHODS:  # the input Hessian of w's readers (all of them for a shared base)
-                h = self.calibration.hessian(w if stats_of is None else stats_of) if self.calibration is not None else None
-                method = method if h is not None else DATA_FREE_FALLBACK  # no calibration inputs reach w
-            q = quantize_weight(_np(w, np.float32), bits, block, method, h, symmetric=bool(self.cfg.symmetric) and not float_zp,
-                                float_zp=float_zp)
+            q, method = quantize_as_exported(self.cfg, self.calibration, w, kind, bits, stats_of)
         self.quant_methods[name] = method
         q.scales = q.scales.astype(self.dtype)  # MatMulNBits: scales in the activation dtype
         # (N, blocks) and (N, packed zero-point bytes): MatMulNBits takes them so, and a Gather can read a row

@@ -11,9 +11,9 @@ import torch
 from edgedelta.errors import ConfigError
 from edgedelta.export import ExportConfig, export_onnx
 from edgedelta.export.quant_methods import quantize_weight
-from edgedelta.export.quantize import _unpack
-from edgedelta.export.scale_tuning import concat_rows, tune_scales
-from edgedelta.export.weights import base_weights, quantize_base_weights
+from edgedelta.export.quantize import _unpack, concat_rows
+from edgedelta.export.scale_tuning import tune_scales
+from edgedelta.export.weights import quantize_base_weights
 from edgedelta.models.adapters import adapter_for
 from tests.tiny import tiny_ids, tiny_model
 from tests.tiny_compressed import tiny_compressed_dir
@@ -54,16 +54,16 @@ def test_tuning_keeps_the_codes_and_lowers_the_kl_on_its_text(symmetric):
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_base_weights_lists_each_stored_weight_once_with_its_bits():
+def test_base_weights_are_each_stored_weight_once_with_its_bits():
     model = tiny_model("llama")
     ad = adapter_for(model.config)
-    got = base_weights(model, ad, ExportConfig(quantize="int4", value_bits=8))
-    assert len({id(p) for p, _, _ in got}) == len(got)
-    assert got[0][0] is ad.embed_tokens(model).weight and got[0][1] == "embedding"  # tied: the head is not listed again
+    got = quantize_base_weights(model, ad, ExportConfig(quantize="int4", value_bits=8, quant_method="rtn", block_size=16), None)
+    table = ad.embed_tokens(model).weight
+    assert id(table) in got and got[id(table)][0].n == table.shape[0]  # tied: the head is the table, listed once
     layer = ad.decoder_layers(model)[0]
-    bits = {id(p): b for p, _, b in got}
-    assert bits[id(ad.get_linear(layer, "v").weight)] == 8 and bits[id(ad.get_linear(layer, "q").weight)] is None
+    assert got[id(ad.get_linear(layer, "v").weight)][0].bits == 8 and got[id(ad.get_linear(layer, "q").weight)][0].bits == 4
     assert len(got) == 1 + len(ad.decoder_layers(model)) * len(ad.projections)
+    assert {m for _, m in got.values()} == {"rtn"}
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
