@@ -8,12 +8,11 @@ own bits, the table at its block) and put into the float model: what MatMulNBits
 accuracy level 0. Each row then tunes the block scales for its steps (2 windows of 512
 calibration tokens a step, drawn apart from GPTQ's) and measures held-out perplexity and
 KL(float ‖ row) per scored position. Deltas of a compressed model stay float in every row.
-
-With --onnx the default int4 artifact is exported twice, without and with --tune-steps, and
-both are run through ONNX Runtime (accuracy level 4, the shipped setting) on the same windows.
+The artifacts with and without tuning, through ONNX Runtime beside the peers, are rows of
+bench/peers.py (the -tuned- rows).
 
   python bench/scale_tuning.py                          # SmolLM2-135M
-  python bench/scale_tuning.py --rows 1e-3:50 --onnx 50 # one row, and the artifacts A/B
+  python bench/scale_tuning.py --rows 1e-3:50           # one row
   python bench/scale_tuning.py --model DIR              # a compressed model directory
 
 Writes bench/results/scale_tuning[_MODEL].json and .md."""
@@ -21,13 +20,12 @@ Writes bench/results/scale_tuning[_MODEL].json and .md."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: only an installed edgedelta has export, runtime, devices
-
-import numpy as np  # noqa: E402
 
 from held_out import evaluate as held_out_evaluate, held_out_batches  # noqa: E402
 from results_io import write_results  # noqa: E402
@@ -45,14 +43,13 @@ def _rows(text: str) -> list[tuple[float, int]]:
     return out
 
 
-def measure(model_name: str, rows: list[tuple[float, int]], ppl_tokens: int, onnx_steps: int, workdir: Path) -> dict:
+def measure(model_name: str, rows: list[tuple[float, int]], ppl_tokens: int) -> dict:
     import torch
     from tqdm import tqdm
 
-    from edgedelta.data.text import calibration_batches
-    from edgedelta.export.calibration import CALIB_SEQ_LEN, CalibrationStats, cpu_has_bf16_matmul
+    from edgedelta.export.calibration import calibration_for, cpu_has_bf16_matmul
     from edgedelta.export.config import ExportConfig
-    from edgedelta.export.scale_tuning import TUNE_BATCH, tune_scales
+    from edgedelta.export.scale_tuning import TUNE_BATCH, tune_scales, tuning_windows
     from edgedelta.export.weights import quantize_base_weights
     from edgedelta.loading import load_model
     from edgedelta.models.adapters import adapter_for
@@ -71,15 +68,14 @@ def measure(model_name: str, rows: list[tuple[float, int]], ppl_tokens: int, onn
 
     t0 = time.perf_counter()
     float_ppl, _, float_logp = evaluate(None, None)
-    calib = calibration_batches(tok, cfg.calib_samples, CALIB_SEQ_LEN, seed=0, source=cfg.calib_text)
+    stats = calibration_for(model, tok, cfg)  # the export's calibration
     bf16 = cpu_has_bf16_matmul()
-    stats = CalibrationStats(model, calib, text=cfg.calib_text, bf16_forward=bf16)
     pre = {i: q for i, (q, _) in quantize_base_weights(model, adapter_for(model.config), cfg, stats).items()}
     ppl, kl, _ = evaluate(swapped(pre), float_logp)
     out_rows = [{"lr": None, "steps": 0, "ppl": ppl, "ratio": ppl["mean"] / float_ppl["mean"], "kl": kl, "seconds": 0.0}]
     print(f"GPTQ: {ppl['mean']:.3f} ({out_rows[0]['ratio']:.4f}x float), KL {kl:.4f}", flush=True)
-    longest = max(s for _, s in rows)
-    tune_ids = calibration_batches(tok, longest * TUNE_BATCH, CALIB_SEQ_LEN, seed=1, source=cfg.calib_text)  # as tuning_windows
+    # drawn as the export draws them, for the longest row; each row takes the first steps · TUNE_BATCH
+    tune_ids = tuning_windows(tok, dataclasses.replace(cfg, tune_steps=max(s for _, s in rows)))
     for lr, steps in tqdm(rows, desc="rows"):
         tuned, summary = tune_scales(model, pre, tune_ids[: steps * TUNE_BATCH], steps, lr=lr, bf16=bf16, progress=True)
         ppl, kl, _ = evaluate(swapped(tuned), float_logp)
@@ -91,48 +87,7 @@ def measure(model_name: str, rows: list[tuple[float, int]], ppl_tokens: int, onn
                       "symmetric": True, "method": cfg.quant_method, "calib_text": cfg.calib_text, "calib_samples": cfg.calib_samples},
            "tune_batch": TUNE_BATCH, "window": 512, "held_out": {n: int(ids.numel()) for n, ids in windows.items()},
            "bf16_forward": bf16, "seconds": round(time.perf_counter() - t0, 1)}
-    if onnx_steps:
-        res["onnx"] = onnx_ab(model_name, model, windows, onnx_steps, workdir)
     return res
-
-
-def onnx_ab(model_name: str, model, windows: dict, steps: int, workdir: Path) -> list[dict]:
-    """The default int4 export without and with `steps` of tuning, both through ONNX Runtime
-    (accuracy level 4) against the float model on the same windows."""
-    import torch
-
-    from edgedelta.export import ExportConfig, export_onnx
-    from edgedelta.export.arch_facts import ArchFacts
-    from edgedelta.export.quality_gate import compare
-    from edgedelta.export.validate import _OrtDecoder
-    from edgedelta.manifest import read_manifest
-    from edgedelta.models.adapters import adapter_for
-
-    facts = ArchFacts.from_model(model, adapter_for(model.config))
-
-    def float_model(ids):
-        with torch.no_grad():
-            return model(input_ids=torch.from_numpy(ids)).logits.float().numpy()
-
-    out = []
-    for tune in (0, steps):
-        cfg = ExportConfig(quantize="int4", tune_steps=tune)
-        art = export_onnx(model_name, cfg, workdir / f"int4-tune{tune}", force=True, progress=lambda m: print(f"  export: {m}", flush=True))
-        m = read_manifest(art)
-        dec = _OrtDecoder(art / "model.onnx", facts, np.float32, ExportConfig.from_dict(m["export_config"]))
-
-        def artifact(ids, dec=dec):
-            return dec(ids, np.ones_like(ids), np.arange(ids.shape[1], dtype=np.int64)[None], dec.empty_past(1))[0]
-
-        r = compare(float_model, artifact, {k: v.numpy() for k, v in windows.items()})
-        out.append({"tune_steps": tune, "symmetric": m["export_config"]["symmetric"], "accuracy_level": m["export_config"]["accuracy_level"],
-                    "ppl": float(np.mean([v["ppl_artifact"] for v in r["texts"].values()])),
-                    "ppl_float": float(np.mean([v["ppl_float"] for v in r["texts"].values()])),
-                    "ppl_ratio": r["ppl_ratio"], "agreement": r["agreement"], "tokens": r["tokens"],
-                    "data_file_bytes": m["bytes"]["data_file"], "scale_tuning": m.get("scale_tuning"),
-                    "export_seconds": m["timing_s"]["total"]})
-        print(f"  onnx tune_steps={tune}: perplexity {out[-1]['ppl']:.3f} ({out[-1]['ppl_ratio']:.4f}x float)", flush=True)
-    return out
 
 
 def report(res: dict) -> str:
@@ -152,11 +107,6 @@ def report(res: dict) -> str:
         share = (res["rows"][0]["ratio"] - r["ratio"]) / base if base > 0 else float("nan")
         lines.append(f"| {'GPTQ' if not r['steps'] else 'tuned'} | {r['lr'] if r['lr'] is not None else '-'} | {r['steps']} | "
                      f"{r['ppl']['mean']:.3f} | {r['ratio']:.4f} | {share:.1%} | {r['kl']:.4f} | {r['seconds']:.0f} |")
-    if res.get("onnx"):
-        lines += ["", "## The artifacts (ONNX Runtime, accuracy level 4)", "",
-                  "| tune steps | perplexity | × float | argmax agreement | data file bytes | export s |", "|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {o['tune_steps']} | {o['ppl']:.3f} | {o['ppl_ratio']:.4f} | {o['agreement']:.3f} | {o['data_file_bytes']:,} | "
-                  f"{o['export_seconds']:.0f} |" for o in res["onnx"]]
     lines += ["", f"Written by bench/scale_tuning.py ({res['seconds'] / 60:.1f} min)."]
     return "\n".join(lines) + "\n"
 
@@ -167,8 +117,6 @@ def main(argv=None) -> int:
     p.add_argument("--rows", default="2.5e-4:50,5e-4:50,1e-3:50,1e-3:100,4e-3:50",
                    help="tuning runs as LR:STEPS, comma-separated (each from the same GPTQ codes)")
     p.add_argument("--ppl-tokens", type=int, default=2048, help="held-out tokens per text set (windows of 512)")
-    p.add_argument("--onnx", type=int, default=0, metavar="STEPS", help="also export the default int4 artifact without and with "
-                   "STEPS of tuning and measure both through ONNX Runtime (0: no)")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
     try:
@@ -179,10 +127,8 @@ def main(argv=None) -> int:
         p.error(f"--rows needs a learning rate > 0 and at least 1 step in each pair, got {a.rows!r}")
     if a.ppl_tokens < 512:
         p.error(f"--ppl-tokens must be at least one window of 512, got {a.ppl_tokens}")
-    if a.onnx < 0:
-        p.error(f"--onnx must be a number of steps >= 0, got {a.onnx}")
     stem = "scale_tuning" if a.model == DEFAULT_MODEL else f"scale_tuning_{Path(a.model).name}"
-    res = measure(a.model, rows, a.ppl_tokens, a.onnx, Path(__file__).parent / "_work" / stem)
+    res = measure(a.model, rows, a.ppl_tokens)
     a.out.mkdir(parents=True, exist_ok=True)
     write_results(a.out, stem, res, report(res))
     return 0

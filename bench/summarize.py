@@ -306,11 +306,9 @@ AB_OPTIONS = (("value_bits", "the value projection at {} bits"), ("embedding_blo
               ("tune_steps", "{} steps of block-scale tuning"))
 
 
-def _ab_note(d: dict, num: str, key: str, words: str) -> str:
-    """The export of the same model that differs from `num`'s only in ExportConfig field `key`,
-    measured in the same run: its perplexity and `num`'s decode against it; "" when there is none."""
-    from peers import METRICS, round_ratios
-
+def _ab_partner(d: dict, num: str, key: str) -> str | None:
+    """The contender measured in the same run whose export is of the same model and differs
+    from `num`'s only in ExportConfig field `key` (another value, not absent); None when there is none."""
     mine = _export_of(d, num).get("export_config") or {}
     rest = {k: v for k, v in mine.items() if k != key}
     for c in d["contenders"]:
@@ -318,10 +316,22 @@ def _ab_note(d: dict, num: str, key: str, words: str) -> str:
         if (c != num and c in d["summary"] and c in d.get("rounds", {}) and mine.get(key) is not None
                 and d["contenders"][c].get("model") == d["contenders"][num].get("model")
                 and cfg.get(key) not in (None, mine[key]) and {k: v for k, v in cfg.items() if k != key} == rest):
-            dec = statistics.median(round_ratios(d["rounds"], num, c, METRICS["decode"][0]))
-            return (f"; with {words.format(mine[key])} (this export) against {cfg[key]} ({c}): perplexity "
-                    f"{d['summary'][num]['ppl']:.3f} against {d['summary'][c]['ppl']:.3f}, decode {dec:.3f}x")
-    return ""
+            return c
+    return None
+
+
+def _ab_note(d: dict, num: str, key: str, words: str) -> str:
+    """`num`'s A/B partner in ExportConfig field `key` (_ab_partner): its perplexity and `num`'s
+    decode against it; "" when there is none."""
+    from peers import METRICS, round_ratios
+
+    c = _ab_partner(d, num, key)
+    if c is None:
+        return ""
+    mine, theirs = (_export_of(d, x)["export_config"][key] for x in (num, c))
+    dec = statistics.median(round_ratios(d["rounds"], num, c, METRICS["decode"][0]))
+    return (f"; with {words.format(mine)} (this export) against {theirs} ({c}): perplexity "
+            f"{d['summary'][num]['ppl']:.3f} against {d['summary'][c]['ppl']:.3f}, decode {dec:.3f}x")
 
 
 def _sensitivity_note(d: dict, num: str, source: str, qs: dict | None) -> str:
@@ -597,7 +607,7 @@ def quant_sensitivity_section(stem: str) -> Callable[[dict], list[str]]:
 
 def scale_tuning(d: dict) -> list[str]:
     """bench/scale_tuning.py: the default int4 form's perplexity after block-scale tuning, by
-    learning rate and steps (PyTorch), and the artifacts without and with it (ONNX Runtime)."""
+    learning rate and steps (PyTorch)."""
     from edgedelta.export.scale_tuning import TUNE_LR
 
     e, base = d["export"], d["rows"][0]
@@ -610,11 +620,7 @@ def scale_tuning(d: dict) -> list[str]:
                  + ", ".join(f"{r['steps']} steps give {r['ratio']:.4f}x (KL {r['kl']:.4f}, {r['seconds']:.0f} s)" for r in at_rate))
     if best and best not in at_rate:
         text += f"; the best row is {best['steps']} steps at {best['lr']:g}, {best['ratio']:.4f}x"
-    onnx = [f"- artifact with tune_steps {o['tune_steps']} (ONNX Runtime, accuracy level {o['accuracy_level']}): perplexity "
-            f"{o['ppl']:.3f}, {o['ppl_ratio']:.4f}x float, argmax agreement {o['agreement']:.3f}, data file "
-            f"{o['data_file_bytes'] / 2**20:.1f} MiB" for o in d.get("onnx") or []]
-    return [text + ".", ""] + onnx + ([""] if onnx else []) + [
-        "Every row: [bench/results/scale_tuning.md](../bench/results/scale_tuning.md)."]
+    return [text + ".", "", "Every row: [bench/results/scale_tuning.md](../bench/results/scale_tuning.md)."]
 
 
 def tuned_peers(d: dict) -> list[str]:
@@ -635,17 +641,15 @@ def tuned_peers(d: dict) -> list[str]:
         if not mine.get("tune_steps"):
             continue
         fl = (d.get("roles") or {}).get(f"{d['contenders'][c].get('model')}-fp32")
-        for o in d["summary"]:
-            cfg = _export_of(d, o).get("export_config") or {}
-            if o != c and cfg and {k: v for k, v in cfg.items() if k != "tune_steps"} == {k: v for k, v in mine.items() if k != "tune_steps"} \
-                    and d["contenders"][o].get("model") == d["contenders"][c].get("model") and not cfg.get("tune_steps"):
-                dec = statistics.median(round_ratios(d["rounds"], c, o, METRICS["decode"][0]))
-                vs_float = (f"; {d['summary'][c]['ppl'] / d['summary'][fl]['ppl']:.3f}x against "
-                            f"{d['summary'][o]['ppl'] / d['summary'][fl]['ppl']:.3f}x the float model's ({fl})"
-                            if fl in d["summary"] else "")
-                notes.append(f"- {c} ({mine['tune_steps']} steps) against {o}: perplexity {d['summary'][c]['ppl']:.3f} against "
-                             f"{d['summary'][o]['ppl']:.3f} ({d['summary'][c]['ppl'] / d['summary'][o]['ppl']:.3f}x{vs_float}), decode "
-                             f"{dec:.3f}x, file {d['summary'][c]['file_mib']:.1f} against {d['summary'][o]['file_mib']:.1f} MiB")
+        o = _ab_partner(d, c, "tune_steps")
+        if o is None or _export_of(d, o)["export_config"]["tune_steps"]:
+            continue
+        dec = statistics.median(round_ratios(d["rounds"], c, o, METRICS["decode"][0]))
+        vs_float = (f"; {d['summary'][c]['ppl'] / d['summary'][fl]['ppl']:.3f}x against "
+                    f"{d['summary'][o]['ppl'] / d['summary'][fl]['ppl']:.3f}x the float model's ({fl})" if fl in d["summary"] else "")
+        notes.append(f"- {c} ({mine['tune_steps']} steps) against {o}: perplexity {d['summary'][c]['ppl']:.3f} against "
+                     f"{d['summary'][o]['ppl']:.3f} ({d['summary'][c]['ppl'] / d['summary'][o]['ppl']:.3f}x{vs_float}), decode "
+                     f"{dec:.3f}x, file {d['summary'][c]['file_mib']:.1f} against {d['summary'][o]['file_mib']:.1f} MiB")
     rounds = d["config"]["rounds"]
     return ([f"{rounds} round(s), the contenders interleaved as in the full peer run (its protocol and perplexity text); "
              f"ratios are medians of same-round ratios{'' if genai else ' (no genai-int4 in this run)'}.", ""] + lines

@@ -299,5 +299,3 @@ def test_scale_tuning_section_reads_the_rows_at_the_exports_rate():
     text = mod.scale_tuning(d)[0]
     assert text.endswith(f"at the export's learning rate ({TUNE_LR:g}) 50 steps give 1.1100x (KL 0.1100, 500 s); "
                          f"the best row is 50 steps at {TUNE_LR * 4:g}, 1.0900x.")
-    d["onnx"] = [{"tune_steps": 50, "accuracy_level": 4, "ppl": 20.5, "ppl_ratio": 1.13, "agreement": 0.8, "data_file_bytes": 2**20}]
-    assert "- artifact with tune_steps 50 (ONNX Runtime, accuracy level 4): perplexity 20.500, 1.1300x float" in mod.scale_tuning(d)[2]
