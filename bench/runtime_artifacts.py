@@ -32,7 +32,10 @@ def _ok(path: Path, config=None) -> bool:
         manifest = verify_manifest(path)
     except EdgeDeltaError:
         return False
-    return manifest.get("export_config") == (config or ExportConfig()).to_dict() and manifest.get("graph_revision") == GRAPH_REVISION
+    # a field left to auto (None: symmetric, tune_steps) is recorded resolved, so it matches any value
+    recorded, want = manifest.get("export_config") or {}, (config or ExportConfig()).to_dict()
+    return (recorded.keys() == want.keys() and all(v is None or recorded[k] == v for k, v in want.items())
+            and manifest.get("graph_revision") == GRAPH_REVISION)
 
 
 def ensure_quantized(work: Path, log=print) -> Path:

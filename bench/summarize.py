@@ -308,13 +308,15 @@ AB_OPTIONS = (("value_bits", "the value projection at {} bits"), ("embedding_blo
 
 def _ab_partner(d: dict, num: str, key: str) -> str | None:
     """The contender measured in the same run whose export is of the same model and differs
-    from `num`'s only in ExportConfig field `key` (another value, not absent); None when there is none."""
+    from `num`'s only in ExportConfig field `key` (another value, not absent), run with the same
+    session options; None when there is none."""
     mine = _export_of(d, num).get("export_config") or {}
     rest = {k: v for k, v in mine.items() if k != key}
     for c in d["contenders"]:
         cfg = _export_of(d, c).get("export_config") or {}
         if (c != num and c in d["summary"] and c in d.get("rounds", {}) and mine.get(key) is not None
                 and d["contenders"][c].get("model") == d["contenders"][num].get("model")
+                and d["contenders"][c].get("session") == d["contenders"][num].get("session")
                 and cfg.get(key) not in (None, mine[key]) and {k: v for k, v in cfg.items() if k != key} == rest):
             return c
     return None
@@ -623,37 +625,30 @@ def scale_tuning(d: dict) -> list[str]:
     return [text + ".", "", "Every row: [bench/results/scale_tuning.md](../bench/results/scale_tuning.md)."]
 
 
-def tuned_peers(d: dict) -> list[str]:
-    """A bench/peers.py run of the scale-tuned exports (ExportConfig.tune_steps) beside the
-    default ones: each tuned export against the export of the same model that differs from it
-    in tune_steps only, measured in the same run, and the peers' figures beside them."""
+def tuning_ab(d: dict) -> list[str]:
+    """bench/peers.py: each scale-tuned export (ExportConfig.tune_steps) against the export of the
+    same model that differs from it in tune_steps only, measured in the same run."""
     from peers import METRICS, round_ratios
 
-    genai = (d.get("roles") or {}).get("genai-int4")
-    lines = ["| contender | decode ×genai-int4 | perplexity | file MiB |", "|---|---:|---:|---:|"]
-    for c in (c for c in d.get("order", d["summary"]) if c in d["summary"]):
-        s = d["summary"][c]
-        dec = (d["ratios"].get(c) or {}).get("genai-int4", {}).get("decode")
-        lines.append(f"| {c} | {'-' if dec is None else f'{dec:.3f}'} | {s['ppl']:.3f} | {s['file_mib']:.1f} |")
     notes = []
     for c in (c for c in d.get("order", d["summary"]) if c in d["summary"]):
         mine = _export_of(d, c).get("export_config") or {}
         if not mine.get("tune_steps"):
             continue
-        fl = (d.get("roles") or {}).get(f"{d['contenders'][c].get('model')}-fp32")
         o = _ab_partner(d, c, "tune_steps")
         if o is None or _export_of(d, o)["export_config"]["tune_steps"]:
             continue
+        fl = (d.get("roles") or {}).get(f"{d['contenders'][c].get('model')}-fp32")
         dec = statistics.median(round_ratios(d["rounds"], c, o, METRICS["decode"][0]))
         vs_float = (f"; {d['summary'][c]['ppl'] / d['summary'][fl]['ppl']:.3f}x against "
                     f"{d['summary'][o]['ppl'] / d['summary'][fl]['ppl']:.3f}x the float model's ({fl})" if fl in d["summary"] else "")
         notes.append(f"- {c} ({mine['tune_steps']} steps) against {o}: perplexity {d['summary'][c]['ppl']:.3f} against "
                      f"{d['summary'][o]['ppl']:.3f} ({d['summary'][c]['ppl'] / d['summary'][o]['ppl']:.3f}x{vs_float}), decode "
                      f"{dec:.3f}x, file {d['summary'][c]['file_mib']:.1f} against {d['summary'][o]['file_mib']:.1f} MiB")
-    rounds = d["config"]["rounds"]
-    return ([f"{rounds} round(s), the contenders interleaved as in the full peer run (its protocol and perplexity text); "
-             f"ratios are medians of same-round ratios{'' if genai else ' (no genai-int4 in this run)'}.", ""] + lines
-            + ([""] + notes if notes else []) + ["", "Every figure: [bench/results/peers_tuned/peers.md](../bench/results/peers_tuned/peers.md)."])
+    if not notes:
+        return ["No tuned export with an untuned twin in this run."]
+    return (["Each tuned export against its untuned twin, in the same run (ratios: medians of same-round ratios):", ""]
+            + notes + ["", "Every figure: [bench/results/peers.md](../bench/results/peers.md)."])
 
 
 def _link_only(path: str) -> Callable[[dict], list[str]]:
@@ -716,7 +711,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("int4 perplexity by part: the peers' compressed model", "quant_sensitivity_compressed-12.json",
      quant_sensitivity_section("quant_sensitivity_compressed-12")),
     ("Block-scale tuning of the int4 export", "scale_tuning.json", scale_tuning),
-    ("Peers: the scale-tuned exports beside the defaults", "peers_tuned/peers.json", tuned_peers),
+    ("Block-scale tuning in the peer run", "peers.json", tuning_ab),
     ("Zero points: Q4_1 blocks re-rounded vs held exactly", "zero_points.json", zero_points_section("bench/results/zero_points.md")),
     ("Zero points at 0.5B (Qwen2.5-Coder-0.5B)", "zero_points_qwen2.5-coder-0.5b/zero_points.json",
      zero_points_section("bench/results/zero_points_qwen2.5-coder-0.5b/zero_points.md")),

@@ -46,6 +46,10 @@ CONFIG_VERSION = 1
 # the attention value projection of a quantized export: its 4-bit error costs the most
 # perplexity per byte of any projection (bench/results/peers.md, the -v4 row)
 DEFAULT_VALUE_BITS = 8
+# steps of block-scale tuning an int4 export takes when tune_steps is None (auto): at the
+# export's learning rate, 50 steps take SmolLM2-135M's int4 perplexity from 1.155x to 1.105x
+# float in PyTorch, 100 steps to 1.101x (bench/results/scale_tuning.md)
+DEFAULT_TUNE_STEPS = 50
 
 
 def default_block_size(quantize: str, float_zero_points: bool) -> int:
@@ -91,11 +95,13 @@ class ExportConfig:
         "help": "quantization block of the embedding table and LM head (16..256, power of 2; default: block_size). At int4 "
                 "the table's 4-bit error is the largest single part of the loss (bench/results/quant_sensitivity.md): "
                 "32 takes off part of it at a cost in decode speed (bench/results/peers.md, the -t32 rows)"})
-    tune_steps: int = field(default=0, metadata={
+    tune_steps: int | None = field(default=None, metadata={
         "help": "steps of end-to-end block-scale tuning after quantization (scale_tuning.py): the codes stay, each block's "
                 "scale is trained against the float model's next-token distribution on the calibration text, 2 windows of "
-                "512 tokens a step; the same file size and decode speed (bench/results/peers_tuned/peers.md), lower held-out "
-                "perplexity (bench/results/scale_tuning.md). 0: off"})
+                "512 tokens a step; the same file size and decode speed, lower held-out perplexity (bench/results/peers.md, "
+                f"the -untuned rows; bench/results/scale_tuning.md). Default (None, auto): {DEFAULT_TUNE_STEPS} for an int4 "
+                "export with integer codes whose model has a tokenizer and whose tuning fits in the memory available, else 0 "
+                "(the manifest's scale_tuning_choice says which and why). 0: off"})
     accuracy_level: int | None = field(default=None, metadata={
         "help": "MatMulNBits compute: 0 = fp32 on the dequantized weights (exact); 4 = int8 activations (x86: int8 weights "
                 "~18x and int4 ~2x faster, adds activation rounding); default 4 for quantized exports, 0 otherwise"})
@@ -170,8 +176,9 @@ class ExportConfig:
                 raise ConfigError(f"value_bits must be 4 or 8, got {self.value_bits!r}")
         elif self.quantize != "none":
             self.value_bits = DEFAULT_VALUE_BITS
-        if not isinstance(self.tune_steps, int) or isinstance(self.tune_steps, bool) or self.tune_steps < 0:
-            raise ConfigError(f"tune_steps must be an integer >= 0, got {self.tune_steps!r}")
+        if self.tune_steps is not None and (not isinstance(self.tune_steps, int) or isinstance(self.tune_steps, bool)
+                                            or self.tune_steps < 0):
+            raise ConfigError(f"tune_steps must be an integer >= 0 (or None: auto), got {self.tune_steps!r}")
         if self.tune_steps:
             if self.quantize == "none":
                 raise ConfigError("tune_steps needs a quantized export (quantize int4 or int8)")

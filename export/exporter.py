@@ -39,7 +39,7 @@ from .genai_config import FILE as GENAI_FILE
 from .genai_config import genai_config
 from .graph import GraphBuilder
 from .prepack import lift_shared_weights
-from .scale_tuning import tune_scales, tuning_windows
+from .scale_tuning import resolve_tune_steps, tune_scales, tuning_windows
 from .weights import ModelWeights, WeightCollector, quantize_base_weights
 
 ARTIFACT_FORMAT = "edgedelta-onnx"
@@ -204,6 +204,10 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
     with atomic_dir(out_dir, force=force) as tmp:
         t1 = time.perf_counter()
         calibration = calibration_for(model, loaded.tokenizer, cfg, progress=progress is not None)
+        steps, untuned_why = resolve_tune_steps(cfg, model, loaded.tokenizer is not None)  # after calibration: its Grams are held
+        if untuned_why and cfg.quantize == "int4":
+            say(f"no scale tuning: {untuned_why}")
+        cfg = dataclasses.replace(cfg, tune_steps=steps)
         tune_ids = tuning_windows(loaded.tokenizer, cfg) if cfg.tune_steps else None
         tried: list[dict] = []
         for symmetric in symmetric_candidates(cfg, loaded.tokenizer is not None):
@@ -279,6 +283,9 @@ def export_onnx(model_dir, cfg: ExportConfig | None = None, out_dir=None, *, for
             "calibration": calibration.summary() if calibration is not None else None,
             # end-to-end block-scale tuning (scale_tuning.py): steps, tokens, KL before and after (None: none ran)
             "scale_tuning": tuning,
+            # tune_steps as given (auto: None) and, where auto left tuning off, why
+            "scale_tuning_choice": None if cfg.quantize == "none" else
+            {"mode": "auto" if cfg_in.tune_steps is None else "set", "steps": cfg.tune_steps, "off_because": untuned_why},
             # build_and_check: the accepted form's phases below, plus any form the quality gate rejected;
             # calibration_passes: the forward passes of every form built (inside their "graph" phases)
             "timing_s": {"load": round(t_load, 2), "build_and_check": round(t_build, 2),

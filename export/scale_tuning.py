@@ -30,6 +30,13 @@ from .quantize import QuantizedWeight, _unpack, _unpack_zp
 
 TUNE_LR = 1e-3  # Adam, on the relative change u (scale = s0·(1 + u)); SmolLM2-135M by rate and steps: bench/results/scale_tuning.md
 TUNE_BATCH = 2  # calibration windows per step
+# Peak memory that tuning adds over the loaded model: on SmolLM2-135M (134.5M weights tuned,
+# a vocabulary of 49152, bf16 autocast) the process's peak rose 3481 MiB over its RSS before
+# tuning, 27 bytes a weight with the logits included: the codes as float, the dequantized
+# weights and their bf16 copies, autograd's saved inputs. Counted as 28 a weight plus eight
+# (TUNE_BATCH, CALIB_SEQ_LEN, vocab) fp32 tensors of logits and their softmax terms.
+TUNE_BYTES_PER_WEIGHT = 28
+LOGIT_TENSORS = 8
 
 
 def tuning_windows(tokenizer, cfg) -> torch.Tensor:
@@ -44,6 +51,35 @@ def tuning_windows(tokenizer, cfg) -> torch.Tensor:
         raise ConfigError("tune_steps needs calibration text, but the model directory has no tokenizer; add tokenizer files "
                           "or set tune_steps 0")
     return calibration_batches(tokenizer, cfg.tune_steps * TUNE_BATCH, CALIB_SEQ_LEN, seed=1, source=cfg.calib_text)
+
+
+def tuning_memory_bytes(model: torch.nn.Module) -> int:
+    """Bytes that tuning the model's weights is expected to add at its peak (see TUNE_BYTES_PER_WEIGHT)."""
+    from .calibration import CALIB_SEQ_LEN
+
+    weights = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.dim() == 2}.values())
+    vocab = model.get_output_embeddings().weight.shape[0]
+    return TUNE_BYTES_PER_WEIGHT * weights + LOGIT_TENSORS * TUNE_BATCH * CALIB_SEQ_LEN * vocab * 4
+
+
+def resolve_tune_steps(cfg, model: torch.nn.Module, has_tokenizer: bool) -> tuple[int, str | None]:
+    """The steps an export tunes for and, when auto (cfg.tune_steps None) turned tuning off, why.
+    Auto tunes DEFAULT_TUNE_STEPS on an int4 export with integer codes, where calibration text
+    can be read (a tokenizer) and the tuning fits in the memory now available."""
+    import psutil
+
+    from .config import DEFAULT_TUNE_STEPS
+
+    if cfg.tune_steps is not None:
+        return cfg.tune_steps, None
+    if cfg.quantize != "int4" or cfg.float_zero_points:
+        return 0, "auto tunes int4 exports with integer codes"
+    if not has_tokenizer:
+        return 0, "the model directory has no tokenizer to read calibration text with"
+    need, have = tuning_memory_bytes(model), psutil.virtual_memory().available
+    if need > have:
+        return 0, f"tuning would take about {need / 2**30:.1f} GiB of memory; {have / 2**30:.1f} GiB is available"
+    return DEFAULT_TUNE_STEPS, None
 
 
 def _codes(q: QuantizedWeight) -> torch.Tensor:

@@ -264,7 +264,7 @@ def test_a_missed_int4_perplexity_gives_the_decode_of_the_q4_1_block_width():
     assert "holding the Q4_1 blocks" not in mod._peer_misses(d, zp)[0]
 
 
-def test_tuned_peers_compares_each_tuned_export_with_its_untuned_twin():
+def test_tuning_ab_compares_each_tuned_export_with_its_untuned_twin():
     mod = _summarize()
 
     def rnd(tps):
@@ -280,11 +280,15 @@ def test_tuned_peers_compares_each_tuned_export_with_its_untuned_twin():
                         "comp-tuned": {"model": "compressed", "path": "/a/c"}, "genai": {}, "fp32": {"model": "original"}},
          "exports": {"i": {"export_config": cfg}, "t": {"export_config": {**cfg, "tune_steps": 50}},
                      "c": {"export_config": {**cfg, "tune_steps": 50}}}}
-    lines = mod.tuned_peers(d)
-    assert "| tuned | 1.040 | 20.500 | 74.0 |" in lines and "| comp-tuned | - | 40.000 | 74.0 |" in lines
+    lines = mod.tuning_ab(d)
     notes = [x for x in lines if x.startswith("- ")]
     assert notes == ["- tuned (50 steps) against int4: perplexity 20.500 against 21.400 (0.958x; 1.139x against 1.189x the float "
                      "model's (fp32)), decode 0.990x, file 74.0 against 74.0 MiB"]
+    d["contenders"]["int4"]["session"] = {"spin": "off"}  # a twin run with other session options is no partner
+    assert mod.tuning_ab(d) == ["No tuned export with an untuned twin in this run."]
+    del d["contenders"]["int4"]["session"]
+    d["exports"]["i"]["export_config"]["block_size"] = 32  # no twin differs in tune_steps only
+    assert mod.tuning_ab(d) == ["No tuned export with an untuned twin in this run."]
 
 
 def test_scale_tuning_section_reads_the_rows_at_the_exports_rate():

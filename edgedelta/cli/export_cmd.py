@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from edgedelta.data.text import DEFAULT_TRAIN_TEXT
-from edgedelta.export.config import CPU_ARCHS, DEFAULT_QUANT_METHOD, DTYPES, QUANT_METHODS, QUANTIZE
+from edgedelta.export.config import CPU_ARCHS, DEFAULT_QUANT_METHOD, DEFAULT_TUNE_STEPS, DTYPES, QUANT_METHODS, QUANTIZE
 
 from .common import output_dir
 
@@ -39,10 +39,12 @@ def add_parser(subparsers):
     p.add_argument("--value-bits", type=int, default=None, choices=(4, 8),
                    help="bits of the attention value projection (v) when quantized (default 8: v's 4-bit error costs the "
                         "most perplexity per byte; bench/results/peers.md, the -v4 row)")
-    p.add_argument("--tune-steps", type=int, default=0,
-                   help="steps of end-to-end block-scale tuning after quantization (default 0: off): each block's scale is "
-                        "trained against the float model on --calib-text, the codes kept; the same file and decode speed, lower "
-                        "perplexity (bench/results/scale_tuning.md, bench/results/peers_tuned/peers.md)")
+    p.add_argument("--tune-steps", type=int, default=None,
+                   help="steps of end-to-end block-scale tuning after quantization: each block's scale is trained against "
+                        "the float model on --calib-text, the codes kept; the same file and decode speed, lower perplexity "
+                        "(bench/results/scale_tuning.md; bench/results/peers.md, the -untuned rows). Default: "
+                        f"{DEFAULT_TUNE_STEPS} on an int4 export with integer codes where the model has a tokenizer and the "
+                        "tuning fits in memory, else 0; 0: off")
     p.add_argument("--quant-method", default=DEFAULT_QUANT_METHOD,
                    help=f"how quantized codes are chosen: {'|'.join(QUANT_METHODS)} (default {DEFAULT_QUANT_METHOD}: data-aware, "
                         "from --calib-text)")
@@ -82,4 +84,6 @@ def run(args) -> int:
         if m.get("scale_tuning"):
             t = m["scale_tuning"]
             print(f"scale tuning: {t['steps']} steps, KL to the float model {t['kl_first']:.4f} -> {t['kl_last']:.4f}")
+        elif (m.get("scale_tuning_choice") or {}).get("off_because"):
+            print(f"no scale tuning: {m['scale_tuning_choice']['off_because']}")
     return 0

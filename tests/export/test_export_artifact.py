@@ -33,7 +33,8 @@ def test_optimum_loads_and_generates_like_pytorch(compressed_artifact, tiny_dirs
 def test_manifest_records_configs_and_accounting(compressed_artifact):
     m = json.loads((compressed_artifact / "manifest.json").read_text())
     assert m["format"] == "edgedelta-onnx"
-    assert ExportConfig.from_dict(m["export_config"]) == ExportConfig()
+    assert ExportConfig.from_dict(m["export_config"]) == ExportConfig(tune_steps=0)  # auto, resolved: fp32 is not tuned
+    assert m["scale_tuning"] is None and m["scale_tuning_choice"] is None
     assert m["sharing"]["groups"] == [[0, 1], [2, 3]] and "compress_config" in m
     assert m["audit"]["ok"] and m["audit"]["duplicated_bytes"] == 0
     assert m["ort_session_config"] == {}  # ORT's default: prepacking on (shared weights kept out, see test_ort_kernels.py)

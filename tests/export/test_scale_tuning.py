@@ -12,7 +12,8 @@ from edgedelta.errors import ConfigError
 from edgedelta.export import ExportConfig, export_onnx
 from edgedelta.export.quant_methods import quantize_weight
 from edgedelta.export.quantize import _unpack, concat_rows
-from edgedelta.export.scale_tuning import tune_scales
+from edgedelta.export.config import DEFAULT_TUNE_STEPS
+from edgedelta.export.scale_tuning import resolve_tune_steps, tune_scales, tuning_memory_bytes
 from edgedelta.export.weights import quantize_base_weights
 from edgedelta.models.adapters import adapter_for
 from tests.tiny import tiny_ids, tiny_model
@@ -95,14 +96,18 @@ def _initializers(art):
 def test_tuned_export_stores_the_same_codes_with_tuned_scales(src, tmp_path):
     """A compressed model (shared bases, fused q/k/v and gate/up, deltas): the tuned artifact
     passes its parity checks against the tuned weights and differs from the untuned one only
-    in the tuned weights' scales; the manifest records the tuning."""
+    in the tuned weights' scales; the manifest records the tuning. The tuned export is the int4
+    default (tune_steps auto), the untuned one sets 0."""
     base = dict(quantize="int4", block_size=16, value_bits=4)
-    plain = export_onnx(src, ExportConfig(**base), tmp_path / "plain")
-    tuned = export_onnx(src, ExportConfig(**base, tune_steps=3), tmp_path / "tuned")
+    plain = export_onnx(src, ExportConfig(**base, tune_steps=0), tmp_path / "plain")
+    tuned = export_onnx(src, ExportConfig(**base), tmp_path / "tuned")
     m = json.loads((tuned / "manifest.json").read_text())
-    assert m["export_config"]["tune_steps"] == 3 and m["scale_tuning"]["steps"] == 3 and m["scale_tuning"]["tensors"] > 0
+    assert m["export_config"]["tune_steps"] == DEFAULT_TUNE_STEPS and m["scale_tuning"]["steps"] == DEFAULT_TUNE_STEPS
+    assert m["scale_tuning"]["tensors"] > 0
+    assert m["scale_tuning_choice"] == {"mode": "auto", "steps": DEFAULT_TUNE_STEPS, "off_because": None}
     assert m["parity"]["greedy_decode"]["identical"] and m["parity"]["quality_gate"]["passed"]
-    assert json.loads((plain / "manifest.json").read_text())["scale_tuning"] is None
+    m0 = json.loads((plain / "manifest.json").read_text())
+    assert m0["scale_tuning"] is None and m0["scale_tuning_choice"] == {"mode": "set", "steps": 0, "off_because": None}
     a, b = _initializers(plain), _initializers(tuned)
     assert a.keys() == b.keys()
     scales = [n for n in a if n.endswith(".scales") and "delta" not in n]
@@ -126,3 +131,23 @@ def test_tuned_export_stores_the_same_codes_with_tuned_scales(src, tmp_path):
 def test_tuning_config_errors_name_the_value(kw, match):
     with pytest.raises(ConfigError, match=match):
         ExportConfig(**kw)
+
+
+def test_auto_tunes_int4_with_integer_codes_where_it_can_read_text_and_fits_in_memory(monkeypatch):
+    """tune_steps None: DEFAULT_TUNE_STEPS on int4 with integer codes, else 0 with the reason;
+    a set value is taken as given."""
+    import psutil
+
+    model = tiny_model("llama").eval()
+    assert resolve_tune_steps(ExportConfig(quantize="int4"), model, True) == (DEFAULT_TUNE_STEPS, None)
+    assert resolve_tune_steps(ExportConfig(quantize="int4", tune_steps=7), model, False) == (7, None)
+    for cfg in (ExportConfig(quantize="int8"), ExportConfig(quantize="int4", float_zero_points=True), ExportConfig()):
+        steps, why = resolve_tune_steps(cfg, model, True)
+        assert steps == 0 and "int4" in why
+    steps, why = resolve_tune_steps(ExportConfig(quantize="int4"), model, False)
+    assert steps == 0 and "no tokenizer" in why
+    need = tuning_memory_bytes(model)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": need - 1})())
+    steps, why = resolve_tune_steps(ExportConfig(quantize="int4"), model, True)
+    assert steps == 0 and "GiB of memory" in why
+
