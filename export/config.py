@@ -178,7 +178,7 @@ class ExportConfig:
             self.value_bits = DEFAULT_VALUE_BITS
         if self.tune_steps is not None and (not isinstance(self.tune_steps, int) or isinstance(self.tune_steps, bool)
                                             or self.tune_steps < 0):
-            raise ConfigError(f"tune_steps must be an integer >= 0 (or None: auto), got {self.tune_steps!r}")
+            raise ConfigError(f"tune_steps must be an integer >= 0 (unset: auto), got {self.tune_steps!r}")
         if self.tune_steps:
             if self.quantize == "none":
                 raise ConfigError("tune_steps needs a quantized export (quantize int4 or int8)")
