@@ -202,11 +202,16 @@ def _int4_rows(d: dict, model: str, forms: tuple[bool, ...], exclude: tuple[str,
             and d["contenders"][c].get("model") == model and _symmetric_of(d, c) in forms]
 
 
+def _decode_vs(d: dict, num: str, other: str) -> float:
+    """`num`'s decode speed over `other`'s: the median of their same-round ratios."""
+    from peers import METRICS, round_ratios
+
+    return statistics.median(round_ratios(d["rounds"], num, other, METRICS["decode"][0]))
+
+
 def _zero_point_note(d: dict, num: str, den: str, zp: dict | None) -> str:
     """For an int4 decode miss: which zero-point form the export took and why, the other form
     of the same model measured beside it, and (for the zero-point form) zero_points.py's A/B."""
-    from peers import METRICS, round_ratios
-
     sym = _symmetric_of(d, num)
     rejected = (_export_of(d, num).get("symmetric_choice") or {}).get("rejected") or []
     if sym:
@@ -221,7 +226,7 @@ def _zero_point_note(d: dict, num: str, den: str, zp: dict | None) -> str:
     other = _int4_rows(d, d["contenders"][num].get("model"), tuple({True, False} - {sym}), (num,))
     if other:
         c = other[0]
-        sr = statistics.median(round_ratios(d["rounds"], c, den, METRICS["decode"][0]))
+        sr = _decode_vs(d, c, den)
         note += (f"; the {'zero-point' if sym else 'symmetric'} export of the same model ({c}) decodes at {sr:.3f}x here with "
                  f"perplexity {d['summary'][c]['ppl']:.3f} against {d['summary'][num]['ppl']:.3f} (genai int4: "
                  f"{d['summary'][den]['ppl']:.3f})")
@@ -229,7 +234,7 @@ def _zero_point_note(d: dict, num: str, den: str, zp: dict | None) -> str:
     if den_sym is not None and den_sym != sym:  # an edgedelta denominator in the other form: compare like with like
         like = _int4_rows(d, d["contenders"][den].get("model"), (sym,), (num, den))
         if like:
-            r = statistics.median(round_ratios(d["rounds"], num, like[0], METRICS["decode"][0]))
+            r = _decode_vs(d, num, like[0])
             note += (f"; {den} took {'symmetric blocks' if den_sym else 'uint zero points'}: against the same model's "
                      f"{'symmetric' if sym else 'zero-point'} export ({like[0]}) the ratio is {r:.3f}")
     if not sym and (zp or {}).get("decode"):
@@ -325,13 +330,11 @@ def _ab_partner(d: dict, num: str, key: str) -> str | None:
 def _ab_note(d: dict, num: str, key: str, words: str) -> str:
     """`num`'s A/B partner in ExportConfig field `key` (_ab_partner): its perplexity and `num`'s
     decode against it; "" when there is none."""
-    from peers import METRICS, round_ratios
-
     c = _ab_partner(d, num, key)
     if c is None:
         return ""
     mine, theirs = (_export_of(d, x)["export_config"][key] for x in (num, c))
-    dec = statistics.median(round_ratios(d["rounds"], num, c, METRICS["decode"][0]))
+    dec = _decode_vs(d, num, c)
     return (f"; with {words.format(mine)} (this export) against {theirs} ({c}): perplexity "
             f"{d['summary'][num]['ppl']:.3f} against {d['summary'][c]['ppl']:.3f}, decode {dec:.3f}x")
 
@@ -379,7 +382,6 @@ def _exact_block_note(d: dict, num: str) -> str:
     """Why no export of the Q4_1 blocks' width can meet `num`'s decode target: the same model's
     symmetric int4 export in those blocks (no offset table, the cheapest form of that width)
     against onnxruntime-genai int4 in the same run; "" without such an export or target."""
-    from peers import METRICS, round_ratios
     from zero_points import BLOCK
 
     genai = (d.get("roles") or {}).get("genai-int4")
@@ -391,7 +393,7 @@ def _exact_block_note(d: dict, num: str) -> str:
         if (target and c in d.get("rounds", {}) and genai in d.get("rounds", {}) and d["contenders"][c].get("model") == model
                 and cfg.get("quantize") == "int4" and cfg.get("block_size") == BLOCK and cfg.get("symmetric")
                 and not cfg.get("float_zero_points")):
-            dec = statistics.median(round_ratios(d["rounds"], c, genai, METRICS["decode"][0]))
+            dec = _decode_vs(d, c, genai)
             return (f"; holding the Q4_1 blocks needs blocks of {BLOCK}, and in blocks of {BLOCK} even symmetric codes with no "
                     f"offset table ({c}) decode at {dec:.3f}x genai int4 in this run, against the {target['threshold']:.2f}x "
                     f"this export's decode target asks")
@@ -628,8 +630,6 @@ def scale_tuning(d: dict) -> list[str]:
 def tuning_ab(d: dict) -> list[str]:
     """bench/peers.py: each scale-tuned export (ExportConfig.tune_steps) against the export of the
     same model that differs from it in tune_steps only, measured in the same run."""
-    from peers import METRICS, round_ratios
-
     notes = []
     for c in (c for c in d.get("order", d["summary"]) if c in d["summary"]):
         mine = _export_of(d, c).get("export_config") or {}
@@ -639,7 +639,7 @@ def tuning_ab(d: dict) -> list[str]:
         if o is None or _export_of(d, o)["export_config"]["tune_steps"]:
             continue
         fl = (d.get("roles") or {}).get(f"{d['contenders'][c].get('model')}-fp32")
-        dec = statistics.median(round_ratios(d["rounds"], c, o, METRICS["decode"][0]))
+        dec = _decode_vs(d, c, o)
         vs_float = (f"; {d['summary'][c]['ppl'] / d['summary'][fl]['ppl']:.3f}x against "
                     f"{d['summary'][o]['ppl'] / d['summary'][fl]['ppl']:.3f}x the float model's ({fl})" if fl in d["summary"] else "")
         notes.append(f"- {c} ({mine['tune_steps']} steps) against {o}: perplexity {d['summary'][c]['ppl']:.3f} against "

@@ -57,7 +57,7 @@ def tuning_memory_bytes(model: torch.nn.Module) -> int:
     """Bytes that tuning the model's weights is expected to add at its peak (see TUNE_BYTES_PER_WEIGHT)."""
     from .calibration import CALIB_SEQ_LEN
 
-    weights = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.dim() == 2}.values())
+    weights = sum(p.numel() for p in model.parameters() if p.dim() == 2)  # parameters(): a tied or shared weight once
     vocab = model.get_output_embeddings().weight.shape[0]
     return TUNE_BYTES_PER_WEIGHT * weights + LOGIT_TENSORS * TUNE_BATCH * CALIB_SEQ_LEN * vocab * 4
 
