@@ -17,7 +17,7 @@ compress, per device, needs only the bytes. The rules (export/weights.py, graph 
     q/k/v, gate/up       fused into one (ΣN, K) weight: the same bytes as the parts, since
                          blocks run along K; a fused delta's B is block-diagonal (ΣN, ΣR).
                          With v at other bits (VirtualExport.value_bits, the exporter's default
-                         8 in an int4 export) q, k and v are three weights, v's at its bits
+                         8 in an int4 export) q and k are one fused weight and v a second, at its bits
     embedding            fp32 (vocab, hidden), or quantized like a projection in a quantized
                          export (`embedding`: int8/int4 as ExportConfig.embedding_bits, which an
                          untied LM head follows too) in blocks of VirtualExport.embedding_block_size

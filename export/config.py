@@ -89,8 +89,8 @@ class ExportConfig:
     value_bits: int | None = field(default=None, metadata={
         "help": "bits of the attention value projection (v) in a quantized export: 4 or 8 (default 8: of all the "
                 "projections, v's 4-bit error costs the most held-out perplexity per byte; bench/results/peers.md, "
-                "edgedelta-int4-spin against edgedelta-int4-v4-spin). q, k and v are then three MatMulNBits instead of "
-                "one; a model whose q/k/v is one weight (phi3) keeps it at the projections' bits"})
+                "edgedelta-int4-spin against edgedelta-int4-v4-spin). q and k are then one fused MatMulNBits and v "
+                "a second; a model whose q/k/v is one weight (phi3) keeps it at the projections' bits"})
     embedding_block_size: int | None = field(default=None, metadata={
         "help": "quantization block of the embedding table and LM head (16..256, power of 2; default: block_size). At int4 "
                 "the table's 4-bit error is the largest single part of the loss (bench/results/quant_sensitivity.md): "

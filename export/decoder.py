@@ -296,8 +296,8 @@ class DecoderGraph:
             qkv = [q, k, v]
         elif "qkv" in lin:
             qkv = [self._linear(x, lin["qkv"]), "", ""]
-        else:  # parts that could not be fused (mixed sharing) go in as query, key, value
-            qkv = [self._linear(x, lin[p]) for p in ("q", "k", "v")]
+        else:  # q/k fused with v apart (value_bits), or parts that could not be fused (mixed sharing)
+            qkv = list(self._qkv(x, lin))
         inputs = qkv + [past[0], past[1], self.seqlens_k, self.total_len, cos, sin, "", bias, "", "", "", "", "", self.query_lens]
         extra = {}
         if f.sliding_windows[i] is not None:
@@ -312,10 +312,14 @@ class DecoderGraph:
 
     def _qkv(self, x: str, lin: dict[str, LinearRef]) -> tuple[str, str, str]:
         """q (B, S, nh*hd), k and v (B, S, kvh*hd): one fused projection (phi3's own, or
-        q/k/v fused at export) split by output rows, or three."""
+        q/k/v fused at export) split by output rows; q/k fused and split with v apart (v at
+        its own bits); or three."""
         if "qkv" in lin:
             return self.b.op("Split", [self._linear(x, lin["qkv"]), self.b.const(list(lin["qkv"].parts or self.f.fused["qkv"]))],
                              n_out=3, axis=-1)
+        if "qk" in lin:
+            q, k = self.b.op("Split", [self._linear(x, lin["qk"]), self.b.const(list(lin["qk"].parts))], n_out=2, axis=-1)
+            return q, k, self._linear(x, lin["v"])
         return tuple(self._linear(x, lin[p]) for p in ("q", "k", "v"))
 
     def _attention(self, x: str, lw, past: tuple[str, str], cos: str, sin: str, bias: str, i: int) -> str:

@@ -55,8 +55,9 @@ ARTIFACT_FORMAT = "edgedelta-onnx"
 # block-diagonal B), GroupQueryAttention with an in-place KV cache, and in quantized exports the
 # embedding table quantized once, read by a dequantizing Gather and the tied LM head's MatMulNBits;
 # 10: an optional logits_to_keep input, so a prefill runs the LM head on its last position only;
-# 11: GroupQueryAttention's cos/sin tables computed in the graph from inv_freq (folded by ORT at load)).
-GRAPH_REVISION = 11
+# 11: GroupQueryAttention's cos/sin tables computed in the graph from inv_freq (folded by ORT at load);
+# 12: with v at its own bits, q and k fused into one MatMulNBits, v a second).
+GRAPH_REVISION = 12
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
 class ExportError(EdgeDeltaError):

@@ -231,15 +231,17 @@ class WeightCollector:
         bar = tqdm(total=len(layers), desc=f"{self.cfg.quantize} weights" if self.cfg.quantize != "none" else "weights",
                    disable=not self.progress, leave=False)
         # v at other bits than q and k (ExportConfig.value_bits): MatMulNBits has one bit width,
-        # so q/k/v stay three projections
+        # so q and k become one MatMulNBits and v a second (two nodes a layer instead of three)
         value_bits = self.cfg.value_bits if self.cfg.quantize != "none" else None
         split_v = value_bits is not None and value_bits != BITS[self.cfg.quantize]
+        fusions = {("qk" if split_v and f == "qkv" else f): tuple(p for p in parts if not (split_v and p == "v"))
+                   for f, parts in FUSIONS.items()}
         for i, layer in enumerate(layers):
             bar.update(1)
             linears = {}
             fused_parts: set[str] = set()
-            for fused, parts in FUSIONS.items():
-                if fused in ad.projections or not all(p in ad.projections for p in parts) or (split_v and "v" in parts):
+            for fused, parts in fusions.items():
+                if fused in ad.projections or not all(p in ad.projections for p in parts):
                     continue
                 mods = [ad.get_linear(layer, p) for p in parts]
                 if self._fusable(mods):
@@ -305,7 +307,7 @@ class WeightCollector:
         ad = self.adapter
         paths = [ad.projections[p] for p in parts]
         parent = paths[0].rpartition(".")[0]
-        fused_path = f"{parent}.{fused}_proj" if parent else f"{fused}_proj"  # self_attn.qkv_proj, mlp.gate_up_proj
+        fused_path = f"{parent}.{fused}_proj" if parent else f"{fused}_proj"  # self_attn.qkv_proj (or qk_proj), mlp.gate_up_proj
         ws = [m.weight for m in mods]  # (N_i, K)
         sizes = tuple(int(w.shape[0]) for w in ws)
         k = int(ws[0].shape[1])

@@ -353,9 +353,10 @@ def test_float_zero_point_export(tmp_path):
 
 @pytest.mark.parametrize("value_bits", [8, 4])
 def test_value_projection_bits(tmp_path, value_bits):
-    """value_bits on a compressed int4 model: at 8 (the default) q, k and v are three
-    MatMulNBits, v's (its shared base and its deltas too) at 8 bits and q's and k's at 4; at 4
-    q/k/v are fused where their sharing allows, all at 4 bits. Parity against the dequantized weights holds either way."""
+    """value_bits on a compressed int4 model: at 8 (the default) q and k are one fused
+    MatMulNBits at 4 bits (their shared base one initializer) and v's base and deltas are
+    8-bit; at 4 q/k/v are fused where their sharing allows, all at 4 bits. Parity against the
+    dequantized weights holds either way."""
     import onnx
 
     src = tiny_compressed_dir(tmp_path / "src", "llama")
@@ -368,7 +369,9 @@ def test_value_projection_bits(tmp_path, value_bits):
         assert not any("qkv_proj" in w for w in bits)
         v = {w: b for w, b in bits.items() if "v_proj" in w}
         assert any("shared" in w for w in v) and any("delta" in w for w in v) and set(v.values()) == {8}
-        assert {b for w, b in bits.items() if "q_proj" in w or "k_proj" in w} == {4}
+        qk = {w: b for w, b in bits.items() if "qk_proj" in w}
+        assert any(w.startswith("shared.") for w in qk) and set(qk.values()) == {4}
+        assert not any(".q_proj" in w or ".k_proj" in w for w in bits), sorted(bits)
     else:
         assert any("qkv_proj" in w for w in bits) and set(bits.values()) == {4}
     assert audit(out)["ok"]
