@@ -234,8 +234,7 @@ class WeightCollector:
         # so q and k become one MatMulNBits and v a second (two nodes a layer instead of three)
         value_bits = self.cfg.value_bits if self.cfg.quantize != "none" else None
         split_v = value_bits is not None and value_bits != BITS[self.cfg.quantize]
-        fusions = {("qk" if split_v and f == "qkv" else f): tuple(p for p in parts if not (split_v and p == "v"))
-                   for f, parts in FUSIONS.items()}
+        fusions = {"qk": ("q", "k"), "gate_up": FUSIONS["gate_up"]} if split_v else FUSIONS
         for i, layer in enumerate(layers):
             bar.update(1)
             linears = {}
