@@ -16,8 +16,8 @@ compress, per device, needs only the bytes. The rules (export/weights.py, graph 
                          export.quantize.offset_block(nb), nbc = ceil(nb/bc))
     q/k/v, gate/up       fused into one (ΣN, K) weight: the same bytes as the parts, since
                          blocks run along K; a fused delta's B is block-diagonal (ΣN, ΣR).
-                         With v at other bits (VirtualExport.value_bits, the exporter's default
-                         8 in an int4 export) q and k are one fused weight and v a second, at its bits
+                         With v at other bits (VirtualExport.value_bits; the exporter's default
+                         is the projections' bits) q and k are one fused weight and v a second, at its bits
     embedding            fp32 (vocab, hidden), or quantized like a projection in a quantized
                          export (`embedding`: int8/int4 as ExportConfig.embedding_bits, which an
                          untied LM head follows too) in blocks of VirtualExport.embedding_block_size
@@ -87,9 +87,7 @@ class VirtualExport:
         if self.embedding_block_size is None:  # the exporter's default: the projections' block
             object.__setattr__(self, "embedding_block_size", self.block_size)
         if self.value_bits is None and self.precision != "fp32":
-            from edgedelta.export.config import DEFAULT_VALUE_BITS
-
-            object.__setattr__(self, "value_bits", DEFAULT_VALUE_BITS)
+            object.__setattr__(self, "value_bits", _BITS[self.precision])  # the exporter's default: the projections' bits
         if self.value_bits not in (None, 4, 8) or (self.value_bits is not None and self.precision == "fp32"):
             raise ConfigError(f"value_bits {self.value_bits!r} is not supported with precision {self.precision}; "
                               "allowed: 4 or 8 with int8/int4")

@@ -43,9 +43,8 @@ QUANTIZED_LEVEL0_REL_TOL = 1e-4
 QUANT_METHODS = ("rtn", "gptq", "hqq")
 DEFAULT_QUANT_METHOD = "gptq"
 CONFIG_VERSION = 1
-# the attention value projection of a quantized export: its 4-bit error costs the most
-# perplexity per byte of any projection (bench/results/peers.md, the -v4 row)
-DEFAULT_VALUE_BITS = 8
+# bits of each quantized export precision, the width v takes when value_bits is unset
+PRECISION_BITS = {"int8": 8, "int4": 4}
 # steps of block-scale tuning an int4 export takes when tune_steps is None (auto): at the
 # export's learning rate, 50 steps take SmolLM2-135M's int4 perplexity from 1.155x to 1.105x
 # float in PyTorch, 100 steps to 1.101x (bench/results/scale_tuning.md)
@@ -87,10 +86,11 @@ class ExportConfig:
         "help": "bits of the quantized embedding table and LM head: 4 or 8 (default: the projections' bits). 8 holds a "
                 "GGUF's Q8_0 embedding, at a cost in file size and decode speed"})
     value_bits: int | None = field(default=None, metadata={
-        "help": "bits of the attention value projection (v) in a quantized export: 4 or 8 (default 8: of all the "
-                "projections, v's 4-bit error costs the most held-out perplexity per byte; bench/results/peers.md, "
-                "edgedelta-int4-spin against edgedelta-int4-v4-spin). q and k are then one fused MatMulNBits and v "
-                "a second; a model whose q/k/v is one weight (phi3) keeps it at the projections' bits"})
+        "help": "bits of the attention value projection (v) in a quantized export: 4 or 8 (default: the projections' "
+                "bits, so q/k/v stay one fused MatMulNBits read whole by GroupQueryAttention). 8 at int4 takes a "
+                "little held-out perplexity off and costs decode speed: q and k are then one fused MatMulNBits and v "
+                "a second (bench/results/peers.md, edgedelta-int4-spin against edgedelta-int4-v8-spin); a model "
+                "whose q/k/v is one weight (phi3) keeps it at the projections' bits"})
     embedding_block_size: int | None = field(default=None, metadata={
         "help": "quantization block of the embedding table and LM head (16..256, power of 2; default: block_size). At int4 "
                 "the table's 4-bit error is the largest single part of the loss (bench/results/quant_sensitivity.md): "
@@ -175,7 +175,7 @@ class ExportConfig:
             if self.value_bits not in (4, 8):
                 raise ConfigError(f"value_bits must be 4 or 8, got {self.value_bits!r}")
         elif self.quantize != "none":
-            self.value_bits = DEFAULT_VALUE_BITS
+            self.value_bits = PRECISION_BITS[self.quantize]
         if self.tune_steps is not None and (not isinstance(self.tune_steps, int) or isinstance(self.tune_steps, bool)
                                             or self.tune_steps < 0):
             raise ConfigError(f"tune_steps must be an integer >= 0 (unset: auto), got {self.tune_steps!r}")

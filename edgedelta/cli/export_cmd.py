@@ -37,8 +37,9 @@ def add_parser(subparsers):
                         "of the table's 4-bit loss, the largest single part of it, at a cost in decode speed "
                         "(bench/results/quant_sensitivity.md; bench/results/peers.md, the -t32 rows)")
     p.add_argument("--value-bits", type=int, default=None, choices=(4, 8),
-                   help="bits of the attention value projection (v) when quantized (default 8: v's 4-bit error costs the "
-                        "most perplexity per byte; bench/results/peers.md, the -v4 row)")
+                   help="bits of the attention value projection (v) when quantized (default: --quantize's, q/k/v one "
+                        "fused weight); 8 at int4 takes a little perplexity off at a cost in decode speed "
+                        "(bench/results/peers.md, the -v8 row)")
     p.add_argument("--tune-steps", type=int, default=None,
                    help="steps of end-to-end block-scale tuning after quantization: each block's scale is trained against "
                         "the float model on --calib-text, the codes kept; the same file and decode speed, lower perplexity "

@@ -66,8 +66,8 @@ def test_virtual_matches_a_real_tiny_export(tmp_path, tied, precision, symmetric
 
 @pytest.mark.parametrize("value_bits", [4, 8])
 def test_virtual_counts_the_value_projection_at_its_bits(tmp_path, value_bits):
-    """ExportConfig.value_bits: v at 8 bits (the default) is its own weight beside 4-bit q and k;
-    at 4 q/k/v are one fused weight. The virtual artifact stores what the real export does."""
+    """ExportConfig.value_bits: v at 8 bits is its own weight beside 4-bit q and k; at 4 (the
+    default) q/k/v are one fused weight. The virtual artifact stores what the real export does."""
     from edgedelta.export import export_onnx
     from edgedelta.export.config import ExportConfig
     from edgedelta.runtime.artifact import Artifact
@@ -75,7 +75,8 @@ def test_virtual_counts_the_value_projection_at_its_bits(tmp_path, value_bits):
     src = _tiny_qwen(tmp_path, True)
     art = Artifact.open(export_onnx(str(src), ExportConfig(quantize="int4", quant_method="rtn", validate=False, value_bits=value_bits),
                                     tmp_path / "art"))
-    acc = v.account(json.loads((src / "config.json").read_text()), v.VirtualExport("int4", value_bits=value_bits))
+    acc = v.account(json.loads((src / "config.json").read_text()),
+                    v.VirtualExport("int4", **({} if value_bits == 4 else {"value_bits": value_bits})))
     assert acc.stored == art.manifest["audit"]["bytes_by_kind"]
     assert 0 <= art.weight_bytes_read_per_token - acc.read < 1024
     with pytest.raises(ConfigError, match="value_bits 6"):

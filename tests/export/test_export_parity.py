@@ -353,14 +353,14 @@ def test_float_zero_point_export(tmp_path):
 
 @pytest.mark.parametrize("value_bits", [8, 4])
 def test_value_projection_bits(tmp_path, value_bits):
-    """value_bits on a compressed int4 model: at 8 (the default) q and k are one fused
-    MatMulNBits at 4 bits (their shared base one initializer) and v's base and deltas are
-    8-bit; at 4 q/k/v are fused where their sharing allows, all at 4 bits. Parity against the
-    dequantized weights holds either way."""
+    """value_bits on a compressed int4 model: at 8 q and k are one fused MatMulNBits at 4 bits
+    (their shared base one initializer) and v's base and deltas are 8-bit; at 4 (the default:
+    the projections' bits) q/k/v are fused where their sharing allows, all at 4 bits. Parity
+    against the dequantized weights holds either way."""
     import onnx
 
     src = tiny_compressed_dir(tmp_path / "src", "llama")
-    cfg = ExportConfig(quantize="int4", block_size=16, **({} if value_bits == 8 else {"value_bits": 4}))
+    cfg = ExportConfig(quantize="int4", block_size=16, **({} if value_bits == 4 else {"value_bits": 8}))
     assert cfg.value_bits == value_bits
     out = export_onnx(src, cfg, tmp_path / "art")
     g = onnx.load(out / "model.onnx", load_external_data=False).graph
