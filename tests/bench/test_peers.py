@@ -55,7 +55,7 @@ def test_select_by_label_and_glob():
     cs = peers.parse_table(peers.EDGEDELTA) + peers.peer_contenders()
     got = [c.label for c in peers.select(cs, "edgedelta-int4*,genai-int4")]
     assert got == ["edgedelta-int4", "edgedelta-int4-spin", "edgedelta-int4-b32-spin", "edgedelta-int4-e8-spin", "edgedelta-int4-zp-spin",
-                   "edgedelta-int4-v4-spin", "edgedelta-int4-t32-spin", "edgedelta-int4-untuned-spin",
+                   "edgedelta-int4-v8-spin", "edgedelta-int4-t32-spin", "edgedelta-int4-untuned-spin",
                    "edgedelta-int4-fzp-spin", "edgedelta-int4-fzp-e8-spin", "genai-int4"]
     with pytest.raises(ValueError, match="'nope' matches no contender"):
         peers.select(cs, "nope")

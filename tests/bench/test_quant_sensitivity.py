@@ -20,7 +20,7 @@ def test_rows_cover_each_kind_and_layer_and_skip_parts_already_at_8_bits():
     n = model.config.num_hidden_layers
     rows = {name: (group, moved) for name, group, moved in qs.rows_to_measure(tensors, 8, n)}
     assert rows["default"] == ("default", set())
-    assert "kind v" not in rows  # v is at 8 bits by default: its row would move nothing
+    assert "kind v" not in rows  # v already at 8 bits (value_bits 8): its row would move nothing
     assert {r for r in rows if r.startswith("kind ")} == {f"kind {k}" for k in ("q", "k", "o", "gate", "up", "down", qs.TABLE)}
     assert [r for r in rows if r.startswith("layer ")] == [f"layer {i}" for i in range(n)]
     # every tensor below 8 bits is in exactly one kind row, and all of them in the all-8-bit row
