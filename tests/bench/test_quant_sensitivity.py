@@ -62,7 +62,8 @@ def test_run_writes_json_md_and_chart(tmp_path):
     assert qs.main(["--model", str(src), "--ppl-tokens", "512", "--out", str(out)]) == 0
     res = json.loads((out / "quant_sensitivity_tiny.json").read_text())
     by = {r["row"]: r for r in res["rows"]}
-    assert res["export"]["bits"] == 4 and res["export"]["value_bits"] == 8 and res["export"]["symmetric"] is True
+    assert res["export"]["bits"] == 4 and res["export"]["value_bits"] == 4 and res["export"]["symmetric"] is True
+    assert "kind v" in by  # v at the default 4 bits has its own row
     assert by["default"]["added_mib"] == 0
     # 8-bit codes sit closer to the float weights than 4-bit ones: the outputs move less. (A random
     # model's perplexity may move either way; KL to the float model only grows with the error.)
