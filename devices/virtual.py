@@ -40,12 +40,12 @@ import math
 from dataclasses import dataclass, field
 
 from edgedelta.errors import ConfigError
+from edgedelta.export.quantize import BITS
 
 from .planner import ModelFacts
 
 PRECISIONS = ("fp32", "int8", "int4")
 EMBEDDINGS = ("same", "fp32", "int8", "int4")  # the export's precision, float, or ExportConfig.embedding_bits
-_BITS = {"int8": 8, "int4": 4}
 _ATTN, _MLP = ("q", "k", "v", "o"), ("gate", "up", "down")
 _FUSED = (("q", "k", "v"), ("gate", "up"))
 _BIASED = {"qwen2": ("q", "k", "v")}  # projections with a bias, by model_type
@@ -87,7 +87,7 @@ class VirtualExport:
         if self.embedding_block_size is None:  # the exporter's default: the projections' block
             object.__setattr__(self, "embedding_block_size", self.block_size)
         if self.value_bits is None and self.precision != "fp32":
-            object.__setattr__(self, "value_bits", _BITS[self.precision])  # the exporter's default: the projections' bits
+            object.__setattr__(self, "value_bits", BITS[self.precision])  # the exporter's default: the projections' bits
         if self.value_bits not in (None, 4, 8) or (self.value_bits is not None and self.precision == "fp32"):
             raise ConfigError(f"value_bits {self.value_bits!r} is not supported with precision {self.precision}; "
                               "allowed: 4 or 8 with int8/int4")
@@ -112,7 +112,7 @@ def matrix_bytes(n: int, k: int, precision: str, block_size: int = 32, symmetric
     exporter gives it float zero points, i.e. K whole blocks)."""
     if precision == "fp32":
         return 4 * n * k
-    bits = _BITS[precision]
+    bits = BITS[precision]
     block = block_size if k >= block_size else 16
     nb = -(-k // block)
     offsets = 0
@@ -163,7 +163,7 @@ def account(config: dict, x: VirtualExport) -> Accounting:
     n_shared_layers = s.groups * s.group_size if s else 0
     n_delta_layers = s.groups * (s.group_size - 1 if s.anchored else s.group_size) if s else 0
     # v at other bits than the rest (ExportConfig.value_bits): q, k and v each their own weight
-    v_prec = next((prec for prec, bits in _BITS.items() if bits == x.value_bits), x.precision)
+    v_prec = next((prec for prec, bits in BITS.items() if bits == x.value_bits), x.precision)
     groups = [("q",), ("k",), ("v",), *_FUSED[1:]] if v_prec != x.precision else list(_FUSED)
     for fused in [*groups, ("o",), ("down",)]:
         n = sum(shapes[p][0] for p in fused)

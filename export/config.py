@@ -11,6 +11,8 @@ from edgedelta.configio import config_from_dict
 from edgedelta.data.text import DEFAULT_TRAIN_TEXT, check_training_text
 from edgedelta.errors import ConfigError
 
+from .quantize import BITS
+
 DTYPES = ("fp32", "fp16")
 QUANTIZE = ("none", "int8", "int4")
 # The CPU family an fp32 artifact's shared and tied weights are laid out for (export/prepack.py):
@@ -43,8 +45,6 @@ QUANTIZED_LEVEL0_REL_TOL = 1e-4
 QUANT_METHODS = ("rtn", "gptq", "hqq")
 DEFAULT_QUANT_METHOD = "gptq"
 CONFIG_VERSION = 1
-# bits of each quantized export precision, the width v takes when value_bits is unset
-PRECISION_BITS = {"int8": 8, "int4": 4}
 # steps of block-scale tuning an int4 export takes when tune_steps is None (auto): at the
 # export's learning rate, 50 steps take SmolLM2-135M's int4 perplexity from 1.155x to 1.105x
 # float in PyTorch, 100 steps to 1.101x (bench/results/scale_tuning.md)
@@ -175,7 +175,7 @@ class ExportConfig:
             if self.value_bits not in (4, 8):
                 raise ConfigError(f"value_bits must be 4 or 8, got {self.value_bits!r}")
         elif self.quantize != "none":
-            self.value_bits = PRECISION_BITS[self.quantize]
+            self.value_bits = BITS[self.quantize]  # unset: the projections' bits
         if self.tune_steps is not None and (not isinstance(self.tune_steps, int) or isinstance(self.tune_steps, bool)
                                             or self.tune_steps < 0):
             raise ConfigError(f"tune_steps must be an integer >= 0 (unset: auto), got {self.tune_steps!r}")
