@@ -46,8 +46,8 @@ QUANT_METHODS = ("rtn", "gptq", "hqq")
 DEFAULT_QUANT_METHOD = "gptq"
 CONFIG_VERSION = 1
 # steps of block-scale tuning an int4 export takes when tune_steps is None (auto): at the
-# export's learning rate, 50 steps take SmolLM2-135M's int4 perplexity from 1.155x to 1.105x
-# float in PyTorch, 100 steps to 1.101x (bench/results/scale_tuning.md)
+# export's learning rate, 50 steps take SmolLM2-135M's int4 perplexity from 1.228x to 1.124x
+# float in PyTorch, 100 steps (twice the time) to 1.118x (bench/results/scale_tuning.md)
 DEFAULT_TUNE_STEPS = 50
 
 
