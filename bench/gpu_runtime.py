@@ -15,7 +15,7 @@ each of --cpu-threads (edge-class core counts, on a CPU no neighbour shares).
 
   python bench/gpu_runtime.py [--contexts 512,2048,8192] [--new-tokens 128] [--cpu-threads 1,2,4]
                               [--plan-from bench/results/runtime.json | none] [--provider cuda|cpu]
-                              [--original-only]"""
+                              [--original-only] [--dtype fp16|fp32]"""
 
 from __future__ import annotations
 
@@ -218,7 +218,10 @@ def main() -> int:
     ap.add_argument("--contexts", default="512,2048,8192")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--tf32-context", type=int, default=2048, help="prompt tokens of the TF32 on/off prefill timing")
-    ap.add_argument("--cpu-threads", default="1,2,4", help="thread counts of the CPU paired runs ('0': skip them)")
+    ap.add_argument("--cpu-threads", default="0", help="thread counts of CPU paired runs, e.g. 1,2,4 (default 0: none; "
+                    "the CPU's own figures come from fp32 artifacts, bench/runtime.py)")
+    ap.add_argument("--dtype", default="fp16", choices=["fp16", "fp32"],
+                    help="export dtype: fp16, as ONNX Runtime's CUDA GroupQueryAttention needs (fp32 runs it on the CPU)")
     ap.add_argument("--plan-from", default=str(Path(__file__).parent / "results" / "runtime.json"),
                     help="results JSON whose compressed artifact's groups and ranks to reuse ('none': run the planner)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -245,7 +248,7 @@ def main() -> int:
     plan = None if a.plan_from == "none" else recorded_plan(Path(a.plan_from))
     t = time.perf_counter()
     orig, comp, notes = ensure_artifacts(Path(a.work), log=lambda m: print(m, file=sys.stderr), plan=plan,
-                                         original_only=a.original_only)
+                                         original_only=a.original_only, dtype=a.dtype)
     if a.original_only:
         notes["compressed"] = "not built (--original-only)"
     notes["artifacts_s"] = round(time.perf_counter() - t, 1)

@@ -96,21 +96,38 @@ EDGEDELTA: list[tuple[str, str, dict, dict, str | None]] = [
     ("edgedelta-compressed-int4-fzp-spin", "compressed", {"quantize": "int4", "accuracy_level": 4, "float_zero_points": True},
      {"spin": "on"}, None),
 ]
-# peers: label -> (engine, build key in bench/_work/peers/peers.json, role)
-PEERS: dict[str, tuple[str, str, str | None]] = {
-    "genai-int4": ("genai", "genai-int4", "genai-int4"),
-    "genai-int4-kquant": ("genai", "genai-int4-kquant", None),
-    "genai-int8": ("genai", "genai-int8", None),
-    "genai-fp32": ("genai", "genai-fp32", "genai-fp32"),
-    "llama.cpp-Q4_1": ("llama", "Q4_1", "llama-q4_1"),
-    "llama.cpp-Q8_0": ("llama", "Q8_0", None),
-    "llama.cpp-F32": ("llama", "F32", None),
+# `--provider cuda` (a GPU host): the same rows' CUDA forms, speed only. ONNX Runtime's CUDA
+# GroupQueryAttention is fp16/bf16 only, so activations are fp16. int4 in the CPU default's
+# form (symmetric blocks of 64, the table shared by lookup and head) with GPTQ codes untuned
+# and no parity checks or quality gate: the graph and its bytes are the tuned artifact's,
+# decode speed does not depend on the code values, and tuning and the gate would take
+# minutes of a GPU lease (their quality is the CPU run's). Each with and without CUDA graphs.
+_CUDA_INT4 = {"dtype": "fp16", "quantize": "int4", "symmetric": True, "tune_steps": 0, "validate": False}
+EDGEDELTA_CUDA: list[tuple[str, str, dict, dict, str | None]] = [
+    ("edgedelta-fp16", "original", {"dtype": "fp16"}, {}, None),
+    ("edgedelta-fp16-graph", "original", {"dtype": "fp16"}, {"cuda_graph": True}, "original-fp16"),
+    ("edgedelta-int4", "original", _CUDA_INT4, {}, None),
+    ("edgedelta-int4-graph", "original", _CUDA_INT4, {"cuda_graph": True}, "original-int4"),
+    ("edgedelta-compressed-int4", "compressed", _CUDA_INT4, {}, None),
+    ("edgedelta-compressed-int4-graph", "compressed", _CUDA_INT4, {"cuda_graph": True}, "compressed-int4"),
+]
+# peers: label -> (engine, build key in bench/_work/peers/peers.json, role, provider, session)
+PEERS: dict[str, tuple[str, str, str | None, str, dict]] = {
+    "genai-int4": ("genai", "genai-int4", "genai-int4", "cpu", {}),
+    "genai-int4-kquant": ("genai", "genai-int4-kquant", None, "cpu", {}),
+    "genai-int8": ("genai", "genai-int8", None, "cpu", {}),
+    "genai-fp32": ("genai", "genai-fp32", "genai-fp32", "cpu", {}),
+    "llama.cpp-Q4_1": ("llama", "Q4_1", "llama-q4_1", "cpu", {}),
+    "llama.cpp-Q8_0": ("llama", "Q8_0", None, "cpu", {}),
+    "llama.cpp-F32": ("llama", "F32", None, "cpu", {}),
+    "genai-cuda-int4": ("genai", "genai-cuda-int4", None, "cuda", {}),
+    "genai-cuda-int4-graph": ("genai", "genai-cuda-int4", "genai-int4", "cuda", {"cuda_graph": True}),
 }
 REFERENCES = ("genai-int4", "genai-fp32")  # roles the md table gives ratios against
 # how each engine runs besides the thread count (peers_worker.py), stated in the results
 ENGINE_SETTINGS = {
-    "edgedelta": "Session.from_dir(provider='cpu', threads=N, **row kwargs): the runtime's defaults otherwise",
-    "genai": "onnxruntime-genai Model/Generator, CPU provider, intra-op threads N, inter-op 1, the builder's other session "
+    "edgedelta": "Session.from_dir(provider=P, threads=N, **row kwargs): the runtime's defaults otherwise",
+    "genai": "onnxruntime-genai Model/Generator, provider P, intra-op threads N, inter-op 1, the builder's other session "
              "settings (ORT thread spinning at its default, on); greedy via min_length = max_length (EOS never picked)",
     "llama": "llama-cpp-python binding, n_threads = n_threads_batch = N, n_ctx = the longest sequence of the run, n_batch = n_ubatch = 512, KV cache f16 (its default)",
 }
@@ -170,8 +187,9 @@ def parse_table(rows: list) -> list[Contender]:
     return out
 
 
-def peer_contenders() -> list[Contender]:
-    return [Contender(label, engine, role, peer=key) for label, (engine, key, role) in PEERS.items()]
+def peer_contenders(provider: str = "cpu") -> list[Contender]:
+    return [Contender(label, engine, role, session=dict(session), peer=key)
+            for label, (engine, key, role, prov, session) in PEERS.items() if prov == provider]
 
 
 def select(contenders: list[Contender], only: str | None) -> list[Contender]:
@@ -196,7 +214,7 @@ def check_api(c: Contender, export_fields: set[str], session_params: set[str]) -
     if bad:
         return f"Session.from_dir has no parameter(s) {', '.join(bad)}"
     if {"threads", "provider"} & set(c.session):
-        return "threads and provider are set by the benchmark (--threads, cpu), not per row"
+        return "threads and provider are set by the benchmark (--threads, --provider), not per row"
     return None
 
 
@@ -285,9 +303,13 @@ def prepare_edgedelta(cs: list[Contender], sources: dict[str, Path | None], reex
     return notes
 
 
-def prepare_peers(cs: list[Contender], manifest: dict) -> None:
+def prepare_peers(cs: list[Contender], manifest: dict, peers_root: Path | None = None) -> None:
+    """Set each peer's model path from peers_build's manifest, or peers_root/<build key> (the
+    models carried to a host where peers_build did not run)."""
     for c in cs:
-        if c.engine == "genai":
+        if peers_root is not None:
+            p = str(peers_root / c.peer)
+        elif c.engine == "genai":
             p = manifest.get("genai", {}).get(c.peer, {}).get("dir")
         else:
             p = manifest.get("gguf", {}).get(c.peer, {}).get("path")
@@ -329,11 +351,11 @@ def make_tokens(prompt_tokens: int, prefill: list[int], windows_per_set: int, wi
 
 
 # ---- running workers -------------------------------------------------------------------------------
-def worker_command(c: Contender, manifest: dict) -> tuple[list[str], dict]:
+def worker_command(c: Contender, manifest: dict, peer_python: str | None = None) -> tuple[list[str], dict]:
     env = dict(os.environ)
     if c.engine == "edgedelta":
         return [sys.executable, str(WORKER)], env
-    py = manifest.get("venv", {}).get("python", str(peers_build.VENV_PY))
+    py = peer_python or manifest.get("venv", {}).get("python", str(peers_build.VENV_PY))
     if c.engine == "llama":
         env["PYTHONPATH"] = manifest.get("llama.cpp", {}).get("python_path", str(peers_build.LLAMA_PY))
     return [py, str(WORKER)], env
@@ -345,7 +367,7 @@ def run_worker(c: Contender, manifest: dict, mode: str, run_dir: Path, opts: dic
     spec = {"engine": c.engine, "path": c.path, "session": c.session, "mode": mode, **opts}
     spec_path, out_path = run_dir / f"{tag}.spec.json", run_dir / f"{tag}.out.json"
     spec_path.write_text(json.dumps(spec))
-    cmd, env = worker_command(c, manifest)
+    cmd, env = worker_command(c, manifest, opts.get("peer_python"))
     env["OMP_NUM_THREADS"] = str(opts["threads"])
     try:
         p = subprocess.run(cmd + [str(spec_path), str(out_path)], env=env, capture_output=True, text=True, timeout=timeout)
@@ -463,6 +485,8 @@ TARGETS = [
     ("int4 perplexity below llama.cpp Q4_1's", "ppl", "original-int4", "llama-q4_1", "<", 1.0),
     ("compressed/original int4 decode ≥ 0.95", "decode", "compressed-int4", "original-int4", ">=", 0.95),
 ]
+# On a GPU the host's RSS and the CPU's perplexity targets do not apply: speed only.
+TARGETS_CUDA = [t for t in TARGETS if t[1] in ("decode", "prefill32", "prefill512") and "fp32" not in t[2]]
 OPS = {">=": lambda x, t: x >= t, "<=": lambda x, t: x <= t, "<": lambda x, t: x < t, ">": lambda x, t: x > t}
 
 
@@ -511,15 +535,22 @@ def render_markdown(res: dict) -> str:
     """The results as a markdown page: setup, one table of every contender, ratios, targets, skips."""
     cfg, summ, roles = res["config"], res["summary"], res["roles"]
     refs = [(r, roles.get(r)) for r in REFERENCES]
-    lines = [f"# edgedelta vs onnxruntime-genai and llama.cpp ({res['model']})", ""]
+    provider = cfg.get("provider", "cpu")
+    if provider == "cpu":
+        lines = [f"# edgedelta vs onnxruntime-genai and llama.cpp ({res['model']})", ""]
+    else:
+        lines = [f"# edgedelta vs onnxruntime-genai on {provider.upper()} ({res['model']}, {res['machine'].get('gpu', '')})", ""]
     if cfg.get("quick"):
         lines += ["**A `--quick` smoke run (1 round, fewer tokens): not the benchmark's figures.**", ""]
-    lines += [f"{cfg['rounds']} round(s), contenders interleaved, each in a fresh process; {cfg['threads']} threads, batch 1, "
+    lines += [f"{cfg['rounds']} round(s), contenders interleaved, each in a fresh process; provider {provider}, "
+              f"{cfg['threads']} threads, batch 1, "
               f"greedy; decode: {cfg['new_tokens']} tokens after a {cfg['prompt_tokens']}-token prompt; prefill: "
-              f"{', '.join(map(str, cfg['prefill']))} tokens; the same token ids for all. Perplexity: "
-              f"{res['tokens']['ppl_scored_positions']} positions in {res['tokens']['ppl_windows']} windows of "
-              f"{res['tokens']['window']} tokens of held-out text ({', '.join(res['tokens']['ppl_text'])}), each window from "
-              f"an empty cache, every position after the first scored, for every contender. Speed figures are medians over "
+              f"{', '.join(map(str, cfg['prefill']))} tokens; the same token ids for all. "
+              + (f"Perplexity: {res['tokens']['ppl_scored_positions']} positions in {res['tokens']['ppl_windows']} windows of "
+                 f"{res['tokens']['window']} tokens of held-out text ({', '.join(res['tokens']['ppl_text'])}), each window from "
+                 f"an empty cache, every position after the first scored, for every contender. " if cfg.get("ppl", True) else
+                 "No perplexity in this run. ")
+              + f"Speed figures are medians over "
               f"rounds; ratios are medians of same-round ratios. Peak RSS: the worker process's VmHWM after load and "
               f"decode. MiB = 2^20 bytes. Load average (1, 5, 15 min) at start: {res['machine'].get('loadavg_start')}.", ""]
     lines += [f"- {k}: {v}" for k, v in res.get("engine_settings", {}).items()] + ["",
@@ -598,16 +629,26 @@ def plot(res: dict, path: Path) -> None:
     tmp.replace(path)
 
 
-def machine_facts() -> dict:
+def machine_facts(provider: str = "cpu") -> dict:
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "")
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+    out = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+           "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+    if provider == "cuda":
+        try:
+            out["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                                        capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            out["gpu"] = "unknown"
+    return out
 
 
 def project_versions() -> dict:
     import importlib.metadata as m
 
-    v = {p: m.version(p) for p in ("onnxruntime", "numpy", "edgedelta")}
+    import onnxruntime
+
+    # onnxruntime's own version: on a GPU host the distribution is onnxruntime-gpu
+    v = {"onnxruntime": onnxruntime.__version__, **{p: m.version(p) for p in ("numpy", "edgedelta")}}
     try:
         v["edgedelta_commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
                                                text=True).stdout.strip()
@@ -628,6 +669,10 @@ def parse_args(argv):
     ap.add_argument("--table", default=None, help="a JSON file with the edgedelta rows (list of dicts: label, model, export, session, role)")
     ap.add_argument("--compressed", default=None, help="a DeltaLLM-compressed model dir (default: the one peers_build.py made)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--provider", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda (a GPU host): the CUDA rows (EDGEDELTA_CUDA, the genai CUDA build), speed only")
+    ap.add_argument("--peers-root", default=None, help="a folder with the peers' models by build key (default: peers_build's manifest)")
+    ap.add_argument("--peer-python", default=None, help="the python that runs onnxruntime-genai (default: peers_build's venv)")
     ap.add_argument("--new-tokens", type=int, default=None, help="decode tokens (default 128; --quick: 32)")
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--prefill", default="32,512", help="prefill lengths, comma-separated")
@@ -664,8 +709,8 @@ def main(argv=None) -> int:
     if not prefill or prefill[0] < 1:
         return fail(f"--prefill lengths must be >= 1, got '{a.prefill}'")
     try:
-        rows = json.loads(Path(a.table).read_text()) if a.table else EDGEDELTA
-        contenders = select(parse_table(rows) + peer_contenders(), a.only)
+        rows = json.loads(Path(a.table).read_text()) if a.table else (EDGEDELTA_CUDA if a.provider == "cuda" else EDGEDELTA)
+        contenders = select(parse_table(rows) + peer_contenders(a.provider), a.only)
     except (OSError, json.JSONDecodeError, ValueError) as e:
         return fail(str(e))
     if a.list:
@@ -694,15 +739,15 @@ def main(argv=None) -> int:
 
     sources = {"original": ensure_default_model_dir() if any(c.model == "original" for c in eds) else None, "compressed": compressed}
     exports = prepare_edgedelta(eds, sources, a.reexport)
-    prepare_peers([c for c in contenders if c.engine != "edgedelta"], manifest)
+    prepare_peers([c for c in contenders if c.engine != "edgedelta"], manifest, Path(a.peers_root) if a.peers_root else None)
     live = [c for c in contenders if c.skip is None]
     skipped = {c.label: c.skip for c in contenders if c.skip}
     for k, v in skipped.items():
         print(f"peers: skipping {k}: {v}", file=sys.stderr)
     by_label = {c.label: c for c in live}
     # ctx: the longest sequence of the run (llama.cpp allocates its KV cache for it up front)
-    opts = {"threads": a.threads, "tokens": str(tok_path), "new_tokens": new_tokens, "prefill_reps": reps,
-            "ctx": max([*prefill, a.prompt_tokens + new_tokens + 1, a.ppl_window])}
+    opts = {"threads": a.threads, "provider": a.provider, "peer_python": a.peer_python, "tokens": str(tok_path),
+            "new_tokens": new_tokens, "prefill_reps": reps, "ctx": max([*prefill, a.prompt_tokens + new_tokens + 1, a.ppl_window])}
 
     from tqdm.auto import tqdm
 
@@ -733,9 +778,11 @@ def main(argv=None) -> int:
     files = {c.label: file_mib(c) for c in live}
     summary = summarize(results, ppl, files, prefill)
     roles = {c.role: c.label for c in live if c.role}
+    stem = "peers" if a.provider == "cpu" else f"peers_{a.provider}"
     res = {
-        "model": "SmolLM2-135M-Instruct", "json_name": "peers.json",
-        "config": {"rounds": rounds, "threads": a.threads, "new_tokens": new_tokens, "prompt_tokens": a.prompt_tokens,
+        "model": "SmolLM2-135M-Instruct", "json_name": f"{stem}.json",
+        "config": {"rounds": rounds, "threads": a.threads, "provider": a.provider, "new_tokens": new_tokens,
+                   "prompt_tokens": a.prompt_tokens,
                    "prefill": prefill, "prefill_reps": reps, "quick": a.quick, "ppl": not a.no_ppl},
         "tokens": {"prompt": tokens["prompt"], "prompt_text": "sotu-recent (start)", "ppl_text": tokens["ppl_text"],
                    "ppl_windows": len(tokens["ppl_windows"]), "window": a.ppl_window,
@@ -747,23 +794,23 @@ def main(argv=None) -> int:
         "summary": summary, "rounds": results, "perplexity": ppl, "llama_bench": cross,
         "ratios": {label: {ref: {m: ratio(m, label, roles[ref], results, summary) for m in METRICS} for ref in REFERENCES if ref in roles}
                    for label in by_label},
-        "greedy_agreement": greedy_agreement(results, roles.get("original-fp32")),
+        "greedy_agreement": greedy_agreement(results, roles.get("original-fp32") or roles.get("original-fp16")),
         "targets": None,
         "peers": {k: manifest.get(k) for k in ("genai", "gguf", "llama.cpp", "compressed") if manifest.get(k)},
         "versions": {**project_versions(), "peers_venv": manifest.get("venv", {}).get("versions")},
-        "machine": {**machine_facts(), "loadavg_start": load[0] if load else None, "loadavg_per_round": load,
+        "machine": {**machine_facts(a.provider), "loadavg_start": load[0] if load else None, "loadavg_per_round": load,
                     "loadavg_end": list(os.getloadavg())},
         "wall_s": round(time.time() - t_start, 1),
     }
-    res["targets"] = evaluate_targets(roles, results, summary)
+    res["targets"] = evaluate_targets(roles, results, summary, TARGETS_CUDA if a.provider == "cuda" else TARGETS)
     from edgedelta.fsutil import write_json_atomic, write_text_atomic
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "peers.json", res)
-    write_text_atomic(out_dir / "peers.md", render_markdown(res))
-    plot(res, out_dir / "peers.png")
+    write_json_atomic(out_dir / f"{stem}.json", res)
+    write_text_atomic(out_dir / f"{stem}.md", render_markdown(res))
+    plot(res, out_dir / f"{stem}.png")
     print(render_markdown(res))
-    print(f"peers: wrote {out_dir / 'peers.json'}, peers.md, peers.png ({res['wall_s']:.0f} s)", file=sys.stderr)
+    print(f"peers: wrote {out_dir / stem}.json, .md, .png ({res['wall_s']:.0f} s)", file=sys.stderr)
     return 0
 
 

@@ -54,15 +54,18 @@ VENV_PACKAGES = (f"torch=={TORCH_VERSION}", f"onnxruntime=={ORT_VERSION}", f"onn
                  # llama-cpp-python's runtime deps (its package is put on PYTHONPATH, not pip-built)
                  "diskcache", "jinja2", "typing-extensions")
 
-# onnxruntime-genai builds: (precision, --extra_options). int4: accuracy level 4 (int8
-# activations) and the tied embedding/LM head shared as one 4-bit tensor (MatMulNBits head +
-# GatherBlockQuantized lookup), the builder's best CPU int4 for a tied model; k_quant is the
-# builder's data-free alternative to RTN, kept as a quality reference.
-GENAI_BUILDS: dict[str, tuple[str, dict[str, str]]] = {
-    "genai-int4": ("int4", {"accuracy_level": "4", "shared_embeddings": "true"}),
-    "genai-int4-kquant": ("int4", {"accuracy_level": "4", "shared_embeddings": "true", "algo_config": "k_quant"}),
-    "genai-int8": ("int8", {"accuracy_level": "4"}),
-    "genai-fp32": ("fp32", {}),
+# onnxruntime-genai builds: (precision, --extra_options, execution provider). int4: accuracy
+# level 4 (int8 activations) and the tied embedding/LM head shared as one 4-bit tensor
+# (MatMulNBits head + GatherBlockQuantized lookup), the builder's best CPU int4 for a tied model;
+# k_quant is the builder's data-free alternative to RTN, kept as a quality reference. The cuda
+# build is the builder's CUDA int4 (fp16 activations, GroupQueryAttention), measured by
+# `bench/peers.py --provider cuda` on a GPU host.
+GENAI_BUILDS: dict[str, tuple[str, dict[str, str], str]] = {
+    "genai-int4": ("int4", {"accuracy_level": "4", "shared_embeddings": "true"}, "cpu"),
+    "genai-int4-kquant": ("int4", {"accuracy_level": "4", "shared_embeddings": "true", "algo_config": "k_quant"}, "cpu"),
+    "genai-int8": ("int8", {"accuracy_level": "4"}, "cpu"),
+    "genai-fp32": ("fp32", {}, "cpu"),
+    "genai-cuda-int4": ("int4", {}, "cuda"),
 }
 GGUF_TYPES = ("Q8_0", "F32")  # made from the shipped Q4_1 with --allow-requantize
 LLAMA_TARGETS = ("llama", "llama-cli", "llama-bench", "llama-perplexity", "llama-quantize", "llama-server")
@@ -190,10 +193,12 @@ def default_hf_dir() -> Path:
 
 def ensure_genai(hf_dir: Path) -> dict:
     out = {}
-    for label, (precision, extra) in GENAI_BUILDS.items():
+    for label, (precision, extra, ep) in GENAI_BUILDS.items():
         final = MODELS / label
-        cmd_tail = ["-p", precision, "-e", "cpu"] + (["--extra_options", *[f"{k}={v}" for k, v in extra.items()]] if extra else [])
+        cmd_tail = ["-p", precision, "-e", ep] + (["--extra_options", *[f"{k}={v}" for k, v in extra.items()]] if extra else [])
         key = {"precision": precision, "extra_options": extra, "genai": GENAI_VERSION, "source": str(hf_dir)}
+        if ep != "cpu":  # the CPU builds' keys stay as they were (their cached builds remain valid)
+            key["execution_provider"] = ep
         if not cached(label, key, [final / "model.onnx", final / "genai_config.json"]):
             log(f"onnxruntime-genai builder: {label} ({precision}, {extra})")
             tmp = fresh_tmp(final)
@@ -202,7 +207,7 @@ def ensure_genai(hf_dir: Path) -> dict:
                 "-c", str(WORK / "genai-cache" / label), *cmd_tail], f"build-{label}", env=env)
             replace_dir(tmp, final)
             stamp(label, key)
-        out[label] = {"dir": str(final), "precision": precision, "extra_options": extra,
+        out[label] = {"dir": str(final), "precision": precision, "extra_options": extra, "execution_provider": ep,
                       "builder_command": "python -m onnxruntime_genai.models.builder -i HF_DIR -o OUT " + " ".join(cmd_tail)}
     return out
 

@@ -3,8 +3,8 @@
   python bench/peers_worker.py SPEC.json OUT.json
 
 SPEC: {"engine": "edgedelta"|"genai"|"llama", "path": model, "session": {kwargs}, "threads": 2,
-       "mode": "speed"|"ppl", "tokens": tokens.json, "new_tokens": 128, "prefill_reps": 3,
-       "ctx": longest sequence (llama.cpp's KV cache size)}
+       "provider": "cpu"|"cuda" (edgedelta and genai), "mode": "speed"|"ppl", "tokens": tokens.json,
+       "new_tokens": 128, "prefill_reps": 3, "ctx": longest sequence (llama.cpp's KV cache size)}
 
 speed: load, a short untimed warm-up, then greedy decode of `new_tokens` after the prompt
        (each step timed: one forward of one token + the argmax, or the engine's own greedy
@@ -59,51 +59,64 @@ def nll_of_logits(logits: np.ndarray, ids: np.ndarray) -> tuple[float, int]:
 
 # ---- engines: load, prefill (fresh sequence), greedy decode, all-position logits -------------------
 class EdgeDelta:
-    """edgedelta.runtime.Session over an exported artifact (public API: from_dir, new_cache, forward)."""
+    """edgedelta.runtime.Session over an exported artifact (public API: from_dir, new_cache, forward).
+    A session with static_decode on (cuda_graph) gets its decode steps' mask over the whole
+    cache, as generate() gives it."""
 
-    def __init__(self, path: str, threads: int, session: dict):
+    def __init__(self, path: str, threads: int, session: dict, provider: str = "cpu"):
         from edgedelta.runtime import Session  # the project's env only
 
-        self.s = Session.from_dir(path, provider="cpu", threads=threads, tokenizer=None, **session)
+        self.s = Session.from_dir(path, provider=provider, threads=threads, tokenizer=None, **session)
 
-    def _run(self, ids: list[int], cache, all_logits: bool = False):
+    def _run(self, ids: list[int], cache, past: int, all_logits: bool = False):
+        """ids at positions past.. of `cache` (which holds `past` positions)."""
         x = np.asarray([ids], np.int64)
-        past = cache.length
-        return self.s.forward(x, np.ones((1, past + x.shape[1]), np.int64), np.arange(past, past + x.shape[1])[None], cache,
-                              all_logits=all_logits)
+        end = past + x.shape[1]
+        if self.s.full_width_decode and x.shape[1] == 1:
+            mask = np.zeros((1, cache.capacity), np.int64)
+            mask[:, :end] = 1
+        else:
+            mask = np.ones((1, end), np.int64)
+        return self.s.forward(x, mask, np.arange(past, end)[None], cache, all_logits=all_logits)
 
     def prefill_time(self, ids: list[int]) -> float:
         cache = self.s.new_cache(1, len(ids))
         t = time.perf_counter()
-        self._run(ids, cache)
+        self._run(ids, cache, 0)
         return time.perf_counter() - t
 
     def decode(self, prompt: list[int], n: int) -> tuple[list[float], list[int]]:
         cache = self.s.new_cache(1, len(prompt) + n + 1)
-        tok = int(self._run(prompt, cache)[0].argmax())
+        tok = int(self._run(prompt, cache, 0)[0].argmax())
         out, times = [tok], []
-        for _ in range(n):
+        for i in range(n):
             t = time.perf_counter()
-            tok = int(self._run([tok], cache)[0].argmax())
+            tok = int(self._run([tok], cache, len(prompt) + i)[0].argmax())
             times.append(time.perf_counter() - t)
             out.append(tok)
         return times, out
 
     def window_logits(self, ids: list[int]) -> np.ndarray:
         cache = self.s.new_cache(1, len(ids))
-        return np.array(self._run(ids, cache, all_logits=True)[0])  # (S, V), copied out of the reused buffer
+        return np.array(self._run(ids, cache, 0, all_logits=True)[0])  # (S, V), copied out of the reused buffer
 
 
 class Genai:
-    """onnxruntime-genai: its Model/Generator, CPU provider, `threads` intra-op threads, its other
-    session settings as its builder wrote them (genai_config.json)."""
+    """onnxruntime-genai: its Model/Generator on `provider`, `threads` intra-op threads, its other
+    session settings as its builder wrote them (genai_config.json). session: session options,
+    and on CUDA "cuda_graph": true for the provider's enable_cuda_graph."""
 
-    def __init__(self, path: str, threads: int, session: dict):
-        import onnxruntime_genai as og  # the peers' venv only
+    def __init__(self, path: str, threads: int, session: dict, provider: str = "cpu"):
+        import onnxruntime_genai as og  # the peers' venv, or onnxruntime-genai-cuda on a GPU host
 
         self.og = og
         cfg = og.Config(path)
         cfg.clear_providers()
+        session = dict(session)
+        graph = session.pop("cuda_graph", False)
+        if provider == "cuda":
+            cfg.append_provider("cuda")
+            cfg.set_provider_option("cuda", "enable_cuda_graph", "1" if graph else "0")
         opts = {"intra_op_num_threads": threads, "inter_op_num_threads": 1, **session}
         cfg.overlay(json.dumps({"model": {"decoder": {"session_options": opts}}}))
         self.m = og.Model(cfg)
@@ -215,7 +228,10 @@ def main(spec_path: str, out_path: str) -> int:
     tokens = json.loads(Path(spec["tokens"]).read_text())
     res: dict = {"rss_after_import_mib": rss_now_mib()}
     t = time.perf_counter()
-    kw = {"ctx": spec.get("ctx", 640), "logits_all": spec["mode"] == "ppl"} if spec["engine"] == "llama" else {}
+    if spec["engine"] == "llama":  # CPU only
+        kw = {"ctx": spec.get("ctx", 640), "logits_all": spec["mode"] == "ppl"}
+    else:
+        kw = {"provider": spec.get("provider", "cpu")}
     eng = ENGINES[spec["engine"]](spec["path"], spec["threads"], spec.get("session", {}), **kw)
     res["load_s"] = time.perf_counter() - t
     res["rss_after_load_mib"] = rss_now_mib()

@@ -58,35 +58,39 @@ def recorded_plan(path: Path) -> dict:
 
 
 def ensure_artifacts(work: Path, log=print, compressed: Path | None = None,
-                     plan: dict | None = None, original_only: bool = False) -> tuple[Path, Path | None, dict]:
+                     plan: dict | None = None, original_only: bool = False, dtype: str = "fp32") -> tuple[Path, Path | None, dict]:
     """(original artifact, compressed artifact or None, notes). `compressed`: an existing
     compressed model directory (e.g. bench/recovery.py's cached init) to export instead of
     compressing again (the planner takes minutes). `plan`: groups and ranks to compress with
     instead of running the planner (recorded_plan): the same layers share at the same ranks,
     so the same artifact shapes, in a fraction of the time (a GPU lease). `original_only`: the
-    original alone (compressed artifact None)."""
+    original alone (compressed artifact None). dtype: the exports' (fp16 for the CUDA
+    provider, whose GroupQueryAttention kernel is fp16/bf16 only); fp16 artifacts get their
+    own folders."""
     from edgedelta.export import ExportConfig, export_onnx
 
     work.mkdir(parents=True, exist_ok=True)
     notes: dict = {}
-    orig = work / "smollm2-onnx"
-    if not _ok(orig):
+    cfg = ExportConfig(dtype=dtype)
+    tag = "" if dtype == "fp32" else f"-{dtype}"
+    orig = work / f"smollm2-onnx{tag}"
+    if not _ok(orig, cfg):
         t = time.perf_counter()
-        export_onnx("default", ExportConfig(), orig, force=True, progress=log)
+        export_onnx("default", cfg, orig, force=True, progress=log)
         notes["export_original_s"] = round(time.perf_counter() - t, 1)
     if original_only:
         return orig, None, notes
-    comp = work / "smollm2-delta-onnx"
+    comp = work / f"smollm2-delta-onnx{tag}"
     if compressed is not None:
         from edgedelta.manifest import read_manifest
 
         t = time.perf_counter()
-        export_onnx(compressed, ExportConfig(), comp, force=True, progress=log)
+        export_onnx(compressed, cfg, comp, force=True, progress=log)
         notes["compressed_from"] = str(compressed)
         notes["export_compressed_s"] = round(time.perf_counter() - t, 1)
         plan = read_manifest(compressed).get("plan", {})
         notes["compress_plan"] = {k: plan[k] for k in PLAN_KEYS if k in plan}
-    elif not _ok(comp):
+    elif not _ok(comp, cfg):
         try:
             from edgedelta.delta.compress import compress
             from edgedelta.delta.config import CompressConfig
@@ -97,12 +101,12 @@ def ensure_artifacts(work: Path, log=print, compressed: Path | None = None,
             return orig, None, notes
         t = time.perf_counter()
         lm = load_model("default")
-        cfg = CompressConfig(groups=plan["groups"], ranks=plan["ranks"]) if plan else CompressConfig(target_params=TARGET_PARAMS)
-        res = compress(lm.model, cfg, tokenizer=lm.tokenizer, progress=False)
+        ccfg = CompressConfig(groups=plan["groups"], ranks=plan["ranks"]) if plan else CompressConfig(target_params=TARGET_PARAMS)
+        res = compress(lm.model, ccfg, tokenizer=lm.tokenizer, progress=False)
         cdir = work / "smollm2-delta"
         save_compressed(res.model, cdir, tokenizer=lm.tokenizer, force=True,
-                        manifest_facts={"compress_config": cfg.to_dict() if hasattr(cfg, "to_dict") else None, "plan": res.plan})
-        export_onnx(cdir, ExportConfig(), comp, force=True, progress=log)
+                        manifest_facts={"compress_config": ccfg.to_dict() if hasattr(ccfg, "to_dict") else None, "plan": res.plan})
+        export_onnx(cdir, cfg, comp, force=True, progress=log)
         notes["compress_and_export_s"] = round(time.perf_counter() - t, 1)
         notes["compress_plan"] = {k: res.plan[k] for k in PLAN_KEYS if k in res.plan}
         if plan:
@@ -114,5 +118,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=str(Path(__file__).parent / "_work"))
     ap.add_argument("--plan-from", help="a results JSON whose artifacts.compress_plan gives the groups and ranks (skips the planner)")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"], help="export dtype (fp16: the CUDA provider's)")
     a = ap.parse_args()
-    print(ensure_artifacts(Path(a.work), plan=recorded_plan(Path(a.plan_from)) if a.plan_from else None))
+    print(ensure_artifacts(Path(a.work), plan=recorded_plan(Path(a.plan_from)) if a.plan_from else None, dtype=a.dtype))

@@ -94,16 +94,15 @@ def _cap(value) -> float | None:
     return float(value) if value else None
 
 
-def gqa_unsupported(facts: ArchFacts, dtype: str) -> str | None:
+def gqa_unsupported(facts: ArchFacts) -> str | None:
     """Why ONNX Runtime's GroupQueryAttention cannot run this model's attention, or None.
-    Its CPU kernel needs head_dim a multiple of 16 and rotates the whole head; fp16 keeps the
-    plain graph, whose rounding matches HF's (tested on CPU only)."""
+    Its CPU kernel needs head_dim a multiple of 16 and rotates the whole head. Its CUDA
+    kernel takes fp16 and bf16 only (onnxruntime-gpu 1.31), so an fp32 graph's attention runs
+    on the CPU under the CUDA provider; an fp16 graph's runs on the GPU."""
     if facts.head_dim % 16:
         return f"head_dim {facts.head_dim} is not a multiple of 16"
     if facts.rotary_dim != facts.head_dim:
         return f"partial rotary ({facts.rotary_dim} of {facts.head_dim})"
-    if dtype != "fp32":
-        return f"dtype {dtype}"
     if not facts.max_positions:
         return "the config has no max_position_embeddings"
     return None

@@ -177,7 +177,10 @@ class DecoderGraph:
         if window is not None:  # sliding window: kv_idx > q_idx - window (HF masking_utils)
             allowed = b.op("And", [allowed, b.op("Greater", [kidx, b.op("Sub", [qidx, b.const(window)])])])
         pad = b.op("Unsqueeze", [b.op("Cast", [mask], to=TensorProto.BOOL), b.const([1, 2])])  # (B, 1, 1, P+S)
-        return b.op("Where", [b.op("And", [allowed, pad]), b.const(0.0, np.float32), b.const(np.finfo(np.float32).min, np.float32)])
+        # GroupQueryAttention takes the bias in its activation dtype: fp16 min, not a cast of
+        # fp32 min (which would be -inf, and a fully masked row's softmax NaN)
+        t = self.np_t if self.gqa else np.float32
+        return b.op("Where", [b.op("And", [allowed, pad]), b.const(0.0, t), b.const(np.finfo(t).min, t)])
 
     # --- blocks ----------------------------------------------------------------------------
     def _rms_norm(self, x: str, weight: str) -> str:

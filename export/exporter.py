@@ -56,8 +56,10 @@ ARTIFACT_FORMAT = "edgedelta-onnx"
 # embedding table quantized once, read by a dequantizing Gather and the tied LM head's MatMulNBits;
 # 10: an optional logits_to_keep input, so a prefill runs the LM head on its last position only;
 # 11: GroupQueryAttention's cos/sin tables computed in the graph from inv_freq (folded by ORT at load);
-# 12: with v at its own bits, q and k fused into one MatMulNBits, v a second).
-GRAPH_REVISION = 12
+# 12: with v at its own bits, q and k fused into one MatMulNBits, v a second; 13: fp16 graphs
+# use GroupQueryAttention too (the CUDA provider's kernel for it is fp16/bf16 only), its mask
+# bias in the activation dtype).
+GRAPH_REVISION = 13
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
 class ExportError(EdgeDeltaError):
@@ -67,7 +69,7 @@ class ExportError(EdgeDeltaError):
 def use_gqa(facts: ArchFacts, cfg: ExportConfig) -> bool:
     """Whether the graph uses GroupQueryAttention: 'auto' where the model allows it; 'gqa' on a
     model that does not is a ConfigError naming the reason."""
-    reason = gqa_unsupported(facts, cfg.dtype)
+    reason = gqa_unsupported(facts)
     if cfg.attention == "gqa" and reason:
         raise ConfigError(f"attention 'gqa' is not possible for this model: {reason}; use attention 'plain' or 'auto'")
     return cfg.attention != "plain" and reason is None

@@ -123,6 +123,12 @@ class Artifact:
         return "in_place" if isinstance(io, dict) and io.get("kv_update") == "in_place" else "concat"
 
     @property
+    def attention(self) -> str:
+        """The graph's attention op as the manifest records it: 'GroupQueryAttention' or 'plain'."""
+        io = self.manifest.get("io")
+        return str(io.get("attention") or "plain") if isinstance(io, dict) else "plain"
+
+    @property
     def is_compressed(self) -> bool:
         """True when the artifact came from a DeltaLLM-compressed model (config has an edgedelta section)."""
         if "edgedelta" in self.config or self.manifest.get("compressed") or self.manifest.get("sharing"):

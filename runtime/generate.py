@@ -83,9 +83,9 @@ class _Generation:
     def events(self) -> Iterator[tuple[int, str]]:
         s, c = self.s, self.c
         b, p = len(self.ids), max(len(x) for x in self.ids)
-        cap = p + c.max_new_tokens
+        cache = s.new_cache(b, p + c.max_new_tokens)
         input_ids = np.full((b, p), self.pad, dtype=np.int64)
-        mask = np.zeros((b, cap), dtype=np.int64)  # [B, capacity]; left padding = zeros
+        mask = np.zeros((b, cache.capacity), dtype=np.int64)  # [B, capacity]; left padding = zeros
         for r, x in enumerate(self.ids):
             input_ids[r, p - len(x):] = x
             mask[r, p - len(x):p] = 1
@@ -97,7 +97,6 @@ class _Generation:
         reason = ["length"] * b
         done = np.zeros(b, dtype=bool)
         sampler = Sampler(c)
-        cache = s.new_cache(b, cap)
         t0 = time.perf_counter()
         chunk = c.prefill_chunk or p
         for start in range(0, p, chunk):  # chunked prefill: same KV cache, only the last chunk's logits are used
@@ -132,7 +131,9 @@ class _Generation:
                 break
             step_ids[:, 0] = np.where(done, self.pad, nxt)
             mask[:, p + step] = 1
-            logits = s.forward(step_ids, mask[:, :p + step + 1], next_pos, cache)
+            # a static-decode session takes the mask over the whole cache (zeros ahead), so
+            # every step has the same shapes
+            logits = s.forward(step_ids, mask if s.full_width_decode else mask[:, :p + step + 1], next_pos, cache)
             next_pos += 1
         t2 = time.perf_counter()
         for r in range(b):

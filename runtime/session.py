@@ -28,13 +28,16 @@ weights are moved onto transparent huge pages (memory.collapse_huge_pages; Linux
 any KV buffer exists.
 
 CUDA: the same IO binding over device buffers (OrtValue on 'cuda'); logits come back into a
-host numpy buffer. Requires the `onnxruntime-gpu` package (extra `edgedelta[cuda]`)."""
+host numpy buffer. A GroupQueryAttention graph must be fp16 there (cuda_unsupported);
+cuda_graph captures decode steps in a CUDA graph (static_decode). Requires the
+`onnxruntime-gpu` package (extra `edgedelta[cuda]`)."""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +83,28 @@ def resolve_provider(provider: str) -> str:
     return "cpu"
 
 
-def cuda_provider(tf32: bool = True) -> tuple[str, dict[str, str]]:
+def cuda_provider(tf32: bool = True, graph: bool = False) -> tuple[str, dict[str, str]]:
     """ORT's CUDA provider entry. The arena grows by what is asked, not by doubling (an edge
     GPU shares its RAM with the host). tf32: TF32 matmuls (ORT's default). Measured on an H200
     (bench/results/gpu_runtime.md): a warm 2k-token prefill 1.42x faster, logits within 2e-2
-    of the CPU provider's instead of 3.5e-5, the same greedy tokens."""
-    return _ORT_NAME["cuda"], {"arena_extend_strategy": "kSameAsRequested", "use_tf32": "1" if tf32 else "0"}
+    of the CPU provider's instead of 3.5e-5, the same greedy tokens. graph: ORT captures a
+    decode step in a CUDA graph and replays it (Session.static_decode gives the step the fixed
+    shapes and addresses a replay needs)."""
+    opts = {"arena_extend_strategy": "kSameAsRequested", "use_tf32": "1" if tf32 else "0"}
+    if graph:
+        opts["enable_cuda_graph"] = "1"
+    return _ORT_NAME["cuda"], opts
+
+
+def cuda_unsupported(art: Artifact) -> str | None:
+    """Why `art`'s graph would not run on ORT's CUDA provider as a whole, or None. The CUDA
+    GroupQueryAttention kernel is built for fp16 and bf16 only (onnxruntime-gpu 1.31.1's
+    library has no float instance), so an fp32 graph's attention would run on the CPU with its
+    KV cache copied across on every step of every layer."""
+    if art.attention == "GroupQueryAttention" and art.kv.dtype == "float32":
+        return ("its GroupQueryAttention is fp32, and ONNX Runtime's CUDA kernel for that op takes fp16 or bf16 "
+                "only (it would run on the CPU); export it with --dtype fp16 for CUDA")
+    return None
 
 
 SPIN = ("auto", "on", "off")
@@ -154,7 +173,7 @@ class Session:
     or the low-level `new_cache` + `forward`."""
 
     def __init__(self, artifact: Artifact, ort_session, provider: str, tokenizer, load_seconds: float,
-                 shrink_arena: bool = False):
+                 shrink_arena: bool = False, cuda_graph: bool = False):
         self.artifact = artifact
         self.ort = ort_session
         self.provider = provider
@@ -189,6 +208,22 @@ class Session:
 
             self._prefill_run = ort.RunOptions()
             self._prefill_run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        # static_decode: a one-token step whose mask spans the whole cache runs with fixed
+        # shapes at fixed addresses (_static_step), what a CUDA graph replays; generate then
+        # passes that full-width mask. cuda_graph: ORT captures those steps (one graph per
+        # cache: it holds the KV buffers' addresses, so new_cache reuses one cache per batch
+        # size) and every other run opts out of capture.
+        self.cuda_graph = cuda_graph
+        self.static_decode = cuda_graph
+        self._static: dict[tuple[int, int], _StaticStep] = {}
+        self._bound_static: _StaticStep | None = None
+        self._graph_caches: dict[int, KVCache] = {}
+        self._uncaptured_run = None
+        if cuda_graph:
+            import onnxruntime as ort
+
+            self._uncaptured_run = ort.RunOptions()
+            self._uncaptured_run.add_run_config_entry("gpu_graph_id", "-1")
         # the graph's optional logits_to_keep (an initializer that is also an input: IO binding
         # takes it only as an OrtValue): 1 for last-position logits, 0 for every position
         self._keep = None
@@ -197,12 +232,19 @@ class Session:
 
             self._keep = {k: ort.OrtValue.ortvalue_from_numpy(np.array([k], dtype=np.int64)) for k in (0, 1)}
 
+    @property
+    def full_width_decode(self) -> bool:
+        """Whether decode steps take their mask over the whole KV cache (static_decode on an
+        in-place cache); generate() and benchmarks build the mask by this."""
+        return self.static_decode and self.in_place
+
     # ---- construction ----------------------------------------------------------------------
     @classmethod
     def from_dir(cls, path: str | os.PathLike, provider: str = "auto", threads: int | None = None,
                  arena: bool = True, verify: bool = True, tokenizer: str | None = "light",
                  prepack: bool | None = None, spin: bool | str = "auto", tune_malloc: bool = True,
-                 cuda_tf32: bool = True, release_pages: bool = True, huge_pages: bool = True) -> "Session":
+                 cuda_tf32: bool = True, cuda_graph: bool = False, release_pages: bool = True,
+                 huge_pages: bool = True) -> "Session":
         """Verify the artifact's checksums, then load it on `provider` ('auto'|'cpu'|'cuda').
         tokenizer: 'light' (tokenizer.json without transformers; falls back to 'hf' when the
         artifact has no tokenizer.json), 'hf' (transformers.AutoTokenizer) or None.
@@ -219,6 +261,8 @@ class Session:
         tune_malloc: fix glibc's mmap threshold so freed prefill activations go back to the OS
         (peak RSS 1,844 -> ~850 MiB at a 512-token prefill; see memory.py). Process-wide; pass False to leave malloc alone.
         cuda_tf32: TF32 matmuls on CUDA (see cuda_provider); False for logits that match the CPU provider's.
+        cuda_graph: on CUDA, decode steps replayed from a captured CUDA graph (static_decode on;
+        an in-place KV cache needed). Ignored on the CPU.
         release_pages: after the session is built, drop the resident pages of the mapped weight
         files that its prepacked copies made redundant (memory.release_clean_pages; Linux).
         huge_pages: on CPU, once the session is built, back its large resident anonymous memory
@@ -236,6 +280,14 @@ class Session:
         art = Artifact.open(path, verify=verify)
         art.check_decoder()  # before the (slower) session build
         prov = resolve_provider(provider)
+        if prov == "cuda" and (reason := cuda_unsupported(art)):
+            if provider == "cuda":
+                raise ConfigError(f"artifact '{art.path}' cannot run on provider 'cuda': {reason}")
+            print(f"edgedelta: running on CPU (provider 'auto'): {reason}", file=sys.stderr)
+            prov = "cpu"
+        if cuda_graph and prov == "cuda" and art.kv_update != "in_place":
+            raise ConfigError(f"cuda_graph needs an artifact whose KV cache is updated in place (GroupQueryAttention); "
+                              f"'{art.path}' has attention '{art.attention}'")
         so = artifact_session_options(art, threads, arena, prepack, spin)
         providers: list[Any] = [_ORT_NAME["cpu"]]
         if prov == "cuda":
@@ -244,7 +296,7 @@ class Session:
                     ort.preload_dlls()
                 except Exception:  # system CUDA libraries may still work; session creation decides
                     pass
-            providers = [cuda_provider(cuda_tf32), _ORT_NAME["cpu"]]
+            providers = [cuda_provider(cuda_tf32, cuda_graph), _ORT_NAME["cpu"]]
         try:
             sess = ort.InferenceSession(str(art.model_file), sess_options=so, providers=providers)
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
@@ -266,11 +318,17 @@ class Session:
 
             collapse_huge_pages()
         tok = load_artifact_tokenizer(art.path, tokenizer) if tokenizer else None
-        return cls(art, sess, prov, tok, time.perf_counter() - t0, shrink_arena=arena and prov == "cpu")
+        return cls(art, sess, prov, tok, time.perf_counter() - t0, shrink_arena=arena and prov == "cpu",
+                   cuda_graph=cuda_graph and prov == "cuda")
 
     # ---- KV cache ----------------------------------------------------------------------------
     def new_cache(self, batch: int, capacity: int) -> KVCache:
-        """Allocate the double-buffered KV cache for `batch` rows and `capacity` positions."""
+        """Allocate the KV cache for `batch` rows and `capacity` positions. A cuda_graph session
+        hands back its cache for `batch` rows, emptied, while that one holds `capacity`: its
+        capacity may then be larger (size a full-width mask by cache.capacity)."""
+        if self.cuda_graph and (c := self._graph_caches.get(batch)) is not None and c.capacity >= capacity:
+            c.length = c.parity = c.released_at = 0
+            return c
         n = batch * self.kv.kv_heads * capacity * self.kv.head_dim
         bufs = {}
         for names in self._past_names:
@@ -283,7 +341,10 @@ class Session:
                     mk = lambda: host_kv_buffer(max(n, 1), self._np_dtype)  # noqa: E731
                 first = mk()
                 bufs[name] = (first, first) if self.in_place else (first, mk())
-        return KVCache(batch, capacity, bufs)
+        cache = KVCache(batch, capacity, bufs)
+        if self.cuda_graph:
+            self._graph_caches[batch] = cache
+        return cache
 
     def cache_rows(self, cache: KVCache, start: int, stop: int) -> KVCache:
         """Rows [start, stop) of an in-place `cache` as a cache of their own, sharing its memory
@@ -320,11 +381,14 @@ class Session:
         length L masks [0, L] with ones and the rest of T with zeros), so rows of different
         lengths decode together (the server's continuous batching)."""
         b, s = input_ids.shape
+        if self.full_width_decode and s == 1 and attention_mask.shape[1] == cache.capacity:
+            return self._static_step(input_ids, attention_mask, position_ids, cache)
         past = cache.length
         total = attention_mask.shape[1] if self.in_place else past + s
         if total > cache.capacity:
             raise ConfigError(f"KV cache capacity {cache.capacity} exceeded ({total} positions)")
         io, dev = self._io, ("cuda" if self.provider == "cuda" else "cpu")
+        self._bound_static = None
         io.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
         io.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
         if "position_ids" in self._inputs:
@@ -364,16 +428,72 @@ class Session:
             self._bound_logits = (logits.ctypes.data, logits.shape)
         if dev == "cuda":
             io.synchronize_inputs()
-        self.ort.run_with_iobinding(io, self._prefill_run if s > 1 else None)
+        self.ort.run_with_iobinding(io, self._uncaptured_run or (self._prefill_run if s > 1 else None))
         if dev == "cuda":
             io.synchronize_outputs()
-        cache.length, cache.parity = total, (0 if self.in_place else dst)
+        cache.parity = 0 if self.in_place else dst
+        self._grown(cache, total, attention_mask)
+        return logits if all_logits else logits[:, -1, :]
+
+    def _grown(self, cache: KVCache, total: int, attention_mask: np.ndarray) -> None:
+        """Record that `cache` now spans `total` slots; release what sliding windows left behind."""
+        cache.length = total
         if self._windows:
             if total < cache.released_at:  # a cache whose rows started over
                 cache.released_at = 0
             if total - cache.released_at >= WINDOW_RELEASE_STEP:
-                release_behind_windows(cache, self._windows, row_lengths(attention_mask), kvh, hd)
-        return logits if all_logits else logits[:, -1, :]
+                release_behind_windows(cache, self._windows, row_lengths(attention_mask), self.kv.kv_heads, self.kv.head_dim)
+
+    def _static_step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+                     cache: KVCache) -> np.ndarray:
+        """One decode step of an in-place cache with a mask (B, capacity) over the whole cache:
+        every input and output is an OrtValue made once per (cache, B) and refilled in place, so
+        each step runs with the same shapes at the same addresses (a CUDA graph's replay reads
+        exactly those). Returns logits [B, V]."""
+        import onnxruntime as ort
+
+        b, cap, v = input_ids.shape[0], cache.capacity, self.artifact.vocab_size
+        dev = "cuda" if self.provider == "cuda" else "cpu"
+        st = self._static.get((cache.serial, b))
+        if st is None:
+            if not self.cuda_graph:  # nothing captured holds the old ones
+                self._static.clear()
+
+            def mk(shape, dtype):
+                return ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, dev, 0)
+
+            run = None
+            if self.cuda_graph:  # one captured graph per (cache, B): ids from 1, -1 is "no capture"
+                run = ort.RunOptions()
+                run.add_run_config_entry("gpu_graph_id", str(len(self._static) + 1))
+            st = _StaticStep(mk([b, 1], np.int64), mk([b, cap], np.int64), mk([b, 1], np.int64),
+                             mk([b, 1, v], self._logits_dtype), run)
+            self._static[(cache.serial, b)] = st
+        st.ids.update_inplace(np.ascontiguousarray(input_ids, dtype=np.int64))
+        st.mask.update_inplace(np.ascontiguousarray(attention_mask, dtype=np.int64))
+        st.pos.update_inplace(np.ascontiguousarray(position_ids, dtype=np.int64))
+        io = self._io
+        if self._bound_static is not st:
+            io.bind_ortvalue_input("input_ids", st.ids)
+            io.bind_ortvalue_input("attention_mask", st.mask)
+            if "position_ids" in self._inputs:
+                io.bind_ortvalue_input("position_ids", st.pos)
+            shape = [b, self.kv.kv_heads, cap, self.kv.head_dim]
+            for past_pair, pres_pair in zip(self._past_names, self._present_names):
+                for pname, oname in zip(past_pair, pres_pair):
+                    ptr = self._ptr(cache.bufs[pname][0])
+                    io.bind_input(pname, dev, 0, self._np_dtype, shape, ptr)
+                    io.bind_output(oname, dev, 0, self._np_dtype, shape, ptr)
+            if self._keep is not None:
+                io.bind_ortvalue_input("logits_to_keep", self._keep[1])
+            io.bind_ortvalue_output("logits", st.logits)
+            self._bound_static = st
+            self._bound_kv, self._bound_keep, self._bound_logits = (cache.serial, b), 1, None
+        self.ort.run_with_iobinding(io, st.run)
+        if dev == "cuda":
+            io.synchronize_outputs()
+        self._grown(cache, cap, attention_mask)
+        return st.logits.numpy()[:, -1, :]
 
     def release_prefill_buffer(self, keep_tokens: int = 1, batch: int = 1) -> None:
         """Shrink the logits buffer after a long prefill ([B, S, V] fp32 can be 100+ MB)."""
@@ -393,6 +513,18 @@ class Session:
         from .generate import stream
 
         return stream(self, prompt, config, **kwargs)
+
+
+@dataclass
+class _StaticStep:
+    """The OrtValues of Session._static_step for one (cache, B): ids, positions (B, 1) and mask
+    (B, capacity) int64 inputs, logits (B, 1, V); run: the options naming its CUDA graph."""
+
+    ids: Any
+    mask: Any
+    pos: Any
+    logits: Any
+    run: Any
 
 
 def load_artifact_tokenizer(path: Path, kind: str = "light"):

@@ -2,6 +2,8 @@
 ratios and the targets, the markdown page, and the perplexity protocol of its worker on a tiny
 artifact (checked against edgedelta's PyTorch perplexity on the same windows)."""
 
+import dataclasses
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -9,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from edgedelta.export import ExportConfig
+from edgedelta.runtime import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
@@ -26,6 +31,33 @@ def test_default_table_parses_with_unique_labels_and_roles():
     # every role a target reads is given to some contender
     needed = {t[2] for t in peers.TARGETS} | {t[3] for t in peers.TARGETS}
     assert needed <= set(roles)
+
+
+def test_cuda_table_runs_fp16_rows_against_the_genai_cuda_build():
+    """--provider cuda: fp16 activations (the CUDA GroupQueryAttention kernel's), each artifact
+    with and without CUDA graphs, the genai CUDA build as the reference, speed targets only."""
+    cs = peers.parse_table(peers.EDGEDELTA_CUDA) + peers.peer_contenders("cuda")
+    assert {c.engine for c in cs} == {"edgedelta", "genai"}
+    assert all(c.export.get("dtype") == "fp16" for c in cs if c.engine == "edgedelta")
+    roles = {c.role: c for c in cs if c.role}
+    assert roles["genai-int4"].peer == "genai-cuda-int4" and roles["genai-int4"].session == {"cuda_graph": True}
+    needed = {t[2] for t in peers.TARGETS_CUDA} | {t[3] for t in peers.TARGETS_CUDA}
+    assert needed <= set(roles) and {t[1] for t in peers.TARGETS_CUDA} <= {"decode", "prefill32", "prefill512"}
+    assert not {c.label for c in peers.peer_contenders("cpu")} & {c.label for c in peers.peer_contenders("cuda")}
+    # every row's export fields and session kwargs exist, and its ExportConfig is accepted
+    fields = {f.name for f in dataclasses.fields(ExportConfig)}
+    params = set(inspect.signature(Session.from_dir).parameters)
+    for c in cs:
+        if c.engine == "edgedelta":
+            assert peers.check_api(c, fields, params) is None
+            ExportConfig(**c.export)
+
+
+def test_peers_root_gives_the_model_paths(tmp_path):
+    (tmp_path / "genai-cuda-int4").mkdir()
+    cs = peers.peer_contenders("cuda")
+    peers.prepare_peers(cs, {}, tmp_path)
+    assert all(c.path == str(tmp_path / "genai-cuda-int4") and c.skip is None for c in cs)
 
 
 def test_table_rows_as_tuples_and_dicts():
@@ -264,6 +296,21 @@ def test_worker_speed_run_in_a_fresh_process(tiny_edgedelta, tmp_path):
         t = int(s.forward(np.array([[t]]), np.ones((1, p + 1), np.int64), np.array([[p]]), cache)[0].argmax())
         ids.append(t)
     assert r["decode"]["token_ids"] == ids
+
+
+def test_worker_decode_with_static_decode_matches_the_growing_mask(tmp_path):
+    """A session with static_decode (what cuda_graph turns on) gets its decode masks over the
+    whole cache from the worker: the same greedy ids as the growing masks."""
+    from tests.tiny_artifact import build_tiny_artifact
+
+    art = build_tiny_artifact(tmp_path / "gqa", hidden=64)[1]  # GroupQueryAttention: an in-place cache
+    runs = []
+    for static in (False, True):
+        eng = peers_worker.EdgeDelta(str(art), 1, {})
+        eng.s.static_decode = static
+        runs.append(eng.decode([5, 6, 7, 8], 6)[1])
+    assert runs[0] == runs[1] and len(runs[0]) == 7
+    assert len(eng.s._static) == 1  # the static path ran
 
 
 def test_a_failing_worker_is_an_error_entry_not_a_crash(tmp_path):

@@ -49,9 +49,11 @@ def test_step_cache_needs_the_same_key_and_every_output(tmp_path, monkeypatch):
 
 def test_build_table_records_builder_options():
     # the int4 reference: accuracy level 4 and the tied embedding shared as one 4-bit tensor
-    precision, extra = peers_build.GENAI_BUILDS["genai-int4"]
-    assert precision == "int4" and extra == {"accuracy_level": "4", "shared_embeddings": "true"}
+    precision, extra, ep = peers_build.GENAI_BUILDS["genai-int4"]
+    assert precision == "int4" and extra == {"accuracy_level": "4", "shared_embeddings": "true"} and ep == "cpu"
     assert {"genai-int8", "genai-fp32"} <= set(peers_build.GENAI_BUILDS)
+    # the CUDA reference: the builder's own CUDA int4 (fp16 activations), options at its defaults
+    assert peers_build.GENAI_BUILDS["genai-cuda-int4"] == ("int4", {}, "cuda")
 
 
 def test_unknown_part_is_refused(capsys):
