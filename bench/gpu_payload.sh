@@ -17,7 +17,8 @@
 #     to the CPU benchmarks')
 #   - the default model's GGUF (98 MB)
 #
-#   bash bench/gpu_payload.sh pack DIR [PART_MIB]   # here: DIR/part1, DIR/part2, ... each <= PART_MIB (default 55)
+#   bash bench/gpu_payload.sh pack DIR [PART_MIB]   # here: DIR/part1, DIR/part2, ... each <= PART_MIB (default:
+#                                                   # 60 MiB less the tracked working tree, which travels too)
 #   bash bench/gpu_payload.sh stash PARTDIR         # there, once per part, in any order
 #   source bench/gpu_payload.sh env                 # there, after the last part: unpack; export PYTHONPATH,
 #                                                   # EDGEDELTA_SITE and LD_LIBRARY_PATH
@@ -31,7 +32,9 @@ WHEELS=(transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2 gguf==0.
 GENAI_CUDA=bench/_work/peers/models/genai-cuda-int4  # python bench/peers_build.py --only genai
 
 pack() {
-  local dir=$1 part_mib=${2:-55}
+  local tree_mib
+  tree_mib=$(git ls-files -z | du --files0-from=- -cb 2>/dev/null | tail -1 | awk '{print int($1 / 1048576) + 1}')
+  local dir=$1 part_mib=${2:-$(( 60 - tree_mib ))}
   set -e
   [ -f "$GENAI_CUDA/genai_config.json" ] || { echo "gpu_payload: $GENAI_CUDA is missing: python bench/peers_build.py --only genai" >&2; return 3; }
   rm -rf "$dir" && mkdir -p "$dir/tmp/wheels" "$dir/tmp/site"

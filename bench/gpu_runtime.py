@@ -245,7 +245,7 @@ def main() -> int:
         res = json.loads((out / "gpu_runtime.json").read_text())
         write_text_atomic(out / "gpu_runtime.md", report(res, res.get("new_tokens", a.new_tokens), notes_md))
         return 0
-    plan = None if a.plan_from == "none" else recorded_plan(Path(a.plan_from))
+    plan = None if a.plan_from == "none" else recorded_plan(Path(a.plan_from), log=lambda m: print(m, file=sys.stderr))
     t = time.perf_counter()
     orig, comp, notes = ensure_artifacts(Path(a.work), log=lambda m: print(m, file=sys.stderr), plan=plan,
                                          original_only=a.original_only, dtype=a.dtype)

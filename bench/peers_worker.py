@@ -58,6 +58,11 @@ def nll_of_logits(logits: np.ndarray, ids: np.ndarray) -> tuple[float, int]:
 
 
 # ---- engines: load, prefill (fresh sequence), greedy decode, all-position logits -------------------
+def _finite(logits: np.ndarray) -> None:
+    if not np.isfinite(logits).all():
+        raise RuntimeError("non-finite logits")
+
+
 class EdgeDelta:
     """edgedelta.runtime.Session over an exported artifact (public API: from_dir, new_cache, forward).
     A session with static_decode on (cuda_graph) gets its decode steps' mask over the whole
@@ -87,13 +92,17 @@ class EdgeDelta:
 
     def decode(self, prompt: list[int], n: int) -> tuple[list[float], list[int]]:
         cache = self.s.new_cache(1, len(prompt) + n + 1)
-        tok = int(self._run(prompt, cache, 0)[0].argmax())
+        logits = self._run(prompt, cache, 0)
+        _finite(logits)
+        tok = int(logits[0].argmax())
         out, times = [tok], []
         for i in range(n):
             t = time.perf_counter()
-            tok = int(self._run([tok], cache, len(prompt) + i)[0].argmax())
+            logits = self._run([tok], cache, len(prompt) + i)
+            tok = int(logits[0].argmax())
             times.append(time.perf_counter() - t)
             out.append(tok)
+        _finite(logits)  # untimed: an artifact that decodes NaN would still report a speed
         return times, out
 
     def window_logits(self, ids: list[int]) -> np.ndarray:

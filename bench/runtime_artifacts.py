@@ -38,6 +38,22 @@ def _ok(path: Path, config=None) -> bool:
             and manifest.get("graph_revision") == GRAPH_REVISION)
 
 
+def _verifies(path: Path) -> bool:
+    try:
+        verify_manifest(path)
+    except EdgeDeltaError:
+        return False
+    return True
+
+
+def _plan_of(compressed_dir: Path) -> dict:
+    """The planner's facts (PLAN_KEYS) from a compressed model's manifest."""
+    from edgedelta.manifest import read_manifest
+
+    plan = read_manifest(compressed_dir).get("plan", {})
+    return {k: plan[k] for k in PLAN_KEYS if k in plan}
+
+
 def ensure_quantized(work: Path, log=print) -> Path:
     """The default model's int4 export (the export's defaults otherwise), built once."""
     from edgedelta.export import ExportConfig, export_onnx
@@ -48,12 +64,16 @@ def ensure_quantized(work: Path, log=print) -> Path:
     return path
 
 
-def recorded_plan(path: Path) -> dict:
+def recorded_plan(path: Path, log=print) -> dict | None:
     """The sharing plan (groups, ranks) the planner chose for a results file's compressed
-    artifact (bench/results/runtime.json: artifacts.compress_plan)."""
+    artifact (bench/results/runtime.json: artifacts.compress_plan), or None (said through
+    `log`) when the file records none: the planner then runs."""
     import json
 
-    plan = json.loads(path.read_text())["artifacts"]["compress_plan"]
+    plan = (json.loads(path.read_text()).get("artifacts") or {}).get("compress_plan")
+    if not plan:
+        log(f"{path} records no compress_plan: the planner chooses the groups and ranks (minutes)")
+        return None
     return {"groups": plan["groups"], "ranks": plan["ranks"]}
 
 
@@ -82,35 +102,41 @@ def ensure_artifacts(work: Path, log=print, compressed: Path | None = None,
         return orig, None, notes
     comp = work / f"smollm2-delta-onnx{tag}"
     if compressed is not None:
-        from edgedelta.manifest import read_manifest
-
         t = time.perf_counter()
         export_onnx(compressed, cfg, comp, force=True, progress=log)
         notes["compressed_from"] = str(compressed)
         notes["export_compressed_s"] = round(time.perf_counter() - t, 1)
-        plan = read_manifest(compressed).get("plan", {})
-        notes["compress_plan"] = {k: plan[k] for k in PLAN_KEYS if k in plan}
-    elif not _ok(comp, cfg):
-        try:
-            from edgedelta.delta.compress import compress
-            from edgedelta.delta.config import CompressConfig
-            from edgedelta.delta.storage import save_compressed
-            from edgedelta.loading import load_model
-        except ImportError as e:
-            notes["compressed"] = f"not built: {e}"
-            return orig, None, notes
+        notes["compress_plan"] = _plan_of(compressed)
+    elif _ok(comp, cfg):
+        cdir = work / "smollm2-delta"  # the reused artifact's model: its plan, so a results file keeps it
+        if (cdir / "manifest.json").is_file():
+            notes["compress_plan"] = _plan_of(cdir)
+    else:
         t = time.perf_counter()
-        lm = load_model("default")
-        ccfg = CompressConfig(groups=plan["groups"], ranks=plan["ranks"]) if plan else CompressConfig(target_params=TARGET_PARAMS)
-        res = compress(lm.model, ccfg, tokenizer=lm.tokenizer, progress=False)
         cdir = work / "smollm2-delta"
-        save_compressed(res.model, cdir, tokenizer=lm.tokenizer, force=True,
-                        manifest_facts={"compress_config": ccfg.to_dict() if hasattr(ccfg, "to_dict") else None, "plan": res.plan})
+        made = _plan_of(cdir) if _verifies(cdir) else None
+        if made is None or (plan and (made.get("groups") != plan["groups"] or made.get("ranks") != plan["ranks"])):
+            try:
+                from edgedelta.delta.compress import compress
+                from edgedelta.delta.config import CompressConfig
+                from edgedelta.delta.storage import save_compressed
+                from edgedelta.loading import load_model
+            except ImportError as e:
+                notes["compressed"] = f"not built: {e}"
+                return orig, None, notes
+            lm = load_model("default")
+            ccfg = CompressConfig(groups=plan["groups"], ranks=plan["ranks"]) if plan else CompressConfig(target_params=TARGET_PARAMS)
+            res = compress(lm.model, ccfg, tokenizer=lm.tokenizer, progress=False)
+            save_compressed(res.model, cdir, tokenizer=lm.tokenizer, force=True,
+                            manifest_facts={"compress_config": ccfg.to_dict() if hasattr(ccfg, "to_dict") else None,
+                                            "plan": res.plan})
+            if plan:
+                notes["compress_plan_given"] = True
+        else:  # the model compressed for another dtype's artifacts, with the same plan
+            notes["compressed_model_reused"] = str(cdir)
         export_onnx(cdir, cfg, comp, force=True, progress=log)
         notes["compress_and_export_s"] = round(time.perf_counter() - t, 1)
-        notes["compress_plan"] = {k: res.plan[k] for k in PLAN_KEYS if k in res.plan}
-        if plan:
-            notes["compress_plan_given"] = True
+        notes["compress_plan"] = _plan_of(cdir)
     return orig, comp, notes
 
 
@@ -120,4 +146,5 @@ if __name__ == "__main__":
     ap.add_argument("--plan-from", help="a results JSON whose artifacts.compress_plan gives the groups and ranks (skips the planner)")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"], help="export dtype (fp16: the CUDA provider's)")
     a = ap.parse_args()
-    print(ensure_artifacts(Path(a.work), plan=recorded_plan(Path(a.plan_from)) if a.plan_from else None, dtype=a.dtype))
+    plan = recorded_plan(Path(a.plan_from)) if a.plan_from else None
+    print(ensure_artifacts(Path(a.work), plan=plan, dtype=a.dtype))

@@ -62,8 +62,10 @@ class LinearRef:
     instead of two. The Mul comes after the delta's Add, not right after the base MatMul:
     ONNX Runtime fuses MatMul→Mul(scalar) into FusedMatMul(alpha), which leaves its fast M=1
     path and made a 12%-compressed SmolLM2 decode at 0.75x the original (1.02x with the Mul
-    moved; bench/results/runtime.md). `scale_first` (only when α = 0, where B/α does not
-    exist): s on the base output alone and B' = g·B."""
+    moved; bench/results/runtime.md). `scale_first`: s on the base output alone and B' = g·B,
+    where B/α does not exist (α = 0) and in fp16, where the sum before the Mul carries the
+    delta's output times 1/α (a compressed SmolLM2 layer with α = -4e-5 put B/α at 6e5, past
+    fp16's 65504, and its logits became NaN)."""
 
     weight: str  # initializer name: float (in, out), or the packed MatMulNBits tensor
     in_features: int
@@ -74,7 +76,7 @@ class LinearRef:
     delta_quant: "tuple[QRef, QRef] | None" = None
     bias: str | None = None
     scale: str | None = None  # scalar s = gate·α on base + delta (None: s = 1)
-    scale_first: bool = False  # s on the base output only (α = 0)
+    scale_first: bool = False  # s on the base output only (α = 0, or fp16)
     parts: tuple[int, ...] | None = None  # output sizes of fused projections (q, k, v or gate, up), in row order
 
 
@@ -341,8 +343,10 @@ class WeightCollector:
         gates = [float(m.gate.detach()) if m.gate is not None else 1.0 for m in mods]
         alphas = [float(m.base_scale.detach()) if m.base_scale is not None else 1.0 for m in mods]
         scales = [g * a for g, a in zip(gates, alphas)]
-        # B'_i = B_i/α_i where a scale multiplies base + delta (s·B' = g·B), B_i where s = 1
-        factors = [1.0 if s == 1.0 else 1.0 / a for s, a in zip(scales, alphas)]
+        scale_first = any(s != 1.0 for s in scales) and (self.dtype == np.float16 or 0.0 in alphas)
+        # B'_i = B_i/α_i where a scale multiplies base + delta (s·B' = g·B), B_i where s = 1;
+        # scale first (LinearRef): B'_i = g_i·B_i
+        factors = [g if scale_first else 1.0 if s == 1.0 else 1.0 / a for g, s, a in zip(gates, scales, alphas)]
         ranked = [(j, m) for j, m in enumerate(mods) if m.rank]
         if ranked:
             r_total = sum(m.rank for _, m in ranked)
@@ -367,8 +371,9 @@ class WeightCollector:
                 r0 = 0
                 for j, m in ranked:  # the parity reference keeps each part's A, and B = B'/factor
                     self.out.dequantized[id(m.delta_A)] = functools.partial(_rows, deq_a, r0, r0 + m.rank)
-                    self.out.dequantized[id(m.delta_B)] = functools.partial(
-                        _block, deq_b, (offs[j], offs[j + 1]), (r0, r0 + m.rank), 1.0 / factors[j])
+                    if factors[j] != 0.0:  # a zero gate: B' = 0 says nothing of B
+                        self.out.dequantized[id(m.delta_B)] = functools.partial(
+                            _block, deq_b, (offs[j], offs[j + 1]), (r0, r0 + m.rank), 1.0 / factors[j])
                     r0 += m.rank
                 self.out.params[qb.names[0]] -= b_bd.numel() - n_b  # the block-diagonal zeros are no parameters
                 ref.delta_A, ref.delta_B, ref.delta_quant = qa.names[0], qb.names[0], (qa, qb)
@@ -380,6 +385,7 @@ class WeightCollector:
             value = (np.asarray(scales[0], self.dtype) if len(set(scales)) == 1
                      else np.concatenate([np.full(n, s, self.dtype) for n, s in zip(sizes, scales)]))  # (ΣN,)
             ref.scale = self._add(f"{prefix}.scale", value, "gate", n_scalars)
+            ref.scale_first = scale_first
 
     def _split_dequantized(self, w_cat: torch.Tensor, parts: list[torch.Tensor], axis: int) -> None:
         """The parity reference holds each part: split a fused weight's dequantized values (the
@@ -470,7 +476,7 @@ class WeightCollector:
             self.by_id[id(w)] = ref
         gate = float(mod.gate.detach()) if shared and mod.gate is not None else 1.0
         alpha = float(mod.base_scale.detach()) if shared and mod.base_scale is not None else 1.0
-        scale_first = alpha == 0.0
+        scale_first = alpha == 0.0 or (self.dtype == np.float16 and gate * alpha != 1.0)
         # B' (out, r): B/α when s multiplies base + delta (s·B' = g·B), else g·B; the parity
         # reference gets B = B'·b_to_ref back
         b_factor = gate if scale_first or gate * alpha == 1.0 else 1.0 / alpha

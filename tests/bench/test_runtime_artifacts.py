@@ -25,3 +25,16 @@ def test_auto_fields_match_their_resolved_values_and_set_fields_must_be_equal(tm
     assert not runtime_artifacts._ok(art, ExportConfig(quantize="int4", tune_steps=0))  # set: must equal the record
     assert not runtime_artifacts._ok(art, ExportConfig(quantize="int8"))
     assert not runtime_artifacts._ok(tmp_path / "missing", asked)
+
+
+def test_recorded_plan_or_none_with_a_note(tmp_path):
+    import json
+
+    with_plan = tmp_path / "a.json"
+    with_plan.write_text(json.dumps({"artifacts": {"compress_plan": {"groups": [[1, 2]], "ranks": {"q": 8}, "ratio": 0.9}}}))
+    assert runtime_artifacts.recorded_plan(with_plan) == {"groups": [[1, 2]], "ranks": {"q": 8}}
+    without = tmp_path / "b.json"
+    without.write_text(json.dumps({"artifacts": {"original": "x"}}))
+    said = []
+    assert runtime_artifacts.recorded_plan(without, log=said.append) is None
+    assert "records no compress_plan" in said[0]

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from edgedelta.errors import ConfigError
 from edgedelta.export import ExportConfig, export_onnx
@@ -129,3 +130,26 @@ def test_gqa_refused_where_the_model_cannot_use_it():
         build_graph(model, ExportConfig(attention="gqa"))
     with pytest.raises(ConfigError, match="attention 'fast'"):
         ExportConfig(attention="fast")
+
+
+@pytest.mark.parametrize("attention", ["gqa", "plain"])
+def test_fp16_keeps_a_tiny_base_scale_out_of_the_delta(attention):
+    """A layer whose shared base barely counts (α ≈ 0, its output the delta's): folding B' = B/α
+    would overflow fp16 (here |B/α| ~ 1e6 > 65504) and make the logits NaN. fp16 scales the base
+    output alone and keeps B' = g·B: the logits match PyTorch and are finite."""
+    import tempfile
+
+    model = tiny_compressed_model("llama", hidden=64, scaled=("q", "k", "v", "down"))
+    layer = model.model.layers[1]
+    with torch.no_grad():
+        for proj in (layer.self_attn.q_proj, layer.mlp.down_proj):  # one fused (q/k/v), one single
+            proj.base_scale.fill_(1e-5)
+            proj.delta_B.mul_(1000.0)  # the same delta B·A, B 1000x larger: B/α ~ 1e6
+            proj.delta_A.div_(1000.0)
+    cfg = ExportConfig(dtype="fp16", attention=attention)
+    builder, weights, facts = build_graph(model, cfg)
+    with tempfile.TemporaryDirectory() as d:
+        builder.save(d)
+        report = check_parity(model, f"{d}/model.onnx", facts, cfg, weights.dequantized)
+    assert np.isfinite(report["logits"]["max_abs_diff"])
+    assert report["logits"]["max_abs_diff"] <= report["logits"]["tolerance"]
