@@ -50,27 +50,13 @@ def test_providers(monkeypatch):
 
 
 @pytest.mark.parametrize("tf32,expected", [(True, "1"), (False, "0")])
-def test_cuda_session_options(tiny_edgedelta, monkeypatch, tf32, expected):
-    """What Session.from_dir asks of ORT's CUDA provider (no GPU here: ORT is stopped at session
-    creation and the request is inspected). An fp32 GroupQueryAttention artifact is refused
-    before that (tests/runtime/test_static_decode.py)."""
-    import onnxruntime as ort
-
-    import edgedelta.runtime.session as session_mod
-
-    asked = []
-
-    def refuse(path, sess_options=None, providers=None):
-        asked.append(providers)
-        raise RuntimeError("no GPU in this test")
-
-    monkeypatch.setattr(session_mod, "resolve_provider", lambda p: "cuda")
-    monkeypatch.setattr(ort, "InferenceSession", refuse)
-    with pytest.raises(ModelLoadError, match="no GPU in this test"):
-        Session.from_dir(tiny_edgedelta[1], provider="cuda", cuda_tf32=tf32, tokenizer=None)
-    (name, options), fallback = asked[0]
+def test_cuda_session_options(tiny_edgedelta, cuda_request, tf32, expected):
+    """What Session.from_dir asks of ORT's CUDA provider. An fp32 GroupQueryAttention artifact
+    is refused before that (tests/runtime/test_static_decode.py)."""
+    (name, options), fallback = cuda_request(tiny_edgedelta[1], cuda_tf32=tf32)
     assert (name, fallback) == ("CUDAExecutionProvider", "CPUExecutionProvider")
     assert options["use_tf32"] == expected and options["arena_extend_strategy"] == "kSameAsRequested"
+    assert "enable_cuda_graph" not in options
 
 
 def test_graph_facts(tiny_artifact):

@@ -5,10 +5,10 @@ on the CPU provider, and CUDA session creation is stopped and inspected."""
 import numpy as np
 import pytest
 
-from edgedelta.errors import ConfigError, ModelLoadError
+from edgedelta.errors import ConfigError
 from edgedelta.runtime import Session
 from edgedelta.runtime.artifact import Artifact
-from edgedelta.runtime.session import cuda_provider, cuda_unsupported
+from edgedelta.runtime.session import cuda_unsupported
 
 PROMPTS = ["The pump on line three", "Check the valve"]
 
@@ -95,25 +95,10 @@ def test_fp32_gqa_artifact_is_refused_on_cuda(gqa_artifact, monkeypatch, capsys)
     assert s.provider == "cpu" and "running on CPU" in capsys.readouterr().err
 
 
-def test_fp16_gqa_artifact_asks_cuda_for_a_graph(fp16_gqa_artifact, monkeypatch):
-    import onnxruntime as ort
-
-    import edgedelta.runtime.session as session_mod
-
+def test_fp16_gqa_artifact_asks_cuda_for_a_graph(fp16_gqa_artifact, cuda_request):
     assert cuda_unsupported(Artifact.open(fp16_gqa_artifact)) is None
-    asked = []
-
-    def refuse(path, sess_options=None, providers=None):
-        asked.append(providers)
-        raise RuntimeError("no GPU in this test")
-
-    monkeypatch.setattr(session_mod, "resolve_provider", lambda p: "cuda")
-    monkeypatch.setattr(ort, "InferenceSession", refuse)
-    with pytest.raises(ModelLoadError, match="no GPU in this test"):
-        Session.from_dir(fp16_gqa_artifact, provider="cuda", cuda_graph=True, tokenizer=None)
-    (name, options), _ = asked[0]
+    (name, options), _ = cuda_request(fp16_gqa_artifact, cuda_graph=True)
     assert name == "CUDAExecutionProvider" and options["enable_cuda_graph"] == "1"
-    assert "enable_cuda_graph" not in cuda_provider()[1]
 
 
 def test_fp16_gqa_artifact_generates_on_cpu(fp16_gqa_artifact):
