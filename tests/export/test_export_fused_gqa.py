@@ -132,8 +132,8 @@ def test_gqa_refused_where_the_model_cannot_use_it():
         ExportConfig(attention="fast")
 
 
-@pytest.mark.parametrize("attention", ["gqa", "plain"])
-def test_fp16_keeps_a_tiny_base_scale_out_of_the_delta(attention):
+@pytest.mark.parametrize("attention,quantize", [("gqa", "none"), ("plain", "none"), ("gqa", "int4")])
+def test_fp16_keeps_a_tiny_base_scale_out_of_the_delta(attention, quantize):
     """A layer whose shared base barely counts (α ≈ 0, its output the delta's): folding B' = B/α
     would overflow fp16 (here |B/α| ~ 1e6 > 65504) and make the logits NaN. fp16 scales the base
     output alone and keeps B' = g·B: the logits match PyTorch and are finite."""
@@ -146,7 +146,7 @@ def test_fp16_keeps_a_tiny_base_scale_out_of_the_delta(attention):
             proj.base_scale.fill_(1e-5)
             proj.delta_B.mul_(1000.0)  # the same delta B·A, B 1000x larger: B/α ~ 1e6
             proj.delta_A.div_(1000.0)
-    cfg = ExportConfig(dtype="fp16", attention=attention)
+    cfg = ExportConfig(dtype="fp16", attention=attention, quantize=quantize, accuracy_level=0)
     builder, weights, facts = build_graph(model, cfg)
     with tempfile.TemporaryDirectory() as d:
         builder.save(d)
