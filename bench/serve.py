@@ -1,5 +1,6 @@
-"""`edgedelta serve` under load (issue 27), default model SmolLM2-135M-Instruct (fp32 artifact), on
-127.0.0.1 only, in one run:
+"""`edgedelta serve` under load (issue 27), default model SmolLM2-135M-Instruct (its int4 export,
+the form a device runs, beside llama.cpp's Q4_1; `--quantize none` for fp32), on 127.0.0.1 only,
+in one run:
 
   levels   1, 4 and 16 concurrent clients for a fixed time each: aggregate tokens/s, p50/p99 time
            to first token, p50/p99 per-token latency, failed requests; the same clients against
@@ -248,17 +249,27 @@ def merge(runs: list[dict]) -> dict:
 
 
 # ---- main ---------------------------------------------------------------------------------------------
-def ensure_artifact(art: Path | None) -> Path:
+def ensure_artifact(art: Path | None, quantize: str = "int4") -> Path:
+    """`art` as given, or the default model exported with `quantize` (its defaults otherwise)
+    into WORK, rebuilt when the exporter's graph revision changed."""
     if art is not None:
         return art
     from edgedelta.export import GRAPH_REVISION
 
-    art = WORK / "art"
+    art = WORK / ("art" if quantize == "none" else f"art-{quantize}")
     man = art / "manifest.json"
     if not man.is_file() or json.loads(man.read_text()).get("graph_revision") != GRAPH_REVISION:
-        log(f"exporting the default model to {art} (edgedelta export default) ...")
-        subprocess.run([sys.executable, "-m", "edgedelta.cli", "export", "default", "--out", str(art), "--force"], check=True)
+        log(f"exporting the default model to {art} (edgedelta export default --quantize {quantize}) ...")
+        subprocess.run([sys.executable, "-m", "edgedelta.cli", "export", "default", "--quantize", quantize, "--out", str(art),
+                        "--force"], check=True)
     return art
+
+
+def artifact_form(art: Path) -> str:
+    """'int4', 'int8' or the float dtype, from the artifact's manifest."""
+    cfg = json.loads((art / "manifest.json").read_text()).get("export_config") or {}
+    q = cfg.get("quantize") or "none"
+    return cfg.get("dtype", "fp32") if q == "none" else q
 
 
 def default_gguf() -> Path | None:
@@ -301,7 +312,7 @@ def markdown(res: dict) -> str:
     full = a["seconds"] >= 60 and a["soak_seconds"] >= 600
     lines = [
         "# `edgedelta serve` under load (bench/serve.py)", "",
-        f"Model: {res['model']} (fp32 artifact `{res['artifact']}`); llama.cpp: {res['llama_cpp']}. "
+        f"Model: {res['model']} ({res.get('artifact_form', 'fp32')} artifact `{res['artifact']}`); llama.cpp: {res['llama_cpp']}. "
         f"Host: {res['host']['cpus']} CPUs ({res['host']['machine']}), shared with other work. Clients stream "
         f"/v1/completions on 127.0.0.1 with {a['prompt_tokens']}-token prompts (token ids), temperature 0, "
         f"`ignore_eos`, {a['max_tokens']} tokens per answer; each level runs {a['seconds']:g} s per round "
@@ -340,7 +351,8 @@ def markdown(res: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--artifact", type=Path, default=None, help="fp32 artifact (default: export the default model into bench/_work/serve/art)")
+    ap.add_argument("--artifact", type=Path, default=None, help="an artifact (default: export the default model into bench/_work/serve/)")
+    ap.add_argument("--quantize", default="int4", choices=["int4", "int8", "none"], help="the default model's export (without --artifact)")
     ap.add_argument("--gguf", type=Path, default=None, help="GGUF for llama-server (default: the shipped Q4_1)")
     ap.add_argument("--levels", default="1,4,16")
     ap.add_argument("--seconds", type=float, default=60.0, help="per level per round")
@@ -353,14 +365,18 @@ def main() -> None:
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     WORK.mkdir(parents=True, exist_ok=True)
-    art = ensure_artifact(args.artifact)
+    art = ensure_artifact(args.artifact, args.quantize)
     ids = prompts(art, max(levels), args.prompt_tokens)
     gguf = args.gguf or default_gguf()
     servers = [edgedelta_server("edgedelta batched", art, max(levels), args.threads),
                edgedelta_server("edgedelta --max-batch 1", art, 1, args.threads)]
     notes = ["Continuous batching (the artifact's KV cache is updated in place): a request takes a free row of "
              "the running batch at the next decode step, prefilled alone into it, one prefill per decode step; "
-             "rows end on their own."]
+             "rows end on their own.",
+             "What batching gains depends on the artifact's form: an fp32 decode step is bound by reading its weights, "
+             "which 4 rows share, so 4 rows cost little more than 1; an int4 step reads far fewer bytes and ONNX "
+             "Runtime's MatMulNBits work (int8 activations) grows with the rows, so the same 4 clients gain less "
+             "over 1 (per-token p50 above)."]
     if LLAMA_SERVER.is_file() and gguf is not None:
         servers.append(llama_server(gguf, max(levels), args.prompt_tokens + args.max_tokens + 64, args.threads))
         llama = f"llama-server ({LLAMA_SERVER.relative_to(Path(__file__).parent.parent)}) on {gguf.name}, -np {max(levels)}"
@@ -393,7 +409,7 @@ def main() -> None:
     res = {
         "command": " ".join(["python bench/serve.py", *sys.argv[1:]]),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "model": "SmolLM2-135M-Instruct", "artifact": str(art), "llama_cpp": llama,
+        "model": "SmolLM2-135M-Instruct", "artifact": str(art), "artifact_form": artifact_form(art), "llama_cpp": llama,
         "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
         "levels": {name: [merge(per[name][c]) for c in levels] for name in per},
         "soak": soak, "exit_codes_after_sigterm": codes, "notes": notes,

@@ -420,7 +420,8 @@ def targets_table(targets: list[dict]) -> list[str]:
 
 def serve(d: dict) -> list[str]:
     """bench/serve.py: the server under 1, 4 and 16 clients, batching off, llama-server, the soak."""
-    lines = [f"{d['model']}, `{d['command']}`; llama.cpp: {d['llama_cpp']}. Latency percentiles leave out each "
+    lines = [f"{d['model']} ({d.get('artifact_form', 'fp32')} artifact), `{d['command']}`; llama.cpp: {d['llama_cpp']}. "
+             "Latency percentiles leave out each "
              "client's first request (the start burst: its slowest first token is the last column).", "",
              "| server | clients | failed | tokens/s | TTFT p50 (s) | TTFT p99 (s) | start burst TTFT max (s) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -428,11 +429,34 @@ def serve(d: dict) -> list[str]:
         for r in rows:
             lines.append(f"| {server} | {r['clients']} | {r['failed']} | {r['tokens_per_s']:.1f} | {r['ttft_p50_s']} | "
                          f"{r['ttft_p99_s']} | {r.get('ttft_start_burst_max_s', '-')} |")
+    vs = _server_ratios(d)
+    if vs:
+        lines += ["", "edgedelta batched / llama.cpp, aggregate tokens/s: " + ", ".join(f"{c} clients {x:.2f}×" for c, x in vs.items())
+                  + "; per-token p50 at 4 clients / 1 client: " + ", ".join(
+                      f"{srv} {r4 / r1:.2f}×" for srv, (r1, r4) in _per_token_growth(d).items()) + "."]
     soak = d.get("soak")
     lines += [""] + (["Soak: not run."] if not soak else
                      [f"Soak: 4 clients for {soak['seconds']:.0f} s, {soak['requests']} requests, {soak['failed']} failed, "
                       f"RSS {soak['rss_start_mib']:.1f} → {soak['rss_end_mib']:.1f} MiB ({soak['rss_drift_pct']:+.2f}%)."])
-    return lines + [""] + targets_table(d["targets"])
+    lines += [""] + targets_table(d["targets"])
+    return lines + ([""] + [f"- {n}" for n in d["notes"]] if d.get("notes") else [])
+
+
+def _server_ratios(d: dict) -> dict[int, float]:
+    """Aggregate tokens/s of edgedelta's batched server over llama-server's, per client count."""
+    ours = {r["clients"]: r["tokens_per_s"] for r in d["levels"].get("edgedelta batched", [])}
+    llama = {r["clients"]: r["tokens_per_s"] for r in d["levels"].get("llama.cpp", [])}
+    return {c: ours[c] / llama[c] for c in ours if llama.get(c)}
+
+
+def _per_token_growth(d: dict) -> dict[str, tuple[float, float]]:
+    """Per-token p50 (s) at 1 and 4 clients, for each server that ran both (batching off aside)."""
+    out = {}
+    for srv, rows in d["levels"].items():
+        by = {r["clients"]: r.get("tpot_p50_s") for r in rows}
+        if by.get(1) and by.get(4) and srv != "edgedelta --max-batch 1":
+            out[srv] = (by[1], by[4])
+    return out
 
 
 def stages(d: dict) -> list[str]:
@@ -810,6 +834,9 @@ def status_table(results: Path = RESULTS) -> str:
     sv = _load("serve.json", results)
     for t in (sv or {}).get("targets") or []:
         rows.append(f"| server: {t['target']} | {t['measured']} ({'met' if t['met'] else 'missed'}) | `serve.json` |")
+    if sv and _server_ratios(sv):
+        rows.append(f"| server ({sv.get('artifact_form', 'fp32')} artifact) / llama-server (Q4_1), aggregate tokens/s | "
+                    + ", ".join(f"{c} clients {x:.2f}×" for c, x in _server_ratios(sv).items()) + " | `serve.json` |")
     st = _load("stages_qwen2.5-coder-1.5b.json", results)
     for t in (st or {}).get("targets") or []:
         rows.append(f"| 1.5B on 2 cores, 24 GiB: {t['target']} | {t['measured']} ({'met' if t['met'] else 'missed'}) "
