@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CUDA provider benchmark (< 10 min on one datacenter GPU): builds the default model's two fp16
-# artifacts (original; compressed with the groups and ranks recorded in
-# bench/results/runtime.json, so no planner search; fp16 because ONNX Runtime's CUDA
+# artifacts (original; compressed with the groups and ranks bench/results/runtime.json records,
+# so no planner search, or else the planner's; fp16 because ONNX Runtime's CUDA
 # GroupQueryAttention kernel is fp16/bf16 only), runs one streamed generation on CUDA, then
 #   1. bench/peers.py --provider cuda: edgedelta's int4 and fp16 artifacts against
 #      onnxruntime-genai's CUDA int4 build, each with and without CUDA graphs, interleaved
