@@ -21,7 +21,9 @@ are computed from the JSON (TARGETS) and marked met/missed with their numbers.
   python bench/peers.py                           # 3 rounds (~25-35 min on 2 quiet cores)
   python bench/peers.py --quick                   # 1 round, fewer tokens (~5 min after exports)
   python bench/peers.py --only 'edgedelta-int4,genai-int4' --rounds 5
-Writes bench/results/peers.json, peers.md and peers.png (a --quick run: bench/_work/peers/quick/).
+  python bench/peers.py --provider cuda --no-ppl  # a GPU host: EDGEDELTA_CUDA against genai's CUDA int4
+Writes bench/results/peers.json, peers.md and peers.png (a --quick run: bench/_work/peers/quick/;
+--provider cuda: peers_cuda.*, speed targets only, TARGETS_CUDA).
 """
 
 from __future__ import annotations
