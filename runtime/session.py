@@ -393,21 +393,7 @@ class Session:
         io.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
         if "position_ids" in self._inputs:
             io.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
-        kvh, hd = self.kv.kv_heads, self.kv.head_dim
-        src, dst = cache.parity, 1 - cache.parity
-        if not self.in_place or self._bound_kv != (cache.serial, b):
-            for past_pair, pres_pair in zip(self._past_names, self._present_names):
-                for pname, oname in zip(past_pair, pres_pair):
-                    bufs = cache.bufs[pname]
-                    if self.in_place:  # the whole [B, kvh, capacity, hd] buffer as past and present
-                        shape = [b, kvh, cache.capacity, hd]
-                        io.bind_input(pname, dev, 0, self._np_dtype, shape, self._ptr(bufs[0]))
-                        io.bind_output(oname, dev, 0, self._np_dtype, shape, self._ptr(bufs[0]))
-                        continue
-                    # past: [B, kvh, past, hd] at the start of buffer `src`; present written into `dst`
-                    io.bind_input(pname, dev, 0, self._np_dtype, [b, kvh, past, hd], self._ptr(bufs[src]))
-                    io.bind_output(oname, dev, 0, self._np_dtype, [b, kvh, total, hd], self._ptr(bufs[dst]))
-            self._bound_kv = (cache.serial, b) if self.in_place else None
+        self._bind_kv(cache, b, past, total, dev)
         # logits [B, S, V] into a reused host buffer, grown for a prefill and shrunk again at the
         # next decode step: a 2k-token prompt's logits (400 MB for SmolLM2) must not stay
         # resident into the next prefill, where they would add to its attention peak
@@ -431,9 +417,29 @@ class Session:
         self.ort.run_with_iobinding(io, self._uncaptured_run or (self._prefill_run if s > 1 else None))
         if dev == "cuda":
             io.synchronize_outputs()
-        cache.parity = 0 if self.in_place else dst
+        cache.parity = 0 if self.in_place else 1 - cache.parity
         self._grown(cache, total, attention_mask)
         return logits if all_logits else logits[:, -1, :]
+
+    def _bind_kv(self, cache: KVCache, b: int, past: int, total: int, dev: str) -> None:
+        """Bind `cache` as past and present. In place: the whole [B, kvh, capacity, hd] buffer
+        as both, left bound while it is the same cache and B. Otherwise past [B, kvh, past, hd]
+        at the start of buffer `parity` and present [B, kvh, total, hd] into the other."""
+        if self.in_place and self._bound_kv == (cache.serial, b):
+            return
+        io, kvh, hd = self._io, self.kv.kv_heads, self.kv.head_dim
+        src, dst = cache.parity, 1 - cache.parity
+        for past_pair, pres_pair in zip(self._past_names, self._present_names):
+            for pname, oname in zip(past_pair, pres_pair):
+                bufs = cache.bufs[pname]
+                if self.in_place:
+                    shape = [b, kvh, cache.capacity, hd]
+                    io.bind_input(pname, dev, 0, self._np_dtype, shape, self._ptr(bufs[0]))
+                    io.bind_output(oname, dev, 0, self._np_dtype, shape, self._ptr(bufs[0]))
+                    continue
+                io.bind_input(pname, dev, 0, self._np_dtype, [b, kvh, past, hd], self._ptr(bufs[src]))
+                io.bind_output(oname, dev, 0, self._np_dtype, [b, kvh, total, hd], self._ptr(bufs[dst]))
+        self._bound_kv = (cache.serial, b) if self.in_place else None
 
     def _grown(self, cache: KVCache, total: int, attention_mask: np.ndarray) -> None:
         """Record that `cache` now spans `total` slots; release what sliding windows left behind."""
@@ -478,17 +484,12 @@ class Session:
             io.bind_ortvalue_input("attention_mask", st.mask)
             if "position_ids" in self._inputs:
                 io.bind_ortvalue_input("position_ids", st.pos)
-            shape = [b, self.kv.kv_heads, cap, self.kv.head_dim]
-            for past_pair, pres_pair in zip(self._past_names, self._present_names):
-                for pname, oname in zip(past_pair, pres_pair):
-                    ptr = self._ptr(cache.bufs[pname][0])
-                    io.bind_input(pname, dev, 0, self._np_dtype, shape, ptr)
-                    io.bind_output(oname, dev, 0, self._np_dtype, shape, ptr)
             if self._keep is not None:
                 io.bind_ortvalue_input("logits_to_keep", self._keep[1])
             io.bind_ortvalue_output("logits", st.logits)
             self._bound_static = st
-            self._bound_kv, self._bound_keep, self._bound_logits = (cache.serial, b), 1, None
+            self._bound_keep, self._bound_logits = 1, None
+        self._bind_kv(cache, b, 0, cap, dev)
         self.ort.run_with_iobinding(io, st.run)
         if dev == "cuda":
             io.synchronize_outputs()
