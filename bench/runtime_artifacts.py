@@ -28,9 +28,8 @@ def _ok(path: Path, config=None) -> bool:
     """Whether `path` verifies and was exported with `config` (default ExportConfig()) by today's graph revision."""
     from edgedelta.export import GRAPH_REVISION, ExportConfig
 
-    try:
-        manifest = verify_manifest(path)
-    except EdgeDeltaError:
+    manifest = _verified_manifest(path)
+    if manifest is None:
         return False
     # a field left to auto (None: symmetric, tune_steps) is recorded resolved, so it matches any value
     recorded, want = manifest.get("export_config") or {}, (config or ExportConfig()).to_dict()
@@ -38,12 +37,12 @@ def _ok(path: Path, config=None) -> bool:
             and manifest.get("graph_revision") == GRAPH_REVISION)
 
 
-def _verifies(path: Path) -> bool:
+def _verified_manifest(path: Path) -> dict | None:
+    """`path`'s manifest when its checksums verify, else None."""
     try:
-        verify_manifest(path)
+        return verify_manifest(path)
     except EdgeDeltaError:
-        return False
-    return True
+        return None
 
 
 def _plan_of(compressed_dir: Path) -> dict:
@@ -114,7 +113,7 @@ def ensure_artifacts(work: Path, log=print, compressed: Path | None = None,
     else:
         t = time.perf_counter()
         cdir = work / "smollm2-delta"
-        made = _plan_of(cdir) if _verifies(cdir) else None
+        made = _plan_of(cdir) if _verified_manifest(cdir) is not None else None
         if made is None or (plan and (made.get("groups") != plan["groups"] or made.get("ranks") != plan["ranks"])):
             try:
                 from edgedelta.delta.compress import compress
