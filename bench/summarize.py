@@ -834,9 +834,10 @@ def status_table(results: Path = RESULTS) -> str:
     sv = _load("serve.json", results)
     for t in (sv or {}).get("targets") or []:
         rows.append(f"| server: {t['target']} | {t['measured']} ({'met' if t['met'] else 'missed'}) | `serve.json` |")
-    if sv and _server_ratios(sv):
+    vs = _server_ratios(sv) if sv else {}
+    if vs:
         rows.append(f"| server ({sv.get('artifact_form', 'fp32')} artifact) / llama-server (Q4_1), aggregate tokens/s | "
-                    + ", ".join(f"{c} clients {x:.2f}×" for c, x in _server_ratios(sv).items()) + " | `serve.json` |")
+                    + ", ".join(f"{c} clients {x:.2f}×" for c, x in vs.items()) + " | `serve.json` |")
     st = _load("stages_qwen2.5-coder-1.5b.json", results)
     for t in (st or {}).get("targets") or []:
         rows.append(f"| 1.5B on 2 cores, 24 GiB: {t['target']} | {t['measured']} ({'met' if t['met'] else 'missed'}) "
